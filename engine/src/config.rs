@@ -1,0 +1,88 @@
+//! How an engine is set up.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use plafond_shards::ids::SHARDS_MAX;
+use plafond_shards::region::Regions;
+use plafond_shards::store::Durability;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::EngineError;
+
+/// Everything [`crate::Engine::open`] needs.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// The RocksDB data directory; required unless `durability` is [`Durability::None`].
+    pub data_dir: Option<PathBuf>,
+    pub durability: Durability,
+    /// How many shards (threads); fixed for the life of a data directory.
+    pub shards: u16,
+    pub regions: Regions,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl EngineConfig {
+    /// Memory only (durability `none`), built-in regions, the system clock, one shard per
+    /// core.
+    pub fn in_memory() -> EngineConfig {
+        EngineConfig {
+            data_dir: None,
+            durability: Durability::None,
+            shards: default_shards(),
+            regions: Regions::builtin(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Durable in `data_dir` (durability `sync`), otherwise as [`EngineConfig::in_memory`].
+    pub fn durable(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            data_dir: Some(data_dir.into()),
+            durability: Durability::Sync,
+            ..EngineConfig::in_memory()
+        }
+    }
+
+    /// With `shards` shards.
+    pub fn with_shards(mut self, shards: u16) -> EngineConfig {
+        self.shards = shards;
+        self
+    }
+
+    /// With this clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> EngineConfig {
+        self.clock = clock;
+        self
+    }
+
+    /// With this durability.
+    pub fn with_durability(mut self, durability: Durability) -> EngineConfig {
+        self.durability = durability;
+        self
+    }
+
+    /// With these regions.
+    pub fn with_regions(mut self, regions: Regions) -> EngineConfig {
+        self.regions = regions;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), EngineError> {
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return Err(EngineError::Config(format!(
+                "shards must be 1 ..= {SHARDS_MAX}"
+            )));
+        }
+        if self.durability != Durability::None && self.data_dir.is_none() {
+            return Err(EngineError::Config(
+                "durability sync and async need a data directory".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_shards() -> u16 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(usize::from(SHARDS_MAX)) as u16)
+}

@@ -1,0 +1,354 @@
+//! The engine: ingress (validation, idempotency claims, routing), the shard threads and
+//! the writer, and consistent cuts across all shards.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, unbounded};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use plafond_shards::actor::{self, Mail, Router, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX};
+use plafond_shards::command::{Command, CommandId, Outcome, Reason, RegionId, Request};
+use plafond_shards::ids::{shard_of, ShardId};
+use plafond_shards::region::Regions;
+use plafond_shards::reply::{Collector, Ticket};
+use plafond_shards::state::ShardState;
+use plafond_shards::store::{Durability, Store, Writer};
+
+use crate::clock::Clock;
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+
+/// A running engine. Dropping it stops the shards after they have handled everything
+/// submitted before.
+pub struct Engine {
+    shards: u16,
+    durability: Durability,
+    regions: Arc<Regions>,
+    clock: Arc<dyn Clock>,
+    router: Arc<Router>,
+    /// Which command each command id was first used with, across all shards.
+    claims: DashMap<CommandId, Command>,
+    /// Declines decided at ingress (invalid amounts, unknown regions, id conflicts).
+    pub(crate) ingress_declines: [AtomicU64; Reason::ALL.len()],
+    next_profile_shard: AtomicU64,
+    failed: Arc<AtomicBool>,
+    pub(crate) metrics: Vec<Arc<ShardMetrics>>,
+    threads: Vec<JoinHandle<()>>,
+    writer: Option<Writer>,
+    store: Option<Arc<Store>>,
+    /// Cuts are taken one at a time: two interleaved would deadlock on their barriers.
+    cut_lock: Mutex<()>,
+}
+
+impl Engine {
+    /// Opens the engine: checks the regions, opens the data directory, replays each
+    /// shard's log and resends the credits of unsettled transfers.
+    pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        config.check()?;
+        let today = jiff::Timestamp::from_millisecond(config.clock.now_ms())
+            .map(|now| now.to_zoned(jiff::tz::TimeZone::UTC).date())
+            .unwrap_or(jiff::civil::Date::constant(2027, 1, 1));
+        config.regions.check_roll_times(today)?;
+        let shards = config.shards;
+        let store = match (&config.data_dir, config.durability) {
+            (Some(dir), Durability::Sync | Durability::Async) => {
+                std::fs::create_dir_all(dir).map_err(EngineError::Thread)?;
+                Some(Arc::new(Store::open(dir, shards)?))
+            }
+            _ => None,
+        };
+        let failed = Arc::new(AtomicBool::new(false));
+        let (mut ingress, mut internal, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..shards {
+            let (ingress_tx, ingress_rx) = bounded(INGRESS_MAILS_MAX);
+            let (internal_tx, internal_rx) = unbounded();
+            ingress.push(ingress_tx);
+            internal.push(internal_tx);
+            receivers.push((ingress_rx, internal_rx));
+        }
+        let router = Arc::new(Router { ingress, internal });
+        let (writer, job_sender) = match &store {
+            Some(store) => {
+                let (jobs_tx, jobs_rx) = bounded(INGRESS_MAILS_MAX);
+                let writer =
+                    Writer::start(store.clone(), config.durability, jobs_rx, failed.clone())?;
+                (Some(writer), Some(jobs_tx))
+            }
+            None => (None, None),
+        };
+        let regions = Arc::new(config.regions);
+        let (ready_tx, ready_rx) = unbounded();
+        let mut threads = Vec::new();
+        let mut metrics = Vec::new();
+        for (shard, (ingress_rx, internal_rx)) in receivers.into_iter().enumerate() {
+            let shard_metrics = Arc::new(ShardMetrics::default());
+            metrics.push(shard_metrics.clone());
+            let setup = ShardSetup {
+                shard: shard as ShardId,
+                shards,
+                regions: regions.clone(),
+                durability: config.durability,
+                store: store.clone(),
+                writer: job_sender.clone(),
+                router: router.clone(),
+                ingress: ingress_rx,
+                internal: internal_rx,
+                metrics: shard_metrics,
+            };
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("plafond-shard-{shard}"))
+                .spawn(move || actor::run(setup, ready))?;
+            threads.push(thread);
+        }
+        drop(job_sender);
+        let engine = Engine {
+            shards,
+            durability: config.durability,
+            regions,
+            clock: config.clock,
+            router,
+            claims: DashMap::new(),
+            ingress_declines: Default::default(),
+            next_profile_shard: AtomicU64::new(0),
+            failed,
+            metrics,
+            threads,
+            writer,
+            store,
+            cut_lock: Mutex::new(()),
+        };
+        for _ in 0..shards {
+            // A shard that fails to replay says why; the engine is dropped and stops.
+            ready_rx
+                .recv()
+                .map_err(|_| EngineError::Config("a shard thread died".into()))??;
+        }
+        engine.rebuild_claims()?;
+        Ok(engine)
+    }
+
+    fn rebuild_claims(&self) -> Result<(), EngineError> {
+        let records = self.cut(|state| {
+            state
+                .idempotency
+                .iter()
+                .map(|(id, record)| (id.clone(), record.command.clone()))
+                .collect::<Vec<_>>()
+        })?;
+        for (id, command) in records.into_iter().flatten() {
+            self.claims.insert(id, command);
+        }
+        Ok(())
+    }
+
+    /// Submits commands; the ticket resolves to their outcomes, in order, once each is
+    /// decided and durable. The fast path: one call for many commands.
+    pub fn submit(&self, requests: Vec<Request>) -> Result<Ticket, EngineError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
+        }
+        let ts_ms = self.clock.now_ms();
+        let (collector, ticket) = Collector::new(requests.len());
+        let mut per_shard: Vec<Vec<(u32, Request)>> = vec![Vec::new(); usize::from(self.shards)];
+        let mut declined = Vec::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            match self.admit(&request) {
+                Ok(shard) => per_shard[usize::from(shard)].push((index as u32, request)),
+                Err(reason) => {
+                    self.ingress_declines[reason.index()].fetch_add(1, Ordering::Relaxed);
+                    declined.push((index as u32, Outcome::Declined(reason)));
+                }
+            }
+        }
+        if !declined.is_empty() {
+            collector.fill(declined);
+        }
+        for (shard, items) in per_shard.into_iter().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            let mail = Mail::Requests {
+                ts_ms,
+                items,
+                collector: collector.clone(),
+            };
+            self.router.ingress[shard]
+                .send(mail)
+                .map_err(|_| EngineError::Stopped(plafond_shards::reply::Stopped))?;
+        }
+        Ok(ticket)
+    }
+
+    /// Runs one command and waits for its outcome. Not for async tasks: use
+    /// [`Engine::submit`] and [`Ticket::outcomes`] there.
+    pub fn execute(&self, request: Request) -> Result<Outcome, EngineError> {
+        let mut outcomes = self.submit(vec![request])?.wait()?;
+        outcomes
+            .pop()
+            .ok_or(EngineError::Stopped(plafond_shards::reply::Stopped))
+    }
+
+    /// Runs one command without an idempotency key.
+    pub fn run(&self, command: Command) -> Result<Outcome, EngineError> {
+        self.execute(Request::new(command))
+    }
+
+    /// Checks a request at the door and picks its shard, or declines it there.
+    fn admit(&self, request: &Request) -> Result<ShardId, Reason> {
+        let command = &request.command;
+        if !command.amounts_are_valid() {
+            return Err(Reason::InvalidAmount);
+        }
+        let shard = match *command {
+            Command::OpenProfile { region } => {
+                if self.regions.get(region).is_none() {
+                    return Err(Reason::UnknownRegion);
+                }
+                match &request.command_id {
+                    // A retry must reach the shard that remembers the first attempt.
+                    Some(id) => shard_of(fnv1a(id.as_str().as_bytes()), self.shards),
+                    None => shard_of(
+                        self.next_profile_shard.fetch_add(1, Ordering::Relaxed),
+                        self.shards,
+                    ),
+                }
+            }
+            Command::OpenAccount { profile: id, .. }
+            | Command::ReadProfile { profile: id }
+            | Command::Pay { card: id, .. }
+            | Command::SetCeiling { card: id, .. }
+            | Command::Block { card: id }
+            | Command::Unblock { card: id }
+            | Command::ReadCard { card: id }
+            | Command::Transfer { from: id, .. }
+            | Command::Deposit { account: id, .. }
+            | Command::ReadAccount { account: id } => shard_of(id, self.shards),
+        };
+        if let Some(id) = request.command_id.as_ref().filter(|_| !command.is_read()) {
+            match self.claims.entry(id.clone()) {
+                Entry::Occupied(first) if first.get() != command => {
+                    return Err(Reason::IdempotencyConflict)
+                }
+                Entry::Occupied(_) => {}
+                Entry::Vacant(vacant) => {
+                    vacant.insert(command.clone());
+                }
+            }
+        }
+        Ok(shard)
+    }
+
+    /// Runs `inspect` on every shard at one consistent cut: every shard pauses between two
+    /// inputs until all have been inspected, so no transfer is seen half-applied.
+    pub fn cut<R, F>(&self, inspect: F) -> Result<Vec<R>, EngineError>
+    where
+        R: Send + 'static,
+        F: Fn(&ShardState) -> R + Send + Sync + 'static,
+    {
+        let _one_at_a_time = self
+            .cut_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inspect = Arc::new(inspect);
+        let barrier = Arc::new(Barrier::new(usize::from(self.shards)));
+        let (results_tx, results_rx) = unbounded();
+        for shard in 0..self.shards {
+            let (inspect, barrier, results) =
+                (inspect.clone(), barrier.clone(), results_tx.clone());
+            let mail = Mail::Inspect(Box::new(move |state: &ShardState| {
+                let result = inspect(state);
+                // Nobody moves on until every shard has been inspected.
+                barrier.wait();
+                let _ = results.send((shard, result));
+            }));
+            self.router.send_internal(shard, mail);
+        }
+        drop(results_tx);
+        let mut results: Vec<(ShardId, R)> = results_rx.iter().collect();
+        if results.len() != usize::from(self.shards) {
+            return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
+        }
+        results.sort_by_key(|(shard, _)| *shard);
+        Ok(results.into_iter().map(|(_, result)| result).collect())
+    }
+
+    /// Sends an input to a shard's internal mailbox (epochs); `done` hears when durable.
+    pub fn send_input(
+        &self,
+        shard: ShardId,
+        input: plafond_shards::apply::Input,
+        done: Option<crossbeam_channel::Sender<()>>,
+    ) {
+        let mail = Mail::Input {
+            ts_ms: self.clock.now_ms(),
+            input,
+            done,
+        };
+        self.router.send_internal(shard, mail);
+    }
+
+    /// The id of the region called `name`.
+    pub fn region_id(&self, name: &str) -> Option<RegionId> {
+        self.regions.id_of(name)
+    }
+
+    /// The engine's regions.
+    pub fn regions(&self) -> &Regions {
+        &self.regions
+    }
+
+    /// The clock that stamps commands.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// How many shards there are.
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// How outcomes are made durable.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Commands waiting in each shard's ingress mailbox.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.router
+            .ingress
+            .iter()
+            .map(|sender| sender.len())
+            .collect()
+    }
+
+    /// The RocksDB store, when durable.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for sender in &self.router.ingress {
+            let _ = sender.send(Mail::Stop);
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        // Every shard dropped its job sender: the writer drains and ends.
+        if let Some(writer) = self.writer.take() {
+            writer.join();
+        }
+    }
+}
+
+/// FNV-1a: a stable hash for routing, identical across runs and builds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,193 @@
+//! What the engine reports about itself: the conservation audit and the statistics
+//! behind the pretty dump (§2, §10).
+
+use std::sync::atomic::Ordering;
+
+use plafond_shards::command::{Reason, RegionId};
+use plafond_shards::state::{Instrument, RegionCounters, ShardState, Totals};
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+
+/// Both sides of the conservation equation at one consistent cut:
+/// `balances + in_flight = initial_deposits + deposits + interest - card_payments`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Audit {
+    pub balances_minor: u128,
+    pub in_flight_minor: i128,
+    pub initial_deposits_minor: u128,
+    pub deposits_minor: u128,
+    pub interest_minor: u128,
+    pub card_payments_minor: u128,
+}
+
+impl Audit {
+    /// The left side: money in accounts and in flight.
+    pub fn held_minor(&self) -> i128 {
+        self.balances_minor as i128 + self.in_flight_minor
+    }
+
+    /// The right side: money that came in less money that went out.
+    pub fn owed_minor(&self) -> i128 {
+        self.initial_deposits_minor as i128
+            + self.deposits_minor as i128
+            + self.interest_minor as i128
+            - self.card_payments_minor as i128
+    }
+
+    /// Whether the equation holds.
+    pub fn holds(&self) -> bool {
+        self.held_minor() == self.owed_minor()
+    }
+}
+
+/// Statistics of one region (or, for [`Stats::total`], of all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionStats {
+    pub counters: RegionCounters,
+    /// Cards whose seven-day spending is above 90 % of their ceiling.
+    pub cards_near_ceiling: u64,
+    /// The latest business day an epoch rolled this region to (days since 1970-01-01).
+    pub rolled_day: Option<i32>,
+}
+
+/// Per-shard figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub accounts: u64,
+    pub queue_depth: usize,
+    pub commands: u64,
+    pub batches: u64,
+    pub busy_ns: u64,
+}
+
+/// Everything the pretty dump shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub regions: Vec<(String, RegionStats)>,
+    /// Declined before reaching a shard, or for an id no region owns.
+    pub unattributed: RegionCounters,
+    pub total: RegionStats,
+    pub audit: Audit,
+    pub shards: Vec<ShardStats>,
+}
+
+struct ShardCut {
+    totals: Totals,
+    counters: Vec<RegionCounters>,
+    near_ceiling: Vec<u64>,
+    rolled_day: Vec<i32>,
+    accounts: u64,
+}
+
+fn cut_of(state: &ShardState, default_ceilings: &[u64]) -> ShardCut {
+    let mut near_ceiling = vec![0u64; default_ceilings.len()];
+    for account in &state.accounts {
+        let Instrument::Card(card) = &account.instrument else {
+            continue;
+        };
+        let region = usize::from(account.region);
+        let ceiling = match card.ceiling_minor {
+            0 => default_ceilings.get(region).copied().unwrap_or(0),
+            own => own,
+        };
+        // spent > 90 % of ceiling, in integers.
+        if u128::from(card.window.spent_minor()) * 10 > u128::from(ceiling) * 9 {
+            if let Some(count) = near_ceiling.get_mut(region) {
+                *count += 1;
+            }
+        }
+    }
+    ShardCut {
+        totals: state.totals,
+        counters: state.counters.clone(),
+        near_ceiling,
+        rolled_day: state.rolled_day.clone(),
+        accounts: state.accounts.len() as u64,
+    }
+}
+
+impl Engine {
+    /// The conservation equation's two sides, at a consistent cut.
+    pub fn audit(&self) -> Result<Audit, EngineError> {
+        let totals = self.cut(|state| state.totals)?;
+        Ok(audit_of(totals.iter()))
+    }
+
+    /// Statistics for the pretty dump, at a consistent cut. Scans every card (for the
+    /// cards near their ceiling), so it costs a pause proportional to the accounts.
+    pub fn stats(&self) -> Result<Stats, EngineError> {
+        let default_ceilings: Vec<u64> = self
+            .regions()
+            .iter()
+            .map(|r| r.rules.default_card_ceiling_minor)
+            .collect();
+        let cuts = self.cut(move |state| cut_of(state, &default_ceilings))?;
+        let region_count = self.regions().len();
+        let mut regions: Vec<(String, RegionStats)> = self
+            .regions()
+            .iter()
+            .map(|r| (r.name.clone(), RegionStats::default()))
+            .collect();
+        let mut unattributed = RegionCounters::default();
+        for (reason, count) in Reason::ALL.iter().zip(&self.ingress_declines) {
+            unattributed.declined[reason.index()] += count.load(Ordering::Relaxed);
+        }
+        let mut shards = Vec::new();
+        for (shard, cut) in cuts.iter().enumerate() {
+            for (region, stats) in regions.iter_mut().enumerate() {
+                let stats = &mut stats.1;
+                stats.counters.add(&cut.counters[region]);
+                stats.cards_near_ceiling += cut.near_ceiling[region];
+                let rolled = cut.rolled_day[region];
+                if rolled != i32::MIN {
+                    stats.rolled_day =
+                        Some(stats.rolled_day.map_or(rolled, |day: i32| day.min(rolled)));
+                }
+            }
+            unattributed.add(&cut.counters[region_count]);
+            let metrics = &self.metrics[shard];
+            shards.push(ShardStats {
+                accounts: cut.accounts,
+                queue_depth: self.queue_depths()[shard],
+                commands: metrics.commands.load(Ordering::Relaxed),
+                batches: metrics.batches.load(Ordering::Relaxed),
+                busy_ns: metrics.busy_ns.load(Ordering::Relaxed),
+            });
+        }
+        let mut total = RegionStats::default();
+        for (_, stats) in &regions {
+            total.counters.add(&stats.counters);
+            total.cards_near_ceiling += stats.cards_near_ceiling;
+        }
+        total.counters.add(&unattributed);
+        let audit = audit_of(cuts.iter().map(|cut| &cut.totals));
+        Ok(Stats {
+            regions,
+            unattributed,
+            total,
+            audit,
+            shards,
+        })
+    }
+
+    /// The region id for `name`, or the unattributed bucket's index.
+    pub fn region_index(&self, name: &str) -> Option<RegionId> {
+        self.region_id(name)
+    }
+}
+
+fn audit_of<'a>(totals: impl Iterator<Item = &'a Totals>) -> Audit {
+    let mut sum = Totals::default();
+    for shard in totals {
+        sum.add(shard);
+    }
+    Audit {
+        balances_minor: sum.balances_minor,
+        in_flight_minor: sum.in_flight_minor(),
+        initial_deposits_minor: sum.initial_deposits_minor,
+        deposits_minor: sum.deposits_minor,
+        interest_minor: sum.interest_minor,
+        card_payments_minor: sum.card_payments_minor,
+    }
+}

@@ -1,0 +1,327 @@
+//! The shard actor: a dedicated thread that drains its mailboxes in batches, applies each
+//! input to its state, logs the batch and releases the replies once it is durable.
+//!
+//! Two mailboxes per shard: `ingress` (client commands, bounded: a full one pushes back on
+//! submitters) and `internal` (credits and settles from other shards, epoch work,
+//! inspections; unbounded so that the writer and other shards never block on a busy
+//! shard: it holds at most two messages per transfer in flight, and those are bounded by
+//! the ingress bound). `internal` is drained first. `docs/DECISIONS.md` says why a thread
+//! and a crossbeam channel rather than an actix actor.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::apply::{apply, Env, Input, Reply};
+use crate::calendar::Calendar;
+use crate::command::{Outcome, Request};
+use crate::ids::{shard_of, ShardId};
+use crate::log::BatchEncoder;
+use crate::region::Regions;
+use crate::reply::{Collector, Slot};
+use crate::state::ShardState;
+use crate::store::{Durability, JobSender, Release, Store, StoreError, WriteJob};
+
+/// The most client commands one shard batch takes.
+pub const BATCH_COMMANDS_MAX: usize = 8192;
+/// The most submissions waiting in one shard's ingress mailbox.
+pub const INGRESS_MAILS_MAX: usize = 4096;
+
+/// What a shard receives.
+pub enum Mail {
+    /// Client commands, each with its slot index in `collector`.
+    Requests {
+        ts_ms: i64,
+        items: Vec<(u32, Request)>,
+        collector: Arc<Collector>,
+    },
+    /// An input from another shard or from the batch service; `done` is told when it is
+    /// durable.
+    Input {
+        ts_ms: i64,
+        input: Input,
+        done: Option<Sender<()>>,
+    },
+    /// Runs a closure on the state between two inputs (stats, audits, snapshots).
+    Inspect(Box<dyn FnOnce(&ShardState) + Send>),
+    /// Ends the loop once everything before it is handled.
+    Stop,
+}
+
+/// Every shard's mailboxes.
+pub struct Router {
+    pub ingress: Vec<Sender<Mail>>,
+    pub internal: Vec<Sender<Mail>>,
+}
+
+impl Router {
+    /// Sends to a shard's internal mailbox. It is unbounded and its receiver lives as long
+    /// as the router, so this only fails while the engine is being torn down.
+    pub fn send_internal(&self, shard: ShardId, mail: Mail) {
+        if let Some(sender) = self.internal.get(usize::from(shard)) {
+            let _ = sender.send(mail);
+        }
+    }
+}
+
+/// Counters a shard publishes for the pretty dump.
+#[derive(Default)]
+pub struct ShardMetrics {
+    pub commands: AtomicU64,
+    pub batches: AtomicU64,
+    pub busy_ns: AtomicU64,
+}
+
+/// What a shard does once its batch is durable.
+pub struct ShardRelease {
+    fills: Vec<(Arc<Collector>, Vec<(u32, Outcome)>)>,
+    messages: Vec<(ShardId, Mail)>,
+    done: Vec<Sender<()>>,
+    router: Arc<Router>,
+}
+
+impl Release for ShardRelease {
+    fn release(self) {
+        for (collector, outcomes) in self.fills {
+            collector.fill(outcomes);
+        }
+        for (shard, mail) in self.messages {
+            self.router.send_internal(shard, mail);
+        }
+        for done in self.done {
+            // Whoever waits may have given up; nothing is owed to them then.
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Everything a shard thread needs.
+pub struct ShardSetup {
+    pub shard: ShardId,
+    pub shards: u16,
+    pub regions: Arc<Regions>,
+    pub durability: Durability,
+    pub store: Option<Arc<Store>>,
+    pub writer: Option<JobSender<ShardRelease>>,
+    pub router: Arc<Router>,
+    pub ingress: Receiver<Mail>,
+    pub internal: Receiver<Mail>,
+    pub metrics: Arc<ShardMetrics>,
+}
+
+/// Replays the shard's log, tells `ready`, then runs until [`Mail::Stop`].
+pub fn run(setup: ShardSetup, ready: Sender<Result<(), StoreError>>) {
+    let mut state = ShardState::new(setup.shard, setup.shards, setup.regions.len());
+    let mut calendar = Calendar::new(&setup.regions);
+    let next_seq = match &setup.store {
+        Some(store) => replay(store, &setup.regions, &mut state, &mut calendar),
+        None => Ok(0),
+    };
+    let next_seq = match next_seq {
+        Ok(next_seq) => next_seq,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    // Credits whose settle never made it to disk: send them again. The target answers a
+    // credit it has seen with the same settle, so this is exactly-once.
+    for (&seq, pending) in &state.pending {
+        let input = Input::Credit {
+            origin: setup.shard,
+            seq,
+            to: pending.to,
+            amount_minor: pending.amount_minor,
+        };
+        let mail = Mail::Input {
+            ts_ms: pending.ts_ms,
+            input,
+            done: None,
+        };
+        setup
+            .router
+            .send_internal(shard_of(pending.to, setup.shards), mail);
+    }
+    let mut actor = Actor {
+        setup,
+        state,
+        calendar,
+        next_seq,
+        parked: HashMap::new(),
+    };
+    actor.serve();
+}
+
+fn replay(
+    store: &Store,
+    regions: &Regions,
+    state: &mut ShardState,
+    calendar: &mut Calendar,
+) -> Result<u64, StoreError> {
+    let shard = state.shard;
+    store.read_log(shard, |seq, entries| {
+        for entry in entries {
+            let mut env = Env {
+                regions,
+                calendar: &mut *calendar,
+            };
+            let applied = apply(state, &mut env, entry.ts_ms, &entry.input);
+            if !applied.changed || applied.logged_outcome() != entry.outcome.as_ref() {
+                let detail = format!("logged {:?}, replayed {:?}", entry.outcome, applied.reply);
+                return Err(StoreError::Diverged { shard, seq, detail });
+            }
+        }
+        Ok(())
+    })
+}
+
+struct Actor {
+    setup: ShardSetup,
+    state: ShardState,
+    calendar: Calendar,
+    next_seq: u64,
+    /// Replies waiting for an outgoing transfer to settle, by its sequence number.
+    parked: HashMap<u64, Vec<Slot>>,
+}
+
+/// One batch being built.
+#[derive(Default)]
+struct Batch {
+    encoder: BatchEncoder,
+    fills: Vec<(Arc<Collector>, Vec<(u32, Outcome)>)>,
+    messages: Vec<(ShardId, Mail)>,
+    done: Vec<Sender<()>>,
+    commands: usize,
+    stop: bool,
+}
+
+impl Actor {
+    fn serve(&mut self) {
+        loop {
+            let first = crossbeam_channel::select_biased! {
+                recv(self.setup.internal) -> mail => mail,
+                recv(self.setup.ingress) -> mail => mail,
+            };
+            let Ok(first) = first else { return };
+            let started = Instant::now();
+            let mut batch = Batch::default();
+            self.handle(first, &mut batch);
+            while !batch.stop && batch.commands < BATCH_COMMANDS_MAX {
+                let next = self
+                    .setup
+                    .internal
+                    .try_recv()
+                    .or_else(|_| self.setup.ingress.try_recv());
+                let Ok(mail) = next else { break };
+                self.handle(mail, &mut batch);
+            }
+            let stop = batch.stop;
+            let metrics = self.setup.metrics.clone();
+            metrics
+                .commands
+                .fetch_add(batch.commands as u64, Ordering::Relaxed);
+            metrics.batches.fetch_add(1, Ordering::Relaxed);
+            self.flush(batch);
+            metrics
+                .busy_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, mail: Mail, batch: &mut Batch) {
+        match mail {
+            Mail::Requests {
+                ts_ms,
+                items,
+                collector,
+            } => {
+                batch.commands += items.len();
+                let mut outcomes = Vec::with_capacity(items.len());
+                for (index, request) in items {
+                    let input = Input::Client(request);
+                    let reply = self.apply_one(ts_ms, &input, batch);
+                    match reply {
+                        Reply::Now(outcome) => outcomes.push((index, outcome)),
+                        Reply::Parked { seq } => {
+                            let slot = Slot {
+                                collector: collector.clone(),
+                                index,
+                            };
+                            self.parked.entry(seq).or_default().push(slot);
+                        }
+                        Reply::Nothing | Reply::Settled { .. } | Reply::Recorded(_) => {}
+                    }
+                }
+                batch.fills.push((collector, outcomes));
+            }
+            Mail::Input { ts_ms, input, done } => {
+                if let Reply::Settled { seq, outcome } = self.apply_one(ts_ms, &input, batch) {
+                    for slot in self.parked.remove(&seq).unwrap_or_default() {
+                        batch
+                            .fills
+                            .push((slot.collector, vec![(slot.index, outcome.clone())]));
+                    }
+                }
+                // Told on release, so only once durable.
+                batch.done.extend(done);
+            }
+            Mail::Inspect(inspect) => inspect(&self.state),
+            Mail::Stop => batch.stop = true,
+        }
+    }
+
+    fn apply_one(&mut self, ts_ms: i64, input: &Input, batch: &mut Batch) -> Reply {
+        let mut env = Env {
+            regions: &self.setup.regions,
+            calendar: &mut self.calendar,
+        };
+        let applied = apply(&mut self.state, &mut env, ts_ms, input);
+        if applied.changed {
+            batch.encoder.push(ts_ms, input, applied.logged_outcome());
+        }
+        if let Some((shard, input)) = applied.message {
+            let mail = Mail::Input {
+                ts_ms: self.state.clock_ms,
+                input,
+                done: None,
+            };
+            batch.messages.push((shard, mail));
+        }
+        applied.reply
+    }
+
+    fn flush(&mut self, batch: Batch) {
+        let release = ShardRelease {
+            fills: batch.fills,
+            messages: batch.messages,
+            done: batch.done,
+            router: self.setup.router.clone(),
+        };
+        let (Some(writer), Durability::Sync | Durability::Async) =
+            (&self.setup.writer, self.setup.durability)
+        else {
+            release.release();
+            return;
+        };
+        let value = (!batch.encoder.is_empty()).then(|| batch.encoder.finish());
+        let seq = self.next_seq;
+        if value.is_some() {
+            self.next_seq += 1;
+        }
+        // If the writer is gone the engine is stopping: dropping the release drops the
+        // collectors, and their tickets report that the engine stopped.
+        let _ = writer.send(WriteJob {
+            shard: self.setup.shard,
+            seq,
+            value,
+            release,
+        });
+    }
+}

@@ -1,0 +1,758 @@
+//! The decision function: `apply(state, input, time) -> Applied`.
+//!
+//! Pure: it reads and changes only the shard's state and returns what must happen next
+//! (reply, park, send a message to another shard). No I/O, no clock, no allocation beyond
+//! the state's own growth, so the log replays to the same state and tests drive it
+//! directly.
+//!
+//! A transfer between shards is three inputs: the debit here (the source shard), a
+//! [`Input::Credit`] on the target shard, and a [`Input::Settle`] back here, which either
+//! completes it or refunds the source. Each is durable before the next is sent; the
+//! sequence numbers make a resent credit or settle a no-op.
+
+use bincode::{Decode, Encode};
+
+use crate::calendar::{half_month_of, Calendar, Day};
+use crate::command::{
+    AccountKind, AccountView, CardStatus, CardView, Command, Opening, Outcome, ProfileView, Reason,
+    RegionId, Request,
+};
+use crate::ids::{global_of, local_of, shard_of, AccountId, ShardId};
+use crate::interest::Savings;
+use crate::region::Regions;
+use crate::state::{
+    Account, Card, IdempotencyRecord, Instrument, PendingTransfer, Profile, Remembered, ShardState,
+    NO_ACCOUNT,
+};
+use crate::window::Window;
+
+/// The most accounts (and profiles) one shard may hold: local indices are `u32`.
+pub const SHARD_ENTRIES_MAX: usize = (NO_ACCOUNT - 1) as usize;
+
+/// Anything a shard applies.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Input {
+    /// A client's command.
+    Client(Request),
+    /// The credit leg of a transfer from shard `origin`.
+    Credit {
+        origin: ShardId,
+        seq: u64,
+        to: AccountId,
+        amount_minor: u64,
+    },
+    /// The target shard's answer to credit `seq`: `refused` is `None` when credited.
+    Settle { seq: u64, refused: Option<Reason> },
+    /// Part of an epoch: roll accounts `start .. end` of `region` to business day `day`.
+    Roll {
+        region: RegionId,
+        day: Day,
+        start: u32,
+        end: u32,
+    },
+}
+
+/// What the caller must do once the input's effects are durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Nobody waits for an answer.
+    Nothing,
+    /// Answer the client with this outcome.
+    Now(Outcome),
+    /// Answer when outgoing transfer `seq` settles.
+    Parked { seq: u64 },
+    /// Transfer `seq` settled: answer everyone parked on it.
+    Settled { seq: u64, outcome: Outcome },
+    /// Logged for the auditor; nobody on this shard waits for it (a credit leg).
+    Recorded(Outcome),
+}
+
+/// The result of applying one input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub reply: Reply,
+    /// Whether the state changed, so the input must be logged.
+    pub changed: bool,
+    /// An input for another shard, to send once this one is durable.
+    pub message: Option<(ShardId, Input)>,
+}
+
+impl Applied {
+    fn read(outcome: Outcome) -> Applied {
+        Applied {
+            reply: Reply::Now(outcome),
+            changed: false,
+            message: None,
+        }
+    }
+
+    fn changed(outcome: Outcome) -> Applied {
+        Applied {
+            reply: Reply::Now(outcome),
+            changed: true,
+            message: None,
+        }
+    }
+
+    /// The outcome written to the log for this input, if any.
+    pub fn logged_outcome(&self) -> Option<&Outcome> {
+        match &self.reply {
+            Reply::Now(outcome) | Reply::Settled { outcome, .. } | Reply::Recorded(outcome) => {
+                Some(outcome)
+            }
+            Reply::Nothing | Reply::Parked { .. } => None,
+        }
+    }
+}
+
+/// What `apply` reads besides the state.
+pub struct Env<'a> {
+    pub regions: &'a Regions,
+    pub calendar: &'a mut Calendar,
+}
+
+/// Applies `input`, stamped `ts_ms` at ingress, to `state`.
+pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Input) -> Applied {
+    // A shard's time never goes backwards, whatever order stamps arrive in.
+    let now_ms = state.clock_ms.max(ts_ms);
+    state.clock_ms = now_ms;
+    match input {
+        Input::Client(request) => apply_request(state, env, now_ms, request),
+        Input::Credit {
+            origin,
+            seq,
+            to,
+            amount_minor,
+        } => apply_credit(state, env, now_ms, *origin, *seq, *to, *amount_minor),
+        Input::Settle { seq, refused } => apply_settle(state, *seq, *refused),
+        Input::Roll {
+            region,
+            day,
+            start,
+            end,
+        } => {
+            roll(state, env, *region, *day, *start, *end);
+            Applied {
+                reply: Reply::Nothing,
+                changed: true,
+                message: None,
+            }
+        }
+    }
+}
+
+fn apply_request(
+    state: &mut ShardState,
+    env: &mut Env<'_>,
+    now_ms: i64,
+    request: &Request,
+) -> Applied {
+    let command = &request.command;
+    let Some(command_id) = request.command_id.as_ref().filter(|_| !command.is_read()) else {
+        return decide(state, env, now_ms, command);
+    };
+    if let Some(record) = state.idempotency.get(command_id) {
+        if record.command != *command {
+            return Applied::read(Outcome::Declined(Reason::IdempotencyConflict));
+        }
+        let reply = match &record.remembered {
+            Remembered::Final(outcome) => Reply::Now(outcome.clone()),
+            Remembered::Pending { seq } => Reply::Parked { seq: *seq },
+        };
+        return Applied {
+            reply,
+            changed: false,
+            message: None,
+        };
+    }
+    let applied = decide(state, env, now_ms, command);
+    let remembered = match &applied.reply {
+        Reply::Parked { seq } => {
+            if let Some(pending) = state.pending.get_mut(seq) {
+                pending.command_id = Some(command_id.clone());
+            }
+            Remembered::Pending { seq: *seq }
+        }
+        Reply::Now(outcome) => Remembered::Final(outcome.clone()),
+        Reply::Nothing | Reply::Settled { .. } | Reply::Recorded(_) => {
+            unreachable!("a command is answered or parked")
+        }
+    };
+    state.idempotency.insert(
+        command_id.clone(),
+        IdempotencyRecord {
+            command: command.clone(),
+            remembered,
+        },
+    );
+    applied
+}
+
+fn decide(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, command: &Command) -> Applied {
+    match *command {
+        Command::OpenProfile { region } => open_profile(state, env, region),
+        Command::OpenAccount {
+            profile,
+            kind,
+            opening,
+        } => open_account(state, env, now_ms, profile, kind, opening),
+        Command::Pay { card, amount_minor } => pay(state, env, now_ms, card, amount_minor),
+        Command::Transfer {
+            from,
+            to,
+            amount_minor,
+        } => transfer(state, env, now_ms, from, to, amount_minor),
+        Command::Deposit {
+            account,
+            amount_minor,
+        } => deposit(state, env, now_ms, account, amount_minor),
+        Command::SetCeiling {
+            card,
+            ceiling_minor,
+        } => change_card(state, card, |c| c.ceiling_minor = ceiling_minor),
+        Command::Block { card } => change_card(state, card, |c| c.status = CardStatus::Blocked),
+        Command::Unblock { card } => change_card(state, card, |c| c.status = CardStatus::Active),
+        Command::ReadAccount { account } => Applied::read(read_account(state, account)),
+        Command::ReadCard { card } => Applied::read(read_card(state, env, now_ms, card)),
+        Command::ReadProfile { profile } => Applied::read(read_profile(state, profile)),
+    }
+}
+
+/// Counts a declined command and returns its outcome.
+fn decline(
+    state: &mut ShardState,
+    region: Option<RegionId>,
+    reason: Reason,
+    amount_minor: u64,
+) -> Applied {
+    let counters = state.counters_of(region);
+    counters.declined[reason.index()] += 1;
+    counters.declined_minor[reason.index()] += u128::from(amount_minor);
+    Applied::changed(Outcome::Declined(reason))
+}
+
+/// The local index of `id` if this shard owns it and it exists.
+fn local_account(state: &ShardState, id: AccountId) -> Option<usize> {
+    if shard_of(id, state.shards) != state.shard {
+        return None;
+    }
+    let local = usize::try_from(local_of(id, state.shards)).ok()?;
+    (local < state.accounts.len()).then_some(local)
+}
+
+fn open_profile(state: &mut ShardState, env: &mut Env<'_>, region: RegionId) -> Applied {
+    if env.regions.get(region).is_none() {
+        return decline(state, None, Reason::UnknownRegion, 0);
+    }
+    assert!(
+        state.profiles.len() < SHARD_ENTRIES_MAX,
+        "shard profile table is full"
+    );
+    let local = state.profiles.len() as u64;
+    let Some(profile) = global_of(local, state.shard, state.shards) else {
+        return decline(state, Some(region), Reason::UnknownProfile, 0);
+    };
+    state.profiles.push(Profile {
+        region,
+        first_account: NO_ACCOUNT,
+        last_account: NO_ACCOUNT,
+    });
+    state.counters_of(Some(region)).profiles += 1;
+    Applied::changed(Outcome::ProfileOpened { profile })
+}
+
+fn open_account(
+    state: &mut ShardState,
+    env: &mut Env<'_>,
+    now_ms: i64,
+    profile: u64,
+    kind: AccountKind,
+    opening: Option<Opening>,
+) -> Applied {
+    let profile_local = (shard_of(profile, state.shards) == state.shard)
+        .then(|| local_of(profile, state.shards) as usize)
+        .filter(|&local| local < state.profiles.len());
+    let Some(profile_local) = profile_local else {
+        return decline(state, None, Reason::UnknownProfile, 0);
+    };
+    let region_id = state.profiles[profile_local].region;
+    let Some(region) = env.regions.get(region_id) else {
+        return decline(state, None, Reason::UnknownRegion, 0);
+    };
+    assert!(
+        state.accounts.len() < SHARD_ENTRIES_MAX,
+        "shard account table is full"
+    );
+    let local = state.accounts.len() as u32;
+    let Some(account) = global_of(u64::from(local), state.shard, state.shards) else {
+        return decline(state, Some(region_id), Reason::UnknownProfile, 0);
+    };
+    let deposit_minor = opening.map_or(region.rules.initial_deposit_minor, |o| o.deposit_minor);
+    let day = env.calendar.business_day(env.regions, region_id, now_ms);
+    let instrument = match kind {
+        AccountKind::Checking => Instrument::Card(Card {
+            status: CardStatus::Active,
+            ceiling_minor: opening.map_or(0, |o| o.ceiling_minor),
+            window: Window::new(day),
+        }),
+        AccountKind::Savings => Instrument::Savings(Savings::opened(half_month_of(day))),
+    };
+    state.accounts.push(Account {
+        balance_minor: deposit_minor,
+        profile: profile_local as u32,
+        next_in_profile: NO_ACCOUNT,
+        region: region_id,
+        instrument,
+    });
+    let owner = &mut state.profiles[profile_local];
+    match owner.last_account {
+        NO_ACCOUNT => owner.first_account = local,
+        last => state.accounts[last as usize].next_in_profile = local,
+    }
+    state.profiles[profile_local].last_account = local;
+    state.totals.balances_minor += u128::from(deposit_minor);
+    state.totals.initial_deposits_minor += u128::from(deposit_minor);
+    let counters = state.counters_of(Some(region_id));
+    counters.balances_minor += u128::from(deposit_minor);
+    let card = match kind {
+        AccountKind::Checking => {
+            counters.checking_accounts += 1;
+            Some(account)
+        }
+        AccountKind::Savings => {
+            counters.savings_accounts += 1;
+            None
+        }
+    };
+    Applied::changed(Outcome::AccountOpened { account, card })
+}
+
+fn ceiling_of(card: &Card, env: &Env<'_>, region: RegionId) -> u64 {
+    match card.ceiling_minor {
+        0 => env
+            .regions
+            .get(region)
+            .map_or(0, |r| r.rules.default_card_ceiling_minor),
+        own => own,
+    }
+}
+
+fn pay(
+    state: &mut ShardState,
+    env: &mut Env<'_>,
+    now_ms: i64,
+    card: u64,
+    amount_minor: u64,
+) -> Applied {
+    let Some(local) = local_account(state, card) else {
+        return decline(state, None, Reason::UnknownCard, amount_minor);
+    };
+    let account = &mut state.accounts[local];
+    let region = account.region;
+    let Instrument::Card(card) = &mut account.instrument else {
+        return decline(state, Some(region), Reason::UnknownCard, amount_minor);
+    };
+    if card.status == CardStatus::Blocked {
+        return decline(state, Some(region), Reason::CardBlocked, amount_minor);
+    }
+    card.window
+        .roll_to(env.calendar.business_day(env.regions, region, now_ms));
+    let spent_minor = card.window.spent_minor();
+    if spent_minor + amount_minor > ceiling_of(card, env, region) {
+        return decline(state, Some(region), Reason::CeilingExceeded, amount_minor);
+    }
+    let Some(balance_minor) = account.balance_minor.checked_sub(amount_minor) else {
+        return decline(state, Some(region), Reason::InsufficientFunds, amount_minor);
+    };
+    card.window.record(amount_minor);
+    account.balance_minor = balance_minor;
+    state.totals.balances_minor -= u128::from(amount_minor);
+    state.totals.card_payments_minor += u128::from(amount_minor);
+    let counters = state.counters_of(Some(region));
+    counters.balances_minor -= u128::from(amount_minor);
+    counters.payments_approved += 1;
+    counters.payments_approved_minor += u128::from(amount_minor);
+    Applied::changed(Outcome::Approved {
+        balance_minor,
+        spent_7d_minor: spent_minor + amount_minor,
+    })
+}
+
+/// Brings a savings account's interest up to `now_ms`, crediting any posting.
+fn touch_savings(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, local: usize) {
+    let region = state.accounts[local].region;
+    if !matches!(state.accounts[local].instrument, Instrument::Savings(_)) {
+        return;
+    }
+    let day = env.calendar.business_day(env.regions, region, now_ms);
+    advance_savings(state, env, local, half_month_of(day));
+}
+
+fn advance_savings(state: &mut ShardState, env: &Env<'_>, local: usize, half_month: i32) {
+    let account = &mut state.accounts[local];
+    let region = account.region;
+    let Instrument::Savings(savings) = &mut account.instrument else {
+        return;
+    };
+    if savings.half_month() >= half_month {
+        return;
+    }
+    let rate_bp = env
+        .regions
+        .get(region)
+        .map_or(0, |r| r.rules.savings_rate_bp);
+    let posted_minor = savings.advance_to(half_month, account.balance_minor, rate_bp);
+    if posted_minor > 0 {
+        account.balance_minor += posted_minor;
+        state.totals.balances_minor += u128::from(posted_minor);
+        state.totals.interest_minor += u128::from(posted_minor);
+        state.counters_of(Some(region)).balances_minor += u128::from(posted_minor);
+    }
+}
+
+/// Takes `amount_minor` from account `local`, or says why not.
+fn debit(state: &mut ShardState, local: usize, amount_minor: u64) -> Result<u64, Reason> {
+    let account = &mut state.accounts[local];
+    let balance = account
+        .balance_minor
+        .checked_sub(amount_minor)
+        .ok_or(Reason::InsufficientFunds)?;
+    account.balance_minor = balance;
+    if let Instrument::Savings(savings) = &mut account.instrument {
+        savings.record_debit(amount_minor);
+    }
+    let region = account.region;
+    state.totals.balances_minor -= u128::from(amount_minor);
+    state.counters_of(Some(region)).balances_minor -= u128::from(amount_minor);
+    Ok(balance)
+}
+
+/// Adds `amount_minor` to account `local`, or says why not (it would overflow).
+fn credit(state: &mut ShardState, local: usize, amount_minor: u64) -> Result<u64, Reason> {
+    let account = &mut state.accounts[local];
+    let balance = account
+        .balance_minor
+        .checked_add(amount_minor)
+        .ok_or(Reason::InvalidAmount)?;
+    account.balance_minor = balance;
+    let region = account.region;
+    state.totals.balances_minor += u128::from(amount_minor);
+    state.counters_of(Some(region)).balances_minor += u128::from(amount_minor);
+    Ok(balance)
+}
+
+fn transfer(
+    state: &mut ShardState,
+    env: &mut Env<'_>,
+    now_ms: i64,
+    from: AccountId,
+    to: AccountId,
+    amount_minor: u64,
+) -> Applied {
+    let Some(from_local) = local_account(state, from) else {
+        return decline(state, None, Reason::UnknownAccount, amount_minor);
+    };
+    let region = Some(state.accounts[from_local].region);
+    if from == to {
+        return decline(state, region, Reason::SameAccount, amount_minor);
+    }
+    let to_local = if shard_of(to, state.shards) == state.shard {
+        match local_account(state, to) {
+            Some(local) => Some(local),
+            None => return decline(state, region, Reason::UnknownAccount, amount_minor),
+        }
+    } else {
+        None
+    };
+    touch_savings(state, env, now_ms, from_local);
+    if state.accounts[from_local].balance_minor < amount_minor {
+        return decline(state, region, Reason::InsufficientFunds, amount_minor);
+    }
+    let Some(to_local) = to_local else {
+        return transfer_out(state, from_local, to, amount_minor, now_ms);
+    };
+    touch_savings(state, env, now_ms, to_local);
+    if state.accounts[to_local]
+        .balance_minor
+        .checked_add(amount_minor)
+        .is_none()
+    {
+        return decline(state, region, Reason::InvalidAmount, amount_minor);
+    }
+    let result = debit(state, from_local, amount_minor)
+        .and_then(|balance| credit(state, to_local, amount_minor).map(|_| balance));
+    match result {
+        Ok(balance_minor) => Applied::changed(Outcome::Done { balance_minor }),
+        Err(_) => unreachable!("funds and room were checked above"),
+    }
+}
+
+/// The first leg of a transfer to another shard: debit and remember it as in flight.
+fn transfer_out(
+    state: &mut ShardState,
+    from_local: usize,
+    to: AccountId,
+    amount_minor: u64,
+    now_ms: i64,
+) -> Applied {
+    let Ok(balance_after_minor) = debit(state, from_local, amount_minor) else {
+        unreachable!("funds were checked by the caller")
+    };
+    let seq = state.next_transfer_seq;
+    state.next_transfer_seq += 1;
+    state.totals.transfers_out_minor += u128::from(amount_minor);
+    state.pending.insert(
+        seq,
+        PendingTransfer {
+            from_local: from_local as u32,
+            to,
+            amount_minor,
+            balance_after_minor,
+            command_id: None,
+            ts_ms: now_ms,
+        },
+    );
+    let credit = Input::Credit {
+        origin: state.shard,
+        seq,
+        to,
+        amount_minor,
+    };
+    Applied {
+        reply: Reply::Parked { seq },
+        changed: true,
+        message: Some((shard_of(to, state.shards), credit)),
+    }
+}
+
+fn apply_credit(
+    state: &mut ShardState,
+    env: &mut Env<'_>,
+    now_ms: i64,
+    origin: ShardId,
+    seq: u64,
+    to: AccountId,
+    amount_minor: u64,
+) -> Applied {
+    let Some(seen) = state.credits_seen.get_mut(usize::from(origin)) else {
+        return Applied {
+            reply: Reply::Nothing,
+            changed: false,
+            message: None,
+        };
+    };
+    // Credits from one origin arrive in increasing sequence order (with gaps: the origin
+    // numbers its transfers to every shard in one sequence), so a number below the next
+    // expected one was applied already.
+    if seq < *seen {
+        // A credit resent after a restart: answer as the first time, change nothing.
+        let refused = state.refused_credits.get(&(origin, seq)).copied();
+        let settle = Input::Settle { seq, refused };
+        return Applied {
+            reply: Reply::Nothing,
+            changed: false,
+            message: Some((origin, settle)),
+        };
+    }
+    *seen = seq + 1;
+    let result = match local_account(state, to) {
+        None => Err(Reason::UnknownAccount),
+        Some(local) => {
+            touch_savings(state, env, now_ms, local);
+            credit(state, local, amount_minor)
+        }
+    };
+    let outcome = match result {
+        Ok(balance_minor) => {
+            state.totals.transfers_in_minor += u128::from(amount_minor);
+            Outcome::Done { balance_minor }
+        }
+        Err(reason) => {
+            state.refused_credits.insert((origin, seq), reason);
+            Outcome::Declined(reason)
+        }
+    };
+    let settle = Input::Settle {
+        seq,
+        refused: outcome.declined(),
+    };
+    Applied {
+        reply: Reply::Recorded(outcome),
+        changed: true,
+        message: Some((origin, settle)),
+    }
+}
+
+fn apply_settle(state: &mut ShardState, seq: u64, refused: Option<Reason>) -> Applied {
+    let Some(pending) = state.pending.get(&seq) else {
+        // Settled already: a settle resent after a restart.
+        return Applied {
+            reply: Reply::Nothing,
+            changed: false,
+            message: None,
+        };
+    };
+    let local = pending.from_local as usize;
+    let amount_minor = pending.amount_minor;
+    let outcome = match refused {
+        None => Outcome::Done {
+            balance_minor: pending.balance_after_minor,
+        },
+        Some(reason) => {
+            if credit(state, local, amount_minor).is_err() {
+                // The source cannot take its money back without overflowing: it stays in
+                // flight (conservation holds) until a later settle can refund it.
+                return Applied {
+                    reply: Reply::Nothing,
+                    changed: false,
+                    message: None,
+                };
+            }
+            state.totals.refunds_minor += u128::from(amount_minor);
+            let region = Some(state.accounts[local].region);
+            let counters = state.counters_of(region);
+            counters.declined[reason.index()] += 1;
+            counters.declined_minor[reason.index()] += u128::from(amount_minor);
+            Outcome::Declined(reason)
+        }
+    };
+    if let Some(pending) = state.pending.remove(&seq) {
+        if let Some(id) = pending.command_id {
+            if let Some(record) = state.idempotency.get_mut(&id) {
+                record.remembered = Remembered::Final(outcome.clone());
+            }
+        }
+    }
+    Applied {
+        reply: Reply::Settled { seq, outcome },
+        changed: true,
+        message: None,
+    }
+}
+
+fn deposit(
+    state: &mut ShardState,
+    env: &mut Env<'_>,
+    now_ms: i64,
+    account: AccountId,
+    amount_minor: u64,
+) -> Applied {
+    let Some(local) = local_account(state, account) else {
+        return decline(state, None, Reason::UnknownAccount, amount_minor);
+    };
+    touch_savings(state, env, now_ms, local);
+    match credit(state, local, amount_minor) {
+        Ok(balance_minor) => {
+            state.totals.deposits_minor += u128::from(amount_minor);
+            Applied::changed(Outcome::Done { balance_minor })
+        }
+        Err(reason) => {
+            let region = Some(state.accounts[local].region);
+            decline(state, region, reason, amount_minor)
+        }
+    }
+}
+
+fn change_card(state: &mut ShardState, card: u64, change: impl FnOnce(&mut Card)) -> Applied {
+    let found =
+        local_account(state, card).and_then(|local| match &mut state.accounts[local].instrument {
+            Instrument::Card(card) => Some(card),
+            Instrument::Savings(_) => None,
+        });
+    match found {
+        Some(card) => {
+            change(card);
+            Applied::changed(Outcome::Updated)
+        }
+        None => decline(state, None, Reason::UnknownCard, 0),
+    }
+}
+
+fn read_account(state: &ShardState, account: AccountId) -> Outcome {
+    let Some(local) = local_account(state, account) else {
+        return Outcome::Declined(Reason::UnknownAccount);
+    };
+    let entry = &state.accounts[local];
+    let profile =
+        global_of(u64::from(entry.profile), state.shard, state.shards).unwrap_or(u64::MAX);
+    let (kind, card) = match entry.instrument {
+        Instrument::Card(_) => (AccountKind::Checking, Some(account)),
+        Instrument::Savings(_) => (AccountKind::Savings, None),
+    };
+    Outcome::Account(AccountView {
+        account,
+        profile,
+        kind,
+        balance_minor: entry.balance_minor,
+        card,
+    })
+}
+
+fn read_card(state: &ShardState, env: &mut Env<'_>, now_ms: i64, card_id: u64) -> Outcome {
+    let Some(local) = local_account(state, card_id) else {
+        return Outcome::Declined(Reason::UnknownCard);
+    };
+    let entry = &state.accounts[local];
+    let Instrument::Card(card) = &entry.instrument else {
+        return Outcome::Declined(Reason::UnknownCard);
+    };
+    // A read does not change state: roll a copy of the window.
+    let mut window = card.window;
+    window.roll_to(env.calendar.business_day(env.regions, entry.region, now_ms));
+    let ceiling_minor = ceiling_of(card, env, entry.region);
+    let spent_7d_minor = window.spent_minor();
+    Outcome::Card(CardView {
+        card: card_id,
+        account: card_id,
+        status: card.status,
+        ceiling_minor,
+        spent_7d_minor,
+        remaining_minor: ceiling_minor.saturating_sub(spent_7d_minor),
+    })
+}
+
+fn read_profile(state: &ShardState, profile: u64) -> Outcome {
+    let local = (shard_of(profile, state.shards) == state.shard)
+        .then(|| local_of(profile, state.shards) as usize)
+        .filter(|&local| local < state.profiles.len());
+    let Some(local) = local else {
+        return Outcome::Declined(Reason::UnknownProfile);
+    };
+    let entry = &state.profiles[local];
+    let mut accounts = Vec::new();
+    let mut next = entry.first_account;
+    while next != NO_ACCOUNT {
+        accounts.push(global_of(u64::from(next), state.shard, state.shards).unwrap_or(u64::MAX));
+        next = state.accounts[next as usize].next_in_profile;
+    }
+    Outcome::Profile(ProfileView {
+        profile,
+        region: entry.region,
+        accounts,
+    })
+}
+
+/// Rolls accounts `start .. end` of `region` to `day`: card windows and savings interest.
+fn roll(
+    state: &mut ShardState,
+    env: &mut Env<'_>,
+    region: RegionId,
+    day: Day,
+    start: u32,
+    end: u32,
+) {
+    let end = (end as usize).min(state.accounts.len());
+    let half_month = half_month_of(day);
+    for local in (start as usize)..end {
+        if state.accounts[local].region != region {
+            continue;
+        }
+        match &mut state.accounts[local].instrument {
+            Instrument::Card(card) => card.window.roll_to(day),
+            Instrument::Savings(_) => advance_savings(state, env, local, half_month),
+        }
+    }
+    if let Some(rolled) = state.rolled_day.get_mut(usize::from(region)) {
+        *rolled = (*rolled).max(day);
+    }
+}

@@ -1,0 +1,287 @@
+//! Commands, outcomes and decline reasons: the vocabulary every boundary shares.
+
+use bincode::{Decode, Encode};
+
+use crate::ids::{AccountId, CardId, ProfileId};
+use crate::money;
+
+/// The longest `command_id`, in bytes.
+pub const COMMAND_ID_BYTES_MAX: usize = 64;
+
+/// A client's idempotency key: 1 to 64 printable ASCII bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+pub struct CommandId(String);
+
+impl CommandId {
+    /// Checks `text` and wraps it, or says what is wrong with it.
+    pub fn new(text: &str) -> Result<CommandId, &'static str> {
+        if text.is_empty() || text.len() > COMMAND_ID_BYTES_MAX {
+            return Err("a command id has 1 to 64 bytes");
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a command id is printable ASCII without spaces");
+        }
+        Ok(CommandId(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Index of a region in the engine's region table.
+pub type RegionId = u16;
+
+/// The kind of an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum AccountKind {
+    /// A checking account; it has exactly one debit card.
+    Checking,
+    /// A savings account; it earns interest and has no card.
+    Savings,
+}
+
+/// Terms that replace the region's rules when opening an account (bulk population).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct Opening {
+    /// Credited at opening instead of the region's `initial_deposit`.
+    pub deposit_minor: u64,
+    /// The card's seven-day ceiling instead of the region default (checking only).
+    pub ceiling_minor: u64,
+}
+
+/// A command a client sends. Amounts are minor units.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Command {
+    /// Open a profile in a region.
+    OpenProfile { region: RegionId },
+    /// Open an account in a profile; a checking account gets its card.
+    OpenAccount {
+        profile: ProfileId,
+        kind: AccountKind,
+        opening: Option<Opening>,
+    },
+    /// A card payment: debit the card's account, count toward the card's window.
+    Pay { card: CardId, amount_minor: u64 },
+    /// Move money between two accounts, wherever they live.
+    Transfer {
+        from: AccountId,
+        to: AccountId,
+        amount_minor: u64,
+    },
+    /// Credit an account.
+    Deposit {
+        account: AccountId,
+        amount_minor: u64,
+    },
+    /// Set a card's own seven-day ceiling.
+    SetCeiling { card: CardId, ceiling_minor: u64 },
+    /// Block a card: its payments are declined.
+    Block { card: CardId },
+    /// Unblock a card.
+    Unblock { card: CardId },
+    /// Read an account.
+    ReadAccount { account: AccountId },
+    /// Read a card.
+    ReadCard { card: CardId },
+    /// Read a profile.
+    ReadProfile { profile: ProfileId },
+}
+
+impl Command {
+    /// Whether every amount the command carries is `1 ..= 10^15` (§1).
+    pub fn amounts_are_valid(&self) -> bool {
+        match *self {
+            Command::Pay { amount_minor, .. }
+            | Command::Transfer { amount_minor, .. }
+            | Command::Deposit { amount_minor, .. }
+            | Command::SetCeiling {
+                ceiling_minor: amount_minor,
+                ..
+            } => money::amount_is_valid(amount_minor),
+            Command::OpenAccount {
+                opening: Some(opening),
+                ..
+            } => {
+                money::amount_is_valid(opening.deposit_minor)
+                    && money::amount_is_valid(opening.ceiling_minor)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether the command only reads.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Command::ReadAccount { .. } | Command::ReadCard { .. } | Command::ReadProfile { .. }
+        )
+    }
+}
+
+/// A command with its optional idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Request {
+    /// The command.
+    pub command: Command,
+    /// Deduplicates retries (§6); reads ignore it.
+    pub command_id: Option<CommandId>,
+}
+
+impl Request {
+    /// A request without an idempotency key.
+    pub fn new(command: Command) -> Request {
+        Request {
+            command,
+            command_id: None,
+        }
+    }
+
+    /// A request with an idempotency key.
+    pub fn with_id(command: Command, command_id: CommandId) -> Request {
+        Request {
+            command,
+            command_id: Some(command_id),
+        }
+    }
+}
+
+/// Why a command was declined. A credit that would overflow a balance is `InvalidAmount`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+#[repr(u8)]
+pub enum Reason {
+    UnknownRegion,
+    UnknownProfile,
+    UnknownAccount,
+    UnknownCard,
+    CardBlocked,
+    InsufficientFunds,
+    CeilingExceeded,
+    InvalidAmount,
+    SameAccount,
+    IdempotencyConflict,
+}
+
+impl Reason {
+    /// Every reason, in the order of their index.
+    pub const ALL: [Reason; 10] = [
+        Reason::UnknownRegion,
+        Reason::UnknownProfile,
+        Reason::UnknownAccount,
+        Reason::UnknownCard,
+        Reason::CardBlocked,
+        Reason::InsufficientFunds,
+        Reason::CeilingExceeded,
+        Reason::InvalidAmount,
+        Reason::SameAccount,
+        Reason::IdempotencyConflict,
+    ];
+
+    /// The upper-case word clients see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UnknownRegion => "UNKNOWN_REGION",
+            Reason::UnknownProfile => "UNKNOWN_PROFILE",
+            Reason::UnknownAccount => "UNKNOWN_ACCOUNT",
+            Reason::UnknownCard => "UNKNOWN_CARD",
+            Reason::CardBlocked => "CARD_BLOCKED",
+            Reason::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Reason::CeilingExceeded => "CEILING_EXCEEDED",
+            Reason::InvalidAmount => "INVALID_AMOUNT",
+            Reason::SameAccount => "SAME_ACCOUNT",
+            Reason::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+        }
+    }
+
+    /// Position in [`Reason::ALL`], for counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Whether a card accepts payments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum CardStatus {
+    Active,
+    Blocked,
+}
+
+impl CardStatus {
+    /// The upper-case word clients see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardStatus::Active => "ACTIVE",
+            CardStatus::Blocked => "BLOCKED",
+        }
+    }
+}
+
+/// What a read of an account returns.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct AccountView {
+    pub account: AccountId,
+    pub profile: ProfileId,
+    pub kind: AccountKind,
+    pub balance_minor: u64,
+    /// The card of a checking account.
+    pub card: Option<CardId>,
+}
+
+/// What a read of a card returns.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct CardView {
+    pub card: CardId,
+    pub account: AccountId,
+    pub status: CardStatus,
+    pub ceiling_minor: u64,
+    pub spent_7d_minor: u64,
+    /// `ceiling - spent_7d`, or 0 when a lowered ceiling is already exceeded.
+    pub remaining_minor: u64,
+}
+
+/// What a read of a profile returns.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ProfileView {
+    pub profile: ProfileId,
+    pub region: RegionId,
+    /// The profile's accounts, oldest first.
+    pub accounts: Vec<AccountId>,
+}
+
+/// The outcome of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Outcome {
+    ProfileOpened {
+        profile: ProfileId,
+    },
+    AccountOpened {
+        account: AccountId,
+        card: Option<CardId>,
+    },
+    /// A payment went through.
+    Approved {
+        balance_minor: u64,
+        spent_7d_minor: u64,
+    },
+    /// A transfer (the source's balance) or a deposit (the account's balance) went through.
+    Done {
+        balance_minor: u64,
+    },
+    /// A card was changed.
+    Updated,
+    Account(AccountView),
+    Card(CardView),
+    Profile(ProfileView),
+    Declined(Reason),
+}
+
+impl Outcome {
+    /// The decline reason, if declined.
+    pub fn declined(&self) -> Option<Reason> {
+        match self {
+            Outcome::Declined(reason) => Some(*reason),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The shards of plafond.
+//!
+//! A shard is a single-writer loop that owns a partition of the accounts. This crate holds
+//! everything a shard is made of, from the inside out:
+//!
+//! - [`money`], [`ids`], [`command`]: the vocabulary (amounts, ids, commands, outcomes);
+//! - [`region`], [`calendar`]: regions and their business days in their own time zone;
+//! - [`window`], [`interest`]: the seven-day card window and the half-month savings rule;
+//! - [`state`], [`apply`]: a shard's state and the pure function that decides a command;
+//! - [`log`], [`store`]: the on-disk changelog and the RocksDB group-commit writer;
+//! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together.
+//!
+//! Nothing here reads a wall clock: every input carries the time it was stamped with at
+//! ingress, so replaying the log reproduces the state exactly.
+
+pub mod actor;
+pub mod apply;
+pub mod calendar;
+pub mod command;
+pub mod ids;
+pub mod interest;
+pub mod log;
+pub mod money;
+pub mod region;
+pub mod reply;
+pub mod state;
+pub mod store;
+pub mod window;

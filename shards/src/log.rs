@@ -1,0 +1,213 @@
+//! The changelog: what a shard writes to RocksDB for each batch (the disk format).
+//!
+//! Key: `b'L'`, shard (u16 big-endian), batch sequence number (u64 big-endian), so one
+//! shard's batches sort in order. Value: format version (u8), entry count (u32
+//! little-endian), then the entries, each bincode 2 (standard config: little-endian,
+//! varints) of `Entry { ts_ms: i64, input: Input, outcome: Option<Outcome> }`.
+//!
+//! The log is the source of truth: replaying a shard's entries through
+//! [`crate::apply::apply`] rebuilds its state, and each replayed outcome must equal the
+//! logged one. It is also the audit trail: every state change, with its command id.
+
+use bincode::{Decode, Encode};
+
+use crate::apply::Input;
+use crate::command::Outcome;
+use crate::ids::ShardId;
+
+/// Version of the value format.
+pub const LOG_FORMAT_VERSION: u8 = 1;
+/// Prefix byte of log keys.
+pub const LOG_KEY_PREFIX: u8 = b'L';
+/// Bytes of a log key.
+pub const LOG_KEY_BYTES: usize = 11;
+/// The largest entry a decoder will accept, against corrupt length fields.
+pub const ENTRY_BYTES_MAX: usize = 1 << 20;
+const HEADER_BYTES: usize = 5;
+
+type Config = bincode::config::Configuration;
+
+fn config() -> Config {
+    bincode::config::standard()
+}
+
+/// One logged input.
+#[derive(Clone, Debug, PartialEq, Eq, Decode)]
+pub struct Entry {
+    pub ts_ms: i64,
+    pub input: Input,
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Encode)]
+struct EntryRef<'a> {
+    ts_ms: i64,
+    input: &'a Input,
+    outcome: Option<&'a Outcome>,
+}
+
+/// Why a log value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log batch {seq} of shard {shard}: {problem}")]
+    Corrupt {
+        shard: ShardId,
+        seq: u64,
+        problem: String,
+    },
+}
+
+/// The key of batch `seq` of `shard`.
+pub fn log_key(shard: ShardId, seq: u64) -> [u8; LOG_KEY_BYTES] {
+    let mut key = [0u8; LOG_KEY_BYTES];
+    key[0] = LOG_KEY_PREFIX;
+    key[1..3].copy_from_slice(&shard.to_be_bytes());
+    key[3..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The shard and sequence number of a log key.
+pub fn parse_log_key(key: &[u8]) -> Option<(ShardId, u64)> {
+    if key.len() != LOG_KEY_BYTES || key[0] != LOG_KEY_PREFIX {
+        return None;
+    }
+    let shard = ShardId::from_be_bytes([key[1], key[2]]);
+    let seq = u64::from_be_bytes(key[3..].try_into().ok()?);
+    Some((shard, seq))
+}
+
+/// Builds one batch value.
+pub struct BatchEncoder {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+impl Default for BatchEncoder {
+    fn default() -> BatchEncoder {
+        BatchEncoder::new()
+    }
+}
+
+impl BatchEncoder {
+    /// An empty batch.
+    pub fn new() -> BatchEncoder {
+        let mut bytes = Vec::with_capacity(4096);
+        bytes.push(LOG_FORMAT_VERSION);
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        BatchEncoder { bytes, count: 0 }
+    }
+
+    /// Appends an entry.
+    pub fn push(&mut self, ts_ms: i64, input: &Input, outcome: Option<&Outcome>) {
+        let entry = EntryRef {
+            ts_ms,
+            input,
+            outcome,
+        };
+        // Writing into a Vec cannot fail.
+        let _ = bincode::encode_into_std_write(&entry, &mut self.bytes, config());
+        self.count += 1;
+    }
+
+    /// Whether nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The finished value.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.bytes[1..HEADER_BYTES].copy_from_slice(&self.count.to_le_bytes());
+        self.bytes
+    }
+}
+
+/// Decodes a batch value, refusing anything malformed.
+pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>, LogError> {
+    let corrupt = |problem: String| LogError::Corrupt {
+        shard,
+        seq,
+        problem,
+    };
+    if bytes.len() < HEADER_BYTES {
+        return Err(corrupt(format!(
+            "{} bytes is shorter than the header",
+            bytes.len()
+        )));
+    }
+    if bytes[0] != LOG_FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format version {} is not {LOG_FORMAT_VERSION}",
+            bytes[0]
+        )));
+    }
+    let count = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    let mut entries = Vec::with_capacity(count.min(bytes.len()));
+    let mut offset = HEADER_BYTES;
+    let limited = config().with_limit::<ENTRY_BYTES_MAX>();
+    for index in 0..count {
+        let (entry, used): (Entry, usize) = bincode::decode_from_slice(&bytes[offset..], limited)
+            .map_err(|e| corrupt(format!("entry {index}: {e}")))?;
+        entries.push(entry);
+        offset += used;
+    }
+    if offset != bytes.len() {
+        return Err(corrupt(format!(
+            "{} bytes after the last entry",
+            bytes.len() - offset
+        )));
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, CommandId, Reason, Request};
+
+    #[test]
+    fn batches_round_trip_and_corruption_is_refused() {
+        let pay = Input::Client(Request::with_id(
+            Command::Pay {
+                card: 7,
+                amount_minor: 100,
+            },
+            CommandId::new("abc").unwrap(),
+        ));
+        let credit = Input::Credit {
+            origin: 1,
+            seq: 9,
+            to: 4,
+            amount_minor: 3,
+        };
+        let mut encoder = BatchEncoder::new();
+        encoder.push(10, &pay, Some(&Outcome::Declined(Reason::CardBlocked)));
+        encoder.push(-5, &credit, None);
+        let bytes = encoder.finish();
+        let entries = decode_batch(0, 0, &bytes).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].input, pay);
+        assert_eq!(
+            entries[0].outcome,
+            Some(Outcome::Declined(Reason::CardBlocked))
+        );
+        assert_eq!(entries[1].ts_ms, -5);
+        assert!(decode_batch(0, 0, &bytes[..bytes.len() - 1]).is_err());
+        let mut versioned = bytes.clone();
+        versioned[0] = 99;
+        assert!(decode_batch(0, 0, &versioned)
+            .unwrap_err()
+            .to_string()
+            .contains("version"));
+        let mut longer = bytes;
+        longer.push(0);
+        assert!(decode_batch(0, 0, &longer).is_err());
+    }
+
+    #[test]
+    fn keys_sort_by_shard_then_sequence() {
+        assert!(log_key(0, u64::MAX) < log_key(1, 0));
+        assert!(log_key(1, 255) < log_key(1, 256));
+        assert_eq!(parse_log_key(&log_key(3, 42)), Some((3, 42)));
+        assert_eq!(parse_log_key(b"nope"), None);
+    }
+}

@@ -1,0 +1,149 @@
+//! How outcomes travel back to whoever submitted the commands.
+//!
+//! A submission of n commands gets one [`Collector`] with n slots and one [`Ticket`]. Each
+//! shard fills the slots of its commands in one go when its batch is durable; the last
+//! fill completes the ticket. A cross-shard transfer's slot is filled later, when the
+//! transfer settles. If the engine stops first, the collector is dropped and the ticket
+//! reports [`Stopped`].
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use crate::command::Outcome;
+
+/// The engine stopped before the outcomes were known (shut down, or a storage failure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the engine stopped before answering; the outcome is unknown (retry with the same command id)"
+)]
+pub struct Stopped;
+
+struct Pending {
+    outcomes: Vec<Option<Outcome>>,
+    remaining: usize,
+    sender: Option<oneshot::Sender<Vec<Outcome>>>,
+}
+
+/// The slots of one submission.
+pub struct Collector {
+    pending: Mutex<Pending>,
+}
+
+/// One slot: a collector and an index in it.
+#[derive(Clone)]
+pub struct Slot {
+    pub collector: Arc<Collector>,
+    pub index: u32,
+}
+
+/// Resolves to a submission's outcomes, in submission order.
+pub struct Ticket {
+    receiver: oneshot::Receiver<Vec<Outcome>>,
+}
+
+impl Collector {
+    /// A collector of `slots` outcomes, and the ticket it completes.
+    pub fn new(slots: usize) -> (Arc<Collector>, Ticket) {
+        let (sender, receiver) = oneshot::channel();
+        let pending = Pending {
+            outcomes: vec![None; slots],
+            remaining: slots,
+            sender: Some(sender),
+        };
+        let collector = Arc::new(Collector {
+            pending: Mutex::new(pending),
+        });
+        if slots == 0 {
+            collector.fill(std::iter::empty());
+        }
+        (collector, Ticket { receiver })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding the lock cannot leave the slots half-written in a way that
+        // matters: they are options, filled one by one.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fills slots; completes the ticket when the last one is filled.
+    pub fn fill(&self, outcomes: impl IntoIterator<Item = (u32, Outcome)>) {
+        let mut pending = self.lock();
+        for (index, outcome) in outcomes {
+            let Some(slot) = pending.outcomes.get_mut(index as usize) else {
+                continue;
+            };
+            if slot.replace(outcome).is_none() {
+                pending.remaining -= 1;
+            }
+        }
+        if pending.remaining == 0 {
+            if let Some(sender) = pending.sender.take() {
+                let outcomes = std::mem::take(&mut pending.outcomes)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                // The submitter may have given up waiting; that is its right.
+                let _ = sender.send(outcomes);
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Fills this slot.
+    pub fn fill(&self, outcome: Outcome) {
+        self.collector.fill([(self.index, outcome)]);
+    }
+}
+
+impl Ticket {
+    /// Blocks until every outcome is known. Must not be called from an async task.
+    pub fn wait(self) -> Result<Vec<Outcome>, Stopped> {
+        self.receiver.blocking_recv().map_err(|_| Stopped)
+    }
+
+    /// Waits, from async code, until every outcome is known.
+    pub async fn outcomes(self) -> Result<Vec<Outcome>, Stopped> {
+        self.receiver.await.map_err(|_| Stopped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Reason;
+
+    #[test]
+    fn completes_in_submission_order_after_the_last_fill() {
+        let (collector, ticket) = Collector::new(3);
+        collector.fill([
+            (2, Outcome::Updated),
+            (0, Outcome::Declined(Reason::UnknownCard)),
+        ]);
+        Slot {
+            collector: collector.clone(),
+            index: 1,
+        }
+        .fill(Outcome::Done { balance_minor: 5 });
+        let outcomes = ticket.wait().unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Declined(Reason::UnknownCard),
+                Outcome::Done { balance_minor: 5 },
+                Outcome::Updated
+            ]
+        );
+    }
+
+    #[test]
+    fn dropped_collector_reports_stopped() {
+        let (collector, ticket) = Collector::new(2);
+        collector.fill([(0, Outcome::Updated)]);
+        drop(collector);
+        assert_eq!(ticket.wait(), Err(Stopped));
+    }
+}

@@ -1,0 +1,203 @@
+//! A shard's state: its profiles, accounts, cards, idempotency records, outgoing
+//! transfers and counters. Only [`crate::apply`] changes it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bincode::{Decode, Encode};
+
+use crate::calendar::Day;
+use crate::command::{CardStatus, Command, CommandId, Outcome, Reason, RegionId};
+use crate::ids::{AccountId, ShardId};
+use crate::interest::Savings;
+use crate::window::Window;
+
+/// "No account" in the per-profile account lists.
+pub const NO_ACCOUNT: u32 = u32::MAX;
+
+/// A profile.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Profile {
+    pub region: RegionId,
+    /// Local index of its first and last account, or [`NO_ACCOUNT`].
+    pub first_account: u32,
+    pub last_account: u32,
+}
+
+/// A debit card.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Card {
+    pub status: CardStatus,
+    /// The card's own ceiling, or 0 for the region default.
+    pub ceiling_minor: u64,
+    pub window: Window,
+}
+
+/// What hangs off an account besides its balance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Instrument {
+    /// A checking account's card.
+    Card(Card),
+    /// A savings account's interest state.
+    Savings(Savings),
+}
+
+/// An account. Kept small: a shard holds millions of them (see `docs/BENCHMARKS.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Account {
+    pub balance_minor: u64,
+    /// Local index of the owning profile (profiles live on their accounts' shard).
+    pub profile: u32,
+    /// Local index of the profile's next account, or [`NO_ACCOUNT`].
+    pub next_in_profile: u32,
+    pub region: RegionId,
+    pub instrument: Instrument,
+}
+
+/// A transfer whose debit is done here and whose credit is on another shard.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PendingTransfer {
+    pub from_local: u32,
+    pub to: AccountId,
+    pub amount_minor: u64,
+    /// The source balance right after the debit: what `DONE` reports.
+    pub balance_after_minor: u64,
+    pub command_id: Option<CommandId>,
+    pub ts_ms: i64,
+}
+
+/// What an idempotency record remembers.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Remembered {
+    Final(Outcome),
+    /// A cross-shard transfer, not settled yet.
+    Pending {
+        seq: u64,
+    },
+}
+
+/// A command id's record: the command it was first used with and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct IdempotencyRecord {
+    pub command: Command,
+    pub remembered: Remembered,
+}
+
+/// Money totals of one shard: both sides of the conservation equation (§2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Totals {
+    pub balances_minor: u128,
+    pub initial_deposits_minor: u128,
+    pub deposits_minor: u128,
+    pub interest_minor: u128,
+    pub card_payments_minor: u128,
+    /// Debited here for transfers to other shards.
+    pub transfers_out_minor: u128,
+    /// Credited here for transfers from other shards.
+    pub transfers_in_minor: u128,
+    /// Returned here for transfers the other shard refused.
+    pub refunds_minor: u128,
+}
+
+impl Totals {
+    /// Adds `other` to `self`.
+    pub fn add(&mut self, other: &Totals) {
+        self.balances_minor += other.balances_minor;
+        self.initial_deposits_minor += other.initial_deposits_minor;
+        self.deposits_minor += other.deposits_minor;
+        self.interest_minor += other.interest_minor;
+        self.card_payments_minor += other.card_payments_minor;
+        self.transfers_out_minor += other.transfers_out_minor;
+        self.transfers_in_minor += other.transfers_in_minor;
+        self.refunds_minor += other.refunds_minor;
+    }
+
+    /// Money debited for a transfer and not yet credited or refunded. Only meaningful
+    /// summed over every shard at one cut.
+    pub fn in_flight_minor(&self) -> i128 {
+        self.transfers_out_minor as i128
+            - self.transfers_in_minor as i128
+            - self.refunds_minor as i128
+    }
+}
+
+/// Counters of one region (or of commands no region could be found for).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct RegionCounters {
+    pub profiles: u64,
+    pub checking_accounts: u64,
+    pub savings_accounts: u64,
+    pub balances_minor: u128,
+    pub payments_approved: u64,
+    pub payments_approved_minor: u128,
+    pub declined: [u64; Reason::ALL.len()],
+    pub declined_minor: [u128; Reason::ALL.len()],
+}
+
+impl RegionCounters {
+    /// Adds `other` to `self`.
+    pub fn add(&mut self, other: &RegionCounters) {
+        self.profiles += other.profiles;
+        self.checking_accounts += other.checking_accounts;
+        self.savings_accounts += other.savings_accounts;
+        self.balances_minor += other.balances_minor;
+        self.payments_approved += other.payments_approved;
+        self.payments_approved_minor += other.payments_approved_minor;
+        for i in 0..Reason::ALL.len() {
+            self.declined[i] += other.declined[i];
+            self.declined_minor[i] += other.declined_minor[i];
+        }
+    }
+}
+
+/// The state of one shard. Deterministic: the same inputs give the same state.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ShardState {
+    pub shard: ShardId,
+    pub shards: u16,
+    pub profiles: Vec<Profile>,
+    pub accounts: Vec<Account>,
+    pub idempotency: HashMap<CommandId, IdempotencyRecord>,
+    /// Outgoing cross-shard transfers by sequence number, oldest first.
+    pub pending: BTreeMap<u64, PendingTransfer>,
+    pub next_transfer_seq: u64,
+    /// Per origin shard, the next credit sequence number not yet seen. Credits from one
+    /// origin arrive in sequence order, so everything below it was applied.
+    pub credits_seen: Vec<u64>,
+    /// Credits this shard refused, by (origin, seq), to answer a resent one the same way.
+    pub refused_credits: HashMap<(ShardId, u64), Reason>,
+    /// The latest input time seen: time never goes backwards inside a shard.
+    pub clock_ms: i64,
+    /// The latest business day each region was rolled to by an epoch.
+    pub rolled_day: Vec<Day>,
+    pub totals: Totals,
+    /// Per region; the last entry counts what no region could be found for.
+    pub counters: Vec<RegionCounters>,
+}
+
+impl ShardState {
+    /// An empty shard `shard` of `shards`, for `regions` regions.
+    pub fn new(shard: ShardId, shards: u16, regions: usize) -> ShardState {
+        ShardState {
+            shard,
+            shards,
+            profiles: Vec::new(),
+            accounts: Vec::new(),
+            idempotency: HashMap::new(),
+            pending: BTreeMap::new(),
+            next_transfer_seq: 0,
+            credits_seen: vec![0; usize::from(shards)],
+            refused_credits: HashMap::new(),
+            clock_ms: i64::MIN,
+            rolled_day: vec![Day::MIN; regions],
+            totals: Totals::default(),
+            counters: vec![RegionCounters::default(); regions + 1],
+        }
+    }
+
+    /// The counters of `region`, or the unattributed ones.
+    pub fn counters_of(&mut self, region: Option<RegionId>) -> &mut RegionCounters {
+        let unattributed = self.counters.len() - 1;
+        let index = region.map_or(unattributed, |r| usize::from(r).min(unattributed));
+        &mut self.counters[index]
+    }
+}

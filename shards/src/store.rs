@@ -1,0 +1,315 @@
+//! RocksDB: the data directory, its metadata and the group-commit writer.
+//!
+//! One RocksDB instance per engine. Each shard batch is one put of its changelog value
+//! (see [`crate::log`]); the writer thread gathers every batch that arrived while the
+//! previous write was being made durable and writes them as one RocksDB write batch with
+//! one WAL fsync (group commit). Only then are the batches' replies released and their
+//! cross-shard messages sent.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use crate::ids::ShardId;
+use crate::log::{decode_batch, log_key, parse_log_key, Entry, LogError};
+
+/// Key of the shard count the data directory was created with.
+const META_SHARDS_KEY: &[u8] = b"M/shards";
+/// Key of the data directory's format version.
+const META_FORMAT_KEY: &[u8] = b"M/format";
+/// Version of the data directory layout.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+/// The most shard batches one group commit takes.
+pub const GROUP_BATCHES_MAX: usize = 256;
+/// The most bytes one group commit takes, so one fsync never waits on a huge write.
+pub const GROUP_BYTES_MAX: usize = 32 << 20;
+/// How often the `async` mode fsyncs the WAL: its loss window on a machine crash.
+pub const ASYNC_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How an outcome is made durable before the reply (§7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The reply waits for the WAL fsync (group commit). The default.
+    Sync,
+    /// The reply waits for the write to the OS; the WAL is fsynced every
+    /// [`ASYNC_SYNC_INTERVAL`], which bounds what a machine crash can lose. A process
+    /// crash loses nothing acknowledged.
+    Async,
+    /// Memory only, nothing on disk: for benchmarks.
+    None,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Durability, String> {
+        match text {
+            "sync" => Ok(Durability::Sync),
+            "async" => Ok(Durability::Async),
+            "none" => Ok(Durability::None),
+            other => Err(format!("durability `{other}` is not sync, async or none")),
+        }
+    }
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(
+        "the data directory was created with {found} shards, not {wanted}: ids are routed by \
+         shard count, so start with --shards {found} or use a new data directory"
+    )]
+    ShardCount { found: u16, wanted: u16 },
+    #[error("the data directory has format version {0}; this build reads {STORE_FORMAT_VERSION}")]
+    Format(u32),
+    #[error("the data directory's metadata is corrupt: {0}")]
+    Meta(&'static str),
+    #[error(
+        "replaying batch {seq} of shard {shard} gave a different outcome than the log          records ({detail}): the data directory is corrupt or was written by another version"
+    )]
+    Diverged {
+        shard: ShardId,
+        seq: u64,
+        detail: String,
+    },
+}
+
+/// The engine's RocksDB.
+pub struct Store {
+    db: DB,
+}
+
+impl Store {
+    /// Opens (or creates) the data directory for `shards` shards.
+    pub fn open(dir: &Path, shards: u16) -> Result<Store, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        // Values are whole shard batches: a large memtable flushes less often.
+        options.set_write_buffer_size(128 << 20);
+        options.set_max_background_jobs(2);
+        let db = DB::open(&options, dir)?;
+        let store = Store { db };
+        store.check_meta(shards)?;
+        Ok(store)
+    }
+
+    fn check_meta(&self, shards: u16) -> Result<(), StoreError> {
+        match self.db.get(META_FORMAT_KEY)? {
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put(META_FORMAT_KEY, STORE_FORMAT_VERSION.to_le_bytes());
+                batch.put(META_SHARDS_KEY, shards.to_le_bytes());
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                self.db.write_opt(batch, &sync)?;
+                Ok(())
+            }
+            Some(format) => {
+                let format = u32::from_le_bytes(
+                    format
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Meta("format"))?,
+                );
+                if format != STORE_FORMAT_VERSION {
+                    return Err(StoreError::Format(format));
+                }
+                let found = self
+                    .db
+                    .get(META_SHARDS_KEY)?
+                    .ok_or(StoreError::Meta("shards"))?;
+                let found = u16::from_le_bytes(
+                    found
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Meta("shards"))?,
+                );
+                if found != shards {
+                    return Err(StoreError::ShardCount {
+                        found,
+                        wanted: shards,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls `visit` with every logged batch of `shard`, in order, and returns the next
+    /// free batch sequence number.
+    pub fn read_log(
+        &self,
+        shard: ShardId,
+        mut visit: impl FnMut(u64, Vec<Entry>) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let start = log_key(shard, 0);
+        let mut next_seq = 0;
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            let Some((key_shard, seq)) = parse_log_key(&key) else {
+                break;
+            };
+            if key_shard != shard {
+                break;
+            }
+            visit(seq, decode_batch(shard, seq, &value)?)?;
+            next_seq = seq + 1;
+        }
+        Ok(next_seq)
+    }
+
+    /// Writes `batch`, fsyncing the WAL first when `sync`.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Fsyncs the WAL.
+    pub fn sync_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// The underlying database, for snapshots and tools.
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+}
+
+/// A shard batch on its way to disk, and what to do once it is there.
+pub struct WriteJob<R> {
+    pub shard: ShardId,
+    pub seq: u64,
+    /// The changelog value; `None` when the batch changed nothing (reads only), which
+    /// still waits its turn so that a read never overtakes an earlier write.
+    pub value: Option<Vec<u8>>,
+    pub release: R,
+}
+
+/// What runs after a group is durable.
+pub trait Release: Send + 'static {
+    fn release(self);
+}
+
+/// The group-commit writer thread.
+pub struct Writer {
+    handle: Option<JoinHandle<()>>,
+    syncer: Option<JoinHandle<()>>,
+    stop_syncer: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Starts the writer on `jobs`. It ends when every sender is dropped. If a write fails
+    /// it sets `failed` and drops every job from then on: their replies report that the
+    /// engine stopped, and nothing unwritten is acknowledged.
+    pub fn start<R: Release>(
+        store: Arc<Store>,
+        durability: Durability,
+        jobs: Receiver<WriteJob<R>>,
+        failed: Arc<AtomicBool>,
+    ) -> std::io::Result<Writer> {
+        let sync = durability == Durability::Sync;
+        let writer_store = store.clone();
+        let writer_failed = failed.clone();
+        let handle = std::thread::Builder::new()
+            .name("plafond-writer".into())
+            .spawn(move || write_loop(&writer_store, sync, &jobs, &writer_failed))?;
+        let stop_syncer = Arc::new(AtomicBool::new(false));
+        let syncer = if durability == Durability::Async {
+            let stop = stop_syncer.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("plafond-wal-sync".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(ASYNC_SYNC_INTERVAL);
+                            if store.sync_wal().is_err() {
+                                failed.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Writer {
+            handle: Some(handle),
+            syncer,
+            stop_syncer,
+        })
+    }
+
+    /// Waits for the writer to drain and end (after every job sender is dropped).
+    pub fn join(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+        self.stop_syncer.store(true, Ordering::Relaxed);
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn write_loop<R: Release>(
+    store: &Store,
+    sync: bool,
+    jobs: &Receiver<WriteJob<R>>,
+    failed: &AtomicBool,
+) {
+    let mut group: Vec<WriteJob<R>> = Vec::with_capacity(GROUP_BATCHES_MAX);
+    while let Ok(first) = jobs.recv() {
+        group.push(first);
+        let mut bytes = 0;
+        while group.len() < GROUP_BATCHES_MAX && bytes < GROUP_BYTES_MAX {
+            let Ok(job) = jobs.try_recv() else { break };
+            bytes += job.value.as_ref().map_or(0, Vec::len);
+            group.push(job);
+        }
+        if failed.load(Ordering::SeqCst) {
+            group.clear();
+            continue;
+        }
+        let mut batch = WriteBatch::default();
+        for job in &group {
+            if let Some(value) = &job.value {
+                batch.put(log_key(job.shard, job.seq), value);
+            }
+        }
+        if !batch.is_empty() && store.write(batch, sync).is_err() {
+            failed.store(true, Ordering::SeqCst);
+            group.clear();
+            continue;
+        }
+        for job in group.drain(..) {
+            job.release.release();
+        }
+    }
+}
+
+/// A sender of write jobs.
+pub type JobSender<R> = Sender<WriteJob<R>>;
