@@ -1,1 +1,497 @@
-fn main() {}
+//! The §11 reference workload on the embedded engine, with its own timing loop.
+//!
+//! N cards (balance 20_000, ceiling 10_000), about ten pays per card with amounts uniform
+//! in `1 ..= 5000`, cards uniform (or Zipf s = 1.0), over ten business days: a
+//! `ManualClock` moves one day every N pays. Pays go through `Engine::submit` in batches
+//! from one or two submitting threads, each keeping several tickets in flight. Every
+//! scenario runs `PLAFOND_BENCH_RUNS` times on a fresh engine; the median is reported,
+//! and conservation is checked after every run.
+//!
+//! Before the engine runs, two baselines split the cost: building the requests alone,
+//! and the pure `apply` decision on one thread without channels, tickets or disk.
+//!
+//! Run: `cargo bench -p plafond-benches --bench pay`. Environment:
+//! - `PLAFOND_BENCH_CARDS` (default 1_000_000): N;
+//! - `PLAFOND_BENCH_RUNS` (default 3): runs per scenario;
+//! - `PLAFOND_BENCH_ONLY`: run only scenarios whose name contains this text;
+//! - `PLAFOND_BENCH_DIR` (default the system temp dir): where `sync` puts RocksDB.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plafond::internals::apply::{apply, Env, Input};
+use plafond::internals::calendar::Calendar;
+use plafond::internals::state::ShardState;
+use plafond::{
+    Command, Durability, Engine, EngineConfig, ManualClock, Opening, Outcome, Reason, Regions,
+    Request, Ticket,
+};
+
+/// Pays per card over the whole run.
+const PAYS_PER_CARD: u64 = 10;
+/// One business day.
+const DAY_MS: i64 = 86_400_000;
+/// Pay amounts are `1 ..= AMOUNT_MAX_MINOR`.
+const AMOUNT_MAX_MINOR: u64 = 5_000;
+/// The §11 opening of every card's account.
+const OPENING: Opening = Opening {
+    deposit_minor: 20_000,
+    ceiling_minor: 10_000,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Skew {
+    Uniform,
+    Zipf,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Scenario {
+    durability: Durability,
+    skew: Skew,
+    submitters: usize,
+    batch_commands: usize,
+    /// Tickets each submitter keeps outstanding.
+    in_flight: usize,
+}
+
+impl Scenario {
+    fn name(&self) -> String {
+        let durability = match self.durability {
+            Durability::None => "none",
+            Durability::Async => "async",
+            Durability::Sync => "sync",
+        };
+        let skew = match self.skew {
+            Skew::Uniform => "uniform",
+            Skew::Zipf => "zipf",
+        };
+        format!(
+            "{durability}/{skew}/submitters{}/batch{}/inflight{}",
+            self.submitters, self.batch_commands, self.in_flight
+        )
+    }
+}
+
+const SCENARIOS: [Scenario; 9] = [
+    scenario(Durability::None, Skew::Uniform, 1, 16_384),
+    scenario(Durability::None, Skew::Uniform, 2, 16_384),
+    scenario(Durability::None, Skew::Uniform, 1, 4_096),
+    scenario(Durability::None, Skew::Uniform, 1, 65_536),
+    scenario(Durability::None, Skew::Zipf, 1, 16_384),
+    scenario(Durability::Sync, Skew::Uniform, 1, 16_384),
+    scenario(Durability::Sync, Skew::Uniform, 2, 16_384),
+    scenario(Durability::Sync, Skew::Uniform, 1, 65_536),
+    scenario(Durability::Sync, Skew::Zipf, 1, 16_384),
+];
+
+const fn scenario(
+    durability: Durability,
+    skew: Skew,
+    submitters: usize,
+    batch_commands: usize,
+) -> Scenario {
+    Scenario {
+        durability,
+        skew,
+        submitters,
+        batch_commands,
+        in_flight: 4,
+    }
+}
+
+/// SplitMix64: a tiny, fast generator, so submitters spend their time submitting.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(bound)) >> 64) as u64
+    }
+}
+
+/// Zipf with s = 1 over ranks `1 ..= n` by rejection-inversion (Hörmann and Derflinger,
+/// as in `rand_distr::Zipf`): O(1) per sample, no table.
+struct Zipf {
+    t: f64,
+}
+
+impl Zipf {
+    fn new(n: u64) -> Zipf {
+        Zipf {
+            t: 1.0 + (n as f64).ln(),
+        }
+    }
+
+    fn rank(&self, rng: &mut SplitMix) -> u64 {
+        loop {
+            let pt = rng.unit() * self.t;
+            let inv_b = if pt <= 1.0 { pt } else { (pt - 1.0).exp() };
+            let x = (inv_b + 1.0).floor();
+            let ratio = if x > 1.0 { inv_b / x } else { 1.0 / x };
+            if rng.unit() < ratio {
+                return x as u64;
+            }
+        }
+    }
+}
+
+/// Draws the cards and amounts of the workload.
+struct Workload {
+    cards: u64,
+    skew: Skew,
+    zipf: Zipf,
+}
+
+impl Workload {
+    fn new(cards: u64, skew: Skew) -> Workload {
+        Workload {
+            cards,
+            skew,
+            zipf: Zipf::new(cards),
+        }
+    }
+
+    fn pay(&self, rng: &mut SplitMix) -> Command {
+        let card = match self.skew {
+            Skew::Uniform => rng.below(self.cards),
+            // Rank 1 is card 0: the hottest cards alternate between shards.
+            Skew::Zipf => (self.zipf.rank(rng) - 1).min(self.cards - 1),
+        };
+        Command::Pay {
+            card,
+            amount_minor: 1 + rng.below(AMOUNT_MAX_MINOR),
+        }
+    }
+
+    fn requests(&self, rng: &mut SplitMix, count: usize) -> Vec<Request> {
+        (0..count).map(|_| Request::new(self.pay(rng))).collect()
+    }
+}
+
+/// What one submitter saw.
+#[derive(Default)]
+struct Tally {
+    approved: u64,
+    declined: [u64; Reason::ALL.len()],
+    /// Submit to observed completion of each ticket, in microseconds.
+    latencies_us: Vec<u32>,
+}
+
+impl Tally {
+    fn count(&mut self, outcomes: &[Outcome]) {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Approved { .. } => self.approved += 1,
+                Outcome::Declined(reason) => self.declined[reason.index()] += 1,
+                other => panic!("a pay is approved or declined, not {other:?}"),
+            }
+        }
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.approved += other.approved;
+        for (total, count) in self.declined.iter_mut().zip(other.declined) {
+            *total += count;
+        }
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn declined_total(&self) -> u64 {
+        self.declined.iter().sum()
+    }
+}
+
+/// The result of one run.
+struct RunResult {
+    populate: Duration,
+    elapsed: Duration,
+    pays: u64,
+    tally: Tally,
+    conservation: bool,
+}
+
+impl RunResult {
+    fn pays_per_s(&self) -> f64 {
+        self.pays as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The day the clock shows, moved forward only, one submission at a time.
+struct Days {
+    clock: Arc<ManualClock>,
+    start_ms: i64,
+    day: Mutex<u64>,
+}
+
+impl Days {
+    fn reach(&self, day: u64) {
+        let mut current = self.day.lock().expect("the day lock");
+        if *current < day {
+            self.clock.set(self.start_ms + day as i64 * DAY_MS);
+            *current = day;
+        }
+    }
+}
+
+fn run_once(scenario: &Scenario, cards: u64, data_dir: Option<PathBuf>) -> RunResult {
+    let clock = Arc::new(ManualClock::new(ManualClock::SERVER_START_MS));
+    let config = match (&data_dir, scenario.durability) {
+        (Some(dir), Durability::Sync | Durability::Async) => EngineConfig::durable(dir),
+        _ => EngineConfig::in_memory(),
+    };
+    let config = config
+        .with_durability(scenario.durability)
+        .with_clock(clock.clone());
+    let engine = Engine::open(config).expect("the engine opens");
+    let region = engine.region_id("eu-west").expect("a built-in region");
+    let started = Instant::now();
+    engine
+        .populate(region, cards, OPENING, |_| {})
+        .expect("populate");
+    let populate = started.elapsed();
+
+    let pays = cards * PAYS_PER_CARD;
+    let batch = scenario.batch_commands as u64;
+    let chunks = pays.div_ceil(batch);
+    let next_chunk = AtomicU64::new(0);
+    let days = Days {
+        clock,
+        start_ms: ManualClock::SERVER_START_MS,
+        day: Mutex::new(0),
+    };
+    let workload = Workload::new(cards, scenario.skew);
+    let started = Instant::now();
+    let tallies: Vec<Tally> = std::thread::scope(|scope| {
+        let submitters: Vec<_> = (0..scenario.submitters)
+            .map(|submitter| {
+                let (engine, workload, days, next_chunk) = (&engine, &workload, &days, &next_chunk);
+                scope.spawn(move || {
+                    let mut rng = SplitMix(0x5eed + submitter as u64);
+                    let mut tally = Tally::default();
+                    let mut waiting: VecDeque<(Instant, Ticket)> = VecDeque::new();
+                    loop {
+                        let chunk = next_chunk.fetch_add(1, Ordering::Relaxed);
+                        if chunk >= chunks {
+                            break;
+                        }
+                        if waiting.len() == scenario.in_flight {
+                            wait_oldest(&mut waiting, &mut tally);
+                        }
+                        let first = chunk * batch;
+                        let count = batch.min(pays - first) as usize;
+                        let requests = workload.requests(&mut rng, count);
+                        days.reach(first / cards);
+                        let ticket = engine.submit(requests).expect("submit");
+                        waiting.push_back((Instant::now(), ticket));
+                    }
+                    while !waiting.is_empty() {
+                        wait_oldest(&mut waiting, &mut tally);
+                    }
+                    tally
+                })
+            })
+            .collect();
+        submitters
+            .into_iter()
+            .map(|handle| handle.join().expect("a submitter"))
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let mut tally = Tally::default();
+    for one in tallies {
+        tally.add(one);
+    }
+    assert_eq!(tally.approved + tally.declined_total(), pays);
+    let conservation = engine.audit().expect("audit").holds();
+    RunResult {
+        populate,
+        elapsed,
+        pays,
+        tally,
+        conservation,
+    }
+}
+
+fn wait_oldest(waiting: &mut VecDeque<(Instant, Ticket)>, tally: &mut Tally) {
+    let (submitted, ticket) = waiting.pop_front().expect("a ticket in flight");
+    let outcomes = ticket.wait().expect("the engine answers");
+    let latency_us = submitted.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    tally.latencies_us.push(latency_us);
+    tally.count(&outcomes);
+}
+
+fn percentile_us(sorted: &[u32], fraction: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn run_scenario(scenario: &Scenario, cards: u64, runs: usize, base_dir: &PathBuf) {
+    let name = scenario.name();
+    let mut results = Vec::new();
+    for run in 0..runs {
+        let dir = match scenario.durability {
+            Durability::None => None,
+            _ => Some(tempfile::tempdir_in(base_dir).expect("a temp dir")),
+        };
+        let result = run_once(scenario, cards, dir.as_ref().map(|d| d.path().to_owned()));
+        println!(
+            "  {name} run {run}: {:>10.0} pays/s  ({:.2} s; populate {:.2} s)  conservation {}",
+            result.pays_per_s(),
+            result.elapsed.as_secs_f64(),
+            result.populate.as_secs_f64(),
+            if result.conservation { "ok" } else { "BROKEN" },
+        );
+        results.push(result);
+    }
+    results.sort_by(|a, b| a.pays_per_s().total_cmp(&b.pays_per_s()));
+    let rates: Vec<String> = results
+        .iter()
+        .map(|r| format!("{:.0}", r.pays_per_s()))
+        .collect();
+    let median = &mut results[runs / 2];
+    median.tally.latencies_us.sort_unstable();
+    let latencies = &median.tally.latencies_us;
+    let declined = &median.tally.declined;
+    println!(
+        "{name}: median {:.0} pays/s (runs {}) | approved {} declined {} (ceiling {}, funds {}, \
+         other {}) | ticket latency p50 {} us p99 {} us p99.9 {} us | conservation {}",
+        median.pays_per_s(),
+        rates.join(", "),
+        median.tally.approved,
+        median.tally.declined_total(),
+        declined[Reason::CeilingExceeded.index()],
+        declined[Reason::InsufficientFunds.index()],
+        median.tally.declined_total()
+            - declined[Reason::CeilingExceeded.index()]
+            - declined[Reason::InsufficientFunds.index()],
+        percentile_us(latencies, 0.50),
+        percentile_us(latencies, 0.99),
+        percentile_us(latencies, 0.999),
+        if results.iter().all(|r| r.conservation) {
+            "ok"
+        } else {
+            "BROKEN"
+        },
+    );
+}
+
+/// Building the requests alone: what the load generator costs the submitting thread.
+fn baseline_requests(cards: u64) {
+    let workload = Workload::new(cards, Skew::Uniform);
+    let mut rng = SplitMix(7);
+    let pays = cards * PAYS_PER_CARD;
+    let started = Instant::now();
+    let mut built = 0u64;
+    while built < pays {
+        let requests = workload.requests(&mut rng, 16_384);
+        built += requests.len() as u64;
+        std::hint::black_box(requests);
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "baseline/requests: {:.0} requests built per s on one thread ({:.1} ns each)",
+        built as f64 / elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / built as f64
+    );
+}
+
+/// The pure decision function on one thread: the ceiling of one shard.
+fn baseline_apply(cards: u64) {
+    let regions = Regions::builtin();
+    let region = regions.id_of("eu-west").expect("a built-in region");
+    let mut state = ShardState::new(0, 1, regions.len());
+    let mut calendar = Calendar::new(&regions);
+    let start_ms = ManualClock::SERVER_START_MS;
+    let mut env = Env {
+        regions: &regions,
+        calendar: &mut calendar,
+    };
+    for profile in 0..cards {
+        let open = Input::Client(Request::new(Command::OpenProfile { region }));
+        apply(&mut state, &mut env, start_ms, &open);
+        let open = Input::Client(Request::new(Command::OpenAccount {
+            profile,
+            kind: plafond::AccountKind::Checking,
+            opening: Some(OPENING),
+        }));
+        apply(&mut state, &mut env, start_ms, &open);
+    }
+    let workload = Workload::new(cards, Skew::Uniform);
+    let mut rng = SplitMix(11);
+    let pays = cards * PAYS_PER_CARD;
+    let inputs: Vec<Input> = (0..pays)
+        .map(|_| Input::Client(Request::new(workload.pay(&mut rng))))
+        .collect();
+    let mut approved = 0u64;
+    let started = Instant::now();
+    for (index, input) in inputs.iter().enumerate() {
+        let ts_ms = start_ms + (index as u64 / cards) as i64 * DAY_MS;
+        let applied = apply(&mut state, &mut env, ts_ms, input);
+        if applied.changed
+            && matches!(
+                applied.reply,
+                plafond::internals::apply::Reply::Now(Outcome::Approved { .. })
+            )
+        {
+            approved += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "baseline/apply: {:.0} pays/s on one thread, one shard of {cards} cards ({:.1} ns \
+         each; {approved} approved)",
+        pays as f64 / elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / pays as f64
+    );
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let cards = env_number("PLAFOND_BENCH_CARDS", 1_000_000).max(1);
+    let runs = env_number("PLAFOND_BENCH_RUNS", 3).max(1) as usize;
+    let only = std::env::var("PLAFOND_BENCH_ONLY").unwrap_or_default();
+    let base_dir = std::env::var_os("PLAFOND_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "pay: {cards} cards, {} pays per run, {runs} runs per scenario, {shards} shards \
+         (one per core), sync data in {}",
+        cards * PAYS_PER_CARD,
+        base_dir.display()
+    );
+    if only.is_empty() || "baseline".contains(&only) {
+        baseline_requests(cards);
+        baseline_apply(cards);
+    }
+    for scenario in &SCENARIOS {
+        if scenario.name().contains(&only) {
+            run_scenario(scenario, cards, runs, &base_dir);
+        }
+    }
+}

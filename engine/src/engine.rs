@@ -249,6 +249,16 @@ impl Engine {
         R: Send + 'static,
         F: Fn(&ShardState) -> R + Send + Sync + 'static,
     {
+        self.cut_with_position(move |state, _| inspect(state))
+    }
+
+    /// [`Engine::cut`], also giving each shard's log position: its state is exactly its
+    /// logged batches `0 .. position` (snapshots record it to replay the log after them).
+    pub fn cut_with_position<R, F>(&self, inspect: F) -> Result<Vec<R>, EngineError>
+    where
+        R: Send + 'static,
+        F: Fn(&ShardState, u64) -> R + Send + Sync + 'static,
+    {
         let _one_at_a_time = self
             .cut_lock
             .lock()
@@ -259,8 +269,8 @@ impl Engine {
         for shard in 0..self.shards {
             let (inspect, barrier, results) =
                 (inspect.clone(), barrier.clone(), results_tx.clone());
-            let mail = Mail::Inspect(Box::new(move |state: &ShardState| {
-                let result = inspect(state);
+            let mail = Mail::Inspect(Box::new(move |state: &ShardState, position: u64| {
+                let result = inspect(state, position);
                 // Nobody moves on until every shard has been inspected.
                 barrier.wait();
                 let _ = results.send((shard, result));

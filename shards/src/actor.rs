@@ -45,8 +45,10 @@ pub enum Mail {
         input: Input,
         done: Option<Sender<()>>,
     },
-    /// Runs a closure on the state between two inputs (stats, audits, snapshots).
-    Inspect(Box<dyn FnOnce(&ShardState) + Send>),
+    /// Runs a closure on the state between two inputs (stats, audits, snapshots), with
+    /// the log position the state corresponds to: the batch in progress is flushed first,
+    /// so the state is exactly the log's batches `0 .. position`.
+    Inspect(Box<dyn FnOnce(&ShardState, u64) + Send>),
     /// Ends the loop once everything before it is handled.
     Stop,
 }
@@ -117,7 +119,7 @@ pub fn run(setup: ShardSetup, ready: Sender<Result<(), StoreError>>) {
     let mut state = ShardState::new(setup.shard, setup.shards, setup.regions.len());
     let mut calendar = Calendar::new(&setup.regions);
     let next_seq = match &setup.store {
-        Some(store) => replay(store, &setup.regions, &mut state, &mut calendar),
+        Some(store) => recover(store, &setup.regions, &mut state, &mut calendar),
         None => Ok(0),
     };
     let next_seq = match next_seq {
@@ -156,14 +158,23 @@ pub fn run(setup: ShardSetup, ready: Sender<Result<(), StoreError>>) {
     actor.serve();
 }
 
-fn replay(
+/// Loads the shard's checkpoint, if any, and replays the log after it.
+fn recover(
     store: &Store,
     regions: &Regions,
     state: &mut ShardState,
     calendar: &mut Calendar,
 ) -> Result<u64, StoreError> {
     let shard = state.shard;
-    store.read_log(shard, |seq, entries| {
+    let mut from_seq = 0;
+    if let Some((checkpoint, log_seq)) = store.read_checkpoint(shard)? {
+        if checkpoint.shard != state.shard || checkpoint.shards != state.shards {
+            return Err(StoreError::Meta("checkpoint of another shard layout"));
+        }
+        *state = checkpoint;
+        from_seq = log_seq;
+    }
+    let next_seq = store.read_log(shard, from_seq, |seq, entries| {
         for entry in entries {
             let mut env = Env {
                 regions,
@@ -176,7 +187,8 @@ fn replay(
             }
         }
         Ok(())
-    })
+    })?;
+    Ok(next_seq.max(from_seq))
 }
 
 struct Actor {
@@ -272,7 +284,10 @@ impl Actor {
                 // Told on release, so only once durable.
                 batch.done.extend(done);
             }
-            Mail::Inspect(inspect) => inspect(&self.state),
+            Mail::Inspect(inspect) => {
+                self.flush(std::mem::take(batch));
+                inspect(&self.state, self.next_seq);
+            }
             Mail::Stop => batch.stop = true,
         }
     }

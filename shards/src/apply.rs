@@ -456,20 +456,17 @@ fn transfer(
     if from == to {
         return decline(state, region, Reason::SameAccount, amount_minor);
     }
-    let to_local = if shard_of(to, state.shards) == state.shard {
-        match local_account(state, to) {
-            Some(local) => Some(local),
-            None => return decline(state, region, Reason::UnknownAccount, amount_minor),
-        }
-    } else {
-        None
-    };
+    // Funds are checked before the target exists: for a target on another shard only that
+    // shard knows, and the order must not depend on where the target lives.
     touch_savings(state, env, now_ms, from_local);
     if state.accounts[from_local].balance_minor < amount_minor {
         return decline(state, region, Reason::InsufficientFunds, amount_minor);
     }
-    let Some(to_local) = to_local else {
+    if shard_of(to, state.shards) != state.shard {
         return transfer_out(state, from_local, to, amount_minor, now_ms);
+    }
+    let Some(to_local) = local_account(state, to) else {
+        return decline(state, region, Reason::UnknownAccount, amount_minor);
     };
     touch_savings(state, env, now_ms, to_local);
     if state.accounts[to_local]

@@ -17,11 +17,20 @@ use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use crate::ids::ShardId;
 use crate::log::{decode_batch, log_key, parse_log_key, Entry, LogError};
+use crate::state::ShardState;
 
 /// Key of the shard count the data directory was created with.
 const META_SHARDS_KEY: &[u8] = b"M/shards";
 /// Key of the data directory's format version.
 const META_FORMAT_KEY: &[u8] = b"M/format";
+/// Version of a checkpoint value.
+const CHECKPOINT_FORMAT_VERSION: u8 = 1;
+
+fn checkpoint_key(shard: ShardId) -> [u8; 3] {
+    let [high, low] = shard.to_be_bytes();
+    [b'C', high, low]
+}
+
 /// Version of the data directory layout.
 pub const STORE_FORMAT_VERSION: u32 = 1;
 /// The most shard batches one group commit takes.
@@ -144,15 +153,16 @@ impl Store {
         }
     }
 
-    /// Calls `visit` with every logged batch of `shard`, in order, and returns the next
-    /// free batch sequence number.
+    /// Calls `visit` with every logged batch of `shard` from `from_seq` on, in order, and
+    /// returns the next free batch sequence number.
     pub fn read_log(
         &self,
         shard: ShardId,
+        from_seq: u64,
         mut visit: impl FnMut(u64, Vec<Entry>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
-        let start = log_key(shard, 0);
-        let mut next_seq = 0;
+        let start = log_key(shard, from_seq);
+        let mut next_seq = from_seq;
         for item in self
             .db
             .iterator(IteratorMode::From(&start, Direction::Forward))
@@ -168,6 +178,42 @@ impl Store {
             next_seq = seq + 1;
         }
         Ok(next_seq)
+    }
+
+    /// Writes `shard`'s checkpoint: its state as of log position `log_seq` (the state is
+    /// batches `0 .. log_seq` applied). Recovery starts from it and replays the rest.
+    pub fn write_checkpoint(&self, state: &ShardState, log_seq: u64) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(64 + state.accounts.len() * 64);
+        value.push(CHECKPOINT_FORMAT_VERSION);
+        value.extend_from_slice(&log_seq.to_le_bytes());
+        bincode::encode_into_std_write(state, &mut value, bincode::config::standard())
+            .map_err(|_| StoreError::Meta("checkpoint encoding"))?;
+        let mut batch = WriteBatch::default();
+        batch.put(checkpoint_key(state.shard), value);
+        self.write(batch, true)
+    }
+
+    /// `shard`'s checkpoint and its log position, if it has one.
+    pub fn read_checkpoint(&self, shard: ShardId) -> Result<Option<(ShardState, u64)>, StoreError> {
+        let Some(value) = self.db.get(checkpoint_key(shard))? else {
+            return Ok(None);
+        };
+        let corrupt = StoreError::Meta("checkpoint is truncated or corrupt");
+        if value.len() < 9 || value[0] != CHECKPOINT_FORMAT_VERSION {
+            return Err(corrupt);
+        }
+        let log_seq = u64::from_le_bytes(
+            value[1..9]
+                .try_into()
+                .map_err(|_| StoreError::Meta("checkpoint"))?,
+        );
+        let (state, used): (ShardState, usize) =
+            bincode::decode_from_slice(&value[9..], bincode::config::standard())
+                .map_err(|_| corrupt)?;
+        if used != value.len() - 9 {
+            return Err(StoreError::Meta("checkpoint has trailing bytes"));
+        }
+        Ok(Some((state, log_seq)))
     }
 
     /// Writes `batch`, fsyncing the WAL first when `sync`.

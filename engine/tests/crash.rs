@@ -1,0 +1,692 @@
+//! §7 under `kill -9`: a child process runs a durable (sync) engine under load and is
+//! killed with SIGKILL at random instants; after each kill the parent reopens the data
+//! directory and checks that every acknowledged outcome survived, that nothing was
+//! applied twice, that conservation holds and that no cross-shard transfer stays half
+//! applied.
+//!
+//! The child is this test binary itself, re-executed to run the ignored test
+//! [`crash_child`] with [`CHILD_DIR_ENV`] set. Each child worker appends to its own
+//! journal file: an intent line per command before submitting a batch, and an ack line
+//! per outcome once the batch's ticket resolves. A plain `write` is enough: SIGKILL
+//! loses the process, not the page cache. The parent retries every command that was
+//! intended but not acknowledged (as a client would after a crash), so every command's
+//! outcome is known and a reference model gives every account's exact balance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plafond::{
+    AccountKind, Audit, Command, CommandId, Engine, EngineConfig, ManualClock, Opening, Outcome,
+    Request, AMOUNT_MAX_MINOR,
+};
+
+/// Set (to the data directory) only in the child process.
+const CHILD_DIR_ENV: &str = "PLAFOND_CRASH_CHILD";
+/// Which iteration the child is: its command ids are unique per iteration.
+const CHILD_ITERATION_ENV: &str = "PLAFOND_CRASH_ITERATION";
+/// The child's RNG seed.
+const CHILD_SEED_ENV: &str = "PLAFOND_CRASH_SEED";
+/// Overrides the parent's seed, to replay a failing run.
+const SEED_ENV: &str = "PLAFOND_CRASH_TEST_SEED";
+
+/// How many times the child is killed.
+const KILLS: u64 = 24;
+const SHARDS: u16 = 3;
+const PROFILES: usize = 3;
+/// Checking accounts per profile (each with its card), plus one savings account.
+const CHECKING_PER_PROFILE: usize = 3;
+const WORKERS: u64 = 4;
+/// The most commands a child worker submits in one ticket.
+const WORKER_BATCH_MAX: u64 = 12;
+/// The kill comes this long after the child was spawned.
+const KILL_DELAY_MS_MIN: u64 = 50;
+const KILL_DELAY_MS_MAX: u64 = 400;
+/// A child never killed stops by itself after this and fails the test.
+const CHILD_LIFETIME_MAX: Duration = Duration::from_secs(60);
+/// How long recovery may take to settle the transfers it finds unsettled.
+const QUIESCENCE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many retried commands the parent submits per ticket.
+const RETRY_BATCH_MAX: usize = 256;
+/// Every command is stamped with this one instant: no business day changes, no
+/// interest, so balances move only by the commands.
+const NOW_MS: i64 = ManualClock::SERVER_START_MS;
+
+/// xorshift64*: tiny, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `low ..= high`.
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
+}
+
+fn config(dir: &Path) -> EngineConfig {
+    EngineConfig::durable(dir)
+        .with_shards(SHARDS)
+        .with_clock(Arc::new(ManualClock::new(NOW_MS)))
+}
+
+/// The accounts the load runs on, created once by the parent.
+#[derive(Clone, Debug)]
+struct Population {
+    /// Every account, with whether it is a checking account (its id is its card's id).
+    accounts: Vec<(u64, bool)>,
+}
+
+impl Population {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("population.txt")
+    }
+
+    fn create(dir: &Path) -> Population {
+        let engine = Engine::open(config(dir)).expect("open a fresh data directory");
+        let region = engine.region_id("eu-west").expect("a built-in region");
+        let mut accounts = Vec::new();
+        for _ in 0..PROFILES {
+            // Profiles without a command id go to the shards in turn: one per shard.
+            let Outcome::ProfileOpened { profile } =
+                engine.run(Command::OpenProfile { region }).unwrap()
+            else {
+                panic!("a profile opens in a built-in region")
+            };
+            for index in 0..=CHECKING_PER_PROFILE {
+                let checking = index < CHECKING_PER_PROFILE;
+                let kind = if checking {
+                    AccountKind::Checking
+                } else {
+                    AccountKind::Savings
+                };
+                // A ceiling that never interferes: the load is about money, not windows.
+                let opening = Opening {
+                    deposit_minor: 100_000,
+                    ceiling_minor: AMOUNT_MAX_MINOR,
+                };
+                let open = Command::OpenAccount {
+                    profile,
+                    kind,
+                    opening: Some(opening),
+                };
+                let Outcome::AccountOpened { account, .. } = engine.run(open).unwrap() else {
+                    panic!("an account opens in a known profile")
+                };
+                accounts.push((account, checking));
+            }
+        }
+        let shards: std::collections::BTreeSet<u64> = accounts
+            .iter()
+            .map(|(account, _)| account % u64::from(SHARDS))
+            .collect();
+        assert_eq!(shards.len(), usize::from(SHARDS), "accounts on every shard");
+        let text: String = accounts
+            .iter()
+            .map(|(account, checking)| format!("{account} {checking}\n"))
+            .collect();
+        std::fs::write(Population::path(dir), text).unwrap();
+        Population { accounts }
+    }
+
+    fn load(dir: &Path) -> Population {
+        let text = std::fs::read_to_string(Population::path(dir)).unwrap();
+        let accounts = text
+            .lines()
+            .map(|line| {
+                let (account, checking) = line.split_once(' ').unwrap();
+                (account.parse().unwrap(), checking.parse().unwrap())
+            })
+            .collect();
+        Population { accounts }
+    }
+
+    fn cards(&self) -> Vec<u64> {
+        self.accounts
+            .iter()
+            .filter(|(_, checking)| *checking)
+            .map(|(account, _)| *account)
+            .collect()
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.accounts.iter().map(|(account, _)| *account).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The journal: what the child meant to do and what it was told.
+
+fn journal_path(dir: &Path, iteration: u64, worker: u64) -> PathBuf {
+    dir.join(format!("journal-i{iteration}-w{worker}.txt"))
+}
+
+fn encode_command(command: &Command) -> String {
+    match *command {
+        Command::Pay { card, amount_minor } => format!("P {card} 0 {amount_minor}"),
+        Command::Transfer {
+            from,
+            to,
+            amount_minor,
+        } => format!("T {from} {to} {amount_minor}"),
+        Command::Deposit {
+            account,
+            amount_minor,
+        } => format!("D {account} 0 {amount_minor}"),
+        ref other => panic!("the load does not send {other:?}"),
+    }
+}
+
+fn decode_command(fields: &[&str]) -> Command {
+    let [kind, first, second, amount] = fields else {
+        panic!("a command has four fields: {fields:?}")
+    };
+    let (first, second, amount_minor): (u64, u64, u64) = (
+        first.parse().unwrap(),
+        second.parse().unwrap(),
+        amount.parse().unwrap(),
+    );
+    match *kind {
+        "P" => Command::Pay {
+            card: first,
+            amount_minor,
+        },
+        "T" => Command::Transfer {
+            from: first,
+            to: second,
+            amount_minor,
+        },
+        "D" => Command::Deposit {
+            account: first,
+            amount_minor,
+        },
+        other => panic!("unknown command kind {other}"),
+    }
+}
+
+/// One iteration's journal, as the parent reads it back.
+#[derive(Default)]
+struct Journal {
+    /// Every command the child wrote down before submitting, in order.
+    intents: Vec<(String, Command)>,
+    /// The outcome the child was given, as `{:?}`, by command id.
+    acks: HashMap<String, String>,
+}
+
+impl Journal {
+    fn read(dir: &Path, iteration: u64) -> Journal {
+        let mut journal = Journal::default();
+        for worker in 0..WORKERS {
+            let Ok(bytes) = std::fs::read(journal_path(dir, iteration, worker)) else {
+                continue; // Killed before the worker created its file.
+            };
+            let text = String::from_utf8(bytes).expect("the journal is ASCII");
+            // The child may die in the middle of a line: only whole lines count.
+            let whole = match text.rfind('\n') {
+                Some(end) => &text[..=end],
+                None => "",
+            };
+            for line in whole.lines() {
+                let (tag, rest) = line.split_once(' ').expect("a tagged line");
+                let (id, rest) = rest.split_once(' ').expect("a command id");
+                match tag {
+                    "I" => {
+                        let fields: Vec<&str> = rest.split(' ').collect();
+                        journal
+                            .intents
+                            .push((id.to_owned(), decode_command(&fields)));
+                    }
+                    "A" => {
+                        let first = journal.acks.insert(id.to_owned(), rest.to_owned());
+                        assert!(first.is_none(), "{id} acknowledged twice");
+                    }
+                    other => panic!("unknown journal tag {other}"),
+                }
+            }
+        }
+        let intended: std::collections::HashSet<&str> =
+            journal.intents.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            intended.len(),
+            journal.intents.len(),
+            "command ids are unique"
+        );
+        for id in journal.acks.keys() {
+            assert!(
+                intended.contains(id.as_str()),
+                "{id} acked but not intended"
+            );
+        }
+        journal
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The child.
+
+/// Runs only in the child process (see the module docs); a no-op otherwise.
+#[test]
+#[ignore = "the crash test's child process; run by `crash_under_load`"]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let iteration: u64 = std::env::var(CHILD_ITERATION_ENV).unwrap().parse().unwrap();
+    let seed: u64 = std::env::var(CHILD_SEED_ENV).unwrap().parse().unwrap();
+    let population = Population::load(&dir);
+    let engine = Arc::new(Engine::open(config(&dir)).expect("the child reopens the engine"));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let (engine, population, dir) = (engine.clone(), population.clone(), dir.clone());
+            let seed = seed ^ (worker + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            std::thread::spawn(move || {
+                child_worker(&engine, &population, &dir, iteration, worker, seed, started)
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a child worker panicked");
+    }
+    panic!("the child was not killed within {CHILD_LIFETIME_MAX:?}");
+}
+
+fn child_worker(
+    engine: &Engine,
+    population: &Population,
+    dir: &Path,
+    iteration: u64,
+    worker: u64,
+    seed: u64,
+    started: Instant,
+) {
+    let mut rng = Rng::new(seed);
+    let (cards, accounts) = (population.cards(), population.ids());
+    let mut journal = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(journal_path(dir, iteration, worker))
+        .unwrap();
+    let mut next = 0u64;
+    while started.elapsed() < CHILD_LIFETIME_MAX {
+        let size = rng.between(1, WORKER_BATCH_MAX);
+        let mut requests = Vec::new();
+        let mut intents = String::new();
+        for _ in 0..size {
+            let id = format!("i{iteration}-w{worker}-{next}");
+            next += 1;
+            let command = random_command(&mut rng, &cards, &accounts);
+            intents.push_str(&format!("I {id} {}\n", encode_command(&command)));
+            requests.push(Request::with_id(command, CommandId::new(&id).unwrap()));
+        }
+        // Written down before submitting: whatever the engine applies is in the journal.
+        journal.write_all(intents.as_bytes()).unwrap();
+        let ids: Vec<CommandId> = requests
+            .iter()
+            .map(|request| request.command_id.clone().unwrap())
+            .collect();
+        let outcomes = engine.submit(requests).unwrap().wait().unwrap();
+        assert_eq!(outcomes.len(), ids.len());
+        let acks: String = ids
+            .iter()
+            .zip(&outcomes)
+            .map(|(id, outcome)| format!("A {} {outcome:?}\n", id.as_str()))
+            .collect();
+        journal.write_all(acks.as_bytes()).unwrap();
+    }
+}
+
+fn random_command(rng: &mut Rng, cards: &[u64], accounts: &[u64]) -> Command {
+    let pick = |rng: &mut Rng, from: &[u64]| from[rng.next() as usize % from.len()];
+    match rng.between(0, 9) {
+        0..=3 => Command::Pay {
+            card: pick(rng, cards),
+            amount_minor: rng.between(1, 3_000),
+        },
+        4..=7 => {
+            let from = pick(rng, accounts);
+            let mut to = pick(rng, accounts);
+            while to == from {
+                to = pick(rng, accounts);
+            }
+            Command::Transfer {
+                from,
+                to,
+                amount_minor: rng.between(1, 20_000),
+            }
+        }
+        _ => Command::Deposit {
+            account: pick(rng, accounts),
+            amount_minor: rng.between(1, 6_000),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The parent.
+
+/// What the money must be, from every command's known outcome. Balances are signed:
+/// the journal gives each worker's order, not the engine's, so a replay of the model may
+/// dip below zero on the way; only the totals at the end must match.
+struct Model {
+    balances: BTreeMap<u64, i128>,
+    initial_deposits_minor: u128,
+    deposits_minor: u128,
+    card_payments_minor: u128,
+}
+
+impl Model {
+    fn new(population: &Population) -> Model {
+        let balances: BTreeMap<u64, i128> = population
+            .ids()
+            .into_iter()
+            .map(|account| (account, 100_000))
+            .collect();
+        Model {
+            initial_deposits_minor: 100_000 * balances.len() as u128,
+            balances,
+            deposits_minor: 0,
+            card_payments_minor: 0,
+        }
+    }
+
+    /// Applies a command whose outcome is known.
+    fn apply(&mut self, id: &str, command: &Command, outcome: &Outcome) {
+        let mut add = |account: u64, delta_minor: i128| {
+            *self.balances.get_mut(&account).expect("a known account") += delta_minor;
+        };
+        match (command, outcome) {
+            (_, Outcome::Declined(_)) => {}
+            (Command::Pay { card, amount_minor }, Outcome::Approved { .. }) => {
+                add(*card, -i128::from(*amount_minor));
+                self.card_payments_minor += u128::from(*amount_minor);
+            }
+            (
+                Command::Transfer {
+                    from,
+                    to,
+                    amount_minor,
+                },
+                Outcome::Done { .. },
+            ) => {
+                add(*from, -i128::from(*amount_minor));
+                add(*to, i128::from(*amount_minor));
+            }
+            (
+                Command::Deposit {
+                    account,
+                    amount_minor,
+                },
+                Outcome::Done { .. },
+            ) => {
+                add(*account, i128::from(*amount_minor));
+                self.deposits_minor += u128::from(*amount_minor);
+            }
+            (command, outcome) => panic!("{id}: {command:?} cannot end as {outcome:?}"),
+        }
+    }
+
+    /// The balances the engine must show; none may be negative.
+    fn expected_balances(&self) -> BTreeMap<u64, u64> {
+        self.balances
+            .iter()
+            .map(|(&account, &balance)| {
+                let balance = u64::try_from(balance)
+                    .unwrap_or_else(|_| panic!("account {account} would be at {balance}"));
+                (account, balance)
+            })
+            .collect()
+    }
+
+    fn expected_audit(&self) -> Audit {
+        let balances_minor = self.balances.values().sum::<i128>();
+        Audit {
+            balances_minor: u128::try_from(balances_minor).expect("no negative total"),
+            in_flight_minor: 0,
+            initial_deposits_minor: self.initial_deposits_minor,
+            deposits_minor: self.deposits_minor,
+            interest_minor: 0,
+            card_payments_minor: self.card_payments_minor,
+        }
+    }
+}
+
+fn balances(engine: &Engine, population: &Population) -> BTreeMap<u64, u64> {
+    population
+        .ids()
+        .into_iter()
+        .map(
+            |account| match engine.run(Command::ReadAccount { account }).unwrap() {
+                Outcome::Account(view) => (account, view.balance_minor),
+                other => panic!("reading account {account}: {other:?}"),
+            },
+        )
+        .collect()
+}
+
+/// Polls the audit until recovery has settled every transfer it found unsettled. Every
+/// audit on the way must hold.
+fn quiescent_audit(engine: &Engine) -> Audit {
+    let deadline = Instant::now() + QUIESCENCE_TIMEOUT;
+    loop {
+        let audit = engine.audit().unwrap();
+        assert!(audit.holds(), "conservation broken: {audit:?}");
+        assert!(audit.in_flight_minor >= 0, "negative in flight: {audit:?}");
+        if audit.in_flight_minor == 0 {
+            return audit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfers still half-applied after {QUIESCENCE_TIMEOUT:?}: {audit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Submits `commands` with their ids, in tickets of at most [`RETRY_BATCH_MAX`].
+fn resubmit(engine: &Engine, commands: &[(String, Command)]) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(commands.len());
+    for chunk in commands.chunks(RETRY_BATCH_MAX) {
+        let requests = chunk
+            .iter()
+            .map(|(id, command)| Request::with_id(command.clone(), CommandId::new(id).unwrap()))
+            .collect();
+        outcomes.extend(engine.submit(requests).unwrap().wait().unwrap());
+    }
+    assert_eq!(outcomes.len(), commands.len());
+    outcomes
+}
+
+/// What one kill left behind.
+#[derive(Default)]
+struct Tally {
+    acked: usize,
+    retried: usize,
+    /// Kills that left at least one acknowledged outcome: the child was under load.
+    kills_under_load: u64,
+}
+
+/// Reopens after a kill and checks §7; brings the model up to date.
+fn verify_after_kill(
+    dir: &Path,
+    iteration: u64,
+    population: &Population,
+    model: &mut Model,
+    acked: &mut Vec<(String, Command, String)>,
+    tally: &mut Tally,
+) {
+    let engine = Engine::open(config(dir))
+        .unwrap_or_else(|error| panic!("reopening after kill {iteration}: {error}"));
+    let audit_before = quiescent_audit(&engine);
+    let balances_before = balances(&engine, population);
+    let journal = Journal::read(dir, iteration);
+
+    // (a) and (b): every acknowledged outcome is there, and replaying it applies nothing.
+    let acked_now: Vec<(String, Command)> = journal
+        .intents
+        .iter()
+        .filter(|(id, _)| journal.acks.contains_key(id))
+        .cloned()
+        .collect();
+    let replayed = resubmit(&engine, &acked_now);
+    for ((id, command), outcome) in acked_now.iter().zip(&replayed) {
+        let told = &journal.acks[id];
+        assert_eq!(
+            &format!("{outcome:?}"),
+            told,
+            "kill {iteration}: {id} changed"
+        );
+        acked.push((id.clone(), command.clone(), told.clone()));
+    }
+    assert_eq!(
+        balances(&engine, population),
+        balances_before,
+        "a replay moved money"
+    );
+    assert_eq!(
+        engine.audit().unwrap(),
+        audit_before,
+        "a replay moved money"
+    );
+
+    // Every command not acknowledged is retried, as a client would: applied now if it
+    // was lost, answered from memory if it was not. Then every outcome is known.
+    let unacked: Vec<(String, Command)> = journal
+        .intents
+        .iter()
+        .filter(|(id, _)| !journal.acks.contains_key(id))
+        .cloned()
+        .collect();
+    let retried = resubmit(&engine, &unacked);
+    let outcomes: HashMap<&str, &Outcome> = acked_now
+        .iter()
+        .zip(&replayed)
+        .chain(unacked.iter().zip(&retried))
+        .map(|((id, _), outcome)| (id.as_str(), outcome))
+        .collect();
+    for (id, command) in &journal.intents {
+        model.apply(id, command, outcomes[id.as_str()]);
+    }
+
+    // (c) and (d): the engine's money is exactly the model's, with nothing in flight.
+    let audit = quiescent_audit(&engine);
+    assert_eq!(
+        balances(&engine, population),
+        model.expected_balances(),
+        "kill {iteration}"
+    );
+    assert_eq!(audit, model.expected_audit(), "kill {iteration}");
+    tally.acked += acked_now.len();
+    tally.retried += unacked.len();
+    if !acked_now.is_empty() {
+        tally.kills_under_load += 1;
+    }
+    println!(
+        "kill {iteration}: {} acked, {} retried, balances {}",
+        acked_now.len(),
+        unacked.len(),
+        audit.balances_minor
+    );
+}
+
+fn spawn_child(dir: &Path, iteration: u64, seed: u64) -> std::process::Child {
+    let stderr = File::create(dir.join(format!("child-{iteration}.stderr"))).unwrap();
+    Process::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(CHILD_DIR_ENV, dir)
+        .env(CHILD_ITERATION_ENV, iteration.to_string())
+        .env(CHILD_SEED_ENV, seed.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("re-execute the test binary as the child")
+}
+
+#[test]
+fn crash_under_load() {
+    let seed = std::env::var(SEED_ENV)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            nanos as u64 ^ u64::from(std::process::id())
+        });
+    println!("crash test seed {seed} (replay with {SEED_ENV}={seed})");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let population = Population::create(dir);
+    let mut model = Model::new(&population);
+    let mut acked = Vec::new();
+    let mut tally = Tally::default();
+    for iteration in 0..KILLS {
+        let spawned = Instant::now();
+        let mut child = spawn_child(dir, iteration, rng.next());
+        let delay = Duration::from_millis(rng.between(KILL_DELAY_MS_MIN, KILL_DELAY_MS_MAX));
+        std::thread::sleep(delay.saturating_sub(spawned.elapsed()));
+        if let Some(status) = child.try_wait().unwrap() {
+            let stderr_path = dir.join(format!("child-{iteration}.stderr"));
+            let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
+            panic!("child {iteration} ended by itself ({status}) before the kill:\n{stderr}");
+        }
+        // SIGKILL on Unix: no destructor, no flush, no clean shutdown.
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "child {iteration} was killed");
+        verify_after_kill(
+            dir,
+            iteration,
+            &population,
+            &mut model,
+            &mut acked,
+            &mut tally,
+        );
+    }
+
+    // After every kill: each outcome ever acknowledged is still the one returned.
+    let engine = Engine::open(config(dir)).unwrap();
+    let audit = quiescent_audit(&engine);
+    let commands: Vec<(String, Command)> = acked
+        .iter()
+        .map(|(id, command, _)| (id.clone(), command.clone()))
+        .collect();
+    for ((id, _, told), outcome) in acked.iter().zip(resubmit(&engine, &commands)) {
+        assert_eq!(
+            &format!("{outcome:?}"),
+            told,
+            "{id} changed after later kills"
+        );
+    }
+    assert_eq!(engine.audit().unwrap(), audit);
+    assert_eq!(audit, model.expected_audit());
+    assert_eq!(balances(&engine, &population), model.expected_balances());
+    println!(
+        "{KILLS} kills, {} under load; {} outcomes acked and replayed, {} retried",
+        tally.kills_under_load, tally.acked, tally.retried
+    );
+    // The test means nothing if the kills never hit a loaded engine.
+    assert!(
+        tally.kills_under_load * 2 >= KILLS,
+        "only {} of {KILLS} kills hit a loaded child",
+        tally.kills_under_load
+    );
+}

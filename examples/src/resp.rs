@@ -1,0 +1,578 @@
+//! The wire format: RESP2 (and the few RESP3 types `HELLO 3` needs).
+//!
+//! The server side is [`RequestParser`], an incremental parser of client requests with a
+//! limit on everything a client controls, and [`Encoder`], which writes replies. The client
+//! side (cli, loadgen, tests) is [`parse_value`] and [`encode_command`].
+//!
+//! A request is either a RESP array of bulk strings (`*2\r\n$4\r\nPING\r\n...`) or an
+//! inline line (`PING\r\n`, what `telnet` sends). The parser never panics and never buffers
+//! more than one frame of at most [`FRAME_BYTES_MAX`] payload bytes: a larger frame is
+//! reported as [`Frame::TooLarge`] as soon as its header says so, and its payload is then
+//! skipped as it streams in, so the connection keeps working after it.
+
+use std::fmt;
+
+/// The most payload bytes (sum of the arguments' lengths) one request may carry.
+pub const FRAME_BYTES_MAX: usize = 64 * 1024;
+/// The most arguments one request may carry; the widest command has five.
+pub const FRAME_ARGS_MAX: usize = 16;
+/// The longest header line (`*N` or `$N`); longer is garbage, not a number.
+pub const HEADER_BYTES_MAX: usize = 32;
+/// The longest inline request line.
+pub const INLINE_BYTES_MAX: usize = FRAME_BYTES_MAX;
+/// The largest bulk string the parser will skip over in an oversized frame; beyond this
+/// (Redis's own `proto-max-bulk-len`) the client is not speaking RESP in good faith.
+pub const SKIP_BULK_BYTES_MAX: u64 = 512 * 1024 * 1024;
+/// The most elements an oversized array may declare before the framing counts as lost.
+pub const SKIP_ARGS_MAX: u64 = 1024 * 1024;
+
+/// The client sent something that is not RESP: the framing is lost, close the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolError(pub &'static str);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Protocol error: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// One request read off the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// The command name and its arguments.
+    Args(Vec<Vec<u8>>),
+    /// A request over [`FRAME_BYTES_MAX`] or [`FRAME_ARGS_MAX`]; the rest of it is skipped.
+    TooLarge,
+}
+
+/// What one call to [`RequestParser::next`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Bytes of the input that were used up (and must be dropped by the caller).
+    pub consumed: usize,
+    /// A complete request, if one was found.
+    pub frame: Option<Frame>,
+}
+
+/// The rest of an oversized request, still to be skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Skip {
+    bytes: u64,
+    bulks: u64,
+}
+
+/// An incremental request parser. Feed it the buffered bytes; it says how many it used.
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    skip: Option<Skip>,
+}
+
+impl RequestParser {
+    /// A parser at the start of a stream.
+    pub fn new() -> RequestParser {
+        RequestParser::default()
+    }
+
+    /// Reads at most one request from the start of `input`. `consumed == 0` with no frame
+    /// means: more bytes are needed.
+    pub fn next(&mut self, input: &[u8]) -> Result<Step, ProtocolError> {
+        if let Some(skip) = self.skip {
+            return self.skip_some(skip, input);
+        }
+        match input.first() {
+            None => Ok(Step {
+                consumed: 0,
+                frame: None,
+            }),
+            Some(b'*') => self.array(input),
+            Some(_) => inline(input),
+        }
+    }
+
+    fn skip_some(&mut self, mut skip: Skip, input: &[u8]) -> Result<Step, ProtocolError> {
+        let mut consumed = 0usize;
+        loop {
+            if skip.bytes > 0 {
+                let available = (input.len() - consumed) as u64;
+                let taken = skip.bytes.min(available);
+                skip.bytes -= taken;
+                consumed += taken as usize;
+                if skip.bytes > 0 {
+                    break;
+                }
+            } else if skip.bulks > 0 {
+                let rest = &input[consumed..];
+                let Some((len, header)) = header_line(rest, b'$')? else {
+                    break;
+                };
+                if len < 0 || len as u64 > SKIP_BULK_BYTES_MAX {
+                    return Err(ProtocolError("invalid bulk length"));
+                }
+                consumed += header;
+                skip.bulks -= 1;
+                skip.bytes = len as u64 + 2;
+            } else {
+                break;
+            }
+        }
+        self.skip = (skip != Skip::default()).then_some(skip);
+        Ok(Step {
+            consumed,
+            frame: None,
+        })
+    }
+
+    fn array(&mut self, input: &[u8]) -> Result<Step, ProtocolError> {
+        let Some((count, mut at)) = header_line(input, b'*')? else {
+            return Ok(Step {
+                consumed: 0,
+                frame: None,
+            });
+        };
+        if count <= 0 {
+            // `*0` and `*-1` carry no command; Redis ignores them too.
+            return Ok(Step {
+                consumed: at,
+                frame: None,
+            });
+        }
+        let count = count as u64;
+        if count > FRAME_ARGS_MAX as u64 {
+            if count > SKIP_ARGS_MAX {
+                return Err(ProtocolError("invalid multibulk length"));
+            }
+            return Ok(self.too_large(at, Skip { bytes: 0, bulks: count }));
+        }
+        let mut args = Vec::with_capacity(count as usize);
+        let mut payload_bytes = 0usize;
+        for index in 0..count {
+            let Some((len, header)) = header_line(&input[at..], b'$')? else {
+                return Ok(incomplete());
+            };
+            if len < 0 || len as u64 > SKIP_BULK_BYTES_MAX {
+                return Err(ProtocolError("invalid bulk length"));
+            }
+            let len = len as usize;
+            at += header;
+            payload_bytes += len;
+            if payload_bytes > FRAME_BYTES_MAX {
+                let skip = Skip {
+                    bytes: len as u64 + 2,
+                    bulks: count - index - 1,
+                };
+                return Ok(self.too_large(at, skip));
+            }
+            let Some(bulk) = input.get(at..at + len + 2) else {
+                return Ok(incomplete());
+            };
+            if !bulk.ends_with(b"\r\n") {
+                return Err(ProtocolError("bulk string not terminated by CRLF"));
+            }
+            args.push(bulk[..len].to_vec());
+            at += len + 2;
+        }
+        Ok(Step {
+            consumed: at,
+            frame: Some(Frame::Args(args)),
+        })
+    }
+
+    fn too_large(&mut self, consumed: usize, skip: Skip) -> Step {
+        self.skip = (skip != Skip::default()).then_some(skip);
+        Step {
+            consumed,
+            frame: Some(Frame::TooLarge),
+        }
+    }
+}
+
+fn incomplete() -> Step {
+    Step {
+        consumed: 0,
+        frame: None,
+    }
+}
+
+/// An inline request: words separated by spaces, ended by `\n` (or `\r\n`).
+fn inline(input: &[u8]) -> Result<Step, ProtocolError> {
+    let Some(end) = input.iter().take(INLINE_BYTES_MAX + 2).position(|&b| b == b'\n') else {
+        if input.len() > INLINE_BYTES_MAX {
+            return Err(ProtocolError("too big inline request"));
+        }
+        return Ok(incomplete());
+    };
+    let line = &input[..end];
+    let args: Vec<Vec<u8>> = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|word| !word.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let frame = match args.len() {
+        0 => None,
+        n if n > FRAME_ARGS_MAX => Some(Frame::TooLarge),
+        _ => Some(Frame::Args(args)),
+    };
+    Ok(Step {
+        consumed: end + 1,
+        frame,
+    })
+}
+
+/// Reads a `<marker><integer>\r\n` line: the integer and the line's length, or `None` if
+/// the line is not complete yet.
+fn header_line(input: &[u8], marker: u8) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let Some(&first) = input.first() else {
+        return Ok(None);
+    };
+    if first != marker {
+        return Err(ProtocolError(if marker == b'$' {
+            "expected '$'"
+        } else {
+            "expected '*'"
+        }));
+    }
+    let window = &input[..input.len().min(HEADER_BYTES_MAX)];
+    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
+        if input.len() >= HEADER_BYTES_MAX {
+            return Err(ProtocolError("header line too long"));
+        }
+        return Ok(None);
+    };
+    let Some(&lf) = input.get(cr + 1) else {
+        return Ok(None);
+    };
+    if lf != b'\n' {
+        return Err(ProtocolError("header not terminated by CRLF"));
+    }
+    let number = parse_i64(&input[1..cr]).ok_or(ProtocolError("invalid length"))?;
+    Ok(Some((number, cr + 2)))
+}
+
+/// A decimal integer with an optional minus sign, nothing else.
+pub fn parse_i64(text: &[u8]) -> Option<i64> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// How nil and maps are written: RESP2 (the default) or RESP3 (after `HELLO 3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Resp2,
+    Resp3,
+}
+
+/// Writes replies into a buffer, for one write per batch.
+#[derive(Debug)]
+pub struct Encoder<'a> {
+    pub out: &'a mut Vec<u8>,
+    pub protocol: Protocol,
+}
+
+impl Encoder<'_> {
+    /// `+text`: `text` must not contain CR or LF (it is one of ours, never a client's).
+    pub fn simple(&mut self, text: &str) {
+        debug_assert!(!text.contains(['\r', '\n']));
+        self.line(b'+', text.as_bytes());
+    }
+
+    /// `-text`: CR and LF become spaces, so an error can never break the framing.
+    pub fn error(&mut self, text: &str) {
+        let clean: String = text
+            .chars()
+            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+            .collect();
+        self.line(b'-', clean.as_bytes());
+    }
+
+    /// `:n`.
+    pub fn integer(&mut self, n: i128) {
+        self.line(b':', n.to_string().as_bytes());
+    }
+
+    /// `$len\r\nbytes\r\n`.
+    pub fn bulk(&mut self, bytes: &[u8]) {
+        self.line(b'$', bytes.len().to_string().as_bytes());
+        self.out.extend_from_slice(bytes);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Nil: `$-1` in RESP2, `_` in RESP3.
+    pub fn nil(&mut self) {
+        match self.protocol {
+            Protocol::Resp2 => self.out.extend_from_slice(b"$-1\r\n"),
+            Protocol::Resp3 => self.out.extend_from_slice(b"_\r\n"),
+        }
+    }
+
+    /// The header of an array of `len` elements; the caller writes them next.
+    pub fn array(&mut self, len: usize) {
+        self.line(b'*', len.to_string().as_bytes());
+    }
+
+    /// The header of a map of `pairs` key-value pairs: `%` in RESP3, a flat array in RESP2.
+    pub fn map(&mut self, pairs: usize) {
+        match self.protocol {
+            Protocol::Resp2 => self.array(pairs * 2),
+            Protocol::Resp3 => self.line(b'%', pairs.to_string().as_bytes()),
+        }
+    }
+
+    fn line(&mut self, marker: u8, body: &[u8]) {
+        self.out.push(marker);
+        self.out.extend_from_slice(body);
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings (what a client sends).
+pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
+    let mut encoder = Encoder {
+        out,
+        protocol: Protocol::Resp2,
+    };
+    encoder.array(args.len());
+    for arg in args {
+        encoder.bulk(arg.as_ref());
+    }
+}
+
+/// A reply, as a client reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Value>),
+}
+
+/// The largest bulk reply a client accepts (the stats dump of a big engine fits).
+pub const REPLY_BULK_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// The most elements of one reply array a client accepts.
+pub const REPLY_ARRAY_LEN_MAX: usize = 1024 * 1024;
+/// How deeply reply arrays may nest.
+pub const REPLY_DEPTH_MAX: usize = 8;
+
+/// Reads one reply from the start of `input`: the value and the bytes it used, or `None`
+/// if it is not complete yet.
+pub fn parse_value(input: &[u8]) -> Result<Option<(Value, usize)>, ProtocolError> {
+    parse_value_at(input, 0)
+}
+
+fn parse_value_at(input: &[u8], depth: usize) -> Result<Option<(Value, usize)>, ProtocolError> {
+    if depth > REPLY_DEPTH_MAX {
+        return Err(ProtocolError("reply nested too deeply"));
+    }
+    let Some(&marker) = input.first() else {
+        return Ok(None);
+    };
+    let Some(end) = input.windows(2).position(|pair| pair == b"\r\n") else {
+        return Ok(None);
+    };
+    let line = &input[1..end];
+    let text = || String::from_utf8_lossy(line).into_owned();
+    let after = end + 2;
+    let value = match marker {
+        b'+' => Value::Simple(text()),
+        b'-' => Value::Error(text()),
+        b':' => Value::Integer(parse_i64(line).ok_or(ProtocolError("invalid integer"))?),
+        b'_' => Value::Nil,
+        b'$' => {
+            let len = parse_i64(line).ok_or(ProtocolError("invalid bulk length"))?;
+            if len < 0 {
+                return Ok(Some((Value::Nil, after)));
+            }
+            let len = len as usize;
+            if len > REPLY_BULK_BYTES_MAX {
+                return Err(ProtocolError("bulk reply too large"));
+            }
+            let Some(body) = input.get(after..after + len + 2) else {
+                return Ok(None);
+            };
+            return Ok(Some((Value::Bulk(body[..len].to_vec()), after + len + 2)));
+        }
+        b'*' | b'%' => {
+            let len = parse_i64(line).ok_or(ProtocolError("invalid array length"))?;
+            if len < 0 {
+                return Ok(Some((Value::Nil, after)));
+            }
+            let elements = if marker == b'%' { len.saturating_mul(2) } else { len };
+            let elements = usize::try_from(elements).unwrap_or(usize::MAX);
+            if elements > REPLY_ARRAY_LEN_MAX {
+                return Err(ProtocolError("reply array too long"));
+            }
+            let mut items = Vec::with_capacity(elements.min(1024));
+            let mut at = after;
+            for _ in 0..elements {
+                let Some((item, used)) = parse_value_at(&input[at..], depth + 1)? else {
+                    return Ok(None);
+                };
+                items.push(item);
+                at += used;
+            }
+            return Ok(Some((Value::Array(items), at)));
+        }
+        _ => return Err(ProtocolError("unknown reply type")),
+    };
+    Ok(Some((value, after)))
+}
+
+impl fmt::Display for Value {
+    /// Like redis-cli: one line per element, bulk strings as text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Simple(text) => write!(f, "{text}"),
+            Value::Error(text) => write!(f, "(error) {text}"),
+            Value::Integer(n) => write!(f, "(integer) {n}"),
+            Value::Bulk(bytes) => write!(f, "{}", String::from_utf8_lossy(bytes)),
+            Value::Nil => write!(f, "(nil)"),
+            Value::Array(items) if items.is_empty() => write!(f, "(empty array)"),
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{}) {item}", index + 1)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Frame {
+        Frame::Args(words.iter().map(|w| w.as_bytes().to_vec()).collect())
+    }
+
+    /// Parses everything, as the server does, returning frames and the bytes left over.
+    fn parse_all(parser: &mut RequestParser, input: &[u8]) -> (Vec<Frame>, usize) {
+        let mut at = 0;
+        let mut frames = Vec::new();
+        loop {
+            let step = parser.next(&input[at..]).expect("valid RESP");
+            at += step.consumed;
+            match step.frame {
+                Some(frame) => frames.push(frame),
+                None if step.consumed == 0 => return (frames, input.len() - at),
+                None => {}
+            }
+        }
+    }
+
+    #[test]
+    fn parses_arrays_and_inline_requests() {
+        let mut parser = RequestParser::new();
+        let input = b"*2\r\n$3\r\nPAY\r\n$1\r\n7\r\nPING\r\n*0\r\nBALANCE  3\n";
+        let (frames, left) = parse_all(&mut parser, input);
+        assert_eq!(
+            frames,
+            vec![args(&["PAY", "7"]), args(&["PING"]), args(&["BALANCE", "3"])]
+        );
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn a_partial_frame_waits_for_more_bytes_at_every_split() {
+        let input = b"*3\r\n$3\r\nPAY\r\n$2\r\n12\r\n$3\r\n100\r\n";
+        for split in 0..input.len() {
+            let mut parser = RequestParser::new();
+            let step = parser.next(&input[..split]).expect("valid prefix");
+            assert_eq!(step, incomplete(), "split at {split}");
+            let step = parser.next(input).expect("valid frame");
+            assert_eq!(step.consumed, input.len());
+            assert_eq!(step.frame, Some(args(&["PAY", "12", "100"])));
+        }
+    }
+
+    #[test]
+    fn an_oversized_bulk_is_reported_then_skipped_and_the_stream_goes_on() {
+        let big = vec![b'x'; FRAME_BYTES_MAX + 1];
+        let mut input = format!("*3\r\n$3\r\nPAY\r\n${}\r\n", big.len()).into_bytes();
+        input.extend_from_slice(&big);
+        input.extend_from_slice(b"\r\n$3\r\n100\r\n*1\r\n$4\r\nPING\r\n");
+        // Fed in small pieces, as a network would: the parser never needs the big bulk
+        // whole, and reports it as soon as its header arrives.
+        let mut parser = RequestParser::new();
+        let mut buffered: Vec<u8> = Vec::new();
+        let mut frames = Vec::new();
+        for piece in input.chunks(1000) {
+            buffered.extend_from_slice(piece);
+            let (mut found, left) = parse_all(&mut parser, &buffered);
+            frames.append(&mut found);
+            buffered.drain(..buffered.len() - left);
+            assert!(buffered.len() < 2000, "the parser buffers at most a header");
+        }
+        assert_eq!(frames, vec![Frame::TooLarge, args(&["PING"])]);
+    }
+
+    #[test]
+    fn too_many_arguments_is_too_large() {
+        let mut parser = RequestParser::new();
+        let mut input = Vec::new();
+        let words: Vec<String> = (0..=FRAME_ARGS_MAX).map(|i| i.to_string()).collect();
+        encode_command(&mut input, &words);
+        encode_command(&mut input, &["PING"]);
+        let (frames, left) = parse_all(&mut parser, &input);
+        assert_eq!(frames, vec![Frame::TooLarge, args(&["PING"])]);
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        for garbage in [
+            &b"*x\r\n"[..],
+            b"*2\r\n+PING\r\n",
+            b"*1\r\n$4\r\nPINGxx",
+            b"*1\r\n$-5\r\n",
+            b"*99999999999999\r\n",
+            b"*1\r\n$99999999999999999\r\n",
+            b"*111111111111111111111111111111111111111",
+        ] {
+            let mut parser = RequestParser::new();
+            assert!(parser.next(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn an_endless_inline_line_is_a_protocol_error() {
+        let mut parser = RequestParser::new();
+        let line = vec![b'a'; INLINE_BYTES_MAX + 1];
+        assert!(parser.next(&line).is_err());
+        assert_eq!(parser.next(&line[..100]), Ok(incomplete()));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let mut out = Vec::new();
+        let mut encoder = Encoder {
+            out: &mut out,
+            protocol: Protocol::Resp2,
+        };
+        encoder.array(4);
+        encoder.simple("APPROVED");
+        encoder.integer(19_900);
+        encoder.nil();
+        encoder.bulk(b"a\r\nb");
+        encoder.error("bad\r\nthing");
+        let (value, used) = parse_value(&out).expect("valid").expect("complete");
+        assert_eq!(
+            value,
+            Value::Array(vec![
+                Value::Simple("APPROVED".into()),
+                Value::Integer(19_900),
+                Value::Nil,
+                Value::Bulk(b"a\r\nb".to_vec()),
+            ])
+        );
+        let (error, rest) = parse_value(&out[used..]).expect("valid").expect("complete");
+        assert_eq!(error, Value::Error("bad  thing".into()));
+        assert_eq!(used + rest, out.len());
+        assert_eq!(parse_value(&out[..used - 1]), Ok(None));
+    }
+}
