@@ -1,1 +1,237 @@
-//! placeholder
+//! The UpdateBatchingService (SPEC §4): for each region, at its roll time, one epoch
+//! (region, business day) that rolls the seven-day windows of the region's cards and
+//! brings its savings accounts' interest up to date (closing half-months, posting on the
+//! first epoch of a year), on every shard, then records the epoch durably.
+//!
+//! An epoch never stops a shard for long: it is sent as chunks of
+//! [`ROLL_CHUNK_ACCOUNTS`] accounts, one chunk per shard at a time, each applied between
+//! two ordinary commands, so payments (in that region too) go on throughout, and every
+//! command sees a card entirely before or entirely after its roll.
+//!
+//! Correctness never depends on this service: a shard rolls a card lazily when a command
+//! of a later business day touches it, with the same function. Rolling is idempotent, so
+//! an epoch interrupted by a crash is simply run again after restart (it is recorded only
+//! once complete), and missed epochs run in order on catch-up.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use plafond_shards::apply::Input;
+use plafond_shards::calendar::{business_day_of, Day};
+use plafond_shards::command::RegionId;
+use plafond_shards::ids::ShardId;
+use plafond_shards::region::Regions;
+
+/// Accounts one epoch chunk covers: about a millisecond of work on a shard.
+pub const ROLL_CHUNK_ACCOUNTS: u32 = 16_384;
+/// How often the scheduler looks at the clock.
+pub const SCHEDULER_POLL: Duration = Duration::from_millis(200);
+
+/// What the service needs from the engine.
+pub trait EpochHost: Send + Sync + 'static {
+    fn regions(&self) -> &Regions;
+    fn now_ms(&self) -> i64;
+    fn shard_count(&self) -> u16;
+    /// Accounts shard `shard` holds now.
+    fn accounts(&self, shard: ShardId) -> u64;
+    /// Queues `input` on `shard`; `done` hears once it is durable.
+    fn send(&self, shard: ShardId, input: Input, done: Sender<()>);
+    /// The longest epoch chunk any shard applied since the last call, and resets it.
+    fn take_pause_max(&self) -> Duration;
+    /// The last completed epoch of `region`, from durable storage.
+    fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, String>;
+    /// Records durably that `region`'s epoch for `day` completed.
+    fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), String>;
+}
+
+/// Why an epoch did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("the engine stopped during the epoch; it runs again after restart")]
+    Stopped,
+    #[error("unknown region {0}")]
+    UnknownRegion(String),
+    #[error("epoch storage: {0}")]
+    Storage(String),
+}
+
+/// One completed epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochReport {
+    pub region: RegionId,
+    /// The business day (days since 1970-01-01 of its local date).
+    pub day: Day,
+    pub accounts: u64,
+    pub duration: Duration,
+    /// The longest time one shard spent on one chunk: the pause a command could see.
+    pub max_pause: Duration,
+}
+
+/// Per region: the last completed epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionEpochs {
+    pub last_day: Option<Day>,
+    /// The report of the last epoch this process ran for the region.
+    pub last_report: Option<EpochReport>,
+}
+
+/// The service. Epochs run one at a time.
+pub struct BatchService<H: EpochHost> {
+    host: H,
+    regions: Mutex<Vec<RegionEpochs>>,
+}
+
+impl<H: EpochHost> BatchService<H> {
+    /// Loads each region's last completed epoch.
+    pub fn new(host: H) -> Result<BatchService<H>, BatchError> {
+        let count = host.regions().len();
+        let mut regions = Vec::with_capacity(count);
+        for region in 0..count as RegionId {
+            let last_day = host.last_epoch(region).map_err(BatchError::Storage)?;
+            regions.push(RegionEpochs { last_day, last_report: None });
+        }
+        Ok(BatchService { host, regions: Mutex::new(regions) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<RegionEpochs>> {
+        self.regions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The host the service drives.
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// Each region's epochs, by region id.
+    pub fn status(&self) -> Vec<RegionEpochs> {
+        self.lock().clone()
+    }
+
+    /// Runs every epoch that is due, oldest first per region: those after the last
+    /// completed one up to the current business day (all of them, after downtime).
+    pub fn run_due(&self) -> Result<Vec<EpochReport>, BatchError> {
+        let mut regions = self.lock();
+        let mut reports = Vec::new();
+        let now_ms = self.host.now_ms();
+        for (index, region) in self.host.regions().iter().enumerate() {
+            let today = business_day_of(region, now_ms);
+            let first = regions[index].last_day.map_or(today, |last| last + 1);
+            for day in first..=today {
+                let report = self.run_epoch(index as RegionId, day)?;
+                regions[index] =
+                    RegionEpochs { last_day: Some(day), last_report: Some(report.clone()) };
+                reports.push(report);
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Runs `region`'s epoch for its current business day now (an operator's request).
+    /// Running it again is a no-op for the state; it is reported again.
+    pub fn run_now(&self, region_name: &str) -> Result<EpochReport, BatchError> {
+        let region = self
+            .host
+            .regions()
+            .id_of(region_name)
+            .ok_or_else(|| BatchError::UnknownRegion(region_name.to_owned()))?;
+        let mut regions = self.lock();
+        let Some(rules) = self.host.regions().get(region) else {
+            return Err(BatchError::UnknownRegion(region_name.to_owned()));
+        };
+        let today = business_day_of(rules, self.host.now_ms());
+        // Missed epochs first, so that the on-demand one is not run out of order.
+        let first =
+            regions[usize::from(region)].last_day.map_or(today, |last| (last + 1).min(today));
+        let mut last = None;
+        for day in first..=today {
+            last = Some(self.run_epoch(region, day)?);
+        }
+        let report = match last {
+            Some(report) => report,
+            None => self.run_epoch(region, today)?,
+        };
+        regions[usize::from(region)] =
+            RegionEpochs { last_day: Some(today), last_report: Some(report.clone()) };
+        Ok(report)
+    }
+
+    fn run_epoch(&self, region: RegionId, day: Day) -> Result<EpochReport, BatchError> {
+        let started = Instant::now();
+        self.host.take_pause_max();
+        let shards = self.host.shard_count();
+        let sizes: Vec<u64> = (0..shards).map(|shard| self.host.accounts(shard)).collect();
+        let chunks = sizes
+            .iter()
+            .map(|&size| size.div_ceil(u64::from(ROLL_CHUNK_ACCOUNTS)))
+            .max()
+            .unwrap_or(0);
+        // One chunk per shard in flight: each shard interleaves it with its commands, and
+        // the shards work in parallel.
+        for chunk in 0..chunks.max(1) {
+            let mut waiting: Vec<Receiver<()>> = Vec::new();
+            for (shard, &size) in sizes.iter().enumerate() {
+                let start = chunk * u64::from(ROLL_CHUNK_ACCOUNTS);
+                if start >= size && !(chunk == 0 && size == 0) {
+                    continue;
+                }
+                let end = (start + u64::from(ROLL_CHUNK_ACCOUNTS)).min(size);
+                let (done_tx, done_rx) = bounded(1);
+                let input = Input::Roll { region, day, start: start as u32, end: end as u32 };
+                self.host.send(shard as ShardId, input, done_tx);
+                waiting.push(done_rx);
+            }
+            for done in waiting {
+                done.recv().map_err(|_| BatchError::Stopped)?;
+            }
+        }
+        // Step 3 of §4, compacting what expired, has nothing to do: idempotency records of
+        // money-moving commands are kept without time limit (§6).
+        self.host.record_epoch(region, day).map_err(BatchError::Storage)?;
+        Ok(EpochReport {
+            region,
+            day,
+            accounts: sizes.iter().sum(),
+            duration: started.elapsed(),
+            max_pause: self.host.take_pause_max(),
+        })
+    }
+}
+
+/// A thread that runs due epochs as the clock passes each region's roll time.
+pub struct Scheduler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts polling `service` every `poll`.
+    pub fn start<H: EpochHost>(
+        service: Arc<BatchService<H>>,
+        poll: Duration,
+    ) -> std::io::Result<Scheduler> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread =
+            std::thread::Builder::new().name("plafond-epochs".into()).spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    // A failed epoch is retried at the next poll; it is recorded only when done.
+                    let _ = service.run_due();
+                    std::thread::sleep(poll);
+                }
+            })?;
+        Ok(Scheduler { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -54,9 +54,7 @@ struct Balances {
 
 impl Balances {
     fn new() -> Balances {
-        Balances {
-            balances_minor: vec![BALANCE_START_MINOR; ACCOUNTS],
-        }
+        Balances { balances_minor: vec![BALANCE_START_MINOR; ACCOUNTS] }
     }
 
     fn apply(&mut self, pays: &[Pay]) -> Outcomes {
@@ -156,10 +154,8 @@ fn produce_with_reply_channels(
 }
 
 fn count_approved(reply: Option<Receiver<Outcomes>>) -> u64 {
-    let outcomes = reply
-        .expect("a batch is in flight")
-        .recv()
-        .expect("the shard answers every batch");
+    let outcomes =
+        reply.expect("a batch is in flight").recv().expect("the shard answers every batch");
     outcomes.iter().filter(|&&approved| approved).count() as u64
 }
 
@@ -245,20 +241,13 @@ fn start_actix_shard() -> ActixRunning {
     let handle = thread::spawn(move || {
         let system = System::new();
         system.block_on(async {
-            let address = ActixShard {
-                balances: Balances::new(),
-            }
-            .start();
+            let address = ActixShard { balances: Balances::new() }.start();
             let _ = started_tx.send((address, System::current()));
         });
         system.run().expect("the actix system runs");
     });
     let (address, system) = started_rx.recv().expect("the actix shard starts");
-    ActixRunning {
-        address,
-        system,
-        handle,
-    }
+    ActixRunning { address, system, handle }
 }
 
 impl ActixRunning {
@@ -306,9 +295,7 @@ fn mailbox(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
     for batch_size in BATCH_SIZES {
-        group.throughput(Throughput::Elements(
-            commands_per_iteration(batch_size) as u64
-        ));
+        group.throughput(Throughput::Elements(commands_per_iteration(batch_size) as u64));
         for producers in PRODUCERS {
             let parameter = format!("batch{batch_size}/producers{producers}");
 

@@ -37,10 +37,7 @@ const DAY_MS: i64 = 86_400_000;
 /// Pay amounts are `1 ..= AMOUNT_MAX_MINOR`.
 const AMOUNT_MAX_MINOR: u64 = 5_000;
 /// The §11 opening of every card's account.
-const OPENING: Opening = Opening {
-    deposit_minor: 20_000,
-    ceiling_minor: 10_000,
-};
+const OPENING: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Skew {
@@ -94,13 +91,7 @@ const fn scenario(
     submitters: usize,
     batch_commands: usize,
 ) -> Scenario {
-    Scenario {
-        durability,
-        skew,
-        submitters,
-        batch_commands,
-        in_flight: 4,
-    }
+    Scenario { durability, skew, submitters, batch_commands, in_flight: 4 }
 }
 
 /// SplitMix64: a tiny, fast generator, so submitters spend their time submitting.
@@ -133,9 +124,7 @@ struct Zipf {
 
 impl Zipf {
     fn new(n: u64) -> Zipf {
-        Zipf {
-            t: 1.0 + (n as f64).ln(),
-        }
+        Zipf { t: 1.0 + (n as f64).ln() }
     }
 
     fn rank(&self, rng: &mut SplitMix) -> u64 {
@@ -160,11 +149,7 @@ struct Workload {
 
 impl Workload {
     fn new(cards: u64, skew: Skew) -> Workload {
-        Workload {
-            cards,
-            skew,
-            zipf: Zipf::new(cards),
-        }
+        Workload { cards, skew, zipf: Zipf::new(cards) }
     }
 
     fn pay(&self, rng: &mut SplitMix) -> Command {
@@ -173,10 +158,7 @@ impl Workload {
             // Rank 1 is card 0: the hottest cards alternate between shards.
             Skew::Zipf => (self.zipf.rank(rng) - 1).min(self.cards - 1),
         };
-        Command::Pay {
-            card,
-            amount_minor: 1 + rng.below(AMOUNT_MAX_MINOR),
-        }
+        Command::Pay { card, amount_minor: 1 + rng.below(AMOUNT_MAX_MINOR) }
     }
 
     fn requests(&self, rng: &mut SplitMix, count: usize) -> Vec<Request> {
@@ -255,26 +237,18 @@ fn run_once(scenario: &Scenario, cards: u64, data_dir: Option<PathBuf>) -> RunRe
         (Some(dir), Durability::Sync | Durability::Async) => EngineConfig::durable(dir),
         _ => EngineConfig::in_memory(),
     };
-    let config = config
-        .with_durability(scenario.durability)
-        .with_clock(clock.clone());
+    let config = config.with_durability(scenario.durability).with_clock(clock.clone());
     let engine = Engine::open(config).expect("the engine opens");
     let region = engine.region_id("eu-west").expect("a built-in region");
     let started = Instant::now();
-    engine
-        .populate(region, cards, OPENING, |_| {})
-        .expect("populate");
+    engine.populate(region, cards, OPENING, |_| {}).expect("populate");
     let populate = started.elapsed();
 
     let pays = cards * PAYS_PER_CARD;
     let batch = scenario.batch_commands as u64;
     let chunks = pays.div_ceil(batch);
     let next_chunk = AtomicU64::new(0);
-    let days = Days {
-        clock,
-        start_ms: ManualClock::SERVER_START_MS,
-        day: Mutex::new(0),
-    };
+    let days = Days { clock, start_ms: ManualClock::SERVER_START_MS, day: Mutex::new(0) };
     let workload = Workload::new(cards, scenario.skew);
     let started = Instant::now();
     let tallies: Vec<Tally> = std::thread::scope(|scope| {
@@ -307,10 +281,7 @@ fn run_once(scenario: &Scenario, cards: u64, data_dir: Option<PathBuf>) -> RunRe
                 })
             })
             .collect();
-        submitters
-            .into_iter()
-            .map(|handle| handle.join().expect("a submitter"))
-            .collect()
+        submitters.into_iter().map(|handle| handle.join().expect("a submitter")).collect()
     });
     let elapsed = started.elapsed();
     let mut tally = Tally::default();
@@ -319,13 +290,7 @@ fn run_once(scenario: &Scenario, cards: u64, data_dir: Option<PathBuf>) -> RunRe
     }
     assert_eq!(tally.approved + tally.declined_total(), pays);
     let conservation = engine.audit().expect("audit").holds();
-    RunResult {
-        populate,
-        elapsed,
-        pays,
-        tally,
-        conservation,
-    }
+    RunResult { populate, elapsed, pays, tally, conservation }
 }
 
 fn wait_oldest(waiting: &mut VecDeque<(Instant, Ticket)>, tally: &mut Tally) {
@@ -363,10 +328,8 @@ fn run_scenario(scenario: &Scenario, cards: u64, runs: usize, base_dir: &PathBuf
         results.push(result);
     }
     results.sort_by(|a, b| a.pays_per_s().total_cmp(&b.pays_per_s()));
-    let rates: Vec<String> = results
-        .iter()
-        .map(|r| format!("{:.0}", r.pays_per_s()))
-        .collect();
+    let rates: Vec<String> = results.iter().map(|r| format!("{:.0}", r.pays_per_s())).collect();
+    let conservation = results.iter().all(|r| r.conservation);
     let median = &mut results[runs / 2];
     median.tally.latencies_us.sort_unstable();
     let latencies = &median.tally.latencies_us;
@@ -386,11 +349,7 @@ fn run_scenario(scenario: &Scenario, cards: u64, runs: usize, base_dir: &PathBuf
         percentile_us(latencies, 0.50),
         percentile_us(latencies, 0.99),
         percentile_us(latencies, 0.999),
-        if results.iter().all(|r| r.conservation) {
-            "ok"
-        } else {
-            "BROKEN"
-        },
+        if conservation { "ok" } else { "BROKEN" },
     );
 }
 
@@ -421,10 +380,7 @@ fn baseline_apply(cards: u64) {
     let mut state = ShardState::new(0, 1, regions.len());
     let mut calendar = Calendar::new(&regions);
     let start_ms = ManualClock::SERVER_START_MS;
-    let mut env = Env {
-        regions: &regions,
-        calendar: &mut calendar,
-    };
+    let mut env = Env { regions: &regions, calendar: &mut calendar };
     for profile in 0..cards {
         let open = Input::Client(Request::new(Command::OpenProfile { region }));
         apply(&mut state, &mut env, start_ms, &open);
@@ -438,9 +394,8 @@ fn baseline_apply(cards: u64) {
     let workload = Workload::new(cards, Skew::Uniform);
     let mut rng = SplitMix(11);
     let pays = cards * PAYS_PER_CARD;
-    let inputs: Vec<Input> = (0..pays)
-        .map(|_| Input::Client(Request::new(workload.pay(&mut rng))))
-        .collect();
+    let inputs: Vec<Input> =
+        (0..pays).map(|_| Input::Client(Request::new(workload.pay(&mut rng)))).collect();
     let mut approved = 0u64;
     let started = Instant::now();
     for (index, input) in inputs.iter().enumerate() {
@@ -465,19 +420,15 @@ fn baseline_apply(cards: u64) {
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|text| text.replace('_', "").parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|text| text.replace('_', "").parse().ok()).unwrap_or(default)
 }
 
 fn main() {
     let cards = env_number("PLAFOND_BENCH_CARDS", 1_000_000).max(1);
     let runs = env_number("PLAFOND_BENCH_RUNS", 3).max(1) as usize;
     let only = std::env::var("PLAFOND_BENCH_ONLY").unwrap_or_default();
-    let base_dir = std::env::var_os("PLAFOND_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let base_dir =
+        std::env::var_os("PLAFOND_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "pay: {cards} cards, {} pays per run, {runs} runs per scenario, {shards} shards \

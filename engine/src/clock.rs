@@ -36,24 +36,19 @@ impl ManualClock {
 
     /// A clock stopped at `now_ms`.
     pub fn new(now_ms: i64) -> ManualClock {
-        ManualClock {
-            now_ms: AtomicI64::new(now_ms.clamp(TIME_MIN_MS, TIME_MAX_MS)),
-        }
+        ManualClock { now_ms: AtomicI64::new(now_ms.clamp(TIME_MIN_MS, TIME_MAX_MS)) }
     }
 
     /// Sets the time.
     pub fn set(&self, now_ms: i64) {
-        self.now_ms
-            .store(now_ms.clamp(TIME_MIN_MS, TIME_MAX_MS), Ordering::SeqCst);
+        self.now_ms.store(now_ms.clamp(TIME_MIN_MS, TIME_MAX_MS), Ordering::SeqCst);
     }
 
     /// Moves the time by `delta_ms` (which may be negative: the shards never go back).
     pub fn advance(&self, delta_ms: i64) {
-        let _ = self
-            .now_ms
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
-                Some(now.saturating_add(delta_ms).clamp(TIME_MIN_MS, TIME_MAX_MS))
-            });
+        let _ = self.now_ms.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+            Some(now.saturating_add(delta_ms).clamp(TIME_MIN_MS, TIME_MAX_MS))
+        });
     }
 }
 

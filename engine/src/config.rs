@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use plafond_shards::ids::SHARDS_MAX;
 use plafond_shards::region::Regions;
@@ -20,6 +21,9 @@ pub struct EngineConfig {
     pub shards: u16,
     pub regions: Regions,
     pub clock: Arc<dyn Clock>,
+    /// How often the batch service looks for due epochs; `None` runs them only on
+    /// request ([`crate::Engine::run_due_epochs`], [`crate::Engine::run_epoch`]).
+    pub epoch_poll: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -32,6 +36,7 @@ impl EngineConfig {
             shards: default_shards(),
             regions: Regions::builtin(),
             clock: Arc::new(SystemClock),
+            epoch_poll: Some(plafond_batch::SCHEDULER_POLL),
         }
     }
 
@@ -62,6 +67,12 @@ impl EngineConfig {
         self
     }
 
+    /// With the batch service polling every `poll`, or only on request (`None`).
+    pub fn with_epoch_poll(mut self, poll: Option<Duration>) -> EngineConfig {
+        self.epoch_poll = poll;
+        self
+    }
+
     /// With these regions.
     pub fn with_regions(mut self, regions: Regions) -> EngineConfig {
         self.regions = regions;
@@ -70,9 +81,7 @@ impl EngineConfig {
 
     pub(crate) fn check(&self) -> Result<(), EngineError> {
         if self.shards == 0 || self.shards > SHARDS_MAX {
-            return Err(EngineError::Config(format!(
-                "shards must be 1 ..= {SHARDS_MAX}"
-            )));
+            return Err(EngineError::Config(format!("shards must be 1 ..= {SHARDS_MAX}")));
         }
         if self.durability != Durability::None && self.data_dir.is_none() {
             return Err(EngineError::Config(

@@ -17,8 +17,11 @@ use plafond_shards::reply::{Collector, Ticket};
 use plafond_shards::state::ShardState;
 use plafond_shards::store::{Durability, Store, Writer};
 
+use plafond_batch::{BatchService, Scheduler};
+
 use crate::clock::Clock;
 use crate::config::EngineConfig;
+use crate::epochs::EngineHost;
 use crate::error::EngineError;
 
 /// A running engine. Dropping it stops the shards after they have handled everything
@@ -41,6 +44,8 @@ pub struct Engine {
     store: Option<Arc<Store>>,
     /// Cuts are taken one at a time: two interleaved would deadlock on their barriers.
     cut_lock: Mutex<()>,
+    pub(crate) batch: Arc<BatchService<EngineHost>>,
+    scheduler: Option<Scheduler>,
 }
 
 impl Engine {
@@ -105,7 +110,19 @@ impl Engine {
             threads.push(thread);
         }
         drop(job_sender);
-        let engine = Engine {
+        let host = EngineHost {
+            regions: regions.clone(),
+            clock: config.clock.clone(),
+            router: router.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            memory: Mutex::new(vec![None; regions.len()]),
+        };
+        let batch =
+            Arc::new(BatchService::new(host).map_err(|e| EngineError::Config(e.to_string()))?);
+        let mut engine = Engine {
+            batch: batch.clone(),
+            scheduler: None,
             shards,
             durability: config.durability,
             regions,
@@ -123,11 +140,12 @@ impl Engine {
         };
         for _ in 0..shards {
             // A shard that fails to replay says why; the engine is dropped and stops.
-            ready_rx
-                .recv()
-                .map_err(|_| EngineError::Config("a shard thread died".into()))??;
+            ready_rx.recv().map_err(|_| EngineError::Config("a shard thread died".into()))??;
         }
         engine.rebuild_claims()?;
+        if let Some(poll) = config.epoch_poll {
+            engine.scheduler = Some(Scheduler::start(batch, poll)?);
+        }
         Ok(engine)
     }
 
@@ -171,11 +189,7 @@ impl Engine {
             if items.is_empty() {
                 continue;
             }
-            let mail = Mail::Requests {
-                ts_ms,
-                items,
-                collector: collector.clone(),
-            };
+            let mail = Mail::Requests { ts_ms, items, collector: collector.clone() };
             self.router.ingress[shard]
                 .send(mail)
                 .map_err(|_| EngineError::Stopped(plafond_shards::reply::Stopped))?;
@@ -187,9 +201,7 @@ impl Engine {
     /// [`Engine::submit`] and [`Ticket::outcomes`] there.
     pub fn execute(&self, request: Request) -> Result<Outcome, EngineError> {
         let mut outcomes = self.submit(vec![request])?.wait()?;
-        outcomes
-            .pop()
-            .ok_or(EngineError::Stopped(plafond_shards::reply::Stopped))
+        outcomes.pop().ok_or(EngineError::Stopped(plafond_shards::reply::Stopped))
     }
 
     /// Runs one command without an idempotency key.
@@ -259,10 +271,7 @@ impl Engine {
         R: Send + 'static,
         F: Fn(&ShardState, u64) -> R + Send + Sync + 'static,
     {
-        let _one_at_a_time = self
-            .cut_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _one_at_a_time = self.cut_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let inspect = Arc::new(inspect);
         let barrier = Arc::new(Barrier::new(usize::from(self.shards)));
         let (results_tx, results_rx) = unbounded();
@@ -293,11 +302,7 @@ impl Engine {
         input: plafond_shards::apply::Input,
         done: Option<crossbeam_channel::Sender<()>>,
     ) {
-        let mail = Mail::Input {
-            ts_ms: self.clock.now_ms(),
-            input,
-            done,
-        };
+        let mail = Mail::Input { ts_ms: self.clock.now_ms(), input, done };
         self.router.send_internal(shard, mail);
     }
 
@@ -328,11 +333,7 @@ impl Engine {
 
     /// Commands waiting in each shard's ingress mailbox.
     pub fn queue_depths(&self) -> Vec<usize> {
-        self.router
-            .ingress
-            .iter()
-            .map(|sender| sender.len())
-            .collect()
+        self.router.ingress.iter().map(|sender| sender.len()).collect()
     }
 
     /// The RocksDB store, when durable.
@@ -343,6 +344,8 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // The scheduler first: an epoch in progress needs the shards to finish.
+        drop(self.scheduler.take());
         for sender in &self.router.ingress {
             let _ = sender.send(Mail::Stop);
         }

@@ -36,6 +36,7 @@
 mod clock;
 mod config;
 mod engine;
+mod epochs;
 mod error;
 mod populate;
 mod report;
@@ -46,6 +47,7 @@ pub use engine::Engine;
 pub use error::EngineError;
 pub use report::{Audit, RegionStats, ShardStats, Stats};
 
+pub use plafond_batch::{BatchError, EpochReport, RegionEpochs};
 pub use plafond_shards::command::{
     AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
     ProfileView, Reason, RegionId, Request,

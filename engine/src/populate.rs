@@ -28,9 +28,8 @@ impl Engine {
         let mut start = 0;
         while start < accounts {
             let end = accounts.min(start + POPULATE_CHUNK);
-            let open_profiles = (start..end)
-                .map(|_| Request::new(Command::OpenProfile { region }))
-                .collect();
+            let open_profiles =
+                (start..end).map(|_| Request::new(Command::OpenProfile { region })).collect();
             let outcomes = self.submit(open_profiles)?.wait()?;
             check_ids(start, outcomes, |outcome| match outcome {
                 Outcome::ProfileOpened { profile } => Some(*profile),
@@ -39,19 +38,14 @@ impl Engine {
             let open_accounts = (start..end)
                 .map(|profile| {
                     let kind = AccountKind::Checking;
-                    Request::new(Command::OpenAccount {
-                        profile,
-                        kind,
-                        opening: Some(opening),
-                    })
+                    Request::new(Command::OpenAccount { profile, kind, opening: Some(opening) })
                 })
                 .collect();
             let outcomes = self.submit(open_accounts)?.wait()?;
             check_ids(start, outcomes, |outcome| match outcome {
-                Outcome::AccountOpened {
-                    account,
-                    card: Some(card),
-                } if account == card => Some(*card),
+                Outcome::AccountOpened { account, card: Some(card) } if account == card => {
+                    Some(*card)
+                }
                 _ => None,
             })?;
             progress(end);
@@ -68,10 +62,7 @@ fn check_ids(
 ) -> Result<(), EngineError> {
     for (expected, outcome) in (start..).zip(outcomes) {
         if id(&outcome) != Some(expected) {
-            return Err(EngineError::Populate {
-                expected,
-                got: format!("{outcome:?}"),
-            });
+            return Err(EngineError::Populate { expected, got: format!("{outcome:?}") });
         }
     }
     Ok(())

@@ -117,18 +117,12 @@ impl Engine {
     /// Statistics for the pretty dump, at a consistent cut. Scans every card (for the
     /// cards near their ceiling), so it costs a pause proportional to the accounts.
     pub fn stats(&self) -> Result<Stats, EngineError> {
-        let default_ceilings: Vec<u64> = self
-            .regions()
-            .iter()
-            .map(|r| r.rules.default_card_ceiling_minor)
-            .collect();
+        let default_ceilings: Vec<u64> =
+            self.regions().iter().map(|r| r.rules.default_card_ceiling_minor).collect();
         let cuts = self.cut(move |state| cut_of(state, &default_ceilings))?;
         let region_count = self.regions().len();
-        let mut regions: Vec<(String, RegionStats)> = self
-            .regions()
-            .iter()
-            .map(|r| (r.name.clone(), RegionStats::default()))
-            .collect();
+        let mut regions: Vec<(String, RegionStats)> =
+            self.regions().iter().map(|r| (r.name.clone(), RegionStats::default())).collect();
         let mut unattributed = RegionCounters::default();
         for (reason, count) in Reason::ALL.iter().zip(&self.ingress_declines) {
             unattributed.declined[reason.index()] += count.load(Ordering::Relaxed);
@@ -162,13 +156,7 @@ impl Engine {
         }
         total.counters.add(&unattributed);
         let audit = audit_of(cuts.iter().map(|cut| &cut.totals));
-        Ok(Stats {
-            regions,
-            unattributed,
-            total,
-            audit,
-            shards,
-        })
+        Ok(Stats { regions, unattributed, total, audit, shards })
     }
 
     /// The region id for `name`, or the unattributed bucket's index.

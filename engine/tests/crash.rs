@@ -78,9 +78,7 @@ impl Rng {
 }
 
 fn config(dir: &Path) -> EngineConfig {
-    EngineConfig::durable(dir)
-        .with_shards(SHARDS)
-        .with_clock(Arc::new(ManualClock::new(NOW_MS)))
+    EngineConfig::durable(dir).with_shards(SHARDS).with_clock(Arc::new(ManualClock::new(NOW_MS)))
 }
 
 /// The accounts the load runs on, created once by the parent.
@@ -108,36 +106,21 @@ impl Population {
             };
             for index in 0..=CHECKING_PER_PROFILE {
                 let checking = index < CHECKING_PER_PROFILE;
-                let kind = if checking {
-                    AccountKind::Checking
-                } else {
-                    AccountKind::Savings
-                };
+                let kind = if checking { AccountKind::Checking } else { AccountKind::Savings };
                 // A ceiling that never interferes: the load is about money, not windows.
-                let opening = Opening {
-                    deposit_minor: 100_000,
-                    ceiling_minor: AMOUNT_MAX_MINOR,
-                };
-                let open = Command::OpenAccount {
-                    profile,
-                    kind,
-                    opening: Some(opening),
-                };
+                let opening = Opening { deposit_minor: 100_000, ceiling_minor: AMOUNT_MAX_MINOR };
+                let open = Command::OpenAccount { profile, kind, opening: Some(opening) };
                 let Outcome::AccountOpened { account, .. } = engine.run(open).unwrap() else {
                     panic!("an account opens in a known profile")
                 };
                 accounts.push((account, checking));
             }
         }
-        let shards: std::collections::BTreeSet<u64> = accounts
-            .iter()
-            .map(|(account, _)| account % u64::from(SHARDS))
-            .collect();
+        let shards: std::collections::BTreeSet<u64> =
+            accounts.iter().map(|(account, _)| account % u64::from(SHARDS)).collect();
         assert_eq!(shards.len(), usize::from(SHARDS), "accounts on every shard");
-        let text: String = accounts
-            .iter()
-            .map(|(account, checking)| format!("{account} {checking}\n"))
-            .collect();
+        let text: String =
+            accounts.iter().map(|(account, checking)| format!("{account} {checking}\n")).collect();
         std::fs::write(Population::path(dir), text).unwrap();
         Population { accounts }
     }
@@ -177,15 +160,8 @@ fn journal_path(dir: &Path, iteration: u64, worker: u64) -> PathBuf {
 fn encode_command(command: &Command) -> String {
     match *command {
         Command::Pay { card, amount_minor } => format!("P {card} 0 {amount_minor}"),
-        Command::Transfer {
-            from,
-            to,
-            amount_minor,
-        } => format!("T {from} {to} {amount_minor}"),
-        Command::Deposit {
-            account,
-            amount_minor,
-        } => format!("D {account} 0 {amount_minor}"),
+        Command::Transfer { from, to, amount_minor } => format!("T {from} {to} {amount_minor}"),
+        Command::Deposit { account, amount_minor } => format!("D {account} 0 {amount_minor}"),
         ref other => panic!("the load does not send {other:?}"),
     }
 }
@@ -194,25 +170,12 @@ fn decode_command(fields: &[&str]) -> Command {
     let [kind, first, second, amount] = fields else {
         panic!("a command has four fields: {fields:?}")
     };
-    let (first, second, amount_minor): (u64, u64, u64) = (
-        first.parse().unwrap(),
-        second.parse().unwrap(),
-        amount.parse().unwrap(),
-    );
+    let (first, second, amount_minor): (u64, u64, u64) =
+        (first.parse().unwrap(), second.parse().unwrap(), amount.parse().unwrap());
     match *kind {
-        "P" => Command::Pay {
-            card: first,
-            amount_minor,
-        },
-        "T" => Command::Transfer {
-            from: first,
-            to: second,
-            amount_minor,
-        },
-        "D" => Command::Deposit {
-            account: first,
-            amount_minor,
-        },
+        "P" => Command::Pay { card: first, amount_minor },
+        "T" => Command::Transfer { from: first, to: second, amount_minor },
+        "D" => Command::Deposit { account: first, amount_minor },
         other => panic!("unknown command kind {other}"),
     }
 }
@@ -245,9 +208,7 @@ impl Journal {
                 match tag {
                     "I" => {
                         let fields: Vec<&str> = rest.split(' ').collect();
-                        journal
-                            .intents
-                            .push((id.to_owned(), decode_command(&fields)));
+                        journal.intents.push((id.to_owned(), decode_command(&fields)));
                     }
                     "A" => {
                         let first = journal.acks.insert(id.to_owned(), rest.to_owned());
@@ -259,16 +220,9 @@ impl Journal {
         }
         let intended: std::collections::HashSet<&str> =
             journal.intents.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(
-            intended.len(),
-            journal.intents.len(),
-            "command ids are unique"
-        );
+        assert_eq!(intended.len(), journal.intents.len(), "command ids are unique");
         for id in journal.acks.keys() {
-            assert!(
-                intended.contains(id.as_str()),
-                "{id} acked but not intended"
-            );
+            assert!(intended.contains(id.as_str()), "{id} acked but not intended");
         }
         journal
     }
@@ -335,10 +289,8 @@ fn child_worker(
         }
         // Written down before submitting: whatever the engine applies is in the journal.
         journal.write_all(intents.as_bytes()).unwrap();
-        let ids: Vec<CommandId> = requests
-            .iter()
-            .map(|request| request.command_id.clone().unwrap())
-            .collect();
+        let ids: Vec<CommandId> =
+            requests.iter().map(|request| request.command_id.clone().unwrap()).collect();
         let outcomes = engine.submit(requests).unwrap().wait().unwrap();
         assert_eq!(outcomes.len(), ids.len());
         let acks: String = ids
@@ -353,26 +305,16 @@ fn child_worker(
 fn random_command(rng: &mut Rng, cards: &[u64], accounts: &[u64]) -> Command {
     let pick = |rng: &mut Rng, from: &[u64]| from[rng.next() as usize % from.len()];
     match rng.between(0, 9) {
-        0..=3 => Command::Pay {
-            card: pick(rng, cards),
-            amount_minor: rng.between(1, 3_000),
-        },
+        0..=3 => Command::Pay { card: pick(rng, cards), amount_minor: rng.between(1, 3_000) },
         4..=7 => {
             let from = pick(rng, accounts);
             let mut to = pick(rng, accounts);
             while to == from {
                 to = pick(rng, accounts);
             }
-            Command::Transfer {
-                from,
-                to,
-                amount_minor: rng.between(1, 20_000),
-            }
+            Command::Transfer { from, to, amount_minor: rng.between(1, 20_000) }
         }
-        _ => Command::Deposit {
-            account: pick(rng, accounts),
-            amount_minor: rng.between(1, 6_000),
-        },
+        _ => Command::Deposit { account: pick(rng, accounts), amount_minor: rng.between(1, 6_000) },
     }
 }
 
@@ -391,11 +333,8 @@ struct Model {
 
 impl Model {
     fn new(population: &Population) -> Model {
-        let balances: BTreeMap<u64, i128> = population
-            .ids()
-            .into_iter()
-            .map(|account| (account, 100_000))
-            .collect();
+        let balances: BTreeMap<u64, i128> =
+            population.ids().into_iter().map(|account| (account, 100_000)).collect();
         Model {
             initial_deposits_minor: 100_000 * balances.len() as u128,
             balances,
@@ -415,24 +354,11 @@ impl Model {
                 add(*card, -i128::from(*amount_minor));
                 self.card_payments_minor += u128::from(*amount_minor);
             }
-            (
-                Command::Transfer {
-                    from,
-                    to,
-                    amount_minor,
-                },
-                Outcome::Done { .. },
-            ) => {
+            (Command::Transfer { from, to, amount_minor }, Outcome::Done { .. }) => {
                 add(*from, -i128::from(*amount_minor));
                 add(*to, i128::from(*amount_minor));
             }
-            (
-                Command::Deposit {
-                    account,
-                    amount_minor,
-                },
-                Outcome::Done { .. },
-            ) => {
+            (Command::Deposit { account, amount_minor }, Outcome::Done { .. }) => {
                 add(*account, i128::from(*amount_minor));
                 self.deposits_minor += u128::from(*amount_minor);
             }
@@ -469,12 +395,10 @@ fn balances(engine: &Engine, population: &Population) -> BTreeMap<u64, u64> {
     population
         .ids()
         .into_iter()
-        .map(
-            |account| match engine.run(Command::ReadAccount { account }).unwrap() {
-                Outcome::Account(view) => (account, view.balance_minor),
-                other => panic!("reading account {account}: {other:?}"),
-            },
-        )
+        .map(|account| match engine.run(Command::ReadAccount { account }).unwrap() {
+            Outcome::Account(view) => (account, view.balance_minor),
+            other => panic!("reading account {account}: {other:?}"),
+        })
         .collect()
 }
 
@@ -536,41 +460,21 @@ fn verify_after_kill(
     let journal = Journal::read(dir, iteration);
 
     // (a) and (b): every acknowledged outcome is there, and replaying it applies nothing.
-    let acked_now: Vec<(String, Command)> = journal
-        .intents
-        .iter()
-        .filter(|(id, _)| journal.acks.contains_key(id))
-        .cloned()
-        .collect();
+    let acked_now: Vec<(String, Command)> =
+        journal.intents.iter().filter(|(id, _)| journal.acks.contains_key(id)).cloned().collect();
     let replayed = resubmit(&engine, &acked_now);
     for ((id, command), outcome) in acked_now.iter().zip(&replayed) {
         let told = &journal.acks[id];
-        assert_eq!(
-            &format!("{outcome:?}"),
-            told,
-            "kill {iteration}: {id} changed"
-        );
+        assert_eq!(&format!("{outcome:?}"), told, "kill {iteration}: {id} changed");
         acked.push((id.clone(), command.clone(), told.clone()));
     }
-    assert_eq!(
-        balances(&engine, population),
-        balances_before,
-        "a replay moved money"
-    );
-    assert_eq!(
-        engine.audit().unwrap(),
-        audit_before,
-        "a replay moved money"
-    );
+    assert_eq!(balances(&engine, population), balances_before, "a replay moved money");
+    assert_eq!(engine.audit().unwrap(), audit_before, "a replay moved money");
 
     // Every command not acknowledged is retried, as a client would: applied now if it
     // was lost, answered from memory if it was not. Then every outcome is known.
-    let unacked: Vec<(String, Command)> = journal
-        .intents
-        .iter()
-        .filter(|(id, _)| !journal.acks.contains_key(id))
-        .cloned()
-        .collect();
+    let unacked: Vec<(String, Command)> =
+        journal.intents.iter().filter(|(id, _)| !journal.acks.contains_key(id)).cloned().collect();
     let retried = resubmit(&engine, &unacked);
     let outcomes: HashMap<&str, &Outcome> = acked_now
         .iter()
@@ -584,11 +488,7 @@ fn verify_after_kill(
 
     // (c) and (d): the engine's money is exactly the model's, with nothing in flight.
     let audit = quiescent_audit(&engine);
-    assert_eq!(
-        balances(&engine, population),
-        model.expected_balances(),
-        "kill {iteration}"
-    );
+    assert_eq!(balances(&engine, population), model.expected_balances(), "kill {iteration}");
     assert_eq!(audit, model.expected_audit(), "kill {iteration}");
     tally.acked += acked_now.len();
     tally.retried += unacked.len();
@@ -620,10 +520,8 @@ fn spawn_child(dir: &Path, iteration: u64, seed: u64) -> std::process::Child {
 
 #[test]
 fn crash_under_load() {
-    let seed = std::env::var(SEED_ENV)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| {
+    let seed =
+        std::env::var(SEED_ENV).ok().and_then(|text| text.parse().ok()).unwrap_or_else(|| {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -652,29 +550,16 @@ fn crash_under_load() {
         child.kill().unwrap();
         let status = child.wait().unwrap();
         assert!(!status.success(), "child {iteration} was killed");
-        verify_after_kill(
-            dir,
-            iteration,
-            &population,
-            &mut model,
-            &mut acked,
-            &mut tally,
-        );
+        verify_after_kill(dir, iteration, &population, &mut model, &mut acked, &mut tally);
     }
 
     // After every kill: each outcome ever acknowledged is still the one returned.
     let engine = Engine::open(config(dir)).unwrap();
     let audit = quiescent_audit(&engine);
-    let commands: Vec<(String, Command)> = acked
-        .iter()
-        .map(|(id, command, _)| (id.clone(), command.clone()))
-        .collect();
+    let commands: Vec<(String, Command)> =
+        acked.iter().map(|(id, command, _)| (id.clone(), command.clone())).collect();
     for ((id, _, told), outcome) in acked.iter().zip(resubmit(&engine, &commands)) {
-        assert_eq!(
-            &format!("{outcome:?}"),
-            told,
-            "{id} changed after later kills"
-        );
+        assert_eq!(&format!("{outcome:?}"), told, "{id} changed after later kills");
     }
     assert_eq!(engine.audit().unwrap(), audit);
     assert_eq!(audit, model.expected_audit());

@@ -25,18 +25,50 @@ const KNOWN_PICKS: usize = 36;
 
 #[derive(Clone, Debug)]
 enum Op {
-    OpenProfile { region: u16 },
-    OpenAccount { profile: usize, savings: bool },
-    Pay { card: usize, amount: u64 },
-    Transfer { from: usize, to: usize, amount: u64 },
-    Deposit { account: usize, amount: u64 },
-    SetCeiling { card: usize, ceiling: u64 },
-    Block { card: usize },
-    Unblock { card: usize },
-    ReadAccount { account: usize },
-    ReadCard { card: usize },
-    ReadProfile { profile: usize },
-    Advance { hours: i64 },
+    OpenProfile {
+        region: u16,
+    },
+    OpenAccount {
+        profile: usize,
+        savings: bool,
+    },
+    Pay {
+        card: usize,
+        amount: u64,
+    },
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: u64,
+    },
+    Deposit {
+        account: usize,
+        amount: u64,
+    },
+    SetCeiling {
+        card: usize,
+        ceiling: u64,
+    },
+    Block {
+        card: usize,
+    },
+    Unblock {
+        card: usize,
+    },
+    ReadAccount {
+        account: usize,
+    },
+    ReadCard {
+        card: usize,
+    },
+    ReadProfile {
+        profile: usize,
+    },
+    Advance {
+        hours: i64,
+    },
+    /// Runs the due epochs: eager rolls must not change any outcome.
+    Epochs,
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -66,6 +98,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => pick.clone().prop_map(|card| Op::ReadCard { card }),
         1 => pick.clone().prop_map(|profile| Op::ReadProfile { profile }),
         2 => (1i64..60).prop_map(|hours| Op::Advance { hours }),
+        1 => Just(Op::Epochs),
     ]
 }
 
@@ -124,46 +157,33 @@ impl Model {
             Op::OpenProfile { region } => Command::OpenProfile { region },
             Op::OpenAccount { profile, savings } => Command::OpenAccount {
                 profile: self.profile_id(profile),
-                kind: if savings {
-                    AccountKind::Savings
-                } else {
-                    AccountKind::Checking
-                },
+                kind: if savings { AccountKind::Savings } else { AccountKind::Checking },
                 opening: None,
             },
-            Op::Pay { card, amount } => Command::Pay {
-                card: self.account_id(card),
-                amount_minor: amount,
-            },
+            Op::Pay { card, amount } => {
+                Command::Pay { card: self.account_id(card), amount_minor: amount }
+            }
             Op::Transfer { from, to, amount } => Command::Transfer {
                 from: self.account_id(from),
                 to: self.account_id(to),
                 amount_minor: amount,
             },
-            Op::Deposit { account, amount } => Command::Deposit {
-                account: self.account_id(account),
-                amount_minor: amount,
-            },
-            Op::SetCeiling { card, ceiling } => Command::SetCeiling {
-                card: self.account_id(card),
-                ceiling_minor: ceiling,
-            },
-            Op::Block { card } => Command::Block {
-                card: self.account_id(card),
-            },
-            Op::Unblock { card } => Command::Unblock {
-                card: self.account_id(card),
-            },
-            Op::ReadAccount { account } => Command::ReadAccount {
-                account: self.account_id(account),
-            },
-            Op::ReadCard { card } => Command::ReadCard {
-                card: self.account_id(card),
-            },
-            Op::ReadProfile { profile } => Command::ReadProfile {
-                profile: self.profile_id(profile),
-            },
-            Op::Advance { .. } => return None,
+            Op::Deposit { account, amount } => {
+                Command::Deposit { account: self.account_id(account), amount_minor: amount }
+            }
+            Op::SetCeiling { card, ceiling } => {
+                Command::SetCeiling { card: self.account_id(card), ceiling_minor: ceiling }
+            }
+            Op::Block { card } => Command::Block { card: self.account_id(card) },
+            Op::Unblock { card } => Command::Unblock { card: self.account_id(card) },
+            Op::ReadAccount { account } => {
+                Command::ReadAccount { account: self.account_id(account) }
+            }
+            Op::ReadCard { card } => Command::ReadCard { card: self.account_id(card) },
+            Op::ReadProfile { profile } => {
+                Command::ReadProfile { profile: self.profile_id(profile) }
+            }
+            Op::Advance { .. } | Op::Epochs => return None,
         })
     }
 
@@ -178,10 +198,9 @@ impl Model {
             Command::Pay { amount_minor, .. }
             | Command::Transfer { amount_minor, .. }
             | Command::Deposit { amount_minor, .. }
-            | Command::SetCeiling {
-                ceiling_minor: amount_minor,
-                ..
-            } => Self::valid_amount(amount_minor),
+            | Command::SetCeiling { ceiling_minor: amount_minor, .. } => {
+                Self::valid_amount(amount_minor)
+            }
             _ => true,
         };
         if !amount_ok {
@@ -204,8 +223,7 @@ impl Model {
         }
         let outcome = self.decide(command, engine);
         if let Some(id) = id {
-            self.remembered
-                .insert(id.as_str().to_owned(), (command.clone(), outcome.clone()));
+            self.remembered.insert(id.as_str().to_owned(), (command.clone(), outcome.clone()));
         }
         outcome
     }
@@ -234,19 +252,9 @@ impl Model {
                 });
                 let has_card = card.is_some();
                 self.accounts.push(account);
-                self.by_id.insert(
-                    account,
-                    ModelAccount {
-                        profile,
-                        region,
-                        balance: 100_000,
-                        card,
-                    },
-                );
-                Outcome::AccountOpened {
-                    account,
-                    card: has_card.then_some(account),
-                }
+                self.by_id
+                    .insert(account, ModelAccount { profile, region, balance: 100_000, card });
+                Outcome::AccountOpened { account, card: has_card.then_some(account) }
             }
             Command::Pay { card, amount_minor } => {
                 let now_day = self.by_id.get(&card).map(|a| self.day(a.region));
@@ -279,11 +287,7 @@ impl Model {
                     spent_7d_minor: spent + amount_minor,
                 }
             }
-            Command::Transfer {
-                from,
-                to,
-                amount_minor,
-            } => {
+            Command::Transfer { from, to, amount_minor } => {
                 if !self.by_id.contains_key(&from) {
                     return Declined(Reason::UnknownAccount);
                 }
@@ -302,14 +306,9 @@ impl Model {
                 }
                 self.by_id.get_mut(&from).unwrap().balance -= amount_minor;
                 self.by_id.get_mut(&to).unwrap().balance += amount_minor;
-                Outcome::Done {
-                    balance_minor: self.by_id[&from].balance,
-                }
+                Outcome::Done { balance_minor: self.by_id[&from].balance }
             }
-            Command::Deposit {
-                account,
-                amount_minor,
-            } => {
+            Command::Deposit { account, amount_minor } => {
                 let Some(entry) = self.by_id.get_mut(&account) else {
                     return Declined(Reason::UnknownAccount);
                 };
@@ -317,14 +316,11 @@ impl Model {
                     return Declined(Reason::InvalidAmount);
                 };
                 entry.balance = balance;
-                Outcome::Done {
-                    balance_minor: balance,
-                }
+                Outcome::Done { balance_minor: balance }
             }
-            Command::SetCeiling {
-                card,
-                ceiling_minor,
-            } => self.change_card(card, |c| c.ceiling = Some(ceiling_minor)),
+            Command::SetCeiling { card, ceiling_minor } => {
+                self.change_card(card, |c| c.ceiling = Some(ceiling_minor))
+            }
             Command::Block { card } => self.change_card(card, |c| c.blocked = true),
             Command::Unblock { card } => self.change_card(card, |c| c.blocked = false),
             Command::ReadAccount { account } => match self.by_id.get(&account) {
@@ -359,11 +355,7 @@ impl Model {
                 Outcome::Card(CardView {
                     card,
                     account: card,
-                    status: if state.blocked {
-                        CardStatus::Blocked
-                    } else {
-                        CardStatus::Active
-                    },
+                    status: if state.blocked { CardStatus::Blocked } else { CardStatus::Active },
                     ceiling_minor: ceiling,
                     spent_7d_minor: spent,
                     remaining_minor: ceiling.saturating_sub(spent),
@@ -379,11 +371,7 @@ impl Model {
                     .copied()
                     .filter(|a| self.by_id[a].profile == profile)
                     .collect();
-                Outcome::Profile(ProfileView {
-                    profile,
-                    region,
-                    accounts,
-                })
+                Outcome::Profile(ProfileView { profile, region, accounts })
             }
         }
     }
@@ -419,7 +407,8 @@ fn check(
         None => EngineConfig::in_memory(),
     }
     .with_shards(shards)
-    .with_clock(clock.clone());
+    .with_clock(clock.clone())
+    .with_epoch_poll(None);
     let mut engine = Engine::open(config.clone()).unwrap();
     let mut model = Model {
         regions: Regions::builtin(),
@@ -437,6 +426,10 @@ fn check(
         if let Op::Advance { hours } = op {
             clock.advance(hours * HOUR_MS);
             model.now_ms += hours * HOUR_MS;
+            continue;
+        }
+        if let Op::Epochs = op {
+            engine.run_due_epochs().unwrap();
             continue;
         }
         let Some(command) = model.command(op) else {
@@ -468,34 +461,10 @@ fn ops() -> impl Strategy<Value = Vec<(Op, Option<u8>)>> {
     let seed = vec![
         (Op::OpenProfile { region: 0 }, None),
         (Op::OpenProfile { region: 1 }, None),
-        (
-            Op::OpenAccount {
-                profile: 0,
-                savings: false,
-            },
-            None,
-        ),
-        (
-            Op::OpenAccount {
-                profile: 1,
-                savings: false,
-            },
-            None,
-        ),
-        (
-            Op::OpenAccount {
-                profile: 0,
-                savings: true,
-            },
-            None,
-        ),
-        (
-            Op::OpenAccount {
-                profile: 1,
-                savings: false,
-            },
-            None,
-        ),
+        (Op::OpenAccount { profile: 0, savings: false }, None),
+        (Op::OpenAccount { profile: 1, savings: false }, None),
+        (Op::OpenAccount { profile: 0, savings: true }, None),
+        (Op::OpenAccount { profile: 1, savings: false }, None),
     ];
     prop::collection::vec((op(), with_id), 1..160).prop_map(move |random| {
         let mut all = seed.clone();

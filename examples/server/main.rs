@@ -1,1 +1,573 @@
-fn main() {}
+//! plafond's TCP server: the Redis protocol (RESP2, RESP3 after `HELLO 3`) in front of an
+//! embedded engine (SPEC §9).
+//!
+//! Each connection runs one loop: read what the client sent, parse every complete request
+//! in the buffer (at most [`PIPELINE_COMMANDS_MAX`]), hand all the engine commands to the
+//! engine as one submission, await it, and write every reply, in order, with one write.
+//! One submission per read is what makes pipelined throughput: the engine pays its fixed
+//! costs (channel hand-off, group commit) per batch, not per command.
+//!
+//! Memory per connection is bounded: the parser buffers at most one partial request, a
+//! batch has at most `PIPELINE_COMMANDS_MAX` commands, and the loop does not read again
+//! until the previous batch's replies are written, so a client that sends without reading
+//! stalls only itself (TCP flow control does the rest).
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use plafond::{
+    Durability, Engine, EngineConfig, EngineError, ManualClock, Opening, Outcome, Regions, Request,
+};
+use plafond_examples::commands::{self, Action, Local};
+use plafond_examples::flags::Flags;
+use plafond_examples::resp::{Encoder, Frame, Protocol, ProtocolError, RequestParser};
+use plafond_examples::stats::{self, Sampler};
+
+/// The most commands one connection has in flight (one batch).
+const PIPELINE_COMMANDS_MAX: usize = 4096;
+/// Bytes read per `read` call.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// A connection's read buffer never holds more than this: one partial request plus one
+/// chunk. The parser's limits make it unreachable; it is the belt to their braces.
+const READ_BUFFER_BYTES_MAX: usize =
+    2 * (plafond_examples::resp::FRAME_BYTES_MAX + READ_CHUNK_BYTES);
+/// Replies buffered before they are written in the middle of a batch (a pipeline of many
+/// `STATS` would otherwise pile up).
+const OUTPUT_FLUSH_BYTES: usize = 256 * 1024;
+/// The most connections served at once; more are told so and closed.
+const CONNECTIONS_MAX: usize = 1024;
+/// How long shutdown waits for in-flight batches before dropping the connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+const PORT_DEFAULT: u16 = 7379;
+const DATA_DIR_DEFAULT: &str = "./plafond-data";
+/// The §11 population: balance and seven-day ceiling of each card.
+const POPULATE_OPENING: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+
+const FLAGS: &[&str] =
+    &["port", "bind", "data-dir", "durability", "shards", "config", "token", "clock", "populate"];
+
+const HELP: &str = "\
+plafond server: the Redis protocol in front of a plafond engine.
+
+usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sync|async|none]
+              [--shards N] [--config regions.toml] [--token T] [--clock system|manual]
+              [--populate N]
+
+  --port N          TCP port (default 7379; 0 picks a free one)
+  --bind ADDR       address to listen on (default 127.0.0.1)
+  --data-dir DIR    RocksDB data directory (default ./plafond-data; unused with --durability none)
+  --durability M    sync (default: reply after the WAL fsync), async, or none (memory only)
+  --shards N        shard threads (default: one per core; fixed for a data directory)
+  --config FILE     regions TOML (default: built-in eu-west and us-east)
+  --token T         clients must AUTH with T before anything but AUTH, HELLO, PING
+  --clock C         system (default) or manual: starts at 2027-01-04T12:00:00Z and moves only
+                    by CLOCK.SET / CLOCK.ADVANCE
+  --populate N      before listening, open N checking accounts in the first region (balance
+                    20000, ceiling 10000), card ids 0..N-1; refused on a non-empty data dir
+
+Prints `listening on ADDR` once it accepts connections; SIGTERM or SIGINT stop it cleanly.
+";
+
+/// What the command line asked for.
+struct Options {
+    port: u16,
+    bind: IpAddr,
+    data_dir: PathBuf,
+    durability: Durability,
+    shards: Option<u16>,
+    config: Option<PathBuf>,
+    token: Option<String>,
+    manual_clock: bool,
+    populate: u64,
+}
+
+impl Options {
+    fn from_flags(flags: &Flags) -> anyhow::Result<Options> {
+        let clock = flags.text("clock").unwrap_or("system");
+        let manual_clock = match clock {
+            "system" => false,
+            "manual" => true,
+            other => bail!("--clock {other}: use system or manual"),
+        };
+        let durability = flags
+            .text("durability")
+            .unwrap_or("sync")
+            .parse::<Durability>()
+            .map_err(|e| anyhow!("--durability: {e}"))?;
+        Ok(Options {
+            port: flags.get("port", PORT_DEFAULT).map_err(|e| anyhow!(e))?,
+            bind: flags.get("bind", IpAddr::from([127, 0, 0, 1])).map_err(|e| anyhow!(e))?,
+            data_dir: PathBuf::from(flags.text("data-dir").unwrap_or(DATA_DIR_DEFAULT)),
+            durability,
+            shards: flags.optional("shards").map_err(|e| anyhow!(e))?,
+            config: flags.text("config").map(PathBuf::from),
+            token: flags.text("token").map(str::to_owned),
+            manual_clock,
+            populate: flags.get("populate", 0u64).map_err(|e| anyhow!(e))?,
+        })
+    }
+}
+
+/// What every connection shares.
+struct Server {
+    engine: Engine,
+    /// Set when started with `--clock manual`: the clock `CLOCK.*` moves.
+    manual_clock: Option<Arc<ManualClock>>,
+    token: Option<Vec<u8>>,
+    sampler: Sampler,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let flags = Flags::parse(std::env::args().skip(1), FLAGS).map_err(|e| anyhow!(e))?;
+    if flags.help {
+        print!("{HELP}");
+        return Ok(());
+    }
+    if let Some(word) = flags.positional.first() {
+        bail!("unexpected argument `{word}` (see --help)");
+    }
+    let options = Options::from_flags(&flags)?;
+    let server = Arc::new(open(&options)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let served = runtime.block_on(serve(server.clone(), &options));
+    // Every connection task is gone after this, so `server` holds the last reference.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match Arc::try_unwrap(server) {
+        // Dropping the engine lets the shards finish what was submitted and the writer
+        // flush the log.
+        Ok(server) => drop(server),
+        Err(_) => eprintln!("server: a task still holds the engine; it stops at exit"),
+    }
+    eprintln!("stopped");
+    served
+}
+
+fn open(options: &Options) -> anyhow::Result<Server> {
+    let manual_clock =
+        options.manual_clock.then(|| Arc::new(ManualClock::new(ManualClock::SERVER_START_MS)));
+    let mut config = EngineConfig::in_memory().with_durability(options.durability);
+    if options.durability != Durability::None {
+        config.data_dir = Some(options.data_dir.clone());
+    }
+    if let Some(shards) = options.shards {
+        config = config.with_shards(shards);
+    }
+    if let Some(path) = &options.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --config {}", path.display()))?;
+        let regions =
+            Regions::from_toml(&text).with_context(|| format!("--config {}", path.display()))?;
+        config = config.with_regions(regions);
+    }
+    if let Some(clock) = &manual_clock {
+        config = config.with_clock(clock.clone());
+    }
+    let engine = Engine::open(config).context("cannot open the engine")?;
+    if options.populate > 0 {
+        populate(&engine, options.populate)?;
+    }
+    Ok(Server {
+        engine,
+        manual_clock,
+        token: options.token.as_ref().map(|t| t.as_bytes().to_vec()),
+        sampler: Sampler::default(),
+    })
+}
+
+fn populate(engine: &Engine, accounts: u64) -> anyhow::Result<()> {
+    let Some(region) = engine.regions().iter().next().map(|r| r.name.clone()) else {
+        bail!("no region to populate");
+    };
+    let region_id = engine.region_id(&region).context("the first region has an id")?;
+    let started = std::time::Instant::now();
+    let progress = |done: u64| eprint!("\rpopulating {region}: {done}/{accounts} accounts");
+    match engine.populate(region_id, accounts, POPULATE_OPENING, progress) {
+        Ok(()) => {}
+        Err(EngineError::NotEmpty(profiles)) => bail!(
+            "--populate needs an empty engine, but the data directory already holds \
+             {profiles} profiles: use a fresh --data-dir (or drop --populate to serve it)"
+        ),
+        Err(error) => return Err(error).context("populate failed"),
+    }
+    eprintln!(" in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((options.bind, options.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", options.bind, options.port))?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => {
+                let mut stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors, typically: wait instead of spinning.
+                        eprintln!("server: accept: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tasks.spawn(async move {
+                        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                    });
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = Connection::new(stream, server.clone());
+                let shutdown = shutdown_rx.clone();
+                tasks.spawn(async move {
+                    connection.run(shutdown).await;
+                    drop(slot);
+                });
+            }
+        }
+    }
+    drop(listener);
+    eprintln!("shutting down: finishing {} connection(s)", tasks.len());
+    let _ = shutdown_tx.send(true);
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        eprintln!("server: connections still busy after {SHUTDOWN_GRACE:?}; dropping them");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+/// A reply waiting for its turn in the batch.
+enum Reply {
+    /// Already encoded.
+    Ready(Vec<u8>),
+    /// The outcome of the next engine request of the batch.
+    Engine,
+}
+
+/// One client connection.
+struct Connection {
+    stream: TcpStream,
+    server: Arc<Server>,
+    parser: RequestParser,
+    buffer: Vec<u8>,
+    protocol: Protocol,
+    authenticated: bool,
+    /// Set by `QUIT` or a lost framing: close once the replies are written.
+    closing: bool,
+    /// The batch being built: replies in request order, and the engine's share of them.
+    replies: Vec<Reply>,
+    requests: Vec<Request>,
+    out: Vec<u8>,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, server: Arc<Server>) -> Connection {
+        let authenticated = server.token.is_none();
+        Connection {
+            stream,
+            server,
+            parser: RequestParser::new(),
+            buffer: Vec::with_capacity(READ_CHUNK_BYTES),
+            protocol: Protocol::Resp2,
+            authenticated,
+            closing: false,
+            replies: Vec::new(),
+            requests: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let (frames, lost) = self.take_frames();
+            if !frames.is_empty() {
+                if self.execute(frames).await.is_err() || self.closing {
+                    return;
+                }
+                continue;
+            }
+            if let Some(error) = lost {
+                // The framing is lost: say why, then close (Redis does the same).
+                self.encoder().error(&format!("ERR {error}"));
+                let _ = self.write_out().await;
+                return;
+            }
+            if *shutdown.borrow() || self.buffer.len() >= READ_BUFFER_BYTES_MAX {
+                return;
+            }
+            self.buffer.reserve(READ_CHUNK_BYTES);
+            let read = tokio::select! {
+                read = self.stream.read_buf(&mut self.buffer) => read,
+                _ = shutdown.changed() => return,
+            };
+            match read {
+                // A half-sent request is dropped with the connection: it never ran.
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Every complete request in the buffer (at most a batch), and the protocol error that
+    /// stopped the parse, if any.
+    fn take_frames(&mut self) -> (Vec<Frame>, Option<ProtocolError>) {
+        let mut frames = Vec::new();
+        let mut at = 0;
+        let mut lost = None;
+        while frames.len() < PIPELINE_COMMANDS_MAX {
+            match self.parser.next(&self.buffer[at..]) {
+                Ok(step) => {
+                    at += step.consumed;
+                    match step.frame {
+                        Some(frame) => frames.push(frame),
+                        None if step.consumed == 0 => break,
+                        None => {}
+                    }
+                }
+                Err(error) => {
+                    lost = Some(error);
+                    break;
+                }
+            }
+        }
+        self.buffer.drain(..at);
+        (frames, lost)
+    }
+
+    fn encoder(&mut self) -> Encoder<'_> {
+        Encoder { out: &mut self.out, protocol: self.protocol }
+    }
+
+    /// Runs a batch: engine commands go as one submission, except that a command that
+    /// reads or moves server state (the clock, stats, HELLO) first completes what came
+    /// before it, so a pipeline behaves as if sent one command at a time.
+    async fn execute(&mut self, frames: Vec<Frame>) -> std::io::Result<()> {
+        for frame in frames {
+            if self.closing {
+                break;
+            }
+            let action = match frame {
+                Frame::TooLarge => Action::Error(format!(
+                    "ERR request too large (at most {} bytes in {} arguments)",
+                    plafond_examples::resp::FRAME_BYTES_MAX,
+                    plafond_examples::resp::FRAME_ARGS_MAX
+                )),
+                Frame::Args(args) => commands::parse(&args, self.server.engine.regions()),
+            };
+            if !self.authenticated && !action.allowed_before_auth() {
+                self.ready(|e| e.error("NOAUTH Authentication required."));
+                continue;
+            }
+            match action {
+                Action::Engine(request) => {
+                    self.requests.push(request);
+                    self.replies.push(Reply::Engine);
+                }
+                Action::Error(text) => self.ready(|e| e.error(&text)),
+                Action::Local(local) => self.local(local).await?,
+            }
+        }
+        self.complete().await;
+        self.write_out().await
+    }
+
+    /// Queues a reply that needs no engine.
+    fn ready(&mut self, encode: impl FnOnce(&mut Encoder<'_>)) {
+        let mut bytes = Vec::new();
+        encode(&mut Encoder { out: &mut bytes, protocol: self.protocol });
+        self.replies.push(Reply::Ready(bytes));
+    }
+
+    /// Submits the queued engine requests, awaits them, and encodes every queued reply.
+    async fn complete(&mut self) {
+        let requests = std::mem::take(&mut self.requests);
+        let outcomes: Result<Vec<Outcome>, String> = if requests.is_empty() {
+            Ok(Vec::new())
+        } else {
+            match self.server.engine.submit(requests) {
+                Ok(ticket) => ticket.outcomes().await.map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            }
+        };
+        let (mut outcomes, failure) = match outcomes {
+            Ok(outcomes) => (outcomes.into_iter(), None),
+            Err(error) => (Vec::new().into_iter(), Some(error)),
+        };
+        let replies = std::mem::take(&mut self.replies);
+        let mut encoder = Encoder { out: &mut self.out, protocol: self.protocol };
+        for reply in replies {
+            match (reply, outcomes.next()) {
+                (Reply::Ready(bytes), _) => encoder.out.extend_from_slice(&bytes),
+                (Reply::Engine, Some(outcome)) => commands::render_outcome(&mut encoder, &outcome),
+                (Reply::Engine, None) => encoder
+                    .error(&format!("ERR engine: {}", failure.as_deref().unwrap_or("no outcome"))),
+            }
+        }
+    }
+
+    async fn write_out(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Runs a command the server answers itself.
+    async fn local(&mut self, local: Local) -> std::io::Result<()> {
+        match local {
+            Local::Ping(None) => self.ready(|e| e.simple("PONG")),
+            Local::Ping(Some(message)) => self.ready(|e| e.bulk(&message)),
+            Local::Auth(token) => self.auth(&token),
+            Local::Hello { protocol, auth } => {
+                self.complete().await;
+                self.hello(protocol, auth);
+            }
+            Local::Quit => {
+                self.ready(|e| e.simple("OK"));
+                self.closing = true;
+            }
+            Local::Stats { json } => {
+                self.complete().await;
+                let text = self.stats(json).await;
+                match text {
+                    Ok(text) => self.ready(|e| e.bulk(text.as_bytes())),
+                    Err(error) => self.ready(|e| e.error(&format!("ERR stats: {error}"))),
+                }
+            }
+            Local::ClockSet(ms) | Local::ClockAdvance(ms) => {
+                // Commands before this one are stamped with the time before it.
+                self.complete().await;
+                match (&self.server.manual_clock, local) {
+                    (Some(clock), Local::ClockSet(_)) => clock.set(ms),
+                    (Some(clock), _) => clock.advance(ms),
+                    (None, _) => {
+                        self.ready(|e| {
+                            e.error("ERR the clock is the system clock; start with --clock manual")
+                        });
+                        return Ok(());
+                    }
+                }
+                self.ready(|e| e.simple("OK"));
+            }
+            Local::ConfigGet => self.ready(|e| e.array(0)),
+            Local::NotYet => self.ready(|e| e.error("ERR not available yet")),
+        }
+        if self.out.len() >= OUTPUT_FLUSH_BYTES {
+            self.complete().await;
+            self.write_out().await?;
+        }
+        Ok(())
+    }
+
+    fn auth(&mut self, token: &[u8]) {
+        match &self.server.token {
+            None => self.ready(|e| {
+                e.error("ERR AUTH called without any token configured (start with --token)")
+            }),
+            Some(expected) if constant_time_eq(expected, token) => {
+                self.authenticated = true;
+                self.ready(|e| e.simple("OK"));
+            }
+            Some(_) => self.ready(|e| e.error("WRONGPASS invalid token")),
+        }
+    }
+
+    fn hello(&mut self, protocol: Option<i64>, auth: Option<Vec<u8>>) {
+        let protocol = match protocol {
+            None => self.protocol,
+            Some(2) => Protocol::Resp2,
+            Some(3) => Protocol::Resp3,
+            Some(_) => {
+                return self.ready(|e| e.error("NOPROTO unsupported protocol version"));
+            }
+        };
+        if let Some(token) = auth {
+            let ok = self
+                .server
+                .token
+                .as_ref()
+                .is_some_and(|expected| constant_time_eq(expected, &token));
+            if !ok {
+                return self.ready(|e| e.error("WRONGPASS invalid token"));
+            }
+            self.authenticated = true;
+        }
+        if !self.authenticated {
+            return self.ready(|e| e.error("NOAUTH HELLO must be called with AUTH <user> <token>"));
+        }
+        self.protocol = protocol;
+        let version = i128::from(if protocol == Protocol::Resp3 { 3u8 } else { 2 });
+        self.ready(|e| {
+            e.map(6);
+            e.bulk(b"server");
+            e.bulk(b"plafond");
+            e.bulk(b"version");
+            e.bulk(env!("CARGO_PKG_VERSION").as_bytes());
+            e.bulk(b"proto");
+            e.integer(version);
+            e.bulk(b"mode");
+            e.bulk(b"standalone");
+            e.bulk(b"role");
+            e.bulk(b"master");
+            e.bulk(b"modules");
+            e.array(0);
+        });
+    }
+
+    async fn stats(&self, json: bool) -> anyhow::Result<String> {
+        let server = self.server.clone();
+        // A consistent cut blocks until every shard pauses: not on the async workers.
+        tokio::task::spawn_blocking(move || {
+            let stats = server.engine.stats()?;
+            let rates = server.sampler.rates(&stats);
+            Ok(if json { stats::json(&stats, &rates) } else { stats::table(&stats, &rates) })
+        })
+        .await?
+    }
+}
+
+/// Compares a token without an early exit, so timing does not reveal its prefix.
+fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
+    let mut difference = expected.len() ^ given.len();
+    for (index, byte) in expected.iter().enumerate() {
+        difference |= usize::from(byte ^ given.get(index).copied().unwrap_or(0));
+    }
+    difference == 0
+}

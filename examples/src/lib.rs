@@ -1,1 +1,8 @@
-//! Shared pieces of the example programs.
+//! Shared pieces of the example programs: the RESP wire format, the server's command
+//! table, the stats dump, flag parsing, and the random samplers of the load generator.
+
+pub mod commands;
+pub mod flags;
+pub mod resp;
+pub mod sample;
+pub mod stats;

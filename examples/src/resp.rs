@@ -82,10 +82,7 @@ impl RequestParser {
             return self.skip_some(skip, input);
         }
         match input.first() {
-            None => Ok(Step {
-                consumed: 0,
-                frame: None,
-            }),
+            None => Ok(Step { consumed: 0, frame: None }),
             Some(b'*') => self.array(input),
             Some(_) => inline(input),
         }
@@ -118,25 +115,16 @@ impl RequestParser {
             }
         }
         self.skip = (skip != Skip::default()).then_some(skip);
-        Ok(Step {
-            consumed,
-            frame: None,
-        })
+        Ok(Step { consumed, frame: None })
     }
 
     fn array(&mut self, input: &[u8]) -> Result<Step, ProtocolError> {
         let Some((count, mut at)) = header_line(input, b'*')? else {
-            return Ok(Step {
-                consumed: 0,
-                frame: None,
-            });
+            return Ok(Step { consumed: 0, frame: None });
         };
         if count <= 0 {
             // `*0` and `*-1` carry no command; Redis ignores them too.
-            return Ok(Step {
-                consumed: at,
-                frame: None,
-            });
+            return Ok(Step { consumed: at, frame: None });
         }
         let count = count as u64;
         if count > FRAME_ARGS_MAX as u64 {
@@ -158,10 +146,7 @@ impl RequestParser {
             at += header;
             payload_bytes += len;
             if payload_bytes > FRAME_BYTES_MAX {
-                let skip = Skip {
-                    bytes: len as u64 + 2,
-                    bulks: count - index - 1,
-                };
+                let skip = Skip { bytes: len as u64 + 2, bulks: count - index - 1 };
                 return Ok(self.too_large(at, skip));
             }
             let Some(bulk) = input.get(at..at + len + 2) else {
@@ -173,26 +158,17 @@ impl RequestParser {
             args.push(bulk[..len].to_vec());
             at += len + 2;
         }
-        Ok(Step {
-            consumed: at,
-            frame: Some(Frame::Args(args)),
-        })
+        Ok(Step { consumed: at, frame: Some(Frame::Args(args)) })
     }
 
     fn too_large(&mut self, consumed: usize, skip: Skip) -> Step {
         self.skip = (skip != Skip::default()).then_some(skip);
-        Step {
-            consumed,
-            frame: Some(Frame::TooLarge),
-        }
+        Step { consumed, frame: Some(Frame::TooLarge) }
     }
 }
 
 fn incomplete() -> Step {
-    Step {
-        consumed: 0,
-        frame: None,
-    }
+    Step { consumed: 0, frame: None }
 }
 
 /// An inline request: words separated by spaces, ended by `\n` (or `\r\n`).
@@ -214,10 +190,7 @@ fn inline(input: &[u8]) -> Result<Step, ProtocolError> {
         n if n > FRAME_ARGS_MAX => Some(Frame::TooLarge),
         _ => Some(Frame::Args(args)),
     };
-    Ok(Step {
-        consumed: end + 1,
-        frame,
-    })
+    Ok(Step { consumed: end + 1, frame })
 }
 
 /// Reads a `<marker><integer>\r\n` line: the integer and the line's length, or `None` if
@@ -227,11 +200,7 @@ fn header_line(input: &[u8], marker: u8) -> Result<Option<(i64, usize)>, Protoco
         return Ok(None);
     };
     if first != marker {
-        return Err(ProtocolError(if marker == b'$' {
-            "expected '$'"
-        } else {
-            "expected '*'"
-        }));
+        return Err(ProtocolError(if marker == b'$' { "expected '$'" } else { "expected '*'" }));
     }
     let window = &input[..input.len().min(HEADER_BYTES_MAX)];
     let Some(cr) = window.iter().position(|&b| b == b'\r') else {
@@ -278,10 +247,8 @@ impl Encoder<'_> {
 
     /// `-text`: CR and LF become spaces, so an error can never break the framing.
     pub fn error(&mut self, text: &str) {
-        let clean: String = text
-            .chars()
-            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-            .collect();
+        let clean: String =
+            text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
         self.line(b'-', clean.as_bytes());
     }
 
@@ -327,10 +294,7 @@ impl Encoder<'_> {
 
 /// Encodes a command as a RESP array of bulk strings (what a client sends).
 pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
-    let mut encoder = Encoder {
-        out,
-        protocol: Protocol::Resp2,
-    };
+    let mut encoder = Encoder { out, protocol: Protocol::Resp2 };
     encoder.array(args.len());
     for arg in args {
         encoder.bulk(arg.as_ref());
@@ -470,10 +434,7 @@ mod tests {
         let mut parser = RequestParser::new();
         let input = b"*2\r\n$3\r\nPAY\r\n$1\r\n7\r\nPING\r\n*0\r\nBALANCE  3\n";
         let (frames, left) = parse_all(&mut parser, input);
-        assert_eq!(
-            frames,
-            vec![args(&["PAY", "7"]), args(&["PING"]), args(&["BALANCE", "3"])]
-        );
+        assert_eq!(frames, vec![args(&["PAY", "7"]), args(&["PING"]), args(&["BALANCE", "3"])]);
         assert_eq!(left, 0);
     }
 
@@ -550,10 +511,7 @@ mod tests {
     #[test]
     fn replies_round_trip() {
         let mut out = Vec::new();
-        let mut encoder = Encoder {
-            out: &mut out,
-            protocol: Protocol::Resp2,
-        };
+        let mut encoder = Encoder { out: &mut out, protocol: Protocol::Resp2 };
         encoder.array(4);
         encoder.simple("APPROVED");
         encoder.integer(19_900);

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::apply::{apply, Env, Input, Reply};
 use crate::calendar::Calendar;
-use crate::command::{Outcome, Request};
+use crate::command::{Outcome, RegionId, Request};
 use crate::ids::{shard_of, ShardId};
 use crate::log::BatchEncoder;
 use crate::region::Regions;
@@ -33,18 +33,10 @@ pub const INGRESS_MAILS_MAX: usize = 4096;
 /// What a shard receives.
 pub enum Mail {
     /// Client commands, each with its slot index in `collector`.
-    Requests {
-        ts_ms: i64,
-        items: Vec<(u32, Request)>,
-        collector: Arc<Collector>,
-    },
+    Requests { ts_ms: i64, items: Vec<(u32, Request)>, collector: Arc<Collector> },
     /// An input from another shard or from the batch service; `done` is told when it is
     /// durable.
-    Input {
-        ts_ms: i64,
-        input: Input,
-        done: Option<Sender<()>>,
-    },
+    Input { ts_ms: i64, input: Input, done: Option<Sender<()>> },
     /// Runs a closure on the state between two inputs (stats, audits, snapshots), with
     /// the log position the state corresponds to: the batch in progress is flushed first,
     /// so the state is exactly the log's batches `0 .. position`.
@@ -75,6 +67,10 @@ pub struct ShardMetrics {
     pub commands: AtomicU64,
     pub batches: AtomicU64,
     pub busy_ns: AtomicU64,
+    /// Accounts the shard holds, as of its last batch.
+    pub accounts: AtomicU64,
+    /// The longest single epoch chunk applied since the batch service last reset it.
+    pub roll_pause_max_ns: AtomicU64,
 }
 
 /// What a shard does once its batch is durable.
@@ -129,6 +125,7 @@ pub fn run(setup: ShardSetup, ready: Sender<Result<(), StoreError>>) {
             return;
         }
     };
+    setup.metrics.accounts.store(state.accounts.len() as u64, Ordering::Relaxed);
     let _ = ready.send(Ok(()));
     // Credits whose settle never made it to disk: send them again. The target answers a
     // credit it has seen with the same settle, so this is exactly-once.
@@ -139,22 +136,11 @@ pub fn run(setup: ShardSetup, ready: Sender<Result<(), StoreError>>) {
             to: pending.to,
             amount_minor: pending.amount_minor,
         };
-        let mail = Mail::Input {
-            ts_ms: pending.ts_ms,
-            input,
-            done: None,
-        };
-        setup
-            .router
-            .send_internal(shard_of(pending.to, setup.shards), mail);
+        let mail = Mail::Input { ts_ms: pending.ts_ms, input, done: None };
+        setup.router.send_internal(shard_of(pending.to, setup.shards), mail);
     }
-    let mut actor = Actor {
-        setup,
-        state,
-        calendar,
-        next_seq,
-        parked: HashMap::new(),
-    };
+    let mut actor = Actor { setup, state, calendar, next_seq, parked: HashMap::new() };
+    actor.adopt_rules();
     actor.serve();
 }
 
@@ -176,10 +162,7 @@ fn recover(
     }
     let next_seq = store.read_log(shard, from_seq, |seq, entries| {
         for entry in entries {
-            let mut env = Env {
-                regions,
-                calendar: &mut *calendar,
-            };
+            let mut env = Env { regions, calendar: &mut *calendar };
             let applied = apply(state, &mut env, entry.ts_ms, &entry.input);
             if !applied.changed || applied.logged_outcome() != entry.outcome.as_ref() {
                 let detail = format!("logged {:?}, replayed {:?}", entry.outcome, applied.reply);
@@ -212,6 +195,21 @@ struct Batch {
 }
 
 impl Actor {
+    /// Logs the configured rules of every region whose rules changed since the log was
+    /// written (or were never set), so they apply from here on, and on every replay.
+    fn adopt_rules(&mut self) {
+        let mut batch = Batch::default();
+        let regions = self.setup.regions.clone();
+        for (index, region) in regions.iter().enumerate() {
+            let region_id = index as RegionId;
+            if self.state.rules_of(region_id) != Some(&region.rules) {
+                let input = Input::SetRules { region: region_id, rules: region.rules.clone() };
+                self.apply_one(self.state.clock_ms, &input, &mut batch);
+            }
+        }
+        self.flush(batch);
+    }
+
     fn serve(&mut self) {
         loop {
             let first = crossbeam_channel::select_biased! {
@@ -223,24 +221,18 @@ impl Actor {
             let mut batch = Batch::default();
             self.handle(first, &mut batch);
             while !batch.stop && batch.commands < BATCH_COMMANDS_MAX {
-                let next = self
-                    .setup
-                    .internal
-                    .try_recv()
-                    .or_else(|_| self.setup.ingress.try_recv());
+                let next =
+                    self.setup.internal.try_recv().or_else(|_| self.setup.ingress.try_recv());
                 let Ok(mail) = next else { break };
                 self.handle(mail, &mut batch);
             }
             let stop = batch.stop;
             let metrics = self.setup.metrics.clone();
-            metrics
-                .commands
-                .fetch_add(batch.commands as u64, Ordering::Relaxed);
+            metrics.commands.fetch_add(batch.commands as u64, Ordering::Relaxed);
             metrics.batches.fetch_add(1, Ordering::Relaxed);
             self.flush(batch);
-            metrics
-                .busy_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
+            metrics.busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             if stop {
                 return;
             }
@@ -249,11 +241,7 @@ impl Actor {
 
     fn handle(&mut self, mail: Mail, batch: &mut Batch) {
         match mail {
-            Mail::Requests {
-                ts_ms,
-                items,
-                collector,
-            } => {
+            Mail::Requests { ts_ms, items, collector } => {
                 batch.commands += items.len();
                 let mut outcomes = Vec::with_capacity(items.len());
                 for (index, request) in items {
@@ -262,10 +250,7 @@ impl Actor {
                     match reply {
                         Reply::Now(outcome) => outcomes.push((index, outcome)),
                         Reply::Parked { seq } => {
-                            let slot = Slot {
-                                collector: collector.clone(),
-                                index,
-                            };
+                            let slot = Slot { collector: collector.clone(), index };
                             self.parked.entry(seq).or_default().push(slot);
                         }
                         Reply::Nothing | Reply::Settled { .. } | Reply::Recorded(_) => {}
@@ -274,11 +259,17 @@ impl Actor {
                 batch.fills.push((collector, outcomes));
             }
             Mail::Input { ts_ms, input, done } => {
-                if let Reply::Settled { seq, outcome } = self.apply_one(ts_ms, &input, batch) {
+                let started = Instant::now();
+                let reply = self.apply_one(ts_ms, &input, batch);
+                if matches!(input, Input::Roll { .. }) {
+                    // An epoch chunk is the longest thing a shard does between two
+                    // commands: the pause the batch service causes.
+                    let pause_ns = started.elapsed().as_nanos() as u64;
+                    self.setup.metrics.roll_pause_max_ns.fetch_max(pause_ns, Ordering::Relaxed);
+                }
+                if let Reply::Settled { seq, outcome } = reply {
                     for slot in self.parked.remove(&seq).unwrap_or_default() {
-                        batch
-                            .fills
-                            .push((slot.collector, vec![(slot.index, outcome.clone())]));
+                        batch.fills.push((slot.collector, vec![(slot.index, outcome.clone())]));
                     }
                 }
                 // Told on release, so only once durable.
@@ -293,20 +284,13 @@ impl Actor {
     }
 
     fn apply_one(&mut self, ts_ms: i64, input: &Input, batch: &mut Batch) -> Reply {
-        let mut env = Env {
-            regions: &self.setup.regions,
-            calendar: &mut self.calendar,
-        };
+        let mut env = Env { regions: &self.setup.regions, calendar: &mut self.calendar };
         let applied = apply(&mut self.state, &mut env, ts_ms, input);
         if applied.changed {
             batch.encoder.push(ts_ms, input, applied.logged_outcome());
         }
         if let Some((shard, input)) = applied.message {
-            let mail = Mail::Input {
-                ts_ms: self.state.clock_ms,
-                input,
-                done: None,
-            };
+            let mail = Mail::Input { ts_ms: self.state.clock_ms, input, done: None };
             batch.messages.push((shard, mail));
         }
         applied.reply
@@ -332,11 +316,6 @@ impl Actor {
         }
         // If the writer is gone the engine is stopping: dropping the release drops the
         // collectors, and their tickets report that the engine stopped.
-        let _ = writer.send(WriteJob {
-            shard: self.setup.shard,
-            seq,
-            value,
-            release,
-        });
+        let _ = writer.send(WriteJob { shard: self.setup.shard, seq, value, release });
     }
 }

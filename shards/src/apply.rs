@@ -19,7 +19,7 @@ use crate::command::{
 };
 use crate::ids::{global_of, local_of, shard_of, AccountId, ShardId};
 use crate::interest::Savings;
-use crate::region::Regions;
+use crate::region::{Regions, Rules};
 use crate::state::{
     Account, Card, IdempotencyRecord, Instrument, PendingTransfer, Profile, Remembered, ShardState,
     NO_ACCOUNT,
@@ -35,21 +35,13 @@ pub enum Input {
     /// A client's command.
     Client(Request),
     /// The credit leg of a transfer from shard `origin`.
-    Credit {
-        origin: ShardId,
-        seq: u64,
-        to: AccountId,
-        amount_minor: u64,
-    },
+    Credit { origin: ShardId, seq: u64, to: AccountId, amount_minor: u64 },
     /// The target shard's answer to credit `seq`: `refused` is `None` when credited.
     Settle { seq: u64, refused: Option<Reason> },
     /// Part of an epoch: roll accounts `start .. end` of `region` to business day `day`.
-    Roll {
-        region: RegionId,
-        day: Day,
-        start: u32,
-        end: u32,
-    },
+    Roll { region: RegionId, day: Day, start: u32, end: u32 },
+    /// The region's rules from now on (logged at start-up when the configuration changed).
+    SetRules { region: RegionId, rules: Rules },
 }
 
 /// What the caller must do once the input's effects are durable.
@@ -79,19 +71,11 @@ pub struct Applied {
 
 impl Applied {
     fn read(outcome: Outcome) -> Applied {
-        Applied {
-            reply: Reply::Now(outcome),
-            changed: false,
-            message: None,
-        }
+        Applied { reply: Reply::Now(outcome), changed: false, message: None }
     }
 
     fn changed(outcome: Outcome) -> Applied {
-        Applied {
-            reply: Reply::Now(outcome),
-            changed: true,
-            message: None,
-        }
+        Applied { reply: Reply::Now(outcome), changed: true, message: None }
     }
 
     /// The outcome written to the log for this input, if any.
@@ -118,25 +102,21 @@ pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Inpu
     state.clock_ms = now_ms;
     match input {
         Input::Client(request) => apply_request(state, env, now_ms, request),
-        Input::Credit {
-            origin,
-            seq,
-            to,
-            amount_minor,
-        } => apply_credit(state, env, now_ms, *origin, *seq, *to, *amount_minor),
+        Input::Credit { origin, seq, to, amount_minor } => {
+            apply_credit(state, env, now_ms, *origin, *seq, *to, *amount_minor)
+        }
         Input::Settle { seq, refused } => apply_settle(state, *seq, *refused),
-        Input::Roll {
-            region,
-            day,
-            start,
-            end,
-        } => {
-            roll(state, env, *region, *day, *start, *end);
-            Applied {
-                reply: Reply::Nothing,
-                changed: true,
-                message: None,
+        Input::Roll { region, day, start, end } => {
+            roll(state, *region, *day, *start, *end);
+            Applied { reply: Reply::Nothing, changed: true, message: None }
+        }
+        Input::SetRules { region, rules } => {
+            let index = usize::from(*region);
+            if state.rules.len() <= index {
+                state.rules.resize(index + 1, None);
             }
+            state.rules[index] = Some(rules.clone());
+            Applied { reply: Reply::Nothing, changed: true, message: None }
         }
     }
 }
@@ -159,11 +139,7 @@ fn apply_request(
             Remembered::Final(outcome) => Reply::Now(outcome.clone()),
             Remembered::Pending { seq } => Reply::Parked { seq: *seq },
         };
-        return Applied {
-            reply,
-            changed: false,
-            message: None,
-        };
+        return Applied { reply, changed: false, message: None };
     }
     let applied = decide(state, env, now_ms, command);
     let remembered = match &applied.reply {
@@ -178,38 +154,28 @@ fn apply_request(
             unreachable!("a command is answered or parked")
         }
     };
-    state.idempotency.insert(
-        command_id.clone(),
-        IdempotencyRecord {
-            command: command.clone(),
-            remembered,
-        },
-    );
+    state
+        .idempotency
+        .insert(command_id.clone(), IdempotencyRecord { command: command.clone(), remembered });
     applied
 }
 
 fn decide(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, command: &Command) -> Applied {
     match *command {
         Command::OpenProfile { region } => open_profile(state, env, region),
-        Command::OpenAccount {
-            profile,
-            kind,
-            opening,
-        } => open_account(state, env, now_ms, profile, kind, opening),
+        Command::OpenAccount { profile, kind, opening } => {
+            open_account(state, env, now_ms, profile, kind, opening)
+        }
         Command::Pay { card, amount_minor } => pay(state, env, now_ms, card, amount_minor),
-        Command::Transfer {
-            from,
-            to,
-            amount_minor,
-        } => transfer(state, env, now_ms, from, to, amount_minor),
-        Command::Deposit {
-            account,
-            amount_minor,
-        } => deposit(state, env, now_ms, account, amount_minor),
-        Command::SetCeiling {
-            card,
-            ceiling_minor,
-        } => change_card(state, card, |c| c.ceiling_minor = ceiling_minor),
+        Command::Transfer { from, to, amount_minor } => {
+            transfer(state, env, now_ms, from, to, amount_minor)
+        }
+        Command::Deposit { account, amount_minor } => {
+            deposit(state, env, now_ms, account, amount_minor)
+        }
+        Command::SetCeiling { card, ceiling_minor } => {
+            change_card(state, card, |c| c.ceiling_minor = ceiling_minor)
+        }
         Command::Block { card } => change_card(state, card, |c| c.status = CardStatus::Blocked),
         Command::Unblock { card } => change_card(state, card, |c| c.status = CardStatus::Active),
         Command::ReadAccount { account } => Applied::read(read_account(state, account)),
@@ -244,19 +210,12 @@ fn open_profile(state: &mut ShardState, env: &mut Env<'_>, region: RegionId) -> 
     if env.regions.get(region).is_none() {
         return decline(state, None, Reason::UnknownRegion, 0);
     }
-    assert!(
-        state.profiles.len() < SHARD_ENTRIES_MAX,
-        "shard profile table is full"
-    );
+    assert!(state.profiles.len() < SHARD_ENTRIES_MAX, "shard profile table is full");
     let local = state.profiles.len() as u64;
     let Some(profile) = global_of(local, state.shard, state.shards) else {
         return decline(state, Some(region), Reason::UnknownProfile, 0);
     };
-    state.profiles.push(Profile {
-        region,
-        first_account: NO_ACCOUNT,
-        last_account: NO_ACCOUNT,
-    });
+    state.profiles.push(Profile { region, first_account: NO_ACCOUNT, last_account: NO_ACCOUNT });
     state.counters_of(Some(region)).profiles += 1;
     Applied::changed(Outcome::ProfileOpened { profile })
 }
@@ -276,18 +235,16 @@ fn open_account(
         return decline(state, None, Reason::UnknownProfile, 0);
     };
     let region_id = state.profiles[profile_local].region;
-    let Some(region) = env.regions.get(region_id) else {
+    let Some(initial_deposit_minor) = state.rules_of(region_id).map(|r| r.initial_deposit_minor)
+    else {
         return decline(state, None, Reason::UnknownRegion, 0);
     };
-    assert!(
-        state.accounts.len() < SHARD_ENTRIES_MAX,
-        "shard account table is full"
-    );
+    assert!(state.accounts.len() < SHARD_ENTRIES_MAX, "shard account table is full");
     let local = state.accounts.len() as u32;
     let Some(account) = global_of(u64::from(local), state.shard, state.shards) else {
         return decline(state, Some(region_id), Reason::UnknownProfile, 0);
     };
-    let deposit_minor = opening.map_or(region.rules.initial_deposit_minor, |o| o.deposit_minor);
+    let deposit_minor = opening.map_or(initial_deposit_minor, |o| o.deposit_minor);
     let day = env.calendar.business_day(env.regions, region_id, now_ms);
     let instrument = match kind {
         AccountKind::Checking => Instrument::Card(Card {
@@ -327,12 +284,12 @@ fn open_account(
     Applied::changed(Outcome::AccountOpened { account, card })
 }
 
-fn ceiling_of(card: &Card, env: &Env<'_>, region: RegionId) -> u64 {
+fn ceiling_of(card: &Card, rules: &[Option<Rules>], region: RegionId) -> u64 {
     match card.ceiling_minor {
-        0 => env
-            .regions
-            .get(region)
-            .map_or(0, |r| r.rules.default_card_ceiling_minor),
+        0 => rules
+            .get(usize::from(region))
+            .and_then(Option::as_ref)
+            .map_or(0, |r| r.default_card_ceiling_minor),
         own => own,
     }
 }
@@ -355,10 +312,9 @@ fn pay(
     if card.status == CardStatus::Blocked {
         return decline(state, Some(region), Reason::CardBlocked, amount_minor);
     }
-    card.window
-        .roll_to(env.calendar.business_day(env.regions, region, now_ms));
+    card.window.roll_to(env.calendar.business_day(env.regions, region, now_ms));
     let spent_minor = card.window.spent_minor();
-    if spent_minor + amount_minor > ceiling_of(card, env, region) {
+    if spent_minor + amount_minor > ceiling_of(card, &state.rules, region) {
         return decline(state, Some(region), Reason::CeilingExceeded, amount_minor);
     }
     let Some(balance_minor) = account.balance_minor.checked_sub(amount_minor) else {
@@ -385,22 +341,19 @@ fn touch_savings(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, local: 
         return;
     }
     let day = env.calendar.business_day(env.regions, region, now_ms);
-    advance_savings(state, env, local, half_month_of(day));
+    advance_savings(state, local, half_month_of(day));
 }
 
-fn advance_savings(state: &mut ShardState, env: &Env<'_>, local: usize, half_month: i32) {
+fn advance_savings(state: &mut ShardState, local: usize, half_month: i32) {
+    let region = state.accounts[local].region;
+    let rate_bp = state.rules_of(region).map_or(0, |r| r.savings_rate_bp);
     let account = &mut state.accounts[local];
-    let region = account.region;
     let Instrument::Savings(savings) = &mut account.instrument else {
         return;
     };
     if savings.half_month() >= half_month {
         return;
     }
-    let rate_bp = env
-        .regions
-        .get(region)
-        .map_or(0, |r| r.rules.savings_rate_bp);
     let posted_minor = savings.advance_to(half_month, account.balance_minor, rate_bp);
     if posted_minor > 0 {
         account.balance_minor += posted_minor;
@@ -413,10 +366,8 @@ fn advance_savings(state: &mut ShardState, env: &Env<'_>, local: usize, half_mon
 /// Takes `amount_minor` from account `local`, or says why not.
 fn debit(state: &mut ShardState, local: usize, amount_minor: u64) -> Result<u64, Reason> {
     let account = &mut state.accounts[local];
-    let balance = account
-        .balance_minor
-        .checked_sub(amount_minor)
-        .ok_or(Reason::InsufficientFunds)?;
+    let balance =
+        account.balance_minor.checked_sub(amount_minor).ok_or(Reason::InsufficientFunds)?;
     account.balance_minor = balance;
     if let Instrument::Savings(savings) = &mut account.instrument {
         savings.record_debit(amount_minor);
@@ -430,10 +381,7 @@ fn debit(state: &mut ShardState, local: usize, amount_minor: u64) -> Result<u64,
 /// Adds `amount_minor` to account `local`, or says why not (it would overflow).
 fn credit(state: &mut ShardState, local: usize, amount_minor: u64) -> Result<u64, Reason> {
     let account = &mut state.accounts[local];
-    let balance = account
-        .balance_minor
-        .checked_add(amount_minor)
-        .ok_or(Reason::InvalidAmount)?;
+    let balance = account.balance_minor.checked_add(amount_minor).ok_or(Reason::InvalidAmount)?;
     account.balance_minor = balance;
     let region = account.region;
     state.totals.balances_minor += u128::from(amount_minor);
@@ -469,11 +417,7 @@ fn transfer(
         return decline(state, region, Reason::UnknownAccount, amount_minor);
     };
     touch_savings(state, env, now_ms, to_local);
-    if state.accounts[to_local]
-        .balance_minor
-        .checked_add(amount_minor)
-        .is_none()
-    {
+    if state.accounts[to_local].balance_minor.checked_add(amount_minor).is_none() {
         return decline(state, region, Reason::InvalidAmount, amount_minor);
     }
     let result = debit(state, from_local, amount_minor)
@@ -509,12 +453,7 @@ fn transfer_out(
             ts_ms: now_ms,
         },
     );
-    let credit = Input::Credit {
-        origin: state.shard,
-        seq,
-        to,
-        amount_minor,
-    };
+    let credit = Input::Credit { origin: state.shard, seq, to, amount_minor };
     Applied {
         reply: Reply::Parked { seq },
         changed: true,
@@ -532,11 +471,7 @@ fn apply_credit(
     amount_minor: u64,
 ) -> Applied {
     let Some(seen) = state.credits_seen.get_mut(usize::from(origin)) else {
-        return Applied {
-            reply: Reply::Nothing,
-            changed: false,
-            message: None,
-        };
+        return Applied { reply: Reply::Nothing, changed: false, message: None };
     };
     // Credits from one origin arrive in increasing sequence order (with gaps: the origin
     // numbers its transfers to every shard in one sequence), so a number below the next
@@ -545,11 +480,7 @@ fn apply_credit(
         // A credit resent after a restart: answer as the first time, change nothing.
         let refused = state.refused_credits.get(&(origin, seq)).copied();
         let settle = Input::Settle { seq, refused };
-        return Applied {
-            reply: Reply::Nothing,
-            changed: false,
-            message: Some((origin, settle)),
-        };
+        return Applied { reply: Reply::Nothing, changed: false, message: Some((origin, settle)) };
     }
     *seen = seq + 1;
     let result = match local_account(state, to) {
@@ -569,41 +500,24 @@ fn apply_credit(
             Outcome::Declined(reason)
         }
     };
-    let settle = Input::Settle {
-        seq,
-        refused: outcome.declined(),
-    };
-    Applied {
-        reply: Reply::Recorded(outcome),
-        changed: true,
-        message: Some((origin, settle)),
-    }
+    let settle = Input::Settle { seq, refused: outcome.declined() };
+    Applied { reply: Reply::Recorded(outcome), changed: true, message: Some((origin, settle)) }
 }
 
 fn apply_settle(state: &mut ShardState, seq: u64, refused: Option<Reason>) -> Applied {
     let Some(pending) = state.pending.get(&seq) else {
         // Settled already: a settle resent after a restart.
-        return Applied {
-            reply: Reply::Nothing,
-            changed: false,
-            message: None,
-        };
+        return Applied { reply: Reply::Nothing, changed: false, message: None };
     };
     let local = pending.from_local as usize;
     let amount_minor = pending.amount_minor;
     let outcome = match refused {
-        None => Outcome::Done {
-            balance_minor: pending.balance_after_minor,
-        },
+        None => Outcome::Done { balance_minor: pending.balance_after_minor },
         Some(reason) => {
             if credit(state, local, amount_minor).is_err() {
                 // The source cannot take its money back without overflowing: it stays in
                 // flight (conservation holds) until a later settle can refund it.
-                return Applied {
-                    reply: Reply::Nothing,
-                    changed: false,
-                    message: None,
-                };
+                return Applied { reply: Reply::Nothing, changed: false, message: None };
             }
             state.totals.refunds_minor += u128::from(amount_minor);
             let region = Some(state.accounts[local].region);
@@ -620,11 +534,7 @@ fn apply_settle(state: &mut ShardState, seq: u64, refused: Option<Reason>) -> Ap
             }
         }
     }
-    Applied {
-        reply: Reply::Settled { seq, outcome },
-        changed: true,
-        message: None,
-    }
+    Applied { reply: Reply::Settled { seq, outcome }, changed: true, message: None }
 }
 
 fn deposit(
@@ -696,7 +606,7 @@ fn read_card(state: &ShardState, env: &mut Env<'_>, now_ms: i64, card_id: u64) -
     // A read does not change state: roll a copy of the window.
     let mut window = card.window;
     window.roll_to(env.calendar.business_day(env.regions, entry.region, now_ms));
-    let ceiling_minor = ceiling_of(card, env, entry.region);
+    let ceiling_minor = ceiling_of(card, &state.rules, entry.region);
     let spent_7d_minor = window.spent_minor();
     Outcome::Card(CardView {
         card: card_id,
@@ -722,22 +632,11 @@ fn read_profile(state: &ShardState, profile: u64) -> Outcome {
         accounts.push(global_of(u64::from(next), state.shard, state.shards).unwrap_or(u64::MAX));
         next = state.accounts[next as usize].next_in_profile;
     }
-    Outcome::Profile(ProfileView {
-        profile,
-        region: entry.region,
-        accounts,
-    })
+    Outcome::Profile(ProfileView { profile, region: entry.region, accounts })
 }
 
 /// Rolls accounts `start .. end` of `region` to `day`: card windows and savings interest.
-fn roll(
-    state: &mut ShardState,
-    env: &mut Env<'_>,
-    region: RegionId,
-    day: Day,
-    start: u32,
-    end: u32,
-) {
+fn roll(state: &mut ShardState, region: RegionId, day: Day, start: u32, end: u32) {
     let end = (end as usize).min(state.accounts.len());
     let half_month = half_month_of(day);
     for local in (start as usize)..end {
@@ -746,7 +645,7 @@ fn roll(
         }
         match &mut state.accounts[local].instrument {
             Instrument::Card(card) => card.window.roll_to(day),
-            Instrument::Savings(_) => advance_savings(state, env, local, half_month),
+            Instrument::Savings(_) => advance_savings(state, local, half_month),
         }
     }
     if let Some(rolled) = state.rolled_day.get_mut(usize::from(region)) {

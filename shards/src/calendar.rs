@@ -36,16 +36,7 @@ pub struct Calendar {
 impl Calendar {
     /// An empty cache for `regions`.
     pub fn new(regions: &Regions) -> Calendar {
-        Calendar {
-            spans: vec![
-                DaySpan {
-                    start_ms: 0,
-                    end_ms: 0,
-                    day: 0
-                };
-                regions.len()
-            ],
-        }
+        Calendar { spans: vec![DaySpan { start_ms: 0, end_ms: 0, day: 0 }; regions.len()] }
     }
 
     /// The business day of `ts_ms` in `region`.
@@ -72,11 +63,7 @@ pub fn business_day_of(region: &Region, ts_ms: i64) -> Day {
 fn span_of(region: &Region, ts_ms: i64) -> DaySpan {
     let ts_ms = ts_ms.clamp(TIME_MIN_MS, TIME_MAX_MS);
     let Ok(instant) = Timestamp::from_millisecond(ts_ms) else {
-        return DaySpan {
-            start_ms: ts_ms,
-            end_ms: ts_ms,
-            day: 0,
-        };
+        return DaySpan { start_ms: ts_ms, end_ms: ts_ms, day: 0 };
     };
     let local = region.zone.to_datetime(instant);
     let mut date = local.date();
@@ -89,28 +76,18 @@ fn span_of(region: &Region, ts_ms: i64) -> DaySpan {
         .ok()
         .and_then(|next| roll_instant_ms(region, next))
         .unwrap_or(ts_ms.saturating_add(1));
-    DaySpan {
-        start_ms,
-        end_ms,
-        day: day_of_date(date),
-    }
+    DaySpan { start_ms, end_ms, day: day_of_date(date) }
 }
 
 /// The instant the business day of local `date` begins in `region`.
 pub fn roll_instant_ms(region: &Region, date: Date) -> Option<i64> {
-    let instant = region
-        .zone
-        .to_ambiguous_timestamp(date.to_datetime(region.roll_time));
+    let instant = region.zone.to_ambiguous_timestamp(date.to_datetime(region.roll_time));
     Some(instant.compatible().ok()?.as_millisecond())
 }
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's `days_from_civil`).
 pub fn day_of_date(date: Date) -> Day {
-    days_from_civil(
-        i32::from(date.year()),
-        i32::from(date.month()),
-        i32::from(date.day()),
-    )
+    days_from_civil(i32::from(date.year()), i32::from(date.month()), i32::from(date.day()))
 }
 
 /// The civil date of a day number.
@@ -138,11 +115,7 @@ fn civil_from_days(days: i32) -> (i32, i32, i32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     (year_of_era + era * 400 + i32::from(month <= 2), month, day)
 }
 
@@ -180,10 +153,7 @@ mod tests {
         assert_eq!(business_day_of(paris, ms("2027-01-04T03:00:00Z")), jan4);
         // New York in winter is UTC-5: 04:00 local is 09:00 UTC.
         let new_york = regions.get(1).unwrap();
-        assert_eq!(
-            business_day_of(new_york, ms("2027-01-04T08:59:59Z")),
-            jan4 - 1
-        );
+        assert_eq!(business_day_of(new_york, ms("2027-01-04T08:59:59Z")), jan4 - 1);
         assert_eq!(business_day_of(new_york, ms("2027-01-04T09:00:00Z")), jan4);
         // In summer Paris is UTC+2: 04:00 local is 02:00 UTC.
         let jul1 = day_of_date(Date::constant(2027, 7, 1));

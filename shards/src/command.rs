@@ -57,24 +57,13 @@ pub enum Command {
     /// Open a profile in a region.
     OpenProfile { region: RegionId },
     /// Open an account in a profile; a checking account gets its card.
-    OpenAccount {
-        profile: ProfileId,
-        kind: AccountKind,
-        opening: Option<Opening>,
-    },
+    OpenAccount { profile: ProfileId, kind: AccountKind, opening: Option<Opening> },
     /// A card payment: debit the card's account, count toward the card's window.
     Pay { card: CardId, amount_minor: u64 },
     /// Move money between two accounts, wherever they live.
-    Transfer {
-        from: AccountId,
-        to: AccountId,
-        amount_minor: u64,
-    },
+    Transfer { from: AccountId, to: AccountId, amount_minor: u64 },
     /// Credit an account.
-    Deposit {
-        account: AccountId,
-        amount_minor: u64,
-    },
+    Deposit { account: AccountId, amount_minor: u64 },
     /// Set a card's own seven-day ceiling.
     SetCeiling { card: CardId, ceiling_minor: u64 },
     /// Block a card: its payments are declined.
@@ -96,14 +85,10 @@ impl Command {
             Command::Pay { amount_minor, .. }
             | Command::Transfer { amount_minor, .. }
             | Command::Deposit { amount_minor, .. }
-            | Command::SetCeiling {
-                ceiling_minor: amount_minor,
-                ..
-            } => money::amount_is_valid(amount_minor),
-            Command::OpenAccount {
-                opening: Some(opening),
-                ..
-            } => {
+            | Command::SetCeiling { ceiling_minor: amount_minor, .. } => {
+                money::amount_is_valid(amount_minor)
+            }
+            Command::OpenAccount { opening: Some(opening), .. } => {
                 money::amount_is_valid(opening.deposit_minor)
                     && money::amount_is_valid(opening.ceiling_minor)
             }
@@ -132,18 +117,12 @@ pub struct Request {
 impl Request {
     /// A request without an idempotency key.
     pub fn new(command: Command) -> Request {
-        Request {
-            command,
-            command_id: None,
-        }
+        Request { command, command_id: None }
     }
 
     /// A request with an idempotency key.
     pub fn with_id(command: Command, command_id: CommandId) -> Request {
-        Request {
-            command,
-            command_id: Some(command_id),
-        }
+        Request { command, command_id: Some(command_id) }
     }
 }
 

@@ -30,9 +30,7 @@ pub fn local_of(id: u64, shards: u16) -> u64 {
 
 /// The global id of the `local`-th entry of `shard`, or `None` past `u64`.
 pub fn global_of(local: u64, shard: ShardId, shards: u16) -> Option<u64> {
-    local
-        .checked_mul(u64::from(shards))?
-        .checked_add(u64::from(shard))
+    local.checked_mul(u64::from(shards))?.checked_add(u64::from(shard))
 }
 
 #[cfg(test)]

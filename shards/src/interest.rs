@@ -34,12 +34,7 @@ pub struct Savings {
 impl Savings {
     /// A new account, opened during `half_month` with a zero balance at its start.
     pub fn opened(half_month: i32) -> Savings {
-        Savings {
-            half_month,
-            start_minor: 0,
-            debited_minor: 0,
-            accrued: [0, 0],
-        }
+        Savings { half_month, start_minor: 0, debited_minor: 0, accrued: [0, 0] }
     }
 
     /// The interest accrued and not yet posted (`A`).

@@ -50,11 +50,7 @@ struct EntryRef<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("log batch {seq} of shard {shard}: {problem}")]
-    Corrupt {
-        shard: ShardId,
-        seq: u64,
-        problem: String,
-    },
+    Corrupt { shard: ShardId, seq: u64, problem: String },
 }
 
 /// The key of batch `seq` of `shard`.
@@ -99,11 +95,7 @@ impl BatchEncoder {
 
     /// Appends an entry.
     pub fn push(&mut self, ts_ms: i64, input: &Input, outcome: Option<&Outcome>) {
-        let entry = EntryRef {
-            ts_ms,
-            input,
-            outcome,
-        };
+        let entry = EntryRef { ts_ms, input, outcome };
         // Writing into a Vec cannot fail.
         let _ = bincode::encode_into_std_write(&entry, &mut self.bytes, config());
         self.count += 1;
@@ -123,22 +115,12 @@ impl BatchEncoder {
 
 /// Decodes a batch value, refusing anything malformed.
 pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>, LogError> {
-    let corrupt = |problem: String| LogError::Corrupt {
-        shard,
-        seq,
-        problem,
-    };
+    let corrupt = |problem: String| LogError::Corrupt { shard, seq, problem };
     if bytes.len() < HEADER_BYTES {
-        return Err(corrupt(format!(
-            "{} bytes is shorter than the header",
-            bytes.len()
-        )));
+        return Err(corrupt(format!("{} bytes is shorter than the header", bytes.len())));
     }
     if bytes[0] != LOG_FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "format version {} is not {LOG_FORMAT_VERSION}",
-            bytes[0]
-        )));
+        return Err(corrupt(format!("format version {} is not {LOG_FORMAT_VERSION}", bytes[0])));
     }
     let count = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
     let mut entries = Vec::with_capacity(count.min(bytes.len()));
@@ -151,10 +133,7 @@ pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>
         offset += used;
     }
     if offset != bytes.len() {
-        return Err(corrupt(format!(
-            "{} bytes after the last entry",
-            bytes.len() - offset
-        )));
+        return Err(corrupt(format!("{} bytes after the last entry", bytes.len() - offset)));
     }
     Ok(entries)
 }
@@ -167,18 +146,10 @@ mod tests {
     #[test]
     fn batches_round_trip_and_corruption_is_refused() {
         let pay = Input::Client(Request::with_id(
-            Command::Pay {
-                card: 7,
-                amount_minor: 100,
-            },
+            Command::Pay { card: 7, amount_minor: 100 },
             CommandId::new("abc").unwrap(),
         ));
-        let credit = Input::Credit {
-            origin: 1,
-            seq: 9,
-            to: 4,
-            amount_minor: 3,
-        };
+        let credit = Input::Credit { origin: 1, seq: 9, to: 4, amount_minor: 3 };
         let mut encoder = BatchEncoder::new();
         encoder.push(10, &pay, Some(&Outcome::Declined(Reason::CardBlocked)));
         encoder.push(-5, &credit, None);
@@ -186,18 +157,12 @@ mod tests {
         let entries = decode_batch(0, 0, &bytes).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].input, pay);
-        assert_eq!(
-            entries[0].outcome,
-            Some(Outcome::Declined(Reason::CardBlocked))
-        );
+        assert_eq!(entries[0].outcome, Some(Outcome::Declined(Reason::CardBlocked)));
         assert_eq!(entries[1].ts_ms, -5);
         assert!(decode_batch(0, 0, &bytes[..bytes.len() - 1]).is_err());
         let mut versioned = bytes.clone();
         versioned[0] = 99;
-        assert!(decode_batch(0, 0, &versioned)
-            .unwrap_err()
-            .to_string()
-            .contains("version"));
+        assert!(decode_batch(0, 0, &versioned).unwrap_err().to_string().contains("version"));
         let mut longer = bytes;
         longer.push(0);
         assert!(decode_batch(0, 0, &longer).is_err());

@@ -45,8 +45,10 @@ pub enum RegionError {
     Table(String),
 }
 
-/// The rules of a region.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The rules of a region. They are part of each shard's state, changed by a logged
+/// input when the configuration changes, so that replaying the log applies each rule
+/// from the point it took effect.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Rules {
     /// Credited when an account is opened.
     pub initial_deposit_minor: u64,
@@ -122,17 +124,12 @@ impl Regions {
         let file: RegionsFile =
             toml::from_str(text).map_err(|e| RegionError::Toml(e.to_string()))?;
         if file.region.is_empty() || file.region.len() > REGIONS_MAX {
-            return Err(RegionError::Table(format!(
-                "1 to {REGIONS_MAX} regions are needed"
-            )));
+            return Err(RegionError::Table(format!("1 to {REGIONS_MAX} regions are needed")));
         }
         let mut regions = Vec::with_capacity(file.region.len());
         for entry in file.region {
             if regions.iter().any(|r: &Region| r.name == entry.name) {
-                return Err(RegionError::Table(format!(
-                    "region `{}` appears twice",
-                    entry.name
-                )));
+                return Err(RegionError::Table(format!("region `{}` appears twice", entry.name)));
             }
             regions.push(Region::from_entry(entry)?);
         }
@@ -142,9 +139,7 @@ impl Regions {
     /// Refuses a roll time that falls in a daylight-saving gap or overlap on any of the
     /// [`DST_CHECK_DAYS`] days from `today`.
     pub fn check_roll_times(&self, today: Date) -> Result<(), RegionError> {
-        self.regions
-            .iter()
-            .try_for_each(|region| region.check_roll_time(today))
+        self.regions.iter().try_for_each(|region| region.check_roll_time(today))
     }
 
     /// The region with this id.
@@ -154,10 +149,7 @@ impl Regions {
 
     /// The id of the region called `name`.
     pub fn id_of(&self, name: &str) -> Option<RegionId> {
-        self.regions
-            .iter()
-            .position(|r| r.name == name)
-            .map(|i| i as RegionId)
+        self.regions.iter().position(|r| r.name == name).map(|i| i as RegionId)
     }
 
     /// How many regions there are.
@@ -192,10 +184,7 @@ impl Region {
             ("default_card_ceiling", entry.default_card_ceiling),
         ] {
             if !money::amount_is_valid(value) {
-                return Err(RegionError::BadAmount {
-                    region: name.clone(),
-                    what,
-                });
+                return Err(RegionError::BadAmount { region: name.clone(), what });
             }
         }
         if entry.savings_rate_bp > 100_000 {
@@ -217,9 +206,7 @@ impl Region {
     fn check_roll_time(&self, today: Date) -> Result<(), RegionError> {
         let mut date = today;
         for _ in 0..DST_CHECK_DAYS {
-            let ambiguous = self
-                .zone
-                .to_ambiguous_timestamp(date.to_datetime(self.roll_time));
+            let ambiguous = self.zone.to_ambiguous_timestamp(date.to_datetime(self.roll_time));
             if ambiguous.is_ambiguous() {
                 let kind = match ambiguous.offset() {
                     jiff::tz::AmbiguousOffset::Gap { .. } => "gap",
@@ -267,10 +254,7 @@ mod tests {
         assert_eq!(regions.len(), 2);
         assert_eq!(regions.id_of("eu-west"), Some(0));
         assert_eq!(regions.id_of("us-east"), Some(1));
-        assert_ne!(
-            regions.get(0).map(|r| &r.zone_name),
-            regions.get(1).map(|r| &r.zone_name)
-        );
+        assert_ne!(regions.get(0).map(|r| &r.zone_name), regions.get(1).map(|r| &r.zone_name));
         assert!(regions.check_roll_times(Date::constant(2027, 1, 1)).is_ok());
     }
 
@@ -278,17 +262,11 @@ mod tests {
     fn roll_time_in_a_gap_or_overlap_is_refused() {
         // Paris springs forward 02:00 -> 03:00 and falls back 03:00 -> 02:00.
         let gap = Regions::from_toml(&one_region("Europe/Paris", "02:30")).unwrap();
-        let error = gap
-            .check_roll_times(Date::constant(2027, 1, 1))
-            .unwrap_err()
-            .to_string();
+        let error = gap.check_roll_times(Date::constant(2027, 1, 1)).unwrap_err().to_string();
         assert!(error.contains("gap"), "{error}");
         // New York falls back 02:00 -> 01:00, so 01:30 happens twice.
         let fold = Regions::from_toml(&one_region("America/New_York", "01:30")).unwrap();
-        let error = fold
-            .check_roll_times(Date::constant(2027, 1, 1))
-            .unwrap_err()
-            .to_string();
+        let error = fold.check_roll_times(Date::constant(2027, 1, 1)).unwrap_err().to_string();
         assert!(error.contains("overlap"), "{error}");
         let fine = Regions::from_toml(&one_region("Asia/Tokyo", "02:30")).unwrap();
         assert!(fine.check_roll_times(Date::constant(2027, 1, 1)).is_ok());
@@ -296,19 +274,13 @@ mod tests {
 
     #[test]
     fn bad_files_say_what_is_wrong() {
-        assert!(matches!(
-            Regions::from_toml("nonsense ="),
-            Err(RegionError::Toml(_))
-        ));
+        assert!(matches!(Regions::from_toml("nonsense ="), Err(RegionError::Toml(_))));
         let zone = Regions::from_toml(&one_region("Mars/Olympus", "04:00")).unwrap_err();
         assert!(zone.to_string().contains("Mars/Olympus"));
         let time = Regions::from_toml(&one_region("Europe/Paris", "4h")).unwrap_err();
         assert!(matches!(time, RegionError::BadRollTime { .. }));
         let zero = one_region("Europe/Paris", "04:00")
             .replace("initial_deposit = 1", "initial_deposit = 0");
-        assert!(matches!(
-            Regions::from_toml(&zero),
-            Err(RegionError::BadAmount { .. })
-        ));
+        assert!(matches!(Regions::from_toml(&zero), Err(RegionError::BadAmount { .. })));
     }
 }

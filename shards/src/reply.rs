@@ -46,14 +46,9 @@ impl Collector {
     /// A collector of `slots` outcomes, and the ticket it completes.
     pub fn new(slots: usize) -> (Arc<Collector>, Ticket) {
         let (sender, receiver) = oneshot::channel();
-        let pending = Pending {
-            outcomes: vec![None; slots],
-            remaining: slots,
-            sender: Some(sender),
-        };
-        let collector = Arc::new(Collector {
-            pending: Mutex::new(pending),
-        });
+        let pending =
+            Pending { outcomes: vec![None; slots], remaining: slots, sender: Some(sender) };
+        let collector = Arc::new(Collector { pending: Mutex::new(pending) });
         if slots == 0 {
             collector.fill(std::iter::empty());
         }
@@ -63,9 +58,7 @@ impl Collector {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // A panic while holding the lock cannot leave the slots half-written in a way that
         // matters: they are options, filled one by one.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Fills slots; completes the ticket when the last one is filled.
@@ -81,10 +74,8 @@ impl Collector {
         }
         if pending.remaining == 0 {
             if let Some(sender) = pending.sender.take() {
-                let outcomes = std::mem::take(&mut pending.outcomes)
-                    .into_iter()
-                    .flatten()
-                    .collect();
+                let outcomes =
+                    std::mem::take(&mut pending.outcomes).into_iter().flatten().collect();
                 // The submitter may have given up waiting; that is its right.
                 let _ = sender.send(outcomes);
             }
@@ -119,15 +110,8 @@ mod tests {
     #[test]
     fn completes_in_submission_order_after_the_last_fill() {
         let (collector, ticket) = Collector::new(3);
-        collector.fill([
-            (2, Outcome::Updated),
-            (0, Outcome::Declined(Reason::UnknownCard)),
-        ]);
-        Slot {
-            collector: collector.clone(),
-            index: 1,
-        }
-        .fill(Outcome::Done { balance_minor: 5 });
+        collector.fill([(2, Outcome::Updated), (0, Outcome::Declined(Reason::UnknownCard))]);
+        Slot { collector: collector.clone(), index: 1 }.fill(Outcome::Done { balance_minor: 5 });
         let outcomes = ticket.wait().unwrap();
         assert_eq!(
             outcomes,

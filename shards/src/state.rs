@@ -9,6 +9,7 @@ use crate::calendar::Day;
 use crate::command::{CardStatus, Command, CommandId, Outcome, Reason, RegionId};
 use crate::ids::{AccountId, ShardId};
 use crate::interest::Savings;
+use crate::region::Rules;
 use crate::window::Window;
 
 /// "No account" in the per-profile account lists.
@@ -167,6 +168,8 @@ pub struct ShardState {
     pub refused_credits: HashMap<(ShardId, u64), Reason>,
     /// The latest input time seen: time never goes backwards inside a shard.
     pub clock_ms: i64,
+    /// Each region's rules as of the latest [`crate::apply::Input::SetRules`].
+    pub rules: Vec<Option<Rules>>,
     /// The latest business day each region was rolled to by an epoch.
     pub rolled_day: Vec<Day>,
     pub totals: Totals,
@@ -188,10 +191,16 @@ impl ShardState {
             credits_seen: vec![0; usize::from(shards)],
             refused_credits: HashMap::new(),
             clock_ms: i64::MIN,
+            rules: vec![None; regions],
             rolled_day: vec![Day::MIN; regions],
             totals: Totals::default(),
             counters: vec![RegionCounters::default(); regions + 1],
         }
+    }
+
+    /// The rules of `region`, once set.
+    pub fn rules_of(&self, region: RegionId) -> Option<&Rules> {
+        self.rules.get(usize::from(region)).and_then(Option::as_ref)
     }
 
     /// The counters of `region`, or the unattributed ones.

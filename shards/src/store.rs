@@ -15,6 +15,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
+use crate::calendar::Day;
+use crate::command::RegionId;
 use crate::ids::ShardId;
 use crate::log::{decode_batch, log_key, parse_log_key, Entry, LogError};
 use crate::state::ShardState;
@@ -23,6 +25,11 @@ use crate::state::ShardState;
 const META_SHARDS_KEY: &[u8] = b"M/shards";
 /// Key of the data directory's format version.
 const META_FORMAT_KEY: &[u8] = b"M/format";
+fn epoch_key(region: RegionId) -> [u8; 4] {
+    let [high, low] = region.to_be_bytes();
+    [b'E', b'/', high, low]
+}
+
 /// Version of a checkpoint value.
 const CHECKPOINT_FORMAT_VERSION: u8 = 1;
 
@@ -85,11 +92,7 @@ pub enum StoreError {
     #[error(
         "replaying batch {seq} of shard {shard} gave a different outcome than the log          records ({detail}): the data directory is corrupt or was written by another version"
     )]
-    Diverged {
-        shard: ShardId,
-        seq: u64,
-        detail: String,
-    },
+    Diverged { shard: ShardId, seq: u64, detail: String },
 }
 
 /// The engine's RocksDB.
@@ -124,29 +127,17 @@ impl Store {
             }
             Some(format) => {
                 let format = u32::from_le_bytes(
-                    format
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| StoreError::Meta("format"))?,
+                    format.as_slice().try_into().map_err(|_| StoreError::Meta("format"))?,
                 );
                 if format != STORE_FORMAT_VERSION {
                     return Err(StoreError::Format(format));
                 }
-                let found = self
-                    .db
-                    .get(META_SHARDS_KEY)?
-                    .ok_or(StoreError::Meta("shards"))?;
+                let found = self.db.get(META_SHARDS_KEY)?.ok_or(StoreError::Meta("shards"))?;
                 let found = u16::from_le_bytes(
-                    found
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| StoreError::Meta("shards"))?,
+                    found.as_slice().try_into().map_err(|_| StoreError::Meta("shards"))?,
                 );
                 if found != shards {
-                    return Err(StoreError::ShardCount {
-                        found,
-                        wanted: shards,
-                    });
+                    return Err(StoreError::ShardCount { found, wanted: shards });
                 }
                 Ok(())
             }
@@ -163,10 +154,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let start = log_key(shard, from_seq);
         let mut next_seq = from_seq;
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&start, Direction::Forward))
-        {
+        for item in self.db.iterator(IteratorMode::From(&start, Direction::Forward)) {
             let (key, value) = item?;
             let Some((key_shard, seq)) = parse_log_key(&key) else {
                 break;
@@ -202,11 +190,8 @@ impl Store {
         if value.len() < 9 || value[0] != CHECKPOINT_FORMAT_VERSION {
             return Err(corrupt);
         }
-        let log_seq = u64::from_le_bytes(
-            value[1..9]
-                .try_into()
-                .map_err(|_| StoreError::Meta("checkpoint"))?,
-        );
+        let log_seq =
+            u64::from_le_bytes(value[1..9].try_into().map_err(|_| StoreError::Meta("checkpoint"))?);
         let (state, used): (ShardState, usize) =
             bincode::decode_from_slice(&value[9..], bincode::config::standard())
                 .map_err(|_| corrupt)?;
@@ -214,6 +199,20 @@ impl Store {
             return Err(StoreError::Meta("checkpoint has trailing bytes"));
         }
         Ok(Some((state, log_seq)))
+    }
+
+    /// The last business day whose epoch completed in `region`.
+    pub fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, StoreError> {
+        let Some(value) = self.db.get(epoch_key(region))? else { return Ok(None) };
+        let bytes = value.as_slice().try_into().map_err(|_| StoreError::Meta("epoch record"))?;
+        Ok(Some(Day::from_le_bytes(bytes)))
+    }
+
+    /// Records, durably, that `region`'s epoch for `day` completed.
+    pub fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(epoch_key(region), day.to_le_bytes());
+        self.write(batch, true)
     }
 
     /// Writes `batch`, fsyncing the WAL first when `sync`.
@@ -277,26 +276,18 @@ impl Writer {
         let stop_syncer = Arc::new(AtomicBool::new(false));
         let syncer = if durability == Durability::Async {
             let stop = stop_syncer.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("plafond-wal-sync".into())
-                    .spawn(move || {
-                        while !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(ASYNC_SYNC_INTERVAL);
-                            if store.sync_wal().is_err() {
-                                failed.store(true, Ordering::SeqCst);
-                            }
-                        }
-                    })?,
-            )
+            Some(std::thread::Builder::new().name("plafond-wal-sync".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(ASYNC_SYNC_INTERVAL);
+                    if store.sync_wal().is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                }
+            })?)
         } else {
             None
         };
-        Ok(Writer {
-            handle: Some(handle),
-            syncer,
-            stop_syncer,
-        })
+        Ok(Writer { handle: Some(handle), syncer, stop_syncer })
     }
 
     /// Waits for the writer to drain and end (after every job sender is dropped).

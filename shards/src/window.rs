@@ -22,10 +22,7 @@ pub struct Window {
 impl Window {
     /// An empty window whose latest day is `day`.
     pub fn new(day: Day) -> Window {
-        Window {
-            day,
-            spent_by_day_minor: [0; WINDOW_DAYS],
-        }
+        Window { day, spent_by_day_minor: [0; WINDOW_DAYS] }
     }
 
     /// The latest day the window has been rolled to.
@@ -79,11 +76,7 @@ mod tests {
         window.record(5);
         assert_eq!(window.spent_minor(), 15);
         window.roll_to(106);
-        assert_eq!(
-            window.spent_minor(),
-            15,
-            "day 100 is still inside [100, 106]"
-        );
+        assert_eq!(window.spent_minor(), 15, "day 100 is still inside [100, 106]");
         window.roll_to(107);
         assert_eq!(window.spent_minor(), 5, "day 100 left the window");
         window.roll_to(110);

@@ -1,1 +1,127 @@
-//! placeholder
+//! Snapshots and restore of plafond (§8 of the spec).
+//!
+//! A snapshot is a consistent cut of every shard — the engine takes it with
+//! `Engine::cut_with_position`, between two inputs on every shard at once — written to
+//! one versioned, checksummed file (see [`format`] and `docs/SNAPSHOT_FORMAT.md`). Each
+//! shard's state comes with its log position: the state is exactly its logged batches
+//! `0 .. position`, so a restore can replay the log written after the snapshot.
+//!
+//! - [`write`] writes a cut atomically (`path.tmp`, fsync, rename, fsync the directory);
+//! - [`read`] reads and checks a snapshot whole: magic, version, lengths against the
+//!   file size, every CRC-32C, every decoded state. A damaged file is refused with a
+//!   [`SnapshotError`] that names the problem, never half-read;
+//! - [`restore`] builds a data directory from a snapshot (plus the log after it) for
+//!   `Engine::open`, all or nothing.
+//!
+//! This crate knows shards, not engines: the engine crate wraps it as `Engine::snapshot`
+//! and `Engine::restore`.
+//!
+//! ```
+//! use plafond_shards::state::ShardState;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("cut.plafsnap");
+//! let shards = vec![(ShardState::new(0, 2, 2), 0), (ShardState::new(1, 2, 2), 0)];
+//! let report = plafond_snapshots::write(&path, &shards, |_| {})?;
+//! assert_eq!(report.shards, 2);
+//! let read = plafond_snapshots::read(&path, |_| {})?;
+//! assert_eq!(read.states[1], shards[1].0);
+//!
+//! std::fs::write(&path, &b"PLAFSNAP"[..])?;
+//! let error = plafond_snapshots::read(&path, |_| {}).unwrap_err();
+//! assert!(error.to_string().contains("truncated"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod error;
+pub mod format;
+pub mod progress;
+pub mod restore;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use plafond_shards::state::ShardState;
+
+pub use error::SnapshotError;
+pub use format::{Header, SectionInfo, Snapshot, FORMAT_VERSION};
+pub use progress::{Progress, Terminal};
+pub use restore::RestoreReport;
+
+/// What writing a snapshot did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotReport {
+    pub path: PathBuf,
+    pub shards: u16,
+    pub accounts: u64,
+    pub bytes: u64,
+    /// Each shard's log position in the snapshot.
+    pub log_positions: Vec<u64>,
+    pub seconds: f64,
+    pub accounts_per_second: f64,
+}
+
+/// Unix milliseconds now, for the header (0 if the clock is before 1970).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+/// Writes `shards` — every shard's state with its log position, in shard order, taken at
+/// one consistent cut — to `path` atomically. `progress` hears how far it is.
+pub fn write(
+    path: &Path,
+    shards: &[(ShardState, u64)],
+    mut progress: impl FnMut(Progress),
+) -> Result<SnapshotReport, SnapshotError> {
+    let options = format::WriteOptions {
+        chunk_bytes: format::CHUNK_BYTES,
+        created_ms: now_ms(),
+    };
+    write_with(path, shards, options, &mut progress)
+}
+
+/// [`write`] with explicit options (chunk size, creation time): for tests and tools.
+pub fn write_with(
+    path: &Path,
+    shards: &[(ShardState, u64)],
+    options: format::WriteOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<SnapshotReport, SnapshotError> {
+    let started = Instant::now();
+    let written = format::write(path, shards, options, progress)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let accounts = written.header.sections.iter().map(|s| s.accounts).sum();
+    Ok(SnapshotReport {
+        path: path.to_path_buf(),
+        shards: written.header.shards,
+        accounts,
+        bytes: written.bytes,
+        log_positions: written
+            .header
+            .sections
+            .iter()
+            .map(|s| s.log_position)
+            .collect(),
+        seconds,
+        accounts_per_second: accounts as f64 / seconds.max(f64::EPSILON),
+    })
+}
+
+/// Reads and checks the snapshot at `path` whole; see [`format::read`].
+pub fn read(path: &Path, mut progress: impl FnMut(Progress)) -> Result<Snapshot, SnapshotError> {
+    format::read(path, &mut progress)
+}
+
+/// Restores the snapshot at `snapshot` into `target` (absent or empty), copying the log
+/// written after it from `source` (the stopped engine's data directory) when given; see
+/// [`restore::restore`].
+pub fn restore(
+    snapshot: &Path,
+    source: Option<&Path>,
+    target: &Path,
+    mut progress: impl FnMut(Progress),
+) -> Result<RestoreReport, SnapshotError> {
+    restore::restore(snapshot, source, target, &mut progress)
+}

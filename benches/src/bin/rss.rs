@@ -16,15 +16,9 @@ const ACCOUNTS_DEFAULT: u64 = 10_000_000;
 /// The process's resident set size in bytes, from `/proc/self/status`.
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .expect("a VmRSS line");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .expect("VmRSS in kB");
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("a VmRSS line");
+    let kib: u64 =
+        line.split_whitespace().nth(1).and_then(|field| field.parse().ok()).expect("VmRSS in kB");
     kib * 1024
 }
 
@@ -37,10 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let region = engine.region_id("eu-west").ok_or("no eu-west region")?;
     let before_bytes = rss_bytes();
     let started = Instant::now();
-    let opening = Opening {
-        deposit_minor: 20_000,
-        ceiling_minor: 10_000,
-    };
+    let opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
     engine.populate(region, accounts, opening, |_| {})?;
     let populate_s = started.elapsed().as_secs_f64();
     let after_bytes = rss_bytes();

@@ -1,0 +1,107 @@
+//! The engine's side of the UpdateBatchingService: how epochs reach the shards and where
+//! their completion is recorded.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use plafond_batch::{BatchError, EpochHost, EpochReport, RegionEpochs};
+use plafond_shards::actor::{Mail, Router, ShardMetrics};
+use plafond_shards::apply::Input;
+use plafond_shards::calendar::Day;
+use plafond_shards::command::RegionId;
+use plafond_shards::ids::ShardId;
+use plafond_shards::region::Regions;
+use plafond_shards::store::Store;
+
+use crate::clock::Clock;
+use crate::engine::Engine;
+
+/// The handles the batch service holds: shared with the engine, never the engine itself,
+/// so the service's thread does not keep the engine alive.
+pub(crate) struct EngineHost {
+    pub regions: Arc<Regions>,
+    pub clock: Arc<dyn Clock>,
+    pub router: Arc<Router>,
+    pub metrics: Vec<Arc<ShardMetrics>>,
+    pub store: Option<Arc<Store>>,
+    /// Without a store (durability `none`), completed epochs are remembered in memory.
+    pub memory: std::sync::Mutex<Vec<Option<Day>>>,
+}
+
+impl EpochHost for EngineHost {
+    fn regions(&self) -> &Regions {
+        &self.regions
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn shard_count(&self) -> u16 {
+        self.metrics.len() as u16
+    }
+
+    fn accounts(&self, shard: ShardId) -> u64 {
+        self.metrics.get(usize::from(shard)).map_or(0, |m| m.accounts.load(Ordering::Relaxed))
+    }
+
+    fn send(&self, shard: ShardId, input: Input, done: Sender<()>) {
+        let mail = Mail::Input { ts_ms: self.clock.now_ms(), input, done: Some(done) };
+        self.router.send_internal(shard, mail);
+    }
+
+    fn take_pause_max(&self) -> Duration {
+        let pause_ns =
+            self.metrics.iter().map(|m| m.roll_pause_max_ns.swap(0, Ordering::Relaxed)).max();
+        Duration::from_nanos(pause_ns.unwrap_or(0))
+    }
+
+    fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, String> {
+        match &self.store {
+            Some(store) => store.last_epoch(region).map_err(|e| e.to_string()),
+            None => Ok(self
+                .memory
+                .lock()
+                .map_err(|_| "poisoned")?
+                .get(usize::from(region))
+                .copied()
+                .flatten()),
+        }
+    }
+
+    fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), String> {
+        match &self.store {
+            Some(store) => store.record_epoch(region, day).map_err(|e| e.to_string()),
+            None => {
+                let mut memory = self.memory.lock().map_err(|_| "poisoned")?;
+                if let Some(slot) = memory.get_mut(usize::from(region)) {
+                    *slot = Some(day);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Runs every epoch that is due now (what the scheduler does at each poll): those
+    /// after each region's last completed one, up to its current business day.
+    pub fn run_due_epochs(&self) -> Result<Vec<EpochReport>, BatchError> {
+        self.batch.run_due()
+    }
+
+    /// Runs `region`'s epoch for its current business day now (`BATCH.RUN`).
+    pub fn run_epoch(&self, region: &str) -> Result<EpochReport, BatchError> {
+        self.batch.run_now(region)
+    }
+
+    /// Per region: the last completed epoch, its duration and longest pause
+    /// (`BATCH.STATUS`), with the region's name.
+    pub fn epoch_status(&self) -> Vec<(String, RegionEpochs)> {
+        let names = self.regions().iter().map(|r| r.name.clone());
+        names.zip(self.batch.status()).collect()
+    }
+}

@@ -1,0 +1,430 @@
+//! The server's command table (SPEC §9): RESP arguments in, engine [`Request`]s or local
+//! actions out; engine [`Outcome`]s in, RESP replies out. Pure functions, no I/O, so the
+//! whole table is unit-tested without a socket.
+
+use plafond::{
+    AccountKind, CardView, Command, CommandId, Outcome, Reason, Regions, Request, AMOUNT_MAX_MINOR,
+};
+
+use crate::resp::{parse_i64, Encoder};
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A command for the engine; its outcome is rendered by [`render_outcome`].
+    Engine(Request),
+    /// Something the server answers itself.
+    Local(Local),
+    /// A malformed request: the `-ERR` text (without the `-`).
+    Error(String),
+}
+
+/// Requests the server answers without the engine's shards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Local {
+    Ping(Option<Vec<u8>>),
+    Auth(Vec<u8>),
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    Hello {
+        protocol: Option<i64>,
+        auth: Option<Vec<u8>>,
+    },
+    Quit,
+    Stats {
+        json: bool,
+    },
+    ClockSet(i64),
+    ClockAdvance(i64),
+    /// `CONFIG GET ...`: redis-benchmark asks at start; an empty answer satisfies it.
+    ConfigGet,
+    /// A §9 command whose service is not in this build (snapshots, the batch service).
+    NotYet,
+}
+
+impl Action {
+    /// Whether the request may run before a successful `AUTH`.
+    pub fn allowed_before_auth(&self) -> bool {
+        matches!(
+            self,
+            Action::Local(Local::Ping(_) | Local::Auth(_) | Local::Hello { .. } | Local::Quit)
+        )
+    }
+}
+
+/// Reads one request's arguments. Never panics, whatever the bytes.
+pub fn parse(args: &[Vec<u8>], regions: &Regions) -> Action {
+    let Some((name, rest)) = args.split_first() else {
+        return Action::Error("ERR empty command".into());
+    };
+    let upper = name.to_ascii_uppercase();
+    let result = match upper.as_slice() {
+        b"PING" => ping(rest),
+        b"AUTH" => auth(rest),
+        b"HELLO" => hello(rest),
+        b"QUIT" => arity(rest, 0, 0).map(|_| Action::Local(Local::Quit)),
+        b"PROFILE.OPEN" => profile_open(rest, regions),
+        b"ACCOUNT.OPEN" => account_open(rest),
+        b"PAY" => pay(rest),
+        b"TRANSFER" => transfer(rest),
+        b"DEPOSIT" => deposit(rest),
+        b"BALANCE" => read(rest, |account| Command::ReadAccount { account }),
+        b"CARD" => read(rest, |card| Command::ReadCard { card }),
+        b"CARD.CEILING" => ceiling(rest),
+        b"CARD.BLOCK" => read(rest, |card| Command::Block { card }),
+        b"CARD.UNBLOCK" => read(rest, |card| Command::Unblock { card }),
+        b"STATS" => stats(rest),
+        b"CLOCK.SET" => clock(rest, Local::ClockSet),
+        b"CLOCK.ADVANCE" => clock(rest, Local::ClockAdvance),
+        b"CONFIG" => config(rest),
+        b"SNAPSHOT" => arity(rest, 0, 0).map(|_| Action::Local(Local::NotYet)),
+        b"BATCH.RUN" => arity(rest, 1, 1).map(|_| Action::Local(Local::NotYet)),
+        b"BATCH.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::NotYet)),
+        _ => {
+            return Action::Error(format!(
+                "ERR unknown command '{}'",
+                printable(name, COMMAND_NAME_ECHO_MAX)
+            ))
+        }
+    };
+    match result {
+        Ok(action) => action,
+        Err(Malformed::Arity) => Action::Error(format!(
+            "ERR wrong number of arguments for '{}' command",
+            printable(name, COMMAND_NAME_ECHO_MAX).to_ascii_lowercase()
+        )),
+        Err(Malformed::Other(text)) => Action::Error(format!("ERR {text}")),
+    }
+}
+
+/// How much of an unknown command's name an error echoes back.
+const COMMAND_NAME_ECHO_MAX: usize = 64;
+
+enum Malformed {
+    Arity,
+    Other(String),
+}
+
+type Parsed = Result<Action, Malformed>;
+
+fn arity(rest: &[Vec<u8>], min: usize, max: usize) -> Result<(), Malformed> {
+    if rest.len() < min || rest.len() > max {
+        return Err(Malformed::Arity);
+    }
+    Ok(())
+}
+
+fn engine(command: Command, command_id: Option<&Vec<u8>>) -> Parsed {
+    let request = match command_id {
+        None => Request::new(command),
+        Some(bytes) => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| Malformed::Other("command id must be printable ASCII".into()))?;
+            let id = CommandId::new(text).map_err(|why| Malformed::Other(why.into()))?;
+            Request::with_id(command, id)
+        }
+    };
+    Ok(Action::Engine(request))
+}
+
+/// An id: a decimal `u64`. Anything else is malformed.
+fn id(bytes: &[u8]) -> Result<u64, Malformed> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|text| text.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| Malformed::Other("id is not a non-negative integer".into()))
+}
+
+/// An amount: any decimal integer. One outside `1 ..= 10^15` (negative, zero, too big, even
+/// beyond `u64`) becomes 0, which the engine declines as `INVALID_AMOUNT` and counts.
+fn amount(bytes: &[u8]) -> Result<u64, Malformed> {
+    let text = std::str::from_utf8(bytes).unwrap_or("");
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Malformed::Other("value is not an integer or out of range".into()));
+    }
+    let valid = (!text.starts_with('-'))
+        .then(|| digits.parse::<u64>().ok())
+        .flatten()
+        .filter(|&value| (1..=AMOUNT_MAX_MINOR).contains(&value));
+    Ok(valid.unwrap_or(0))
+}
+
+fn ping(rest: &[Vec<u8>]) -> Parsed {
+    arity(rest, 0, 1)?;
+    Ok(Action::Local(Local::Ping(rest.first().cloned())))
+}
+
+fn auth(rest: &[Vec<u8>]) -> Parsed {
+    // `AUTH token`, or `AUTH default token` as Redis 6 clients send it.
+    match rest {
+        [token] | [_, token] => Ok(Action::Local(Local::Auth(token.clone()))),
+        _ => Err(Malformed::Arity),
+    }
+}
+
+fn hello(rest: &[Vec<u8>]) -> Parsed {
+    let Some((version, options)) = rest.split_first() else {
+        return Ok(Action::Local(Local::Hello { protocol: None, auth: None }));
+    };
+    let protocol = parse_i64(version)
+        .ok_or_else(|| Malformed::Other("Protocol version is not an integer".into()))?;
+    let mut auth = None;
+    let mut at = 0;
+    while let Some(option) = options.get(at) {
+        match option.to_ascii_uppercase().as_slice() {
+            b"AUTH" => {
+                let token = options.get(at + 2).ok_or(Malformed::Arity)?;
+                auth = Some(token.clone());
+                at += 3;
+            }
+            b"SETNAME" => at += 2,
+            _ => return Err(Malformed::Other("syntax error in HELLO option".into())),
+        }
+    }
+    Ok(Action::Local(Local::Hello { protocol: Some(protocol), auth }))
+}
+
+fn profile_open(rest: &[Vec<u8>], regions: &Regions) -> Parsed {
+    arity(rest, 1, 2)?;
+    let name = String::from_utf8_lossy(&rest[0]);
+    // An unknown name gets an id no region has, so the engine declines it as
+    // `UNKNOWN_REGION` and counts the decline like any other.
+    let region = regions.id_of(&name).unwrap_or(u16::MAX);
+    engine(Command::OpenProfile { region }, rest.get(1))
+}
+
+fn account_open(rest: &[Vec<u8>]) -> Parsed {
+    arity(rest, 2, 3)?;
+    let profile = id(&rest[0])?;
+    let kind = match rest[1].to_ascii_uppercase().as_slice() {
+        b"CHECKING" => AccountKind::Checking,
+        b"SAVINGS" => AccountKind::Savings,
+        _ => return Err(Malformed::Other("kind must be CHECKING or SAVINGS".into())),
+    };
+    let command = Command::OpenAccount { profile, kind, opening: None };
+    engine(command, rest.get(2))
+}
+
+fn pay(rest: &[Vec<u8>]) -> Parsed {
+    arity(rest, 2, 3)?;
+    let command = Command::Pay { card: id(&rest[0])?, amount_minor: amount(&rest[1])? };
+    engine(command, rest.get(2))
+}
+
+fn transfer(rest: &[Vec<u8>]) -> Parsed {
+    arity(rest, 3, 4)?;
+    let command = Command::Transfer {
+        from: id(&rest[0])?,
+        to: id(&rest[1])?,
+        amount_minor: amount(&rest[2])?,
+    };
+    engine(command, rest.get(3))
+}
+
+fn deposit(rest: &[Vec<u8>]) -> Parsed {
+    arity(rest, 2, 3)?;
+    let command = Command::Deposit { account: id(&rest[0])?, amount_minor: amount(&rest[1])? };
+    engine(command, rest.get(2))
+}
+
+fn ceiling(rest: &[Vec<u8>]) -> Parsed {
+    arity(rest, 2, 2)?;
+    let command = Command::SetCeiling { card: id(&rest[0])?, ceiling_minor: amount(&rest[1])? };
+    engine(command, None)
+}
+
+/// Commands that take exactly one id.
+fn read(rest: &[Vec<u8>], command: impl Fn(u64) -> Command) -> Parsed {
+    arity(rest, 1, 1)?;
+    engine(command(id(&rest[0])?), None)
+}
+
+fn stats(rest: &[Vec<u8>]) -> Parsed {
+    arity(rest, 0, 1)?;
+    match rest.first().map(|arg| arg.to_ascii_uppercase()) {
+        None => Ok(Action::Local(Local::Stats { json: false })),
+        Some(format) if format == b"JSON" => Ok(Action::Local(Local::Stats { json: true })),
+        Some(_) => Err(Malformed::Other("STATS takes no argument or JSON".into())),
+    }
+}
+
+fn clock(rest: &[Vec<u8>], local: fn(i64) -> Local) -> Parsed {
+    arity(rest, 1, 1)?;
+    let ms = parse_i64(&rest[0])
+        .ok_or_else(|| Malformed::Other("value is not an integer or out of range".into()))?;
+    Ok(Action::Local(local(ms)))
+}
+
+fn config(rest: &[Vec<u8>]) -> Parsed {
+    match rest.first().map(|sub| sub.to_ascii_uppercase()) {
+        Some(sub) if sub == b"GET" => Ok(Action::Local(Local::ConfigGet)),
+        Some(_) => Err(Malformed::Other("only CONFIG GET is supported".into())),
+        None => Err(Malformed::Arity),
+    }
+}
+
+/// A client's bytes made safe to echo in an error: printable ASCII, at most `max` chars.
+fn printable(bytes: &[u8], max: usize) -> String {
+    bytes
+        .iter()
+        .take(max)
+        .map(|&b| if b.is_ascii_graphic() { char::from(b) } else { '?' })
+        .collect()
+}
+
+/// Writes the §9 reply for an engine outcome.
+pub fn render_outcome(encoder: &mut Encoder<'_>, outcome: &Outcome) {
+    match outcome {
+        Outcome::ProfileOpened { profile } => encoder.integer(i128::from(*profile)),
+        Outcome::AccountOpened { account, card } => {
+            encoder.array(2);
+            encoder.integer(i128::from(*account));
+            match card {
+                Some(card) => encoder.integer(i128::from(*card)),
+                None => encoder.nil(),
+            }
+        }
+        Outcome::Approved { balance_minor, spent_7d_minor } => {
+            encoder.array(3);
+            encoder.simple("APPROVED");
+            encoder.integer(i128::from(*balance_minor));
+            encoder.integer(i128::from(*spent_7d_minor));
+        }
+        Outcome::Done { balance_minor } => {
+            encoder.array(2);
+            encoder.simple("DONE");
+            encoder.integer(i128::from(*balance_minor));
+        }
+        Outcome::Updated => encoder.simple("OK"),
+        Outcome::Account(view) => encoder.integer(i128::from(view.balance_minor)),
+        Outcome::Card(view) => render_card(encoder, view),
+        Outcome::Profile(view) => {
+            encoder.array(1 + view.accounts.len());
+            encoder.integer(i128::from(view.region));
+            for account in &view.accounts {
+                encoder.integer(i128::from(*account));
+            }
+        }
+        Outcome::Declined(reason) => render_declined(encoder, *reason),
+    }
+}
+
+fn render_card(encoder: &mut Encoder<'_>, view: &CardView) {
+    encoder.array(5);
+    encoder.integer(i128::from(view.account));
+    encoder.simple(view.status.as_str());
+    encoder.integer(i128::from(view.ceiling_minor));
+    encoder.integer(i128::from(view.spent_7d_minor));
+    encoder.integer(i128::from(view.remaining_minor));
+}
+
+/// `[DECLINED, REASON]`.
+pub fn render_declined(encoder: &mut Encoder<'_>, reason: Reason) {
+    encoder.array(2);
+    encoder.simple("DECLINED");
+    encoder.simple(reason.as_str());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::{parse_value, Protocol, Value};
+
+    fn parse_words(line: &str) -> Action {
+        let args: Vec<Vec<u8>> = line.split(' ').map(|w| w.as_bytes().to_vec()).collect();
+        parse(&args, &Regions::builtin())
+    }
+
+    fn rendered(outcome: Outcome) -> Value {
+        let mut out = Vec::new();
+        let mut encoder = Encoder { out: &mut out, protocol: Protocol::Resp2 };
+        render_outcome(&mut encoder, &outcome);
+        let (value, used) = parse_value(&out).expect("valid").expect("complete");
+        assert_eq!(used, out.len());
+        value
+    }
+
+    fn error_of(action: Action) -> String {
+        match action {
+            Action::Error(text) => text,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_become_engine_requests() {
+        assert_eq!(
+            parse_words("pay 000000000012 100 order-1"),
+            Action::Engine(Request::with_id(
+                Command::Pay { card: 12, amount_minor: 100 },
+                CommandId::new("order-1").expect("valid id")
+            ))
+        );
+        assert_eq!(
+            parse_words("PROFILE.OPEN us-east"),
+            Action::Engine(Request::new(Command::OpenProfile { region: 1 }))
+        );
+        assert_eq!(
+            parse_words("ACCOUNT.OPEN 3 savings"),
+            Action::Engine(Request::new(Command::OpenAccount {
+                profile: 3,
+                kind: AccountKind::Savings,
+                opening: None
+            }))
+        );
+        assert_eq!(
+            parse_words("TRANSFER 1 2 5"),
+            Action::Engine(Request::new(Command::Transfer { from: 1, to: 2, amount_minor: 5 }))
+        );
+    }
+
+    #[test]
+    fn amounts_out_of_range_reach_the_engine_as_invalid() {
+        for amount in ["0", "-5", "1000000000000001", "99999999999999999999999"] {
+            assert_eq!(
+                parse_words(&format!("PAY 1 {amount}")),
+                Action::Engine(Request::new(Command::Pay { card: 1, amount_minor: 0 })),
+                "{amount}"
+            );
+        }
+        assert_eq!(
+            parse_words("PAY 1 1000000000000000"),
+            Action::Engine(Request::new(Command::Pay { card: 1, amount_minor: AMOUNT_MAX_MINOR }))
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_errors() {
+        assert!(error_of(parse_words("PAY 1")).contains("wrong number of arguments"));
+        assert!(error_of(parse_words("PAY 1 2 3 4")).contains("wrong number of arguments"));
+        assert!(error_of(parse_words("PAY x 2")).starts_with("ERR "));
+        assert!(error_of(parse_words("PAY 1 12abc")).contains("not an integer"));
+        assert!(error_of(parse_words("PAY -1 5")).starts_with("ERR "));
+        assert!(error_of(parse_words("NOPE 1")).contains("unknown command 'NOPE'"));
+        assert!(error_of(parse_words("ACCOUNT.OPEN 1 GOLD")).starts_with("ERR "));
+        let long_id = "x".repeat(65);
+        assert!(error_of(parse_words(&format!("PAY 1 5 {long_id}"))).starts_with("ERR "));
+        assert!(error_of(parse(&[], &Regions::builtin())).starts_with("ERR "));
+        let binary = vec![b"PAY".to_vec(), vec![0xff, 0x00], b"1".to_vec()];
+        assert!(error_of(parse(&binary, &Regions::builtin())).starts_with("ERR "));
+    }
+
+    #[test]
+    fn outcomes_render_as_the_spec_table_says() {
+        let simple = |text: &str| Value::Simple(text.into());
+        assert_eq!(
+            rendered(Outcome::Approved { balance_minor: 19_900, spent_7d_minor: 100 }),
+            Value::Array(vec![simple("APPROVED"), Value::Integer(19_900), Value::Integer(100)])
+        );
+        assert_eq!(
+            rendered(Outcome::Declined(Reason::CeilingExceeded)),
+            Value::Array(vec![simple("DECLINED"), simple("CEILING_EXCEEDED")])
+        );
+        assert_eq!(
+            rendered(Outcome::AccountOpened { account: 4, card: None }),
+            Value::Array(vec![Value::Integer(4), Value::Nil])
+        );
+        assert_eq!(rendered(Outcome::Updated), simple("OK"));
+    }
+}

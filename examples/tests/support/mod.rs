@@ -1,0 +1,219 @@
+//! Starts the real server binary and talks to it, raw or through the `redis` crate.
+//!
+//! The binary is the `server` example, built by `cargo test --release -p plafond-examples`
+//! before the tests run; it sits in `target/release/examples/`, next to the `deps/` folder
+//! this test binary runs from.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use plafond_examples::resp::{encode_command, parse_value, Value};
+
+/// How long a server may take to print `listening on`.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a test waits for a reply or an exit.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The built `server` example.
+pub fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let release = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    let binary = release.join("examples").join("server");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo test --release -p plafond-examples`, which builds it",
+        binary.display()
+    );
+    binary
+}
+
+/// A running server, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the server with `args` (plus `--port 0`) and waits for `listening on`.
+    pub fn start(args: &[&str]) -> Server {
+        Server::try_start(args).unwrap_or_else(|(status, _)| panic!("server exited: {status:?}"))
+    }
+
+    /// Starts the server, or returns its exit status and stderr if it stops first.
+    pub fn try_start(args: &[&str]) -> Result<Server, (Option<ExitStatus>, String)> {
+        let mut child = Command::new(server_binary())
+            .args(["--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the server starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (lines_tx, lines_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let (errors_tx, errors_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            let _ = errors_tx.send(text);
+        });
+        match lines_rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => {
+                let addr = line
+                    .strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("first line is `listening on ADDR`, got {line:?}"))
+                    .parse()
+                    .expect("an address");
+                Ok(Server { child, addr })
+            }
+            Err(_) => {
+                let status = wait_timeout(&mut child, REPLY_TIMEOUT);
+                let stderr = errors_rx.recv_timeout(REPLY_TIMEOUT).unwrap_or_default();
+                Err((status, stderr))
+            }
+        }
+    }
+
+    /// A raw connection.
+    pub fn raw(&self) -> Raw {
+        let stream = TcpStream::connect(self.addr).expect("connects");
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("sets a timeout");
+        Raw {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// A `redis` crate connection.
+    pub fn redis(&self) -> redis::Connection {
+        self.redis_with_url(&format!("redis://{}/", self.addr))
+    }
+
+    pub fn redis_with_url(&self, url: &str) -> redis::Connection {
+        redis::Client::open(url)
+            .expect("a valid url")
+            .get_connection_with_timeout(REPLY_TIMEOUT)
+            .expect("connects")
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("a pid fits i32");
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM delivered");
+        wait_timeout(&mut self.child, REPLY_TIMEOUT).expect("the server exits after SIGTERM")
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A raw RESP connection.
+pub struct Raw {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Raw {
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("the server reads");
+    }
+
+    /// Sends one command as a RESP array.
+    pub fn send_command(&mut self, args: &[&str]) {
+        let mut bytes = Vec::new();
+        encode_command(&mut bytes, args);
+        self.send(&bytes);
+    }
+
+    /// Reads the next reply; `None` when the server closed the connection.
+    pub fn read(&mut self) -> Option<Value> {
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some((value, used)) = parse_value(&self.buffer).expect("valid RESP") {
+                self.buffer.drain(..used);
+                return Some(value);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(error) => panic!("reading a reply: {error}"),
+            }
+        }
+    }
+
+    /// Sends a command and reads its reply.
+    pub fn call(&mut self, args: &[&str]) -> Value {
+        self.send_command(args);
+        self.read().expect("a reply")
+    }
+}
+
+pub fn simple(text: &str) -> Value {
+    Value::Simple(text.into())
+}
+
+pub fn int(n: i64) -> Value {
+    Value::Integer(n)
+}
+
+pub fn array(items: Vec<Value>) -> Value {
+    Value::Array(items)
+}
+
+pub fn approved(balance: i64, spent_7d: i64) -> Value {
+    array(vec![simple("APPROVED"), int(balance), int(spent_7d)])
+}
+
+pub fn declined(reason: &str) -> Value {
+    array(vec![simple("DECLINED"), simple(reason)])
+}
+
+pub fn is_error(value: &Value) -> bool {
+    matches!(value, Value::Error(text) if text.starts_with("ERR "))
+}

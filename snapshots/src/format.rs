@@ -1,0 +1,784 @@
+//! The snapshot file format: the one module that knows its bytes (see
+//! `docs/SNAPSHOT_FORMAT.md`, which a reader in another language can follow).
+//!
+//! ```text
+//! header   magic "PLAFSNAP" | version u32 | header_bytes u32 | shards u16 | regions u16
+//!          | chunk_bytes u32 | created_ms i64 | reserved u64
+//!          | per shard: log_position u64, accounts u64, state_bytes u64
+//!          | crc32c u32 (of the header bytes before it)
+//! sections per shard, in order: the bincode 2 (standard config) encoding of its
+//!          `ShardState`, cut in chunks of `chunk_bytes` (the last one shorter), each
+//!          chunk followed by its crc32c u32
+//! trailer  magic "PLAFSEND" | file_bytes u64 | crc32c u32 (of every byte before it)
+//! ```
+//!
+//! Integers are little-endian. Reading checks everything (magic, version, lengths
+//! against the file size, every checksum, the decoded states' invariants) before it
+//! returns anything, so a damaged file is refused whole.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+use bincode::error::DecodeError;
+use plafond_shards::ids::{ShardId, SHARDS_MAX};
+use plafond_shards::state::{ShardState, NO_ACCOUNT};
+
+use crate::error::SnapshotError;
+use crate::progress::Progress;
+
+/// The first eight bytes of every snapshot.
+pub const MAGIC: [u8; 8] = *b"PLAFSNAP";
+/// The first eight bytes of the trailer.
+pub const TRAILER_MAGIC: [u8; 8] = *b"PLAFSEND";
+/// The version this build writes and the only one it reads. Bump it whenever the file
+/// layout or the encoding of `ShardState` (its fields, their order or types) changes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the header before the per-shard entries.
+pub const HEADER_FIXED_BYTES: usize = 40;
+/// Bytes of one per-shard entry of the header.
+pub const HEADER_SHARD_BYTES: usize = 24;
+/// Bytes of a CRC-32C.
+pub const CRC_BYTES: usize = 4;
+/// Bytes of the trailer.
+pub const TRAILER_BYTES: usize = 20;
+/// Payload bytes per chunk this build writes: large enough that the per-chunk CRC costs
+/// nothing, small enough that progress moves and a flipped bit is located to 1 MiB.
+pub const CHUNK_BYTES: u32 = 1 << 20;
+/// The smallest chunk a reader accepts (tests write small chunks to cover many of them).
+pub const CHUNK_BYTES_MIN: u32 = 16;
+/// The largest chunk a reader accepts.
+pub const CHUNK_BYTES_MAX: u32 = 64 << 20;
+/// The most regions a snapshot may name.
+pub const REGIONS_MAX: u16 = 4096;
+/// The largest encoded shard state a reader accepts (1 TiB), whatever the file size.
+pub const STATE_BYTES_MAX: u64 = 1 << 40;
+/// Bounds what decoding may allocate: bincode counts the in-memory size of what it
+/// decodes against a limit, and no value of `ShardState` takes more than 16 times its
+/// encoded size in memory (the worst case is a `u128` of zero: one byte, sixteen in
+/// memory). So a corrupt length can never make decoding allocate more than this many
+/// times the section's bytes, which the file size already bounds.
+const DECODED_BYTES_PER_ENCODED_BYTE_MAX: usize = 16;
+/// Buffer of the file reader and writer.
+const IO_BUFFER_BYTES: usize = 1 << 20;
+
+/// What the header says about one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SectionInfo {
+    /// The shard's state is exactly its logged batches `0 .. log_position`.
+    pub log_position: u64,
+    pub accounts: u64,
+    /// Bytes of the encoded state (without chunk checksums).
+    pub state_bytes: u64,
+}
+
+/// The header of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub shards: u16,
+    pub regions: u16,
+    pub chunk_bytes: u32,
+    /// When the snapshot was written, Unix milliseconds.
+    pub created_ms: i64,
+    pub sections: Vec<SectionInfo>,
+}
+
+/// A snapshot read and checked from a file.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub header: Header,
+    pub states: Vec<ShardState>,
+}
+
+impl Snapshot {
+    /// Every shard's state with its log position.
+    pub fn shards(&self) -> impl Iterator<Item = (&ShardState, u64)> {
+        let positions = self.header.sections.iter().map(|s| s.log_position);
+        self.states.iter().zip(positions)
+    }
+
+    /// Accounts in all shards.
+    pub fn accounts(&self) -> u64 {
+        self.header.sections.iter().map(|s| s.accounts).sum()
+    }
+}
+
+/// Bytes of the header of a snapshot of `shards` shards.
+pub fn header_bytes(shards: u16) -> usize {
+    HEADER_FIXED_BYTES + HEADER_SHARD_BYTES * usize::from(shards) + CRC_BYTES
+}
+
+impl Header {
+    /// Bytes of shard `section`'s chunks with their checksums, or `None` on overflow.
+    fn section_file_bytes(&self, section: &SectionInfo) -> Option<u64> {
+        let chunks = section.state_bytes.div_ceil(u64::from(self.chunk_bytes));
+        section.state_bytes.checked_add(chunks.checked_mul(CRC_BYTES as u64)?)
+    }
+
+    /// Bytes of the whole file, or `None` on overflow.
+    pub fn file_bytes(&self) -> Option<u64> {
+        let mut total = header_bytes(self.shards) as u64 + TRAILER_BYTES as u64;
+        for section in &self.sections {
+            total = total.checked_add(self.section_file_bytes(section)?)?;
+        }
+        Some(total)
+    }
+
+    /// The header's bytes, checksum included.
+    pub fn encode(&self) -> Vec<u8> {
+        debug_assert_eq!(self.sections.len(), usize::from(self.shards));
+        let size = header_bytes(self.shards);
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(size as u32).to_le_bytes());
+        bytes.extend_from_slice(&self.shards.to_le_bytes());
+        bytes.extend_from_slice(&self.regions.to_le_bytes());
+        bytes.extend_from_slice(&self.chunk_bytes.to_le_bytes());
+        bytes.extend_from_slice(&self.created_ms.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        for section in &self.sections {
+            bytes.extend_from_slice(&section.log_position.to_le_bytes());
+            bytes.extend_from_slice(&section.accounts.to_le_bytes());
+            bytes.extend_from_slice(&section.state_bytes.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(bytes.len(), size, "header layout");
+        bytes
+    }
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+fn corrupt_header(problem: String) -> SnapshotError {
+    SnapshotError::CorruptHeader { problem }
+}
+
+/// Checks the fixed part's magic and version and returns the shard count, or why the
+/// file cannot be a snapshot this build reads. `prefix` is the file's first bytes (at
+/// most [`HEADER_FIXED_BYTES`]) and `file_bytes` its size.
+fn check_prefix(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<u16, SnapshotError> {
+    if file_bytes == 0 {
+        return Err(SnapshotError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let magic_seen = prefix.len().min(MAGIC.len());
+    if prefix[..magic_seen] != MAGIC[..magic_seen] {
+        return Err(SnapshotError::BadMagic {
+            path: path.to_path_buf(),
+        });
+    }
+    let too_short = |needed: usize| SnapshotError::Truncated {
+        expected_bytes: needed as u64,
+        found_bytes: file_bytes,
+        what: "its header is cut short",
+    };
+    if prefix.len() < 12 {
+        return Err(too_short(HEADER_FIXED_BYTES));
+    }
+    let version = u32_at(prefix, 8);
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::UnsupportedVersion { found: version });
+    }
+    if prefix.len() < HEADER_FIXED_BYTES {
+        return Err(too_short(HEADER_FIXED_BYTES));
+    }
+    let shards = u16_at(prefix, 16);
+    if shards == 0 || shards > SHARDS_MAX {
+        return Err(corrupt_header(format!(
+            "{shards} shards is not 1 ..= {SHARDS_MAX}"
+        )));
+    }
+    let stated = u32_at(prefix, 12) as usize;
+    if stated != header_bytes(shards) {
+        return Err(corrupt_header(format!(
+            "header length {stated} does not fit {shards} shards"
+        )));
+    }
+    if file_bytes < stated as u64 {
+        return Err(too_short(stated));
+    }
+    Ok(shards)
+}
+
+/// Parses a whole header whose checksum was verified.
+fn parse_header(bytes: &[u8], shards: u16) -> Result<Header, SnapshotError> {
+    let regions = u16_at(bytes, 18);
+    if regions == 0 || regions > REGIONS_MAX {
+        return Err(corrupt_header(format!(
+            "{regions} regions is not 1 ..= {REGIONS_MAX}"
+        )));
+    }
+    let chunk_bytes = u32_at(bytes, 20);
+    if !(CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(&chunk_bytes) {
+        return Err(corrupt_header(format!(
+            "chunk size {chunk_bytes} is not {CHUNK_BYTES_MIN} ..= {CHUNK_BYTES_MAX}"
+        )));
+    }
+    let created_ms = u64_at(bytes, 24) as i64;
+    if u64_at(bytes, 32) != 0 {
+        return Err(corrupt_header("reserved bytes are not zero".into()));
+    }
+    let mut sections = Vec::with_capacity(usize::from(shards));
+    for shard in 0..usize::from(shards) {
+        let at = HEADER_FIXED_BYTES + shard * HEADER_SHARD_BYTES;
+        let section = SectionInfo {
+            log_position: u64_at(bytes, at),
+            accounts: u64_at(bytes, at + 8),
+            state_bytes: u64_at(bytes, at + 16),
+        };
+        // Every account takes at least one encoded byte.
+        if section.state_bytes == 0
+            || section.state_bytes > STATE_BYTES_MAX
+            || section.accounts > section.state_bytes
+        {
+            return Err(corrupt_header(format!(
+                "shard {shard}: {} accounts in {} bytes",
+                section.accounts, section.state_bytes
+            )));
+        }
+        sections.push(section);
+    }
+    Ok(Header {
+        shards,
+        regions,
+        chunk_bytes,
+        created_ms,
+        sections,
+    })
+}
+
+/// Reads `buffer.len()` bytes of `path`.
+fn read_exact(
+    reader: &mut impl Read,
+    buffer: &mut [u8],
+    path: &Path,
+) -> Result<(), SnapshotError> {
+    // The size was checked against the header first: a short read here means the file
+    // shrank while it was read, which the I/O error says.
+    reader
+        .read_exact(buffer)
+        .map_err(|error| SnapshotError::io("reading", path, error))
+}
+
+fn open_snapshot(path: &Path) -> Result<(File, u64), SnapshotError> {
+    let file = File::open(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => SnapshotError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => SnapshotError::io("opening", path, error),
+    })?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| SnapshotError::io("reading the size of", path, error))?;
+    if !metadata.is_file() {
+        return Err(SnapshotError::io(
+            "opening",
+            path,
+            std::io::Error::other("not a regular file"),
+        ));
+    }
+    Ok((file, metadata.len()))
+}
+
+/// Reads the header, checking it against the file size. Returns it with the running
+/// CRC of the file so far.
+fn read_header(
+    reader: &mut impl Read,
+    path: &Path,
+    file_bytes: u64,
+) -> Result<(Header, u32), SnapshotError> {
+    let prefix_bytes = (HEADER_FIXED_BYTES as u64).min(file_bytes) as usize;
+    let mut prefix = vec![0u8; prefix_bytes];
+    read_exact(reader, &mut prefix, path)?;
+    let shards = check_prefix(path, &prefix, file_bytes)?;
+    let mut bytes = prefix;
+    bytes.resize(header_bytes(shards), 0);
+    read_exact(reader, &mut bytes[HEADER_FIXED_BYTES..], path)?;
+    let body = bytes.len() - CRC_BYTES;
+    let stored = u32_at(&bytes, body);
+    let computed = crc32c::crc32c(&bytes[..body]);
+    if stored != computed {
+        return Err(SnapshotError::Checksum {
+            part: "header".into(),
+            stored,
+            computed,
+        });
+    }
+    let header = parse_header(&bytes, shards)?;
+    let expected_bytes = header
+        .file_bytes()
+        .ok_or_else(|| corrupt_header("section lengths overflow".into()))?;
+    if file_bytes < expected_bytes {
+        return Err(SnapshotError::Truncated {
+            expected_bytes,
+            found_bytes: file_bytes,
+            what: "the header's lengths say so",
+        });
+    }
+    if file_bytes > expected_bytes {
+        return Err(SnapshotError::TrailingBytes {
+            expected_bytes,
+            extra_bytes: file_bytes - expected_bytes,
+        });
+    }
+    Ok((header, crc32c::crc32c(&bytes)))
+}
+
+/// Reads shard `shard`'s chunks, verifying each checksum; returns its encoded state.
+fn read_section(
+    reader: &mut impl Read,
+    path: &Path,
+    header: &Header,
+    shard: usize,
+    file_crc: &mut u32,
+    on_chunk: &mut dyn FnMut(u64),
+) -> Result<Vec<u8>, SnapshotError> {
+    let state_bytes = header.sections[shard].state_bytes;
+    // Bounded: the header's lengths were checked to add up to the file's size.
+    let mut state = vec![0u8; state_bytes as usize];
+    let mut crc_bytes = [0u8; CRC_BYTES];
+    for (index, chunk) in state.chunks_mut(header.chunk_bytes as usize).enumerate() {
+        read_exact(reader, chunk, path)?;
+        read_exact(reader, &mut crc_bytes, path)?;
+        let stored = u32::from_le_bytes(crc_bytes);
+        let computed = crc32c::crc32c(chunk);
+        if stored != computed {
+            return Err(SnapshotError::Checksum {
+                part: format!("chunk {index} of shard {shard}"),
+                stored,
+                computed,
+            });
+        }
+        *file_crc = crc32c::crc32c_combine(*file_crc, computed, chunk.len());
+        *file_crc = crc32c::crc32c_append(*file_crc, &crc_bytes);
+        on_chunk((chunk.len() + CRC_BYTES) as u64);
+    }
+    Ok(state)
+}
+
+fn read_trailer(
+    reader: &mut impl Read,
+    path: &Path,
+    file_bytes: u64,
+    file_crc: u32,
+) -> Result<(), SnapshotError> {
+    let mut trailer = [0u8; TRAILER_BYTES];
+    read_exact(reader, &mut trailer, path)?;
+    if trailer[..8] != TRAILER_MAGIC {
+        return Err(SnapshotError::CorruptTrailer {
+            problem: "its magic is not `PLAFSEND`".into(),
+        });
+    }
+    let stated = u64_at(&trailer, 8);
+    if stated != file_bytes {
+        return Err(SnapshotError::CorruptTrailer {
+            problem: format!("it gives the length {stated}, the file has {file_bytes} bytes"),
+        });
+    }
+    let computed = crc32c::crc32c_append(file_crc, &trailer[..16]);
+    let stored = u32_at(&trailer, 16);
+    if stored != computed {
+        return Err(SnapshotError::Checksum {
+            part: "whole file".into(),
+            stored,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Reads and checks the snapshot at `path`: every length, every checksum and every
+/// shard's decoded state. Nothing is returned unless all of it is sound.
+pub fn read(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot, SnapshotError> {
+    let (file, file_bytes) = open_snapshot(path)?;
+    let mut reader = BufReader::with_capacity(IO_BUFFER_BYTES, file);
+    let (header, mut file_crc) = read_header(&mut reader, path, file_bytes)?;
+    let mut done = header_bytes(header.shards) as u64;
+    let mut encoded = Vec::with_capacity(usize::from(header.shards));
+    for shard in 0..usize::from(header.shards) {
+        let mut on_chunk = |bytes: u64| {
+            done += bytes;
+            progress(Progress {
+                phase: "read",
+                done,
+                total: file_bytes,
+                unit: "bytes",
+            });
+        };
+        encoded.push(read_section(
+            &mut reader,
+            path,
+            &header,
+            shard,
+            &mut file_crc,
+            &mut on_chunk,
+        )?);
+    }
+    read_trailer(&mut reader, path, file_bytes, file_crc)?;
+    let states = decode_all(&header, encoded, progress)?;
+    Ok(Snapshot { header, states })
+}
+
+/// Runs `work` on every item on up to one thread per core, reporting each finished
+/// item's weight to `progress` from the calling thread. Results keep the items' order.
+pub(crate) fn parallel<I, O, E>(
+    items: Vec<(I, u64)>,
+    work: impl Fn(usize, I) -> Result<O, E> + Sync,
+    phase: &'static str,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<O>, E>
+where
+    I: Send,
+    O: Send,
+    E: Send,
+{
+    let count = items.len();
+    let total: u64 = items.iter().map(|(_, weight)| weight).sum();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(count.max(1));
+    let queue = Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
+    let (results_tx, results_rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (queue, work, results) = (&queue, &work, results_tx.clone());
+            scope.spawn(move || loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let Some((index, (item, weight))) = next else {
+                    return;
+                };
+                let result = work(index, item);
+                if results.send((index, weight, result)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(results_tx);
+        let mut outputs: Vec<Option<O>> = (0..count).map(|_| None).collect();
+        let mut done = 0;
+        let mut first_error = None;
+        for (index, weight, result) in results_rx {
+            match result {
+                Ok(output) => outputs[index] = Some(output),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+            done += weight;
+            progress(Progress {
+                phase,
+                done,
+                total,
+                unit: "accounts",
+            });
+        }
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        // Every worker sent one result per item it took, and the queue was drained.
+        Ok(outputs.into_iter().flatten().collect())
+    })
+}
+
+fn decode_all(
+    header: &Header,
+    encoded: Vec<Vec<u8>>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<ShardState>, SnapshotError> {
+    let items = encoded
+        .into_iter()
+        .zip(&header.sections)
+        .map(|(bytes, section)| (bytes, section.accounts))
+        .collect();
+    let states = parallel(
+        items,
+        |shard, bytes| decode_state(header, shard, &bytes),
+        "decode",
+        progress,
+    )?;
+    if states.len() != usize::from(header.shards) {
+        return Err(corrupt_header("a shard's state went missing".into()));
+    }
+    Ok(states)
+}
+
+/// Decodes with bincode's allocation limit set to the smallest power of two at least
+/// [`DECODED_BYTES_PER_ENCODED_BYTE_MAX`] times the input: the limit is a const generic,
+/// so the match picks one of a fixed set.
+fn decode_limited(bytes: &[u8]) -> Result<(ShardState, usize), DecodeError> {
+    macro_rules! by_shift {
+        ($shift:expr, [$($n:literal),*]) => {
+            match $shift {
+                $($n => bincode::decode_from_slice(
+                    bytes,
+                    bincode::config::standard().with_limit::<{ 1usize << $n }>(),
+                ),)*
+                _ => Err(DecodeError::LimitExceeded),
+            }
+        };
+    }
+    let limit = bytes
+        .len()
+        .saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE_MAX)
+        .max(1 << 20)
+        .checked_next_power_of_two()
+        .ok_or(DecodeError::LimitExceeded)?;
+    by_shift!(
+        limit.trailing_zeros(),
+        [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45]
+    )
+}
+
+fn decode_state(header: &Header, shard: usize, bytes: &[u8]) -> Result<ShardState, SnapshotError> {
+    let corrupt = |problem: String| SnapshotError::CorruptShard {
+        shard: shard as ShardId,
+        problem,
+    };
+    let (state, used) = decode_limited(bytes).map_err(|error| corrupt(error.to_string()))?;
+    if used != bytes.len() {
+        return Err(corrupt(format!(
+            "{} bytes after the encoded state",
+            bytes.len() - used
+        )));
+    }
+    check_state(&state, header, shard).map_err(corrupt)?;
+    Ok(state)
+}
+
+/// Checks what the shard code takes for granted (indices in range, vectors sized by the
+/// shard and region counts), so a crafted file that passes its checksums still cannot
+/// make a restored shard index out of bounds.
+pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<(), String> {
+    let regions = usize::from(header.regions);
+    let expected = &header.sections[shard];
+    if usize::from(state.shard) != shard || state.shards != header.shards {
+        return Err(format!(
+            "it says it is shard {} of {}, not {shard} of {}",
+            state.shard, state.shards, header.shards
+        ));
+    }
+    if state.accounts.len() as u64 != expected.accounts {
+        return Err(format!(
+            "{} accounts, the header says {}",
+            state.accounts.len(),
+            expected.accounts
+        ));
+    }
+    if state.rolled_day.len() != regions
+        || state.counters.len() != regions + 1
+        || state.credits_seen.len() != usize::from(header.shards)
+    {
+        return Err("its per-region or per-shard tables have the wrong length".into());
+    }
+    let (profiles, accounts) = (state.profiles.len(), state.accounts.len());
+    let account_ok = |index: u32| index == NO_ACCOUNT || (index as usize) < accounts;
+    for (index, profile) in state.profiles.iter().enumerate() {
+        let linked = account_ok(profile.first_account) && account_ok(profile.last_account);
+        if usize::from(profile.region) >= regions || !linked {
+            return Err(format!("profile {index} points outside the shard"));
+        }
+    }
+    for (index, account) in state.accounts.iter().enumerate() {
+        let owned = (account.profile as usize) < profiles;
+        if !owned || !account_ok(account.next_in_profile) || usize::from(account.region) >= regions
+        {
+            return Err(format!("account {index} points outside the shard"));
+        }
+    }
+    for (seq, pending) in &state.pending {
+        if pending.from_local as usize >= accounts {
+            return Err(format!("pending transfer {seq} is from no account"));
+        }
+    }
+    Ok(())
+}
+
+/// How to write a snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteOptions {
+    /// Payload bytes per chunk ([`CHUNK_BYTES`] unless testing).
+    pub chunk_bytes: u32,
+    /// Recorded in the header, Unix milliseconds.
+    pub created_ms: i64,
+}
+
+/// What writing produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Written {
+    pub header: Header,
+    pub bytes: u64,
+}
+
+fn check_input(shards: &[(ShardState, u64)]) -> Result<u16, SnapshotError> {
+    let bad = |problem: String| SnapshotError::BadInput { problem };
+    let count = u16::try_from(shards.len())
+        .ok()
+        .filter(|&n| n > 0 && n <= SHARDS_MAX)
+        .ok_or_else(|| bad(format!("{} shards is not 1 ..= {SHARDS_MAX}", shards.len())))?;
+    let regions = shards[0].0.rolled_day.len();
+    if regions == 0 || regions > usize::from(REGIONS_MAX) {
+        return Err(bad(format!("{regions} regions is not 1 ..= {REGIONS_MAX}")));
+    }
+    for (index, (state, _)) in shards.iter().enumerate() {
+        if usize::from(state.shard) != index || state.shards != count {
+            return Err(bad(format!(
+                "entry {index} is shard {} of {}, not {index} of {count}",
+                state.shard, state.shards
+            )));
+        }
+        if state.rolled_day.len() != regions {
+            return Err(bad(format!("shard {index} has another region count")));
+        }
+    }
+    Ok(count)
+}
+
+/// The path written to before the rename: `path` with `.tmp` appended.
+pub fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Writes `shards` (each state with its log position) to `path` atomically: to
+/// `path.tmp`, fsynced, then renamed over `path`, and the directory fsynced.
+pub fn write(
+    path: &Path,
+    shards: &[(ShardState, u64)],
+    options: WriteOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Written, SnapshotError> {
+    let count = check_input(shards)?;
+    if !(CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(&options.chunk_bytes) {
+        return Err(SnapshotError::BadInput {
+            problem: format!("chunk size {} is out of range", options.chunk_bytes),
+        });
+    }
+    let items = shards
+        .iter()
+        .map(|(state, _)| (state, state.accounts.len() as u64))
+        .collect();
+    let encoded = parallel(
+        items,
+        |shard, state: &ShardState| {
+            bincode::encode_to_vec(state, bincode::config::standard()).map_err(|error| {
+                SnapshotError::BadInput {
+                    problem: format!("shard {shard} does not encode: {error}"),
+                }
+            })
+        },
+        "encode",
+        progress,
+    )?;
+    assert_eq!(encoded.len(), shards.len(), "one encoding per shard");
+    let sections = shards
+        .iter()
+        .zip(&encoded)
+        .map(|((state, position), bytes)| SectionInfo {
+            log_position: *position,
+            accounts: state.accounts.len() as u64,
+            state_bytes: bytes.len() as u64,
+        })
+        .collect();
+    let header = Header {
+        shards: count,
+        regions: shards[0].0.rolled_day.len() as u16,
+        chunk_bytes: options.chunk_bytes,
+        created_ms: options.created_ms,
+        sections,
+    };
+    let temporary = temporary_path(path);
+    let written = write_file(&temporary, &header, &encoded, progress).and_then(|bytes| {
+        std::fs::rename(&temporary, path)
+            .map_err(|error| SnapshotError::io("renaming into place", path, error))?;
+        sync_parent(path)?;
+        Ok(bytes)
+    });
+    match written {
+        Ok(bytes) => Ok(Written { header, bytes }),
+        Err(error) => {
+            // Best effort: the half-written file is garbage either way.
+            let _ = std::fs::remove_file(&temporary);
+            Err(error)
+        }
+    }
+}
+
+fn write_file(
+    path: &Path,
+    header: &Header,
+    encoded: &[Vec<u8>],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64, SnapshotError> {
+    let io = |error| SnapshotError::io("writing", path, error);
+    let file = File::create(path).map_err(|error| SnapshotError::io("creating", path, error))?;
+    let total = header.file_bytes().ok_or_else(|| SnapshotError::BadInput {
+        problem: "the snapshot would be larger than 2^64 bytes".into(),
+    })?;
+    let mut writer = BufWriter::with_capacity(IO_BUFFER_BYTES, file);
+    let header_bytes = header.encode();
+    writer.write_all(&header_bytes).map_err(io)?;
+    let mut file_crc = crc32c::crc32c(&header_bytes);
+    let mut done = header_bytes.len() as u64;
+    for state in encoded {
+        for chunk in state.chunks(header.chunk_bytes as usize) {
+            let crc = crc32c::crc32c(chunk);
+            let crc_bytes = crc.to_le_bytes();
+            writer.write_all(chunk).map_err(io)?;
+            writer.write_all(&crc_bytes).map_err(io)?;
+            file_crc = crc32c::crc32c_combine(file_crc, crc, chunk.len());
+            file_crc = crc32c::crc32c_append(file_crc, &crc_bytes);
+            done += (chunk.len() + CRC_BYTES) as u64;
+            progress(Progress {
+                phase: "write",
+                done,
+                total,
+                unit: "bytes",
+            });
+        }
+    }
+    let mut trailer = Vec::with_capacity(TRAILER_BYTES);
+    trailer.extend_from_slice(&TRAILER_MAGIC);
+    trailer.extend_from_slice(&total.to_le_bytes());
+    let file_crc = crc32c::crc32c_append(file_crc, &trailer);
+    trailer.extend_from_slice(&file_crc.to_le_bytes());
+    writer.write_all(&trailer).map_err(io)?;
+    done += TRAILER_BYTES as u64;
+    assert_eq!(done, total, "the written length matches the header's");
+    let file = writer.into_inner().map_err(|error| io(error.into_error()))?;
+    file.sync_all()
+        .map_err(|error| SnapshotError::io("fsyncing", path, error))?;
+    Ok(total)
+}
+
+/// Fsyncs the directory holding `path`, so a rename into it survives a crash.
+pub(crate) fn sync_parent(path: &Path) -> Result<(), SnapshotError> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let directory =
+        File::open(parent).map_err(|error| SnapshotError::io("opening", parent, error))?;
+    directory
+        .sync_all()
+        .map_err(|error| SnapshotError::io("fsyncing", parent, error))
+}

@@ -1,0 +1,233 @@
+//! Restore: a snapshot (plus, optionally, the log written after it) into a new data
+//! directory that `Engine::open` then starts from.
+//!
+//! All or nothing: the snapshot is read and checked whole before anything is written,
+//! the data directory is built in a staging directory beside the target and renamed into
+//! place only once complete, so an interrupted or failed restore never leaves a target
+//! that an engine would open.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use plafond_shards::ids::ShardId;
+use plafond_shards::log::{log_key, parse_log_key};
+use plafond_shards::store::Store;
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::error::SnapshotError;
+use crate::format::{self, parallel, Snapshot};
+use crate::progress::Progress;
+
+/// Log bytes copied per RocksDB write while restoring the log after a snapshot.
+const COPY_BATCH_BYTES_MAX: usize = 16 << 20;
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestoreReport {
+    pub target: PathBuf,
+    pub shards: u16,
+    pub regions: u16,
+    pub accounts: u64,
+    /// Log batches copied from the source data directory (written after the snapshot).
+    pub log_batches: u64,
+    pub snapshot_bytes: u64,
+    pub seconds: f64,
+    pub accounts_per_second: f64,
+}
+
+/// Checks that `target` is absent or an empty directory.
+fn check_target(target: &Path) -> Result<(), SnapshotError> {
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(SnapshotError::TargetNotEmpty {
+                path: target.to_path_buf(),
+            }),
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(SnapshotError::io("listing the target", target, error)),
+    }
+}
+
+/// The staging directory beside `target`: `.NAME.restoring`.
+pub fn staging_path(target: &Path) -> Result<PathBuf, SnapshotError> {
+    let name = target.file_name().ok_or_else(|| SnapshotError::BadInput {
+        problem: format!("the target {} has no directory name", target.display()),
+    })?;
+    let mut staging = std::ffi::OsString::from(".");
+    staging.push(name);
+    staging.push(".restoring");
+    Ok(target.with_file_name(staging))
+}
+
+/// Opens the source data directory, refusing one that does not exist (opening would
+/// create it) or that an engine holds.
+fn open_source(source: &Path, shards: u16) -> Result<Store, SnapshotError> {
+    let problem = |problem: String| SnapshotError::Source {
+        path: source.to_path_buf(),
+        problem,
+    };
+    if !source.join("CURRENT").is_file() {
+        return Err(problem("it is not a data directory (no RocksDB CURRENT file)".into()));
+    }
+    Store::open(source, shards).map_err(|error| {
+        problem(format!(
+            "{error} (the engine that uses it must be stopped before restoring)"
+        ))
+    })
+}
+
+/// Restores `snapshot` into `target` (absent or empty), with the log written after the
+/// snapshot copied from `source` (the data directory of the engine that took it, which
+/// must be stopped) when given. Then `Engine::open` on `target` with the snapshot's
+/// shard count and the same regions gives the engine back.
+pub fn restore(
+    snapshot: &Path,
+    source: Option<&Path>,
+    target: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RestoreReport, SnapshotError> {
+    let started = Instant::now();
+    check_target(target)?;
+    let staging = staging_path(target)?;
+    if staging.exists() {
+        return Err(SnapshotError::StagingExists { path: staging });
+    }
+    let snapshot_bytes = std::fs::metadata(snapshot).map_or(0, |m| m.len());
+    let read = format::read(snapshot, progress)?;
+    let shards = read.header.shards;
+    let source = source
+        .map(|dir| open_source(dir, shards).map(|store| (dir, store)))
+        .transpose()?;
+    std::fs::create_dir_all(&staging)
+        .map_err(|error| SnapshotError::io("creating", &staging, error))?;
+    let built = build(&staging, &read, source.as_ref(), progress);
+    // Close the source before anything else can fail or the caller reopens it.
+    drop(source);
+    let log_batches = built.and_then(|log_batches| {
+        move_into_place(&staging, target)?;
+        Ok(log_batches)
+    });
+    let log_batches = match log_batches {
+        Ok(log_batches) => log_batches,
+        Err(error) => {
+            // Best effort: the staging directory is ours and incomplete.
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let accounts = read.accounts();
+    Ok(RestoreReport {
+        target: target.to_path_buf(),
+        shards,
+        regions: read.header.regions,
+        accounts,
+        log_batches,
+        snapshot_bytes,
+        seconds,
+        accounts_per_second: accounts as f64 / seconds.max(f64::EPSILON),
+    })
+}
+
+/// Writes every shard's checkpoint and the source's later log into `staging`; returns
+/// how many log batches were copied.
+fn build(
+    staging: &Path,
+    snapshot: &Snapshot,
+    source: Option<&(&Path, Store)>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64, SnapshotError> {
+    let store = Store::open(staging, snapshot.header.shards)?;
+    let items = snapshot
+        .shards()
+        .map(|(state, position)| ((state, position), state.accounts.len() as u64))
+        .collect();
+    parallel(
+        items,
+        |_, (state, position)| store.write_checkpoint(state, position),
+        "checkpoint",
+        progress,
+    )?;
+    let mut log_batches = 0;
+    if let Some((path, source)) = source {
+        for (shard, section) in snapshot.header.sections.iter().enumerate() {
+            let shard = shard as ShardId;
+            log_batches += copy_log(path, source, &store, shard, section.log_position)?;
+            progress(Progress {
+                phase: "copy log",
+                done: u64::from(shard) + 1,
+                total: u64::from(snapshot.header.shards),
+                unit: "shards",
+            });
+        }
+    }
+    store.sync_wal()?;
+    Ok(log_batches)
+}
+
+/// Copies `shard`'s log batches `position ..` from `source` to `target`, as raw keys and
+/// values (they are replayed, and so checked, when the engine opens).
+fn copy_log(
+    path: &Path,
+    source: &Store,
+    target: &Store,
+    shard: ShardId,
+    position: u64,
+) -> Result<u64, SnapshotError> {
+    let problem = |problem: String| SnapshotError::Source {
+        path: path.to_path_buf(),
+        problem,
+    };
+    // The snapshot holds batches `0 .. position`: a directory whose log does not reach
+    // `position - 1` cannot be the one the snapshot was taken from, or lost its end.
+    if let Some(last) = position.checked_sub(1) {
+        if source.db().get(log_key(shard, last))?.is_none() {
+            return Err(problem(format!(
+                "shard {shard} has no log batch {last}, the last one in the snapshot: it is \
+                 not the data directory the snapshot was taken from"
+            )));
+        }
+    }
+    let start = log_key(shard, position);
+    let mut batch = WriteBatch::default();
+    let (mut next_seq, mut copied) = (position, 0);
+    for item in source
+        .db()
+        .iterator(IteratorMode::From(&start, Direction::Forward))
+    {
+        let (key, value) = item?;
+        match parse_log_key(&key) {
+            Some((key_shard, seq)) if key_shard == shard => {
+                if seq != next_seq {
+                    return Err(problem(format!(
+                        "shard {shard}'s log jumps from batch {next_seq} to {seq}"
+                    )));
+                }
+                batch.put(&key, &value);
+                next_seq += 1;
+                copied += 1;
+            }
+            _ => break,
+        }
+        if batch.size_in_bytes() >= COPY_BATCH_BYTES_MAX {
+            target.write(std::mem::take(&mut batch), false)?;
+        }
+    }
+    if !batch.is_empty() {
+        target.write(batch, false)?;
+    }
+    Ok(copied)
+}
+
+/// Renames the complete `staging` directory to `target` (replacing an empty one).
+fn move_into_place(staging: &Path, target: &Path) -> Result<(), SnapshotError> {
+    if target.exists() {
+        // Checked empty at the start; `remove_dir` refuses if something appeared since.
+        std::fs::remove_dir(target)
+            .map_err(|error| SnapshotError::io("replacing the empty target", target, error))?;
+    }
+    std::fs::rename(staging, target)
+        .map_err(|error| SnapshotError::io("moving the restored directory to", target, error))?;
+    format::sync_parent(target)
+}
