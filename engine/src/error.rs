@@ -20,6 +20,10 @@ pub enum EngineError {
     Thread(#[from] std::io::Error),
     #[error("populate needs an empty engine; this one already has {0} profiles")]
     NotEmpty(u64),
+    /// Boxed: snapshot errors carry paths and text, and every `Result` here would pay
+    /// for their size otherwise.
+    #[error("snapshot: {0}")]
+    Snapshot(Box<plafond_snapshots::SnapshotError>),
     #[error("populate expected id {expected} but got {got:?}: the engine was not empty")]
     Populate { expected: u64, got: String },
 }

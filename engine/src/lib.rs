@@ -40,6 +40,7 @@ mod epochs;
 mod error;
 mod populate;
 mod report;
+mod snapshot;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::EngineConfig;
@@ -58,6 +59,7 @@ pub use plafond_shards::region::{Region, RegionError, Regions, Rules};
 pub use plafond_shards::reply::{Stopped, Ticket};
 pub use plafond_shards::state::RegionCounters;
 pub use plafond_shards::store::Durability;
+pub use plafond_snapshots::{Progress, RestoreReport, SnapshotError, SnapshotReport};
 
 /// Lower-level pieces, for the batch service, snapshots and tools.
 pub mod internals {

@@ -94,14 +94,13 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     let host = flags.text("host").unwrap_or("127.0.0.1");
     let port: u16 = flags.get("port", 7379).map_err(|e| anyhow!(e))?;
-    let mut stream = TcpStream::connect((host, port))
+    let stream = TcpStream::connect((host, port))
         .with_context(|| format!("cannot connect to {host}:{port} (is the server running?)"))?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut client = Client { stream, buffer: Vec::new() };
     if let Some(token) = flags.text("token") {
-        match client.call(&["AUTH".to_string(), token.to_string()])? {
-            Value::Error(error) => bail!("AUTH refused: {error}"),
-            _ => {}
+        if let Value::Error(error) = client.call(&["AUTH".to_string(), token.to_string()])? {
+            bail!("AUTH refused: {error}");
         }
     }
     let reply = client.call(&command_of(&flags.positional))?;

@@ -406,6 +406,14 @@ fn read_trailer(
     Ok(())
 }
 
+/// Reads and checks only the header of the snapshot at `path` (and that the file has
+/// the length it gives): enough to know its shard and region counts before a restore.
+pub fn read_header_of(path: &Path) -> Result<Header, SnapshotError> {
+    let (file, file_bytes) = open_snapshot(path)?;
+    let mut reader = BufReader::new(file);
+    Ok(read_header(&mut reader, path, file_bytes)?.0)
+}
+
 /// Reads and checks the snapshot at `path`: every length, every checksum and every
 /// shard's decoded state. Nothing is returned unless all of it is sound.
 pub fn read(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot, SnapshotError> {

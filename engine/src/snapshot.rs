@@ -1,0 +1,90 @@
+//! Snapshots of a running engine, and restore into a new one (§8). The file format and
+//! the restore itself live in `plafond-snapshots`; this is the engine's side: taking a
+//! consistent cut and opening what a restore built.
+
+use std::path::Path;
+use std::time::Instant;
+
+use plafond_snapshots::{Progress, RestoreReport, SnapshotError, SnapshotReport, Terminal};
+
+use crate::config::EngineConfig;
+use crate::engine::Engine;
+use crate::error::EngineError;
+
+impl Engine {
+    /// Writes a snapshot of the engine to `path` while commands keep flowing, showing
+    /// progress on stderr when it is a terminal.
+    ///
+    /// Every shard is cloned at one consistent cut (every command acknowledged before
+    /// the call is in it, no transfer is half in it); the pause is the clone, and the
+    /// encoding and writing happen after the shards have moved on.
+    pub fn snapshot(&self, path: impl AsRef<Path>) -> Result<SnapshotReport, EngineError> {
+        let mut terminal = Terminal::new("snapshot");
+        let report = self.snapshot_with_progress(path, |progress| terminal.show(progress));
+        terminal.finish();
+        report
+    }
+
+    /// [`Engine::snapshot`], telling `progress` how far it is instead of drawing it.
+    pub fn snapshot_with_progress(
+        &self,
+        path: impl AsRef<Path>,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<SnapshotReport, EngineError> {
+        let started = Instant::now();
+        let shards = self.cut_with_position(|state, position| (state.clone(), position))?;
+        let mut report = plafond_snapshots::write(path.as_ref(), &shards, &mut progress)?;
+        // The cut is part of the cost.
+        report.seconds = started.elapsed().as_secs_f64();
+        report.accounts_per_second = report.accounts as f64 / report.seconds.max(f64::EPSILON);
+        Ok(report)
+    }
+
+    /// Restores the snapshot at `snapshot` into `config`'s data directory (absent or
+    /// empty), with the log written after the snapshot copied from `source` (the data
+    /// directory of the engine that took it, stopped) when given, and opens the engine.
+    ///
+    /// The shard count comes from the snapshot (ids are routed by it); the regions must be
+    /// as many as when the snapshot was taken. Shows progress on stderr when it is a
+    /// terminal. The report's time includes opening the engine.
+    pub fn restore(
+        snapshot: impl AsRef<Path>,
+        source: Option<&Path>,
+        config: EngineConfig,
+    ) -> Result<(Engine, RestoreReport), EngineError> {
+        let started = Instant::now();
+        let snapshot = snapshot.as_ref();
+        let Some(target) = config.data_dir.clone() else {
+            return Err(EngineError::Config(
+                "restore needs a durable configuration with a data directory".into(),
+            ));
+        };
+        let header = plafond_snapshots::format::read_header_of(snapshot)?;
+        if usize::from(header.regions) != config.regions.len() {
+            return Err(EngineError::Config(format!(
+                "the snapshot has {} regions and the configuration {}: restore with the \
+                 regions it was taken with",
+                header.regions,
+                config.regions.len()
+            )));
+        }
+        let mut terminal = Terminal::new("restore");
+        let restored = plafond_snapshots::restore(snapshot, source, &target, |progress| {
+            terminal.show(progress)
+        });
+        terminal.finish();
+        let mut report = restored?;
+        let opening = Instant::now();
+        let engine = Engine::open(config.with_shards(report.shards))?;
+        report.open_seconds = opening.elapsed().as_secs_f64();
+        report.seconds = started.elapsed().as_secs_f64();
+        report.accounts_per_second = report.accounts as f64 / report.seconds.max(f64::EPSILON);
+        Ok((engine, report))
+    }
+}
+
+impl From<SnapshotError> for EngineError {
+    fn from(error: SnapshotError) -> EngineError {
+        EngineError::Snapshot(Box::new(error))
+    }
+}
