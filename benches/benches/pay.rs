@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plafond::internals::apply::{apply, Env, Input};
+use plafond::internals::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
 use plafond::internals::calendar::Calendar;
 use plafond::internals::state::ShardState;
 use plafond::{
@@ -203,6 +203,9 @@ impl Tally {
 struct RunResult {
     populate: Duration,
     elapsed: Duration,
+    /// CPU time the whole process got during the run: on a shared machine, less than
+    /// `elapsed` times the cores.
+    cpu_s: f64,
     pays: u64,
     tally: Tally,
     conservation: bool,
@@ -212,6 +215,23 @@ impl RunResult {
     fn pays_per_s(&self) -> f64 {
         self.pays as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// Cores the process actually had, on average, during the run.
+    fn cores(&self) -> f64 {
+        self.cpu_s / self.elapsed.as_secs_f64()
+    }
+}
+
+/// User plus system CPU time of this process, all threads, from `/proc/self/stat`
+/// (clock ticks of 10 ms, the Linux default).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// The day the clock shows, moved forward only, one submission at a time.
@@ -250,6 +270,7 @@ fn run_once(scenario: &Scenario, cards: u64, data_dir: Option<PathBuf>) -> RunRe
     let next_chunk = AtomicU64::new(0);
     let days = Days { clock, start_ms: ManualClock::SERVER_START_MS, day: Mutex::new(0) };
     let workload = Workload::new(cards, scenario.skew);
+    let cpu_started_s = cpu_seconds();
     let started = Instant::now();
     let tallies: Vec<Tally> = std::thread::scope(|scope| {
         let submitters: Vec<_> = (0..scenario.submitters)
@@ -284,13 +305,14 @@ fn run_once(scenario: &Scenario, cards: u64, data_dir: Option<PathBuf>) -> RunRe
         submitters.into_iter().map(|handle| handle.join().expect("a submitter")).collect()
     });
     let elapsed = started.elapsed();
+    let cpu_s = cpu_seconds() - cpu_started_s;
     let mut tally = Tally::default();
     for one in tallies {
         tally.add(one);
     }
     assert_eq!(tally.approved + tally.declined_total(), pays);
     let conservation = engine.audit().expect("audit").holds();
-    RunResult { populate, elapsed, pays, tally, conservation }
+    RunResult { populate, elapsed, cpu_s, pays, tally, conservation }
 }
 
 fn wait_oldest(waiting: &mut VecDeque<(Instant, Ticket)>, tally: &mut Tally) {
@@ -319,9 +341,12 @@ fn run_scenario(scenario: &Scenario, cards: u64, runs: usize, base_dir: &PathBuf
         };
         let result = run_once(scenario, cards, dir.as_ref().map(|d| d.path().to_owned()));
         println!(
-            "  {name} run {run}: {:>10.0} pays/s  ({:.2} s; populate {:.2} s)  conservation {}",
+            "  {name} run {run}: {:>10.0} pays/s  ({:.2} s, {:.2} cores, {:.0} pays per CPU-s; \
+             populate {:.2} s)  conservation {}",
             result.pays_per_s(),
             result.elapsed.as_secs_f64(),
+            result.cores(),
+            result.pays as f64 / result.cpu_s.max(0.01),
             result.populate.as_secs_f64(),
             if result.conservation { "ok" } else { "BROKEN" },
         );
@@ -335,10 +360,11 @@ fn run_scenario(scenario: &Scenario, cards: u64, runs: usize, base_dir: &PathBuf
     let latencies = &median.tally.latencies_us;
     let declined = &median.tally.declined;
     println!(
-        "{name}: median {:.0} pays/s (runs {}) | approved {} declined {} (ceiling {}, funds {}, \
+        "{name}: median {:.0} pays/s (runs {}; {:.2} cores) | approved {} declined {} (ceiling {}, funds {}, \
          other {}) | ticket latency p50 {} us p99 {} us p99.9 {} us | conservation {}",
         median.pays_per_s(),
         rates.join(", "),
+        median.cores(),
         median.tally.approved,
         median.tally.declined_total(),
         declined[Reason::CeilingExceeded.index()],
@@ -377,46 +403,47 @@ fn baseline_requests(cards: u64) {
 fn baseline_apply(cards: u64) {
     let regions = Regions::builtin();
     let region = regions.id_of("eu-west").expect("a built-in region");
-    let mut state = ShardState::new(0, 1, regions.len());
+    let mut populated = ShardState::new(0, 1, regions.len());
     let mut calendar = Calendar::new(&regions);
     let start_ms = ManualClock::SERVER_START_MS;
     let mut env = Env { regions: &regions, calendar: &mut calendar };
     for profile in 0..cards {
         let open = Input::Client(Request::new(Command::OpenProfile { region }));
-        apply(&mut state, &mut env, start_ms, &open);
+        apply(&mut populated, &mut env, start_ms, &open);
         let open = Input::Client(Request::new(Command::OpenAccount {
             profile,
             kind: plafond::AccountKind::Checking,
             opening: Some(OPENING),
         }));
-        apply(&mut state, &mut env, start_ms, &open);
+        apply(&mut populated, &mut env, start_ms, &open);
     }
     let workload = Workload::new(cards, Skew::Uniform);
     let mut rng = SplitMix(11);
     let pays = cards * PAYS_PER_CARD;
     let inputs: Vec<Input> =
         (0..pays).map(|_| Input::Client(Request::new(workload.pay(&mut rng)))).collect();
-    let mut approved = 0u64;
-    let started = Instant::now();
-    for (index, input) in inputs.iter().enumerate() {
-        let ts_ms = start_ms + (index as u64 / cards) as i64 * DAY_MS;
-        let applied = apply(&mut state, &mut env, ts_ms, input);
-        if applied.changed
-            && matches!(
-                applied.reply,
-                plafond::internals::apply::Reply::Now(Outcome::Approved { .. })
-            )
-        {
-            approved += 1;
+    for ahead in [0, PREFETCH_AHEAD] {
+        let mut state = populated.clone();
+        let mut approved = 0u64;
+        let started = Instant::now();
+        for (index, input) in inputs.iter().enumerate() {
+            if let Some(Input::Client(request)) = inputs.get(index + ahead).filter(|_| ahead > 0) {
+                prefetch(&state, request);
+            }
+            let ts_ms = start_ms + (index as u64 / cards) as i64 * DAY_MS;
+            let applied = apply(&mut state, &mut env, ts_ms, input);
+            if matches!(applied.reply, Reply::Now(Outcome::Approved { .. })) {
+                approved += 1;
+            }
         }
+        let elapsed = started.elapsed();
+        println!(
+            "baseline/apply (prefetch {ahead} ahead): {:.0} pays/s on one thread, one shard of \
+             {cards} cards ({:.1} ns each; {approved} approved)",
+            pays as f64 / elapsed.as_secs_f64(),
+            elapsed.as_nanos() as f64 / pays as f64
+        );
     }
-    let elapsed = started.elapsed();
-    println!(
-        "baseline/apply: {:.0} pays/s on one thread, one shard of {cards} cards ({:.1} ns \
-         each; {approved} approved)",
-        pays as f64 / elapsed.as_secs_f64(),
-        elapsed.as_nanos() as f64 / pays as f64
-    );
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -436,7 +463,7 @@ fn main() {
         cards * PAYS_PER_CARD,
         base_dir.display()
     );
-    if only.is_empty() || "baseline".contains(&only) {
+    if only.is_empty() || only.contains("baseline") {
         baseline_requests(cards);
         baseline_apply(cards);
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::apply::{apply, Env, Input, Reply};
+use crate::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
 use crate::calendar::Calendar;
 use crate::command::{Outcome, RegionId, Request};
 use crate::ids::{shard_of, ShardId};
@@ -244,7 +244,15 @@ impl Actor {
             Mail::Requests { ts_ms, items, collector } => {
                 batch.commands += items.len();
                 let mut outcomes = Vec::with_capacity(items.len());
-                for (index, request) in items {
+                let mut items = items.into_iter();
+                for (_, ahead) in items.as_slice().iter().take(PREFETCH_AHEAD) {
+                    prefetch(&self.state, ahead);
+                }
+                while let Some((index, request)) = items.next() {
+                    // Nearly every command misses the cache: start the miss of a later one.
+                    if let Some((_, ahead)) = items.as_slice().get(PREFETCH_AHEAD - 1) {
+                        prefetch(&self.state, ahead);
+                    }
                     let input = Input::Client(request);
                     let reply = self.apply_one(ts_ms, &input, batch);
                     match reply {
@@ -286,7 +294,8 @@ impl Actor {
     fn apply_one(&mut self, ts_ms: i64, input: &Input, batch: &mut Batch) -> Reply {
         let mut env = Env { regions: &self.setup.regions, calendar: &mut self.calendar };
         let applied = apply(&mut self.state, &mut env, ts_ms, input);
-        if applied.changed {
+        // Durability `none` writes no log: encoding it would be thrown away.
+        if applied.changed && self.setup.durability != Durability::None {
             batch.encoder.push(ts_ms, input, applied.logged_outcome());
         }
         if let Some((shard, input)) = applied.message {

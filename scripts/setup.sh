@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what plafond needs on a fresh Debian machine: libclang for the rocksdb crate's
+# bindings, a C++ compiler for RocksDB itself, redis-tools for the demo and the peers.
+# Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
+set -euo pipefail
+
+missing=()
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+dpkg -s clang >/dev/null 2>&1 || missing+=(clang)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    sudo_if_needed=""
+    [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
+    $sudo_if_needed apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is needed (https://rustup.rs)" >&2; exit 1; }
+
+# One build directory, outside the clone, for tests, benches and examples alike: RocksDB's
+# C++ takes many minutes on two cores and is compiled once. A cold one works too.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/plafond/target}"
+mkdir -p "$CARGO_TARGET_DIR"
