@@ -407,6 +407,12 @@ fn baseline_apply(cards: u64) {
     let mut calendar = Calendar::new(&regions);
     let start_ms = ManualClock::SERVER_START_MS;
     let mut env = Env { regions: &regions, calendar: &mut calendar };
+    // What a shard logs at start-up: the configured rules of every region.
+    for (region_id, region) in (0..regions.len() as u16).filter_map(|r| Some((r, regions.get(r)?)))
+    {
+        let rules = Input::SetRules { region: region_id, rules: region.rules.clone() };
+        apply(&mut populated, &mut env, start_ms, &rules);
+    }
     for profile in 0..cards {
         let open = Input::Client(Request::new(Command::OpenProfile { region }));
         apply(&mut populated, &mut env, start_ms, &open);
@@ -422,7 +428,7 @@ fn baseline_apply(cards: u64) {
     let pays = cards * PAYS_PER_CARD;
     let inputs: Vec<Input> =
         (0..pays).map(|_| Input::Client(Request::new(workload.pay(&mut rng)))).collect();
-    for ahead in [0, PREFETCH_AHEAD] {
+    for ahead in [0, 4, 8, PREFETCH_AHEAD, 32] {
         let mut state = populated.clone();
         let mut approved = 0u64;
         let started = Instant::now();

@@ -43,9 +43,20 @@ const CHECKING_PER_PROFILE: usize = 3;
 const WORKERS: u64 = 4;
 /// The most commands a child worker submits in one ticket.
 const WORKER_BATCH_MAX: u64 = 12;
-/// The kill comes this long after the child was spawned.
-const KILL_DELAY_MS_MIN: u64 = 50;
-const KILL_DELAY_MS_MAX: u64 = 400;
+/// One kill in this many comes at a random instant after the spawn, which may fall in
+/// the child's recovery (replay, resent credits); the others come at a random instant
+/// after the child reported its engine open, so they hit it under load. The kill before
+/// a kill from the spawn is not checked (nor its transfers settled) until after it, so
+/// that the next child recovers from a crash under load, and may crash while doing so.
+const KILLS_FROM_SPAWN_EVERY: u64 = 4;
+/// A kill from the spawn comes this long after it.
+const KILL_DELAY_MS_MIN: u64 = 5;
+const KILL_DELAY_MS_MAX: u64 = 100;
+/// A kill under load comes this long after the child's engine is open.
+const LOAD_DELAY_MS_MIN: u64 = 20;
+const LOAD_DELAY_MS_MAX: u64 = 300;
+/// How long a child may take to open its engine.
+const CHILD_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A child never killed stops by itself after this and fails the test.
 const CHILD_LIFETIME_MAX: Duration = Duration::from_secs(60);
 /// How long recovery may take to settle the transfers it finds unsettled.
@@ -153,6 +164,11 @@ impl Population {
 // ---------------------------------------------------------------------------------------
 // The journal: what the child meant to do and what it was told.
 
+/// Created by the child once its engine is open.
+fn ready_path(dir: &Path, iteration: u64) -> PathBuf {
+    dir.join(format!("ready-{iteration}"))
+}
+
 fn journal_path(dir: &Path, iteration: u64, worker: u64) -> PathBuf {
     dir.join(format!("journal-i{iteration}-w{worker}.txt"))
 }
@@ -190,9 +206,11 @@ struct Journal {
 }
 
 impl Journal {
-    fn read(dir: &Path, iteration: u64) -> Journal {
+    /// The journals of `iterations`.
+    fn read(dir: &Path, iterations: std::ops::RangeInclusive<u64>) -> Journal {
         let mut journal = Journal::default();
-        for worker in 0..WORKERS {
+        let files = iterations.flat_map(|iteration| (0..WORKERS).map(move |w| (iteration, w)));
+        for (iteration, worker) in files {
             let Ok(bytes) = std::fs::read(journal_path(dir, iteration, worker)) else {
                 continue; // Killed before the worker created its file.
             };
@@ -243,6 +261,7 @@ fn crash_child() {
     let seed: u64 = std::env::var(CHILD_SEED_ENV).unwrap().parse().unwrap();
     let population = Population::load(&dir);
     let engine = Arc::new(Engine::open(config(&dir)).expect("the child reopens the engine"));
+    File::create(ready_path(&dir, iteration)).unwrap();
     let started = Instant::now();
     let workers: Vec<_> = (0..WORKERS)
         .map(|worker| {
@@ -442,22 +461,25 @@ struct Tally {
     retried: usize,
     /// Kills that left at least one acknowledged outcome: the child was under load.
     kills_under_load: u64,
+    /// Kills before the child's engine was open: in its replay or recovery.
+    kills_in_recovery: u64,
 }
 
 /// Reopens after a kill and checks §7; brings the model up to date.
-fn verify_after_kill(
+fn verify_after_kills(
     dir: &Path,
-    iteration: u64,
+    iterations: std::ops::RangeInclusive<u64>,
     population: &Population,
     model: &mut Model,
     acked: &mut Vec<(String, Command, String)>,
     tally: &mut Tally,
 ) {
+    let iteration = *iterations.end();
     let engine = Engine::open(config(dir))
         .unwrap_or_else(|error| panic!("reopening after kill {iteration}: {error}"));
     let audit_before = quiescent_audit(&engine);
     let balances_before = balances(&engine, population);
-    let journal = Journal::read(dir, iteration);
+    let journal = Journal::read(dir, iterations.clone());
 
     // (a) and (b): every acknowledged outcome is there, and replaying it applies nothing.
     let acked_now: Vec<(String, Command)> =
@@ -492,11 +514,8 @@ fn verify_after_kill(
     assert_eq!(audit, model.expected_audit(), "kill {iteration}");
     tally.acked += acked_now.len();
     tally.retried += unacked.len();
-    if !acked_now.is_empty() {
-        tally.kills_under_load += 1;
-    }
     println!(
-        "kill {iteration}: {} acked, {} retried, balances {}",
+        "kills {iterations:?}: {} acked, {} retried, balances {}",
         acked_now.len(),
         unacked.len(),
         audit.balances_minor
@@ -518,6 +537,15 @@ fn spawn_child(dir: &Path, iteration: u64, seed: u64) -> std::process::Child {
         .expect("re-execute the test binary as the child")
 }
 
+/// Fails the test, with the child's stderr, if the child ended before being killed.
+fn assert_alive(dir: &Path, iteration: u64, child: &mut std::process::Child) {
+    if let Some(status) = child.try_wait().unwrap() {
+        let stderr_path = dir.join(format!("child-{iteration}.stderr"));
+        let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
+        panic!("child {iteration} ended by itself ({status}) before the kill:\n{stderr}");
+    }
+}
+
 #[test]
 fn crash_under_load() {
     let seed =
@@ -536,21 +564,39 @@ fn crash_under_load() {
     let mut model = Model::new(&population);
     let mut acked = Vec::new();
     let mut tally = Tally::default();
+    let mut unchecked_from = 0;
     for iteration in 0..KILLS {
         let spawned = Instant::now();
         let mut child = spawn_child(dir, iteration, rng.next());
-        let delay = Duration::from_millis(rng.between(KILL_DELAY_MS_MIN, KILL_DELAY_MS_MAX));
-        std::thread::sleep(delay.saturating_sub(spawned.elapsed()));
-        if let Some(status) = child.try_wait().unwrap() {
-            let stderr_path = dir.join(format!("child-{iteration}.stderr"));
-            let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
-            panic!("child {iteration} ended by itself ({status}) before the kill:\n{stderr}");
+        if iteration % KILLS_FROM_SPAWN_EVERY == KILLS_FROM_SPAWN_EVERY - 1 {
+            let delay = rng.between(KILL_DELAY_MS_MIN, KILL_DELAY_MS_MAX);
+            std::thread::sleep(Duration::from_millis(delay).saturating_sub(spawned.elapsed()));
+        } else {
+            while !ready_path(dir, iteration).exists() {
+                assert_alive(dir, iteration, &mut child);
+                assert!(spawned.elapsed() < CHILD_OPEN_TIMEOUT, "child {iteration} never opened");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let delay = rng.between(LOAD_DELAY_MS_MIN, LOAD_DELAY_MS_MAX);
+            std::thread::sleep(Duration::from_millis(delay));
         }
+        assert_alive(dir, iteration, &mut child);
         // SIGKILL on Unix: no destructor, no flush, no clean shutdown.
         child.kill().unwrap();
         let status = child.wait().unwrap();
         assert!(!status.success(), "child {iteration} was killed");
-        verify_after_kill(dir, iteration, &population, &mut model, &mut acked, &mut tally);
+        if !ready_path(dir, iteration).exists() {
+            tally.kills_in_recovery += 1;
+        }
+        if !Journal::read(dir, iteration..=iteration).acks.is_empty() {
+            tally.kills_under_load += 1;
+        }
+        if iteration % KILLS_FROM_SPAWN_EVERY == KILLS_FROM_SPAWN_EVERY - 2 {
+            continue; // Checked with the next one: its child recovers from this kill.
+        }
+        let iterations = unchecked_from..=iteration;
+        verify_after_kills(dir, iterations, &population, &mut model, &mut acked, &mut tally);
+        unchecked_from = iteration + 1;
     }
 
     // After every kill: each outcome ever acknowledged is still the one returned.
@@ -565,8 +611,9 @@ fn crash_under_load() {
     assert_eq!(audit, model.expected_audit());
     assert_eq!(balances(&engine, &population), model.expected_balances());
     println!(
-        "{KILLS} kills, {} under load; {} outcomes acked and replayed, {} retried",
-        tally.kills_under_load, tally.acked, tally.retried
+        "{KILLS} kills, {} under load, {} while the child was recovering; \
+         {} outcomes acked and replayed, {} retried",
+        tally.kills_under_load, tally.kills_in_recovery, tally.acked, tally.retried
     );
     // The test means nothing if the kills never hit a loaded engine.
     assert!(

@@ -331,15 +331,17 @@ impl Connection {
             if *shutdown.borrow() || self.buffer.len() >= READ_BUFFER_BYTES_MAX {
                 return;
             }
-            self.buffer.reserve(READ_CHUNK_BYTES);
+            // Exactly one chunk of room, so the buffer's size stays what the limits say.
+            let filled = self.buffer.len();
+            self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
             let read = tokio::select! {
-                read = self.stream.read_buf(&mut self.buffer) => read,
-                _ = shutdown.changed() => return,
+                read = self.stream.read(&mut self.buffer[filled..]) => read,
+                _ = shutdown.changed() => Ok(0),
             };
             match read {
                 // A half-sent request is dropped with the connection: it never ran.
                 Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(n) => self.buffer.truncate(filled + n),
             }
         }
     }
@@ -432,11 +434,15 @@ impl Connection {
         let replies = std::mem::take(&mut self.replies);
         let mut encoder = Encoder { out: &mut self.out, protocol: self.protocol };
         for reply in replies {
-            match (reply, outcomes.next()) {
-                (Reply::Ready(bytes), _) => encoder.out.extend_from_slice(&bytes),
-                (Reply::Engine, Some(outcome)) => commands::render_outcome(&mut encoder, &outcome),
-                (Reply::Engine, None) => encoder
-                    .error(&format!("ERR engine: {}", failure.as_deref().unwrap_or("no outcome"))),
+            match reply {
+                Reply::Ready(bytes) => encoder.out.extend_from_slice(&bytes),
+                Reply::Engine => match outcomes.next() {
+                    Some(outcome) => commands::render_outcome(&mut encoder, &outcome),
+                    None => encoder.error(&format!(
+                        "ERR engine: {}",
+                        failure.as_deref().unwrap_or("no outcome")
+                    )),
+                },
             }
         }
     }

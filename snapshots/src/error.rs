@@ -14,11 +14,7 @@ pub enum SnapshotError {
     #[error("there is no snapshot at {path}")]
     Missing { path: PathBuf },
     #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("the snapshot {path} is empty (0 bytes): it was never written, or was truncated")]
     Empty { path: PathBuf },
     #[error("{path} is not a plafond snapshot: it does not start with the magic `PLAFSNAP`")]
@@ -32,28 +28,17 @@ pub enum SnapshotError {
         "the snapshot is truncated: it has {found_bytes} bytes, {expected_bytes} were written \
          ({what})"
     )]
-    Truncated {
-        expected_bytes: u64,
-        found_bytes: u64,
-        what: &'static str,
-    },
+    Truncated { expected_bytes: u64, found_bytes: u64, what: &'static str },
     #[error(
         "the snapshot has {extra_bytes} unexpected bytes after its end ({expected_bytes} \
          were written): it was appended to or is corrupt"
     )]
-    TrailingBytes {
-        expected_bytes: u64,
-        extra_bytes: u64,
-    },
+    TrailingBytes { expected_bytes: u64, extra_bytes: u64 },
     #[error(
         "checksum mismatch in the {part} (stored {stored:#010x}, computed {computed:#010x}): \
          the snapshot is corrupt"
     )]
-    Checksum {
-        part: String,
-        stored: u32,
-        computed: u32,
-    },
+    Checksum { part: String, stored: u32, computed: u32 },
     #[error("the snapshot's header is corrupt: {problem}")]
     CorruptHeader { problem: String },
     #[error("the snapshot's trailer is corrupt: {problem}")]
@@ -83,10 +68,6 @@ pub enum SnapshotError {
 impl SnapshotError {
     /// An I/O error while `action` (e.g. "reading") `path`.
     pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
-        SnapshotError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
+        SnapshotError::Io { action, path: path.to_path_buf(), source }
     }
 }

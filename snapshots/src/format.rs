@@ -176,15 +176,11 @@ fn corrupt_header(problem: String) -> SnapshotError {
 /// most [`HEADER_FIXED_BYTES`]) and `file_bytes` its size.
 fn check_prefix(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<u16, SnapshotError> {
     if file_bytes == 0 {
-        return Err(SnapshotError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(SnapshotError::Empty { path: path.to_path_buf() });
     }
     let magic_seen = prefix.len().min(MAGIC.len());
     if prefix[..magic_seen] != MAGIC[..magic_seen] {
-        return Err(SnapshotError::BadMagic {
-            path: path.to_path_buf(),
-        });
+        return Err(SnapshotError::BadMagic { path: path.to_path_buf() });
     }
     let too_short = |needed: usize| SnapshotError::Truncated {
         expected_bytes: needed as u64,
@@ -203,15 +199,11 @@ fn check_prefix(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<u16, Snap
     }
     let shards = u16_at(prefix, 16);
     if shards == 0 || shards > SHARDS_MAX {
-        return Err(corrupt_header(format!(
-            "{shards} shards is not 1 ..= {SHARDS_MAX}"
-        )));
+        return Err(corrupt_header(format!("{shards} shards is not 1 ..= {SHARDS_MAX}")));
     }
     let stated = u32_at(prefix, 12) as usize;
     if stated != header_bytes(shards) {
-        return Err(corrupt_header(format!(
-            "header length {stated} does not fit {shards} shards"
-        )));
+        return Err(corrupt_header(format!("header length {stated} does not fit {shards} shards")));
     }
     if file_bytes < stated as u64 {
         return Err(too_short(stated));
@@ -223,9 +215,7 @@ fn check_prefix(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<u16, Snap
 fn parse_header(bytes: &[u8], shards: u16) -> Result<Header, SnapshotError> {
     let regions = u16_at(bytes, 18);
     if regions == 0 || regions > REGIONS_MAX {
-        return Err(corrupt_header(format!(
-            "{regions} regions is not 1 ..= {REGIONS_MAX}"
-        )));
+        return Err(corrupt_header(format!("{regions} regions is not 1 ..= {REGIONS_MAX}")));
     }
     let chunk_bytes = u32_at(bytes, 20);
     if !(CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(&chunk_bytes) {
@@ -257,38 +247,23 @@ fn parse_header(bytes: &[u8], shards: u16) -> Result<Header, SnapshotError> {
         }
         sections.push(section);
     }
-    Ok(Header {
-        shards,
-        regions,
-        chunk_bytes,
-        created_ms,
-        sections,
-    })
+    Ok(Header { shards, regions, chunk_bytes, created_ms, sections })
 }
 
 /// Reads `buffer.len()` bytes of `path`.
-fn read_exact(
-    reader: &mut impl Read,
-    buffer: &mut [u8],
-    path: &Path,
-) -> Result<(), SnapshotError> {
+fn read_exact(reader: &mut impl Read, buffer: &mut [u8], path: &Path) -> Result<(), SnapshotError> {
     // The size was checked against the header first: a short read here means the file
     // shrank while it was read, which the I/O error says.
-    reader
-        .read_exact(buffer)
-        .map_err(|error| SnapshotError::io("reading", path, error))
+    reader.read_exact(buffer).map_err(|error| SnapshotError::io("reading", path, error))
 }
 
 fn open_snapshot(path: &Path) -> Result<(File, u64), SnapshotError> {
     let file = File::open(path).map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound => SnapshotError::Missing {
-            path: path.to_path_buf(),
-        },
+        std::io::ErrorKind::NotFound => SnapshotError::Missing { path: path.to_path_buf() },
         _ => SnapshotError::io("opening", path, error),
     })?;
-    let metadata = file
-        .metadata()
-        .map_err(|error| SnapshotError::io("reading the size of", path, error))?;
+    let metadata =
+        file.metadata().map_err(|error| SnapshotError::io("reading the size of", path, error))?;
     if !metadata.is_file() {
         return Err(SnapshotError::io(
             "opening",
@@ -317,16 +292,11 @@ fn read_header(
     let stored = u32_at(&bytes, body);
     let computed = crc32c::crc32c(&bytes[..body]);
     if stored != computed {
-        return Err(SnapshotError::Checksum {
-            part: "header".into(),
-            stored,
-            computed,
-        });
+        return Err(SnapshotError::Checksum { part: "header".into(), stored, computed });
     }
     let header = parse_header(&bytes, shards)?;
-    let expected_bytes = header
-        .file_bytes()
-        .ok_or_else(|| corrupt_header("section lengths overflow".into()))?;
+    let expected_bytes =
+        header.file_bytes().ok_or_else(|| corrupt_header("section lengths overflow".into()))?;
     if file_bytes < expected_bytes {
         return Err(SnapshotError::Truncated {
             expected_bytes,
@@ -397,11 +367,7 @@ fn read_trailer(
     let computed = crc32c::crc32c_append(file_crc, &trailer[..16]);
     let stored = u32_at(&trailer, 16);
     if stored != computed {
-        return Err(SnapshotError::Checksum {
-            part: "whole file".into(),
-            stored,
-            computed,
-        });
+        return Err(SnapshotError::Checksum { part: "whole file".into(), stored, computed });
     }
     Ok(())
 }
@@ -425,12 +391,7 @@ pub fn read(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot,
     for shard in 0..usize::from(header.shards) {
         let mut on_chunk = |bytes: u64| {
             done += bytes;
-            progress(Progress {
-                phase: "read",
-                done,
-                total: file_bytes,
-                unit: "bytes",
-            });
+            progress(Progress { phase: "read", done, total: file_bytes, unit: "bytes" });
         };
         encoded.push(read_section(
             &mut reader,
@@ -461,9 +422,7 @@ where
 {
     let count = items.len();
     let total: u64 = items.iter().map(|(_, weight)| weight).sum();
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(count.max(1));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count.max(1));
     let queue = Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
     let (results_tx, results_rx) = mpsc::channel();
     std::thread::scope(|scope| {
@@ -492,12 +451,7 @@ where
                 }
             }
             done += weight;
-            progress(Progress {
-                phase,
-                done,
-                total,
-                unit: "accounts",
-            });
+            progress(Progress { phase, done, total, unit: "accounts" });
         }
         if let Some(error) = first_error {
             return Err(error);
@@ -517,12 +471,8 @@ fn decode_all(
         .zip(&header.sections)
         .map(|(bytes, section)| (bytes, section.accounts))
         .collect();
-    let states = parallel(
-        items,
-        |shard, bytes| decode_state(header, shard, &bytes),
-        "decode",
-        progress,
-    )?;
+    let states =
+        parallel(items, |shard, bytes| decode_state(header, shard, &bytes), "decode", progress)?;
     if states.len() != usize::from(header.shards) {
         return Err(corrupt_header("a shard's state went missing".into()));
     }
@@ -552,21 +502,19 @@ fn decode_limited(bytes: &[u8]) -> Result<(ShardState, usize), DecodeError> {
         .ok_or(DecodeError::LimitExceeded)?;
     by_shift!(
         limit.trailing_zeros(),
-        [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45]
+        [
+            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41,
+            42, 43, 44, 45
+        ]
     )
 }
 
 fn decode_state(header: &Header, shard: usize, bytes: &[u8]) -> Result<ShardState, SnapshotError> {
-    let corrupt = |problem: String| SnapshotError::CorruptShard {
-        shard: shard as ShardId,
-        problem,
-    };
+    let corrupt =
+        |problem: String| SnapshotError::CorruptShard { shard: shard as ShardId, problem };
     let (state, used) = decode_limited(bytes).map_err(|error| corrupt(error.to_string()))?;
     if used != bytes.len() {
-        return Err(corrupt(format!(
-            "{} bytes after the encoded state",
-            bytes.len() - used
-        )));
+        return Err(corrupt(format!("{} bytes after the encoded state", bytes.len() - used)));
     }
     check_state(&state, header, shard).map_err(corrupt)?;
     Ok(state)
@@ -681,10 +629,7 @@ pub fn write(
             problem: format!("chunk size {} is out of range", options.chunk_bytes),
         });
     }
-    let items = shards
-        .iter()
-        .map(|(state, _)| (state, state.accounts.len() as u64))
-        .collect();
+    let items = shards.iter().map(|(state, _)| (state, state.accounts.len() as u64)).collect();
     let encoded = parallel(
         items,
         |shard, state: &ShardState| {
@@ -756,12 +701,7 @@ fn write_file(
             file_crc = crc32c::crc32c_combine(file_crc, crc, chunk.len());
             file_crc = crc32c::crc32c_append(file_crc, &crc_bytes);
             done += (chunk.len() + CRC_BYTES) as u64;
-            progress(Progress {
-                phase: "write",
-                done,
-                total,
-                unit: "bytes",
-            });
+            progress(Progress { phase: "write", done, total, unit: "bytes" });
         }
     }
     let mut trailer = Vec::with_capacity(TRAILER_BYTES);
@@ -773,8 +713,7 @@ fn write_file(
     done += TRAILER_BYTES as u64;
     assert_eq!(done, total, "the written length matches the header's");
     let file = writer.into_inner().map_err(|error| io(error.into_error()))?;
-    file.sync_all()
-        .map_err(|error| SnapshotError::io("fsyncing", path, error))?;
+    file.sync_all().map_err(|error| SnapshotError::io("fsyncing", path, error))?;
     Ok(total)
 }
 
@@ -786,7 +725,5 @@ pub(crate) fn sync_parent(path: &Path) -> Result<(), SnapshotError> {
     };
     let directory =
         File::open(parent).map_err(|error| SnapshotError::io("opening", parent, error))?;
-    directory
-        .sync_all()
-        .map_err(|error| SnapshotError::io("fsyncing", parent, error))
+    directory.sync_all().map_err(|error| SnapshotError::io("fsyncing", parent, error))
 }

@@ -75,10 +75,7 @@ pub fn write(
     shards: &[(ShardState, u64)],
     mut progress: impl FnMut(Progress),
 ) -> Result<SnapshotReport, SnapshotError> {
-    let options = format::WriteOptions {
-        chunk_bytes: format::CHUNK_BYTES,
-        created_ms: now_ms(),
-    };
+    let options = format::WriteOptions { chunk_bytes: format::CHUNK_BYTES, created_ms: now_ms() };
     write_with(path, shards, options, &mut progress)
 }
 
@@ -98,12 +95,7 @@ pub fn write_with(
         shards: written.header.shards,
         accounts,
         bytes: written.bytes,
-        log_positions: written
-            .header
-            .sections
-            .iter()
-            .map(|s| s.log_position)
-            .collect(),
+        log_positions: written.header.sections.iter().map(|s| s.log_position).collect(),
         seconds,
         accounts_per_second: accounts as f64 / seconds.max(f64::EPSILON),
     })

@@ -32,12 +32,7 @@ pub struct Terminal {
 impl Terminal {
     /// A progress line prefixed with `label` ("snapshot", "restore").
     pub fn new(label: &'static str) -> Terminal {
-        Terminal {
-            label,
-            enabled: std::io::stderr().is_terminal(),
-            last_draw: None,
-            drawn: false,
-        }
+        Terminal { label, enabled: std::io::stderr().is_terminal(), last_draw: None, drawn: false }
     }
 
     /// Shows `progress` (throttled; the last step of a phase is always drawn).
@@ -46,9 +41,7 @@ impl Terminal {
             return;
         }
         let now = Instant::now();
-        let due = self
-            .last_draw
-            .is_none_or(|last| now.duration_since(last) >= REDRAW_INTERVAL);
+        let due = self.last_draw.is_none_or(|last| now.duration_since(last) >= REDRAW_INTERVAL);
         if !due && progress.done < progress.total {
             return;
         }

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use plafond_shards::calendar::Day;
 use plafond_shards::ids::ShardId;
 use plafond_shards::log::{log_key, parse_log_key};
 use plafond_shards::store::Store;
@@ -43,9 +44,7 @@ fn check_target(target: &Path) -> Result<(), SnapshotError> {
     match std::fs::read_dir(target) {
         Ok(mut entries) => match entries.next() {
             None => Ok(()),
-            Some(_) => Err(SnapshotError::TargetNotEmpty {
-                path: target.to_path_buf(),
-            }),
+            Some(_) => Err(SnapshotError::TargetNotEmpty { path: target.to_path_buf() }),
         },
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(SnapshotError::io("listing the target", target, error)),
@@ -66,17 +65,12 @@ pub fn staging_path(target: &Path) -> Result<PathBuf, SnapshotError> {
 /// Opens the source data directory, refusing one that does not exist (opening would
 /// create it) or that an engine holds.
 fn open_source(source: &Path, shards: u16) -> Result<Store, SnapshotError> {
-    let problem = |problem: String| SnapshotError::Source {
-        path: source.to_path_buf(),
-        problem,
-    };
+    let problem = |problem: String| SnapshotError::Source { path: source.to_path_buf(), problem };
     if !source.join("CURRENT").is_file() {
         return Err(problem("it is not a data directory (no RocksDB CURRENT file)".into()));
     }
     Store::open(source, shards).map_err(|error| {
-        problem(format!(
-            "{error} (the engine that uses it must be stopped before restoring)"
-        ))
+        problem(format!("{error} (the engine that uses it must be stopped before restoring)"))
     })
 }
 
@@ -99,9 +93,8 @@ pub fn restore(
     let snapshot_bytes = std::fs::metadata(snapshot).map_or(0, |m| m.len());
     let read = format::read(snapshot, progress)?;
     let shards = read.header.shards;
-    let source = source
-        .map(|dir| open_source(dir, shards).map(|store| (dir, store)))
-        .transpose()?;
+    let source =
+        source.map(|dir| open_source(dir, shards).map(|store| (dir, store))).transpose()?;
     std::fs::create_dir_all(&staging)
         .map_err(|error| SnapshotError::io("creating", &staging, error))?;
     let built = build(&staging, &read, source.as_ref(), progress);
@@ -153,6 +146,7 @@ fn build(
         "checkpoint",
         progress,
     )?;
+    record_epochs(&store, snapshot, source.map(|(_, source)| source))?;
     let mut log_batches = 0;
     if let Some((path, source)) = source {
         for (shard, section) in snapshot.header.sections.iter().enumerate() {
@@ -170,6 +164,38 @@ fn build(
     Ok(log_batches)
 }
 
+/// Records each region's last completed epoch, which the batch service keeps beside the
+/// log rather than in the shards. With the source's log, the source's records hold: their
+/// rolls are in the log copied. Otherwise they are derived from the shards: an epoch rolls
+/// every shard (`rolled_day` is raised at its first chunk on each) and is recorded only
+/// once all are done, so if every shard has started day D, epoch D - 1 completed. D itself
+/// may have been cut halfway; the restored engine runs it again, which is a no-op where it
+/// was already applied (§3, §4).
+fn record_epochs(
+    store: &Store,
+    snapshot: &Snapshot,
+    source: Option<&Store>,
+) -> Result<(), SnapshotError> {
+    for region in 0..snapshot.header.regions {
+        let started = snapshot
+            .states
+            .iter()
+            .map(|state| state.rolled_day.get(usize::from(region)).copied())
+            .min()
+            .flatten()
+            .filter(|&day| day > Day::MIN);
+        let from_source = match source {
+            Some(source) => source.last_epoch(region)?,
+            None => None,
+        };
+        let completed = from_source.or(started.map(|day| day - 1));
+        if let Some(day) = completed {
+            store.record_epoch(region, day)?;
+        }
+    }
+    Ok(())
+}
+
 /// Copies `shard`'s log batches `position ..` from `source` to `target`, as raw keys and
 /// values (they are replayed, and so checked, when the engine opens).
 fn copy_log(
@@ -179,10 +205,7 @@ fn copy_log(
     shard: ShardId,
     position: u64,
 ) -> Result<u64, SnapshotError> {
-    let problem = |problem: String| SnapshotError::Source {
-        path: path.to_path_buf(),
-        problem,
-    };
+    let problem = |problem: String| SnapshotError::Source { path: path.to_path_buf(), problem };
     // The snapshot holds batches `0 .. position`: a directory whose log does not reach
     // `position - 1` cannot be the one the snapshot was taken from, or lost its end.
     if let Some(last) = position.checked_sub(1) {
@@ -196,10 +219,7 @@ fn copy_log(
     let start = log_key(shard, position);
     let mut batch = WriteBatch::default();
     let (mut next_seq, mut copied) = (position, 0);
-    for item in source
-        .db()
-        .iterator(IteratorMode::From(&start, Direction::Forward))
-    {
+    for item in source.db().iterator(IteratorMode::From(&start, Direction::Forward)) {
         let (key, value) = item?;
         match parse_log_key(&key) {
             Some((key_shard, seq)) if key_shard == shard => {

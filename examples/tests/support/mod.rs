@@ -92,13 +92,8 @@ impl Server {
     /// A raw connection.
     pub fn raw(&self) -> Raw {
         let stream = TcpStream::connect(self.addr).expect("connects");
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .expect("sets a timeout");
-        Raw {
-            stream,
-            buffer: Vec::new(),
-        }
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).expect("sets a timeout");
+        Raw { stream, buffer: Vec::new() }
     }
 
     /// A `redis` crate connection.
