@@ -13,6 +13,8 @@
 //! an epoch interrupted by a crash is simply run again after restart (it is recorded only
 //! once complete), and missed epochs run in order on catch-up.
 
+#![warn(missing_docs)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;

@@ -360,11 +360,12 @@ fn run_scenario(scenario: &Scenario, cards: u64, runs: usize, base_dir: &PathBuf
     let latencies = &median.tally.latencies_us;
     let declined = &median.tally.declined;
     println!(
-        "{name}: median {:.0} pays/s (runs {}; {:.2} cores) | approved {} declined {} (ceiling {}, funds {}, \
+        "{name}: median {:.0} pays/s (runs {}; {:.2} cores, {:.0} pays per CPU-s) | approved {} declined {} (ceiling {}, funds {}, \
          other {}) | ticket latency p50 {} us p99 {} us p99.9 {} us | conservation {}",
         median.pays_per_s(),
         rates.join(", "),
         median.cores(),
+        median.pays as f64 / median.cpu_s.max(0.01),
         median.tally.approved,
         median.tally.declined_total(),
         declined[Reason::CeilingExceeded.index()],

@@ -18,9 +18,42 @@
 use std::error::Error;
 use std::time::Instant;
 
-use plafond::{Durability, Engine, EngineConfig, Opening};
+use plafond::{Durability, Engine, EngineConfig, Opening, Progress};
 
 const ACCOUNTS_DEFAULT: u64 = 1_000_000;
+
+/// Remembers when each phase of a run ended, to say where the time goes.
+struct Phases {
+    started: Instant,
+    ends: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            started: Instant::now(),
+            ends: Vec::new(),
+        }
+    }
+
+    fn saw(&mut self, progress: Progress) {
+        let now = self.started.elapsed().as_secs_f64();
+        match self.ends.last_mut() {
+            Some((phase, end)) if *phase == progress.phase => *end = now,
+            _ => self.ends.push((progress.phase, now)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut previous = 0.0;
+        let mut parts = Vec::new();
+        for (phase, end) in &self.ends {
+            parts.push(format!("{phase} {:.3} s", end - previous));
+            previous = *end;
+        }
+        parts.join(", ")
+    }
+}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Box<dyn Error>> {
     match std::env::var(name) {
@@ -58,7 +91,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let audit = engine.audit()?;
 
     let path = dir.join("bench.plafsnap");
-    let snapshot = engine.snapshot(&path)?;
+    let mut phases = Phases::new();
+    let snapshot = engine.snapshot_with_progress(&path, |p| phases.saw(p))?;
     drop(engine);
     println!(
         "snapshot: {} accounts, {} bytes ({:.1} bytes/account), {:.3} s, {:.0} accounts/s",
@@ -68,14 +102,18 @@ fn main() -> Result<(), Box<dyn Error>> {
         snapshot.seconds,
         snapshot.accounts_per_second
     );
+    println!("  snapshot phases: {}", phases.describe());
 
     let target =
         EngineConfig::durable(dir.join("restored")).with_shards(shards).with_epoch_poll(None);
-    let (restored, report) = Engine::restore(&path, None, target)?;
+    let mut phases = Phases::new();
+    let (restored, report) =
+        Engine::restore_with_progress(&path, None, target, |p| phases.saw(p))?;
     println!(
         "restore: {} accounts, {:.3} s (of which Engine::open {:.3} s), {:.0} accounts/s",
         report.accounts, report.seconds, report.open_seconds, report.accounts_per_second
     );
+    println!("  restore phases: {}, then the rest", phases.describe());
     let restored_audit = restored.audit()?;
     if restored_audit != audit || !restored_audit.holds() {
         return Err(format!("audit differs: {audit:?} then {restored_audit:?}").into());

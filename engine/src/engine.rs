@@ -295,17 +295,6 @@ impl Engine {
         Ok(results.into_iter().map(|(_, result)| result).collect())
     }
 
-    /// Sends an input to a shard's internal mailbox (epochs); `done` hears when durable.
-    pub fn send_input(
-        &self,
-        shard: ShardId,
-        input: plafond_shards::apply::Input,
-        done: Option<crossbeam_channel::Sender<()>>,
-    ) {
-        let mail = Mail::Input { ts_ms: self.clock.now_ms(), input, done };
-        self.router.send_internal(shard, mail);
-    }
-
     /// The id of the region called `name`.
     pub fn region_id(&self, name: &str) -> Option<RegionId> {
         self.regions.id_of(name)

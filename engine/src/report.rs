@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use plafond_shards::command::{Reason, RegionId};
+use plafond_shards::command::Reason;
 use plafond_shards::state::{Instrument, RegionCounters, ShardState, Totals};
 
 use crate::engine::Engine;
@@ -157,11 +157,6 @@ impl Engine {
         total.counters.add(&unattributed);
         let audit = audit_of(cuts.iter().map(|cut| &cut.totals));
         Ok(Stats { regions, unattributed, total, audit, shards })
-    }
-
-    /// The region id for `name`, or the unattributed bucket's index.
-    pub fn region_index(&self, name: &str) -> Option<RegionId> {
-        self.region_id(name)
     }
 }
 

@@ -33,6 +33,13 @@ impl Engine {
     ) -> Result<SnapshotReport, EngineError> {
         let started = Instant::now();
         let shards = self.cut_with_position(|state, position| (state.clone(), position))?;
+        let accounts = shards.iter().map(|(state, _)| state.accounts.len() as u64).sum();
+        progress(Progress {
+            phase: "cut",
+            done: accounts,
+            total: accounts,
+            unit: "accounts",
+        });
         let mut report = plafond_snapshots::write(path.as_ref(), &shards, &mut progress)?;
         // The cut is part of the cost.
         report.seconds = started.elapsed().as_secs_f64();
@@ -52,6 +59,20 @@ impl Engine {
         source: Option<&Path>,
         config: EngineConfig,
     ) -> Result<(Engine, RestoreReport), EngineError> {
+        let mut terminal = Terminal::new("restore");
+        let restored =
+            Engine::restore_with_progress(snapshot, source, config, |p| terminal.show(p));
+        terminal.finish();
+        restored
+    }
+
+    /// [`Engine::restore`], telling `progress` how far it is instead of drawing it.
+    pub fn restore_with_progress(
+        snapshot: impl AsRef<Path>,
+        source: Option<&Path>,
+        config: EngineConfig,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<(Engine, RestoreReport), EngineError> {
         let started = Instant::now();
         let snapshot = snapshot.as_ref();
         let Some(target) = config.data_dir.clone() else {
@@ -68,12 +89,7 @@ impl Engine {
                 config.regions.len()
             )));
         }
-        let mut terminal = Terminal::new("restore");
-        let restored = plafond_snapshots::restore(snapshot, source, &target, |progress| {
-            terminal.show(progress)
-        });
-        terminal.finish();
-        let mut report = restored?;
+        let mut report = plafond_snapshots::restore(snapshot, source, &target, &mut progress)?;
         let opening = Instant::now();
         let engine = Engine::open(config.with_shards(report.shards))?;
         report.open_seconds = opening.elapsed().as_secs_f64();

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use plafond::{
     AccountKind, Command, CommandId, Durability, Engine, EngineConfig, ManualClock, Outcome,
@@ -14,8 +15,27 @@ use plafond::{
 
 /// Every command is stamped with one instant: no window or interest changes mid-test.
 const NOW_MS: i64 = ManualClock::SERVER_START_MS;
+/// Each case fails rather than hang past this.
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the built-in regions credit at opening.
 const INITIAL_DEPOSIT_MINOR: u64 = 100_000;
+
+/// Ends the whole test process if a test hangs (a ticket that never resolves, a cut that
+/// never completes): a hang must fail, not stall CI. Dropping it disarms it.
+struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+fn watchdog(test: &'static str, limit: Duration) -> Watchdog {
+    let (disarm, armed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if armed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("{test} did not finish within {limit:?}: something hangs");
+            std::process::exit(1);
+        }
+    });
+    Watchdog { _disarm: disarm }
+}
 
 /// An engine and the data directory it must outlive.
 struct Harness {
@@ -69,7 +89,7 @@ fn balance(engine: &Engine, account: u64) -> u64 {
 struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -101,6 +121,7 @@ fn pay_requests(thread: usize, card: u64) -> Vec<Vec<Request>> {
 }
 
 fn payments_approve_exactly_what_the_balance_allows(shards: u16, durability: Durability) {
+    let _watchdog = watchdog("simultaneous payments", TEST_TIMEOUT);
     let harness = harness(shards, durability);
     let engine = Arc::new(harness.engine);
     let card = open_profile(&engine, 1)[0];
@@ -215,7 +236,7 @@ fn ring_worker(
     {
         let position = (thread * ring.len() / RING_THREADS + n) % ring.len();
         let (from, to) = (ring[position], ring[(position + 1) % ring.len()]);
-        let amount_minor = 1 + rng.next() % RING_AMOUNT_MINOR_MAX;
+        let amount_minor = 1 + rng.next_u64() % RING_AMOUNT_MINOR_MAX;
         let command = Command::Transfer { from, to, amount_minor };
         let request = match n % 2 {
             0 => Request::new(command),
@@ -235,6 +256,7 @@ fn ring_worker(
 }
 
 fn audits_hold_during_cross_shard_transfers(shards: u16, durability: Durability) {
+    let _watchdog = watchdog("audits during transfers", TEST_TIMEOUT);
     let harness = harness(shards, durability);
     let engine = Arc::new(harness.engine);
     let ring: Vec<u64> =
@@ -296,6 +318,7 @@ fn audits_hold_during_cross_shard_transfers_durable() {
 const READERS: usize = 2;
 
 fn reads_follow_deposits(durability: Durability, deposits: u64) {
+    let _watchdog = watchdog("reads during deposits", TEST_TIMEOUT);
     let harness = harness(2, durability);
     let engine = Arc::new(harness.engine);
     let account = open_profile(&engine, 1)[0];

@@ -16,6 +16,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use plafond::{
     Durability, Engine, EngineConfig, EngineError, ManualClock, Opening, Outcome, Regions, Request,
 };
 use plafond_examples::commands::{self, Action, Local};
+use plafond_examples::epochs;
 use plafond_examples::flags::Flags;
 use plafond_examples::resp::{Encoder, Frame, Protocol, ProtocolError, RequestParser};
 use plafond_examples::stats::{self, Sampler};
@@ -52,18 +54,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 const PORT_DEFAULT: u16 = 7379;
 const DATA_DIR_DEFAULT: &str = "./plafond-data";
+const SNAPSHOT_DIR_DEFAULT: &str = "./plafond-snapshots";
 /// The §11 population: balance and seven-day ceiling of each card.
 const POPULATE_OPENING: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
 
 const FLAGS: &[&str] =
-    &["port", "bind", "data-dir", "durability", "shards", "config", "token", "clock", "populate"];
+    &["port", "bind", "data-dir", "durability", "shards", "config", "token", "clock", "populate", "snapshot-dir"];
 
 const HELP: &str = "\
 plafond server: the Redis protocol in front of a plafond engine.
 
 usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sync|async|none]
               [--shards N] [--config regions.toml] [--token T] [--clock system|manual]
-              [--populate N]
+              [--populate N] [--snapshot-dir DIR]
 
   --port N          TCP port (default 7379; 0 picks a free one)
   --bind ADDR       address to listen on (default 127.0.0.1)
@@ -74,6 +77,7 @@ usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sy
   --token T         clients must AUTH with T before anything but AUTH, HELLO, PING
   --clock C         system (default) or manual: starts at 2027-01-04T12:00:00Z and moves only
                     by CLOCK.SET / CLOCK.ADVANCE
+  --snapshot-dir D  where SNAPSHOT writes (default ./plafond-snapshots)
   --populate N      before listening, open N checking accounts in the first region (balance
                     20000, ceiling 10000), card ids 0..N-1; refused on a non-empty data dir
 
@@ -91,6 +95,7 @@ struct Options {
     token: Option<String>,
     manual_clock: bool,
     populate: u64,
+    snapshot_dir: PathBuf,
 }
 
 impl Options {
@@ -116,6 +121,9 @@ impl Options {
             token: flags.text("token").map(str::to_owned),
             manual_clock,
             populate: flags.get("populate", 0u64).map_err(|e| anyhow!(e))?,
+            snapshot_dir: PathBuf::from(
+                flags.text("snapshot-dir").unwrap_or(SNAPSHOT_DIR_DEFAULT),
+            ),
         })
     }
 }
@@ -127,6 +135,9 @@ struct Server {
     manual_clock: Option<Arc<ManualClock>>,
     token: Option<Vec<u8>>,
     sampler: Sampler,
+    /// Where `SNAPSHOT` writes, and how many it wrote (for unique names).
+    snapshot_dir: PathBuf,
+    snapshots: AtomicU64,
 }
 
 fn main() -> ExitCode {
@@ -196,6 +207,8 @@ fn open(options: &Options) -> anyhow::Result<Server> {
         manual_clock,
         token: options.token.as_ref().map(|t| t.as_bytes().to_vec()),
         sampler: Sampler::default(),
+        snapshot_dir: options.snapshot_dir.clone(),
+        snapshots: AtomicU64::new(0),
     })
 }
 
@@ -492,8 +505,30 @@ impl Connection {
                 }
                 self.ready(|e| e.simple("OK"));
             }
-            Local::ConfigGet => self.ready(|e| e.array(0)),
-            Local::NotYet => self.ready(|e| e.error("ERR not available yet")),
+            Local::ConfigGet(name) => self.ready(|e| {
+                e.array(2);
+                e.bulk(&name);
+                e.bulk(b"");
+            }),
+            Local::Snapshot => {
+                // Acknowledged commands before it are in the snapshot: complete them first.
+                self.complete().await;
+                match self.snapshot().await {
+                    Ok(path) => self.ready(|e| e.bulk(path.as_bytes())),
+                    Err(error) => self.ready(|e| e.error(&format!("ERR snapshot: {error:#}"))),
+                }
+            }
+            Local::BatchRun(region) => {
+                self.complete().await;
+                match self.batch_run(region).await {
+                    Ok(reply) => self.replies.push(Reply::Ready(reply)),
+                    Err(error) => self.ready(|e| e.error(&format!("ERR batch: {error:#}"))),
+                }
+            }
+            Local::BatchStatus => {
+                let status = self.server.engine.epoch_status();
+                self.ready(|e| epochs::render_status(e, &status));
+            }
         }
         if self.out.len() >= OUTPUT_FLUSH_BYTES {
             self.complete().await;
@@ -555,6 +590,47 @@ impl Connection {
             e.bulk(b"modules");
             e.array(0);
         });
+    }
+
+    async fn snapshot(&self) -> anyhow::Result<String> {
+        let server = self.server.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = &server.snapshot_dir;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let sequence = server.snapshots.fetch_add(1, Ordering::Relaxed);
+            let stamp_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis());
+            let path = dir.join(format!("plafond-{stamp_ms}-{sequence}.snapshot"));
+            let report = server.engine.snapshot_with_progress(&path, |_| {})?;
+            eprintln!(
+                "snapshot {}: {} accounts, {} bytes in {:.3} s",
+                report.path.display(),
+                report.accounts,
+                report.bytes,
+                report.seconds
+            );
+            let path = std::fs::canonicalize(&report.path).unwrap_or(report.path);
+            Ok(path.display().to_string())
+        })
+        .await?
+    }
+
+    async fn batch_run(&self, region: String) -> anyhow::Result<Vec<u8>> {
+        let server = self.server.clone();
+        let protocol = self.protocol;
+        tokio::task::spawn_blocking(move || {
+            let report = server.engine.run_epoch(&region)?;
+            let mut out = Vec::new();
+            epochs::render_report(
+                &mut Encoder { out: &mut out, protocol },
+                server.engine.regions(),
+                &report,
+            );
+            Ok(out)
+        })
+        .await?
     }
 
     async fn stats(&self, json: bool) -> anyhow::Result<String> {

@@ -35,10 +35,14 @@ pub enum Local {
     },
     ClockSet(i64),
     ClockAdvance(i64),
-    /// `CONFIG GET ...`: redis-benchmark asks at start; an empty answer satisfies it.
-    ConfigGet,
-    /// A §9 command whose service is not in this build (snapshots, the batch service).
-    NotYet,
+    /// `CONFIG GET name`: redis-benchmark asks at start; `[name, ""]` satisfies it.
+    ConfigGet(Vec<u8>),
+    /// Write a snapshot; reply its path.
+    Snapshot,
+    /// Run the region's epoch now.
+    BatchRun(String),
+    /// Per region, the last completed epoch.
+    BatchStatus,
 }
 
 impl Action {
@@ -76,9 +80,11 @@ pub fn parse(args: &[Vec<u8>], regions: &Regions) -> Action {
         b"CLOCK.SET" => clock(rest, Local::ClockSet),
         b"CLOCK.ADVANCE" => clock(rest, Local::ClockAdvance),
         b"CONFIG" => config(rest),
-        b"SNAPSHOT" => arity(rest, 0, 0).map(|_| Action::Local(Local::NotYet)),
-        b"BATCH.RUN" => arity(rest, 1, 1).map(|_| Action::Local(Local::NotYet)),
-        b"BATCH.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::NotYet)),
+        b"SNAPSHOT" => arity(rest, 0, 0).map(|_| Action::Local(Local::Snapshot)),
+        b"BATCH.RUN" => arity(rest, 1, 1).map(|_| {
+            Action::Local(Local::BatchRun(String::from_utf8_lossy(&rest[0]).into_owned()))
+        }),
+        b"BATCH.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::BatchStatus)),
         _ => {
             return Action::Error(format!(
                 "ERR unknown command '{}'",
@@ -257,10 +263,13 @@ fn clock(rest: &[Vec<u8>], local: fn(i64) -> Local) -> Parsed {
 }
 
 fn config(rest: &[Vec<u8>]) -> Parsed {
-    match rest.first().map(|sub| sub.to_ascii_uppercase()) {
-        Some(sub) if sub == b"GET" => Ok(Action::Local(Local::ConfigGet)),
-        Some(_) => Err(Malformed::Other("only CONFIG GET is supported".into())),
-        None => Err(Malformed::Arity),
+    match (rest.first().map(|sub| sub.to_ascii_uppercase()), rest.get(1)) {
+        (Some(sub), Some(name)) if sub == b"GET" && rest.len() == 2 => {
+            Ok(Action::Local(Local::ConfigGet(name.clone())))
+        }
+        (Some(sub), _) if sub == b"GET" => Err(Malformed::Arity),
+        (Some(_), _) => Err(Malformed::Other("only CONFIG GET <name> is supported".into())),
+        (None, _) => Err(Malformed::Arity),
     }
 }
 

@@ -2,6 +2,7 @@
 //! table, the stats dump, flag parsing, and the random samplers of the load generator.
 
 pub mod commands;
+pub mod epochs;
 pub mod flags;
 pub mod resp;
 pub mod sample;

@@ -11,7 +11,11 @@ use support::{approved, array, declined, int, is_error, simple, Server};
 
 const MEMORY: &[&str] = &["--durability", "none", "--shards", "2"];
 
-fn with(args: &[&'static str]) -> Vec<&'static str> {
+fn bulk(text: &str) -> Value {
+    Value::Bulk(text.as_bytes().to_vec())
+}
+
+fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = MEMORY.to_vec();
     all.extend_from_slice(args);
     all
@@ -19,7 +23,11 @@ fn with(args: &[&'static str]) -> Vec<&'static str> {
 
 #[test]
 fn every_command_replies_as_the_spec_table_says() {
-    let server = Server::start(&with(&["--clock", "manual"]));
+    let snapshots = tempfile::tempdir().expect("a temp dir");
+    let dir = snapshots.path().to_str().expect("utf-8").to_string();
+    let mut args = with(&["--clock", "manual", "--snapshot-dir"]);
+    args.push(&dir);
+    let server = Server::start(&args);
     let mut c = server.raw();
     assert_eq!(c.call(&["PING"]), simple("PONG"));
     assert_eq!(c.call(&["PROFILE.OPEN", "eu-west"]), int(0));
@@ -85,9 +93,22 @@ fn every_command_replies_as_the_spec_table_says() {
     assert_eq!(c.call(&["BALANCE", card]), int(96_900));
     assert_eq!(c.call(&["PAY", card, "200", "order-1"]), declined("IDEMPOTENCY_CONFLICT"));
 
-    // Services not in this build, and the clock's commands answer.
-    assert!(is_error(&c.call(&["SNAPSHOT"])));
-    assert!(is_error(&c.call(&["BATCH.STATUS"])));
+    // The batch service: an epoch on demand, and the status per region.
+    let Value::Array(report) = c.call(&["BATCH.RUN", "eu-west"]) else {
+        panic!("BATCH.RUN replies a map")
+    };
+    assert_eq!(report[..4], [bulk("region"), bulk("eu-west"), bulk("day"), bulk("2027-01-04")]);
+    assert!(is_error(&c.call(&["BATCH.RUN", "mars"])));
+    let Value::Array(status) = c.call(&["BATCH.STATUS"]) else {
+        panic!("BATCH.STATUS replies an array")
+    };
+    assert_eq!(status.len(), 2, "one entry per region");
+    assert!(matches!(&status[0], Value::Array(m) if m[..4] == [bulk("region"), bulk("eu-west"), bulk("last_day"), bulk("2027-01-04")]), "{status:?}");
+    // A snapshot is written where --snapshot-dir says, and its path returned.
+    let Value::Bulk(path) = c.call(&["SNAPSHOT"]) else { panic!("SNAPSHOT replies a path") };
+    let path = std::path::PathBuf::from(String::from_utf8(path).expect("a utf-8 path"));
+    assert!(path.starts_with(snapshots.path().canonicalize().expect("exists")), "{path:?}");
+    assert!(std::fs::metadata(&path).expect("the snapshot exists").len() > 0);
     assert_eq!(c.call(&["CLOCK.ADVANCE", "1000"]), simple("OK"));
     assert_eq!(c.call(&["CLOCK.SET", "1799064000000"]), simple("OK"));
 }

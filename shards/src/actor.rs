@@ -30,6 +30,12 @@ pub const BATCH_COMMANDS_MAX: usize = 8192;
 /// The most submissions waiting in one shard's ingress mailbox.
 pub const INGRESS_MAILS_MAX: usize = 4096;
 
+/// A closure run on a shard's state with its log position (see [`Mail::Inspect`]).
+pub type Inspection = Box<dyn FnOnce(&ShardState, u64) + Send>;
+
+/// Outcomes for some slots of one collector.
+type Fill = (Arc<Collector>, Vec<(u32, Outcome)>);
+
 /// What a shard receives.
 pub enum Mail {
     /// Client commands, each with its slot index in `collector`.
@@ -40,7 +46,7 @@ pub enum Mail {
     /// Runs a closure on the state between two inputs (stats, audits, snapshots), with
     /// the log position the state corresponds to: the batch in progress is flushed first,
     /// so the state is exactly the log's batches `0 .. position`.
-    Inspect(Box<dyn FnOnce(&ShardState, u64) + Send>),
+    Inspect(Inspection),
     /// Ends the loop once everything before it is handled.
     Stop,
 }
@@ -75,7 +81,7 @@ pub struct ShardMetrics {
 
 /// What a shard does once its batch is durable.
 pub struct ShardRelease {
-    fills: Vec<(Arc<Collector>, Vec<(u32, Outcome)>)>,
+    fills: Vec<Fill>,
     messages: Vec<(ShardId, Mail)>,
     done: Vec<Sender<()>>,
     router: Arc<Router>,
@@ -187,7 +193,7 @@ struct Actor {
 #[derive(Default)]
 struct Batch {
     encoder: BatchEncoder,
-    fills: Vec<(Arc<Collector>, Vec<(u32, Outcome)>)>,
+    fills: Vec<Fill>,
     messages: Vec<(ShardId, Mail)>,
     done: Vec<Sender<()>>,
     commands: usize,

@@ -55,27 +55,74 @@ pub struct Opening {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum Command {
     /// Open a profile in a region.
-    OpenProfile { region: RegionId },
+    OpenProfile {
+        /// The region whose rules the profile's accounts follow.
+        region: RegionId,
+    },
     /// Open an account in a profile; a checking account gets its card.
-    OpenAccount { profile: ProfileId, kind: AccountKind, opening: Option<Opening> },
+    OpenAccount {
+        /// The owning profile; the account is opened on the profile's shard.
+        profile: ProfileId,
+        /// Checking (with a card) or savings.
+        kind: AccountKind,
+        /// Terms replacing the region's rules (bulk population); `None` uses the region's.
+        opening: Option<Opening>,
+    },
     /// A card payment: debit the card's account, count toward the card's window.
-    Pay { card: CardId, amount_minor: u64 },
+    Pay {
+        /// The card paying (its id is its checking account's).
+        card: CardId,
+        /// The amount debited, in minor units.
+        amount_minor: u64,
+    },
     /// Move money between two accounts, wherever they live.
-    Transfer { from: AccountId, to: AccountId, amount_minor: u64 },
+    Transfer {
+        /// The account debited; the command is routed to its shard.
+        from: AccountId,
+        /// The account credited, possibly on another shard.
+        to: AccountId,
+        /// The amount moved, in minor units.
+        amount_minor: u64,
+    },
     /// Credit an account.
-    Deposit { account: AccountId, amount_minor: u64 },
+    Deposit {
+        /// The account credited.
+        account: AccountId,
+        /// The amount credited, in minor units.
+        amount_minor: u64,
+    },
     /// Set a card's own seven-day ceiling.
-    SetCeiling { card: CardId, ceiling_minor: u64 },
+    SetCeiling {
+        /// The card changed.
+        card: CardId,
+        /// The new seven-day ceiling, in minor units.
+        ceiling_minor: u64,
+    },
     /// Block a card: its payments are declined.
-    Block { card: CardId },
+    Block {
+        /// The card blocked.
+        card: CardId,
+    },
     /// Unblock a card.
-    Unblock { card: CardId },
+    Unblock {
+        /// The card unblocked.
+        card: CardId,
+    },
     /// Read an account.
-    ReadAccount { account: AccountId },
+    ReadAccount {
+        /// The account read.
+        account: AccountId,
+    },
     /// Read a card.
-    ReadCard { card: CardId },
+    ReadCard {
+        /// The card read.
+        card: CardId,
+    },
     /// Read a profile.
-    ReadProfile { profile: ProfileId },
+    ReadProfile {
+        /// The profile read.
+        profile: ProfileId,
+    },
 }
 
 impl Command {
@@ -130,15 +177,25 @@ impl Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
 #[repr(u8)]
 pub enum Reason {
+    /// No region has this id.
     UnknownRegion,
+    /// No profile has this id.
     UnknownProfile,
+    /// No account has this id.
     UnknownAccount,
+    /// No card has this id (a savings account's id is not a card).
     UnknownCard,
+    /// The card is blocked.
     CardBlocked,
+    /// The debited account's balance is below the amount: no overdraft.
     InsufficientFunds,
+    /// The payment would take the card's seven-day spending above its ceiling.
     CeilingExceeded,
+    /// An amount outside `1 ..= 10^15`, or a credit that would overflow the balance.
     InvalidAmount,
+    /// A transfer from an account to itself.
     SameAccount,
+    /// The command id was first used with a different command.
     IdempotencyConflict,
 }
 
@@ -182,7 +239,9 @@ impl Reason {
 /// Whether a card accepts payments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum CardStatus {
+    /// Payments are decided against balance and ceiling.
     Active,
+    /// Payments are declined with [`Reason::CardBlocked`].
     Blocked,
 }
 
@@ -199,9 +258,13 @@ impl CardStatus {
 /// What a read of an account returns.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct AccountView {
+    /// The account read.
     pub account: AccountId,
+    /// The profile that owns it.
     pub profile: ProfileId,
+    /// Checking or savings.
     pub kind: AccountKind,
+    /// The balance, in minor units (any interest due by now is posted first).
     pub balance_minor: u64,
     /// The card of a checking account.
     pub card: Option<CardId>,

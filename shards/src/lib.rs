@@ -13,6 +13,8 @@
 //! Nothing here reads a wall clock: every input carries the time it was stamped with at
 //! ingress, so replaying the log reproduces the state exactly.
 
+#![warn(missing_docs)]
+
 pub mod actor;
 pub mod apply;
 pub mod calendar;

@@ -181,6 +181,25 @@ impl Store {
         self.write(batch, true)
     }
 
+    /// Writes `shard`'s checkpoint from a state already encoded (bincode 2, standard
+    /// config), as a snapshot holds it, so that a restore does not encode it again. Not
+    /// through the write-ahead log: the caller flushes (`db().flush()`) before relying on it.
+    pub fn write_encoded_checkpoint_unlogged(
+        &self,
+        shard: ShardId,
+        log_seq: u64,
+        encoded_state: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(9 + encoded_state.len());
+        value.push(CHECKPOINT_FORMAT_VERSION);
+        value.extend_from_slice(&log_seq.to_le_bytes());
+        value.extend_from_slice(encoded_state);
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db.put_opt(checkpoint_key(shard), value, &options)?;
+        Ok(())
+    }
+
     /// `shard`'s checkpoint and its log position, if it has one.
     pub fn read_checkpoint(&self, shard: ShardId) -> Result<Option<(ShardState, u64)>, StoreError> {
         let Some(value) = self.db.get(checkpoint_key(shard))? else {

@@ -383,6 +383,40 @@ pub fn read_header_of(path: &Path) -> Result<Header, SnapshotError> {
 /// Reads and checks the snapshot at `path`: every length, every checksum and every
 /// shard's decoded state. Nothing is returned unless all of it is sound.
 pub fn read(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot, SnapshotError> {
+    let (header, encoded) = read_encoded(path, progress)?;
+    let states = decode_all(&header, &encoded, |state| state, progress)?;
+    Ok(Snapshot { header, states })
+}
+
+/// A snapshot read and checked whole, kept encoded: what restore writes.
+pub(crate) struct Checked {
+    pub header: Header,
+    /// Each shard's state as bincode encodes it (checked to decode to a sound state).
+    pub encoded: Vec<Vec<u8>>,
+    /// Each shard's `rolled_day`, the only part of the decoded states restore needs.
+    pub rolled_days: Vec<Vec<plafond_shards::calendar::Day>>,
+}
+
+/// Reads and checks the snapshot at `path` as [`read`] does, but keeps the states
+/// encoded and drops each decoded one once checked.
+pub(crate) fn read_checked(
+    path: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Checked, SnapshotError> {
+    let (header, encoded) = read_encoded(path, progress)?;
+    let rolled_days = decode_all(&header, &encoded, |state| state.rolled_day, progress)?;
+    Ok(Checked {
+        header,
+        encoded,
+        rolled_days,
+    })
+}
+
+/// Reads the header and every section, verifying lengths and checksums.
+fn read_encoded(
+    path: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Header, Vec<Vec<u8>>), SnapshotError> {
     let (file, file_bytes) = open_snapshot(path)?;
     let mut reader = BufReader::with_capacity(IO_BUFFER_BYTES, file);
     let (header, mut file_crc) = read_header(&mut reader, path, file_bytes)?;
@@ -403,8 +437,7 @@ pub fn read(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot,
         )?);
     }
     read_trailer(&mut reader, path, file_bytes, file_crc)?;
-    let states = decode_all(&header, encoded, progress)?;
-    Ok(Snapshot { header, states })
+    Ok((header, encoded))
 }
 
 /// Runs `work` on every item on up to one thread per core, reporting each finished
@@ -461,22 +494,28 @@ where
     })
 }
 
-fn decode_all(
+/// Decodes and checks every shard's state in parallel, keeping what `keep` takes of it.
+fn decode_all<T: Send>(
     header: &Header,
-    encoded: Vec<Vec<u8>>,
+    encoded: &[Vec<u8>],
+    keep: impl Fn(ShardState) -> T + Sync,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<ShardState>, SnapshotError> {
+) -> Result<Vec<T>, SnapshotError> {
     let items = encoded
-        .into_iter()
+        .iter()
         .zip(&header.sections)
-        .map(|(bytes, section)| (bytes, section.accounts))
+        .map(|(bytes, section)| (bytes.as_slice(), section.accounts))
         .collect();
-    let states =
-        parallel(items, |shard, bytes| decode_state(header, shard, &bytes), "decode", progress)?;
-    if states.len() != usize::from(header.shards) {
+    let kept = parallel(
+        items,
+        |shard, bytes| decode_state(header, shard, bytes).map(&keep),
+        "decode",
+        progress,
+    )?;
+    if kept.len() != usize::from(header.shards) {
         return Err(corrupt_header("a shard's state went missing".into()));
     }
-    Ok(states)
+    Ok(kept)
 }
 
 /// Decodes with bincode's allocation limit set to the smallest power of two at least
@@ -633,11 +672,14 @@ pub fn write(
     let encoded = parallel(
         items,
         |shard, state: &ShardState| {
-            bincode::encode_to_vec(state, bincode::config::standard()).map_err(|error| {
-                SnapshotError::BadInput {
+            // One pass into a buffer sized for a typical account (`encode_to_vec` would
+            // encode twice: once to size the buffer).
+            let mut bytes = Vec::with_capacity(4096 + state.accounts.len() * 48);
+            bincode::encode_into_std_write(state, &mut bytes, bincode::config::standard())
+                .map_err(|error| SnapshotError::BadInput {
                     problem: format!("shard {shard} does not encode: {error}"),
-                }
-            })
+                })?;
+            Ok(bytes)
         },
         "encode",
         progress,

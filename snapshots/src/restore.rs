@@ -16,7 +16,7 @@ use plafond_shards::store::Store;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use crate::error::SnapshotError;
-use crate::format::{self, parallel, Snapshot};
+use crate::format::{self, parallel, Checked};
 use crate::progress::Progress;
 
 /// Log bytes copied per RocksDB write while restoring the log after a snapshot.
@@ -91,7 +91,7 @@ pub fn restore(
         return Err(SnapshotError::StagingExists { path: staging });
     }
     let snapshot_bytes = std::fs::metadata(snapshot).map_or(0, |m| m.len());
-    let read = format::read(snapshot, progress)?;
+    let read = format::read_checked(snapshot, progress)?;
     let shards = read.header.shards;
     let source =
         source.map(|dir| open_source(dir, shards).map(|store| (dir, store))).transpose()?;
@@ -113,7 +113,7 @@ pub fn restore(
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    let accounts = read.accounts();
+    let accounts = read.header.sections.iter().map(|s| s.accounts).sum();
     Ok(RestoreReport {
         target: target.to_path_buf(),
         shards,
@@ -131,18 +131,24 @@ pub fn restore(
 /// how many log batches were copied.
 fn build(
     staging: &Path,
-    snapshot: &Snapshot,
+    snapshot: &Checked,
     source: Option<&(&Path, Store)>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64, SnapshotError> {
     let store = Store::open(staging, snapshot.header.shards)?;
     let items = snapshot
-        .shards()
-        .map(|(state, position)| ((state, position), state.accounts.len() as u64))
+        .encoded
+        .iter()
+        .zip(&snapshot.header.sections)
+        .map(|(encoded, section)| ((encoded, section.log_position), section.accounts))
         .collect();
+    // The states were checked to decode soundly: their bytes go in as they are. Not
+    // through the write-ahead log, since the flush below writes them to table files once.
     parallel(
         items,
-        |_, (state, position)| store.write_checkpoint(state, position),
+        |shard, (encoded, position)| {
+            store.write_encoded_checkpoint_unlogged(shard as ShardId, position, encoded)
+        },
         "checkpoint",
         progress,
     )?;
@@ -160,7 +166,9 @@ fn build(
             });
         }
     }
-    store.sync_wal()?;
+    // Into table files, fsynced: the checkpoints skipped the write-ahead log, and the
+    // engine's first open would otherwise replay the log copy from it.
+    store.db().flush()?;
     Ok(log_batches)
 }
 
@@ -173,14 +181,14 @@ fn build(
 /// was already applied (§3, §4).
 fn record_epochs(
     store: &Store,
-    snapshot: &Snapshot,
+    snapshot: &Checked,
     source: Option<&Store>,
 ) -> Result<(), SnapshotError> {
     for region in 0..snapshot.header.regions {
         let started = snapshot
-            .states
+            .rolled_days
             .iter()
-            .map(|state| state.rolled_day.get(usize::from(region)).copied())
+            .map(|rolled_day| rolled_day.get(usize::from(region)).copied())
             .min()
             .flatten()
             .filter(|&day| day > Day::MIN);

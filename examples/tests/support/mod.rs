@@ -212,3 +212,21 @@ pub fn declined(reason: &str) -> Value {
 pub fn is_error(value: &Value) -> bool {
     matches!(value, Value::Error(text) if text.starts_with("ERR "))
 }
+
+/// Another built example (`cli`, `loadgen`), next to the server.
+pub fn example_binary(name: &str) -> PathBuf {
+    let binary = server_binary().with_file_name(name);
+    assert!(binary.exists(), "{} is missing", binary.display());
+    binary
+}
+
+/// Runs a built example to completion: its exit status and stdout.
+pub fn run_example(name: &str, args: &[&str]) -> (ExitStatus, String) {
+    let output = Command::new(example_binary(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the example runs");
+    (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
+}

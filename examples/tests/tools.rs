@@ -1,0 +1,88 @@
+//! The cli and the load generator, run as processes against a real server (and, for the
+//! load generator, an embedded engine).
+
+mod support;
+
+use support::{run_example, Server};
+
+/// The `key=value` fields of loadgen's last line, which must start with `summary`.
+fn summary(stdout: &str) -> std::collections::HashMap<String, String> {
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("summary "), "last line is the summary: {stdout}");
+    last.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_cli_speaks_to_the_server() {
+    let server = Server::start(&["--durability", "none", "--shards", "2", "--token", "t0k"]);
+    let port = server.addr.port().to_string();
+    let cli = |words: &[&str]| {
+        let mut args = vec!["--port", &port, "--token", "t0k"];
+        args.extend_from_slice(words);
+        run_example("cli", &args)
+    };
+    let (status, out) = cli(&["open-profile", "eu-west"]);
+    assert!(status.success());
+    assert_eq!(out.trim(), "(integer) 0");
+    let (_, out) = cli(&["open-account", "0", "checking"]);
+    assert_eq!(out.trim(), "1) (integer) 0\n2) (integer) 0");
+    let (_, out) = cli(&["pay", "0", "100"]);
+    assert_eq!(out.trim(), "1) APPROVED\n2) (integer) 99900\n3) (integer) 100");
+    let (_, out) = cli(&["balance", "0"]);
+    assert_eq!(out.trim(), "(integer) 99900");
+    let (_, out) = cli(&["card", "0"]);
+    assert!(out.contains("ACTIVE"), "{out}");
+    let (_, out) = cli(&["stats"]);
+    assert!(out.contains("eu-west") && out.contains("TOTAL"), "{out}");
+    let (_, out) = cli(&["stats-json"]);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(json["total"]["payments_approved"]["count"], 1);
+    let (status, out) = cli(&["pay", "0"]);
+    assert!(!status.success(), "an error reply fails the cli");
+    assert!(out.contains("(error) ERR wrong number of arguments"), "{out}");
+    let (status, _) = run_example("cli", &["--port", &port, "--token", "nope", "ping"]);
+    assert!(!status.success(), "a wrong token is refused");
+}
+
+#[test]
+fn loadgen_runs_the_reference_workload_against_a_server() {
+    let server = Server::start(&[
+        "--durability", "none", "--shards", "2", "--populate", "1000", "--clock", "manual",
+    ]);
+    let port = server.addr.port().to_string();
+    let (status, out) = run_example(
+        "loadgen",
+        &["--target", "server", "--port", &port, "--cards", "1000", "--connections", "4",
+          "--pipeline", "16", "--duration-s", "60"],
+    );
+    assert!(status.success(), "{out}");
+    let fields = summary(&out);
+    assert_eq!(fields["ops"], "10000", "ten pays per card");
+    assert_eq!(fields["conservation"], "ok");
+    assert_eq!(fields["errors"], "0");
+    let approved: u64 = fields["approved"].parse().expect("a count");
+    let declined: u64 = fields["declined"].parse().expect("a count");
+    assert_eq!(approved + declined, 10_000);
+    // Ten business days of about one pay a day each: the ceiling declines many.
+    assert!(fields["ceiling_exceeded"].parse::<u64>().expect("a count") > 1000, "{out}");
+    assert!(out.contains("balances") && out.contains("= 20000000"), "exact check: {out}");
+}
+
+#[test]
+fn loadgen_runs_the_reference_workload_embedded() {
+    let (status, out) = run_example(
+        "loadgen",
+        &["--target", "embedded", "--cards", "2000", "--shards", "2", "--threads", "2",
+          "--zipf", "1.0", "--duration-s", "60"],
+    );
+    assert!(status.success(), "{out}");
+    let fields = summary(&out);
+    assert_eq!(fields["ops"], "20000");
+    assert_eq!(fields["conservation"], "ok");
+    // Zipf piles payments on a few cards: most of theirs hit the ceiling.
+    let ceiling: u64 = fields["ceiling_exceeded"].parse().expect("a count");
+    assert!(ceiling > 5_000, "{out}");
+}
