@@ -35,8 +35,11 @@ pub const SCHEDULER_POLL: Duration = Duration::from_millis(200);
 
 /// What the service needs from the engine.
 pub trait EpochHost: Send + Sync + 'static {
+    /// The engine's regions: their zones and roll times say when epochs are due.
     fn regions(&self) -> &Regions;
+    /// The engine clock's current time, in Unix milliseconds.
     fn now_ms(&self) -> i64;
+    /// How many shards the engine has.
     fn shard_count(&self) -> u16;
     /// Accounts shard `shard` holds now.
     fn accounts(&self, shard: ShardId) -> u64;
@@ -53,10 +56,13 @@ pub trait EpochHost: Send + Sync + 'static {
 /// Why an epoch did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// A shard stopped before a chunk was durable; the epoch was not recorded.
     #[error("the engine stopped during the epoch; it runs again after restart")]
     Stopped,
+    /// No region has this name.
     #[error("unknown region {0}")]
     UnknownRegion(String),
+    /// Reading or recording a completed epoch failed.
     #[error("epoch storage: {0}")]
     Storage(String),
 }
@@ -64,10 +70,13 @@ pub enum BatchError {
 /// One completed epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EpochReport {
+    /// The region rolled.
     pub region: RegionId,
     /// The business day (days since 1970-01-01 of its local date).
     pub day: Day,
+    /// Accounts scanned on all shards (of every region: chunks cover whole shards).
     pub accounts: u64,
+    /// Wall time the epoch took, its durable record included.
     pub duration: Duration,
     /// The longest time one shard spent on one chunk: the pause a command could see.
     pub max_pause: Duration,
@@ -76,6 +85,7 @@ pub struct EpochReport {
 /// Per region: the last completed epoch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RegionEpochs {
+    /// The business day of the last completed epoch; `None` before the first.
     pub last_day: Option<Day>,
     /// The report of the last epoch this process ran for the region.
     pub last_report: Option<EpochReport>,

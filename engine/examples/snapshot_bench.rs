@@ -30,10 +30,7 @@ struct Phases {
 
 impl Phases {
     fn new() -> Phases {
-        Phases {
-            started: Instant::now(),
-            ends: Vec::new(),
-        }
+        Phases { started: Instant::now(), ends: Vec::new() }
     }
 
     fn saw(&mut self, progress: Progress) {
@@ -107,8 +104,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let target =
         EngineConfig::durable(dir.join("restored")).with_shards(shards).with_epoch_poll(None);
     let mut phases = Phases::new();
-    let (restored, report) =
-        Engine::restore_with_progress(&path, None, target, |p| phases.saw(p))?;
+    let (restored, report) = Engine::restore_with_progress(&path, None, target, |p| phases.saw(p))?;
     println!(
         "restore: {} accounts, {:.3} s (of which Engine::open {:.3} s), {:.0} accounts/s",
         report.accounts, report.seconds, report.open_seconds, report.accounts_per_second

@@ -16,10 +16,13 @@ use crate::error::EngineError;
 pub struct EngineConfig {
     /// The RocksDB data directory; required unless `durability` is [`Durability::None`].
     pub data_dir: Option<PathBuf>,
+    /// How an outcome is made durable before it is answered.
     pub durability: Durability,
     /// How many shards (threads); fixed for the life of a data directory.
     pub shards: u16,
+    /// The regions, checked for daylight-saving trouble at open.
     pub regions: Regions,
+    /// Stamps every input at ingress; a manual clock makes tests deterministic.
     pub clock: Arc<dyn Clock>,
     /// How often the batch service looks for due epochs; `None` runs them only on
     /// request ([`crate::Engine::run_due_epochs`], [`crate::Engine::run_epoch`]).

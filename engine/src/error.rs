@@ -8,22 +8,34 @@ use plafond_shards::store::StoreError;
 /// an [`crate::Outcome::Declined`].
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The data directory could not be opened, read or written.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// The region table was refused.
     #[error("regions: {0}")]
     Regions(#[from] RegionError),
+    /// The configuration does not fit what was asked (what is wrong, in words).
     #[error("configuration: {0}")]
     Config(String),
+    /// The engine stopped, or was stopping, before answering.
     #[error(transparent)]
     Stopped(#[from] Stopped),
+    /// A thread could not be started, or the data directory created.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// Populating was asked of an engine that already has this many profiles.
     #[error("populate needs an empty engine; this one already has {0} profiles")]
     NotEmpty(u64),
     /// Boxed: snapshot errors carry paths and text, and every `Result` here would pay
     /// for their size otherwise.
     #[error("snapshot: {0}")]
     Snapshot(Box<plafond_snapshots::SnapshotError>),
+    /// Populating did not get the dense ids it relies on (card ids `0 .. N`).
     #[error("populate expected id {expected} but got {got:?}: the engine was not empty")]
-    Populate { expected: u64, got: String },
+    Populate {
+        /// The id the next profile or account should have had.
+        expected: u64,
+        /// The outcome received instead, as debug text.
+        got: String,
+    },
 }

@@ -13,11 +13,17 @@ use crate::error::EngineError;
 /// `balances + in_flight = initial_deposits + deposits + interest - card_payments`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Audit {
+    /// The sum of every account's balance.
     pub balances_minor: u128,
+    /// Debited for cross-shard transfers and not yet credited or refunded.
     pub in_flight_minor: i128,
+    /// Credited when accounts were opened.
     pub initial_deposits_minor: u128,
+    /// Credited by deposits.
     pub deposits_minor: u128,
+    /// Posted as savings interest.
     pub interest_minor: u128,
+    /// Debited by approved card payments.
     pub card_payments_minor: u128,
 }
 
@@ -44,6 +50,7 @@ impl Audit {
 /// Statistics of one region (or, for [`Stats::total`], of all).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RegionStats {
+    /// The region's counters, summed over the shards.
     pub counters: RegionCounters,
     /// Cards whose seven-day spending is above 90 % of their ceiling.
     pub cards_near_ceiling: u64,
@@ -54,21 +61,30 @@ pub struct RegionStats {
 /// Per-shard figures.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardStats {
+    /// Accounts the shard holds.
     pub accounts: u64,
+    /// Submissions waiting in the shard's ingress mailbox.
     pub queue_depth: usize,
+    /// Client commands handled since start.
     pub commands: u64,
+    /// Batches handled since start.
     pub batches: u64,
+    /// Time spent handling batches since start, in nanoseconds.
     pub busy_ns: u64,
 }
 
 /// Everything the pretty dump shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
+    /// Each region's name and statistics, by region id.
     pub regions: Vec<(String, RegionStats)>,
     /// Declined before reaching a shard, or for an id no region owns.
     pub unattributed: RegionCounters,
+    /// All regions and the unattributed counters together (`rolled_day` is not summed).
     pub total: RegionStats,
+    /// The conservation audit, at the same cut.
     pub audit: Audit,
+    /// Each shard's figures, by shard id.
     pub shards: Vec<ShardStats>,
 }
 

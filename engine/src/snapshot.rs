@@ -34,12 +34,7 @@ impl Engine {
         let started = Instant::now();
         let shards = self.cut_with_position(|state, position| (state.clone(), position))?;
         let accounts = shards.iter().map(|(state, _)| state.accounts.len() as u64).sum();
-        progress(Progress {
-            phase: "cut",
-            done: accounts,
-            total: accounts,
-            unit: "accounts",
-        });
+        progress(Progress { phase: "cut", done: accounts, total: accounts, unit: "accounts" });
         let mut report = plafond_snapshots::write(path.as_ref(), &shards, &mut progress)?;
         // The cut is part of the cost.
         report.seconds = started.elapsed().as_secs_f64();

@@ -1,5 +1,6 @@
-//! §7 under `kill -9`: a child process runs a durable (sync) engine under load and is
-//! killed with SIGKILL at random instants; after each kill the parent reopens the data
+//! §7 under `kill -9`: a child process runs a durable engine (sync, and async, which is
+//! documented to lose nothing acknowledged on a process crash) under load and is killed
+//! with SIGKILL at random instants; after each kill the parent reopens the data
 //! directory and checks that every acknowledged outcome survived, that nothing was
 //! applied twice, that conservation holds and that no cross-shard transfer stays half
 //! applied.

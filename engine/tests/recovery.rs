@@ -12,7 +12,8 @@ fn durable(dir: &std::path::Path) -> EngineConfig {
 /// Opens a profile and an account on a fresh engine in `dir`, then stops it.
 fn write_some(dir: &std::path::Path) {
     let engine = Engine::open(durable(dir)).unwrap();
-    let Outcome::ProfileOpened { profile } = engine.run(Command::OpenProfile { region: 0 }).unwrap()
+    let Outcome::ProfileOpened { profile } =
+        engine.run(Command::OpenProfile { region: 0 }).unwrap()
     else {
         panic!("profile")
     };

@@ -334,14 +334,15 @@ fn embedded_target(
     if let Some(shards) = flags.optional::<u16>("shards").map_err(f)? {
         config = config.with_shards(shards);
     }
-    let engine = Arc::new(Engine::open(config).context("cannot open the engine")?);
+    let engine =
+        Arc::new(Engine::open(config).map_err(|e| anyhow!("cannot open the engine: {e}"))?);
     let region = engine.regions().iter().next().map(|r| r.name.clone()).context("a region")?;
     let region = engine.region_id(&region).context("a region id")?;
     let cards = shared.workload.cards;
     let populate_started = Instant::now();
     engine
         .populate(region, cards, OPENING, |done| eprint!("\rpopulating: {done}/{cards}"))
-        .context("populate (use an empty --data-dir)")?;
+        .map_err(|e| anyhow!("populate (use an empty --data-dir): {e}"))?;
     eprintln!(" in {:.1} s", populate_started.elapsed().as_secs_f64());
 
     let measured_from = Instant::now();

@@ -58,8 +58,18 @@ const SNAPSHOT_DIR_DEFAULT: &str = "./plafond-snapshots";
 /// The §11 population: balance and seven-day ceiling of each card.
 const POPULATE_OPENING: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
 
-const FLAGS: &[&str] =
-    &["port", "bind", "data-dir", "durability", "shards", "config", "token", "clock", "populate", "snapshot-dir"];
+const FLAGS: &[&str] = &[
+    "port",
+    "bind",
+    "data-dir",
+    "durability",
+    "shards",
+    "config",
+    "token",
+    "clock",
+    "populate",
+    "snapshot-dir",
+];
 
 const HELP: &str = "\
 plafond server: the Redis protocol in front of a plafond engine.
@@ -121,9 +131,7 @@ impl Options {
             token: flags.text("token").map(str::to_owned),
             manual_clock,
             populate: flags.get("populate", 0u64).map_err(|e| anyhow!(e))?,
-            snapshot_dir: PathBuf::from(
-                flags.text("snapshot-dir").unwrap_or(SNAPSHOT_DIR_DEFAULT),
-            ),
+            snapshot_dir: PathBuf::from(flags.text("snapshot-dir").unwrap_or(SNAPSHOT_DIR_DEFAULT)),
         })
     }
 }
@@ -192,13 +200,15 @@ fn open(options: &Options) -> anyhow::Result<Server> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --config {}", path.display()))?;
         let regions =
-            Regions::from_toml(&text).with_context(|| format!("--config {}", path.display()))?;
+            Regions::from_toml(&text).map_err(|e| anyhow!("--config {}: {e}", path.display()))?;
         config = config.with_regions(regions);
     }
     if let Some(clock) = &manual_clock {
         config = config.with_clock(clock.clone());
     }
-    let engine = Engine::open(config).context("cannot open the engine")?;
+    let engine = Engine::open(config)
+        // The engine's errors print their cause themselves: a chain would say it twice.
+        .map_err(|e| anyhow!("cannot open the engine: {e}"))?;
     if options.populate > 0 {
         populate(&engine, options.populate)?;
     }
@@ -225,7 +235,7 @@ fn populate(engine: &Engine, accounts: u64) -> anyhow::Result<()> {
             "--populate needs an empty engine, but the data directory already holds \
              {profiles} profiles: use a fresh --data-dir (or drop --populate to serve it)"
         ),
-        Err(error) => return Err(error).context("populate failed"),
+        Err(error) => bail!("populate failed: {error}"),
     }
     eprintln!(" in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())

@@ -119,7 +119,7 @@ fn arity(rest: &[Vec<u8>], min: usize, max: usize) -> Result<(), Malformed> {
     Ok(())
 }
 
-fn engine(command: Command, command_id: Option<&Vec<u8>>) -> Parsed {
+fn engine(command: Command, command_id: Option<&[u8]>) -> Parsed {
     let request = match command_id {
         None => Request::new(command),
         Some(bytes) => {
@@ -197,7 +197,7 @@ fn profile_open(rest: &[Vec<u8>], regions: &Regions) -> Parsed {
     // An unknown name gets an id no region has, so the engine declines it as
     // `UNKNOWN_REGION` and counts the decline like any other.
     let region = regions.id_of(&name).unwrap_or(u16::MAX);
-    engine(Command::OpenProfile { region }, rest.get(1))
+    engine(Command::OpenProfile { region }, rest.get(1).map(Vec::as_slice))
 }
 
 fn account_open(rest: &[Vec<u8>]) -> Parsed {
@@ -209,13 +209,13 @@ fn account_open(rest: &[Vec<u8>]) -> Parsed {
         _ => return Err(Malformed::Other("kind must be CHECKING or SAVINGS".into())),
     };
     let command = Command::OpenAccount { profile, kind, opening: None };
-    engine(command, rest.get(2))
+    engine(command, rest.get(2).map(Vec::as_slice))
 }
 
 fn pay(rest: &[Vec<u8>]) -> Parsed {
     arity(rest, 2, 3)?;
     let command = Command::Pay { card: id(&rest[0])?, amount_minor: amount(&rest[1])? };
-    engine(command, rest.get(2))
+    engine(command, rest.get(2).map(Vec::as_slice))
 }
 
 fn transfer(rest: &[Vec<u8>]) -> Parsed {
@@ -225,13 +225,13 @@ fn transfer(rest: &[Vec<u8>]) -> Parsed {
         to: id(&rest[1])?,
         amount_minor: amount(&rest[2])?,
     };
-    engine(command, rest.get(3))
+    engine(command, rest.get(3).map(Vec::as_slice))
 }
 
 fn deposit(rest: &[Vec<u8>]) -> Parsed {
     arity(rest, 2, 3)?;
     let command = Command::Deposit { account: id(&rest[0])?, amount_minor: amount(&rest[1])? };
-    engine(command, rest.get(2))
+    engine(command, rest.get(2).map(Vec::as_slice))
 }
 
 fn ceiling(rest: &[Vec<u8>]) -> Parsed {

@@ -103,7 +103,10 @@ fn every_command_replies_as_the_spec_table_says() {
         panic!("BATCH.STATUS replies an array")
     };
     assert_eq!(status.len(), 2, "one entry per region");
-    assert!(matches!(&status[0], Value::Array(m) if m[..4] == [bulk("region"), bulk("eu-west"), bulk("last_day"), bulk("2027-01-04")]), "{status:?}");
+    assert!(
+        matches!(&status[0], Value::Array(m) if m[..4] == [bulk("region"), bulk("eu-west"), bulk("last_day"), bulk("2027-01-04")]),
+        "{status:?}"
+    );
     // A snapshot is written where --snapshot-dir says, and its path returned.
     let Value::Bulk(path) = c.call(&["SNAPSHOT"]) else { panic!("SNAPSHOT replies a path") };
     let path = std::path::PathBuf::from(String::from_utf8(path).expect("a utf-8 path"));

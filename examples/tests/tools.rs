@@ -50,13 +50,32 @@ fn the_cli_speaks_to_the_server() {
 #[test]
 fn loadgen_runs_the_reference_workload_against_a_server() {
     let server = Server::start(&[
-        "--durability", "none", "--shards", "2", "--populate", "1000", "--clock", "manual",
+        "--durability",
+        "none",
+        "--shards",
+        "2",
+        "--populate",
+        "1000",
+        "--clock",
+        "manual",
     ]);
     let port = server.addr.port().to_string();
     let (status, out) = run_example(
         "loadgen",
-        &["--target", "server", "--port", &port, "--cards", "1000", "--connections", "4",
-          "--pipeline", "16", "--duration-s", "60"],
+        &[
+            "--target",
+            "server",
+            "--port",
+            &port,
+            "--cards",
+            "1000",
+            "--connections",
+            "4",
+            "--pipeline",
+            "16",
+            "--duration-s",
+            "60",
+        ],
     );
     assert!(status.success(), "{out}");
     let fields = summary(&out);
@@ -75,8 +94,20 @@ fn loadgen_runs_the_reference_workload_against_a_server() {
 fn loadgen_runs_the_reference_workload_embedded() {
     let (status, out) = run_example(
         "loadgen",
-        &["--target", "embedded", "--cards", "2000", "--shards", "2", "--threads", "2",
-          "--zipf", "1.0", "--duration-s", "60"],
+        &[
+            "--target",
+            "embedded",
+            "--cards",
+            "2000",
+            "--shards",
+            "2",
+            "--threads",
+            "2",
+            "--zipf",
+            "1.0",
+            "--duration-s",
+            "60",
+        ],
     );
     assert!(status.success(), "{out}");
     let fields = summary(&out);

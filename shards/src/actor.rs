@@ -39,10 +39,24 @@ type Fill = (Arc<Collector>, Vec<(u32, Outcome)>);
 /// What a shard receives.
 pub enum Mail {
     /// Client commands, each with its slot index in `collector`.
-    Requests { ts_ms: i64, items: Vec<(u32, Request)>, collector: Arc<Collector> },
+    Requests {
+        /// When the submission was stamped at ingress (Unix ms); all its commands share it.
+        ts_ms: i64,
+        /// The commands, each with its slot index.
+        items: Vec<(u32, Request)>,
+        /// Where their outcomes go.
+        collector: Arc<Collector>,
+    },
     /// An input from another shard or from the batch service; `done` is told when it is
     /// durable.
-    Input { ts_ms: i64, input: Input, done: Option<Sender<()>> },
+    Input {
+        /// The sender's time stamp (Unix ms).
+        ts_ms: i64,
+        /// The input to apply.
+        input: Input,
+        /// Told once the input is durable; `None` when nobody waits.
+        done: Option<Sender<()>>,
+    },
     /// Runs a closure on the state between two inputs (stats, audits, snapshots), with
     /// the log position the state corresponds to: the batch in progress is flushed first,
     /// so the state is exactly the log's batches `0 .. position`.
@@ -53,7 +67,9 @@ pub enum Mail {
 
 /// Every shard's mailboxes.
 pub struct Router {
+    /// Per shard, the bounded mailbox of client commands.
     pub ingress: Vec<Sender<Mail>>,
+    /// Per shard, the unbounded mailbox of credits, settles, epoch chunks and inspections.
     pub internal: Vec<Sender<Mail>>,
 }
 
@@ -70,8 +86,11 @@ impl Router {
 /// Counters a shard publishes for the pretty dump.
 #[derive(Default)]
 pub struct ShardMetrics {
+    /// Client commands handled.
     pub commands: AtomicU64,
+    /// Batches handled.
     pub batches: AtomicU64,
+    /// Time spent handling batches, from the first mail to the flush, in nanoseconds.
     pub busy_ns: AtomicU64,
     /// Accounts the shard holds, as of its last batch.
     pub accounts: AtomicU64,
@@ -104,15 +123,25 @@ impl Release for ShardRelease {
 
 /// Everything a shard thread needs.
 pub struct ShardSetup {
+    /// This shard's index.
     pub shard: ShardId,
+    /// How many shards the engine has.
     pub shards: u16,
+    /// The engine's regions.
     pub regions: Arc<Regions>,
+    /// How batches are made durable; with `None` no log is encoded.
     pub durability: Durability,
+    /// The store to recover the state from; `None` starts empty.
     pub store: Option<Arc<Store>>,
+    /// The group-commit writer's queue; `None` releases each batch at once.
     pub writer: Option<JobSender<ShardRelease>>,
+    /// Every shard's mailboxes, for cross-shard messages.
     pub router: Arc<Router>,
+    /// This shard's client mailbox.
     pub ingress: Receiver<Mail>,
+    /// This shard's internal mailbox, drained before `ingress`.
     pub internal: Receiver<Mail>,
+    /// Where the shard publishes its counters.
     pub metrics: Arc<ShardMetrics>,
 }
 

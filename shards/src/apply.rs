@@ -35,13 +35,41 @@ pub enum Input {
     /// A client's command.
     Client(Request),
     /// The credit leg of a transfer from shard `origin`.
-    Credit { origin: ShardId, seq: u64, to: AccountId, amount_minor: u64 },
+    Credit {
+        /// The source shard, which debited the source account.
+        origin: ShardId,
+        /// The transfer's sequence number on `origin`: resent credits are recognised by it.
+        seq: u64,
+        /// The account to credit, on this shard.
+        to: AccountId,
+        /// The amount debited on `origin`, in minor units.
+        amount_minor: u64,
+    },
     /// The target shard's answer to credit `seq`: `refused` is `None` when credited.
-    Settle { seq: u64, refused: Option<Reason> },
+    Settle {
+        /// The transfer's sequence number on this (the source) shard.
+        seq: u64,
+        /// Why the target refused the credit (the source is refunded), or `None`.
+        refused: Option<Reason>,
+    },
     /// Part of an epoch: roll accounts `start .. end` of `region` to business day `day`.
-    Roll { region: RegionId, day: Day, start: u32, end: u32 },
+    Roll {
+        /// The region whose accounts are rolled; the others in the range are skipped.
+        region: RegionId,
+        /// The business day rolled to (days since 1970-01-01 of its local date).
+        day: Day,
+        /// The first local account index of the chunk.
+        start: u32,
+        /// One past the last local account index of the chunk.
+        end: u32,
+    },
     /// The region's rules from now on (logged at start-up when the configuration changed).
-    SetRules { region: RegionId, rules: Rules },
+    SetRules {
+        /// The region whose rules change.
+        region: RegionId,
+        /// Its rules from this input on.
+        rules: Rules,
+    },
 }
 
 /// What the caller must do once the input's effects are durable.
@@ -52,9 +80,17 @@ pub enum Reply {
     /// Answer the client with this outcome.
     Now(Outcome),
     /// Answer when outgoing transfer `seq` settles.
-    Parked { seq: u64 },
+    Parked {
+        /// The transfer's sequence number on this shard.
+        seq: u64,
+    },
     /// Transfer `seq` settled: answer everyone parked on it.
-    Settled { seq: u64, outcome: Outcome },
+    Settled {
+        /// The transfer's sequence number on this shard.
+        seq: u64,
+        /// Its final outcome: `Done`, or the target's decline after the refund.
+        outcome: Outcome,
+    },
     /// Logged for the auditor; nobody on this shard waits for it (a credit leg).
     Recorded(Outcome),
 }
@@ -62,6 +98,7 @@ pub enum Reply {
 /// The result of applying one input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
+    /// Who to answer, and with what, once the input is durable.
     pub reply: Reply,
     /// Whether the state changed, so the input must be logged.
     pub changed: bool,
@@ -91,7 +128,9 @@ impl Applied {
 
 /// What `apply` reads besides the state.
 pub struct Env<'a> {
+    /// The engine's regions: their zones and roll times give each input's business day.
     pub regions: &'a Regions,
+    /// This shard's cache of each region's current business day.
     pub calendar: &'a mut Calendar,
 }
 
@@ -199,7 +238,8 @@ fn decline(
 
 /// How many client commands ahead of the one being applied a shard prefetches: far enough
 /// to cover a miss to memory, near enough that the lines are still cached when used (the
-/// `pay` bench's baseline sweeps 0, 4, 8, 16 and 32; 16 was best, 32 worse than 8).
+/// `pay` bench's baseline sweeps 0, 4, 8, 16 and 32: 8 and 16 cut a pay on a shard of a
+/// million accounts from about 140 ns to about 40 ns; 32 is worse than 8).
 pub const PREFETCH_AHEAD: usize = 16;
 
 /// Asks the CPU to start loading the account `request` will touch, without waiting for it.

@@ -18,6 +18,7 @@ pub type Day = i32;
 /// Earliest and latest instants the engine accepts (years 1900 and 9000): clocks outside
 /// are clamped at ingress so that no date arithmetic can fail.
 pub const TIME_MIN_MS: i64 = -2_208_988_800_000;
+/// The latest of the two: 9000-01-01T00:00Z, in Unix milliseconds.
 pub const TIME_MAX_MS: i64 = 221_845_392_000_000;
 
 #[derive(Clone, Copy, Debug)]

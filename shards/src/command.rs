@@ -264,7 +264,7 @@ pub struct AccountView {
     pub profile: ProfileId,
     /// Checking or savings.
     pub kind: AccountKind,
-    /// The balance, in minor units (any interest due by now is posted first).
+    /// The balance, in minor units.
     pub balance_minor: u64,
     /// The card of a checking account.
     pub card: Option<CardId>,
@@ -273,10 +273,15 @@ pub struct AccountView {
 /// What a read of a card returns.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct CardView {
+    /// The card read.
     pub card: CardId,
+    /// Its checking account (the same id as the card).
     pub account: AccountId,
+    /// Whether it accepts payments.
     pub status: CardStatus,
+    /// The ceiling in force: the card's own, or else the region's default.
     pub ceiling_minor: u64,
+    /// Approved payments in the last seven business days, as of the read.
     pub spent_7d_minor: u64,
     /// `ceiling - spent_7d`, or 0 when a lowered ceiling is already exceeded.
     pub remaining_minor: u64,
@@ -285,7 +290,9 @@ pub struct CardView {
 /// What a read of a profile returns.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct ProfileView {
+    /// The profile read.
     pub profile: ProfileId,
+    /// The region it was opened in.
     pub region: RegionId,
     /// The profile's accounts, oldest first.
     pub accounts: Vec<AccountId>,
@@ -294,27 +301,39 @@ pub struct ProfileView {
 /// The outcome of a command.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Outcome {
+    /// A profile was opened.
     ProfileOpened {
+        /// The new profile's id.
         profile: ProfileId,
     },
+    /// An account was opened.
     AccountOpened {
+        /// The new account's id.
         account: AccountId,
+        /// The card of a checking account (same id as the account); `None` for savings.
         card: Option<CardId>,
     },
     /// A payment went through.
     Approved {
+        /// The account's balance after the debit, in minor units.
         balance_minor: u64,
+        /// The card's seven-day spending including this payment, in minor units.
         spent_7d_minor: u64,
     },
     /// A transfer (the source's balance) or a deposit (the account's balance) went through.
     Done {
+        /// That balance right after the command, in minor units.
         balance_minor: u64,
     },
     /// A card was changed.
     Updated,
+    /// What [`Command::ReadAccount`] found.
     Account(AccountView),
+    /// What [`Command::ReadCard`] found.
     Card(CardView),
+    /// What [`Command::ReadProfile`] found.
     Profile(ProfileView),
+    /// The command was refused and changed no balance.
     Declined(Reason),
 }
 

@@ -34,8 +34,11 @@ fn config() -> Config {
 /// One logged input.
 #[derive(Clone, Debug, PartialEq, Eq, Decode)]
 pub struct Entry {
+    /// The time the input was stamped with (Unix ms), given to `apply` again on replay.
     pub ts_ms: i64,
+    /// The input applied.
     pub input: Input,
+    /// Its outcome ([`crate::apply::Applied::logged_outcome`]); replay must reproduce it.
     pub outcome: Option<Outcome>,
 }
 
@@ -49,8 +52,16 @@ struct EntryRef<'a> {
 /// Why a log value could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// A batch value is malformed: the data directory is damaged.
     #[error("log batch {seq} of shard {shard}: {problem}")]
-    Corrupt { shard: ShardId, seq: u64, problem: String },
+    Corrupt {
+        /// The shard whose log it is.
+        shard: ShardId,
+        /// The batch's sequence number in that shard's log.
+        seq: u64,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 /// The key of batch `seq` of `shard`.

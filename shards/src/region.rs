@@ -20,27 +20,57 @@ pub const DST_CHECK_DAYS: i32 = 3653;
 /// Why a region table was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
+    /// The file does not parse, or has unknown or missing fields (the parser's message).
     #[error("regions config is not valid TOML: {0}")]
     Toml(String),
+    /// The time zone database has no zone of that name.
     #[error("region `{region}`: unknown time zone `{zone}` (use an IANA name like Europe/Paris)")]
-    UnknownZone { region: String, zone: String },
+    UnknownZone {
+        /// The region's name.
+        region: String,
+        /// The zone name given.
+        zone: String,
+    },
+    /// The roll time is not a valid `HH:MM`.
     #[error("region `{region}`: roll time `{time}` is not HH:MM")]
-    BadRollTime { region: String, time: String },
+    BadRollTime {
+        /// The region's name.
+        region: String,
+        /// The roll time given.
+        time: String,
+    },
+    /// On some date the roll time does not exist or exists twice in the zone.
     #[error(
         "region `{region}`: roll time {time} falls in a daylight-saving {kind} of {zone} on \
          {date}; pick a time of day that exists exactly once every day"
     )]
     RollTimeInTransition {
+        /// The region's name.
         region: String,
+        /// The roll time, as `HH:MM`.
         time: String,
+        /// The zone's name.
         zone: String,
+        /// The first local date on which it happens.
         date: Date,
+        /// `"gap"` (the time never happens) or `"overlap"` (it happens twice).
         kind: &'static str,
     },
+    /// `initial_deposit` or `default_card_ceiling` is outside `1 ..= 10^15`.
     #[error("region `{region}`: {what} must be 1 ..= 10^15 minor units")]
-    BadAmount { region: String, what: &'static str },
+    BadAmount {
+        /// The region's name.
+        region: String,
+        /// The field's name.
+        what: &'static str,
+    },
+    /// `savings_rate_bp` is above 100 000 (1000 %).
     #[error("region `{region}`: savings_rate_bp must be 0 ..= 100000")]
-    BadRate { region: String },
+    BadRate {
+        /// The region's name.
+        region: String,
+    },
+    /// The table as a whole is wrong: no regions, too many, or a name twice.
     #[error("regions config: {0}")]
     Table(String),
 }
@@ -61,11 +91,15 @@ pub struct Rules {
 /// A region.
 #[derive(Clone, Debug)]
 pub struct Region {
+    /// Its name, such as `eu-west`: how clients and operators refer to it.
     pub name: String,
+    /// The IANA name of its time zone, such as `Europe/Paris`.
     pub zone_name: String,
+    /// Its time zone, which decides when its business days start.
     pub zone: TimeZone,
     /// Local time of day at which the business day changes.
     pub roll_time: Time,
+    /// The rules its accounts follow, as configured.
     pub rules: Rules,
 }
 

@@ -33,7 +33,9 @@ pub struct Collector {
 /// One slot: a collector and an index in it.
 #[derive(Clone)]
 pub struct Slot {
+    /// The submission's collector.
     pub collector: Arc<Collector>,
+    /// The command's position in the submission.
     pub index: u32,
 }
 

@@ -18,18 +18,23 @@ pub const NO_ACCOUNT: u32 = u32::MAX;
 /// A profile.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Profile {
+    /// The region it was opened in; its accounts follow that region's rules.
     pub region: RegionId,
     /// Local index of its first and last account, or [`NO_ACCOUNT`].
     pub first_account: u32,
+    /// Local index of its newest account, or [`NO_ACCOUNT`]: kept so that opening an
+    /// account links it without walking the list.
     pub last_account: u32,
 }
 
 /// A debit card.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Card {
+    /// Whether it accepts payments.
     pub status: CardStatus,
     /// The card's own ceiling, or 0 for the region default.
     pub ceiling_minor: u64,
+    /// Its approved spending over the last seven business days.
     pub window: Window,
 }
 
@@ -45,33 +50,44 @@ pub enum Instrument {
 /// An account. Kept small: a shard holds millions of them (see `docs/BENCHMARKS.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Account {
+    /// The balance, in minor units; never negative, as there is no overdraft.
     pub balance_minor: u64,
     /// Local index of the owning profile (profiles live on their accounts' shard).
     pub profile: u32,
     /// Local index of the profile's next account, or [`NO_ACCOUNT`].
     pub next_in_profile: u32,
+    /// The owning profile's region, copied here so a command needs no profile lookup.
     pub region: RegionId,
+    /// Its card (checking) or interest state (savings).
     pub instrument: Instrument,
 }
 
 /// A transfer whose debit is done here and whose credit is on another shard.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct PendingTransfer {
+    /// Local index of the debited source account, refunded if the credit is refused.
     pub from_local: u32,
+    /// The target account, on another shard.
     pub to: AccountId,
+    /// The amount debited here, in minor units.
     pub amount_minor: u64,
     /// The source balance right after the debit: what `DONE` reports.
     pub balance_after_minor: u64,
+    /// The command's idempotency key, whose record becomes final when the transfer settles.
     pub command_id: Option<CommandId>,
+    /// When the debit was applied (Unix ms); a credit resent after a restart carries it.
     pub ts_ms: i64,
 }
 
 /// What an idempotency record remembers.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Remembered {
+    /// The outcome, answered again to every retry.
     Final(Outcome),
     /// A cross-shard transfer, not settled yet.
     Pending {
+        /// Its transfer sequence number (a key of [`ShardState::pending`]); a retry
+        /// parks on it.
         seq: u64,
     },
 }
@@ -79,17 +95,25 @@ pub enum Remembered {
 /// A command id's record: the command it was first used with and its outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct IdempotencyRecord {
+    /// The command first used with the id; another one with the same id is an
+    /// [`Reason::IdempotencyConflict`].
     pub command: Command,
+    /// Its outcome, or the transfer it is waiting on.
     pub remembered: Remembered,
 }
 
 /// Money totals of one shard: both sides of the conservation equation (§2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct Totals {
+    /// The sum of the shard's account balances.
     pub balances_minor: u128,
+    /// Credited when accounts were opened.
     pub initial_deposits_minor: u128,
+    /// Credited by deposits.
     pub deposits_minor: u128,
+    /// Posted as savings interest.
     pub interest_minor: u128,
+    /// Debited by approved card payments.
     pub card_payments_minor: u128,
     /// Debited here for transfers to other shards.
     pub transfers_out_minor: u128,
@@ -124,13 +148,21 @@ impl Totals {
 /// Counters of one region (or of commands no region could be found for).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct RegionCounters {
+    /// Profiles opened.
     pub profiles: u64,
+    /// Checking accounts opened.
     pub checking_accounts: u64,
+    /// Savings accounts opened.
     pub savings_accounts: u64,
+    /// The sum of the region's account balances.
     pub balances_minor: u128,
+    /// Card payments approved.
     pub payments_approved: u64,
+    /// The amount of the card payments approved.
     pub payments_approved_minor: u128,
+    /// Declined commands, by [`Reason::index`].
     pub declined: [u64; Reason::ALL.len()],
+    /// The amount the declined commands carried, by [`Reason::index`].
     pub declined_minor: [u128; Reason::ALL.len()],
 }
 
@@ -153,13 +185,21 @@ impl RegionCounters {
 /// The state of one shard. Deterministic: the same inputs give the same state.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct ShardState {
+    /// This shard's index.
     pub shard: ShardId,
+    /// How many shards the engine has: ids are routed by it.
     pub shards: u16,
+    /// The profiles this shard owns, by local index.
     pub profiles: Vec<Profile>,
+    /// The accounts this shard owns, by local index (a card lives in its account).
     pub accounts: Vec<Account>,
+    /// Every command id used here with a command that is not a read, kept without time
+    /// limit (§6).
     pub idempotency: HashMap<CommandId, IdempotencyRecord>,
     /// Outgoing cross-shard transfers by sequence number, oldest first.
     pub pending: BTreeMap<u64, PendingTransfer>,
+    /// The sequence number of the next outgoing cross-shard transfer; one sequence for
+    /// every target shard.
     pub next_transfer_seq: u64,
     /// Per origin shard, the next credit sequence number not yet seen. Credits from one
     /// origin arrive in sequence order, so everything below it was applied.
@@ -172,6 +212,7 @@ pub struct ShardState {
     pub rules: Vec<Option<Rules>>,
     /// The latest business day each region was rolled to by an epoch.
     pub rolled_day: Vec<Day>,
+    /// The shard's side of the conservation audit.
     pub totals: Totals,
     /// Per region; the last entry counts what no region could be found for.
     pub counters: Vec<RegionCounters>,

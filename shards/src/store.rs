@@ -76,23 +76,41 @@ impl std::str::FromStr for Durability {
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// RocksDB failed (opening, reading or writing).
     #[error("RocksDB: {0}")]
     Rocks(#[from] rocksdb::Error),
+    /// A log batch could not be decoded.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The data directory was created for another shard count.
     #[error(
         "the data directory was created with {found} shards, not {wanted}: ids are routed by \
          shard count, so start with --shards {found} or use a new data directory"
     )]
-    ShardCount { found: u16, wanted: u16 },
+    ShardCount {
+        /// The shard count the data directory was created with.
+        found: u16,
+        /// The shard count asked for.
+        wanted: u16,
+    },
+    /// The data directory has a layout version this build does not read.
     #[error("the data directory has format version {0}; this build reads {STORE_FORMAT_VERSION}")]
     Format(u32),
+    /// Metadata or a checkpoint is missing, malformed or of another shard layout.
     #[error("the data directory's metadata is corrupt: {0}")]
     Meta(&'static str),
+    /// Replaying the log did not reproduce a logged outcome.
     #[error(
         "replaying batch {seq} of shard {shard} gave a different outcome than the log          records ({detail}): the data directory is corrupt or was written by another version"
     )]
-    Diverged { shard: ShardId, seq: u64, detail: String },
+    Diverged {
+        /// The shard being replayed.
+        shard: ShardId,
+        /// The log batch's sequence number in that shard's log.
+        seq: u64,
+        /// The logged and the replayed outcome.
+        detail: String,
+    },
 }
 
 /// The engine's RocksDB.
@@ -256,16 +274,23 @@ impl Store {
 
 /// A shard batch on its way to disk, and what to do once it is there.
 pub struct WriteJob<R> {
+    /// The shard whose batch it is.
     pub shard: ShardId,
+    /// The batch's sequence number in that shard's log (part of its key); not a transfer
+    /// sequence number. Unused when `value` is `None`.
     pub seq: u64,
     /// The changelog value; `None` when the batch changed nothing (reads only), which
     /// still waits its turn so that a read never overtakes an earlier write.
     pub value: Option<Vec<u8>>,
+    /// What to do once the batch is durable: answer, send messages on.
     pub release: R,
 }
 
 /// What runs after a group is durable.
 pub trait Release: Send + 'static {
+    /// The writer calls it once the job's batch, and every batch queued before it, is
+    /// written; after a failed write it drops the job instead, so nothing unwritten is
+    /// acknowledged.
     fn release(self);
 }
 

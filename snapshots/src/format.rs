@@ -405,11 +405,7 @@ pub(crate) fn read_checked(
 ) -> Result<Checked, SnapshotError> {
     let (header, encoded) = read_encoded(path, progress)?;
     let rolled_days = decode_all(&header, &encoded, |state| state.rolled_day, progress)?;
-    Ok(Checked {
-        header,
-        encoded,
-        rolled_days,
-    })
+    Ok(Checked { header, encoded, rolled_days })
 }
 
 /// Reads the header and every section, verifying lengths and checksums.
@@ -579,6 +575,7 @@ pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<
         ));
     }
     if state.rolled_day.len() != regions
+        || state.rules.len() != regions
         || state.counters.len() != regions + 1
         || state.credits_seen.len() != usize::from(header.shards)
     {
@@ -679,7 +676,7 @@ pub fn write(
                 .map_err(|error| SnapshotError::BadInput {
                     problem: format!("shard {shard} does not encode: {error}"),
                 })?;
-            Ok(bytes)
+            Ok::<_, SnapshotError>(bytes)
         },
         "encode",
         progress,

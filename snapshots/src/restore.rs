@@ -169,6 +169,8 @@ fn build(
     // Into table files, fsynced: the checkpoints skipped the write-ahead log, and the
     // engine's first open would otherwise replay the log copy from it.
     store.db().flush()?;
+    let accounts = snapshot.header.sections.iter().map(|s| s.accounts).sum();
+    progress(Progress { phase: "flush", done: accounts, total: accounts, unit: "accounts" });
     Ok(log_batches)
 }
 

@@ -1,0 +1,243 @@
+//! The snapshot file format without an engine: the documented encoding, round trips over
+//! many chunks, and files that pass their checksums yet must be refused.
+
+use plafond_shards::command::CardStatus;
+use plafond_shards::state::{Account, Card, Instrument, Profile, ShardState, NO_ACCOUNT};
+use plafond_shards::window::Window;
+use plafond_snapshots::format::{self, Header, SectionInfo, WriteOptions, CRC_BYTES};
+use plafond_snapshots::SnapshotError;
+
+/// A shard of `shards` with `accounts` checking accounts, one profile each.
+fn shard(index: u16, shards: u16, accounts: u32) -> ShardState {
+    let mut state = ShardState::new(index, shards, 2);
+    for local in 0..accounts {
+        state.profiles.push(Profile {
+            region: (local % 2) as u16,
+            first_account: local,
+            last_account: local,
+        });
+        state.accounts.push(Account {
+            balance_minor: 20_000 + u64::from(local),
+            profile: local,
+            next_in_profile: NO_ACCOUNT,
+            region: (local % 2) as u16,
+            instrument: Instrument::Card(Card {
+                status: CardStatus::Active,
+                ceiling_minor: 10_000,
+                window: Window::new(20_000),
+            }),
+        });
+    }
+    state
+}
+
+fn options(chunk_bytes: u32) -> WriteOptions {
+    WriteOptions {
+        chunk_bytes,
+        created_ms: 1_799_064_000_000,
+    }
+}
+
+/// The unsigned varint of the standard configuration, as the format page gives it.
+fn varint(value: u64, out: &mut Vec<u8>) {
+    if value < 251 {
+        out.push(value as u8);
+    } else if value <= u64::from(u16::MAX) {
+        out.push(251);
+        out.extend_from_slice(&(value as u16).to_le_bytes());
+    } else if value <= u64::from(u32::MAX) {
+        out.push(252);
+        out.extend_from_slice(&(value as u32).to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+#[test]
+fn the_documented_encoding_is_bincodes() {
+    // One shard of two, two regions, one profile with one checking account.
+    let state = shard(1, 2, 1);
+    let mut expected = Vec::new();
+    varint(1, &mut expected); // shard
+    varint(2, &mut expected); // shards
+    varint(1, &mut expected); // profiles: one
+    expected.extend([0, 0, 0]); // region 0, first_account 0, last_account 0
+    varint(1, &mut expected); // accounts: one
+    varint(20_000, &mut expected); // balance
+    expected.push(0); // profile 0
+    varint(u64::from(NO_ACCOUNT), &mut expected); // next_in_profile
+    expected.push(0); // region 0
+    expected.push(0); // Instrument::Card
+    expected.push(0); // CardStatus::Active
+    varint(10_000, &mut expected); // ceiling
+    varint(zigzag(20_000), &mut expected); // window day
+    expected.extend([0; 7]); // seven empty days, no length
+    expected.push(0); // idempotency: empty map
+    expected.push(0); // pending: empty map
+    expected.push(0); // next_transfer_seq
+    expected.extend([2, 0, 0]); // credits_seen: two zeros
+    expected.push(0); // refused_credits: empty map
+    varint(zigzag(i64::MIN), &mut expected); // clock_ms
+    expected.extend([2, 0, 0]); // rules: two None
+    expected.push(2); // rolled_day: two of Day::MIN
+    for _ in 0..2 {
+        varint(zigzag(i64::from(i32::MIN)), &mut expected);
+    }
+    expected.extend([0; 8]); // totals: eight zero u128
+    expected.push(3); // counters: regions + 1
+    expected.extend([0; 3 * (6 + 2 * 10)]); // six scalars and two arrays of ten, all zero
+    let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    assert_eq!(encoded, expected);
+}
+
+#[test]
+fn a_snapshot_round_trips_over_many_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.plafsnap");
+    let shards: Vec<(ShardState, u64)> = (0..3)
+        .map(|index| (shard(index, 3, 50 + u32::from(index)), 7 * u64::from(index)))
+        .collect();
+    let mut phases = Vec::new();
+    let report = plafond_snapshots::write_with(&path, &shards, options(16), &mut |p| {
+        phases.push(p.phase)
+    })
+    .unwrap();
+    assert!(phases.contains(&"encode") && phases.contains(&"write"));
+    assert_eq!(report.accounts, 153);
+    assert_eq!(report.log_positions, vec![0, 7, 14]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), report.bytes);
+    assert!(!format::temporary_path(&path).exists());
+    let read = plafond_snapshots::read(&path, |_| {}).unwrap();
+    assert_eq!(read.header.chunk_bytes, 16);
+    assert_eq!(read.header.regions, 2);
+    for ((state, position), (expected, expected_position)) in read.shards().zip(&shards) {
+        assert_eq!(state, expected);
+        assert_eq!(position, *expected_position);
+    }
+    // Writing again replaces the file whole.
+    let single = vec![(shard(0, 1, 2), 3)];
+    plafond_snapshots::write(&path, &single, |_| {}).unwrap();
+    assert_eq!(plafond_snapshots::read(&path, |_| {}).unwrap().states.len(), 1);
+}
+
+#[test]
+fn shards_out_of_order_are_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.plafsnap");
+    let shards = vec![(shard(1, 2, 1), 0), (shard(0, 2, 1), 0)];
+    let error = plafond_snapshots::write(&path, &shards, |_| {}).unwrap_err();
+    assert!(matches!(error, SnapshotError::BadInput { .. }), "{error}");
+    assert!(!path.exists() && !format::temporary_path(&path).exists());
+}
+
+/// A file with valid checksums around the given encoded states.
+fn assemble(header: &Header, sections: &[Vec<u8>]) -> Vec<u8> {
+    let mut file = header.encode();
+    for section in sections {
+        for chunk in section.chunks(header.chunk_bytes as usize) {
+            file.extend_from_slice(chunk);
+            file.extend_from_slice(&crc32c::crc32c(chunk).to_le_bytes());
+        }
+    }
+    file.extend_from_slice(&format::TRAILER_MAGIC);
+    let total = file.len() as u64 + 12;
+    file.extend_from_slice(&total.to_le_bytes());
+    let crc = crc32c::crc32c(&file);
+    file.extend_from_slice(&crc.to_le_bytes());
+    assert_eq!(file.len() as u64, header.file_bytes().unwrap());
+    file
+}
+
+fn header_for(sections: &[Vec<u8>], accounts: u64) -> Header {
+    Header {
+        shards: sections.len() as u16,
+        regions: 2,
+        chunk_bytes: 64,
+        created_ms: 0,
+        sections: sections
+            .iter()
+            .map(|bytes| SectionInfo {
+                log_position: 0,
+                accounts,
+                state_bytes: bytes.len() as u64,
+            })
+            .collect(),
+    }
+}
+
+fn read_bytes(bytes: &[u8]) -> Result<(), SnapshotError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crafted.plafsnap");
+    std::fs::write(&path, bytes).unwrap();
+    plafond_snapshots::read(&path, |_| {}).map(|_| ())
+}
+
+#[test]
+fn an_assembled_file_reads_back() {
+    let state = shard(0, 1, 3);
+    let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    let sections = vec![encoded];
+    read_bytes(&assemble(&header_for(&sections, 3), &sections)).unwrap();
+}
+
+#[test]
+fn a_state_pointing_outside_its_shard_is_refused_despite_good_checksums() {
+    let mut state = shard(0, 1, 3);
+    state.accounts[2].profile = 99;
+    let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    let sections = vec![encoded];
+    let error = read_bytes(&assemble(&header_for(&sections, 3), &sections)).unwrap_err();
+    assert!(error.to_string().contains("account 2 points outside"), "{error}");
+
+    let state = shard(0, 1, 3);
+    let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    let sections = vec![encoded];
+    let error = read_bytes(&assemble(&header_for(&sections, 4), &sections)).unwrap_err();
+    assert!(error.to_string().contains("3 accounts, the header says 4"), "{error}");
+}
+
+#[test]
+fn a_huge_length_inside_a_state_allocates_nothing_and_is_refused() {
+    // shard 0 of 1, then a profile count of 2^60: decoding must not reserve for it.
+    let mut bytes = vec![0, 1];
+    varint(1 << 60, &mut bytes);
+    bytes.extend([0; 32]);
+    let sections = vec![bytes];
+    let error = read_bytes(&assemble(&header_for(&sections, 0), &sections)).unwrap_err();
+    assert!(
+        matches!(error, SnapshotError::CorruptShard { shard: 0, .. }),
+        "{error}"
+    );
+    // Trailing bytes after a sound state are refused too.
+    let mut encoded =
+        bincode::encode_to_vec(shard(0, 1, 1), bincode::config::standard()).unwrap();
+    encoded.push(0);
+    let sections = vec![encoded];
+    let error = read_bytes(&assemble(&header_for(&sections, 1), &sections)).unwrap_err();
+    assert!(error.to_string().contains("after the encoded state"), "{error}");
+}
+
+#[test]
+fn header_lengths_that_do_not_add_up_are_refused_before_any_allocation() {
+    let sections = vec![vec![0u8; 10]];
+    let mut header = header_for(&sections, 0);
+    let file = assemble(&header, &sections);
+    // A header claiming a 1 TiB state: its CRC is valid, the file is simply too short.
+    header.sections[0].state_bytes = 1 << 40;
+    let mut lying = header.encode();
+    lying.extend_from_slice(&file[lying.len()..]);
+    let error = read_bytes(&lying).unwrap_err();
+    assert!(error.to_string().contains("truncated"), "{error}");
+    // More than the format allows at all.
+    header.sections[0].state_bytes = (1 << 40) + 1;
+    let mut lying = header.encode();
+    lying.extend_from_slice(&file[lying.len()..]);
+    let error = read_bytes(&lying).unwrap_err();
+    assert!(error.to_string().contains("header is corrupt"), "{error}");
+    assert_eq!(CRC_BYTES, 4);
+}
