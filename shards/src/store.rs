@@ -101,7 +101,8 @@ pub enum StoreError {
     Meta(&'static str),
     /// Replaying the log did not reproduce a logged outcome.
     #[error(
-        "replaying batch {seq} of shard {shard} gave a different outcome than the log          records ({detail}): the data directory is corrupt or was written by another version"
+        "replaying batch {seq} of shard {shard} gave a different outcome than the log records \
+         ({detail}): the data directory is corrupt or was written by another version"
     )]
     Diverged {
         /// The shard being replayed.
