@@ -75,7 +75,7 @@ impl Balances {
 struct SplitMix(u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -86,7 +86,7 @@ impl SplitMix {
     fn batch(&mut self, size: usize) -> Vec<Pay> {
         (0..size)
             .map(|_| {
-                let bits = self.next();
+                let bits = self.next_u64();
                 Pay {
                     card: ((bits >> 32) % ACCOUNTS as u64) as u32,
                     amount_minor: 1 + (bits & 0xffff_ffff) % AMOUNT_MAX_MINOR,

@@ -17,7 +17,7 @@
 //! - `PLAFOND_BENCH_DIR` (default the system temp dir): where `sync` puts RocksDB.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,7 +98,7 @@ const fn scenario(
 struct SplitMix(u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -108,11 +108,11 @@ impl SplitMix {
 
     /// Uniform in `[0, 1)`.
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     fn below(&mut self, bound: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(bound)) >> 64) as u64
+        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
     }
 }
 
@@ -331,7 +331,7 @@ fn percentile_us(sorted: &[u32], fraction: f64) -> u32 {
     sorted[index]
 }
 
-fn run_scenario(scenario: &Scenario, cards: u64, runs: usize, base_dir: &PathBuf) {
+fn run_scenario(scenario: &Scenario, cards: u64, runs: usize, base_dir: &Path) {
     let name = scenario.name();
     let mut results = Vec::new();
     for run in 0..runs {

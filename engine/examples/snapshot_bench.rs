@@ -19,6 +19,7 @@ use std::error::Error;
 use std::time::Instant;
 
 use plafond::{Durability, Engine, EngineConfig, Opening, Progress};
+use plafond_snapshots::Terminal;
 
 const ACCOUNTS_DEFAULT: u64 = 1_000_000;
 
@@ -88,8 +89,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     let audit = engine.audit()?;
 
     let path = dir.join("bench.plafsnap");
-    let mut phases = Phases::new();
-    let snapshot = engine.snapshot_with_progress(&path, |p| phases.saw(p))?;
+    let (mut phases, mut terminal) = (Phases::new(), Terminal::new("snapshot"));
+    let snapshot = engine.snapshot_with_progress(&path, |p| {
+        phases.saw(p);
+        terminal.show(p);
+    })?;
+    terminal.finish();
     drop(engine);
     println!(
         "snapshot: {} accounts, {} bytes ({:.1} bytes/account), {:.3} s, {:.0} accounts/s",
@@ -103,13 +108,17 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let target =
         EngineConfig::durable(dir.join("restored")).with_shards(shards).with_epoch_poll(None);
-    let mut phases = Phases::new();
-    let (restored, report) = Engine::restore_with_progress(&path, None, target, |p| phases.saw(p))?;
+    let (mut phases, mut terminal) = (Phases::new(), Terminal::new("restore"));
+    let (restored, report) = Engine::restore_with_progress(&path, None, target, |p| {
+        phases.saw(p);
+        terminal.show(p);
+    })?;
+    terminal.finish();
     println!(
         "restore: {} accounts, {:.3} s (of which Engine::open {:.3} s), {:.0} accounts/s",
         report.accounts, report.seconds, report.open_seconds, report.accounts_per_second
     );
-    println!("  restore phases: {}, then the rest", phases.describe());
+    println!("  restore phases: {}", phases.describe());
     let restored_audit = restored.audit()?;
     if restored_audit != audit || !restored_audit.holds() {
         return Err(format!("audit differs: {audit:?} then {restored_audit:?}").into());

@@ -9,10 +9,10 @@ use plafond_shards::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The data directory could not be opened, read or written.
-    #[error("storage: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The region table was refused.
-    #[error("regions: {0}")]
+    #[error(transparent)]
     Regions(#[from] RegionError),
     /// The configuration does not fit what was asked (what is wrong, in words).
     #[error("configuration: {0}")]

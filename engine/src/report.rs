@@ -71,6 +71,12 @@ pub struct ShardStats {
     pub batches: u64,
     /// Time spent handling batches since start, in nanoseconds.
     pub busy_ns: u64,
+    /// Batch service time percentiles since start, in µs (power-of-two bucket bounds).
+    pub service_us_p50: u64,
+    /// See [`ShardStats::service_us_p50`].
+    pub service_us_p99: u64,
+    /// See [`ShardStats::service_us_p50`].
+    pub service_us_p999: u64,
 }
 
 /// Everything the pretty dump shows.
@@ -163,6 +169,9 @@ impl Engine {
                 commands: metrics.commands.load(Ordering::Relaxed),
                 batches: metrics.batches.load(Ordering::Relaxed),
                 busy_ns: metrics.busy_ns.load(Ordering::Relaxed),
+                service_us_p50: metrics.service_us_quantile(0.5),
+                service_us_p99: metrics.service_us_quantile(0.99),
+                service_us_p999: metrics.service_us_quantile(0.999),
             });
         }
         let mut total = RegionStats::default();

@@ -88,6 +88,8 @@ impl Engine {
         let opening = Instant::now();
         let engine = Engine::open(config.with_shards(report.shards))?;
         report.open_seconds = opening.elapsed().as_secs_f64();
+        let accounts = report.accounts;
+        progress(Progress { phase: "open", done: accounts, total: accounts, unit: "accounts" });
         report.seconds = started.elapsed().as_secs_f64();
         report.accounts_per_second = report.accounts as f64 / report.seconds.max(f64::EPSILON);
         Ok((engine, report))

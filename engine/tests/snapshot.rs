@@ -334,6 +334,15 @@ fn c_restore_replays_the_log_written_after_the_snapshot() {
     assert!(!refused.exists(), "a refused restore left {refused:?}");
     drop(engine);
 
+    // Nor from another engine's data directory, whose log does not continue the snapshot.
+    let stranger = dir.path().join("stranger");
+    drop(Engine::open(config(&stranger, 3, &clock)).unwrap());
+    let Err(error) = Engine::restore(&path, Some(&stranger), config(&refused, 3, &clock)) else {
+        panic!("restored with the log of another engine")
+    };
+    assert!(error.to_string().contains("not the data directory"), "{error}");
+    assert!(!refused.exists(), "a refused restore left {refused:?}");
+
     let target = dir.path().join("restored");
     let (restored, report) =
         Engine::restore(&path, Some(&source), config(&target, 3, &clock)).unwrap();

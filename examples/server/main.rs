@@ -400,8 +400,8 @@ impl Connection {
     }
 
     /// Runs a batch: engine commands go as one submission, except that a command that
-    /// reads or moves server state (the clock, stats, HELLO) first completes what came
-    /// before it, so a pipeline behaves as if sent one command at a time.
+    /// reads or moves server state (the clock, stats, snapshots, epochs, HELLO) first
+    /// completes what came before it, so a pipeline behaves as if sent one at a time.
     async fn execute(&mut self, frames: Vec<Frame>) -> std::io::Result<()> {
         for frame in frames {
             if self.closing {
@@ -445,6 +445,8 @@ impl Connection {
         let outcomes: Result<Vec<Outcome>, String> = if requests.is_empty() {
             Ok(Vec::new())
         } else {
+            // `submit` only blocks when a shard's bounded mailbox is full: that is the
+            // engine's back-pressure, and it reaches the clients through TCP.
             match self.server.engine.submit(requests) {
                 Ok(ticket) => ticket.outcomes().await.map_err(|e| e.to_string()),
                 Err(error) => Err(error.to_string()),

@@ -335,7 +335,8 @@ fn parse_value_at(input: &[u8], depth: usize) -> Result<Option<(Value, usize)>, 
     let Some(end) = input.windows(2).position(|pair| pair == b"\r\n") else {
         return Ok(None);
     };
-    let line = &input[1..end];
+    // `end` is 0 when the input starts with CRLF: no marker, an empty line.
+    let line = input.get(1..end).unwrap_or_default();
     let text = || String::from_utf8_lossy(line).into_owned();
     let after = end + 2;
     let value = match marker {
@@ -506,6 +507,29 @@ mod tests {
         let line = vec![b'a'; INLINE_BYTES_MAX + 1];
         assert!(parser.next(&line).is_err());
         assert_eq!(parser.next(&line[..100]), Ok(incomplete()));
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_never_over_consume() {
+        let alphabet = b"*$+-:_%\r\n0123456789-PINGx ";
+        let mut rng = crate::sample::Rng::new(5);
+        for _ in 0..20_000 {
+            let len = rng.below(64) as usize;
+            let input: Vec<u8> =
+                (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+            let mut parser = RequestParser::new();
+            let mut at = 0;
+            while let Ok(step) = parser.next(&input[at..]) {
+                assert!(step.consumed <= input.len() - at);
+                at += step.consumed;
+                if step.consumed == 0 && step.frame.is_none() {
+                    break;
+                }
+            }
+            if let Ok(Some((_, used))) = parse_value(&input) {
+                assert!(used <= input.len());
+            }
+        }
     }
 
     #[test]

@@ -128,20 +128,28 @@ pub fn table(stats: &Stats, rates: &[f64]) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<6} {:>10} {:>8} {:>14} {:>12} {:>12} {:>10}",
-        "shard", "accounts", "queue", "commands", "commands/s", "mean_batch", "busy_s"
+        "\n{:<6} {:>10} {:>8} {:>14} {:>12} {:>12} {:>10} {:>22}",
+        "shard",
+        "accounts",
+        "queue",
+        "commands",
+        "commands/s",
+        "mean_batch",
+        "busy_s",
+        "service_us p50/99/999"
     );
     for (shard, s) in stats.shards.iter().enumerate() {
         let _ = writeln!(
             out,
-            "{:<6} {:>10} {:>8} {:>14} {:>12.0} {:>12.1} {:>10.3}",
+            "{:<6} {:>10} {:>8} {:>14} {:>12.0} {:>12.1} {:>10.3} {:>22}",
             shard,
             s.accounts,
             s.queue_depth,
             s.commands,
             rates.get(shard).copied().unwrap_or(0.0),
             mean_batch(s.commands, s.batches),
-            s.busy_ns as f64 / 1e9
+            s.busy_ns as f64 / 1e9,
+            format!("{}/{}/{}", s.service_us_p50, s.service_us_p99, s.service_us_p999)
         );
     }
     out
@@ -231,7 +239,8 @@ pub fn json(stats: &Stats, rates: &[f64]) -> String {
         .map(|(shard, s)| {
             format!(
                 "{{\"shard\":{},\"accounts\":{},\"queue_depth\":{},\"commands\":{},\
-                 \"batches\":{},\"commands_per_s\":{:.1},\"mean_batch\":{:.2},\"busy_ns\":{}}}",
+                 \"batches\":{},\"commands_per_s\":{:.1},\"mean_batch\":{:.2},\"busy_ns\":{},\
+                 \"service_us_p50\":{},\"service_us_p99\":{},\"service_us_p999\":{}}}",
                 shard,
                 s.accounts,
                 s.queue_depth,
@@ -239,7 +248,10 @@ pub fn json(stats: &Stats, rates: &[f64]) -> String {
                 s.batches,
                 rates.get(shard).copied().unwrap_or(0.0),
                 mean_batch(s.commands, s.batches),
-                s.busy_ns
+                s.busy_ns,
+                s.service_us_p50,
+                s.service_us_p99,
+                s.service_us_p999
             )
         })
         .collect();

@@ -96,6 +96,40 @@ pub struct ShardMetrics {
     pub accounts: AtomicU64,
     /// The longest single epoch chunk applied since the batch service last reset it.
     pub roll_pause_max_ns: AtomicU64,
+    /// Batch service times: bucket `i` counts batches that took less than `2^i` µs (and
+    /// at least `2^(i-1)` µs); the last bucket takes everything longer.
+    pub service_us_log2: [AtomicU64; SERVICE_BUCKETS],
+}
+
+/// Buckets of [`ShardMetrics::service_us_log2`]: up to about 2^31 µs (36 minutes).
+pub const SERVICE_BUCKETS: usize = 32;
+
+impl ShardMetrics {
+    fn record_service(&self, elapsed_ns: u64) {
+        let micros = elapsed_ns / 1_000;
+        let bucket = (u64::BITS - micros.leading_zeros()) as usize;
+        self.service_us_log2[bucket.min(SERVICE_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The batch service time below which a `quantile` of batches fell, in µs: the upper
+    /// bound of its power-of-two bucket (so within a factor of two), 0 before any batch.
+    pub fn service_us_quantile(&self, quantile: f64) -> u64 {
+        let counts: Vec<u64> =
+            self.service_us_log2.iter().map(|count| count.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * quantile).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return 1u64 << bucket;
+            }
+        }
+        1u64 << (SERVICE_BUCKETS - 1)
+    }
 }
 
 /// What a shard does once its batch is durable.
@@ -267,7 +301,9 @@ impl Actor {
             metrics.batches.fetch_add(1, Ordering::Relaxed);
             self.flush(batch);
             metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
-            metrics.busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let elapsed_ns = started.elapsed().as_nanos() as u64;
+            metrics.busy_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+            metrics.record_service(elapsed_ns);
             if stop {
                 return;
             }
@@ -361,5 +397,25 @@ impl Actor {
         // If the writer is gone the engine is stopping: dropping the release drops the
         // collectors, and their tickets report that the engine stopped.
         let _ = writer.send(WriteJob { shard: self.setup.shard, seq, value, release });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_time_quantiles_come_from_power_of_two_buckets() {
+        let metrics = ShardMetrics::default();
+        assert_eq!(metrics.service_us_quantile(0.5), 0, "no batch yet");
+        for _ in 0..98 {
+            metrics.record_service(3_000); // 3 µs: below 4
+        }
+        metrics.record_service(900_000); // 900 µs: below 1024
+        metrics.record_service(5_000_000_000_000); // beyond the last bucket
+        assert_eq!(metrics.service_us_quantile(0.5), 4);
+        assert_eq!(metrics.service_us_quantile(0.98), 4);
+        assert_eq!(metrics.service_us_quantile(0.99), 1_024);
+        assert_eq!(metrics.service_us_quantile(1.0), 1 << (SERVICE_BUCKETS - 1));
     }
 }

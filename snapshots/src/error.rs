@@ -11,56 +11,135 @@ use crate::format::FORMAT_VERSION;
 /// Why a snapshot could not be written, read or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The snapshot file does not exist.
     #[error("there is no snapshot at {path}")]
-    Missing { path: PathBuf },
+    Missing {
+        /// The path asked for.
+        path: PathBuf,
+    },
+    /// The disk refused an operation.
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        /// What was being done ("reading", "fsyncing", ...).
+        action: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The file has no bytes at all.
     #[error("the snapshot {path} is empty (0 bytes): it was never written, or was truncated")]
-    Empty { path: PathBuf },
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file does not start with `PLAFSNAP`.
     #[error("{path} is not a plafond snapshot: it does not start with the magic `PLAFSNAP`")]
-    BadMagic { path: PathBuf },
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A format version this build does not read.
     #[error(
         "the snapshot has format version {found}; this build reads version {FORMAT_VERSION} \
          only: restore it with a build that knows version {found}"
     )]
-    UnsupportedVersion { found: u32 },
+    UnsupportedVersion {
+        /// The file's version.
+        found: u32,
+    },
+    /// The file is shorter than its header says (or than a header).
     #[error(
-        "the snapshot is truncated: it has {found_bytes} bytes, {expected_bytes} were written \
-         ({what})"
+        "the snapshot is truncated: it has {found_bytes} bytes, {what} needs {expected_bytes}"
     )]
-    Truncated { expected_bytes: u64, found_bytes: u64, what: &'static str },
+    Truncated {
+        /// How many bytes are needed.
+        expected_bytes: u64,
+        /// How many the file has.
+        found_bytes: u64,
+        /// What needs them ("its header", "the whole file, by its header").
+        what: &'static str,
+    },
+    /// The file is longer than its header says.
     #[error(
         "the snapshot has {extra_bytes} unexpected bytes after its end ({expected_bytes} \
          were written): it was appended to or is corrupt"
     )]
-    TrailingBytes { expected_bytes: u64, extra_bytes: u64 },
+    TrailingBytes {
+        /// The length the header gives.
+        expected_bytes: u64,
+        /// How many more the file has.
+        extra_bytes: u64,
+    },
+    /// A CRC-32C does not match: bytes changed after they were written.
     #[error(
         "checksum mismatch in the {part} (stored {stored:#010x}, computed {computed:#010x}): \
          the snapshot is corrupt"
     )]
-    Checksum { part: String, stored: u32, computed: u32 },
+    Checksum {
+        /// Which part ("header", "chunk 3 of shard 1", "whole file").
+        part: String,
+        /// The CRC in the file.
+        stored: u32,
+        /// The CRC of the bytes read.
+        computed: u32,
+    },
+    /// A header field is out of range (its CRC matched, or was not reached yet).
     #[error("the snapshot's header is corrupt: {problem}")]
-    CorruptHeader { problem: String },
+    CorruptHeader {
+        /// Which field, and why.
+        problem: String,
+    },
+    /// The trailer is not where the header says the file ends.
     #[error("the snapshot's trailer is corrupt: {problem}")]
-    CorruptTrailer { problem: String },
+    CorruptTrailer {
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A shard's state passed its checksums but does not decode to a sound state.
     #[error("the state of shard {shard} in the snapshot is corrupt: {problem}")]
-    CorruptShard { shard: ShardId, problem: String },
+    CorruptShard {
+        /// The shard.
+        shard: ShardId,
+        /// What is wrong with its state.
+        problem: String,
+    },
+    /// The states given to write do not form a snapshot.
     #[error("cannot snapshot these shards: {problem}")]
-    BadInput { problem: String },
+    BadInput {
+        /// Why not.
+        problem: String,
+    },
+    /// Restore never writes over existing files.
     #[error(
         "the restore target {path} is not empty: restore into a new or empty directory, \
          never over a data directory"
     )]
-    TargetNotEmpty { path: PathBuf },
+    TargetNotEmpty {
+        /// The target directory.
+        path: PathBuf,
+    },
+    /// Another restore into the same target is running or was interrupted.
     #[error(
         "the staging directory {path} exists: a restore was interrupted or is running; \
          remove it once no restore is running"
     )]
-    StagingExists { path: PathBuf },
+    StagingExists {
+        /// The staging directory.
+        path: PathBuf,
+    },
+    /// The data directory to take the log after the snapshot from cannot be used.
     #[error("the source data directory {path} cannot be used: {problem}")]
-    Source { path: PathBuf, problem: String },
+    Source {
+        /// The source data directory.
+        path: PathBuf,
+        /// Why not.
+        problem: String,
+    },
+    /// The restored data directory could not be written.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// RocksDB failed while copying the log.
     #[error("RocksDB: {0}")]
     Rocks(#[from] rocksdb::Error),
 }

@@ -69,6 +69,7 @@ const IO_BUFFER_BYTES: usize = 1 << 20;
 pub struct SectionInfo {
     /// The shard's state is exactly its logged batches `0 .. log_position`.
     pub log_position: u64,
+    /// Accounts in the shard.
     pub accounts: u64,
     /// Bytes of the encoded state (without chunk checksums).
     pub state_bytes: u64,
@@ -77,18 +78,24 @@ pub struct SectionInfo {
 /// The header of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Shards in the snapshot, `1 ..= SHARDS_MAX`.
     pub shards: u16,
+    /// Regions of the engine it was taken from.
     pub regions: u16,
+    /// Payload bytes per chunk.
     pub chunk_bytes: u32,
     /// When the snapshot was written, Unix milliseconds.
     pub created_ms: i64,
+    /// What it says about each shard, in shard order.
     pub sections: Vec<SectionInfo>,
 }
 
 /// A snapshot read and checked from a file.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Its header.
     pub header: Header,
+    /// Every shard's state, in shard order.
     pub states: Vec<ShardState>,
 }
 
@@ -185,7 +192,7 @@ fn check_prefix(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<u16, Snap
     let too_short = |needed: usize| SnapshotError::Truncated {
         expected_bytes: needed as u64,
         found_bytes: file_bytes,
-        what: "its header is cut short",
+        what: "its header",
     };
     if prefix.len() < 12 {
         return Err(too_short(HEADER_FIXED_BYTES));
@@ -301,7 +308,7 @@ fn read_header(
         return Err(SnapshotError::Truncated {
             expected_bytes,
             found_bytes: file_bytes,
-            what: "the header's lengths say so",
+            what: "the whole file, by its header,",
         });
     }
     if file_bytes > expected_bytes {
@@ -414,7 +421,29 @@ fn read_encoded(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Header, Vec<Vec<u8>>), SnapshotError> {
     let (file, file_bytes) = open_snapshot(path)?;
-    let mut reader = BufReader::with_capacity(IO_BUFFER_BYTES, file);
+    let reader = BufReader::with_capacity(IO_BUFFER_BYTES, file);
+    read_encoded_from(reader, file_bytes, path, progress)
+}
+
+/// Reads and checks a snapshot held in memory, as [`read`] does a file (for fuzzing and
+/// tools). `bytes` must be the whole snapshot.
+pub fn read_from_slice(
+    bytes: &[u8],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Snapshot, SnapshotError> {
+    let path = Path::new("<memory>");
+    let (header, encoded) = read_encoded_from(bytes, bytes.len() as u64, path, progress)?;
+    let states = decode_all(&header, &encoded, |state| state, progress)?;
+    Ok(Snapshot { header, states })
+}
+
+/// Reads a snapshot of `file_bytes` bytes from `reader`; `path` names it in errors.
+fn read_encoded_from(
+    mut reader: impl Read,
+    file_bytes: u64,
+    path: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Header, Vec<Vec<u8>>), SnapshotError> {
     let (header, mut file_crc) = read_header(&mut reader, path, file_bytes)?;
     let mut done = header_bytes(header.shards) as u64;
     let mut encoded = Vec::with_capacity(usize::from(header.shards));
@@ -433,6 +462,7 @@ fn read_encoded(
         )?);
     }
     read_trailer(&mut reader, path, file_bytes, file_crc)?;
+    progress(Progress { phase: "read", done: file_bytes, total: file_bytes, unit: "bytes" });
     Ok((header, encoded))
 }
 
@@ -616,7 +646,9 @@ pub struct WriteOptions {
 /// What writing produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Written {
+    /// The header written.
     pub header: Header,
+    /// Bytes of the file.
     pub bytes: u64,
 }
 
@@ -751,6 +783,7 @@ fn write_file(
     writer.write_all(&trailer).map_err(io)?;
     done += TRAILER_BYTES as u64;
     assert_eq!(done, total, "the written length matches the header's");
+    progress(Progress { phase: "write", done, total, unit: "bytes" });
     let file = writer.into_inner().map_err(|error| io(error.into_error()))?;
     file.sync_all().map_err(|error| SnapshotError::io("fsyncing", path, error))?;
     Ok(total)

@@ -53,13 +53,19 @@ pub use restore::RestoreReport;
 /// What writing a snapshot did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotReport {
+    /// The file written.
     pub path: PathBuf,
+    /// Shards in it.
     pub shards: u16,
+    /// Accounts in it.
     pub accounts: u64,
+    /// Bytes of the file.
     pub bytes: u64,
     /// Each shard's log position in the snapshot.
     pub log_positions: Vec<u64>,
+    /// The whole run; with `Engine::snapshot`, the cut too.
     pub seconds: f64,
+    /// `accounts / seconds`.
     pub accounts_per_second: f64,
 }
 

@@ -15,7 +15,9 @@ const REDRAW_INTERVAL: Duration = Duration::from_millis(100);
 pub struct Progress {
     /// What is being done ("encode", "write", "read", "decode", "checkpoint", "copy log").
     pub phase: &'static str,
+    /// How much is done.
     pub done: u64,
+    /// Of how much.
     pub total: u64,
     /// What `done` and `total` count ("accounts", "bytes", "batches").
     pub unit: &'static str,

@@ -25,17 +25,23 @@ const COPY_BATCH_BYTES_MAX: usize = 16 << 20;
 /// What a restore did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RestoreReport {
+    /// The data directory built.
     pub target: PathBuf,
+    /// Shards restored: the engine must be opened with as many.
     pub shards: u16,
+    /// Regions of the snapshot: the engine must be configured with as many.
     pub regions: u16,
+    /// Accounts restored.
     pub accounts: u64,
     /// Log batches copied from the source data directory (written after the snapshot).
     pub log_batches: u64,
+    /// Bytes of the snapshot file.
     pub snapshot_bytes: u64,
     /// The whole run; with `Engine::restore`, opening the engine too.
     pub seconds: f64,
     /// Of `seconds`, opening the restored engine (0 when only the directory was built).
     pub open_seconds: f64,
+    /// `accounts / seconds`.
     pub accounts_per_second: f64,
 }
 
