@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use plafond_shards::store::Durability;
 use plafond_snapshots::{Progress, RestoreReport, SnapshotError, SnapshotReport, Terminal};
 
 use crate::config::EngineConfig;
@@ -70,7 +71,8 @@ impl Engine {
     ) -> Result<(Engine, RestoreReport), EngineError> {
         let started = Instant::now();
         let snapshot = snapshot.as_ref();
-        let Some(target) = config.data_dir.clone() else {
+        let target = config.data_dir.clone().filter(|_| config.durability != Durability::None);
+        let Some(target) = target else {
             return Err(EngineError::Config(
                 "restore needs a durable configuration with a data directory".into(),
             ));

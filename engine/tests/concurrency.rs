@@ -106,7 +106,7 @@ const PAY_AMOUNT_MINOR: u64 = 700;
 
 /// How one paying thread submits: alone or in small tickets, with or without ids.
 fn pay_requests(thread: usize, card: u64) -> Vec<Vec<Request>> {
-    let per_ticket = if thread % 2 == 0 { 1 } else { 5 };
+    let per_ticket = if thread.is_multiple_of(2) { 1 } else { 5 };
     let requests: Vec<Request> = (0..PAYS_PER_THREAD)
         .map(|n| {
             let command = Command::Pay { card, amount_minor: PAY_AMOUNT_MINOR };

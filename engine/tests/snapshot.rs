@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plafond::internals::state::ShardState;
+use plafond::internals::state::{ShardState, Totals};
 use plafond::{
     AccountKind, Audit, Command, CommandId, Engine, EngineConfig, ManualClock, Outcome, Request,
 };
@@ -30,7 +30,7 @@ impl Rng {
         self.next() % n
     }
 
-    fn pick<'a>(&mut self, items: &'a [u64]) -> u64 {
+    fn pick(&mut self, items: &[u64]) -> u64 {
         items[self.below(items.len() as u64) as usize]
     }
 }
@@ -225,6 +225,19 @@ fn a_snapshot_under_load_holds_every_acknowledged_command_and_no_half_transfer()
     assert_eq!(report.accounts, world.accounts.len() as u64);
     assert!(engine.audit().unwrap().holds());
     drop(engine);
+    // Conservation holds in the file itself, with what was in flight at the cut.
+    let cut = plafond_snapshots::read(&path, |_| {}).unwrap();
+    let mut totals = Totals::default();
+    for state in &cut.states {
+        totals.add(&state.totals);
+    }
+    let held = totals.balances_minor as i128 + totals.in_flight_minor();
+    let owed = (totals.initial_deposits_minor + totals.deposits_minor + totals.interest_minor)
+        as i128
+        - totals.card_payments_minor as i128;
+    assert_eq!(held, owed, "conservation in the snapshot: {totals:?}");
+    let pending: usize = cut.states.iter().map(|state| state.pending.len()).sum();
+    eprintln!("transfers in flight at the cut: {pending}, {} minor", totals.in_flight_minor());
 
     let target = dir.path().join("restored");
     let (restored, restore_report) =

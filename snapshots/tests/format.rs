@@ -254,7 +254,7 @@ fn mutated_states_behind_valid_checksums_never_panic_the_reader() {
             let at = (next(&mut seed) % bytes.len() as u64) as usize;
             bytes[at] = next(&mut seed) as u8;
         }
-        if next(&mut seed) % 8 == 0 {
+        if next(&mut seed).is_multiple_of(8) {
             bytes.truncate(1 + (next(&mut seed) % bytes.len() as u64) as usize);
         }
         let sections = vec![bytes];
