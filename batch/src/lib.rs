@@ -30,6 +30,10 @@ use plafond_shards::region::Regions;
 
 /// Accounts one epoch chunk covers: about a millisecond of work on a shard.
 pub const ROLL_CHUNK_ACCOUNTS: u32 = 16_384;
+/// The share of wall time an epoch keeps its chunks in flight; it rests the remainder.
+/// Measured: at 100 % an epoch over 10M accounts took a third of each shard's time for
+/// 160 ms and added several ms to the p99 of a load at half the maximum rate.
+pub const EPOCH_DUTY_PERCENT: u32 = 25;
 /// How often the scheduler looks at the clock.
 pub const SCHEDULER_POLL: Duration = Duration::from_millis(200);
 
@@ -184,6 +188,7 @@ impl<H: EpochHost> BatchService<H> {
         // One chunk per shard in flight: each shard interleaves it with its commands, and
         // the shards work in parallel.
         for chunk in 0..chunks.max(1) {
+            let round = Instant::now();
             let mut waiting: Vec<Receiver<()>> = Vec::new();
             for (shard, &size) in sizes.iter().enumerate() {
                 let start = chunk * u64::from(ROLL_CHUNK_ACCOUNTS);
@@ -199,6 +204,9 @@ impl<H: EpochHost> BatchService<H> {
             for done in waiting {
                 done.recv().map_err(|_| BatchError::Stopped)?;
             }
+            // Leave the shards most of their time for payments: an epoch has the whole
+            // low-traffic window, a payment has milliseconds.
+            std::thread::sleep(round.elapsed() * (100 - EPOCH_DUTY_PERCENT) / EPOCH_DUTY_PERCENT);
         }
         // Step 3 of §4, compacting what expired, has nothing to do: idempotency records of
         // money-moving commands are kept without time limit (§6).
