@@ -31,7 +31,7 @@ account=$(echo "$opened" | head -n 1)
 savings=$(redis-cli -p "$port" ACCOUNT.OPEN "$profile" SAVINGS | head -n 1)
 cli PAY "$account" 2500 demo-order-1
 cli PAY "$account" 2500 demo-order-1
-cli PAY "$account" 999999
+cli PAY "$account" 150000
 cli TRANSFER "$account" "$savings" 10000
 cli BALANCE "$account"
 cli BALANCE "$savings"

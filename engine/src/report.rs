@@ -86,7 +86,7 @@ pub struct Stats {
     pub regions: Vec<(String, RegionStats)>,
     /// Declined before reaching a shard, or for an id no region owns.
     pub unattributed: RegionCounters,
-    /// All regions and the unattributed counters together (`rolled_day` is not summed).
+    /// All regions and the unattributed counters together (`rolled_day` is the earliest region's, none if one never rolled).
     pub total: RegionStats,
     /// The conservation audit, at the same cut.
     pub audit: Audit,
@@ -179,6 +179,8 @@ impl Engine {
             total.counters.add(&stats.counters);
             total.cards_near_ceiling += stats.cards_near_ceiling;
         }
+        // Every region has rolled at least to the earliest of their days.
+        total.rolled_day = regions.iter().map(|(_, stats)| stats.rolled_day).min().flatten();
         total.counters.add(&unattributed);
         let audit = audit_of(cuts.iter().map(|cut| &cut.totals));
         Ok(Stats { regions, unattributed, total, audit, shards })
