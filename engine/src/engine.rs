@@ -215,30 +215,20 @@ impl Engine {
         if !command.amounts_are_valid() {
             return Err(Reason::InvalidAmount);
         }
-        let shard = match *command {
-            Command::OpenProfile { region } => {
-                if self.regions.get(region).is_none() {
-                    return Err(Reason::UnknownRegion);
-                }
-                match &request.command_id {
-                    // A retry must reach the shard that remembers the first attempt.
-                    Some(id) => shard_of(fnv1a(id.as_str().as_bytes()), self.shards),
-                    None => shard_of(
-                        self.next_profile_shard.fetch_add(1, Ordering::Relaxed),
-                        self.shards,
-                    ),
+        let shard = if let Command::OpenProfile { region } = *command {
+            if self.regions.get(region).is_none() {
+                return Err(Reason::UnknownRegion);
+            }
+            match &request.command_id {
+                // A retry must reach the shard that remembers the first attempt.
+                Some(id) => shard_of(fnv1a(id.as_str().as_bytes()), self.shards),
+                None => {
+                    shard_of(self.next_profile_shard.fetch_add(1, Ordering::Relaxed), self.shards)
                 }
             }
-            Command::OpenAccount { profile: id, .. }
-            | Command::ReadProfile { profile: id }
-            | Command::Pay { card: id, .. }
-            | Command::SetCeiling { card: id, .. }
-            | Command::Block { card: id }
-            | Command::Unblock { card: id }
-            | Command::ReadCard { card: id }
-            | Command::Transfer { from: id, .. }
-            | Command::Deposit { account: id, .. }
-            | Command::ReadAccount { account: id } => shard_of(id, self.shards),
+        } else {
+            // Every command but a profile opening has a routing id.
+            shard_of(command.routing_id().unwrap_or_default(), self.shards)
         };
         if let Some(id) = request.command_id.as_ref().filter(|_| !command.is_read()) {
             match self.claims.entry(id.clone()) {

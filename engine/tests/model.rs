@@ -119,6 +119,13 @@ struct ModelCard {
     payments: Vec<(i32, u64)>,
 }
 
+impl ModelCard {
+    /// Approved payments of business days `day - 6 ..= day` (§3).
+    fn spent(&self, day: i32) -> u64 {
+        self.payments.iter().filter(|(d, _)| *d > day - 7 && *d <= day).map(|p| p.1).sum()
+    }
+}
+
 /// What the spec says, as plainly as possible.
 struct Model {
     regions: Regions,
@@ -268,12 +275,7 @@ impl Model {
                     return Declined(Reason::CardBlocked);
                 }
                 let day = now_day.unwrap_or_default();
-                let spent: u64 = state
-                    .payments
-                    .iter()
-                    .filter(|(d, _)| *d > day - 7 && *d <= day)
-                    .map(|p| p.1)
-                    .sum();
+                let spent = state.spent(day);
                 if spent + amount_minor > state.ceiling.unwrap_or(300_000) {
                     return Declined(Reason::CeilingExceeded);
                 }
@@ -345,12 +347,7 @@ impl Model {
                     return Declined(Reason::UnknownCard);
                 };
                 let day = self.day(entry.region);
-                let spent: u64 = state
-                    .payments
-                    .iter()
-                    .filter(|(d, _)| *d > day - 7 && *d <= day)
-                    .map(|p| p.1)
-                    .sum();
+                let spent = state.spent(day);
                 let ceiling = state.ceiling.unwrap_or(300_000);
                 Outcome::Card(CardView {
                     card,

@@ -248,19 +248,10 @@ pub const PREFETCH_AHEAD: usize = 16;
 /// instead of paying them one after another. Only a hint: it reads and changes nothing, so
 /// `apply` stays pure and decisions do not depend on it.
 pub fn prefetch(state: &ShardState, request: &Request) {
-    let id = match request.command {
-        Command::Pay { card: id, .. }
-        | Command::SetCeiling { card: id, .. }
-        | Command::Block { card: id }
-        | Command::Unblock { card: id }
-        | Command::ReadCard { card: id }
-        | Command::Transfer { from: id, .. }
-        | Command::Deposit { account: id, .. }
-        | Command::ReadAccount { account: id } => id,
-        Command::OpenProfile { .. } | Command::OpenAccount { .. } | Command::ReadProfile { .. } => {
-            return
-        }
-    };
+    // A profile's id is not an account's: only commands routed by an account are hinted.
+    let by_profile =
+        matches!(request.command, Command::OpenAccount { .. } | Command::ReadProfile { .. });
+    let Some(id) = request.command.routing_id().filter(|_| !by_profile) else { return };
     if let Some(local) = local_account(state, id) {
         prefetch_value(&state.accounts[local]);
     }

@@ -143,6 +143,25 @@ impl Command {
         }
     }
 
+    /// The id whose shard decides the command: the profile for an account opening or a
+    /// profile read (accounts live with their profile), the card, the source account, the
+    /// account. `None` for a profile opening, which any shard may take.
+    pub fn routing_id(&self) -> Option<u64> {
+        match *self {
+            Command::OpenProfile { .. } => None,
+            Command::OpenAccount { profile: id, .. }
+            | Command::ReadProfile { profile: id }
+            | Command::Pay { card: id, .. }
+            | Command::SetCeiling { card: id, .. }
+            | Command::Block { card: id }
+            | Command::Unblock { card: id }
+            | Command::ReadCard { card: id }
+            | Command::Transfer { from: id, .. }
+            | Command::Deposit { account: id, .. }
+            | Command::ReadAccount { account: id } => Some(id),
+        }
+    }
+
     /// Whether the command only reads.
     pub fn is_read(&self) -> bool {
         matches!(
