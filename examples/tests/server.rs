@@ -316,6 +316,67 @@ fn a_client_that_never_reads_cannot_grow_the_server() {
 }
 
 #[test]
+fn ten_thousand_idle_connections_cost_bounded_memory_and_never_stick_the_server() {
+    const IDLE: usize = 10_000;
+    const CONNECTING_THREADS: usize = 16;
+    let server = Server::start(MEMORY);
+    let before_kib = server.rss_kib();
+    let started = Instant::now();
+    // Opened from several threads: one connect takes milliseconds on this VM.
+    let mut idle: Vec<std::net::TcpStream> = std::thread::scope(|scope| {
+        let openers: Vec<_> = (0..CONNECTING_THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    for _ in 0..IDLE / CONNECTING_THREADS {
+                        match std::net::TcpStream::connect(server.addr) {
+                            Ok(stream) => mine.push(stream),
+                            // The test process's own descriptor limit: enough were opened.
+                            Err(error) => {
+                                eprintln!("stopped after {} connections: {error}", mine.len());
+                                break;
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        openers.into_iter().flat_map(|opener| opener.join().expect("opener")).collect()
+    });
+    assert!(idle.len() > 2_000, "only {} connections could be opened", idle.len());
+    // Slow here (tens of seconds): bursts overflow the kernel's accept backlog of 128 and
+    // the client retransmits its SYN a second later.
+    eprintln!("{} connections opened in {:?}", idle.len(), started.elapsed());
+    // Past the server's limit, a connection is told so and closed, not kept.
+    let last = idle.last_mut().expect("connections");
+    last.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut reply = String::new();
+    let _ = std::io::Read::read_to_string(last, &mut reply);
+    assert!(reply.starts_with("-ERR"), "an over-limit connection is refused: {reply:?}");
+    let grown_kib = server.rss_kib().saturating_sub(before_kib);
+    assert!(
+        grown_kib < 128 * 1024,
+        "{} idle connections grew the server by {grown_kib} KiB",
+        idle.len()
+    );
+    drop(idle);
+    // Once they are gone, the server serves again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut fresh = server.raw();
+        fresh.send_command(&["PING"]);
+        match fresh.read() {
+            Some(value) if value == simple("PONG") => break,
+            other => {
+                assert!(Instant::now() < deadline, "server stuck after idle clients: {other:?}")
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn with_a_token_only_auth_hello_and_ping_run_before_auth() {
     let server = Server::start(&with(&["--token", "s3cret", "--populate", "1"]));
     let mut c = server.raw();
