@@ -3,6 +3,8 @@
 //! one account are linearizable with its writes. Each runs on in-memory and durable
 //! (sync) engines.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -12,6 +14,7 @@ use plafond::{
     AccountKind, Command, CommandId, Durability, Engine, EngineConfig, ManualClock, Outcome,
     Reason, Request, AMOUNT_MAX_MINOR,
 };
+use support::{watchdog, Rng};
 
 /// Every command is stamped with one instant: no window or interest changes mid-test.
 const NOW_MS: i64 = ManualClock::SERVER_START_MS;
@@ -19,23 +22,6 @@ const NOW_MS: i64 = ManualClock::SERVER_START_MS;
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the built-in regions credit at opening.
 const INITIAL_DEPOSIT_MINOR: u64 = 100_000;
-
-/// Ends the whole test process if a test hangs (a ticket that never resolves, a cut that
-/// never completes): a hang must fail, not stall CI. Dropping it disarms it.
-struct Watchdog {
-    _disarm: std::sync::mpsc::Sender<()>,
-}
-
-fn watchdog(test: &'static str, limit: Duration) -> Watchdog {
-    let (disarm, armed) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if armed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-            eprintln!("{test} did not finish within {limit:?}: something hangs");
-            std::process::exit(1);
-        }
-    });
-    Watchdog { _disarm: disarm }
-}
 
 /// An engine and the data directory it must outlive.
 struct Harness {
@@ -82,18 +68,6 @@ fn balance(engine: &Engine, account: u64) -> u64 {
     match engine.run(Command::ReadAccount { account }).unwrap() {
         Outcome::Account(view) => view.balance_minor,
         other => panic!("unexpected {other:?}"),
-    }
-}
-
-/// xorshift64*: tiny, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
 
@@ -229,7 +203,7 @@ fn ring_worker(
     thread: usize,
     auditor_done: &AtomicBool,
 ) -> BTreeMap<u64, i128> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (thread as u64 + 1));
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ (thread as u64 + 1));
     let mut deltas = BTreeMap::new();
     let mut n = 0;
     while n < RING_TRANSFERS_MAX && (n < RING_TRANSFERS_MIN || !auditor_done.load(Ordering::SeqCst))

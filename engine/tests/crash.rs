@@ -13,6 +13,8 @@
 //! intended but not acknowledged (as a client would after a crash), so every command's
 //! outcome is known and a reference model gives every account's exact balance.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -25,6 +27,7 @@ use plafond::{
     AccountKind, Audit, Command, CommandId, Durability, Engine, EngineConfig, ManualClock, Opening,
     Outcome, Request, AMOUNT_MAX_MINOR,
 };
+use support::{watchdog, Rng};
 
 /// Set (to the data directory) only in the child process.
 const CHILD_DIR_ENV: &str = "PLAFOND_CRASH_CHILD";
@@ -71,44 +74,6 @@ const RETRY_BATCH_MAX: usize = 256;
 /// Every command is stamped with this one instant: no business day changes, no
 /// interest, so balances move only by the commands.
 const NOW_MS: i64 = ManualClock::SERVER_START_MS;
-
-/// xorshift64*: tiny, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform enough in `low ..= high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low + 1)
-    }
-}
-
-/// Ends the whole test process if a test hangs (a ticket that never resolves, a cut that
-/// never completes): a hang must fail, not stall CI. Dropping it disarms it.
-struct Watchdog {
-    _disarm: std::sync::mpsc::Sender<()>,
-}
-
-fn watchdog(test: &'static str, limit: Duration) -> Watchdog {
-    let (disarm, armed) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if armed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-            eprintln!("{test} did not finish within {limit:?}: something hangs");
-            std::process::exit(1);
-        }
-    });
-    Watchdog { _disarm: disarm }
-}
 
 /// Where the data directory records the durability it is tested with, for the child.
 fn durability_path(dir: &Path) -> PathBuf {
@@ -359,18 +324,17 @@ fn child_worker(
 }
 
 fn random_command(rng: &mut Rng, cards: &[u64], accounts: &[u64]) -> Command {
-    let pick = |rng: &mut Rng, from: &[u64]| from[rng.next_u64() as usize % from.len()];
     match rng.between(0, 9) {
-        0..=3 => Command::Pay { card: pick(rng, cards), amount_minor: rng.between(1, 3_000) },
+        0..=3 => Command::Pay { card: rng.pick(cards), amount_minor: rng.between(1, 3_000) },
         4..=7 => {
-            let from = pick(rng, accounts);
-            let mut to = pick(rng, accounts);
+            let from = rng.pick(accounts);
+            let mut to = rng.pick(accounts);
             while to == from {
-                to = pick(rng, accounts);
+                to = rng.pick(accounts);
             }
             Command::Transfer { from, to, amount_minor: rng.between(1, 20_000) }
         }
-        _ => Command::Deposit { account: pick(rng, accounts), amount_minor: rng.between(1, 6_000) },
+        _ => Command::Deposit { account: rng.pick(accounts), amount_minor: rng.between(1, 6_000) },
     }
 }
 

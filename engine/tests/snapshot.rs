@@ -3,6 +3,8 @@
 //! read as the original did, the log after a snapshot is replayed, and damaged files are
 //! refused whole.
 
+mod support;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,28 +14,9 @@ use plafond::internals::state::{ShardState, Totals};
 use plafond::{
     AccountKind, Audit, Command, CommandId, Engine, EngineConfig, ManualClock, Outcome, Request,
 };
+use support::Rng;
 
 const START_MS: i64 = ManualClock::SERVER_START_MS;
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick(&mut self, items: &[u64]) -> u64 {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// The ids a test works with.
 #[derive(Default)]
@@ -201,7 +184,7 @@ fn a_snapshot_under_load_holds_every_acknowledged_command_and_no_half_transfer()
         for thread in 0..4u64 {
             let (engine, world, acked, stop) = (&engine, &world, &acked, &stop);
             scope.spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (thread + 1));
+                let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ (thread + 1));
                 let mut round = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let tag = format!("load-{thread}-{round}");
@@ -283,7 +266,7 @@ fn b_a_restored_engine_answers_every_read_as_the_original_did() {
     let clock = Arc::new(ManualClock::new(START_MS));
     let engine = Engine::open(config(&dir.path().join("source"), 3, &clock)).unwrap();
     let world = populate(&engine, 40);
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     // Over several business days, so windows hold spending on more than one day.
     for day in 0..3 {
         activity(&engine, &world, &mut rng, 300, &format!("day-{day}"));
@@ -323,7 +306,7 @@ fn c_restore_replays_the_log_written_after_the_snapshot() {
     let source = dir.path().join("source");
     let engine = Engine::open(config(&source, 3, &clock)).unwrap();
     let mut world = populate(&engine, 30);
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     activity(&engine, &world, &mut rng, 400, "before");
     let path = dir.path().join("mid.plafsnap");
     engine.snapshot(&path).unwrap();
@@ -376,7 +359,7 @@ fn c_restore_replays_the_log_written_after_the_snapshot() {
 fn small_snapshot(dir: &Path, clock: &Arc<ManualClock>) -> (std::path::PathBuf, Vec<u8>) {
     let engine = Engine::open(config(&dir.join("source"), 2, clock)).unwrap();
     let world = populate(&engine, 3);
-    activity(&engine, &world, &mut Rng(3), 20, "small");
+    activity(&engine, &world, &mut Rng::new(3), 20, "small");
     let path = dir.join("small.plafsnap");
     engine.snapshot(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
