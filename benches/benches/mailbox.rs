@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_channel::{bounded, Receiver, Sender};
+use plafond_benches::SplitMix;
 
 /// Balances the shard owns.
 const ACCOUNTS: usize = 1_000_000;
@@ -71,29 +72,17 @@ impl Balances {
     }
 }
 
-/// SplitMix64: a tiny, fast generator, so producers spend their time sending.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn batch(&mut self, size: usize) -> Vec<Pay> {
-        (0..size)
-            .map(|_| {
-                let bits = self.next_u64();
-                Pay {
-                    card: ((bits >> 32) % ACCOUNTS as u64) as u32,
-                    amount_minor: 1 + (bits & 0xffff_ffff) % AMOUNT_MAX_MINOR,
-                }
-            })
-            .collect()
-    }
+/// A batch of `size` random payments.
+fn batch(rng: &mut SplitMix, size: usize) -> Vec<Pay> {
+    (0..size)
+        .map(|_| {
+            let bits = rng.next_u64();
+            Pay {
+                card: ((bits >> 32) % ACCOUNTS as u64) as u32,
+                amount_minor: 1 + (bits & 0xffff_ffff) % AMOUNT_MAX_MINOR,
+            }
+        })
+        .collect()
 }
 
 /// Commands one criterion iteration sends, over all producers: enough batches that
@@ -144,7 +133,7 @@ fn produce_with_reply_channels(
             approved += count_approved(waiting.pop_front());
         }
         let (reply_tx, reply_rx) = bounded(1);
-        send(rng.batch(batch_size), reply_tx);
+        send(batch(&mut rng, batch_size), reply_tx);
         waiting.push_back(reply_rx);
     }
     while let Some(reply) = waiting.pop_front() {
@@ -274,7 +263,7 @@ fn produce_with_actix_send(
                 approved += count_outcomes(reply.await);
             }
             // `send` queues the message now; the future only waits for the answer.
-            waiting.push_back(address.send(PayBatch(rng.batch(batch_size))));
+            waiting.push_back(address.send(PayBatch(batch(&mut rng, batch_size))));
         }
         while let Some(reply) = waiting.pop_front() {
             approved += count_outcomes(reply.await);

@@ -29,6 +29,7 @@ use plafond::{
     Command, Durability, Engine, EngineConfig, ManualClock, Opening, Outcome, Reason, Regions,
     Request, Ticket,
 };
+use plafond_benches::SplitMix;
 
 /// Pays per card over the whole run.
 const PAYS_PER_CARD: u64 = 10;
@@ -92,28 +93,6 @@ const fn scenario(
     batch_commands: usize,
 ) -> Scenario {
     Scenario { durability, skew, submitters, batch_commands, in_flight: 4 }
-}
-
-/// SplitMix64: a tiny, fast generator, so submitters spend their time submitting.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
-    }
 }
 
 /// Zipf with s = 1 over ranks `1 ..= n` by rejection-inversion (Hörmann and Derflinger,
