@@ -29,7 +29,7 @@ use crate::error::EngineError;
 pub struct Engine {
     shards: u16,
     durability: Durability,
-    regions: Arc<Regions>,
+    pub(crate) regions: Arc<Regions>,
     clock: Arc<dyn Clock>,
     router: Arc<Router>,
     /// Which command each command id was first used with, across all shards.

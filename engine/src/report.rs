@@ -3,7 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
+use plafond_shards::apply::ceiling_of;
+use plafond_shards::calendar::Calendar;
 use plafond_shards::command::Reason;
+use plafond_shards::region::Regions;
 use plafond_shards::state::{Instrument, RegionCounters, ShardState, Totals};
 
 use crate::engine::Engine;
@@ -102,20 +105,20 @@ struct ShardCut {
     accounts: u64,
 }
 
-fn cut_of(state: &ShardState, default_ceilings: &[u64]) -> ShardCut {
-    let mut near_ceiling = vec![0u64; default_ceilings.len()];
+fn cut_of(state: &ShardState, regions: &Regions) -> ShardCut {
+    let mut near_ceiling = vec![0u64; regions.len()];
+    let mut calendar = Calendar::new(regions);
     for account in &state.accounts {
         let Instrument::Card(card) = &account.instrument else {
             continue;
         };
-        let region = usize::from(account.region);
-        let ceiling = match card.ceiling_minor {
-            0 => default_ceilings.get(region).copied().unwrap_or(0),
-            own => own,
-        };
+        // As a card read sees it: a copy of the window rolled to the shard's latest time.
+        let mut window = card.window;
+        window.roll_to(calendar.business_day(regions, account.region, state.clock_ms));
+        let ceiling = ceiling_of(card, &state.rules, account.region);
         // spent > 90 % of ceiling, in integers.
-        if u128::from(card.window.spent_minor()) * 10 > u128::from(ceiling) * 9 {
-            if let Some(count) = near_ceiling.get_mut(region) {
+        if u128::from(window.spent_minor()) * 10 > u128::from(ceiling) * 9 {
+            if let Some(count) = near_ceiling.get_mut(usize::from(account.region)) {
                 *count += 1;
             }
         }
@@ -139,9 +142,8 @@ impl Engine {
     /// Statistics for the pretty dump, at a consistent cut. Scans every card (for the
     /// cards near their ceiling), so it costs a pause proportional to the accounts.
     pub fn stats(&self) -> Result<Stats, EngineError> {
-        let default_ceilings: Vec<u64> =
-            self.regions().iter().map(|r| r.rules.default_card_ceiling_minor).collect();
-        let cuts = self.cut(move |state| cut_of(state, &default_ceilings))?;
+        let regions = self.regions.clone();
+        let cuts = self.cut(move |state| cut_of(state, &regions))?;
         let region_count = self.regions().len();
         let mut regions: Vec<(String, RegionStats)> =
             self.regions().iter().map(|r| (r.name.clone(), RegionStats::default())).collect();

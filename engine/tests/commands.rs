@@ -200,3 +200,20 @@ fn async_durability_survives_a_clean_restart() {
     let engine = Engine::open(config).unwrap();
     assert_eq!(balance(&engine, card), 99_990);
 }
+
+#[test]
+fn cards_near_their_ceiling_are_counted_as_of_now() {
+    let (engine, clock) = engine(2);
+    let (_, card) = open_checking(&engine, "eu-west");
+    let (_, other) = open_checking(&engine, "eu-west");
+    engine.run(Command::SetCeiling { card, ceiling_minor: 1_000 }).unwrap();
+    engine.run(Command::Pay { card, amount_minor: 950 }).unwrap();
+    engine.run(Command::Pay { card: other, amount_minor: 900 }).unwrap();
+    let near = |engine: &Engine| engine.stats().unwrap().regions[0].1.cards_near_ceiling;
+    assert_eq!(near(&engine), 1, "950 of 1_000 is above 90 %; 900 of 300_000 is not");
+    // A week later the payment has left the window, even though no command rolled it.
+    clock.advance(7 * DAY_MS);
+    engine.run(Command::ReadAccount { account: other }).unwrap();
+    engine.run(Command::ReadAccount { account: card }).unwrap();
+    assert_eq!(near(&engine), 0);
+}

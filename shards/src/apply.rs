@@ -363,7 +363,8 @@ fn open_account(
     Applied::changed(Outcome::AccountOpened { account, card })
 }
 
-fn ceiling_of(card: &Card, rules: &[Option<Rules>], region: RegionId) -> u64 {
+/// A card's seven-day ceiling: its own, or its region's default under `rules`.
+pub fn ceiling_of(card: &Card, rules: &[Option<Rules>], region: RegionId) -> u64 {
     match card.ceiling_minor {
         0 => rules
             .get(usize::from(region))
