@@ -17,7 +17,7 @@ use crate::command::{
     AccountKind, AccountView, CardStatus, CardView, Command, Opening, Outcome, ProfileView, Reason,
     RegionId, Request,
 };
-use crate::ids::{global_of, local_of, shard_of, AccountId, ShardId};
+use crate::ids::{global_of, local_of, shard_of, AccountId, ProfileId, ShardId};
 use crate::interest::Savings;
 use crate::region::{Regions, Rules};
 use crate::state::{
@@ -278,11 +278,21 @@ fn prefetch_value<T>(value: &T) {
 
 /// The local index of `id` if this shard owns it and it exists.
 fn local_account(state: &ShardState, id: AccountId) -> Option<usize> {
+    local_index(state, id, state.accounts.len())
+}
+
+/// The local index of profile `id` if this shard owns it and it exists.
+fn local_profile(state: &ShardState, id: ProfileId) -> Option<usize> {
+    local_index(state, id, state.profiles.len())
+}
+
+/// The index of `id` in a table of `len` entries of this shard, if it is there.
+fn local_index(state: &ShardState, id: u64, len: usize) -> Option<usize> {
     if shard_of(id, state.shards) != state.shard {
         return None;
     }
     let local = usize::try_from(local_of(id, state.shards)).ok()?;
-    (local < state.accounts.len()).then_some(local)
+    (local < len).then_some(local)
 }
 
 fn open_profile(state: &mut ShardState, env: &mut Env<'_>, region: RegionId) -> Applied {
@@ -307,10 +317,7 @@ fn open_account(
     kind: AccountKind,
     opening: Option<Opening>,
 ) -> Applied {
-    let profile_local = (shard_of(profile, state.shards) == state.shard)
-        .then(|| local_of(profile, state.shards) as usize)
-        .filter(|&local| local < state.profiles.len());
-    let Some(profile_local) = profile_local else {
+    let Some(profile_local) = local_profile(state, profile) else {
         return decline(state, None, Reason::UnknownProfile, 0);
     };
     let region_id = state.profiles[profile_local].region;
@@ -699,10 +706,7 @@ fn read_card(state: &ShardState, env: &mut Env<'_>, now_ms: i64, card_id: u64) -
 }
 
 fn read_profile(state: &ShardState, profile: u64) -> Outcome {
-    let local = (shard_of(profile, state.shards) == state.shard)
-        .then(|| local_of(profile, state.shards) as usize)
-        .filter(|&local| local < state.profiles.len());
-    let Some(local) = local else {
+    let Some(local) = local_profile(state, profile) else {
         return Outcome::Declined(Reason::UnknownProfile);
     };
     let entry = &state.profiles[local];
