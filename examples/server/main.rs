@@ -297,8 +297,8 @@ async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
 
 /// A reply waiting for its turn in the batch.
 enum Reply {
-    /// Already encoded.
-    Ready(Vec<u8>),
+    /// Encoded already: the bytes of `Connection::staged` up to this offset.
+    Ready { end: usize },
     /// The outcome of the next engine request of the batch.
     Engine,
 }
@@ -308,14 +308,20 @@ struct Connection {
     stream: TcpStream,
     server: Arc<Server>,
     parser: RequestParser,
-    buffer: Vec<u8>,
+    /// Bytes read and not parsed yet (at most one partial request between batches).
+    input: Vec<u8>,
     protocol: Protocol,
     authenticated: bool,
     /// Set by `QUIT` or a lost framing: close once the replies are written.
     closing: bool,
+    /// The requests of the last read, parsed. Like every buffer here it is reused from
+    /// batch to batch, so a connection in its steady state allocates nothing per request.
+    actions: Vec<Action>,
     /// The batch being built: replies in request order, and the engine's share of them.
     replies: Vec<Reply>,
     requests: Vec<Request>,
+    /// Replies that needed no engine, encoded, waiting for the engine replies before them.
+    staged: Vec<u8>,
     out: Vec<u8>,
 }
 
@@ -326,21 +332,23 @@ impl Connection {
             stream,
             server,
             parser: RequestParser::new(),
-            buffer: Vec::with_capacity(READ_CHUNK_BYTES),
+            input: Vec::new(),
             protocol: Protocol::Resp2,
             authenticated,
             closing: false,
+            actions: Vec::new(),
             replies: Vec::new(),
             requests: Vec::new(),
+            staged: Vec::new(),
             out: Vec::new(),
         }
     }
 
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let (frames, lost) = self.take_frames();
-            if !frames.is_empty() {
-                if self.execute(frames).await.is_err() || self.closing {
+            let lost = self.parse_input();
+            if !self.actions.is_empty() {
+                if self.execute().await.is_err() || self.closing {
                     return;
                 }
                 continue;
@@ -351,36 +359,41 @@ impl Connection {
                 let _ = self.write_out().await;
                 return;
             }
-            if *shutdown.borrow() || self.buffer.len() >= READ_BUFFER_BYTES_MAX {
+            if *shutdown.borrow() || self.input.len() >= READ_BUFFER_BYTES_MAX {
                 return;
             }
-            // Exactly one chunk of room, so the buffer's size stays what the limits say.
-            let filled = self.buffer.len();
-            self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
+            // `read_buf` fills the spare capacity without zeroing it first.
+            self.input.reserve(READ_CHUNK_BYTES);
             let read = tokio::select! {
-                read = self.stream.read(&mut self.buffer[filled..]) => read,
+                read = self.stream.read_buf(&mut self.input) => read,
                 _ = shutdown.changed() => Ok(0),
             };
-            match read {
+            if matches!(read, Ok(0) | Err(_)) {
                 // A half-sent request is dropped with the connection: it never ran.
-                Ok(0) | Err(_) => return,
-                Ok(n) => self.buffer.truncate(filled + n),
+                return;
             }
         }
     }
 
-    /// Every complete request in the buffer (at most a batch), and the protocol error that
-    /// stopped the parse, if any.
-    fn take_frames(&mut self) -> (Vec<Frame>, Option<ProtocolError>) {
-        let mut frames = Vec::new();
+    /// Parses every complete request in the input (at most a batch) into `actions`, and
+    /// returns the protocol error that stopped the parse, if any.
+    fn parse_input(&mut self) -> Option<ProtocolError> {
+        let regions = self.server.engine.regions();
         let mut at = 0;
         let mut lost = None;
-        while frames.len() < PIPELINE_COMMANDS_MAX {
-            match self.parser.next(&self.buffer[at..]) {
+        while self.actions.len() < PIPELINE_COMMANDS_MAX {
+            match self.parser.next(&self.input[at..]) {
                 Ok(step) => {
                     at += step.consumed;
                     match step.frame {
-                        Some(frame) => frames.push(frame),
+                        Some(Frame::Args(args)) => {
+                            self.actions.push(commands::parse(args.as_slice(), regions));
+                        }
+                        Some(Frame::TooLarge) => self.actions.push(Action::Error(format!(
+                            "ERR request too large (at most {} bytes in {} arguments)",
+                            plafond_examples::resp::FRAME_BYTES_MAX,
+                            plafond_examples::resp::FRAME_ARGS_MAX
+                        ))),
                         None if step.consumed == 0 => break,
                         None => {}
                     }
@@ -391,8 +404,8 @@ impl Connection {
                 }
             }
         }
-        self.buffer.drain(..at);
-        (frames, lost)
+        self.input.drain(..at);
+        lost
     }
 
     fn encoder(&mut self) -> Encoder<'_> {
@@ -402,19 +415,13 @@ impl Connection {
     /// Runs a batch: engine commands go as one submission, except that a command that
     /// reads or moves server state (the clock, stats, snapshots, epochs, HELLO) first
     /// completes what came before it, so a pipeline behaves as if sent one at a time.
-    async fn execute(&mut self, frames: Vec<Frame>) -> std::io::Result<()> {
-        for frame in frames {
+    async fn execute(&mut self) -> std::io::Result<()> {
+        let mut actions = std::mem::take(&mut self.actions);
+        self.requests.reserve(actions.len());
+        for action in actions.drain(..) {
             if self.closing {
                 break;
             }
-            let action = match frame {
-                Frame::TooLarge => Action::Error(format!(
-                    "ERR request too large (at most {} bytes in {} arguments)",
-                    plafond_examples::resp::FRAME_BYTES_MAX,
-                    plafond_examples::resp::FRAME_ARGS_MAX
-                )),
-                Frame::Args(args) => commands::parse(&args, self.server.engine.regions()),
-            };
             if !self.authenticated && !action.allowed_before_auth() {
                 self.ready(|e| e.error("NOAUTH Authentication required."));
                 continue;
@@ -428,15 +435,16 @@ impl Connection {
                 Action::Local(local) => self.local(local).await?,
             }
         }
+        // Handed back empty, with its capacity, for the next read.
+        self.actions = actions;
         self.complete().await;
         self.write_out().await
     }
 
     /// Queues a reply that needs no engine.
     fn ready(&mut self, encode: impl FnOnce(&mut Encoder<'_>)) {
-        let mut bytes = Vec::new();
-        encode(&mut Encoder { out: &mut bytes, protocol: self.protocol });
-        self.replies.push(Reply::Ready(bytes));
+        encode(&mut Encoder { out: &mut self.staged, protocol: self.protocol });
+        self.replies.push(Reply::Ready { end: self.staged.len() });
     }
 
     /// Submits the queued engine requests, awaits them, and encodes every queued reply.
@@ -456,11 +464,14 @@ impl Connection {
             Ok(outcomes) => (outcomes.into_iter(), None),
             Err(error) => (Vec::new().into_iter(), Some(error)),
         };
-        let replies = std::mem::take(&mut self.replies);
         let mut encoder = Encoder { out: &mut self.out, protocol: self.protocol };
-        for reply in replies {
+        let mut staged_from = 0;
+        for reply in self.replies.drain(..) {
             match reply {
-                Reply::Ready(bytes) => encoder.out.extend_from_slice(&bytes),
+                Reply::Ready { end } => {
+                    encoder.out.extend_from_slice(&self.staged[staged_from..end]);
+                    staged_from = end;
+                }
                 Reply::Engine => match outcomes.next() {
                     Some(outcome) => commands::render_outcome(&mut encoder, &outcome),
                     None => encoder.error(&format!(
@@ -470,6 +481,7 @@ impl Connection {
                 },
             }
         }
+        self.staged.clear();
     }
 
     async fn write_out(&mut self) -> std::io::Result<()> {
@@ -533,7 +545,7 @@ impl Connection {
             Local::BatchRun(region) => {
                 self.complete().await;
                 match self.batch_run(region).await {
-                    Ok(reply) => self.replies.push(Reply::Ready(reply)),
+                    Ok(reply) => self.ready(|e| e.out.extend_from_slice(&reply)),
                     Err(error) => self.ready(|e| e.error(&format!("ERR batch: {error:#}"))),
                 }
             }
@@ -542,7 +554,7 @@ impl Connection {
                 self.ready(|e| epochs::render_status(e, &status));
             }
         }
-        if self.out.len() >= OUTPUT_FLUSH_BYTES {
+        if self.out.len() + self.staged.len() >= OUTPUT_FLUSH_BYTES {
             self.complete().await;
             self.write_out().await?;
         }

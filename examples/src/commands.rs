@@ -56,12 +56,21 @@ impl Action {
 }
 
 /// Reads one request's arguments. Never panics, whatever the bytes.
-pub fn parse(args: &[Vec<u8>], regions: &Regions) -> Action {
+pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
     let Some((name, rest)) = args.split_first() else {
         return Action::Error("ERR empty command".into());
     };
-    let upper = name.to_ascii_uppercase();
-    let result = match upper.as_slice() {
+    // Upper-cased on the stack: this runs for every request.
+    let mut buffer = [0u8; COMMAND_NAME_BYTES_MAX];
+    let upper = match buffer.get_mut(..name.len()) {
+        Some(upper) => {
+            upper.copy_from_slice(name);
+            upper.make_ascii_uppercase();
+            &*upper
+        }
+        None => &[],
+    };
+    let result = match upper {
         b"PING" => ping(rest),
         b"AUTH" => auth(rest),
         b"HELLO" => hello(rest),
@@ -81,9 +90,8 @@ pub fn parse(args: &[Vec<u8>], regions: &Regions) -> Action {
         b"CLOCK.ADVANCE" => clock(rest, Local::ClockAdvance),
         b"CONFIG" => config(rest),
         b"SNAPSHOT" => arity(rest, 0, 0).map(|_| Action::Local(Local::Snapshot)),
-        b"BATCH.RUN" => arity(rest, 1, 1).map(|_| {
-            Action::Local(Local::BatchRun(String::from_utf8_lossy(&rest[0]).into_owned()))
-        }),
+        b"BATCH.RUN" => arity(rest, 1, 1)
+            .map(|_| Action::Local(Local::BatchRun(String::from_utf8_lossy(rest[0]).into_owned()))),
         b"BATCH.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::BatchStatus)),
         _ => {
             return Action::Error(format!(
@@ -102,6 +110,9 @@ pub fn parse(args: &[Vec<u8>], regions: &Regions) -> Action {
     }
 }
 
+/// The longest command name (`PROFILE.OPEN` has 12 bytes); a longer one is unknown.
+const COMMAND_NAME_BYTES_MAX: usize = 16;
+
 /// How much of an unknown command's name an error echoes back.
 const COMMAND_NAME_ECHO_MAX: usize = 64;
 
@@ -112,7 +123,7 @@ enum Malformed {
 
 type Parsed = Result<Action, Malformed>;
 
-fn arity(rest: &[Vec<u8>], min: usize, max: usize) -> Result<(), Malformed> {
+fn arity(rest: &[&[u8]], min: usize, max: usize) -> Result<(), Malformed> {
     if rest.len() < min || rest.len() > max {
         return Err(Malformed::Arity);
     }
@@ -134,42 +145,50 @@ fn engine(command: Command, command_id: Option<&[u8]>) -> Parsed {
 
 /// An id: a decimal `u64`. Anything else is malformed.
 fn id(bytes: &[u8]) -> Result<u64, Malformed> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .filter(|text| text.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|text| text.parse().ok())
+    digits_u64(bytes)
+        .flatten()
         .ok_or_else(|| Malformed::Other("id is not a non-negative integer".into()))
 }
 
 /// An amount: any decimal integer. One outside `1 ..= 10^15` (negative, zero, too big, even
 /// beyond `u64`) becomes 0, which the engine declines as `INVALID_AMOUNT` and counts.
 fn amount(bytes: &[u8]) -> Result<u64, Malformed> {
-    let text = std::str::from_utf8(bytes).unwrap_or("");
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let (negative, digits) = match bytes.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, bytes),
+    };
+    let Some(value) = digits_u64(digits) else {
         return Err(Malformed::Other("value is not an integer or out of range".into()));
-    }
-    let valid = (!text.starts_with('-'))
-        .then(|| digits.parse::<u64>().ok())
-        .flatten()
-        .filter(|&value| (1..=AMOUNT_MAX_MINOR).contains(&value));
+    };
+    let valid = value.filter(|value| !negative && (1..=AMOUNT_MAX_MINOR).contains(value));
     Ok(valid.unwrap_or(0))
 }
 
-fn ping(rest: &[Vec<u8>]) -> Parsed {
-    arity(rest, 0, 1)?;
-    Ok(Action::Local(Local::Ping(rest.first().cloned())))
+/// Reads one or more ASCII digits: `None` if `bytes` is anything else, `Some(None)` if the
+/// digits do not fit a `u64`. Straight from the bytes: every request has one or two.
+fn digits_u64(bytes: &[u8]) -> Option<Option<u64>> {
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(bytes.iter().try_fold(0u64, |value, &digit| {
+        value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    }))
 }
 
-fn auth(rest: &[Vec<u8>]) -> Parsed {
+fn ping(rest: &[&[u8]]) -> Parsed {
+    arity(rest, 0, 1)?;
+    Ok(Action::Local(Local::Ping(rest.first().map(|message| message.to_vec()))))
+}
+
+fn auth(rest: &[&[u8]]) -> Parsed {
     // `AUTH token`, or `AUTH default token` as Redis 6 clients send it.
     match rest {
-        [token] | [_, token] => Ok(Action::Local(Local::Auth(token.clone()))),
+        [token] | [_, token] => Ok(Action::Local(Local::Auth(token.to_vec()))),
         _ => Err(Malformed::Arity),
     }
 }
 
-fn hello(rest: &[Vec<u8>]) -> Parsed {
+fn hello(rest: &[&[u8]]) -> Parsed {
     let Some((version, options)) = rest.split_first() else {
         return Ok(Action::Local(Local::Hello { protocol: None, auth: None }));
     };
@@ -181,7 +200,7 @@ fn hello(rest: &[Vec<u8>]) -> Parsed {
         match option.to_ascii_uppercase().as_slice() {
             b"AUTH" => {
                 let token = options.get(at + 2).ok_or(Malformed::Arity)?;
-                auth = Some(token.clone());
+                auth = Some(token.to_vec());
                 at += 3;
             }
             b"SETNAME" => at += 2,
@@ -191,62 +210,59 @@ fn hello(rest: &[Vec<u8>]) -> Parsed {
     Ok(Action::Local(Local::Hello { protocol: Some(protocol), auth }))
 }
 
-fn profile_open(rest: &[Vec<u8>], regions: &Regions) -> Parsed {
+fn profile_open(rest: &[&[u8]], regions: &Regions) -> Parsed {
     arity(rest, 1, 2)?;
-    let name = String::from_utf8_lossy(&rest[0]);
+    let name = String::from_utf8_lossy(rest[0]);
     // An unknown name gets an id no region has, so the engine declines it as
     // `UNKNOWN_REGION` and counts the decline like any other.
     let region = regions.id_of(&name).unwrap_or(u16::MAX);
-    engine(Command::OpenProfile { region }, rest.get(1).map(Vec::as_slice))
+    engine(Command::OpenProfile { region }, rest.get(1).copied())
 }
 
-fn account_open(rest: &[Vec<u8>]) -> Parsed {
+fn account_open(rest: &[&[u8]]) -> Parsed {
     arity(rest, 2, 3)?;
-    let profile = id(&rest[0])?;
+    let profile = id(rest[0])?;
     let kind = match rest[1].to_ascii_uppercase().as_slice() {
         b"CHECKING" => AccountKind::Checking,
         b"SAVINGS" => AccountKind::Savings,
         _ => return Err(Malformed::Other("kind must be CHECKING or SAVINGS".into())),
     };
     let command = Command::OpenAccount { profile, kind, opening: None };
-    engine(command, rest.get(2).map(Vec::as_slice))
+    engine(command, rest.get(2).copied())
 }
 
-fn pay(rest: &[Vec<u8>]) -> Parsed {
+fn pay(rest: &[&[u8]]) -> Parsed {
     arity(rest, 2, 3)?;
-    let command = Command::Pay { card: id(&rest[0])?, amount_minor: amount(&rest[1])? };
-    engine(command, rest.get(2).map(Vec::as_slice))
+    let command = Command::Pay { card: id(rest[0])?, amount_minor: amount(rest[1])? };
+    engine(command, rest.get(2).copied())
 }
 
-fn transfer(rest: &[Vec<u8>]) -> Parsed {
+fn transfer(rest: &[&[u8]]) -> Parsed {
     arity(rest, 3, 4)?;
-    let command = Command::Transfer {
-        from: id(&rest[0])?,
-        to: id(&rest[1])?,
-        amount_minor: amount(&rest[2])?,
-    };
-    engine(command, rest.get(3).map(Vec::as_slice))
+    let command =
+        Command::Transfer { from: id(rest[0])?, to: id(rest[1])?, amount_minor: amount(rest[2])? };
+    engine(command, rest.get(3).copied())
 }
 
-fn deposit(rest: &[Vec<u8>]) -> Parsed {
+fn deposit(rest: &[&[u8]]) -> Parsed {
     arity(rest, 2, 3)?;
-    let command = Command::Deposit { account: id(&rest[0])?, amount_minor: amount(&rest[1])? };
-    engine(command, rest.get(2).map(Vec::as_slice))
+    let command = Command::Deposit { account: id(rest[0])?, amount_minor: amount(rest[1])? };
+    engine(command, rest.get(2).copied())
 }
 
-fn ceiling(rest: &[Vec<u8>]) -> Parsed {
+fn ceiling(rest: &[&[u8]]) -> Parsed {
     arity(rest, 2, 2)?;
-    let command = Command::SetCeiling { card: id(&rest[0])?, ceiling_minor: amount(&rest[1])? };
+    let command = Command::SetCeiling { card: id(rest[0])?, ceiling_minor: amount(rest[1])? };
     engine(command, None)
 }
 
 /// Commands that take exactly one id.
-fn read(rest: &[Vec<u8>], command: impl Fn(u64) -> Command) -> Parsed {
+fn read(rest: &[&[u8]], command: impl Fn(u64) -> Command) -> Parsed {
     arity(rest, 1, 1)?;
-    engine(command(id(&rest[0])?), None)
+    engine(command(id(rest[0])?), None)
 }
 
-fn stats(rest: &[Vec<u8>]) -> Parsed {
+fn stats(rest: &[&[u8]]) -> Parsed {
     arity(rest, 0, 1)?;
     match rest.first().map(|arg| arg.to_ascii_uppercase()) {
         None => Ok(Action::Local(Local::Stats { json: false })),
@@ -255,17 +271,17 @@ fn stats(rest: &[Vec<u8>]) -> Parsed {
     }
 }
 
-fn clock(rest: &[Vec<u8>], local: fn(i64) -> Local) -> Parsed {
+fn clock(rest: &[&[u8]], local: fn(i64) -> Local) -> Parsed {
     arity(rest, 1, 1)?;
-    let ms = parse_i64(&rest[0])
+    let ms = parse_i64(rest[0])
         .ok_or_else(|| Malformed::Other("value is not an integer or out of range".into()))?;
     Ok(Action::Local(local(ms)))
 }
 
-fn config(rest: &[Vec<u8>]) -> Parsed {
+fn config(rest: &[&[u8]]) -> Parsed {
     match (rest.first().map(|sub| sub.to_ascii_uppercase()), rest.get(1)) {
         (Some(sub), Some(name)) if sub == b"GET" && rest.len() == 2 => {
-            Ok(Action::Local(Local::ConfigGet(name.clone())))
+            Ok(Action::Local(Local::ConfigGet(name.to_vec())))
         }
         (Some(sub), _) if sub == b"GET" => Err(Malformed::Arity),
         (Some(_), _) => Err(Malformed::Other("only CONFIG GET <name> is supported".into())),
@@ -341,7 +357,7 @@ mod tests {
     use crate::resp::{parse_value, Protocol, Value};
 
     fn parse_words(line: &str) -> Action {
-        let args: Vec<Vec<u8>> = line.split(' ').map(|w| w.as_bytes().to_vec()).collect();
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
         parse(&args, &Regions::builtin())
     }
 
@@ -410,12 +426,20 @@ mod tests {
         assert!(error_of(parse_words("PAY x 2")).starts_with("ERR "));
         assert!(error_of(parse_words("PAY 1 12abc")).contains("not an integer"));
         assert!(error_of(parse_words("PAY -1 5")).starts_with("ERR "));
+        assert!(error_of(parse_words("PAY 18446744073709551616 5")).contains("id is not"));
+        assert!(error_of(parse_words("PAY +1 5")).contains("id is not"));
+        assert!(error_of(parse_words("PAY 1 -")).contains("not an integer"));
         assert!(error_of(parse_words("NOPE 1")).contains("unknown command 'NOPE'"));
+        let long_name = "PROFILE.OPEN.AND.MORE";
+        assert!(
+            error_of(parse_words(long_name)).contains("unknown command 'PROFILE.OPEN.AND.MORE'")
+        );
+        assert_eq!(parse_words("pRoFiLe.OpEn eu-west"), parse_words("PROFILE.OPEN eu-west"));
         assert!(error_of(parse_words("ACCOUNT.OPEN 1 GOLD")).starts_with("ERR "));
         let long_id = "x".repeat(65);
         assert!(error_of(parse_words(&format!("PAY 1 5 {long_id}"))).starts_with("ERR "));
         assert!(error_of(parse(&[], &Regions::builtin())).starts_with("ERR "));
-        let binary = vec![b"PAY".to_vec(), vec![0xff, 0x00], b"1".to_vec()];
+        let binary: [&[u8]; 3] = [b"PAY", &[0xff, 0x00], b"1"];
         assert!(error_of(parse(&binary, &Regions::builtin())).starts_with("ERR "));
     }
 

@@ -38,22 +38,72 @@ impl fmt::Display for ProtocolError {
 
 impl std::error::Error for ProtocolError {}
 
+/// One request's arguments, borrowed from the bytes the parser was given: a request costs
+/// no allocation on its way to the command table.
+#[derive(Clone, Copy)]
+pub struct Args<'a> {
+    slots: [&'a [u8]; FRAME_ARGS_MAX],
+    len: usize,
+}
+
+impl<'a> Args<'a> {
+    const fn empty() -> Args<'a> {
+        Args { slots: [&[]; FRAME_ARGS_MAX], len: 0 }
+    }
+
+    /// Adds an argument; `false` when there are already [`FRAME_ARGS_MAX`].
+    fn push(&mut self, arg: &'a [u8]) -> bool {
+        let Some(slot) = self.slots.get_mut(self.len) else {
+            return false;
+        };
+        *slot = arg;
+        self.len += 1;
+        true
+    }
+
+    /// The command name and its arguments, in order.
+    pub fn as_slice(&self) -> &[&'a [u8]] {
+        &self.slots[..self.len]
+    }
+}
+
+impl PartialEq for Args<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Args<'_> {}
+
+impl fmt::Debug for Args<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.as_slice().iter().map(|arg| String::from_utf8_lossy(arg)))
+            .finish()
+    }
+}
+
 /// One request read off the wire.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Frame {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a frame lives on the stack for one step; boxing its arguments would be the \
+              allocation per request this type exists to avoid"
+)]
+pub enum Frame<'a> {
     /// The command name and its arguments.
-    Args(Vec<Vec<u8>>),
+    Args(Args<'a>),
     /// A request over [`FRAME_BYTES_MAX`] or [`FRAME_ARGS_MAX`]; the rest of it is skipped.
     TooLarge,
 }
 
 /// What one call to [`RequestParser::next`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
+pub struct Step<'a> {
     /// Bytes of the input that were used up (and must be dropped by the caller).
     pub consumed: usize,
-    /// A complete request, if one was found.
-    pub frame: Option<Frame>,
+    /// A complete request, if one was found; it borrows the input.
+    pub frame: Option<Frame<'a>>,
 }
 
 /// The rest of an oversized request, still to be skipped.
@@ -77,7 +127,7 @@ impl RequestParser {
 
     /// Reads at most one request from the start of `input`. `consumed == 0` with no frame
     /// means: more bytes are needed.
-    pub fn next(&mut self, input: &[u8]) -> Result<Step, ProtocolError> {
+    pub fn next<'a>(&mut self, input: &'a [u8]) -> Result<Step<'a>, ProtocolError> {
         if let Some(skip) = self.skip {
             return self.skip_some(skip, input);
         }
@@ -88,7 +138,7 @@ impl RequestParser {
         }
     }
 
-    fn skip_some(&mut self, mut skip: Skip, input: &[u8]) -> Result<Step, ProtocolError> {
+    fn skip_some(&mut self, mut skip: Skip, input: &[u8]) -> Result<Step<'static>, ProtocolError> {
         let mut consumed = 0usize;
         loop {
             if skip.bytes > 0 {
@@ -118,7 +168,7 @@ impl RequestParser {
         Ok(Step { consumed, frame: None })
     }
 
-    fn array(&mut self, input: &[u8]) -> Result<Step, ProtocolError> {
+    fn array<'a>(&mut self, input: &'a [u8]) -> Result<Step<'a>, ProtocolError> {
         let Some((count, mut at)) = header_line(input, b'*')? else {
             return Ok(Step { consumed: 0, frame: None });
         };
@@ -133,7 +183,7 @@ impl RequestParser {
             }
             return Ok(self.too_large(at, Skip { bytes: 0, bulks: count }));
         }
-        let mut args = Vec::with_capacity(count as usize);
+        let mut args = Args::empty();
         let mut payload_bytes = 0usize;
         for index in 0..count {
             let Some((len, header)) = header_line(&input[at..], b'$')? else {
@@ -155,24 +205,25 @@ impl RequestParser {
             if !bulk.ends_with(b"\r\n") {
                 return Err(ProtocolError("bulk string not terminated by CRLF"));
             }
-            args.push(bulk[..len].to_vec());
+            // `count <= FRAME_ARGS_MAX` was checked above, so every argument fits.
+            args.push(&bulk[..len]);
             at += len + 2;
         }
         Ok(Step { consumed: at, frame: Some(Frame::Args(args)) })
     }
 
-    fn too_large(&mut self, consumed: usize, skip: Skip) -> Step {
+    fn too_large(&mut self, consumed: usize, skip: Skip) -> Step<'static> {
         self.skip = (skip != Skip::default()).then_some(skip);
         Step { consumed, frame: Some(Frame::TooLarge) }
     }
 }
 
-fn incomplete() -> Step {
+fn incomplete() -> Step<'static> {
     Step { consumed: 0, frame: None }
 }
 
 /// An inline request: words separated by spaces, ended by `\n` (or `\r\n`).
-fn inline(input: &[u8]) -> Result<Step, ProtocolError> {
+fn inline(input: &[u8]) -> Result<Step<'_>, ProtocolError> {
     let Some(end) = input.iter().take(INLINE_BYTES_MAX + 2).position(|&b| b == b'\n') else {
         if input.len() > INLINE_BYTES_MAX {
             return Err(ProtocolError("too big inline request"));
@@ -180,16 +231,13 @@ fn inline(input: &[u8]) -> Result<Step, ProtocolError> {
         return Ok(incomplete());
     };
     let line = &input[..end];
-    let args: Vec<Vec<u8>> = line
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|word| !word.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
-    let frame = match args.len() {
-        0 => None,
-        n if n > FRAME_ARGS_MAX => Some(Frame::TooLarge),
-        _ => Some(Frame::Args(args)),
-    };
+    let mut args = Args::empty();
+    let mut too_many = false;
+    for word in line.split(|b| b.is_ascii_whitespace()).filter(|word| !word.is_empty()) {
+        too_many |= !args.push(word);
+    }
+    let frame =
+        if too_many { Some(Frame::TooLarge) } else { (args.len > 0).then_some(Frame::Args(args)) };
     Ok(Step { consumed: end + 1, frame })
 }
 
@@ -254,12 +302,12 @@ impl Encoder<'_> {
 
     /// `:n`.
     pub fn integer(&mut self, n: i128) {
-        self.line(b':', n.to_string().as_bytes());
+        self.decimal_line(b':', n);
     }
 
     /// `$len\r\nbytes\r\n`.
     pub fn bulk(&mut self, bytes: &[u8]) {
-        self.line(b'$', bytes.len().to_string().as_bytes());
+        self.decimal_line(b'$', bytes.len() as i128);
         self.out.extend_from_slice(bytes);
         self.out.extend_from_slice(b"\r\n");
     }
@@ -274,14 +322,14 @@ impl Encoder<'_> {
 
     /// The header of an array of `len` elements; the caller writes them next.
     pub fn array(&mut self, len: usize) {
-        self.line(b'*', len.to_string().as_bytes());
+        self.decimal_line(b'*', len as i128);
     }
 
     /// The header of a map of `pairs` key-value pairs: `%` in RESP3, a flat array in RESP2.
     pub fn map(&mut self, pairs: usize) {
         match self.protocol {
             Protocol::Resp2 => self.array(pairs * 2),
-            Protocol::Resp3 => self.line(b'%', pairs.to_string().as_bytes()),
+            Protocol::Resp3 => self.decimal_line(b'%', pairs as i128),
         }
     }
 
@@ -289,6 +337,35 @@ impl Encoder<'_> {
         self.out.push(marker);
         self.out.extend_from_slice(body);
         self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// `<marker><n>\r\n`, formatted on the stack: every reply has one or more, and a
+    /// `to_string` each would be an allocation per number.
+    fn decimal_line(&mut self, marker: u8, n: i128) {
+        // i128::MIN has 39 digits and a sign.
+        let mut digits = [0u8; 40];
+        let mut at = digits.len();
+        let mut wide = n.unsigned_abs();
+        // u128 division is a library call: only the digits beyond u64 pay for it.
+        while wide > u128::from(u64::MAX) {
+            at -= 1;
+            digits[at] = b'0' + (wide % 10) as u8;
+            wide /= 10;
+        }
+        let mut rest = wide as u64;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            at -= 1;
+            digits[at] = b'-';
+        }
+        self.line(marker, &digits[at..]);
     }
 }
 
@@ -411,12 +488,16 @@ impl fmt::Display for Value {
 mod tests {
     use super::*;
 
-    fn args(words: &[&str]) -> Frame {
-        Frame::Args(words.iter().map(|w| w.as_bytes().to_vec()).collect())
+    fn args<'a>(words: &[&'a str]) -> Frame<'a> {
+        let mut args = Args::empty();
+        for word in words {
+            assert!(args.push(word.as_bytes()), "at most FRAME_ARGS_MAX words");
+        }
+        Frame::Args(args)
     }
 
     /// Parses everything, as the server does, returning frames and the bytes left over.
-    fn parse_all(parser: &mut RequestParser, input: &[u8]) -> (Vec<Frame>, usize) {
+    fn parse_all<'a>(parser: &mut RequestParser, input: &'a [u8]) -> (Vec<Frame<'a>>, usize) {
         let mut at = 0;
         let mut frames = Vec::new();
         loop {
@@ -427,6 +508,16 @@ mod tests {
                 None if step.consumed == 0 => return (frames, input.len() - at),
                 None => {}
             }
+        }
+    }
+
+    /// A frame that outlives the buffer it was parsed from: `None` for `TooLarge`.
+    fn owned(frame: &Frame<'_>) -> Option<Vec<String>> {
+        match frame {
+            Frame::Args(args) => Some(
+                args.as_slice().iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect(),
+            ),
+            Frame::TooLarge => None,
         }
     }
 
@@ -465,12 +556,12 @@ mod tests {
         let mut frames = Vec::new();
         for piece in input.chunks(1000) {
             buffered.extend_from_slice(piece);
-            let (mut found, left) = parse_all(&mut parser, &buffered);
-            frames.append(&mut found);
+            let (found, left) = parse_all(&mut parser, &buffered);
+            frames.extend(found.iter().map(owned));
             buffered.drain(..buffered.len() - left);
             assert!(buffered.len() < 2000, "the parser buffers at most a header");
         }
-        assert_eq!(frames, vec![Frame::TooLarge, args(&["PING"])]);
+        assert_eq!(frames, vec![None, Some(vec!["PING".to_owned()])]);
     }
 
     #[test]
@@ -483,6 +574,30 @@ mod tests {
         let (frames, left) = parse_all(&mut parser, &input);
         assert_eq!(frames, vec![Frame::TooLarge, args(&["PING"])]);
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn too_many_inline_words_is_too_large() {
+        let mut parser = RequestParser::new();
+        let line: Vec<String> = (0..=FRAME_ARGS_MAX).map(|i| i.to_string()).collect();
+        let input = format!("{}\r\nPING\r\n", line.join(" "));
+        let (frames, left) = parse_all(&mut parser, input.as_bytes());
+        assert_eq!(frames, vec![Frame::TooLarge, args(&["PING"])]);
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn integers_of_every_width_encode_as_their_decimal_text() {
+        for n in
+            [0, 7, -7, 10, 19_900, i128::from(i64::MIN), i128::from(u64::MAX), i128::MAX, i128::MIN]
+        {
+            let mut out = Vec::new();
+            Encoder { out: &mut out, protocol: Protocol::Resp2 }.integer(n);
+            assert_eq!(out, format!(":{n}\r\n").into_bytes());
+        }
+        let mut out = Vec::new();
+        Encoder { out: &mut out, protocol: Protocol::Resp3 }.map(12);
+        assert_eq!(out, b"%12\r\n");
     }
 
     #[test]
