@@ -2,10 +2,11 @@
 //! embedded engine (SPEC §9).
 //!
 //! Each connection runs one loop: read what the client sent, parse every complete request
-//! in the buffer (at most [`PIPELINE_COMMANDS_MAX`]), hand all the engine commands to the
-//! engine as one submission, await it, and write every reply, in order, with one write.
-//! One submission per read is what makes pipelined throughput: the engine pays its fixed
-//! costs (channel hand-off, group commit) per batch, not per command.
+//! in the buffer (at most [`PIPELINE_COMMANDS_MAX`]), hand all the engine commands over as
+//! one batch, await it, and write every reply, in order, with one write. The batches of
+//! connections that are ready at the same time travel to the engine as one submission
+//! (`plafond_examples::combiner`): the engine pays its fixed costs (channel hand-offs,
+//! wake-ups, group commit) per submission, not per command or per connection.
 //!
 //! Memory per connection is bounded: the parser buffers at most one partial request, a
 //! batch has at most `PIPELINE_COMMANDS_MAX` commands, and the loop does not read again
@@ -28,8 +29,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use plafond::{
-    Durability, Engine, EngineConfig, EngineError, ManualClock, Opening, Outcome, Regions, Request,
+    Durability, Engine, EngineConfig, EngineError, ManualClock, Opening, Regions, Request,
 };
+use plafond_examples::combiner::Combiner;
 use plafond_examples::commands::{self, Action, Local};
 use plafond_examples::epochs;
 use plafond_examples::flags::Flags;
@@ -49,6 +51,8 @@ const READ_BUFFER_BYTES_MAX: usize =
 const OUTPUT_FLUSH_BYTES: usize = 256 * 1024;
 /// The most connections served at once; more are told so and closed.
 const CONNECTIONS_MAX: usize = 1024;
+/// The most `--io-threads`.
+const IO_THREADS_MAX: usize = 256;
 /// How long shutdown waits for in-flight batches before dropping the connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -69,6 +73,7 @@ const FLAGS: &[&str] = &[
     "clock",
     "populate",
     "snapshot-dir",
+    "io-threads",
 ];
 
 const HELP: &str = "\
@@ -76,7 +81,7 @@ plafond server: the Redis protocol in front of a plafond engine.
 
 usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sync|async|none]
               [--shards N] [--config regions.toml] [--token T] [--clock system|manual]
-              [--populate N] [--snapshot-dir DIR]
+              [--populate N] [--snapshot-dir DIR] [--io-threads N]
 
   --port N          TCP port (default 7379; 0 picks a free one)
   --bind ADDR       address to listen on (default 127.0.0.1)
@@ -88,6 +93,7 @@ usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sy
   --clock C         system (default) or manual: starts at 2027-01-04T12:00:00Z and moves only
                     by CLOCK.SET / CLOCK.ADVANCE
   --snapshot-dir D  where SNAPSHOT writes (default ./plafond-snapshots)
+  --io-threads N    threads serving the connections (default: half the cores, at least 1)
   --populate N      before listening, open N checking accounts in the first region (balance
                     20000, ceiling 10000), card ids 0..N-1; refused on a non-empty data dir
 
@@ -106,6 +112,7 @@ struct Options {
     manual_clock: bool,
     populate: u64,
     snapshot_dir: PathBuf,
+    io_threads: usize,
 }
 
 impl Options {
@@ -132,8 +139,22 @@ impl Options {
             manual_clock,
             populate: flags.get("populate", 0u64).map_err(|e| anyhow!(e))?,
             snapshot_dir: PathBuf::from(flags.text("snapshot-dir").unwrap_or(SNAPSHOT_DIR_DEFAULT)),
+            io_threads: io_threads(flags)?,
         })
     }
+}
+
+/// `--io-threads`: by default half the cores, because the other half runs the shards and
+/// the writer. On two cores one I/O thread served `redis-benchmark -P 64` PAY at 2.27M/s
+/// and 2.30M/s where two served 2.00M/s and 2.04M/s: a second thread only added
+/// wake-ups and context switches (docs/BENCHMARKS.md §4).
+fn io_threads(flags: &Flags) -> anyhow::Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = flags.get("io-threads", (cores / 2).max(1)).map_err(|e| anyhow!(e))?;
+    if !(1..=IO_THREADS_MAX).contains(&threads) {
+        bail!("--io-threads {threads}: use 1 to {IO_THREADS_MAX}");
+    }
+    Ok(threads)
 }
 
 /// What every connection shares.
@@ -143,6 +164,8 @@ struct Server {
     manual_clock: Option<Arc<ManualClock>>,
     token: Option<Vec<u8>>,
     sampler: Sampler,
+    /// Gathers the engine requests of connections ready at the same time.
+    combiner: Combiner,
     /// Where `SNAPSHOT` writes, and how many it wrote (for unique names).
     snapshot_dir: PathBuf,
     snapshots: AtomicU64,
@@ -170,6 +193,7 @@ fn run() -> anyhow::Result<()> {
     let options = Options::from_flags(&flags)?;
     let server = Arc::new(open(&options)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.io_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -217,6 +241,7 @@ fn open(options: &Options) -> anyhow::Result<Server> {
         manual_clock,
         token: options.token.as_ref().map(|t| t.as_bytes().to_vec()),
         sampler: Sampler::default(),
+        combiner: Combiner::default(),
         snapshot_dir: options.snapshot_dir.clone(),
         snapshots: AtomicU64::new(0),
     })
@@ -449,21 +474,17 @@ impl Connection {
 
     /// Submits the queued engine requests, awaits them, and encodes every queued reply.
     async fn complete(&mut self) {
-        let requests = std::mem::take(&mut self.requests);
-        let outcomes: Result<Vec<Outcome>, String> = if requests.is_empty() {
-            Ok(Vec::new())
+        let answer = if self.requests.is_empty() {
+            None
         } else {
-            // `submit` only blocks when a shard's bounded mailbox is full: that is the
-            // engine's back-pressure, and it reaches the clients through TCP.
-            match self.server.engine.submit(requests) {
-                Ok(ticket) => ticket.outcomes().await.map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            }
+            Some(self.server.combiner.submit(&self.server.engine, &mut self.requests).await)
         };
-        let (mut outcomes, failure) = match outcomes {
-            Ok(outcomes) => (outcomes.into_iter(), None),
-            Err(error) => (Vec::new().into_iter(), Some(error)),
+        let (outcomes, failure) = match &answer {
+            None => (&[][..], None),
+            Some(Ok(outcomes)) => (outcomes.as_slice(), None),
+            Some(Err(error)) => (&[][..], Some(error.as_str())),
         };
+        let mut outcomes = outcomes.iter();
         let mut encoder = Encoder { out: &mut self.out, protocol: self.protocol };
         let mut staged_from = 0;
         for reply in self.replies.drain(..) {
@@ -473,11 +494,10 @@ impl Connection {
                     staged_from = end;
                 }
                 Reply::Engine => match outcomes.next() {
-                    Some(outcome) => commands::render_outcome(&mut encoder, &outcome),
-                    None => encoder.error(&format!(
-                        "ERR engine: {}",
-                        failure.as_deref().unwrap_or("no outcome")
-                    )),
+                    Some(outcome) => commands::render_outcome(&mut encoder, outcome),
+                    None => {
+                        encoder.error(&format!("ERR engine: {}", failure.unwrap_or("no outcome")))
+                    }
                 },
             }
         }

@@ -1,6 +1,8 @@
 //! Shared pieces of the example programs: the RESP wire format, the server's command
-//! table, the stats dump, flag parsing, and the random samplers of the load generator.
+//! table and the combiner of its engine submissions, the stats dump, flag parsing, and the
+//! random samplers of the load generator.
 
+pub mod combiner;
 pub mod commands;
 pub mod epochs;
 pub mod flags;

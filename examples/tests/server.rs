@@ -284,6 +284,54 @@ fn pipelined_commands_come_back_in_order_and_conserve_money() {
 }
 
 #[test]
+fn concurrent_pipelines_each_get_their_own_replies_in_order() {
+    // The server combines the batches of connections that are ready together into one
+    // engine submission; each connection must still get exactly its own replies, in order.
+    let connections: i64 = 8;
+    let pays: i64 = 2_000;
+    let server = Server::start(&with(&["--populate", "8", "--io-threads", "2"]));
+    let threads: Vec<_> = (0..connections)
+        .map(|card| {
+            let mut c = server.raw();
+            std::thread::spawn(move || {
+                let card_text = card.to_string();
+                for round in 0..4 {
+                    let mut bytes = Vec::new();
+                    for i in 0..pays / 4 {
+                        encode_command(&mut bytes, &["PAY", &card_text, "1"]);
+                        if i % 100 == 0 {
+                            encode_command(&mut bytes, &["PING", &format!("{card}-{round}-{i}")]);
+                        }
+                    }
+                    c.send(&bytes);
+                    for i in 0..pays / 4 {
+                        // Card `card` pays 1 each time: its own pays alone set the balance.
+                        let paid = round * (pays / 4) + i + 1;
+                        assert_eq!(c.read(), Some(approved(20_000 - paid, paid)), "card {card}");
+                        if i % 100 == 0 {
+                            let marker = format!("{card}-{round}-{i}");
+                            assert_eq!(c.read(), Some(bulk(&marker)), "card {card}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("every connection got its own replies");
+    }
+}
+
+#[test]
+fn a_bad_io_thread_count_is_refused_with_a_reason() {
+    for bad in ["0", "-1", "many", "100000"] {
+        let refused = Server::try_start(&with(&["--io-threads", bad])).err().expect("refused");
+        assert!(refused.0.is_some_and(|status| !status.success()), "{bad}: {refused:?}");
+        assert!(refused.1.contains("--io-threads"), "{bad}: {}", refused.1);
+    }
+}
+
+#[test]
 fn a_client_that_never_reads_cannot_grow_the_server() {
     let server = Server::start(MEMORY);
     let before_kib = server.rss_kib();

@@ -1,0 +1,235 @@
+//! Combines the engine submissions of many connections into one.
+//!
+//! Every engine submission has fixed costs: a collector, a message to each shard that has
+//! commands in it (and a thread wake-up if that shard was idle), a write job, a wake-up of
+//! whoever awaits it. One connection's pipeline is a few dozen commands at most, and
+//! without pipelining it is one, so per-connection submissions pay these costs often.
+//!
+//! Here the first connection to submit becomes the leader: it yields once to the runtime,
+//! which lets every other connection that has requests ready append theirs, then sends
+//! everything gathered as one submission and hands each connection its share of the
+//! outcomes. Connections that come while the leader awaits the engine gather behind a new
+//! leader, so submissions overlap as before. A connection's own commands stay in order;
+//! commands of different connections were never ordered.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use plafond::{Engine, Outcome, Request};
+
+/// One connection's share of a combined submission's outcomes.
+pub struct Outcomes {
+    all: Arc<Vec<Outcome>>,
+    range: Range<usize>,
+}
+
+impl Outcomes {
+    /// The connection's outcomes, in the order it submitted the requests.
+    pub fn as_slice(&self) -> &[Outcome] {
+        self.all.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
+/// What a connection gets back: its outcomes, or why the engine gave none.
+pub type Answer = Result<Outcomes, String>;
+
+/// One connection waiting in a gathering.
+struct Part {
+    range: Range<usize>,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// The requests gathered for the next submission.
+#[derive(Default)]
+struct Gathering {
+    requests: Vec<Request>,
+    parts: Vec<Part>,
+    /// Whether a leader will take this gathering: later connections only append.
+    led: bool,
+}
+
+/// The server's one combiner; see the module documentation.
+#[derive(Default)]
+pub struct Combiner {
+    gathering: Mutex<Gathering>,
+    submissions: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl Combiner {
+    /// Submits `requests` (leaving the vector empty, its capacity kept) and waits for
+    /// their outcomes.
+    pub async fn submit(&self, engine: &Engine, requests: &mut Vec<Request>) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let leads = {
+            let mut gathering = self.lock();
+            let start = gathering.requests.len();
+            gathering.requests.append(requests);
+            let range = start..gathering.requests.len();
+            gathering.parts.push(Part { range, answer });
+            !std::mem::replace(&mut gathering.led, true)
+        };
+        if leads {
+            // Every connection the runtime has ready runs before this one resumes.
+            tokio::task::yield_now().await;
+            let (requests, parts) = {
+                let mut gathering = self.lock();
+                gathering.led = false;
+                let capacity = gathering.requests.len();
+                let requests =
+                    std::mem::replace(&mut gathering.requests, Vec::with_capacity(capacity));
+                (requests, std::mem::take(&mut gathering.parts))
+            };
+            self.submissions.fetch_add(1, Ordering::Relaxed);
+            self.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
+            let outcomes = match engine.submit(requests) {
+                // `submit` only blocks when a shard's bounded mailbox is full: that is the
+                // engine's back-pressure, and it reaches the clients through TCP.
+                Ok(ticket) => ticket.outcomes().await.map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            answer_all(outcomes, parts);
+        }
+        answered.await.unwrap_or_else(|_| Err("the submission was dropped".into()))
+    }
+
+    /// Engine submissions made so far, and the requests they carried.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.submissions.load(Ordering::Relaxed), self.requests.load(Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Gathering> {
+        // The lock is held only to move vectors; a panic there leaves nothing half-done
+        // that a later submission could misread.
+        self.gathering.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn answer_all(outcomes: Result<Vec<Outcome>, String>, parts: Vec<Part>) {
+    match outcomes {
+        Ok(outcomes) => {
+            let all = Arc::new(outcomes);
+            for part in parts {
+                let share = Outcomes { all: all.clone(), range: part.range };
+                // A connection that went away no longer needs its answer.
+                let _ = part.answer.send(Ok(share));
+            }
+        }
+        Err(error) => {
+            for part in parts {
+                let _ = part.answer.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plafond::{AccountKind, Command, EngineConfig};
+
+    fn open_cards(engine: &Engine, cards: usize) -> Vec<u64> {
+        let region = engine.region_id("eu-west").expect("a built-in region");
+        let Ok(Outcome::ProfileOpened { profile }) = engine.run(Command::OpenProfile { region })
+        else {
+            panic!("profile opens");
+        };
+        (0..cards)
+            .map(|_| {
+                let kind = AccountKind::Checking;
+                let command = Command::OpenAccount { profile, kind, opening: None };
+                match engine.run(command) {
+                    Ok(Outcome::AccountOpened { card: Some(card), .. }) => card,
+                    other => panic!("account opens: {other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_connection_gets_its_own_outcomes_in_order_and_submissions_combine() {
+        let engine = Arc::new(Engine::open(EngineConfig::in_memory()).expect("engine opens"));
+        let cards = open_cards(&engine, 8);
+        for &card in &cards {
+            let deposit = Command::Deposit { account: card, amount_minor: 1_000_000 };
+            assert!(matches!(engine.run(deposit), Ok(Outcome::Done { .. })));
+        }
+        // The opening deposit of the region, plus ours.
+        let Ok(Outcome::Account(view)) = engine.run(Command::ReadAccount { account: cards[0] })
+        else {
+            panic!("the account reads");
+        };
+        let start = view.balance_minor;
+        let combiner = Arc::new(Combiner::default());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("a runtime");
+        const ROUNDS: u64 = 50;
+        runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for (connection, &card) in cards.iter().enumerate() {
+                let (engine, combiner) = (engine.clone(), combiner.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut requests = Vec::new();
+                    for round in 0..ROUNDS {
+                        // Pays of 1, 2, 3 minor units: each balance tells its pays apart.
+                        for amount_minor in 1..=3 {
+                            requests.push(Request::new(Command::Pay { card, amount_minor }));
+                        }
+                        requests.push(Request::new(Command::ReadAccount { account: card }));
+                        let answer = combiner.submit(&engine, &mut requests).await;
+                        assert!(requests.is_empty(), "the requests were taken");
+                        let outcomes = answer.expect("the engine answers");
+                        let balance_after = start - 6 * (round + 1);
+                        let balances: Vec<u64> = outcomes
+                            .as_slice()
+                            .iter()
+                            .map(|outcome| match outcome {
+                                Outcome::Approved { balance_minor, .. } => *balance_minor,
+                                Outcome::Account(view) => view.balance_minor,
+                                other => panic!("connection {connection}: {other:?}"),
+                            })
+                            .collect();
+                        let expected =
+                            [balance_after + 5, balance_after + 3, balance_after, balance_after];
+                        assert_eq!(balances, expected, "connection {connection}, round {round}");
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.expect("no connection panics");
+            }
+        });
+        let (submissions, requests) = combiner.counts();
+        assert_eq!(requests, 8 * ROUNDS * 4);
+        assert!(submissions <= 8 * ROUNDS, "never more submissions than calls");
+    }
+
+    #[test]
+    fn connections_ready_together_share_one_submission() {
+        let engine = Arc::new(Engine::open(EngineConfig::in_memory()).expect("engine opens"));
+        let combiner = Arc::new(Combiner::default());
+        // One thread: the leader's yield lets every other ready connection append first.
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..8u64)
+                .map(|account| {
+                    let (engine, combiner) = (engine.clone(), combiner.clone());
+                    tokio::spawn(async move {
+                        let mut requests = vec![Request::new(Command::ReadAccount { account })];
+                        combiner.submit(&engine, &mut requests).await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let answer = task.await.expect("no task panics").expect("the engine answers");
+                assert!(matches!(answer.as_slice(), [Outcome::Declined(_)]));
+            }
+        });
+        assert_eq!(combiner.counts(), (1, 8));
+    }
+}
