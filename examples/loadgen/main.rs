@@ -13,17 +13,24 @@
 //! cargo run --release --example loadgen -- --target embedded --durability none
 //! ```
 //!
+//! Against a server it runs closed-loop by default (each connection sends `--pipeline`
+//! payments, waits for their replies, and goes on: it measures the most the server can do),
+//! or open-loop with
+//! `--rate R` (payments sent on a fixed schedule of R per second, so it measures latency at
+//! a given load, queueing included).
+//!
 //! The last line is one machine-parsable summary:
 //! `summary target=... ops=... secs=... ops_per_s=... p50_us=... p99_us=... p999_us=...
-//! approved=... declined=... conservation=ok`.
+//! approved=... declined=... conservation=ok rate=...` (`rate=0`: no rate limit).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use plafond::{
@@ -46,6 +53,12 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// The most connections, threads and pipeline depth accepted: all stay within reason.
 const CONNECTIONS_MAX: usize = 4096;
 const PIPELINE_MAX: usize = 65_536;
+/// The range of `--rate`: the top is far above what one machine can send, yet keeps a
+/// connection's schedule exact in `f64` seconds; below the bottom it is no load test.
+const RATE_MIN_PER_S: f64 = 1.0;
+const RATE_MAX_PER_S: f64 = 100_000_000.0;
+/// Achieved rates more than this fraction below `--rate` get a warning.
+const RATE_SHORTFALL_WARN: f64 = 0.05;
 
 const HELP: &str = "\
 plafond loadgen: the reference workload (SPEC §11).
@@ -53,6 +66,7 @@ plafond loadgen: the reference workload (SPEC §11).
 usage: loadgen [--target server|embedded] [--cards 100000] [--ops 10*cards] [--duration-s 60]
                [--zipf S] [--seed 42] [--day-every cards]
   server:   [--host 127.0.0.1] [--port 7379] [--token T] [--connections 16] [--pipeline 64]
+            [--rate OPS_PER_S]
             (start the server with --populate <cards> and, for the day to advance,
              --clock manual)
   embedded: [--data-dir DIR] [--durability none|async|sync] [--shards N] [--threads 4]
@@ -61,6 +75,17 @@ usage: loadgen [--target server|embedded] [--cards 100000] [--ops 10*cards] [--d
 Runs until --ops payments are done or --duration-s has passed. Prints progress on stderr
 once a second, then latencies, outcome counts, the conservation check, and a last line
 `summary key=value ...`.
+
+Without --rate the server run is closed-loop: each connection sends --pipeline payments,
+waits for their replies, and sends the next ones, as fast as the server answers.
+With --rate OPS_PER_S (server only) it is open-loop: payments are due on a fixed schedule,
+OPS_PER_S in total spread evenly over the connections, and each connection sends every
+payment that is due while it reads replies as they come; --pipeline then caps the payments
+in flight per connection. Latency runs from when a payment was due, not from when it was
+sent, so time spent waiting behind a slow server counts (no coordinated omission). How late
+payments were sent is reported as `schedule lag`: waits for the --pipeline cap, and the
+client's timer granularity (about 1 ms; it sleeps rather than spins). A run that falls more
+than 5 % short of the rate gets a warning.
 ";
 
 /// What is being measured, from the command line.
@@ -72,11 +97,15 @@ struct Workload {
     zipf: Option<f64>,
     seed: u64,
     day_every: u64,
+    /// Payments per second over all connections (`--rate`), or `None` for closed loop.
+    rate_per_s: Option<f64>,
 }
 
 /// The outcomes one worker saw.
 struct Tally {
     latency_us: Histogram<u64>,
+    /// Rate mode only: how late each payment was queued for sending after it was due.
+    schedule_lag_us: Histogram<u64>,
     approved: u64,
     approved_minor: u64,
     declined: [u64; Reason::ALL.len()],
@@ -87,6 +116,7 @@ impl Tally {
     fn new() -> anyhow::Result<Tally> {
         Ok(Tally {
             latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?,
+            schedule_lag_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?,
             approved: 0,
             approved_minor: 0,
             declined: [0; Reason::ALL.len()],
@@ -96,6 +126,7 @@ impl Tally {
 
     fn add(&mut self, other: &Tally) -> anyhow::Result<()> {
         self.latency_us.add(&other.latency_us)?;
+        self.schedule_lag_us.add(&other.schedule_lag_us)?;
         self.approved += other.approved;
         self.approved_minor += other.approved_minor;
         for (mine, theirs) in self.declined.iter_mut().zip(other.declined) {
@@ -108,6 +139,18 @@ impl Tally {
     fn record_latency(&mut self, since: Instant, count: u64) {
         let us = (since.elapsed().as_micros() as u64).clamp(1, LATENCY_MAX_US);
         let _ = self.latency_us.record_n(us, count);
+    }
+
+    /// Records one payment's latency from `due` (not from when it was sent: see HELP).
+    fn record_latency_from_due(&mut self, due: Instant, replied: Instant) {
+        let us =
+            (replied.saturating_duration_since(due).as_micros() as u64).clamp(1, LATENCY_MAX_US);
+        let _ = self.latency_us.record(us);
+    }
+
+    fn record_schedule_lag(&mut self, due: Instant, queued: Instant) {
+        let us = (queued.saturating_duration_since(due).as_micros() as u64).min(LATENCY_MAX_US);
+        let _ = self.schedule_lag_us.record(us);
     }
 
     fn declined_total(&self) -> u64 {
@@ -182,6 +225,7 @@ const FLAGS: &[&str] = &[
     "token",
     "connections",
     "pipeline",
+    "rate",
     "data-dir",
     "durability",
     "shards",
@@ -207,8 +251,12 @@ fn run() -> anyhow::Result<bool> {
         zipf: flags.optional("zipf").map_err(f)?,
         seed: flags.get("seed", 42).map_err(f)?,
         day_every: flags.get("day-every", cards).map_err(f)?,
+        rate_per_s: rate_flag(&flags)?,
     };
     let target = flags.text("target").unwrap_or("server").to_string();
+    if workload.rate_per_s.is_some() && target != "server" {
+        bail!("--rate works with --target server only");
+    }
     let started = Instant::now();
     let shared = Arc::new(Shared {
         issued: AtomicU64::new(0),
@@ -225,6 +273,18 @@ fn run() -> anyhow::Result<bool> {
     };
     report(&target, &workload, &tally, secs, &conservation, started);
     Ok(conservation.starts_with("ok") && tally.errors == 0)
+}
+
+/// `--rate`: payments per second, in `RATE_MIN_PER_S ..= RATE_MAX_PER_S`.
+fn rate_flag(flags: &Flags) -> anyhow::Result<Option<f64>> {
+    let Some(rate) = flags.optional::<f64>("rate").map_err(|e| anyhow!(e))? else {
+        return Ok(None);
+    };
+    // `f64` parsing also accepts `inf` and `NaN`, which the range check refuses too.
+    if !(RATE_MIN_PER_S..=RATE_MAX_PER_S).contains(&rate) {
+        bail!("--rate {rate}: give the payments per second, {RATE_MIN_PER_S} to {RATE_MAX_PER_S}");
+    }
+    Ok(Some(rate))
 }
 
 /// Prints a progress line once a second until `stop`.
@@ -288,10 +348,13 @@ fn report(
     println!("conservation: {conservation}");
     println!("total time incl. setup: {:.1} s", started.elapsed().as_secs_f64());
     let ops_per_s = if secs > 0.0 { ops as f64 / secs } else { 0.0 };
+    if let Some(rate) = workload.rate_per_s {
+        report_rate(rate, ops_per_s, &tally.schedule_lag_us);
+    }
     println!(
         "summary target={target} ops={ops} secs={secs:.3} ops_per_s={ops_per_s:.0} p50_us={} \
          p99_us={} p999_us={} approved={} declined={} insufficient_funds={} \
-         ceiling_exceeded={} errors={} conservation={}",
+         ceiling_exceeded={} errors={} conservation={} rate={}",
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
@@ -300,8 +363,32 @@ fn report(
         tally.declined[Reason::InsufficientFunds.index()],
         tally.declined[Reason::CeilingExceeded.index()],
         tally.errors,
-        if conservation.starts_with("ok") { "ok" } else { "FAILED" }
+        if conservation.starts_with("ok") { "ok" } else { "FAILED" },
+        workload.rate_per_s.unwrap_or(0.0)
     );
+}
+
+/// The achieved rate next to the target, and a warning when it falls short: then the server
+/// (or this client) could not keep up, and the latencies include the backlog.
+fn report_rate(rate_per_s: f64, achieved_per_s: f64, schedule_lag_us: &Histogram<u64>) {
+    println!(
+        "rate: target {rate_per_s:.0} ops/s, achieved {achieved_per_s:.0} ops/s ({:.1} %)",
+        100.0 * achieved_per_s / rate_per_s
+    );
+    println!(
+        "schedule lag_us (due -> queued for sending): p50={} p99={} max={}",
+        schedule_lag_us.value_at_quantile(0.5),
+        schedule_lag_us.value_at_quantile(0.99),
+        schedule_lag_us.max()
+    );
+    if achieved_per_s < rate_per_s * (1.0 - RATE_SHORTFALL_WARN) {
+        println!(
+            "WARNING: achieved {achieved_per_s:.0} ops/s is more than {:.0} % below the target \
+             {rate_per_s:.0} ops/s: the server or the client could not keep up; the latencies \
+             include the backlog",
+            100.0 * RATE_SHORTFALL_WARN
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -433,7 +520,8 @@ fn embedded_worker(
 }
 
 // ---------------------------------------------------------------------------------------
-// Server: connections × pipeline depth of raw RESP over tokio TcpStreams.
+// Server: connections × pipeline depth of raw RESP over tokio TcpStreams; closed-loop, or
+// paced by `--rate`.
 
 fn server_target(
     flags: &Flags,
@@ -473,7 +561,15 @@ fn server_target(
                 cards: shared.workload.cards,
             };
             let shared = shared.clone();
-            tasks.push(tokio::spawn(server_worker(conn, shared, picker, pipeline, clock_works)));
+            tasks.push(match shared.workload.rate_per_s {
+                None => tokio::spawn(server_worker(conn, shared, picker, pipeline, clock_works)),
+                Some(rate_per_s) => {
+                    let schedule = Schedule::new(rate_per_s, index, connections, measured_from);
+                    let deadline = measured_from + shared.workload.duration;
+                    let pacer = Pacer::new(schedule, pipeline, deadline);
+                    tokio::spawn(paced_worker(conn, shared, picker, pacer, clock_works))
+                }
+            });
         }
         let mut tally = Tally::new()?;
         for task in tasks {
@@ -604,14 +700,235 @@ fn count_reply(tally: &mut Tally, reply: &Value, amount: u64) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Rate mode (`--rate`): open loop. Payments are due on a fixed schedule whatever the server
+// does; a connection sends all that are due (catching up in a burst when late) while it
+// reads replies, so a slow server shows as latency instead of as a slower client.
+
+/// When one connection's payments are due: the `k`-th at `first + k × interval`. Connection
+/// `i` of `C` starts `i / rate` after the others' origin, so together they are due evenly at
+/// `rate` (one every `1 / rate`), not in bursts of `C`.
+struct Schedule {
+    first: Instant,
+    interval_s: f64,
+    /// Payments of this schedule sent so far: the next one due is number `sent`.
+    sent: u64,
+}
+
+impl Schedule {
+    fn new(rate_per_s: f64, index: usize, connections: usize, origin: Instant) -> Schedule {
+        debug_assert!(rate_per_s >= RATE_MIN_PER_S && index < connections);
+        let offset = Duration::from_secs_f64(index as f64 / rate_per_s);
+        Schedule { first: origin + offset, interval_s: connections as f64 / rate_per_s, sent: 0 }
+    }
+
+    /// When payment `k` is due; `None` if beyond any clock (never).
+    fn due_at(&self, k: u64) -> Option<Instant> {
+        let after = Duration::try_from_secs_f64(k as f64 * self.interval_s).ok()?;
+        self.first.checked_add(after)
+    }
+
+    /// How many payments not yet sent are due by `now`.
+    fn due_by(&self, now: Instant) -> u64 {
+        match self.due_at(self.sent) {
+            Some(next) if next <= now => {
+                let elapsed_s = now.duration_since(self.first).as_secs_f64();
+                let due_total = (elapsed_s / self.interval_s) as u64 + 1;
+                // Rounding must not hide the one `due_at` says is due, or the loop would
+                // wake for it again and again without sending it.
+                due_total.saturating_sub(self.sent).max(1)
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// A request sent in rate mode whose reply has not arrived yet, in sending order.
+enum Awaiting {
+    Advance,
+    Pay { due: Instant, amount: u64 },
+}
+
+/// One connection's rate-mode state: the schedule, what is in flight, what is to be written.
+struct Pacer {
+    schedule: Schedule,
+    /// `--pipeline`: the most payments in flight; when reached, sending waits for replies.
+    in_flight_max: u64,
+    in_flight: u64,
+    deadline: Instant,
+    /// False once the deadline passed or the `--ops` budget is spent.
+    sending: bool,
+    /// At most `in_flight_max` payments plus their `CLOCK.ADVANCE`s.
+    awaiting: VecDeque<Awaiting>,
+    output: Vec<u8>,
+    /// How much of `output` is written (the socket may take it in parts).
+    written: usize,
+}
+
+impl Pacer {
+    fn new(schedule: Schedule, in_flight_max: usize, deadline: Instant) -> Pacer {
+        Pacer {
+            schedule,
+            in_flight_max: in_flight_max as u64,
+            in_flight: 0,
+            deadline,
+            sending: true,
+            awaiting: VecDeque::with_capacity(in_flight_max * 2),
+            output: Vec::with_capacity(in_flight_max * 40),
+            written: 0,
+        }
+    }
+
+    /// Queues every payment due by `now` that the in-flight cap allows.
+    fn queue_due(
+        &mut self,
+        now: Instant,
+        shared: &Shared,
+        picker: &mut Picker,
+        tally: &mut Tally,
+        clock_works: bool,
+    ) {
+        if !self.sending {
+            return;
+        }
+        if now >= self.deadline {
+            self.sending = false;
+            return;
+        }
+        let want = self.schedule.due_by(now).min(self.in_flight_max - self.in_flight);
+        if want == 0 {
+            return;
+        }
+        let (count, days) = shared.claim(want);
+        if count == 0 {
+            self.sending = false;
+            return;
+        }
+        if clock_works && days > 0 {
+            encode_command(
+                &mut self.output,
+                &["CLOCK.ADVANCE", &(DAY_MS * days as i64).to_string()],
+            );
+            self.awaiting.push_back(Awaiting::Advance);
+        }
+        for _ in 0..count {
+            // `due_by` counted this payment as due, so its time is a real instant.
+            let due = self.schedule.due_at(self.schedule.sent).unwrap_or(now);
+            self.schedule.sent += 1;
+            tally.record_schedule_lag(due, now);
+            let (card, amount) = picker.pay();
+            encode_command(&mut self.output, &["PAY", &card.to_string(), &amount.to_string()]);
+            self.awaiting.push_back(Awaiting::Pay { due, amount });
+        }
+        self.in_flight += count;
+    }
+
+    /// When to wake to send the next payment: `None` while the cap is reached (a reply
+    /// wakes the loop instead) or once sending is over.
+    fn wake_at(&self) -> Option<Instant> {
+        if !self.sending || self.in_flight >= self.in_flight_max {
+            return None;
+        }
+        // A schedule beyond any clock: wake at the deadline, which ends sending.
+        Some(
+            self.schedule
+                .due_at(self.schedule.sent)
+                .map_or(self.deadline, |at| at.min(self.deadline)),
+        )
+    }
+
+    fn unwritten(&self) -> &[u8] {
+        &self.output[self.written..]
+    }
+
+    fn wrote(&mut self, bytes: usize) {
+        self.written += bytes;
+        if self.written == self.output.len() {
+            self.output.clear();
+            self.written = 0;
+        }
+    }
+
+    /// Matches the replies read so far with what was sent; returns the payments answered.
+    fn take_replies(&mut self, replies: &mut Replies, tally: &mut Tally) -> anyhow::Result<u64> {
+        // All replies of one read arrived together.
+        let replied = Instant::now();
+        let mut answered = 0;
+        while let Some(reply) = replies.next()? {
+            match self.awaiting.pop_front() {
+                Some(Awaiting::Pay { due, amount }) => {
+                    tally.record_latency_from_due(due, replied);
+                    count_reply(tally, &reply, amount);
+                    answered += 1;
+                }
+                Some(Awaiting::Advance) => {
+                    if let Value::Error(error) = reply {
+                        bail!("CLOCK.ADVANCE refused: {error}");
+                    }
+                }
+                None => bail!("the server sent a reply to no request"),
+            }
+        }
+        self.in_flight -= answered;
+        Ok(answered)
+    }
+
+    fn finished(&self) -> bool {
+        // Everything queued is awaited, so nothing awaited means nothing left to write.
+        !self.sending && self.awaiting.is_empty()
+    }
+}
+
+/// Rate mode: sends on the pacer's schedule, writes and reads concurrently (a burst of
+/// sends never waits for replies to be read, and the other way round), and sleeps on a
+/// timer in between: the machine may be shared with the server, so no busy waiting.
+async fn paced_worker(
+    mut conn: Conn,
+    shared: Arc<Shared>,
+    mut picker: Picker,
+    mut pacer: Pacer,
+    clock_works: bool,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::new()?;
+    let (mut reader, mut writer) = conn.stream.split();
+    let timer = tokio::time::sleep_until(pacer.deadline.into());
+    tokio::pin!(timer);
+    loop {
+        pacer.queue_due(Instant::now(), &shared, &mut picker, &mut tally, clock_works);
+        if pacer.finished() {
+            break;
+        }
+        let wake_at = pacer.wake_at();
+        if let Some(at) = wake_at {
+            timer.as_mut().reset(at.into());
+        }
+        let awaiting = !pacer.awaiting.is_empty();
+        let unwritten = !pacer.unwritten().is_empty();
+        tokio::select! {
+            read = conn.replies.fill(&mut reader), if awaiting => {
+                read?;
+                let approved_before = tally.approved;
+                let answered = pacer.take_replies(&mut conn.replies, &mut tally)?;
+                shared.done.fetch_add(answered, Ordering::Relaxed);
+                shared.approved.fetch_add(tally.approved - approved_before, Ordering::Relaxed);
+            }
+            // `write` is cancel-safe: when another branch wins, nothing was written.
+            wrote = writer.write(pacer.unwritten()), if unwritten => match wrote? {
+                0 => bail!("the server closed the connection"),
+                bytes => pacer.wrote(bytes),
+            },
+            () = &mut timer, if wake_at.is_some() => {}
+            // Not finished means something is awaited, so the read branch is enabled.
+            else => bail!("rate mode stalled with nothing to send, write or read"),
+        }
+    }
+    Ok(tally)
+}
+
 /// A raw RESP connection.
 struct Conn {
     stream: TcpStream,
-    buffer: Vec<u8>,
-    /// Where the unread replies start in `buffer` (compacted before each read, so a deep
-    /// pipeline's replies are not moved once per reply).
-    start: usize,
-    chunk: Vec<u8>,
+    replies: Replies,
 }
 
 impl Conn {
@@ -620,8 +937,7 @@ impl Conn {
             .await
             .with_context(|| format!("cannot connect to {addr} (is the server running?)"))?;
         stream.set_nodelay(true)?;
-        let mut conn =
-            Conn { stream, buffer: Vec::new(), start: 0, chunk: vec![0; READ_CHUNK_BYTES] };
+        let mut conn = Conn { stream, replies: Replies::new() };
         if let Some(token) = token {
             if let Value::Error(error) = conn.call(&["AUTH", token]).await? {
                 bail!("AUTH refused: {error}");
@@ -639,17 +955,47 @@ impl Conn {
 
     async fn read(&mut self) -> anyhow::Result<Value> {
         loop {
-            if let Some((value, used)) = parse_value(&self.buffer[self.start..])? {
-                self.start += used;
+            if let Some(value) = self.replies.next()? {
                 return Ok(value);
             }
-            self.buffer.drain(..self.start);
-            self.start = 0;
-            let read = self.stream.read(&mut self.chunk).await?;
-            if read == 0 {
-                bail!("the server closed the connection");
-            }
-            self.buffer.extend_from_slice(&self.chunk[..read]);
+            self.replies.fill(&mut self.stream).await?;
         }
+    }
+}
+
+/// Replies read from a connection and not yet parsed.
+struct Replies {
+    buffer: Vec<u8>,
+    /// Where the unread replies start in `buffer` (compacted before each read, so a deep
+    /// pipeline's replies are not moved once per reply).
+    start: usize,
+    chunk: Vec<u8>,
+}
+
+impl Replies {
+    fn new() -> Replies {
+        Replies { buffer: Vec::new(), start: 0, chunk: vec![0; READ_CHUNK_BYTES] }
+    }
+
+    /// The next complete reply already read, if any.
+    fn next(&mut self) -> anyhow::Result<Option<Value>> {
+        let Some((value, used)) = parse_value(&self.buffer[self.start..])? else {
+            return Ok(None);
+        };
+        self.start += used;
+        Ok(Some(value))
+    }
+
+    /// Reads once from `stream`. Cancel-safe (rate mode races it against sending): the only
+    /// await is one `read`, and nothing is lost if it is dropped before it completes.
+    async fn fill(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> anyhow::Result<()> {
+        self.buffer.drain(..self.start);
+        self.start = 0;
+        let read = stream.read(&mut self.chunk).await?;
+        if read == 0 {
+            bail!("the server closed the connection");
+        }
+        self.buffer.extend_from_slice(&self.chunk[..read]);
+        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{run_example, Server};
+use support::{example_binary, run_example, Server};
 
 /// The `key=value` fields of loadgen's last line, which must start with `summary`.
 fn summary(stdout: &str) -> std::collections::HashMap<String, String> {
@@ -88,6 +88,76 @@ fn loadgen_runs_the_reference_workload_against_a_server() {
     // Ten business days of about one pay a day each: the ceiling declines many.
     assert!(fields["ceiling_exceeded"].parse::<u64>().expect("a count") > 1000, "{out}");
     assert!(out.contains("balances") && out.contains("= 20000000"), "exact check: {out}");
+}
+
+#[test]
+fn loadgen_holds_the_rate_it_is_given() {
+    let server = Server::start(&[
+        "--durability",
+        "none",
+        "--shards",
+        "2",
+        "--populate",
+        "1000",
+        "--clock",
+        "manual",
+    ]);
+    let port = server.addr.port().to_string();
+    // 20_000 payments/s for 1.5 s: the duration, not --ops, ends the run. Closed-loop, the
+    // same connections do several hundred thousand a second here, far outside the band.
+    let rate = 20_000.0;
+    let (status, out) = run_example(
+        "loadgen",
+        &[
+            "--target",
+            "server",
+            "--port",
+            &port,
+            "--cards",
+            "1000",
+            "--connections",
+            "4",
+            "--pipeline",
+            "64",
+            "--rate",
+            "20000",
+            "--duration-s",
+            "1.5",
+            "--ops",
+            "1000000",
+        ],
+    );
+    assert!(status.success(), "{out}");
+    let fields = summary(&out);
+    assert_eq!(fields["rate"], "20000");
+    let ops: u64 = fields["ops"].parse().expect("a count");
+    let secs: f64 = fields["secs"].parse().expect("seconds");
+    let achieved = ops as f64 / secs;
+    assert!((0.8 * rate..=1.2 * rate).contains(&achieved), "achieved {achieved}/s: {out}");
+    assert!(secs >= 1.4, "the duration bounds the run: {out}");
+    assert!(out.contains("rate: target 20000 ops/s, achieved"), "{out}");
+    assert_eq!(fields["conservation"], "ok");
+    assert_eq!(fields["errors"], "0");
+    let approved: u64 = fields["approved"].parse().expect("a count");
+    let declined: u64 = fields["declined"].parse().expect("a count");
+    assert_eq!(approved + declined, ops);
+    // About 30 pays per card over 30 business days: only if the day advances does the
+    // sliding ceiling let a card spend its whole balance and meet insufficient funds.
+    assert!(fields["insufficient_funds"].parse::<u64>().expect("a count") > 1000, "{out}");
+    assert!(out.contains("= 20000000"), "exact check: {out}");
+}
+
+#[test]
+fn loadgen_refuses_a_bad_rate() {
+    for rate in ["0", "-5", "fast", "inf"] {
+        let output = std::process::Command::new(example_binary("loadgen"))
+            .args(["--target", "server", "--port", "1", "--rate", rate])
+            .output()
+            .expect("loadgen runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--rate {rate} is refused");
+        assert!(stderr.contains(&format!("--rate {rate}")), "says which flag: {stderr}");
+    }
 }
 
 #[test]
