@@ -2,17 +2,19 @@
 //! embedded engine (SPEC §9).
 //!
 //! Each connection runs one loop: read what the client sent, parse every complete request
-//! in the buffer (at most [`PIPELINE_COMMANDS_MAX`]), hand all the engine commands over as
-//! one batch, await it, and write every reply, in order, with one write. The batches of
-//! connections that are ready at the same time travel to the engine as one submission
-//! (`plafond_examples::combiner`): the engine pays its fixed costs (channel hand-offs,
-//! wake-ups, group commit) per submission, not per command or per connection.
+//! in the buffer (at most [`PIPELINE_COMMANDS_MAX`]) into a batch, send the batch's engine
+//! commands on, and write the replies of earlier batches, in order, as they are answered.
+//! The batches of connections that are ready at the same time travel to the engine as one
+//! submission (`plafond_examples::combiner`): the engine pays its fixed costs (channel
+//! hand-offs, wake-ups, group commit) per submission, not per command or per connection.
 //!
 //! Memory per connection is bounded: the parser buffers at most one partial request, a
-//! batch has at most `PIPELINE_COMMANDS_MAX` commands, and the loop does not read again
-//! until the previous batch's replies are written, so a client that sends without reading
-//! stalls only itself (TCP flow control does the rest).
+//! batch has at most `PIPELINE_COMMANDS_MAX` commands, at most [`IN_FLIGHT_BATCHES_MAX`]
+//! batches wait for their answers, and the loop reads no more while they are all out, so
+//! a client that sends without reading stalls only itself (TCP flow control does the
+//! rest).
 
+use std::collections::VecDeque;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -31,15 +33,18 @@ use tokio::task::JoinSet;
 use plafond::{
     Durability, Engine, EngineConfig, EngineError, ManualClock, Opening, Regions, Request,
 };
-use plafond_examples::combiner::Combiner;
+use plafond_examples::combiner::{Answer, Combiner, Pending};
 use plafond_examples::commands::{self, Action, Local};
 use plafond_examples::epochs;
 use plafond_examples::flags::Flags;
 use plafond_examples::resp::{Encoder, Frame, Protocol, ProtocolError, RequestParser};
 use plafond_examples::stats::{self, Sampler};
 
-/// The most commands one connection has in flight (one batch).
+/// The most commands in one batch of one connection.
 const PIPELINE_COMMANDS_MAX: usize = 4096;
+/// The most batches one connection has in flight; beyond, it reads no more until the
+/// oldest is answered (TCP flow control then slows the client).
+const IN_FLIGHT_BATCHES_MAX: usize = 8;
 /// Bytes read per `read` call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A connection's read buffer never holds more than this: one partial request plus one
@@ -159,13 +164,13 @@ fn io_threads(flags: &Flags) -> anyhow::Result<usize> {
 
 /// What every connection shares.
 struct Server {
-    engine: Engine,
+    engine: Arc<Engine>,
     /// Set when started with `--clock manual`: the clock `CLOCK.*` moves.
     manual_clock: Option<Arc<ManualClock>>,
     token: Option<Vec<u8>>,
     sampler: Sampler,
     /// Gathers the engine requests of connections ready at the same time.
-    combiner: Combiner,
+    combiner: Arc<Combiner>,
     /// Where `SNAPSHOT` writes, and how many it wrote (for unique names).
     snapshot_dir: PathBuf,
     snapshots: AtomicU64,
@@ -236,12 +241,13 @@ fn open(options: &Options) -> anyhow::Result<Server> {
     if options.populate > 0 {
         populate(&engine, options.populate)?;
     }
+    let engine = Arc::new(engine);
     Ok(Server {
+        combiner: Combiner::new(engine.clone()),
         engine,
         manual_clock,
         token: options.token.as_ref().map(|t| t.as_bytes().to_vec()),
         sampler: Sampler::default(),
-        combiner: Combiner::default(),
         snapshot_dir: options.snapshot_dir.clone(),
         snapshots: AtomicU64::new(0),
     })
@@ -322,13 +328,39 @@ async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
 
 /// A reply waiting for its turn in the batch.
 enum Reply {
-    /// Encoded already: the bytes of `Connection::staged` up to this offset.
+    /// Encoded already: the bytes of the batch's `staged` up to this offset.
     Ready { end: usize },
     /// The outcome of the next engine request of the batch.
     Engine,
 }
 
+/// A batch whose replies are not written yet: built from one read, sent to the engine,
+/// answered in order.
+#[derive(Default)]
+struct Batch {
+    /// Replies in request order.
+    replies: Vec<Reply>,
+    /// Replies that needed no engine, encoded, waiting for the engine replies before them.
+    staged: Vec<u8>,
+}
+
+/// A batch sent to the engine (or needing none), waiting for its turn to be written.
+struct InFlight {
+    batch: Batch,
+    /// How its engine outcomes are encoded (a later `HELLO` does not change them).
+    protocol: Protocol,
+    /// The engine's answer; `None` if the batch had no engine request.
+    pending: Option<Pending>,
+}
+
 /// One client connection.
+///
+/// Its loop reads, parses every complete request, and sends them as one batch, without
+/// waiting for the batches before it: up to [`IN_FLIGHT_BATCHES_MAX`] are in flight, and
+/// their replies are written in order as the engine answers. A request that arrives while
+/// earlier ones wait for their fsync is sent at once, not after them. Commands that read
+/// or move server state (HELLO, the clock, stats, snapshots, epochs) first wait for every
+/// batch before them, so a pipeline behaves as if sent one command at a time.
 struct Connection {
     stream: TcpStream,
     server: Arc<Server>,
@@ -342,11 +374,12 @@ struct Connection {
     /// The requests of the last read, parsed. Like every buffer here it is reused from
     /// batch to batch, so a connection in its steady state allocates nothing per request.
     actions: Vec<Action>,
-    /// The batch being built: replies in request order, and the engine's share of them.
-    replies: Vec<Reply>,
+    /// The batch being built, and the engine's share of it.
+    building: Batch,
     requests: Vec<Request>,
-    /// Replies that needed no engine, encoded, waiting for the engine replies before them.
-    staged: Vec<u8>,
+    in_flight: VecDeque<InFlight>,
+    /// Emptied batches, for reuse.
+    spare: Vec<Batch>,
     out: Vec<u8>,
 }
 
@@ -362,44 +395,69 @@ impl Connection {
             authenticated,
             closing: false,
             actions: Vec::new(),
-            replies: Vec::new(),
+            building: Batch::default(),
             requests: Vec::new(),
-            staged: Vec::new(),
+            in_flight: VecDeque::new(),
+            spare: Vec::new(),
             out: Vec::new(),
         }
     }
 
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut stopping = *shutdown.borrow();
         loop {
-            let lost = self.parse_input();
-            if !self.actions.is_empty() {
-                if self.execute().await.is_err() || self.closing {
+            if self.in_flight.len() < IN_FLIGHT_BATCHES_MAX {
+                let lost = self.parse_input();
+                if !self.actions.is_empty() {
+                    if self.execute().await.is_err() {
+                        return;
+                    }
+                    if self.closing {
+                        let _ = self.drain().await;
+                        return;
+                    }
+                    continue;
+                }
+                if let Some(error) = lost {
+                    // The framing is lost: answer what came before, say why, then close
+                    // (Redis does the same).
+                    if self.drain().await.is_ok() {
+                        self.encoder().error(&format!("ERR {error}"));
+                        let _ = self.write_out().await;
+                    }
                     return;
                 }
-                continue;
             }
-            if let Some(error) = lost {
-                // The framing is lost: say why, then close (Redis does the same).
-                self.encoder().error(&format!("ERR {error}"));
-                let _ = self.write_out().await;
+            if self.write_answered().await.is_err() {
                 return;
             }
-            if *shutdown.borrow() || self.input.len() >= READ_BUFFER_BYTES_MAX {
+            let can_read = !stopping
+                && self.in_flight.len() < IN_FLIGHT_BATCHES_MAX
+                && self.input.len() < READ_BUFFER_BYTES_MAX;
+            if !can_read && self.in_flight.is_empty() {
                 return;
             }
             // `read_buf` fills the spare capacity without zeroing it first.
             self.input.reserve(READ_CHUNK_BYTES);
-            let read = tokio::select! {
-                read = self.stream.read_buf(&mut self.input) => read,
-                _ = shutdown.changed() => Ok(0),
-            };
-            if matches!(read, Ok(0) | Err(_)) {
-                // A half-sent request is dropped with the connection: it never ran.
-                return;
+            // `write_answered` finished every front batch that needed no engine, so the
+            // front one, if any, waits for the engine.
+            let front = self.in_flight.front_mut().and_then(|batch| batch.pending.as_mut());
+            let waiting = front.is_some();
+            tokio::select! {
+                biased;
+                Some(answer) = answer_of(front), if waiting => self.finish_front(Some(answer)),
+                read = self.stream.read_buf(&mut self.input), if can_read => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        // A half-sent request is dropped with the connection: it never
+                        // ran. What was sent whole is answered if the client still reads.
+                        let _ = self.drain().await;
+                        return;
+                    }
+                }
+                _ = shutdown.changed(), if !stopping => stopping = true,
             }
         }
     }
-
     /// Parses every complete request in the input (at most a batch) into `actions`, and
     /// returns the protocol error that stopped the parse, if any.
     fn parse_input(&mut self) -> Option<ProtocolError> {
@@ -437,9 +495,7 @@ impl Connection {
         Encoder { out: &mut self.out, protocol: self.protocol }
     }
 
-    /// Runs a batch: engine commands go as one submission, except that a command that
-    /// reads or moves server state (the clock, stats, snapshots, epochs, HELLO) first
-    /// completes what came before it, so a pipeline behaves as if sent one at a time.
+    /// Runs the parsed requests as one batch; its engine requests go out together.
     async fn execute(&mut self) -> std::io::Result<()> {
         let mut actions = std::mem::take(&mut self.actions);
         self.requests.reserve(actions.len());
@@ -454,7 +510,7 @@ impl Connection {
             match action {
                 Action::Engine(request) => {
                     self.requests.push(request);
-                    self.replies.push(Reply::Engine);
+                    self.building.replies.push(Reply::Engine);
                 }
                 Action::Error(text) => self.ready(|e| e.error(&text)),
                 Action::Local(local) => self.local(local).await?,
@@ -462,22 +518,33 @@ impl Connection {
         }
         // Handed back empty, with its capacity, for the next read.
         self.actions = actions;
-        self.complete().await;
-        self.write_out().await
+        self.seal();
+        Ok(())
     }
 
     /// Queues a reply that needs no engine.
     fn ready(&mut self, encode: impl FnOnce(&mut Encoder<'_>)) {
-        encode(&mut Encoder { out: &mut self.staged, protocol: self.protocol });
-        self.replies.push(Reply::Ready { end: self.staged.len() });
+        let staged = &mut self.building.staged;
+        encode(&mut Encoder { out: staged, protocol: self.protocol });
+        let end = staged.len();
+        self.building.replies.push(Reply::Ready { end });
     }
 
-    /// Submits the queued engine requests, awaits them, and encodes every queued reply.
-    async fn complete(&mut self) {
-        let answer = if self.requests.is_empty() {
-            None
-        } else {
-            Some(self.server.combiner.submit(&self.server.engine, &mut self.requests).await)
+    /// Sends the batch being built on its way: to the engine if it has requests for it.
+    fn seal(&mut self) {
+        if self.building.replies.is_empty() {
+            return;
+        }
+        let pending =
+            (!self.requests.is_empty()).then(|| self.server.combiner.submit(&mut self.requests));
+        let batch = std::mem::replace(&mut self.building, self.spare.pop().unwrap_or_default());
+        self.in_flight.push_back(InFlight { batch, protocol: self.protocol, pending });
+    }
+
+    /// Encodes the replies of the oldest batch in flight, whose engine answer is `answer`.
+    fn finish_front(&mut self, answer: Option<Answer>) {
+        let Some(InFlight { mut batch, protocol, .. }) = self.in_flight.pop_front() else {
+            return;
         };
         let (outcomes, failure) = match &answer {
             None => (&[][..], None),
@@ -485,12 +552,12 @@ impl Connection {
             Some(Err(error)) => (&[][..], Some(error.as_str())),
         };
         let mut outcomes = outcomes.iter();
-        let mut encoder = Encoder { out: &mut self.out, protocol: self.protocol };
+        let mut encoder = Encoder { out: &mut self.out, protocol };
         let mut staged_from = 0;
-        for reply in self.replies.drain(..) {
+        for reply in batch.replies.drain(..) {
             match reply {
                 Reply::Ready { end } => {
-                    encoder.out.extend_from_slice(&self.staged[staged_from..end]);
+                    encoder.out.extend_from_slice(&batch.staged[staged_from..end]);
                     staged_from = end;
                 }
                 Reply::Engine => match outcomes.next() {
@@ -501,7 +568,38 @@ impl Connection {
                 },
             }
         }
-        self.staged.clear();
+        batch.staged.clear();
+        if self.spare.len() < IN_FLIGHT_BATCHES_MAX {
+            self.spare.push(batch);
+        }
+    }
+
+    /// Writes the replies of every batch at the front that needs no more waiting.
+    async fn write_answered(&mut self) -> std::io::Result<()> {
+        while let Some(front) = self.in_flight.front_mut() {
+            let answer = match &mut front.pending {
+                None => None,
+                Some(pending) => match pending.try_answer() {
+                    Some(answer) => Some(answer),
+                    None => break,
+                },
+            };
+            self.finish_front(answer);
+        }
+        self.write_out().await
+    }
+
+    /// Sends the batch being built, then waits for and writes every batch in flight.
+    async fn drain(&mut self) -> std::io::Result<()> {
+        self.seal();
+        while let Some(front) = self.in_flight.front_mut() {
+            let answer = match &mut front.pending {
+                None => None,
+                Some(pending) => Some(pending.answer().await),
+            };
+            self.finish_front(answer);
+        }
+        self.write_out().await
     }
 
     async fn write_out(&mut self) -> std::io::Result<()> {
@@ -519,7 +617,7 @@ impl Connection {
             Local::Ping(Some(message)) => self.ready(|e| e.bulk(&message)),
             Local::Auth(token) => self.auth(&token),
             Local::Hello { protocol, auth } => {
-                self.complete().await;
+                self.drain().await?;
                 self.hello(protocol, auth);
             }
             Local::Quit => {
@@ -527,7 +625,7 @@ impl Connection {
                 self.closing = true;
             }
             Local::Stats { json } => {
-                self.complete().await;
+                self.drain().await?;
                 let text = self.stats(json).await;
                 match text {
                     Ok(text) => self.ready(|e| e.bulk(text.as_bytes())),
@@ -536,7 +634,7 @@ impl Connection {
             }
             Local::ClockSet(ms) | Local::ClockAdvance(ms) => {
                 // Commands before this one are stamped with the time before it.
-                self.complete().await;
+                self.drain().await?;
                 match (&self.server.manual_clock, local) {
                     (Some(clock), Local::ClockSet(_)) => clock.set(ms),
                     (Some(clock), _) => clock.advance(ms),
@@ -556,14 +654,14 @@ impl Connection {
             }),
             Local::Snapshot => {
                 // Acknowledged commands before it are in the snapshot: complete them first.
-                self.complete().await;
+                self.drain().await?;
                 match self.snapshot().await {
                     Ok(path) => self.ready(|e| e.bulk(path.as_bytes())),
                     Err(error) => self.ready(|e| e.error(&format!("ERR snapshot: {error:#}"))),
                 }
             }
             Local::BatchRun(region) => {
-                self.complete().await;
+                self.drain().await?;
                 match self.batch_run(region).await {
                     Ok(reply) => self.ready(|e| e.out.extend_from_slice(&reply)),
                     Err(error) => self.ready(|e| e.error(&format!("ERR batch: {error:#}"))),
@@ -574,9 +672,8 @@ impl Connection {
                 self.ready(|e| epochs::render_status(e, &status));
             }
         }
-        if self.out.len() + self.staged.len() >= OUTPUT_FLUSH_BYTES {
-            self.complete().await;
-            self.write_out().await?;
+        if self.building.staged.len() >= OUTPUT_FLUSH_BYTES {
+            self.drain().await?;
         }
         Ok(())
     }
@@ -686,6 +783,14 @@ impl Connection {
             Ok(if json { stats::json(&stats, &rates) } else { stats::table(&stats, &rates) })
         })
         .await?
+    }
+}
+
+/// The engine's answer to `pending`, or `None` at once if there is nothing to wait for.
+async fn answer_of(pending: Option<&mut Pending>) -> Option<Answer> {
+    match pending {
+        Some(pending) => Some(pending.answer().await),
+        None => None,
     }
 }
 

@@ -5,11 +5,13 @@
 //! whoever awaits it. One connection's pipeline is a few dozen commands at most, and
 //! without pipelining it is one, so per-connection submissions pay these costs often.
 //!
-//! Here the first connection to submit becomes the leader: it yields once to the runtime,
-//! which lets every other connection that has requests ready append theirs, then sends
-//! everything gathered as one submission and hands each connection its share of the
-//! outcomes. Connections that come while the leader awaits the engine gather behind a new
-//! leader, so submissions overlap as before. A connection's own commands stay in order;
+//! Here the first connection to submit starts a flush task, which yields once to the
+//! runtime: every other connection that has requests ready appends theirs meanwhile. The
+//! task then sends everything gathered as one submission and hands each connection its
+//! share of the outcomes. Connections that come while it awaits the engine gather for the
+//! next flush task, so submissions overlap. The flush is a task of its own, not part of
+//! the first connection's future, so a connection that stops polling (its client does
+//! not read) cannot hold up the others. A connection's own commands stay in order;
 //! commands of different connections were never ordered.
 
 use std::ops::Range;
@@ -47,53 +49,89 @@ struct Part {
 struct Gathering {
     requests: Vec<Request>,
     parts: Vec<Part>,
-    /// Whether a leader will take this gathering: later connections only append.
-    led: bool,
+    /// Whether a flush task will take this gathering: later connections only append.
+    flushing: bool,
+}
+
+/// A connection's answer to come; resolves once the engine has decided every request.
+pub struct Pending {
+    answered: oneshot::Receiver<Answer>,
+}
+
+impl Pending {
+    /// The answer if it is there already.
+    pub fn try_answer(&mut self) -> Option<Answer> {
+        match self.answered.try_recv() {
+            Ok(answer) => Some(answer),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                Some(Err("the submission was dropped".into()))
+            }
+        }
+    }
+
+    /// Waits for the answer. Cancel-safe: dropping this future loses nothing but the wait.
+    pub async fn answer(&mut self) -> Answer {
+        (&mut self.answered).await.unwrap_or_else(|_| Err("the submission was dropped".into()))
+    }
 }
 
 /// The server's one combiner; see the module documentation.
-#[derive(Default)]
 pub struct Combiner {
+    engine: Arc<Engine>,
     gathering: Mutex<Gathering>,
     submissions: AtomicU64,
     requests: AtomicU64,
 }
 
 impl Combiner {
-    /// Submits `requests` (leaving the vector empty, its capacity kept) and waits for
-    /// their outcomes.
-    pub async fn submit(&self, engine: &Engine, requests: &mut Vec<Request>) -> Answer {
+    /// A combiner in front of `engine`.
+    pub fn new(engine: Arc<Engine>) -> Arc<Combiner> {
+        Arc::new(Combiner {
+            engine,
+            gathering: Mutex::default(),
+            submissions: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues `requests` for the next submission (leaving the vector empty, its capacity
+    /// kept). Must be called from within a tokio runtime, which runs the flush.
+    pub fn submit(self: &Arc<Self>, requests: &mut Vec<Request>) -> Pending {
         let (answer, answered) = oneshot::channel();
-        let leads = {
+        let starts_flush = {
             let mut gathering = self.lock();
             let start = gathering.requests.len();
             gathering.requests.append(requests);
             let range = start..gathering.requests.len();
             gathering.parts.push(Part { range, answer });
-            !std::mem::replace(&mut gathering.led, true)
+            !std::mem::replace(&mut gathering.flushing, true)
         };
-        if leads {
-            // Every connection the runtime has ready runs before this one resumes.
-            tokio::task::yield_now().await;
-            let (requests, parts) = {
-                let mut gathering = self.lock();
-                gathering.led = false;
-                let capacity = gathering.requests.len();
-                let requests =
-                    std::mem::replace(&mut gathering.requests, Vec::with_capacity(capacity));
-                (requests, std::mem::take(&mut gathering.parts))
-            };
-            self.submissions.fetch_add(1, Ordering::Relaxed);
-            self.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
-            let outcomes = match engine.submit(requests) {
-                // `submit` only blocks when a shard's bounded mailbox is full: that is the
-                // engine's back-pressure, and it reaches the clients through TCP.
-                Ok(ticket) => ticket.outcomes().await.map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
-            answer_all(outcomes, parts);
+        if starts_flush {
+            tokio::spawn(self.clone().flush());
         }
-        answered.await.unwrap_or_else(|_| Err("the submission was dropped".into()))
+        Pending { answered }
+    }
+
+    async fn flush(self: Arc<Self>) {
+        // Every connection the runtime has ready runs before this task resumes.
+        tokio::task::yield_now().await;
+        let (requests, parts) = {
+            let mut gathering = self.lock();
+            gathering.flushing = false;
+            let capacity = gathering.requests.len();
+            let requests = std::mem::replace(&mut gathering.requests, Vec::with_capacity(capacity));
+            (requests, std::mem::take(&mut gathering.parts))
+        };
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
+        let outcomes = match self.engine.submit(requests) {
+            // `submit` only blocks when a shard's bounded mailbox is full: that is the
+            // engine's back-pressure, and it reaches the clients through TCP.
+            Ok(ticket) => ticket.outcomes().await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        answer_all(outcomes, parts);
     }
 
     /// Engine submissions made so far, and the requests they carried.
@@ -163,7 +201,7 @@ mod tests {
             panic!("the account reads");
         };
         let start = view.balance_minor;
-        let combiner = Arc::new(Combiner::default());
+        let combiner = Combiner::new(engine.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
@@ -172,7 +210,7 @@ mod tests {
         runtime.block_on(async {
             let mut tasks = Vec::new();
             for (connection, &card) in cards.iter().enumerate() {
-                let (engine, combiner) = (engine.clone(), combiner.clone());
+                let combiner = combiner.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut requests = Vec::new();
                     for round in 0..ROUNDS {
@@ -181,7 +219,7 @@ mod tests {
                             requests.push(Request::new(Command::Pay { card, amount_minor }));
                         }
                         requests.push(Request::new(Command::ReadAccount { account: card }));
-                        let answer = combiner.submit(&engine, &mut requests).await;
+                        let answer = combiner.submit(&mut requests).answer().await;
                         assert!(requests.is_empty(), "the requests were taken");
                         let outcomes = answer.expect("the engine answers");
                         let balance_after = start - 6 * (round + 1);
@@ -212,16 +250,16 @@ mod tests {
     #[test]
     fn connections_ready_together_share_one_submission() {
         let engine = Arc::new(Engine::open(EngineConfig::in_memory()).expect("engine opens"));
-        let combiner = Arc::new(Combiner::default());
-        // One thread: the leader's yield lets every other ready connection append first.
+        let combiner = Combiner::new(engine);
+        // One thread: the flush task's yield lets every other ready connection append first.
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
         runtime.block_on(async {
             let tasks: Vec<_> = (0..8u64)
                 .map(|account| {
-                    let (engine, combiner) = (engine.clone(), combiner.clone());
+                    let combiner = combiner.clone();
                     tokio::spawn(async move {
                         let mut requests = vec![Request::new(Command::ReadAccount { account })];
-                        combiner.submit(&engine, &mut requests).await
+                        combiner.submit(&mut requests).answer().await
                     })
                 })
                 .collect();
@@ -231,5 +269,28 @@ mod tests {
             }
         });
         assert_eq!(combiner.counts(), (1, 8));
+    }
+
+    #[test]
+    fn a_connection_that_never_awaits_holds_up_no_one() {
+        let engine = Arc::new(Engine::open(EngineConfig::in_memory()).expect("engine opens"));
+        let combiner = Combiner::new(engine);
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime");
+        runtime.block_on(async {
+            // The first submitter starts the flush, then never polls its answer (its client
+            // stopped reading); the second must be answered all the same.
+            let mut first = vec![Request::new(Command::ReadAccount { account: 1 })];
+            let _never_awaited = combiner.submit(&mut first);
+            let mut second = vec![Request::new(Command::ReadAccount { account: 2 })];
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                combiner.submit(&mut second).answer(),
+            )
+            .await
+            .expect("answered without the first connection's help")
+            .expect("the engine answers");
+            assert_eq!(answer.as_slice().len(), 1);
+        });
     }
 }
