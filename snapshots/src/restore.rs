@@ -141,7 +141,7 @@ fn build(
     source: Option<&(&Path, Store)>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64, SnapshotError> {
-    let store = Store::open(staging, snapshot.header.shards)?;
+    let store = Store::open_for_bulk_load(staging, snapshot.header.shards)?;
     let items = snapshot
         .encoded
         .iter()
