@@ -49,6 +49,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The shard count a data directory was created with (it is fixed for the directory's
+    /// life), or `None` if the directory holds no engine yet.
+    pub fn recorded_shards(data_dir: &std::path::Path) -> Result<Option<u16>, EngineError> {
+        Ok(Store::recorded_shards(data_dir)?)
+    }
+
     /// Opens the engine: checks the regions, opens the data directory, replays each
     /// shard's log and resends the credits of unsettled transfers.
     pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {

@@ -534,4 +534,17 @@ fn sigterm_stops_cleanly_and_a_restart_keeps_balances() {
         array(vec![int(5), simple("ACTIVE"), int(10_000), int(1_234), int(8_766)])
     );
     assert!(server.terminate().success());
+
+    // Without --shards the server adopts the directory's own count, whatever the cores.
+    let server = Server::start(&["--durability", "sync", "--data-dir", data_dir]);
+    let mut c = server.raw();
+    assert_eq!(c.call(&["BALANCE", "5"]), int(18_766));
+    let Value::Bulk(json) = c.call(&["STATS", "JSON"]) else { panic!("STATS JSON is a bulk") };
+    let json: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+    assert_eq!(json["shards"].as_array().map(Vec::len), Some(2), "{json}");
+    assert!(server.terminate().success());
+    // Asking for another count is refused, with both counts named.
+    let other = ["--durability", "sync", "--shards", "3", "--data-dir", data_dir];
+    let refused = Server::try_start(&other).err().expect("another shard count is refused");
+    assert!(refused.1.contains('2') && refused.1.contains('3'), "{}", refused.1);
 }

@@ -148,6 +148,21 @@ impl Store {
         Ok(store)
     }
 
+    /// The shard count `dir` was created with, or `None` if it holds no store yet. Opens
+    /// the store read-only, so a running engine's directory is not disturbed.
+    pub fn recorded_shards(dir: &Path) -> Result<Option<u16>, StoreError> {
+        // RocksDB's marker of an existing database.
+        if !dir.join("CURRENT").exists() {
+            return Ok(None);
+        }
+        let db = DB::open_for_read_only(&Options::default(), dir, false)?;
+        let Some(found) = db.get(META_SHARDS_KEY)? else {
+            return Ok(None);
+        };
+        let found: [u8; 2] = found.as_slice().try_into().map_err(|_| StoreError::Meta("shards"))?;
+        Ok(Some(u16::from_le_bytes(found)))
+    }
+
     fn check_meta(&self, shards: u16) -> Result<(), StoreError> {
         match self.db.get(META_FORMAT_KEY)? {
             None => {
@@ -433,6 +448,18 @@ mod tests {
             batch.put(log_key(0, seq), batch_value(seq));
             store.write(batch, true).expect("the write succeeds");
         }
+    }
+
+    #[test]
+    fn a_directory_tells_its_shard_count_and_an_empty_one_none() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        assert_eq!(Store::recorded_shards(dir.path()).expect("readable"), None);
+        drop(Store::open(dir.path(), 3).expect("the store opens"));
+        assert_eq!(Store::recorded_shards(dir.path()).expect("readable"), Some(3));
+        assert!(matches!(
+            Store::open(dir.path(), 2),
+            Err(StoreError::ShardCount { found: 3, wanted: 2 })
+        ));
     }
 
     #[test]
