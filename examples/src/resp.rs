@@ -267,9 +267,30 @@ fn header_line(input: &[u8], marker: u8) -> Result<Option<(i64, usize)>, Protoco
     Ok(Some((number, cr + 2)))
 }
 
-/// A decimal integer with an optional minus sign, nothing else.
+/// A decimal integer with an optional minus sign, nothing else. Straight from the bytes:
+/// every request has a header line per argument.
 pub fn parse_i64(text: &[u8]) -> Option<i64> {
-    std::str::from_utf8(text).ok()?.parse().ok()
+    let (negative, digits) = match text.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    // Accumulated negatively, so i64::MIN, which has no positive twin, parses too.
+    let mut value: i64 = 0;
+    for &byte in digits {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_sub(i64::from(digit))?;
+    }
+    if negative {
+        Some(value)
+    } else {
+        value.checked_neg()
+    }
 }
 
 /// How nil and maps are written: RESP2 (the default) or RESP3 (after `HELLO 3`).
@@ -598,6 +619,34 @@ mod tests {
         let mut out = Vec::new();
         Encoder { out: &mut out, protocol: Protocol::Resp3 }.map(12);
         assert_eq!(out, b"%12\r\n");
+    }
+
+    #[test]
+    fn integers_parse_exactly_as_the_standard_library_would() {
+        let cases = [
+            "0",
+            "7",
+            "-7",
+            "+7",
+            "",
+            "-",
+            "--1",
+            "1-",
+            " 1",
+            "1 ",
+            "12a",
+            "007",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+        ];
+        for text in cases {
+            let expected = text.parse::<i64>().ok().filter(|_| !text.starts_with('+'));
+            assert_eq!(parse_i64(text.as_bytes()), expected, "{text:?}");
+        }
+        assert_eq!(parse_i64(&[b'1', 0xff]), None);
     }
 
     #[test]
