@@ -479,6 +479,7 @@ impl Connection {
             }
         }
     }
+
     /// Parses every complete request in the input (at most a batch) into `actions`, and
     /// returns the protocol error that stopped the parse, if any.
     fn parse_input(&mut self) -> Option<ProtocolError> {

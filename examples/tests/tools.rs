@@ -47,9 +47,9 @@ fn the_cli_speaks_to_the_server() {
     assert!(!status.success(), "a wrong token is refused");
 }
 
-#[test]
-fn loadgen_runs_the_reference_workload_against_a_server() {
-    let server = Server::start(&[
+/// A server holding the §11 population of 1,000 cards, its day moved by the load generator.
+fn loadgen_server() -> Server {
+    Server::start(&[
         "--durability",
         "none",
         "--shards",
@@ -58,7 +58,12 @@ fn loadgen_runs_the_reference_workload_against_a_server() {
         "1000",
         "--clock",
         "manual",
-    ]);
+    ])
+}
+
+#[test]
+fn loadgen_runs_the_reference_workload_against_a_server() {
+    let server = loadgen_server();
     let port = server.addr.port().to_string();
     let (status, out) = run_example(
         "loadgen",
@@ -92,16 +97,7 @@ fn loadgen_runs_the_reference_workload_against_a_server() {
 
 #[test]
 fn loadgen_holds_the_rate_it_is_given() {
-    let server = Server::start(&[
-        "--durability",
-        "none",
-        "--shards",
-        "2",
-        "--populate",
-        "1000",
-        "--clock",
-        "manual",
-    ]);
+    let server = loadgen_server();
     let port = server.addr.port().to_string();
     // 20_000 payments/s for 1.5 s: the duration, not --ops, ends the run. Closed-loop, the
     // same connections do several hundred thousand a second here, far outside the band.
