@@ -11,8 +11,10 @@
 //! share of the outcomes. Connections that come while it awaits the engine gather for the
 //! next flush task, so submissions overlap. The flush is a task of its own, not part of
 //! the first connection's future, so a connection that stops polling (its client does
-//! not read) cannot hold up the others. A connection's own commands stay in order;
-//! commands of different connections were never ordered.
+//! not read) cannot hold up the others. Gatherings reach the engine in the order they
+//! were taken, and one submission carries at most [`COMBINED_REQUESTS_MAX`] requests, in
+//! whole batches: a connection's own commands stay in order, even with several of its
+//! batches in flight; commands of different connections were never ordered.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +23,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use plafond::{Engine, Outcome, Request};
+
+/// The most requests one combined submission carries (unless one connection's batch alone
+/// is larger); the rest waits for the next flush. It bounds one shard batch, one log value
+/// in RocksDB, however many connections pipeline at once.
+pub const COMBINED_REQUESTS_MAX: usize = 65_536;
 
 /// One connection's share of a combined submission's outcomes.
 pub struct Outcomes {
@@ -53,6 +60,35 @@ struct Gathering {
     flushing: bool,
 }
 
+impl Gathering {
+    /// The whole parts that fit [`COMBINED_REQUESTS_MAX`] (at least one), with their
+    /// requests; `flushing` stays set if some are left for another flush.
+    fn take(&mut self) -> (Vec<Request>, Vec<Part>) {
+        let fitting = self
+            .parts
+            .iter()
+            .skip(1)
+            .position(|part| part.range.end > COMBINED_REQUESTS_MAX)
+            .map_or(self.parts.len(), |index| index + 1);
+        if fitting == self.parts.len() {
+            self.flushing = false;
+            // The next gathering will likely be as large: spare it the regrowing.
+            let capacity = self.requests.len();
+            let requests = std::mem::replace(&mut self.requests, Vec::with_capacity(capacity));
+            return (requests, std::mem::take(&mut self.parts));
+        }
+        let taken_requests = self.parts[fitting - 1].range.end;
+        let rest_parts = self.parts.split_off(fitting);
+        let rest_requests = self.requests.split_off(taken_requests);
+        let parts = std::mem::replace(&mut self.parts, rest_parts);
+        let requests = std::mem::replace(&mut self.requests, rest_requests);
+        for part in &mut self.parts {
+            part.range = part.range.start - taken_requests..part.range.end - taken_requests;
+        }
+        (requests, parts)
+    }
+}
+
 /// A connection's answer to come; resolves once the engine has decided every request.
 pub struct Pending {
     answered: oneshot::Receiver<Answer>,
@@ -80,6 +116,10 @@ impl Pending {
 pub struct Combiner {
     engine: Arc<Engine>,
     gathering: Mutex<Gathering>,
+    /// Held from taking a gathering until it is handed to the engine, so that gatherings
+    /// reach the engine in the order they were taken: a connection with two batches in
+    /// flight must not have the later one applied first.
+    handing_over: Mutex<()>,
     submissions: AtomicU64,
     requests: AtomicU64,
 }
@@ -90,6 +130,7 @@ impl Combiner {
         Arc::new(Combiner {
             engine,
             gathering: Mutex::default(),
+            handing_over: Mutex::default(),
             submissions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         })
@@ -100,7 +141,7 @@ impl Combiner {
     pub fn submit(self: &Arc<Self>, requests: &mut Vec<Request>) -> Pending {
         let (answer, answered) = oneshot::channel();
         let starts_flush = {
-            let mut gathering = self.lock();
+            let mut gathering = lock(&self.gathering);
             let start = gathering.requests.len();
             gathering.requests.append(requests);
             let range = start..gathering.requests.len();
@@ -108,26 +149,38 @@ impl Combiner {
             !std::mem::replace(&mut gathering.flushing, true)
         };
         if starts_flush {
-            tokio::spawn(self.clone().flush());
+            self.start_flush();
         }
         Pending { answered }
+    }
+
+    /// A plain function, so that `flush` starting the next flush is not a future that
+    /// contains itself.
+    fn start_flush(self: &Arc<Self>) {
+        tokio::spawn(self.clone().flush());
     }
 
     async fn flush(self: Arc<Self>) {
         // Every connection the runtime has ready runs before this task resumes.
         tokio::task::yield_now().await;
-        let (requests, parts) = {
-            let mut gathering = self.lock();
-            gathering.flushing = false;
-            let capacity = gathering.requests.len();
-            let requests = std::mem::replace(&mut gathering.requests, Vec::with_capacity(capacity));
-            (requests, std::mem::take(&mut gathering.parts))
-        };
-        self.submissions.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
-        let outcomes = match self.engine.submit(requests) {
+        let (submitted, parts) = {
+            let _order = lock(&self.handing_over);
+            let (requests, parts, more) = {
+                let mut gathering = lock(&self.gathering);
+                let (requests, parts) = gathering.take();
+                (requests, parts, gathering.flushing)
+            };
+            if more {
+                // More than one submission's worth was gathered: the rest goes next.
+                self.start_flush();
+            }
+            self.submissions.fetch_add(1, Ordering::Relaxed);
+            self.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
             // `submit` only blocks when a shard's bounded mailbox is full: that is the
             // engine's back-pressure, and it reaches the clients through TCP.
+            (self.engine.submit(requests), parts)
+        };
+        let outcomes = match submitted {
             Ok(ticket) => ticket.outcomes().await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
@@ -138,12 +191,12 @@ impl Combiner {
     pub fn counts(&self) -> (u64, u64) {
         (self.submissions.load(Ordering::Relaxed), self.requests.load(Ordering::Relaxed))
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, Gathering> {
-        // The lock is held only to move vectors; a panic there leaves nothing half-done
-        // that a later submission could misread.
-        self.gathering.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The locks are held only to move vectors and to hand them over; a panic there leaves
+    // nothing half-done that a later submission could misread.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn answer_all(outcomes: Result<Vec<Outcome>, String>, parts: Vec<Part>) {
@@ -292,5 +345,33 @@ mod tests {
             .expect("the engine answers");
             assert_eq!(answer.as_slice().len(), 1);
         });
+    }
+
+    #[test]
+    fn a_gathering_over_the_cap_goes_out_in_several_submissions_of_whole_batches() {
+        let engine = Arc::new(Engine::open(EngineConfig::in_memory()).expect("engine opens"));
+        let combiner = Combiner::new(engine);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let batch = COMBINED_REQUESTS_MAX * 5 / 8;
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..3u64)
+                .map(|connection| {
+                    let combiner = combiner.clone();
+                    tokio::spawn(async move {
+                        let account = connection;
+                        let mut requests: Vec<Request> = (0..batch)
+                            .map(|_| Request::new(Command::ReadAccount { account }))
+                            .collect();
+                        combiner.submit(&mut requests).answer().await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let answer = task.await.expect("no task panics").expect("the engine answers");
+                assert_eq!(answer.as_slice().len(), batch, "each connection gets all its own");
+            }
+        });
+        // Two batches exceed the cap: each went alone, whole.
+        assert_eq!(combiner.counts(), (3, 3 * batch as u64));
     }
 }
