@@ -15,6 +15,15 @@ fn summary(stdout: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// Conservation held, no errors, and each of the `ops` pays was approved or declined.
+fn assert_every_pay_accounted_for(fields: &std::collections::HashMap<String, String>, ops: u64) {
+    assert_eq!(fields["conservation"], "ok");
+    assert_eq!(fields["errors"], "0");
+    let approved: u64 = fields["approved"].parse().expect("a count");
+    let declined: u64 = fields["declined"].parse().expect("a count");
+    assert_eq!(approved + declined, ops);
+}
+
 #[test]
 fn the_cli_speaks_to_the_server() {
     let server = Server::start(&["--durability", "none", "--shards", "2", "--token", "t0k"]);
@@ -85,11 +94,7 @@ fn loadgen_runs_the_reference_workload_against_a_server() {
     assert!(status.success(), "{out}");
     let fields = summary(&out);
     assert_eq!(fields["ops"], "10000", "ten pays per card");
-    assert_eq!(fields["conservation"], "ok");
-    assert_eq!(fields["errors"], "0");
-    let approved: u64 = fields["approved"].parse().expect("a count");
-    let declined: u64 = fields["declined"].parse().expect("a count");
-    assert_eq!(approved + declined, 10_000);
+    assert_every_pay_accounted_for(&fields, 10_000);
     // Ten business days of about one pay a day each: the ceiling declines many.
     assert!(fields["ceiling_exceeded"].parse::<u64>().expect("a count") > 1000, "{out}");
     assert!(out.contains("balances") && out.contains("= 20000000"), "exact check: {out}");
@@ -132,11 +137,7 @@ fn loadgen_holds_the_rate_it_is_given() {
     assert!((0.8 * rate..=1.2 * rate).contains(&achieved), "achieved {achieved}/s: {out}");
     assert!(secs >= 1.4, "the duration bounds the run: {out}");
     assert!(out.contains("rate: target 20000 ops/s, achieved"), "{out}");
-    assert_eq!(fields["conservation"], "ok");
-    assert_eq!(fields["errors"], "0");
-    let approved: u64 = fields["approved"].parse().expect("a count");
-    let declined: u64 = fields["declined"].parse().expect("a count");
-    assert_eq!(approved + declined, ops);
+    assert_every_pay_accounted_for(&fields, ops);
     // About 30 pays per card over 30 business days: only if the day advances does the
     // sliding ceiling let a card spend its whole balance and meet insufficient funds.
     assert!(fields["insufficient_funds"].parse::<u64>().expect("a count") > 1000, "{out}");
