@@ -882,9 +882,6 @@ impl Pacer {
     }
 }
 
-/// Rate mode: sends on the pacer's schedule, writes and reads concurrently (a burst of
-/// sends never waits for replies to be read, and the other way round), and sleeps on a
-/// timer in between: the machine may be shared with the server, so no busy waiting.
 /// How often the pacing ticker wakes the paced connections.
 const PACING_TICK: Duration = Duration::from_micros(100);
 
@@ -925,6 +922,9 @@ impl Drop for PacingTicker {
     }
 }
 
+/// Rate mode: sends on the pacer's schedule, writes and reads concurrently (a burst of
+/// sends never waits for replies to be read, and the other way round), and sleeps until the
+/// next pacing tick: the machine may be shared with the server, so no busy waiting.
 async fn paced_worker(
     mut conn: Conn,
     shared: Arc<Shared>,

@@ -25,6 +25,13 @@ use crate::state::ShardState;
 const META_SHARDS_KEY: &[u8] = b"M/shards";
 /// Key of the data directory's format version.
 const META_FORMAT_KEY: &[u8] = b"M/format";
+
+/// The value under [`META_SHARDS_KEY`]: a little-endian `u16`.
+fn decode_shards(value: &[u8]) -> Result<u16, StoreError> {
+    let bytes: [u8; 2] = value.try_into().map_err(|_| StoreError::Meta("shards"))?;
+    Ok(u16::from_le_bytes(bytes))
+}
+
 fn epoch_key(region: RegionId) -> [u8; 4] {
     let [high, low] = region.to_be_bytes();
     [b'E', b'/', high, low]
@@ -156,11 +163,7 @@ impl Store {
             return Ok(None);
         }
         let db = DB::open_for_read_only(&Options::default(), dir, false)?;
-        let Some(found) = db.get(META_SHARDS_KEY)? else {
-            return Ok(None);
-        };
-        let found: [u8; 2] = found.as_slice().try_into().map_err(|_| StoreError::Meta("shards"))?;
-        Ok(Some(u16::from_le_bytes(found)))
+        db.get(META_SHARDS_KEY)?.map(|value| decode_shards(&value)).transpose()
     }
 
     fn check_meta(&self, shards: u16) -> Result<(), StoreError> {
@@ -182,9 +185,7 @@ impl Store {
                     return Err(StoreError::Format(format));
                 }
                 let found = self.db.get(META_SHARDS_KEY)?.ok_or(StoreError::Meta("shards"))?;
-                let found = u16::from_le_bytes(
-                    found.as_slice().try_into().map_err(|_| StoreError::Meta("shards"))?,
-                );
+                let found = decode_shards(&found)?;
                 if found != shards {
                     return Err(StoreError::ShardCount { found, wanted: shards });
                 }
