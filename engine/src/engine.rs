@@ -9,7 +9,9 @@ use crossbeam_channel::{bounded, unbounded};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use plafond_shards::actor::{self, Mail, Router, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX};
+use plafond_shards::actor::{
+    self, Mail, Router, ShardCell, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX,
+};
 use plafond_shards::command::{Command, CommandId, Outcome, Reason, RegionId, Request};
 use plafond_shards::ids::{shard_of, ShardId};
 use plafond_shards::region::Regions;
@@ -44,6 +46,8 @@ pub struct Engine {
     store: Option<Arc<Store>>,
     /// Cuts are taken one at a time: two interleaved would deadlock on their barriers.
     cut_lock: Mutex<()>,
+    /// Each shard's state behind its lock, for submissions applied on the caller's thread.
+    cells: Vec<Arc<ShardCell>>,
     pub(crate) batch: Arc<BatchService<EngineHost>>,
     scheduler: Option<Scheduler>,
 }
@@ -115,6 +119,8 @@ impl Engine {
                 .spawn(move || actor::run(setup, ready))?;
             threads.push(thread);
         }
+        // Only the shard threads hold senders now: if one dies unannounced, `recv` says so.
+        drop(ready_tx);
         drop(job_sender);
         let host = EngineHost {
             regions: regions.clone(),
@@ -143,11 +149,18 @@ impl Engine {
             writer,
             store,
             cut_lock: Mutex::new(()),
+            cells: Vec::new(),
         };
-        for _ in 0..shards {
-            // A shard that fails to replay says why; the engine is dropped and stops.
-            ready_rx.recv().map_err(|_| EngineError::Config("a shard thread died".into()))??;
-        }
+        let cells = (0..shards)
+            .map(|_| ready_rx.recv().map_err(|_| EngineError::Config("a shard thread died".into())))
+            .collect::<Result<Vec<_>, _>>();
+        // Before a failure drops the engine: a cell still in the channel would keep its
+        // shard's job sender, and so the writer the engine joins, alive.
+        drop(ready_rx);
+        // A shard that fails to replay says why; the engine is dropped and stops.
+        let mut cells = cells?;
+        cells.sort_by_key(|(shard, _)| *shard);
+        engine.cells = cells.into_iter().map(|(_, cell)| cell).collect::<Result<_, _>>()?;
         engine.rebuild_claims()?;
         if let Some(poll) = config.epoch_poll {
             engine.scheduler = Some(Scheduler::start(batch, poll)?);
@@ -171,6 +184,11 @@ impl Engine {
 
     /// Submits commands; the ticket resolves to their outcomes, in order, once each is
     /// decided and durable. The fast path: one call for many commands.
+    ///
+    /// A shard that is idle, with nothing waiting in its mailbox, decides its share of the
+    /// commands on the calling thread (under the shard's lock) rather than being woken for
+    /// it: the call then takes as long as deciding them, about 0.1 µs a command. Only the
+    /// durable write is waited for through the ticket.
     pub fn submit(&self, requests: Vec<Request>) -> Result<Ticket, EngineError> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
@@ -201,9 +219,9 @@ impl Engine {
                 continue;
             }
             let mail = Mail::Requests { ts_ms, items, collector: collector.clone() };
-            self.router.ingress[shard]
-                .send(mail)
-                .map_err(|_| EngineError::Stopped(plafond_shards::reply::Stopped))?;
+            let ingress = &self.router.ingress[shard];
+            let Err(mail) = self.cells[shard].try_apply(mail, ingress) else { continue };
+            ingress.send(mail).map_err(|_| EngineError::Stopped(plafond_shards::reply::Stopped))?;
         }
         Ok(ticket)
     }
@@ -342,6 +360,8 @@ impl Drop for Engine {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        // The shards' cells hold their job senders too.
+        self.cells.clear();
         // Every shard dropped its job sender: the writer drains and ends.
         if let Some(writer) = self.writer.take() {
             writer.join();

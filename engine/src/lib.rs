@@ -1,6 +1,6 @@
 //! plafond: an in-memory, sharded, durable payment-authorization engine.
 //!
-//! Accounts live in shards; each shard is a single-writer thread that decides every
+//! Accounts live in shards; each shard is a single-writer loop that decides every
 //! command against its in-memory state (no overdraft, a sliding seven-day card ceiling),
 //! logs the decision to RocksDB, and only then answers. See `ARCHITECTURE.md` for how a
 //! command flows, and `SPEC.md` for what it must do.

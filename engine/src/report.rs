@@ -72,6 +72,8 @@ pub struct ShardStats {
     pub commands: u64,
     /// Batches handled since start.
     pub batches: u64,
+    /// Of those, the batches a submitter applied on its own thread (the shard was idle).
+    pub inline_batches: u64,
     /// Time spent handling batches since start, in nanoseconds.
     pub busy_ns: u64,
     /// Batch service time percentiles since start, in µs (power-of-two bucket bounds).
@@ -170,6 +172,7 @@ impl Engine {
                 queue_depth: self.queue_depths()[shard],
                 commands: metrics.commands.load(Ordering::Relaxed),
                 batches: metrics.batches.load(Ordering::Relaxed),
+                inline_batches: metrics.inline_batches.load(Ordering::Relaxed),
                 busy_ns: metrics.busy_ns.load(Ordering::Relaxed),
                 service_us_p50: metrics.service_us_quantile(0.5),
                 service_us_p99: metrics.service_us_quantile(0.99),

@@ -1,7 +1,8 @@
 //! Concurrency (§2, §7): simultaneous payments on one account approve exactly what the
 //! balance allows; audits taken while transfers cross shards always balance; reads of
-//! one account are linearizable with its writes. Each runs on in-memory and durable
-//! (sync) engines.
+//! one account are linearizable with its writes; one submitter's commands are decided in
+//! the order submitted, whether its submitter or the shard's thread decides them. Each
+//! runs on in-memory and durable (sync) engines.
 
 mod support;
 
@@ -338,4 +339,66 @@ fn reads_never_go_back_in_memory() {
 #[test]
 fn reads_never_go_back_durable() {
     reads_follow_deposits(Durability::Sync, 1_000);
+}
+
+// ---------------------------------------------------------------------------------------
+// (d) A submitter's commands are decided in submission order, whichever thread decides:
+// the submitter itself when the shard is idle, the shard's thread when it is busy.
+
+/// Commands the busy thread submits at a time, so the shard's lock is often taken.
+const BUSY_BATCH: usize = 4_096;
+
+fn submissions_stay_in_order(durability: Durability, submissions: u64) {
+    let _watchdog = watchdog("submissions in order", TEST_TIMEOUT);
+    let harness = harness(1, durability);
+    let engine = Arc::new(harness.engine);
+    let accounts = open_profile(&engine, 2);
+    let (account, busy_account) = (accounts[0], accounts[1]);
+    let done = Arc::new(AtomicBool::new(false));
+    // Another submitter keeps the shard busy with large submissions of reads.
+    let busy = {
+        let (engine, done) = (engine.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let reads =
+                    vec![Request::new(Command::ReadAccount { account: busy_account }); BUSY_BATCH];
+                engine.submit(reads).unwrap().wait().unwrap();
+            }
+        })
+    };
+    // Deposit, then read, without waiting in between: each read must see exactly the
+    // deposits submitted before it.
+    let tickets: Vec<_> = (0..submissions)
+        .map(|_| {
+            let deposit = Command::Deposit { account, amount_minor: 1 };
+            let pair = vec![Request::new(deposit), Request::new(Command::ReadAccount { account })];
+            engine.submit(pair).unwrap()
+        })
+        .collect();
+    for (k, ticket) in (1..).zip(tickets) {
+        let expected = INITIAL_DEPOSIT_MINOR + k;
+        match ticket.wait().unwrap().as_slice() {
+            [Outcome::Done { balance_minor }, Outcome::Account(view)] => {
+                assert_eq!(*balance_minor, expected, "deposit of submission {k}");
+                assert_eq!(view.balance_minor, expected, "read of submission {k}");
+            }
+            other => panic!("submission {k}: {other:?}"),
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    busy.join().unwrap();
+    let shard = &engine.stats().unwrap().shards[0];
+    assert!(shard.inline_batches > 0, "the submitters decided some batches: {shard:?}");
+    assert!(shard.batches > shard.inline_batches, "the shard's thread decided some: {shard:?}");
+    assert!(engine.audit().unwrap().holds());
+}
+
+#[test]
+fn submissions_stay_in_order_in_memory() {
+    submissions_stay_in_order(Durability::None, 20_000);
+}
+
+#[test]
+fn submissions_stay_in_order_durable() {
+    submissions_stay_in_order(Durability::Sync, 5_000);
 }

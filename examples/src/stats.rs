@@ -128,31 +128,42 @@ pub fn table(stats: &Stats, rates: &[f64]) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<6} {:>10} {:>8} {:>14} {:>12} {:>12} {:>10} {:>22}",
+        "\n{:<6} {:>10} {:>8} {:>14} {:>12} {:>12} {:>9} {:>10} {:>22}",
         "shard",
         "accounts",
         "queue",
         "commands",
         "commands/s",
         "mean_batch",
+        "inline_%",
         "busy_s",
         "service_us p50/99/999"
     );
     for (shard, s) in stats.shards.iter().enumerate() {
         let _ = writeln!(
             out,
-            "{:<6} {:>10} {:>8} {:>14} {:>12.0} {:>12.1} {:>10.3} {:>22}",
+            "{:<6} {:>10} {:>8} {:>14} {:>12.0} {:>12.1} {:>9.1} {:>10.3} {:>22}",
             shard,
             s.accounts,
             s.queue_depth,
             s.commands,
             rates.get(shard).copied().unwrap_or(0.0),
             mean_batch(s.commands, s.batches),
+            inline_percent(s.inline_batches, s.batches),
             s.busy_ns as f64 / 1e9,
             format!("{}/{}/{}", s.service_us_p50, s.service_us_p99, s.service_us_p999)
         );
     }
     out
+}
+
+/// The share of batches a submitter applied on its own thread, in percent.
+fn inline_percent(inline_batches: u64, batches: u64) -> f64 {
+    if batches == 0 {
+        0.0
+    } else {
+        100.0 * inline_batches as f64 / batches as f64
+    }
 }
 
 fn mean_batch(commands: u64, batches: u64) -> f64 {
@@ -239,13 +250,14 @@ pub fn json(stats: &Stats, rates: &[f64]) -> String {
         .map(|(shard, s)| {
             format!(
                 "{{\"shard\":{},\"accounts\":{},\"queue_depth\":{},\"commands\":{},\
-                 \"batches\":{},\"commands_per_s\":{:.1},\"mean_batch\":{:.2},\"busy_ns\":{},\
-                 \"service_us_p50\":{},\"service_us_p99\":{},\"service_us_p999\":{}}}",
+                 \"batches\":{},\"inline_batches\":{},\"commands_per_s\":{:.1},\"mean_batch\":{:.2},\
+                 \"busy_ns\":{},\"service_us_p50\":{},\"service_us_p99\":{},\"service_us_p999\":{}}}",
                 shard,
                 s.accounts,
                 s.queue_depth,
                 s.commands,
                 s.batches,
+                s.inline_batches,
                 rates.get(shard).copied().unwrap_or(0.0),
                 mean_batch(s.commands, s.batches),
                 s.busy_ns,

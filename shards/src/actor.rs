@@ -7,13 +7,19 @@
 //! shard: it holds at most two messages per transfer in flight, and those are bounded by
 //! the ingress bound). `internal` is drained first. `docs/DECISIONS.md` says why a thread
 //! and a crossbeam channel rather than an actix actor.
+//!
+//! The state lives in a [`ShardCell`], behind a lock: the shard thread holds it while it
+//! drains a batch, and a submitter that finds the shard idle and its ingress empty applies
+//! its commands itself, under the same lock, instead of waking the thread
+//! ([`ShardCell::try_apply`]). One thread at a time still decides for the shard, in
+//! mailbox order; the submitter only saves the two wake-ups of a hand-off.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
 use crate::calendar::Calendar;
@@ -90,6 +96,8 @@ pub struct ShardMetrics {
     pub commands: AtomicU64,
     /// Batches handled.
     pub batches: AtomicU64,
+    /// Of those, the batches a submitter applied on its own thread ([`ShardCell::try_apply`]).
+    pub inline_batches: AtomicU64,
     /// Time spent handling batches, from the first mail to the flush, in nanoseconds.
     pub busy_ns: AtomicU64,
     /// Accounts the shard holds, as of its last batch.
@@ -179,8 +187,12 @@ pub struct ShardSetup {
     pub metrics: Arc<ShardMetrics>,
 }
 
+/// What a shard thread tells the engine once it has replayed its log: the cell its state
+/// lives in, or why it could not start.
+pub type Ready = (ShardId, Result<Arc<ShardCell>, StoreError>);
+
 /// Replays the shard's log, tells `ready`, then runs until [`Mail::Stop`].
-pub fn run(setup: ShardSetup, ready: Sender<Result<(), StoreError>>) {
+pub fn run(setup: ShardSetup, ready: Sender<Ready>) {
     let mut state = ShardState::new(setup.shard, setup.shards, setup.regions.len());
     let mut calendar = Calendar::new(&setup.regions);
     let next_seq = match &setup.store {
@@ -190,12 +202,11 @@ pub fn run(setup: ShardSetup, ready: Sender<Result<(), StoreError>>) {
     let next_seq = match next_seq {
         Ok(next_seq) => next_seq,
         Err(error) => {
-            let _ = ready.send(Err(error));
+            let _ = ready.send((setup.shard, Err(error)));
             return;
         }
     };
     setup.metrics.accounts.store(state.accounts.len() as u64, Ordering::Relaxed);
-    let _ = ready.send(Ok(()));
     // Credits whose settle never made it to disk: send them again. The target answers a
     // credit it has seen with the same settle, so this is exactly-once.
     for (&seq, pending) in &state.pending {
@@ -208,9 +219,66 @@ pub fn run(setup: ShardSetup, ready: Sender<Result<(), StoreError>>) {
         let mail = Mail::Input { ts_ms: pending.ts_ms, input, done: None };
         setup.router.send_internal(shard_of(pending.to, setup.shards), mail);
     }
+    let ShardSetup { ingress, internal, .. } = &setup;
+    let (ingress, internal) = (ingress.clone(), internal.clone());
+    let shard = setup.shard;
     let mut actor = Actor { setup, state, calendar, next_seq, parked: HashMap::new() };
     actor.adopt_rules();
-    actor.serve();
+    let cell = Arc::new(ShardCell { actor: Mutex::new(actor) });
+    let _ = ready.send((shard, Ok(cell.clone())));
+    cell.serve(&ingress, &internal);
+}
+
+/// A shard's state and the code that changes it, behind the lock its thread and inline
+/// submitters share: the shard thread takes it for each batch it drains from its
+/// mailboxes; a submitter takes it to apply its commands on its own thread when the shard
+/// is idle ([`ShardCell::try_apply`]), which spares both threads a wake-up. Either way one
+/// thread at a time decides, in the order the mailbox would have given.
+pub struct ShardCell {
+    actor: Mutex<Actor>,
+}
+
+impl ShardCell {
+    fn lock(&self) -> MutexGuard<'_, Actor> {
+        // Nothing in the shard panics on input; if something did, the state is as the
+        // last applied input left it, and the log says what was durable.
+        self.actor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The shard thread's loop: waits for mail, then drains a batch under the lock.
+    fn serve(&self, ingress: &Receiver<Mail>, internal: &Receiver<Mail>) {
+        loop {
+            // Wait without taking: mail is only taken under the lock, so a submitter that
+            // finds the ingress empty under the lock knows everything sent before it has
+            // been applied.
+            let mut select = Select::new_biased();
+            select.recv(internal);
+            select.recv(ingress);
+            select.ready();
+            let mut actor = self.lock();
+            let next = || internal.try_recv().or_else(|_| ingress.try_recv()).ok();
+            // The actor holds the router, so the mailboxes cannot close under it: no mail
+            // here only means another wake-up took it (there is none today).
+            let Some(first) = next() else { continue };
+            if actor.batch(first, next) {
+                return;
+            }
+        }
+    }
+
+    /// Applies `mail` on the calling thread if the shard is idle and its client mailbox
+    /// is empty (so it cannot overtake an earlier submission); gives it back otherwise.
+    pub fn try_apply(&self, mail: Mail, ingress: &Sender<Mail>) -> Result<(), Mail> {
+        let Ok(mut actor) = self.actor.try_lock() else {
+            return Err(mail);
+        };
+        if !ingress.is_empty() {
+            return Err(mail);
+        }
+        actor.batch(mail, || None);
+        actor.setup.metrics.inline_batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// Loads the shard's checkpoint, if any, and replays the log after it.
@@ -279,35 +347,26 @@ impl Actor {
         self.flush(batch);
     }
 
-    fn serve(&mut self) {
-        loop {
-            let first = crossbeam_channel::select_biased! {
-                recv(self.setup.internal) -> mail => mail,
-                recv(self.setup.ingress) -> mail => mail,
-            };
-            let Ok(first) = first else { return };
-            let started = Instant::now();
-            let mut batch = Batch::default();
-            self.handle(first, &mut batch);
-            while !batch.stop && batch.commands < BATCH_COMMANDS_MAX {
-                let next =
-                    self.setup.internal.try_recv().or_else(|_| self.setup.ingress.try_recv());
-                let Ok(mail) = next else { break };
-                self.handle(mail, &mut batch);
-            }
-            let stop = batch.stop;
-            let metrics = self.setup.metrics.clone();
-            metrics.commands.fetch_add(batch.commands as u64, Ordering::Relaxed);
-            metrics.batches.fetch_add(1, Ordering::Relaxed);
-            self.flush(batch);
-            metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
-            let elapsed_ns = started.elapsed().as_nanos() as u64;
-            metrics.busy_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
-            metrics.record_service(elapsed_ns);
-            if stop {
-                return;
-            }
+    /// Handles `first` and whatever `next` gives, up to [`BATCH_COMMANDS_MAX`] commands,
+    /// as one batch; true if it held [`Mail::Stop`].
+    fn batch(&mut self, first: Mail, mut next: impl FnMut() -> Option<Mail>) -> bool {
+        let started = Instant::now();
+        let mut batch = Batch::default();
+        self.handle(first, &mut batch);
+        while !batch.stop && batch.commands < BATCH_COMMANDS_MAX {
+            let Some(mail) = next() else { break };
+            self.handle(mail, &mut batch);
         }
+        let stop = batch.stop;
+        let metrics = self.setup.metrics.clone();
+        metrics.commands.fetch_add(batch.commands as u64, Ordering::Relaxed);
+        metrics.batches.fetch_add(1, Ordering::Relaxed);
+        self.flush(batch);
+        metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
+        let elapsed_ns = started.elapsed().as_nanos() as u64;
+        metrics.busy_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+        metrics.record_service(elapsed_ns);
+        stop
     }
 
     fn handle(&mut self, mail: Mail, batch: &mut Batch) {
