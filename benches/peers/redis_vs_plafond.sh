@@ -17,7 +17,8 @@ rounds="${4:-1}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 work="$(mktemp -d)"
 redis_pid="" plafond_pid=""
-trap 'kill $redis_pid $plafond_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+# Both servers write their files until they have exited: wait for them before removing.
+trap 'kill $redis_pid $plafond_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release -q -p plafond-examples --example server
 

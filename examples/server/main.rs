@@ -151,8 +151,8 @@ impl Options {
     }
 }
 
-/// `--io-threads`: by default half the cores, because the other half runs the shards and
-/// the writer. On two cores one I/O thread served `redis-benchmark -P 64` PAY at 2.27M/s
+/// `--io-threads`: by default half the cores, because the other half runs the writer and
+/// the shards' threads (an idle shard is decided for on the I/O thread itself). On two cores one I/O thread served `redis-benchmark -P 64` PAY at 2.27M/s
 /// and 2.30M/s where two served 2.00M/s and 2.04M/s: a second thread only added
 /// wake-ups and context switches (docs/BENCHMARKS.md §4).
 fn io_threads(flags: &Flags) -> anyhow::Result<usize> {
