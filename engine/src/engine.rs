@@ -219,8 +219,8 @@ impl Engine {
                 continue;
             }
             let mail = Mail::Requests { ts_ms, items, collector: collector.clone() };
-            let ingress = &self.router.ingress[shard];
-            let Err(mail) = self.cells[shard].try_apply(mail, ingress) else { continue };
+            let (ingress, internal) = (&self.router.ingress[shard], &self.router.internal[shard]);
+            let Err(mail) = self.cells[shard].try_apply(mail, ingress, internal) else { continue };
             ingress.send(mail).map_err(|_| EngineError::Stopped(plafond_shards::reply::Stopped))?;
         }
         Ok(ticket)

@@ -9,8 +9,8 @@
 //! and a crossbeam channel rather than an actix actor.
 //!
 //! The state lives in a [`ShardCell`], behind a lock: the shard thread holds it while it
-//! drains a batch, and a submitter that finds the shard idle and its ingress empty applies
-//! its commands itself, under the same lock, instead of waking the thread
+//! drains a batch, and a submitter that finds the shard idle and its mailboxes empty
+//! applies its commands itself, under the same lock, instead of waking the thread
 //! ([`ShardCell::try_apply`]). One thread at a time still decides for the shard, in
 //! mailbox order; the submitter only saves the two wake-ups of a hand-off.
 
@@ -266,13 +266,19 @@ impl ShardCell {
         }
     }
 
-    /// Applies `mail` on the calling thread if the shard is idle and its client mailbox
-    /// is empty (so it cannot overtake an earlier submission); gives it back otherwise.
-    pub fn try_apply(&self, mail: Mail, ingress: &Sender<Mail>) -> Result<(), Mail> {
+    /// Applies `mail` on the calling thread if the shard is idle and both its mailboxes
+    /// are empty, so that it overtakes neither an earlier submission nor internal mail
+    /// (which the shard's thread takes first); gives it back otherwise.
+    pub fn try_apply(
+        &self,
+        mail: Mail,
+        ingress: &Sender<Mail>,
+        internal: &Sender<Mail>,
+    ) -> Result<(), Mail> {
         let Ok(mut actor) = self.actor.try_lock() else {
             return Err(mail);
         };
-        if !ingress.is_empty() {
+        if !ingress.is_empty() || !internal.is_empty() {
             return Err(mail);
         }
         actor.batch(mail, || None);
