@@ -152,9 +152,11 @@ impl Options {
 }
 
 /// `--io-threads`: by default half the cores, because the other half runs the writer and
-/// the shards' threads (an idle shard is decided for on the I/O thread itself). On two cores one I/O thread served `redis-benchmark -P 64` PAY at 2.27M/s
-/// and 2.30M/s where two served 2.00M/s and 2.04M/s: a second thread only added
-/// wake-ups and context switches (docs/BENCHMARKS.md §4).
+/// the shards' threads (an idle shard is decided for on the I/O thread itself). On two
+/// cores one I/O thread served `redis-benchmark -P 64` PAY at 2.27M/s and 2.30M/s where
+/// two served 2.00M/s and 2.04M/s: a second thread only added wake-ups and context
+/// switches (docs/BENCHMARKS.md §4); with the I/O thread deciding for idle shards, two
+/// were within noise of one (2.0–2.3M/s, four pairs).
 fn io_threads(flags: &Flags) -> anyhow::Result<usize> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = flags.get("io-threads", (cores / 2).max(1)).map_err(|e| anyhow!(e))?;

@@ -250,8 +250,9 @@ pub fn json(stats: &Stats, rates: &[f64]) -> String {
         .map(|(shard, s)| {
             format!(
                 "{{\"shard\":{},\"accounts\":{},\"queue_depth\":{},\"commands\":{},\
-                 \"batches\":{},\"inline_batches\":{},\"commands_per_s\":{:.1},\"mean_batch\":{:.2},\
-                 \"busy_ns\":{},\"service_us_p50\":{},\"service_us_p99\":{},\"service_us_p999\":{}}}",
+                 \"batches\":{},\"inline_batches\":{},\"commands_per_s\":{:.1},\
+                 \"mean_batch\":{:.2},\"busy_ns\":{},\"service_us_p50\":{},\
+                 \"service_us_p99\":{},\"service_us_p999\":{}}}",
                 shard,
                 s.accounts,
                 s.queue_depth,

@@ -257,8 +257,8 @@ impl ShardCell {
             select.ready();
             let mut actor = self.lock();
             let next = || internal.try_recv().or_else(|_| ingress.try_recv()).ok();
-            // The actor holds the router, so the mailboxes cannot close under it: no mail
-            // here only means another wake-up took it (there is none today).
+            // `ready` may report a mailbox spuriously: then wait again. (It cannot report a
+            // closed one: the actor holds the router, so a sender of each lives.)
             let Some(first) = next() else { continue };
             if actor.batch(first, next) {
                 return;
