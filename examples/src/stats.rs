@@ -148,8 +148,8 @@ pub fn table(stats: &Stats, rates: &[f64]) -> String {
             s.queue_depth,
             s.commands,
             rates.get(shard).copied().unwrap_or(0.0),
-            mean_batch(s.commands, s.batches),
-            inline_percent(s.inline_batches, s.batches),
+            per_batch(s.commands, s.batches),
+            100.0 * per_batch(s.inline_batches, s.batches),
             s.busy_ns as f64 / 1e9,
             format!("{}/{}/{}", s.service_us_p50, s.service_us_p99, s.service_us_p999)
         );
@@ -157,20 +157,13 @@ pub fn table(stats: &Stats, rates: &[f64]) -> String {
     out
 }
 
-/// The share of batches a submitter applied on its own thread, in percent.
-fn inline_percent(inline_batches: u64, batches: u64) -> f64 {
+/// `count` per batch, 0 before the first batch: the mean batch size, or (× 100) the share
+/// of batches a submitter decided on its own thread.
+fn per_batch(count: u64, batches: u64) -> f64 {
     if batches == 0 {
         0.0
     } else {
-        100.0 * inline_batches as f64 / batches as f64
-    }
-}
-
-fn mean_batch(commands: u64, batches: u64) -> f64 {
-    if batches == 0 {
-        0.0
-    } else {
-        commands as f64 / batches as f64
+        count as f64 / batches as f64
     }
 }
 
@@ -260,7 +253,7 @@ pub fn json(stats: &Stats, rates: &[f64]) -> String {
                 s.batches,
                 s.inline_batches,
                 rates.get(shard).copied().unwrap_or(0.0),
-                mean_batch(s.commands, s.batches),
+                per_batch(s.commands, s.batches),
                 s.busy_ns,
                 s.service_us_p50,
                 s.service_us_p99,
