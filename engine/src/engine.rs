@@ -10,7 +10,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use plafond_shards::actor::{
-    self, Mail, Router, ShardCell, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX,
+    self, Mail, Mailboxes, Router, ShardCell, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX,
 };
 use plafond_shards::command::{Command, CommandId, Outcome, Reason, RegionId, Request};
 use plafond_shards::ids::{shard_of, ShardId};
@@ -109,14 +109,13 @@ impl Engine {
                 store: store.clone(),
                 writer: job_sender.clone(),
                 router: router.clone(),
-                ingress: ingress_rx,
-                internal: internal_rx,
                 metrics: shard_metrics,
             };
+            let mailboxes = Mailboxes { ingress: ingress_rx, internal: internal_rx };
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("plafond-shard-{shard}"))
-                .spawn(move || actor::run(setup, ready))?;
+                .spawn(move || actor::run(setup, mailboxes, ready))?;
             threads.push(thread);
         }
         // Only the shard threads hold senders now: if one dies unannounced, `recv` says so.

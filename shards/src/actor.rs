@@ -179,20 +179,24 @@ pub struct ShardSetup {
     pub writer: Option<JobSender<ShardRelease>>,
     /// Every shard's mailboxes, for cross-shard messages.
     pub router: Arc<Router>,
-    /// This shard's client mailbox.
-    pub ingress: Receiver<Mail>,
-    /// This shard's internal mailbox, drained before `ingress`.
-    pub internal: Receiver<Mail>,
     /// Where the shard publishes its counters.
     pub metrics: Arc<ShardMetrics>,
+}
+
+/// The receiving ends of a shard's mailboxes, which only its thread reads.
+pub struct Mailboxes {
+    /// Client commands.
+    pub ingress: Receiver<Mail>,
+    /// Internal mail, drained before `ingress`.
+    pub internal: Receiver<Mail>,
 }
 
 /// What a shard thread tells the engine once it has replayed its log: the cell its state
 /// lives in, or why it could not start.
 pub type Ready = (ShardId, Result<Arc<ShardCell>, StoreError>);
 
-/// Replays the shard's log, tells `ready`, then runs until [`Mail::Stop`].
-pub fn run(setup: ShardSetup, ready: Sender<Ready>) {
+/// Replays the shard's log, tells `ready`, then serves `mailboxes` until [`Mail::Stop`].
+pub fn run(setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
     let mut state = ShardState::new(setup.shard, setup.shards, setup.regions.len());
     let mut calendar = Calendar::new(&setup.regions);
     let next_seq = match &setup.store {
@@ -219,14 +223,12 @@ pub fn run(setup: ShardSetup, ready: Sender<Ready>) {
         let mail = Mail::Input { ts_ms: pending.ts_ms, input, done: None };
         setup.router.send_internal(shard_of(pending.to, setup.shards), mail);
     }
-    let ShardSetup { ingress, internal, .. } = &setup;
-    let (ingress, internal) = (ingress.clone(), internal.clone());
     let shard = setup.shard;
     let mut actor = Actor { setup, state, calendar, next_seq, parked: HashMap::new() };
     actor.adopt_rules();
     let cell = Arc::new(ShardCell { actor: Mutex::new(actor) });
     let _ = ready.send((shard, Ok(cell.clone())));
-    cell.serve(&ingress, &internal);
+    cell.serve(&mailboxes);
 }
 
 /// A shard's state and the code that changes it, behind the lock its thread and inline
@@ -246,7 +248,8 @@ impl ShardCell {
     }
 
     /// The shard thread's loop: waits for mail, then drains a batch under the lock.
-    fn serve(&self, ingress: &Receiver<Mail>, internal: &Receiver<Mail>) {
+    fn serve(&self, mailboxes: &Mailboxes) {
+        let Mailboxes { ingress, internal } = mailboxes;
         loop {
             // Wait without taking: mail is only taken under the lock, so a submitter that
             // finds the ingress empty under the lock knows everything sent before it has
