@@ -184,7 +184,7 @@ impl Engine {
     /// Submits commands; the ticket resolves to their outcomes, in order, once each is
     /// decided and durable. The fast path: one call for many commands.
     ///
-    /// A shard that is idle, with nothing waiting in its mailbox, decides its share of the
+    /// A shard that is idle, with nothing waiting in its mailboxes, decides its share of the
     /// commands on the calling thread (under the shard's lock) rather than being woken for
     /// it: the call then takes as long as deciding them, about 0.1 µs a command. Only the
     /// durable write is waited for through the ticket.

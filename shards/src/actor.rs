@@ -252,8 +252,8 @@ impl ShardCell {
         let Mailboxes { ingress, internal } = mailboxes;
         loop {
             // Wait without taking: mail is only taken under the lock, so a submitter that
-            // finds the ingress empty under the lock knows everything sent before it has
-            // been applied.
+            // finds both mailboxes empty under the lock knows everything sent before it
+            // has been applied.
             let mut select = Select::new_biased();
             select.recv(internal);
             select.recv(ingress);
