@@ -70,7 +70,8 @@ pub struct ShardStats {
     pub queue_depth: usize,
     /// Client commands handled since start.
     pub commands: u64,
-    /// Batches handled since start.
+    /// Batches that held client commands, since start: `commands / batches` is the mean
+    /// batch size. Batches of transfer legs or epoch chunks alone are not counted.
     pub batches: u64,
     /// Of those, the batches a submitter applied on its own thread (the shard was idle).
     pub inline_batches: u64,

@@ -155,6 +155,30 @@ fn stats_are_a_table_and_json_with_conservation() {
     assert!(is_error(&c.call(&["STATS", "XML"])));
 }
 
+/// The pretty dump's mean batch size is client commands per batch that held some: the
+/// batches of an epoch's chunks, which hold none, do not pull it below one.
+#[test]
+fn the_mean_batch_size_counts_batches_of_client_commands() {
+    let server = Server::start(&with(&["--clock", "manual"]));
+    let mut c = server.raw();
+    assert_eq!(c.call(&["PROFILE.OPEN", "eu-west"]), int(0));
+    assert!(!is_error(&c.call(&["ACCOUNT.OPEN", "0", "CHECKING"])));
+    assert_eq!(c.call(&["PAY", "0", "100"]), approved(99_900, 100));
+    for _ in 0..3 {
+        assert_eq!(c.call(&["CLOCK.ADVANCE", "86400000"]), simple("OK"));
+        assert!(!is_error(&c.call(&["BATCH.RUN", "eu-west"])));
+    }
+    let Value::Bulk(json) = c.call(&["STATS", "JSON"]) else {
+        panic!("STATS JSON replies a bulk string")
+    };
+    let json: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+    let shard = &json["shards"][0];
+    // Shard 0 holds the profile and the account: three client commands, one at a time.
+    assert_eq!(shard["commands"], 3, "{shard}");
+    assert_eq!(shard["batches"], 3, "{shard}");
+    assert_eq!(shard["mean_batch"].as_f64(), Some(1.0), "{shard}");
+}
+
 #[test]
 fn the_redis_crate_is_a_client() {
     let server = Server::start(&with(&["--populate", "10"]));

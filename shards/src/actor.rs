@@ -94,7 +94,8 @@ impl Router {
 pub struct ShardMetrics {
     /// Client commands handled.
     pub commands: AtomicU64,
-    /// Batches handled.
+    /// Batches that held client commands (not those of transfer legs, epoch chunks or
+    /// cuts alone), so that commands per batch is the mean batch size a client sees.
     pub batches: AtomicU64,
     /// Of those, the batches a submitter applied on its own thread ([`ShardCell::try_apply`]).
     pub inline_batches: AtomicU64,
@@ -104,8 +105,9 @@ pub struct ShardMetrics {
     pub accounts: AtomicU64,
     /// The longest single epoch chunk applied since the batch service last reset it.
     pub roll_pause_max_ns: AtomicU64,
-    /// Batch service times: bucket `i` counts batches that took less than `2^i` µs (and
-    /// at least `2^(i-1)` µs); the last bucket takes everything longer.
+    /// Batch service times, of every batch (epoch chunks too): bucket `i` counts batches
+    /// that took less than `2^i` µs (and at least `2^(i-1)` µs); the last bucket takes
+    /// everything longer.
     pub service_us_log2: [AtomicU64; SERVICE_BUCKETS],
 }
 
@@ -368,8 +370,10 @@ impl Actor {
         }
         let stop = batch.stop;
         let metrics = self.setup.metrics.clone();
-        metrics.commands.fetch_add(batch.commands as u64, Ordering::Relaxed);
-        metrics.batches.fetch_add(1, Ordering::Relaxed);
+        if batch.commands > 0 {
+            metrics.commands.fetch_add(batch.commands as u64, Ordering::Relaxed);
+            metrics.batches.fetch_add(1, Ordering::Relaxed);
+        }
         self.flush(batch);
         metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
         let elapsed_ns = started.elapsed().as_nanos() as u64;
