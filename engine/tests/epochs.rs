@@ -1,6 +1,6 @@
 //! The UpdateBatchingService (§4) and savings interest (§5) through the engine.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -215,8 +215,9 @@ fn payments_go_on_during_an_epoch_over_a_million_accounts() {
     engine.run_due_epochs().unwrap();
     clock.advance(DAY_MS);
     let running = Arc::new(AtomicBool::new(true));
+    let paid = Arc::new(AtomicU64::new(0));
     let payer = {
-        let (engine, running) = (engine.clone(), running.clone());
+        let (engine, running, paid) = (engine.clone(), running.clone(), paid.clone());
         std::thread::spawn(move || {
             let mut completed = Vec::new();
             let mut card = 0;
@@ -228,12 +229,16 @@ fn payments_go_on_during_an_epoch_over_a_million_accounts() {
                     Outcome::Approved { balance_minor: 17_500, spent_7d_minor: 2_500 }
                 );
                 completed.push(Instant::now());
+                paid.fetch_add(1, Ordering::SeqCst);
                 card += 7;
             }
             completed
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // The epoch starts once payments flow, however late the payer thread first runs.
+    while paid.load(Ordering::SeqCst) < 100 && !payer.is_finished() {
+        std::thread::yield_now();
+    }
     let started = Instant::now();
     let report = engine.run_epoch("eu-west").unwrap();
     let ended = Instant::now();
