@@ -8,6 +8,7 @@ use plafond_shards::ids::SHARDS_MAX;
 use plafond_shards::region::Regions;
 use plafond_shards::store::Durability;
 
+use crate::checkpoint::CheckpointPolicy;
 use crate::clock::{Clock, SystemClock};
 use crate::error::EngineError;
 
@@ -27,6 +28,8 @@ pub struct EngineConfig {
     /// How often the batch service looks for due epochs; `None` runs them only on
     /// request ([`crate::Engine::run_due_epochs`], [`crate::Engine::run_epoch`]).
     pub epoch_poll: Option<Duration>,
+    /// When checkpoints are taken (durable engines only).
+    pub checkpoints: CheckpointPolicy,
 }
 
 impl EngineConfig {
@@ -40,6 +43,7 @@ impl EngineConfig {
             regions: Regions::builtin(),
             clock: Arc::new(SystemClock),
             epoch_poll: Some(plafond_batch::SCHEDULER_POLL),
+            checkpoints: CheckpointPolicy::default(),
         }
     }
 
@@ -73,6 +77,12 @@ impl EngineConfig {
     /// With the batch service polling every `poll`, or only on request (`None`).
     pub fn with_epoch_poll(mut self, poll: Option<Duration>) -> EngineConfig {
         self.epoch_poll = poll;
+        self
+    }
+
+    /// With checkpoints taken by this policy.
+    pub fn with_checkpoints(mut self, checkpoints: CheckpointPolicy) -> EngineConfig {
+        self.checkpoints = checkpoints;
         self
     }
 

@@ -1,26 +1,29 @@
 //! The engine: ingress (validation, idempotency claims, routing), the shard threads and
 //! the writer, and consistent cuts across all shards.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, unbounded};
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 
 use plafond_shards::actor::{
-    self, Mail, Mailboxes, Router, ShardCell, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX,
+    self, Captured, Mail, Mailboxes, Router, ShardCell, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX,
 };
-use plafond_shards::command::{Command, CommandId, Outcome, Reason, RegionId, Request};
+use plafond_shards::command::{Command, Outcome, Reason, RegionId, Request};
 use plafond_shards::ids::{shard_of, ShardId};
 use plafond_shards::region::Regions;
+use plafond_shards::remembered::{Claims, IdsHome};
 use plafond_shards::reply::{Collector, Ticket};
 use plafond_shards::state::ShardState;
-use plafond_shards::store::{Durability, Store, Writer};
+use plafond_shards::store::{Durability, DurableMarks, Store, Writer};
 
 use plafond_batch::{BatchService, Scheduler};
 
+use crate::checkpoint::{
+    self, CheckpointPolicy, CheckpointReport, Checkpointer, CheckpointerSetup,
+};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::epochs::EngineHost;
@@ -34,8 +37,10 @@ pub struct Engine {
     pub(crate) regions: Arc<Regions>,
     clock: Arc<dyn Clock>,
     router: Arc<Router>,
-    /// Which command each command id was first used with, across all shards.
-    claims: DashMap<CommandId, Command>,
+    /// Command ids in flight, across all shards (what each id remembers is on disk).
+    claims: Arc<Claims>,
+    /// Where idempotency records live once durable.
+    ids: IdsHome,
     /// Declines decided at ingress (invalid amounts, unknown regions, id conflicts).
     pub(crate) ingress_declines: [AtomicU64; Reason::ALL.len()],
     next_profile_shard: AtomicU64,
@@ -45,7 +50,16 @@ pub struct Engine {
     writer: Option<Writer>,
     store: Option<Arc<Store>>,
     /// Cuts are taken one at a time: two interleaved would deadlock on their barriers.
+    /// Taken after `capture_lock` where both are needed.
     cut_lock: Mutex<()>,
+    /// One capture (checkpoint or snapshot) at a time: a shard holds one at a time.
+    pub(crate) capture_lock: Arc<Mutex<()>>,
+    /// What the last checkpoint did.
+    pub(crate) checkpoints: Arc<Mutex<CheckpointReport>>,
+    checkpointer: Option<Checkpointer>,
+    checkpoint_policy: CheckpointPolicy,
+    /// The data directory of a durable engine.
+    data_dir: Option<PathBuf>,
     /// Each shard's state behind its lock, for submissions applied on the caller's thread.
     cells: Vec<Arc<ShardCell>>,
     pub(crate) batch: Arc<BatchService<EngineHost>>,
@@ -68,12 +82,29 @@ impl Engine {
             .unwrap_or(jiff::civil::Date::constant(2027, 1, 1));
         config.regions.check_roll_times(today)?;
         let shards = config.shards;
-        let store = match (&config.data_dir, config.durability) {
-            (Some(dir), Durability::Sync | Durability::Async) => {
-                std::fs::create_dir_all(dir).map_err(EngineError::Thread)?;
+        let data_dir = config.data_dir.clone().filter(|_| config.durability != Durability::None);
+        let store = match &data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|error| EngineError::Io {
+                    what: "creating the data directory",
+                    error,
+                })?;
                 Some(Arc::new(Store::open(dir, shards)?))
             }
-            _ => None,
+            None => None,
+        };
+        let mut checkpoints: Vec<Option<Captured>> = match &data_dir {
+            Some(dir) => checkpoint::load_newest(dir, shards, config.regions.len())?.map_or_else(
+                || (0..shards).map(|_| None).collect(),
+                |c| c.into_iter().map(Some).collect(),
+            ),
+            None => (0..shards).map(|_| None).collect(),
+        };
+        let marks = Arc::new(DurableMarks::new(shards));
+        let claims = Arc::new(Claims::default());
+        let ids = match &store {
+            Some(store) => IdsHome::Disk(store.clone()),
+            None => IdsHome::memory(),
         };
         let failed = Arc::new(AtomicBool::new(false));
         let (mut ingress, mut internal, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
@@ -88,8 +119,13 @@ impl Engine {
         let (writer, job_sender) = match &store {
             Some(store) => {
                 let (jobs_tx, jobs_rx) = bounded(INGRESS_MAILS_MAX);
-                let writer =
-                    Writer::start(store.clone(), config.durability, jobs_rx, failed.clone())?;
+                let writer = Writer::start(
+                    store.clone(),
+                    config.durability,
+                    jobs_rx,
+                    failed.clone(),
+                    marks.clone(),
+                )?;
                 (Some(writer), Some(jobs_tx))
             }
             None => (None, None),
@@ -107,6 +143,10 @@ impl Engine {
                 regions: regions.clone(),
                 durability: config.durability,
                 store: store.clone(),
+                checkpoint: checkpoints.get_mut(shard).and_then(Option::take),
+                claims: claims.clone(),
+                ids: ids.clone(),
+                marks: marks.clone(),
                 writer: job_sender.clone(),
                 router: router.clone(),
                 metrics: shard_metrics,
@@ -139,7 +179,8 @@ impl Engine {
             regions,
             clock: config.clock,
             router,
-            claims: DashMap::new(),
+            claims,
+            ids,
             ingress_declines: Default::default(),
             next_profile_shard: AtomicU64::new(0),
             failed,
@@ -148,6 +189,11 @@ impl Engine {
             writer,
             store,
             cut_lock: Mutex::new(()),
+            capture_lock: Arc::new(Mutex::new(())),
+            checkpoints: Arc::new(Mutex::new(CheckpointReport::default())),
+            checkpointer: None,
+            checkpoint_policy: config.checkpoints,
+            data_dir: data_dir.clone(),
             cells: Vec::new(),
         };
         let cells = (0..shards)
@@ -160,25 +206,26 @@ impl Engine {
         let mut cells = cells?;
         cells.sort_by_key(|(shard, _)| *shard);
         engine.cells = cells.into_iter().map(|(_, cell)| cell).collect::<Result<_, _>>()?;
-        engine.rebuild_claims()?;
+        engine.adopt_ids_horizons();
+        if let (Some(dir), Some(store)) = (&engine.data_dir, &engine.store) {
+            let setup = engine.checkpointer_setup(dir.clone(), store.clone());
+            engine.checkpointer = Some(Checkpointer::start(setup)?);
+        }
         if let Some(poll) = config.epoch_poll {
             engine.scheduler = Some(Scheduler::start(batch, poll)?);
         }
         Ok(engine)
     }
 
-    fn rebuild_claims(&self) -> Result<(), EngineError> {
-        let records = self.cut(|state| {
-            state
-                .idempotency
-                .iter()
-                .map(|(id, record)| (id.clone(), record.command.clone()))
-                .collect::<Vec<_>>()
-        })?;
-        for (id, command) in records.into_iter().flatten() {
-            self.claims.insert(id, command);
+    /// Lets the store's compaction drop the idempotency records that the epochs already
+    /// completed have put past retention.
+    fn adopt_ids_horizons(&self) {
+        let Some(store) = &self.store else { return };
+        for (region, epochs) in self.batch.status().iter().enumerate() {
+            if let Some(day) = epochs.last_day {
+                crate::epochs::set_ids_horizon(store, &self.regions, region as RegionId, day);
+            }
         }
-        Ok(())
     }
 
     /// Submits commands; the ticket resolves to their outcomes, in order, once each is
@@ -259,15 +306,9 @@ impl Engine {
             shard_of(command.routing_id().unwrap_or_default(), self.shards)
         };
         if let Some(id) = request.command_id.as_ref().filter(|_| !command.is_read()) {
-            match self.claims.entry(id.clone()) {
-                Entry::Occupied(first) if first.get() != command => {
-                    return Err(Reason::IdempotencyConflict)
-                }
-                Entry::Occupied(_) => {}
-                Entry::Vacant(vacant) => {
-                    vacant.insert(command.clone());
-                }
-            }
+            // Released by the shard once the command's batch is durable (and its record
+            // readable by every shard).
+            self.claims.claim(id, command).map_err(|_| Reason::IdempotencyConflict)?;
         }
         Ok(shard)
     }
@@ -347,12 +388,73 @@ impl Engine {
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
     }
+
+    /// Command ids submitted and not yet durable.
+    pub fn ids_in_flight(&self) -> usize {
+        self.claims.len()
+    }
+
+    /// Idempotency records held in memory: those of batches in flight, and with
+    /// durability `none` every one within retention (the others are on disk).
+    pub fn remembered_in_memory(&self) -> u64 {
+        let in_flight: u64 =
+            self.metrics.iter().map(|m| m.remembered_in_memory.load(Ordering::Relaxed)).sum();
+        in_flight + self.ids.in_memory() as u64
+    }
+
+    /// Writes a checkpoint now (the checkpointer also takes them by time and log volume)
+    /// and reports it; a durable engine only.
+    pub fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
+        let (Some(dir), Some(store)) = (&self.data_dir, &self.store) else {
+            return Err(EngineError::Config("checkpoints need a durable engine".into()));
+        };
+        let mut setup = self.checkpointer_setup(dir.clone(), store.clone());
+        checkpoint::checkpoint_once(&mut setup);
+        let report = self.checkpoint_report();
+        match &report.last_error {
+            Some(error) => Err(EngineError::Checkpoint(error.clone())),
+            None => Ok(report),
+        }
+    }
+
+    /// What the last checkpoint did.
+    pub fn checkpoint_report(&self) -> CheckpointReport {
+        self.checkpoints.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn checkpointer_setup(&self, data_dir: PathBuf, store: Arc<Store>) -> CheckpointerSetup {
+        let clock = self.clock.clone();
+        CheckpointerSetup {
+            router: self.router.clone(),
+            shards: self.shards,
+            store,
+            data_dir,
+            policy: self.checkpoint_policy,
+            capture_lock: self.capture_lock.clone(),
+            report: self.checkpoints.clone(),
+            now_ms: Box::new(move || clock.now_ms()),
+            after: Box::new(|_| {}),
+        }
+    }
+
+    /// Captures every shard's state without stopping it (each at its own position, or
+    /// with `consistent` all at one cut), once durable up to that position.
+    pub(crate) fn capture(&self, consistent: bool) -> Result<Vec<Captured>, EngineError> {
+        let _one_capture = self.capture_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !consistent {
+            return checkpoint::capture(&self.router, self.shards, false);
+        }
+        let _one_cut = self.cut_lock.lock().unwrap_or_else(|p| p.into_inner());
+        checkpoint::capture(&self.router, self.shards, true)
+    }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        // The scheduler first: an epoch in progress needs the shards to finish.
+        // The scheduler and the checkpointer first: an epoch or a checkpoint in progress
+        // needs the shards to finish.
         drop(self.scheduler.take());
+        drop(self.checkpointer.take());
         for sender in &self.router.ingress {
             let _ = sender.send(Mail::Stop);
         }

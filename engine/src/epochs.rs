@@ -74,7 +74,11 @@ impl EpochHost for EngineHost {
 
     fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), String> {
         match &self.store {
-            Some(store) => store.record_epoch(region, day).map_err(|e| e.to_string()),
+            Some(store) => {
+                store.record_epoch(region, day).map_err(|e| e.to_string())?;
+                set_ids_horizon(store, &self.regions, region, day);
+                Ok(())
+            }
             None => {
                 let mut memory = self.memory.lock().map_err(|_| "poisoned")?;
                 if let Some(slot) = memory.get_mut(usize::from(region)) {
@@ -84,6 +88,14 @@ impl EpochHost for EngineHost {
             }
         }
     }
+}
+
+/// Step 3 of §4: once `region`'s epoch of `day` is done, its idempotency records of days
+/// past retention may go (the compaction filter drops them). A record of day D answers
+/// through day `D + retention - 1`, so days before `day - retention + 1` are past.
+pub(crate) fn set_ids_horizon(store: &Store, regions: &Regions, region: RegionId, day: Day) {
+    let retention = regions.get(region).map_or(0, |r| i32::from(r.idempotency_retention_days));
+    store.set_ids_horizon(region, day.saturating_sub(retention).saturating_add(1));
 }
 
 impl Engine {

@@ -20,9 +20,31 @@ pub enum EngineError {
     /// The engine stopped, or was stopping, before answering.
     #[error(transparent)]
     Stopped(#[from] Stopped),
-    /// A thread could not be started, or the data directory created.
+    /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// A file or directory of the data directory could not be read or written.
+    #[error("{what}: {error}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// A checkpoint could not be written (the previous one stays in force).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Checkpoints exist but none reads back whole: the log before them may be archived,
+    /// so the state cannot be rebuilt from the log alone.
+    #[error(
+        "no checkpoint in {dir} reads back whole (each one's problem is logged above): restore \
+         the data directory from a snapshot (plus the archive), or move the damaged files \
+         away if the whole log is still in the data directory"
+    )]
+    NoCheckpoint {
+        /// The checkpoint directory.
+        dir: std::path::PathBuf,
+    },
     /// Populating was asked of an engine that already has this many profiles.
     #[error("populate needs an empty engine; this one already has {0} profiles")]
     NotEmpty(u64),

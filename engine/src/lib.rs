@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod clock;
 mod config;
 mod engine;
@@ -44,6 +45,10 @@ mod populate;
 mod report;
 mod snapshot;
 
+pub use checkpoint::{
+    CheckpointPolicy, CheckpointReport, CHECKPOINTS_KEPT, CHECKPOINT_INTERVAL_DEFAULT,
+    CHECKPOINT_LOG_BYTES_DEFAULT,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::EngineConfig;
 pub use engine::Engine;

@@ -86,7 +86,7 @@ pub struct ShardStats {
 }
 
 /// Everything the pretty dump shows.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Stats {
     /// Each region's name and statistics, by region id.
     pub regions: Vec<(String, RegionStats)>,
@@ -98,6 +98,13 @@ pub struct Stats {
     pub audit: Audit,
     /// Each shard's figures, by shard id.
     pub shards: Vec<ShardStats>,
+    /// Idempotency records held in memory (§6): those of batches in flight, or with
+    /// durability `none` every one within retention. The others are on disk.
+    pub remembered_in_memory: u64,
+    /// Command ids submitted and not yet durable, claimed across shards.
+    pub ids_in_flight: u64,
+    /// What the last checkpoint did.
+    pub checkpoint: crate::CheckpointReport,
 }
 
 struct ShardCut {
@@ -189,7 +196,17 @@ impl Engine {
         total.rolled_day = regions.iter().map(|(_, stats)| stats.rolled_day).min().flatten();
         total.counters.add(&unattributed);
         let audit = audit_of(cuts.iter().map(|cut| &cut.totals));
-        Ok(Stats { regions, unattributed, total, audit, shards })
+        let remembered_in_memory = self.remembered_in_memory();
+        Ok(Stats {
+            regions,
+            unattributed,
+            total,
+            audit,
+            shards,
+            remembered_in_memory,
+            ids_in_flight: self.ids_in_flight() as u64,
+            checkpoint: self.checkpoint_report(),
+        })
     }
 }
 

@@ -16,9 +16,10 @@ impl Engine {
     /// Writes a snapshot of the engine to `path` while commands keep flowing, showing
     /// progress on stderr when it is a terminal.
     ///
-    /// Every shard is cloned at one consistent cut (every command acknowledged before
-    /// the call is in it, no transfer is half in it); the pause is the clone, and the
-    /// encoding and writing happen after the shards have moved on.
+    /// Every shard is captured at one consistent cut (every command acknowledged before
+    /// the call is in it, no transfer is half in it) without stopping it: the shards meet
+    /// between two batches, then copy their tables in steps between later batches
+    /// (`plafond_shards::table`); encoding and writing happen after that.
     pub fn snapshot(&self, path: impl AsRef<Path>) -> Result<SnapshotReport, EngineError> {
         let mut terminal = Terminal::new("snapshot");
         let report = self.snapshot_with_progress(path, |progress| terminal.show(progress));
@@ -33,7 +34,7 @@ impl Engine {
         mut progress: impl FnMut(Progress),
     ) -> Result<SnapshotReport, EngineError> {
         let started = Instant::now();
-        let shards = self.cut_with_position(|state, position| (state.clone(), position))?;
+        let shards = self.capture(true)?;
         let accounts = shards.iter().map(|(state, _)| state.accounts.len() as u64).sum();
         progress(Progress { phase: "cut", done: accounts, total: accounts, unit: "accounts" });
         let mut report = plafond_snapshots::write(path.as_ref(), &shards, &mut progress)?;

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plafond::{
-    AccountKind, Audit, Command, CommandId, Durability, Engine, EngineConfig, ManualClock, Opening,
-    Outcome, Request, AMOUNT_MAX_MINOR,
+    AccountKind, Audit, CheckpointPolicy, Command, CommandId, Durability, Engine, EngineConfig,
+    ManualClock, Opening, Outcome, Request, AMOUNT_MAX_MINOR,
 };
 use support::{watchdog, Rng};
 
@@ -80,12 +80,24 @@ fn durability_path(dir: &Path) -> PathBuf {
     dir.join("durability.txt")
 }
 
+/// The generation of a checkpoint file name (`checkpoint-N.snap`).
+fn plafond_snapshots_gen(name: &str) -> Option<u64> {
+    name.strip_prefix("checkpoint-")?.strip_suffix(".snap")?.parse().ok()
+}
+
+/// Checkpoints far more often than by default, so that kills land during checkpoints too
+/// (a capture in progress, a file half written, an old one being removed) and restarts
+/// load them.
+const CHECKPOINTS: CheckpointPolicy =
+    CheckpointPolicy { interval: Duration::from_millis(150), log_bytes: 32 << 10 };
+
 fn config(dir: &Path) -> EngineConfig {
     let durability = std::fs::read_to_string(durability_path(dir)).unwrap();
     EngineConfig::durable(dir)
         .with_durability(durability.parse().unwrap())
         .with_shards(SHARDS)
         .with_clock(Arc::new(ManualClock::new(NOW_MS)))
+        .with_checkpoints(CHECKPOINTS)
 }
 
 /// The accounts the load runs on, created once by the parent.
@@ -625,6 +637,19 @@ fn crash_under_load(durability: Durability, kills: u64) {
         "{durability:?}: {kills} kills, {} under load, {} while the child was recovering; \
          {} outcomes acked and replayed, {} retried",
         tally.kills_under_load, tally.kills_in_recovery, tally.acked, tally.retried
+    );
+    // Checkpoints were taken (and so loaded, and killed in) across the runs: their file
+    // names count up.
+    let newest = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str().and_then(plafond_snapshots_gen))
+        .max();
+    println!("{durability:?}: newest checkpoint generation {newest:?}");
+    assert!(newest.is_some_and(|generation| generation >= 3), "checkpoints: {newest:?}");
+    let leftovers = std::fs::read_dir(dir.join("checkpoints")).unwrap().count();
+    assert!(
+        leftovers <= plafond::CHECKPOINTS_KEPT + 1,
+        "{leftovers} files: half-written ones stay"
     );
     // The test means nothing if the kills never hit a loaded engine.
     assert!(

@@ -2,9 +2,12 @@
 //!
 //! The model is written from SPEC §2, §3 and §6 alone: balances in a map, a card's window
 //! as the list of its approved payments with their business days, idempotency as a map of
-//! command ids. Every outcome of the engine must equal the model's, and at the end every
-//! balance must match and the conservation equation must hold. A variant restarts a
-//! durable engine in the middle of the sequence, so replaying the log is checked too.
+//! command ids with the business day each was used on, forgotten after its region's
+//! retention (2 and 4 business days here, so that clock moves cross it). Every outcome of
+//! the engine must equal the model's, and at the end every balance must match and the
+//! conservation equation must hold. A variant runs a durable engine that takes
+//! checkpoints and restarts in the middle of the sequence, so loading a checkpoint and
+//! replaying the log after it are checked too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +72,8 @@ enum Op {
     },
     /// Runs the due epochs: eager rolls must not change any outcome.
     Epochs,
+    /// Writes a checkpoint (durable engines only): restarts load it.
+    Checkpoint,
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -99,6 +104,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => pick.clone().prop_map(|profile| Op::ReadProfile { profile }),
         2 => (1i64..60).prop_map(|hours| Op::Advance { hours }),
         1 => Just(Op::Epochs),
+        1 => Just(Op::Checkpoint),
     ]
 }
 
@@ -134,7 +140,21 @@ struct Model {
     /// Accounts by engine id, in opening order.
     accounts: Vec<u64>,
     by_id: HashMap<u64, ModelAccount>,
-    remembered: HashMap<String, (Command, Outcome)>,
+    /// Per command id: its command, outcome, and region and business day of its use.
+    remembered: HashMap<String, (Command, Outcome, u16, i32)>,
+}
+
+/// The built-in regions, remembering command ids 2 (`eu-west`) and 4 (`us-east`) days.
+fn regions() -> Regions {
+    let mut text = String::new();
+    for (name, zone, days) in [("eu-west", "Europe/Paris", 2), ("us-east", "America/New_York", 4)] {
+        text.push_str(&format!(
+            "[[region]]\nname = \"{name}\"\ntime_zone = \"{zone}\"\nroll_time = \"04:00\"\n\
+             initial_deposit = 100000\ndefault_card_ceiling = 300000\nsavings_rate_bp = 300\n\
+             idempotency_retention_days = {days}\n"
+        ));
+    }
+    Regions::from_toml(&text).unwrap()
 }
 
 impl Model {
@@ -190,7 +210,7 @@ impl Model {
             Op::ReadProfile { profile } => {
                 Command::ReadProfile { profile: self.profile_id(profile) }
             }
-            Op::Advance { .. } | Op::Epochs => return None,
+            Op::Advance { .. } | Op::Epochs | Op::Checkpoint => return None,
         })
     }
 
@@ -220,19 +240,44 @@ impl Model {
         }
         let id = request.command_id.as_ref().filter(|_| !is_read(command));
         if let Some(id) = id {
-            if let Some((first, outcome)) = self.remembered.get(id.as_str()) {
-                return if first == command {
-                    outcome.clone()
-                } else {
-                    Outcome::Declined(Reason::IdempotencyConflict)
-                };
+            if let Some((first, outcome, region, day)) = self.remembered.get(id.as_str()) {
+                let retention = self.regions.get(*region).unwrap().idempotency_retention_days;
+                // Remembered through business day `day + retention - 1` of its region.
+                if self.day(*region) < day + i32::from(retention) {
+                    return if first == command {
+                        outcome.clone()
+                    } else {
+                        Outcome::Declined(Reason::IdempotencyConflict)
+                    };
+                }
             }
         }
+        let region = self.region_of(command);
         let outcome = self.decide(command, engine);
         if let Some(id) = id {
-            self.remembered.insert(id.as_str().to_owned(), (command.clone(), outcome.clone()));
+            let record = (command.clone(), outcome.clone(), region, self.day(region));
+            self.remembered.insert(id.as_str().to_owned(), record);
         }
         outcome
+    }
+
+    /// The region whose retention applies (§6): the account's (a transfer's source's),
+    /// the profile's or the one named; the first region for what names nothing known.
+    fn region_of(&self, command: &Command) -> u16 {
+        let account = match *command {
+            Command::OpenProfile { region } if self.regions.get(region).is_some() => return region,
+            Command::OpenAccount { profile, .. } => {
+                return self.profiles.iter().find(|p| p.0 == profile).map_or(0, |p| p.1)
+            }
+            Command::Pay { card: id, .. }
+            | Command::Transfer { from: id, .. }
+            | Command::Deposit { account: id, .. }
+            | Command::SetCeiling { card: id, .. }
+            | Command::Block { card: id }
+            | Command::Unblock { card: id } => id,
+            _ => return 0,
+        };
+        self.by_id.get(&account).map_or(0, |entry| entry.region)
     }
 
     fn decide(&mut self, command: &Command, engine: &Outcome) -> Outcome {
@@ -404,11 +449,12 @@ fn check(
         None => EngineConfig::in_memory(),
     }
     .with_shards(shards)
+    .with_regions(regions())
     .with_clock(clock.clone())
     .with_epoch_poll(None);
     let mut engine = Engine::open(config.clone()).unwrap();
     let mut model = Model {
-        regions: Regions::builtin(),
+        regions: regions(),
         now_ms: START_MS,
         profiles: Vec::new(),
         accounts: Vec::new(),
@@ -427,6 +473,12 @@ fn check(
         }
         if let Op::Epochs = op {
             engine.run_due_epochs().unwrap();
+            continue;
+        }
+        if let Op::Checkpoint = op {
+            if restart_at.is_some() {
+                engine.checkpoint().unwrap();
+            }
             continue;
         }
         let Some(command) = model.command(op) else {

@@ -21,7 +21,8 @@
 //!
 //! The last line is one machine-parsable summary:
 //! `summary target=... ops=... secs=... ops_per_s=... p50_us=... p99_us=... p999_us=...
-//! approved=... declined=... conservation=ok rate=...` (`rate=0`: no rate limit).
+//! approved=... declined=... conservation=ok rate=... ids=...` (`rate=0`: no rate limit;
+//! `ids=unique`: every payment carried a command id of its own).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +35,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use plafond::{
-    Command, Durability, Engine, EngineConfig, ManualClock, Opening, Outcome, Reason, Request,
+    Command, CommandId, Durability, Engine, EngineConfig, ManualClock, Opening, Outcome, Reason,
+    Request,
 };
 use plafond_examples::flags::Flags;
 use plafond_examples::resp::{encode_command, parse_value, Value};
@@ -64,13 +66,16 @@ const HELP: &str = "\
 plafond loadgen: the reference workload (SPEC §11).
 
 usage: loadgen [--target server|embedded] [--cards 100000] [--ops 10*cards] [--duration-s 60]
-               [--zipf S] [--seed 42] [--day-every cards]
+               [--zipf S] [--seed 42] [--day-every cards] [--ids none|unique]
   server:   [--host 127.0.0.1] [--port 7379] [--token T] [--connections 16] [--pipeline 64]
             [--rate OPS_PER_S]
             (start the server with --populate <cards> and, for the day to advance,
              --clock manual)
   embedded: [--data-dir DIR] [--durability none|async|sync] [--shards N] [--threads 4]
             [--batch 256]
+
+With --ids unique every payment carries a command id of its own (32 hex digits), as real
+card authorizations do; the engine then remembers each one for its region's retention.
 
 Runs until --ops payments are done or --duration-s has passed. Prints progress on stderr
 once a second, then latencies, outcome counts, the conservation check, and a last line
@@ -99,6 +104,10 @@ struct Workload {
     day_every: u64,
     /// Payments per second over all connections (`--rate`), or `None` for closed loop.
     rate_per_s: Option<f64>,
+    /// `--ids unique`: every payment carries a command id of its own.
+    ids: bool,
+    /// The run's start (Unix ms), part of every command id.
+    run_nonce: u64,
 }
 
 /// The outcomes one worker saw.
@@ -189,15 +198,36 @@ struct Picker {
     rng: Rng,
     zipf: Option<Arc<Zipf>>,
     cards: u64,
+    /// With `--ids unique`: this worker's prefix of its command ids, and how many it made.
+    ids: Option<(u64, u64)>,
 }
 
 impl Picker {
+    fn new(workload: &Workload, zipf: &Option<Arc<Zipf>>, worker: usize) -> Picker {
+        let worker = worker as u64;
+        Picker {
+            rng: Rng::new(workload.seed.wrapping_add(worker)),
+            zipf: zipf.clone(),
+            cards: workload.cards,
+            // The run's start time keeps ids unique across runs against one server.
+            ids: workload.ids.then(|| (workload.run_nonce.wrapping_mul(4096) ^ worker, 0)),
+        }
+    }
+
     fn pay(&mut self) -> (u64, u64) {
         let card = match &self.zipf {
             Some(zipf) => zipf.sample(&mut self.rng),
             None => self.rng.below(self.cards),
         };
         (card, 1 + self.rng.below(AMOUNT_MAX_MINOR))
+    }
+
+    /// The next payment's command id: 32 hex digits, the length of a UUID without dashes,
+    /// as a card network's authorization id would be.
+    fn command_id(&mut self) -> Option<String> {
+        let (prefix, count) = self.ids.as_mut()?;
+        *count += 1;
+        Some(format!("{prefix:016x}{count:016x}"))
     }
 }
 
@@ -220,6 +250,7 @@ const FLAGS: &[&str] = &[
     "zipf",
     "seed",
     "day-every",
+    "ids",
     "host",
     "port",
     "token",
@@ -252,6 +283,14 @@ fn run() -> anyhow::Result<bool> {
         seed: flags.get("seed", 42).map_err(f)?,
         day_every: flags.get("day-every", cards).map_err(f)?,
         rate_per_s: rate_flag(&flags)?,
+        ids: match flags.text("ids").unwrap_or("none") {
+            "unique" => true,
+            "none" => false,
+            other => bail!("--ids {other}: use unique or none"),
+        },
+        run_nonce: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64),
     };
     let target = flags.text("target").unwrap_or("server").to_string();
     if workload.rate_per_s.is_some() && target != "server" {
@@ -354,7 +393,7 @@ fn report(
     println!(
         "summary target={target} ops={ops} secs={secs:.3} ops_per_s={ops_per_s:.0} p50_us={} \
          p99_us={} p999_us={} approved={} declined={} insufficient_funds={} \
-         ceiling_exceeded={} errors={} conservation={} rate={}",
+         ceiling_exceeded={} errors={} conservation={} rate={} ids={}",
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
@@ -364,7 +403,8 @@ fn report(
         tally.declined[Reason::CeilingExceeded.index()],
         tally.errors,
         if conservation.starts_with("ok") { "ok" } else { "FAILED" },
-        workload.rate_per_s.unwrap_or(0.0)
+        workload.rate_per_s.unwrap_or(0.0),
+        if workload.ids { "unique" } else { "none" }
     );
 }
 
@@ -437,11 +477,7 @@ fn embedded_target(
     let workers: Vec<_> = (0..threads)
         .map(|index| {
             let (engine, shared, clock) = (engine.clone(), shared.clone(), clock.clone());
-            let picker = Picker {
-                rng: Rng::new(shared.workload.seed.wrapping_add(index as u64)),
-                zipf: zipf.clone(),
-                cards,
-            };
+            let picker = Picker::new(&shared.workload, &zipf, index);
             std::thread::spawn(move || embedded_worker(&engine, &shared, &clock, picker, batch))
         })
         .collect();
@@ -489,7 +525,11 @@ fn embedded_worker(
         let requests: Vec<Request> = (0..count)
             .map(|_| {
                 let (card, amount_minor) = picker.pay();
-                Request::new(Command::Pay { card, amount_minor })
+                let pay = Command::Pay { card, amount_minor };
+                match picker.command_id().and_then(|id| CommandId::new(&id).ok()) {
+                    Some(id) => Request::with_id(pay, id),
+                    None => Request::new(pay),
+                }
             })
             .collect();
         let amounts: Vec<u64> = requests
@@ -556,11 +596,7 @@ fn server_target(
         let mut tasks = Vec::new();
         for index in 0..connections {
             let conn = Conn::connect(&addr, token.as_deref()).await?;
-            let picker = Picker {
-                rng: Rng::new(shared.workload.seed.wrapping_add(index as u64)),
-                zipf: zipf.clone(),
-                cards: shared.workload.cards,
-            };
+            let picker = Picker::new(&shared.workload, &zipf, index);
             let shared = shared.clone();
             tasks.push(match shared.workload.rate_per_s {
                 None => tokio::spawn(server_worker(conn, shared, picker, pipeline, clock_works)),
@@ -660,9 +696,7 @@ async fn server_worker(
             encode_command(&mut request, &["CLOCK.ADVANCE", &(DAY_MS * days as i64).to_string()]);
         }
         for _ in 0..count {
-            let (card, amount) = picker.pay();
-            encode_command(&mut request, &["PAY", &card.to_string(), &amount.to_string()]);
-            amounts.push(amount);
+            encode_pay(&mut request, &mut picker, &mut amounts);
         }
         let approved_before = tally.approved;
         let sent = Instant::now();
@@ -681,6 +715,19 @@ async fn server_worker(
         shared.approved.fetch_add(tally.approved - approved_before, Ordering::Relaxed);
     }
     Ok(tally)
+}
+
+/// Appends the next `PAY` (with its command id under `--ids unique`) to `output`, and its
+/// amount to `amounts`; returns the amount.
+fn encode_pay(output: &mut Vec<u8>, picker: &mut Picker, amounts: &mut Vec<u64>) -> u64 {
+    let (card, amount) = picker.pay();
+    let (card_text, amount_text) = (card.to_string(), amount.to_string());
+    match picker.command_id() {
+        Some(id) => encode_command(output, &["PAY", &card_text, &amount_text, &id]),
+        None => encode_command(output, &["PAY", &card_text, &amount_text]),
+    }
+    amounts.push(amount);
+    amount
 }
 
 fn count_reply(tally: &mut Tally, reply: &Value, amount: u64) {
@@ -819,8 +866,7 @@ impl Pacer {
             let due = self.schedule.due_at(self.schedule.sent).unwrap_or(now);
             self.schedule.sent += 1;
             tally.record_schedule_lag(due, now);
-            let (card, amount) = picker.pay();
-            encode_command(&mut self.output, &["PAY", &card.to_string(), &amount.to_string()]);
+            let amount = encode_pay(&mut self.output, picker, &mut Vec::new());
             self.awaiting.push_back(Awaiting::Pay { due, amount });
         }
         self.in_flight += count;

@@ -154,6 +154,19 @@ pub fn table(stats: &Stats, rates: &[f64]) -> String {
             format!("{}/{}/{}", s.service_us_p50, s.service_us_p99, s.service_us_p999)
         );
     }
+    let c = &stats.checkpoint;
+    let _ = writeln!(
+        out,
+        "\nremembered ids in memory {} (the rest on disk), ids in flight {}\n\
+         checkpoints written {}, last {} ({} bytes, {:.3} s){}",
+        stats.remembered_in_memory,
+        stats.ids_in_flight,
+        c.written,
+        c.path.as_ref().map_or("none".to_owned(), |path| path.display().to_string()),
+        c.bytes,
+        c.duration.as_secs_f64(),
+        c.last_error.as_ref().map_or(String::new(), |error| format!(", last failure: {error}"))
+    );
     out
 }
 
@@ -261,14 +274,26 @@ pub fn json(stats: &Stats, rates: &[f64]) -> String {
             )
         })
         .collect();
+    let c = &stats.checkpoint;
+    let checkpoint = format!(
+        "{{\"written\":{},\"completed_ms\":{},\"seconds\":{:.3},\"bytes\":{},\"error\":{}}}",
+        c.written,
+        c.completed_ms.map_or("null".to_owned(), |ms| ms.to_string()),
+        c.duration.as_secs_f64(),
+        c.bytes,
+        c.last_error.as_deref().map_or("null".to_owned(), json_string)
+    );
     format!(
         "{{\"regions\":{{{}}},\"total\":{},\"unattributed_declined\":{},\"audit\":{},\
-         \"shards\":[{}]}}",
+         \"shards\":[{}],\"remembered_in_memory\":{},\"ids_in_flight\":{},\"checkpoint\":{}}}",
         regions.join(","),
         region_json(&stats.total),
         stats.unattributed.declined.iter().sum::<u64>(),
         audit,
-        shards.join(",")
+        shards.join(","),
+        stats.remembered_in_memory,
+        stats.ids_in_flight,
+        checkpoint
     )
 }
 

@@ -16,25 +16,35 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
-use crate::calendar::Calendar;
-use crate::command::{Outcome, RegionId, Request};
+use crate::calendar::{Calendar, Day};
+use crate::command::{CommandId, Outcome, RegionId, Request};
+use crate::idempotency::{self, IdempotencyRecord, Verdict, RETENTION_DAYS_DEFAULT};
 use crate::ids::{shard_of, ShardId};
-use crate::log::BatchEncoder;
+use crate::log::{BatchEncoder, Entry};
 use crate::region::Regions;
+use crate::remembered::{Claims, IdsHome, RememberedIds};
 use crate::reply::{Collector, Slot};
-use crate::state::ShardState;
-use crate::store::{Durability, JobSender, Release, Store, StoreError, WriteJob};
+use crate::state::{ShardState, StateCapture};
+use crate::store::{Durability, DurableMarks, JobSender, Release, Store, StoreError, WriteJob};
 
 /// The most client commands one shard batch takes.
 pub const BATCH_COMMANDS_MAX: usize = 8192;
 /// The most submissions waiting in one shard's ingress mailbox.
 pub const INGRESS_MAILS_MAX: usize = 4096;
+/// Entries of each table a capture copies between two batches: about a quarter of a
+/// millisecond of copying, so a checkpoint or a snapshot never pauses a shard for long
+/// (measured in `docs/BENCHMARKS.md`).
+pub const CAPTURE_STEP_ENTRIES: usize = 32_768;
+
+/// A shard's state captured at one instant, with its log position: the state is exactly
+/// the shard's logged batches `0 .. position`.
+pub type Captured = (ShardState, u64);
 
 /// A closure run on a shard's state with its log position (see [`Mail::Inspect`]).
 pub type Inspection = Box<dyn FnOnce(&ShardState, u64) + Send>;
@@ -63,10 +73,22 @@ pub enum Mail {
         /// Told once the input is durable; `None` when nobody waits.
         done: Option<Sender<()>>,
     },
-    /// Runs a closure on the state between two inputs (stats, audits, snapshots), with
-    /// the log position the state corresponds to: the batch in progress is flushed first,
-    /// so the state is exactly the log's batches `0 .. position`.
+    /// Runs a closure on the state between two inputs (stats, audits), with the log
+    /// position the state corresponds to: the batch in progress is flushed first, so the
+    /// state is exactly the log's batches `0 .. position`.
     Inspect(Inspection),
+    /// Captures the state at this point (see [`crate::table`]) without stopping the shard:
+    /// the copy is made in steps between later batches, and `reply` gets it once it is
+    /// complete and every batch before its position is durable. With a barrier, the shard
+    /// waits at it before the instant, so captures of all shards form one consistent cut.
+    Capture {
+        /// Met by every shard before the instant, for a consistent cut.
+        barrier: Option<Arc<Barrier>>,
+        /// Gets the captured state and its log position.
+        reply: Sender<Captured>,
+    },
+    /// Wakes the shard to copy the next step of a capture in progress.
+    CaptureStep,
     /// Ends the loop once everything before it is handled.
     Stop,
 }
@@ -105,6 +127,8 @@ pub struct ShardMetrics {
     pub accounts: AtomicU64,
     /// The longest single epoch chunk applied since the batch service last reset it.
     pub roll_pause_max_ns: AtomicU64,
+    /// Idempotency records of the shard's batches in flight, as of its last batch.
+    pub remembered_in_memory: AtomicU64,
     /// Batch service times, of every batch (epoch chunks too): bucket `i` counts batches
     /// that took less than `2^i` µs (and at least `2^(i-1)` µs); the last bucket takes
     /// everything longer.
@@ -144,14 +168,22 @@ impl ShardMetrics {
 
 /// What a shard does once its batch is durable.
 pub struct ShardRelease {
+    /// Command ids claimed at the door whose records the batch wrote: readable by every
+    /// shard once durable, so their claims end, before anyone hears an outcome.
+    claims: Vec<CommandId>,
+    claims_table: Arc<Claims>,
     fills: Vec<Fill>,
     messages: Vec<(ShardId, Mail)>,
     done: Vec<Sender<()>>,
+    captures: Vec<(Sender<Captured>, Captured)>,
     router: Arc<Router>,
 }
 
 impl Release for ShardRelease {
     fn release(self) {
+        for id in &self.claims {
+            self.claims_table.release(id);
+        }
         for (collector, outcomes) in self.fills {
             collector.fill(outcomes);
         }
@@ -161,6 +193,9 @@ impl Release for ShardRelease {
         for done in self.done {
             // Whoever waits may have given up; nothing is owed to them then.
             let _ = done.send(());
+        }
+        for (reply, captured) in self.captures {
+            let _ = reply.send(captured);
         }
     }
 }
@@ -177,6 +212,15 @@ pub struct ShardSetup {
     pub durability: Durability,
     /// The store to recover the state from; `None` starts empty.
     pub store: Option<Arc<Store>>,
+    /// The checkpoint to start from (a state and its log position), replaying the log
+    /// after it; `None` replays the whole log.
+    pub checkpoint: Option<Captured>,
+    /// Command ids in flight at the engine's door, released once their batch is durable.
+    pub claims: Arc<Claims>,
+    /// Where idempotency records live once durable.
+    pub ids: IdsHome,
+    /// How far the writer has made each shard's log durable.
+    pub marks: Arc<DurableMarks>,
     /// The group-commit writer's queue; `None` releases each batch at once.
     pub writer: Option<JobSender<ShardRelease>>,
     /// Every shard's mailboxes, for cross-shard messages.
@@ -198,12 +242,15 @@ pub struct Mailboxes {
 pub type Ready = (ShardId, Result<Arc<ShardCell>, StoreError>);
 
 /// Replays the shard's log, tells `ready`, then serves `mailboxes` until [`Mail::Stop`].
-pub fn run(setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
-    let mut state = ShardState::new(setup.shard, setup.shards, setup.regions.len());
+pub fn run(mut setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
+    let (mut state, from_seq) = match setup.checkpoint.take() {
+        Some(checkpoint) => checkpoint,
+        None => (ShardState::new(setup.shard, setup.shards, setup.regions.len()), 0),
+    };
     let mut calendar = Calendar::new(&setup.regions);
     let next_seq = match &setup.store {
-        Some(store) => recover(store, &setup.regions, &mut state, &mut calendar),
-        None => Ok(0),
+        Some(store) => recover(store, &setup.regions, &mut state, &mut calendar, from_seq),
+        None => Ok(from_seq),
     };
     let next_seq = match next_seq {
         Ok(next_seq) => next_seq,
@@ -226,7 +273,18 @@ pub fn run(setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
         setup.router.send_internal(shard_of(pending.to, setup.shards), mail);
     }
     let shard = setup.shard;
-    let mut actor = Actor { setup, state, calendar, next_seq, parked: HashMap::new() };
+    // What recovery read is on disk: durable.
+    setup.marks.advance(shard, next_seq);
+    let remembered = RememberedIds::new(setup.ids.clone());
+    let mut actor = Actor {
+        setup,
+        state,
+        calendar,
+        next_seq,
+        parked: HashMap::new(),
+        remembered,
+        capture: None,
+    };
     actor.adopt_rules();
     let cell = Arc::new(ShardCell { actor: Mutex::new(actor) });
     let _ = ready.send((shard, Ok(cell.clone())));
@@ -292,34 +350,49 @@ impl ShardCell {
     }
 }
 
-/// Loads the shard's checkpoint, if any, and replays the log after it.
+/// Replays the shard's log from `from_seq` (the position of the checkpoint `state` was
+/// loaded from, or 0 for an empty state) and returns the next free batch sequence number.
 fn recover(
     store: &Store,
     regions: &Regions,
     state: &mut ShardState,
     calendar: &mut Calendar,
+    from_seq: u64,
 ) -> Result<u64, StoreError> {
     let shard = state.shard;
-    let mut from_seq = 0;
-    if let Some((checkpoint, log_seq)) = store.read_checkpoint(shard)? {
-        if checkpoint.shard != state.shard || checkpoint.shards != state.shards {
-            return Err(StoreError::Meta("checkpoint of another shard layout"));
-        }
-        *state = checkpoint;
-        from_seq = log_seq;
-    }
     let next_seq = store.read_log(shard, from_seq, |seq, entries| {
-        for entry in entries {
-            let mut env = Env { regions, calendar: &mut *calendar };
-            let applied = apply(state, &mut env, entry.ts_ms, &entry.input);
-            if !applied.changed || applied.logged_outcome() != entry.outcome.as_ref() {
-                let detail = format!("logged {:?}, replayed {:?}", entry.outcome, applied.reply);
-                return Err(StoreError::Diverged { shard, seq, detail });
-            }
-        }
-        Ok(())
+        replay_batch(state, regions, calendar, seq, entries)
     })?;
     Ok(next_seq.max(from_seq))
+}
+
+/// Applies one logged batch `seq` of `state`'s shard again, refusing any entry whose
+/// outcome differs from the logged one. No idempotency lookup: the log only holds first
+/// uses of command ids (a retry is answered from its record and not logged).
+pub fn replay_batch(
+    state: &mut ShardState,
+    regions: &Regions,
+    calendar: &mut Calendar,
+    seq: u64,
+    entries: Vec<Entry>,
+) -> Result<(), StoreError> {
+    let shard = state.shard;
+    for entry in entries {
+        let mut env = Env { regions, calendar: &mut *calendar };
+        let applied = apply(state, &mut env, entry.ts_ms, &entry.input);
+        if !applied.changed || applied.logged_outcome() != entry.outcome.as_ref() {
+            let detail = format!("logged {:?}, replayed {:?}", entry.outcome, applied.reply);
+            return Err(StoreError::Diverged { shard, seq, detail });
+        }
+    }
+    Ok(())
+}
+
+/// A capture in progress on a shard.
+struct CaptureInProgress {
+    capture: StateCapture,
+    position: u64,
+    reply: Sender<Captured>,
 }
 
 struct Actor {
@@ -329,6 +402,10 @@ struct Actor {
     next_seq: u64,
     /// Replies waiting for an outgoing transfer to settle, by its sequence number.
     parked: HashMap<u64, Vec<Slot>>,
+    /// Where command ids are looked up, and the records of batches in flight.
+    remembered: RememberedIds,
+    /// A checkpoint's or a snapshot's copy of the state, in progress.
+    capture: Option<CaptureInProgress>,
 }
 
 /// One batch being built.
@@ -338,6 +415,11 @@ struct Batch {
     fills: Vec<Fill>,
     messages: Vec<(ShardId, Mail)>,
     done: Vec<Sender<()>>,
+    /// Idempotency records made, encoded for the writer.
+    records: Vec<(CommandId, Vec<u8>)>,
+    /// Command ids of commands decided for the first time (see [`ShardRelease`]).
+    claims: Vec<CommandId>,
+    captures: Vec<(Sender<Captured>, Captured)>,
     commands: usize,
     stop: bool,
 }
@@ -362,6 +444,7 @@ impl Actor {
     /// as one batch; true if it held [`Mail::Stop`].
     fn batch(&mut self, first: Mail, mut next: impl FnMut() -> Option<Mail>) -> bool {
         let started = Instant::now();
+        self.forget_durable();
         let mut batch = Batch::default();
         self.handle(first, &mut batch);
         while !batch.stop && batch.commands < BATCH_COMMANDS_MAX {
@@ -375,44 +458,35 @@ impl Actor {
             metrics.batches.fetch_add(1, Ordering::Relaxed);
         }
         self.flush(batch);
+        self.capture_step();
         metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
+        metrics.remembered_in_memory.store(self.remembered.unwritten() as u64, Ordering::Relaxed);
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         metrics.busy_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
         metrics.record_service(elapsed_ns);
         stop
     }
 
+    /// Forgets the records of batches the writer has made durable (they are on disk).
+    fn forget_durable(&mut self) {
+        let durable = match self.setup.durability {
+            Durability::None => return,
+            Durability::Sync | Durability::Async => self.setup.marks.next_seq(self.setup.shard),
+        };
+        let regions = &self.setup.regions;
+        self.remembered.durable_before(durable, |record| expiry_day(regions, record));
+    }
+
     fn handle(&mut self, mail: Mail, batch: &mut Batch) {
         match mail {
             Mail::Requests { ts_ms, items, collector } => {
-                batch.commands += items.len();
-                let mut outcomes = Vec::with_capacity(items.len());
-                let mut items = items.into_iter();
-                for (_, ahead) in items.as_slice().iter().take(PREFETCH_AHEAD) {
-                    prefetch(&self.state, ahead);
-                }
-                while let Some((index, request)) = items.next() {
-                    // Nearly every command misses the cache: start the miss of a later one.
-                    if let Some((_, ahead)) = items.as_slice().get(PREFETCH_AHEAD - 1) {
-                        prefetch(&self.state, ahead);
-                    }
-                    let input = Input::Client(request);
-                    let reply = self.apply_one(ts_ms, &input, batch);
-                    match reply {
-                        Reply::Now(outcome) => outcomes.push((index, outcome)),
-                        Reply::Parked { seq } => {
-                            let slot = Slot { collector: collector.clone(), index };
-                            self.parked.entry(seq).or_default().push(slot);
-                        }
-                        Reply::Nothing | Reply::Settled { .. } | Reply::Recorded(_) => {}
-                    }
-                }
-                batch.fills.push((collector, outcomes));
+                self.handle_requests(ts_ms, items, collector, batch);
             }
             Mail::Input { ts_ms, input, done } => {
                 let started = Instant::now();
                 let reply = self.apply_one(ts_ms, &input, batch);
-                if matches!(input, Input::Roll { .. }) {
+                if let Input::Roll { .. } = input {
+                    self.expire_remembered();
                     // An epoch chunk is the longest thing a shard does between two
                     // commands: the pause the batch service causes.
                     let pause_ns = started.elapsed().as_nanos() as u64;
@@ -430,8 +504,121 @@ impl Actor {
                 self.flush(std::mem::take(batch));
                 inspect(&self.state, self.next_seq);
             }
+            Mail::Capture { barrier, reply } => {
+                self.flush(std::mem::take(batch));
+                if let Some(barrier) = barrier {
+                    barrier.wait();
+                }
+                // A capture still in progress is dropped: its requester hears nothing.
+                let capture = self.state.begin_capture();
+                self.capture = Some(CaptureInProgress { capture, position: self.next_seq, reply });
+            }
+            Mail::CaptureStep => {}
             Mail::Stop => batch.stop = true,
         }
+    }
+
+    fn handle_requests(
+        &mut self,
+        ts_ms: i64,
+        items: Vec<(u32, Request)>,
+        collector: Arc<Collector>,
+        batch: &mut Batch,
+    ) {
+        batch.commands += items.len();
+        let ids: Vec<Option<&CommandId>> = items.iter().map(|(_, r)| keyed_id(r)).collect();
+        let prefetched = match self.remembered.prefetch(&ids) {
+            Ok(prefetched) => prefetched,
+            Err(error) => {
+                // No command with an id can be decided safely: they are left unanswered
+                // (their outcome is unknown to the client, who retries with the same id).
+                eprintln!("plafond: shard {}: reading command ids: {error}", self.setup.shard);
+                Vec::new()
+            }
+        };
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut items = items.into_iter();
+        for (_, ahead) in items.as_slice().iter().take(PREFETCH_AHEAD) {
+            prefetch(&self.state, ahead);
+        }
+        let mut position = 0;
+        while let Some((index, request)) = items.next() {
+            // Nearly every command misses the cache: start the miss of a later one.
+            if let Some((_, ahead)) = items.as_slice().get(PREFETCH_AHEAD - 1) {
+                prefetch(&self.state, ahead);
+            }
+            let found = prefetched.get(position);
+            position += 1;
+            let reply =
+                match keyed_id(&request).map(|id| (id, self.verdict(ts_ms, &request, found))) {
+                    Some((id, Some(Verdict::New))) => {
+                        // Its claim at the door ends once its record is durable.
+                        batch.claims.push(id.clone());
+                        self.apply_request(ts_ms, request, batch)
+                    }
+                    Some((id, verdict)) => {
+                        // No record is made: the one it found (durable, or held by the claim of
+                        // its own first use) answers any other use from now on.
+                        self.setup.claims.release(id);
+                        match verdict {
+                            Some(Verdict::Retry(reply)) => reply,
+                            Some(Verdict::Conflict) => Reply::Now(idempotency::CONFLICT),
+                            Some(Verdict::New) | None => Reply::Nothing,
+                        }
+                    }
+                    None => self.apply_request(ts_ms, request, batch),
+                };
+            match reply {
+                Reply::Now(outcome) => outcomes.push((index, outcome)),
+                Reply::Parked { seq } => {
+                    let slot = Slot { collector: collector.clone(), index };
+                    self.parked.entry(seq).or_default().push(slot);
+                }
+                Reply::Nothing | Reply::Settled { .. } | Reply::Recorded(_) => {}
+            }
+        }
+        batch.fills.push((collector, outcomes));
+    }
+
+    /// What a command with an id gets from its record (§6), or `None` when that cannot be
+    /// known (its lookup failed, or the record is inconsistent with the state).
+    fn verdict(
+        &mut self,
+        ts_ms: i64,
+        request: &Request,
+        prefetched: Option<&Option<IdempotencyRecord>>,
+    ) -> Option<Verdict> {
+        let id = keyed_id(request)?;
+        let record = match prefetched {
+            Some(found) => self.remembered.get(id, found.as_ref()),
+            // The lookup failed: only a record of a batch in flight can answer.
+            None => Some(self.remembered.get(id, None)?),
+        };
+        let Some(record) = record else {
+            return Some(Verdict::New);
+        };
+        let regions = &self.setup.regions;
+        let now_ms = self.state.clock_ms.max(ts_ms);
+        let today = self.calendar.business_day(regions, record.region, now_ms);
+        let retention_days = retention_of(regions, record.region);
+        let verdict = idempotency::check(Some(record), &request.command, today, retention_days);
+        if let Verdict::Retry(Reply::Parked { seq }) = verdict {
+            // A pending record always has its transfer in the state; if not, the disk
+            // and the state disagree, and no answer is safe.
+            if !self.state.pending.contains_key(&seq) {
+                let shard = self.setup.shard;
+                eprintln!(
+                    "plafond: shard {shard}: command id {} waits on no transfer",
+                    id.as_str()
+                );
+                return None;
+            }
+        }
+        Some(verdict)
+    }
+
+    fn apply_request(&mut self, ts_ms: i64, request: Request, batch: &mut Batch) -> Reply {
+        self.apply_one(ts_ms, &Input::Client(request), batch)
     }
 
     fn apply_one(&mut self, ts_ms: i64, input: &Input, batch: &mut Batch) -> Reply {
@@ -445,19 +632,67 @@ impl Actor {
             let mail = Mail::Input { ts_ms: self.state.clock_ms, input, done: None };
             batch.messages.push((shard, mail));
         }
+        if let Some((id, record)) = applied.remember {
+            if self.setup.durability != Durability::None {
+                batch.records.push((id.clone(), record.encode()));
+            }
+            self.remembered.remember(self.next_seq, id, record);
+        }
         applied.reply
+    }
+
+    /// Drops records past retention kept in memory (durability `none`; on disk the
+    /// compaction filter does it), a bounded number per epoch chunk.
+    fn expire_remembered(&mut self) {
+        let regions = &self.setup.regions;
+        let rolled = &self.state.rolled_day;
+        let today_of =
+            |region: RegionId| rolled.get(usize::from(region)).copied().unwrap_or(Day::MIN);
+        self.remembered.expire(today_of, |record| expiry_day(regions, record));
+    }
+
+    /// Copies the next step of a capture in progress; once complete, hands it over as
+    /// soon as every batch before its position is durable (with an empty batch, released
+    /// in order after them).
+    fn capture_step(&mut self) {
+        let Some(mut progress) = self.capture.take() else { return };
+        if !self.state.capture_step(CAPTURE_STEP_ENTRIES) {
+            self.capture = Some(progress);
+            // Keep going when no command comes: the shard wakes up for the next step.
+            self.setup.router.send_internal(self.setup.shard, Mail::CaptureStep);
+            return;
+        }
+        match self.state.finish_capture(progress.capture) {
+            Ok(state) => {
+                let captured = (state, progress.position);
+                let batch =
+                    Batch { captures: vec![(progress.reply, captured)], ..Batch::default() };
+                self.flush(batch);
+            }
+            Err(capture) => {
+                progress.capture = capture;
+                self.capture = Some(progress);
+            }
+        }
     }
 
     fn flush(&mut self, batch: Batch) {
         let release = ShardRelease {
+            claims: batch.claims,
+            claims_table: self.setup.claims.clone(),
             fills: batch.fills,
             messages: batch.messages,
             done: batch.done,
+            captures: batch.captures,
             router: self.setup.router.clone(),
         };
         let (Some(writer), Durability::Sync | Durability::Async) =
             (&self.setup.writer, self.setup.durability)
         else {
+            // Nothing to wait for: what the batch remembered is as durable as it gets, and
+            // in the table every shard reads before anyone hears an outcome.
+            let regions = &self.setup.regions;
+            self.remembered.durable_before(u64::MAX, |record| expiry_day(regions, record));
             release.release();
             return;
         };
@@ -466,10 +701,26 @@ impl Actor {
         if value.is_some() {
             self.next_seq += 1;
         }
+        let job = WriteJob { shard: self.setup.shard, seq, value, records: batch.records, release };
         // If the writer is gone the engine is stopping: dropping the release drops the
         // collectors, and their tickets report that the engine stopped.
-        let _ = writer.send(WriteJob { shard: self.setup.shard, seq, value, release });
+        let _ = writer.send(job);
     }
+}
+
+/// A request's command id, if it is one that is remembered (reads ignore theirs).
+fn keyed_id(request: &Request) -> Option<&CommandId> {
+    request.command_id.as_ref().filter(|_| !request.command.is_read())
+}
+
+/// Business days `region` remembers command ids.
+fn retention_of(regions: &Regions, region: RegionId) -> u16 {
+    regions.get(region).map_or(RETENTION_DAYS_DEFAULT, |r| r.idempotency_retention_days)
+}
+
+/// The first business day on which `record` is past retention.
+fn expiry_day(regions: &Regions, record: &IdempotencyRecord) -> Day {
+    record.day.saturating_add(i32::from(retention_of(regions, record.region)))
 }
 
 #[cfg(test)]

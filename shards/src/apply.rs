@@ -12,18 +12,16 @@
 
 use bincode::{Decode, Encode};
 
-use crate::calendar::{half_month_of, Calendar, Day};
+use crate::calendar::{business_day_of, half_month_of, Calendar, Day};
 use crate::command::{
-    AccountKind, AccountView, CardStatus, CardView, Command, Opening, Outcome, ProfileView, Reason,
-    RegionId, Request,
+    AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
+    ProfileView, Reason, RegionId, Request,
 };
+use crate::idempotency::{IdempotencyRecord, Remembered};
 use crate::ids::{global_of, local_of, shard_of, AccountId, ProfileId, ShardId};
 use crate::interest::Savings;
 use crate::region::{Regions, Rules};
-use crate::state::{
-    Account, Card, IdempotencyRecord, Instrument, PendingTransfer, Profile, Remembered, ShardState,
-    NO_ACCOUNT,
-};
+use crate::state::{Account, Card, Instrument, PendingTransfer, Profile, ShardState, NO_ACCOUNT};
 use crate::window::Window;
 
 /// The most accounts (and profiles) one shard may hold: local indices are `u32`.
@@ -104,15 +102,25 @@ pub struct Applied {
     pub changed: bool,
     /// An input for another shard, to send once this one is durable.
     pub message: Option<(ShardId, Input)>,
+    /// A command id's record, made or completed by this input, to write with its batch.
+    pub remember: Option<(CommandId, IdempotencyRecord)>,
 }
 
 impl Applied {
+    fn new(reply: Reply, changed: bool, message: Option<(ShardId, Input)>) -> Applied {
+        Applied { reply, changed, message, remember: None }
+    }
+
     fn read(outcome: Outcome) -> Applied {
-        Applied { reply: Reply::Now(outcome), changed: false, message: None }
+        Applied::new(Reply::Now(outcome), false, None)
     }
 
     fn changed(outcome: Outcome) -> Applied {
-        Applied { reply: Reply::Now(outcome), changed: true, message: None }
+        Applied::new(Reply::Now(outcome), true, None)
+    }
+
+    fn unchanged() -> Applied {
+        Applied::new(Reply::Nothing, false, None)
     }
 
     /// The outcome written to the log for this input, if any.
@@ -144,10 +152,10 @@ pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Inpu
         Input::Credit { origin, seq, to, amount_minor } => {
             apply_credit(state, env, now_ms, *origin, *seq, *to, *amount_minor)
         }
-        Input::Settle { seq, refused } => apply_settle(state, *seq, *refused),
+        Input::Settle { seq, refused } => apply_settle(state, env, *seq, *refused),
         Input::Roll { region, day, start, end } => {
             roll(state, *region, *day, *start, *end);
-            Applied { reply: Reply::Nothing, changed: true, message: None }
+            Applied::new(Reply::Nothing, true, None)
         }
         Input::SetRules { region, rules } => {
             let index = usize::from(*region);
@@ -155,7 +163,7 @@ pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Inpu
                 state.rules.resize(index + 1, None);
             }
             state.rules[index] = Some(rules.clone());
-            Applied { reply: Reply::Nothing, changed: true, message: None }
+            Applied::new(Reply::Nothing, true, None)
         }
     }
 }
@@ -167,20 +175,12 @@ fn apply_request(
     request: &Request,
 ) -> Applied {
     let command = &request.command;
+    let mut applied = decide(state, env, now_ms, command);
+    // The shard looked the id up before applying (`crate::idempotency::check`): a command
+    // that reaches here with an id is its first use, and its record is made now.
     let Some(command_id) = request.command_id.as_ref().filter(|_| !command.is_read()) else {
-        return decide(state, env, now_ms, command);
+        return applied;
     };
-    if let Some(record) = state.idempotency.get(command_id) {
-        if record.command != *command {
-            return Applied::read(Outcome::Declined(Reason::IdempotencyConflict));
-        }
-        let reply = match &record.remembered {
-            Remembered::Final(outcome) => Reply::Now(outcome.clone()),
-            Remembered::Pending { seq } => Reply::Parked { seq: *seq },
-        };
-        return Applied { reply, changed: false, message: None };
-    }
-    let applied = decide(state, env, now_ms, command);
     let remembered = match &applied.reply {
         Reply::Parked { seq } => {
             if let Some(pending) = state.pending.get_mut(seq) {
@@ -189,14 +189,30 @@ fn apply_request(
             Remembered::Pending { seq: *seq }
         }
         Reply::Now(outcome) => Remembered::Final(outcome.clone()),
-        Reply::Nothing | Reply::Settled { .. } | Reply::Recorded(_) => {
-            unreachable!("a command is answered or parked")
-        }
+        Reply::Nothing | Reply::Settled { .. } | Reply::Recorded(_) => return applied,
     };
-    state
-        .idempotency
-        .insert(command_id.clone(), IdempotencyRecord { command: command.clone(), remembered });
+    let region = region_of(state, env, command);
+    let day = env.calendar.business_day(env.regions, region, now_ms);
+    let shard = state.shard;
+    let record = IdempotencyRecord { command: command.clone(), remembered, region, day, shard };
+    applied.remember = Some((command_id.clone(), record));
     applied
+}
+
+/// The region whose idempotency retention applies to `command` (§6): its account's (a
+/// transfer's source's), or the first region when the command names nothing known.
+fn region_of(state: &ShardState, env: &Env<'_>, command: &Command) -> RegionId {
+    let known = match *command {
+        Command::OpenProfile { region } => env.regions.get(region).map(|_| region),
+        Command::OpenAccount { profile, .. } => {
+            local_profile(state, profile).map(|local| state.profiles[local].region)
+        }
+        _ => command
+            .routing_id()
+            .and_then(|id| local_account(state, id))
+            .map(|local| state.accounts[local].region),
+    };
+    known.unwrap_or(0)
 }
 
 fn decide(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, command: &Command) -> Applied {
@@ -541,11 +557,7 @@ fn transfer_out(
         },
     );
     let credit = Input::Credit { origin: state.shard, seq, to, amount_minor };
-    Applied {
-        reply: Reply::Parked { seq },
-        changed: true,
-        message: Some((shard_of(to, state.shards), credit)),
-    }
+    Applied::new(Reply::Parked { seq }, true, Some((shard_of(to, state.shards), credit)))
 }
 
 fn apply_credit(
@@ -558,7 +570,7 @@ fn apply_credit(
     amount_minor: u64,
 ) -> Applied {
     let Some(seen) = state.credits_seen.get_mut(usize::from(origin)) else {
-        return Applied { reply: Reply::Nothing, changed: false, message: None };
+        return Applied::unchanged();
     };
     // Credits from one origin arrive in increasing sequence order (with gaps: the origin
     // numbers its transfers to every shard in one sequence), so a number below the next
@@ -567,7 +579,7 @@ fn apply_credit(
         // A credit resent after a restart: answer as the first time, change nothing.
         let refused = state.refused_credits.get(&(origin, seq)).copied();
         let settle = Input::Settle { seq, refused };
-        return Applied { reply: Reply::Nothing, changed: false, message: Some((origin, settle)) };
+        return Applied::new(Reply::Nothing, false, Some((origin, settle)));
     }
     *seen = seq + 1;
     let result = match local_account(state, to) {
@@ -588,13 +600,18 @@ fn apply_credit(
         }
     };
     let settle = Input::Settle { seq, refused: outcome.declined() };
-    Applied { reply: Reply::Recorded(outcome), changed: true, message: Some((origin, settle)) }
+    Applied::new(Reply::Recorded(outcome), true, Some((origin, settle)))
 }
 
-fn apply_settle(state: &mut ShardState, seq: u64, refused: Option<Reason>) -> Applied {
+fn apply_settle(
+    state: &mut ShardState,
+    env: &mut Env<'_>,
+    seq: u64,
+    refused: Option<Reason>,
+) -> Applied {
     let Some(pending) = state.pending.get(&seq) else {
         // Settled already: a settle resent after a restart.
-        return Applied { reply: Reply::Nothing, changed: false, message: None };
+        return Applied::unchanged();
     };
     let local = pending.from_local as usize;
     let amount_minor = pending.amount_minor;
@@ -604,7 +621,7 @@ fn apply_settle(state: &mut ShardState, seq: u64, refused: Option<Reason>) -> Ap
             if credit(state, local, amount_minor).is_err() {
                 // The source cannot take its money back without overflowing: it stays in
                 // flight (conservation holds) until a later settle can refund it.
-                return Applied { reply: Reply::Nothing, changed: false, message: None };
+                return Applied::unchanged();
             }
             state.totals.refunds_minor += u128::from(amount_minor);
             let region = Some(state.accounts[local].region);
@@ -614,14 +631,28 @@ fn apply_settle(state: &mut ShardState, seq: u64, refused: Option<Reason>) -> Ap
             Outcome::Declined(reason)
         }
     };
+    let mut applied = Applied::new(Reply::Settled { seq, outcome: outcome.clone() }, true, None);
     if let Some(pending) = state.pending.remove(&seq) {
-        if let Some(id) = pending.command_id {
-            if let Some(record) = state.idempotency.get_mut(&id) {
-                record.remembered = Remembered::Final(outcome.clone());
-            }
+        // The command's record, pending until now, becomes final: retries get the outcome.
+        if let Some(command_id) = pending.command_id {
+            let from = global_of(u64::from(pending.from_local), state.shard, state.shards);
+            let region = state.accounts[local].region;
+            let record = IdempotencyRecord {
+                command: Command::Transfer {
+                    from: from.unwrap_or(u64::MAX),
+                    to: pending.to,
+                    amount_minor: pending.amount_minor,
+                },
+                remembered: Remembered::Final(outcome),
+                region,
+                // The retention counts from the command, not from its settle.
+                day: env.regions.get(region).map_or(0, |r| business_day_of(r, pending.ts_ms)),
+                shard: state.shard,
+            };
+            applied.remember = Some((command_id, record));
         }
     }
-    Applied { reply: Reply::Settled { seq, outcome }, changed: true, message: None }
+    applied
 }
 
 fn deposit(

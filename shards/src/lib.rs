@@ -6,7 +6,10 @@
 //! - [`money`], [`ids`], [`command`]: the vocabulary (amounts, ids, commands, outcomes);
 //! - [`region`], [`calendar`]: regions and their business days in their own time zone;
 //! - [`window`], [`interest`]: the seven-day card window and the half-month savings rule;
-//! - [`state`], [`apply`]: a shard's state and the pure function that decides a command;
+//! - [`state`], [`table`], [`apply`]: a shard's state (its big tables capturable at an
+//!   instant without stopping it) and the pure function that decides a command;
+//! - [`idempotency`], [`remembered`]: what a command id remembers, and where a shard finds
+//!   it (on disk, beside the log);
 //! - [`log`], [`store`]: the on-disk changelog and the RocksDB group-commit writer;
 //! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together.
 //!
@@ -19,12 +22,15 @@ pub mod actor;
 pub mod apply;
 pub mod calendar;
 pub mod command;
+pub mod idempotency;
 pub mod ids;
 pub mod interest;
 pub mod log;
 pub mod money;
 pub mod region;
+pub mod remembered;
 pub mod reply;
 pub mod state;
 pub mod store;
+pub mod table;
 pub mod window;

@@ -10,6 +10,7 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 
 use crate::command::RegionId;
+use crate::idempotency::{RETENTION_DAYS_DEFAULT, RETENTION_DAYS_MAX, RETENTION_DAYS_MIN};
 use crate::money;
 
 /// The most regions an engine may have.
@@ -70,6 +71,17 @@ pub enum RegionError {
         /// The region's name.
         region: String,
     },
+    /// `idempotency_retention_days` is outside `1 ..= 400`.
+    #[error(
+        "region `{region}`: idempotency_retention_days must be {RETENTION_DAYS_MIN} ..= \
+         {RETENTION_DAYS_MAX} business days, not {days}"
+    )]
+    BadRetention {
+        /// The region's name.
+        region: String,
+        /// The number given.
+        days: u16,
+    },
     /// The table as a whole is wrong: no regions, too many, or a name twice.
     #[error("regions config: {0}")]
     Table(String),
@@ -101,6 +113,9 @@ pub struct Region {
     pub roll_time: Time,
     /// The rules its accounts follow, as configured.
     pub rules: Rules,
+    /// Business days a command id is remembered after its command (§6), `1 ..= 400`.
+    /// Not one of the logged [`Rules`]: only lookups use it, and replay never looks up.
+    pub idempotency_retention_days: u16,
 }
 
 /// The engine's regions, indexed by [`RegionId`].
@@ -124,6 +139,12 @@ struct RegionEntry {
     initial_deposit: u64,
     default_card_ceiling: u64,
     savings_rate_bp: u32,
+    #[serde(default = "default_retention_days")]
+    idempotency_retention_days: u16,
+}
+
+fn default_retention_days() -> u16 {
+    RETENTION_DAYS_DEFAULT
 }
 
 impl Regions {
@@ -153,7 +174,8 @@ impl Regions {
     }
 
     /// Parses a regions file: a list of `[[region]]` tables with `name`, `time_zone`,
-    /// `roll_time` (`HH:MM`), `initial_deposit`, `default_card_ceiling`, `savings_rate_bp`.
+    /// `roll_time` (`HH:MM`), `initial_deposit`, `default_card_ceiling`, `savings_rate_bp`
+    /// and, optionally, `idempotency_retention_days` (default 30).
     pub fn from_toml(text: &str) -> Result<Regions, RegionError> {
         let file: RegionsFile =
             toml::from_str(text).map_err(|e| RegionError::Toml(e.to_string()))?;
@@ -224,6 +246,10 @@ impl Region {
         if entry.savings_rate_bp > 100_000 {
             return Err(RegionError::BadRate { region: name });
         }
+        let retention_days = entry.idempotency_retention_days;
+        if !(RETENTION_DAYS_MIN..=RETENTION_DAYS_MAX).contains(&retention_days) {
+            return Err(RegionError::BadRetention { region: name, days: retention_days });
+        }
         Ok(Region {
             name,
             zone_name: entry.time_zone,
@@ -234,6 +260,7 @@ impl Region {
                 default_card_ceiling_minor: entry.default_card_ceiling,
                 savings_rate_bp: entry.savings_rate_bp,
             },
+            idempotency_retention_days: retention_days,
         })
     }
 

@@ -1,15 +1,17 @@
-//! A shard's state: its profiles, accounts, cards, idempotency records, outgoing
-//! transfers and counters. Only [`crate::apply`] changes it.
+//! A shard's state: its profiles, accounts, cards, outgoing transfers and counters. Only
+//! [`crate::apply`] changes it. Idempotency records are not in it: they live on disk
+//! beside the log (`crate::idempotency`), so the state's size does not grow with history.
 
 use std::collections::{BTreeMap, HashMap};
 
 use bincode::{Decode, Encode};
 
 use crate::calendar::Day;
-use crate::command::{CardStatus, Command, CommandId, Outcome, Reason, RegionId};
+use crate::command::{CardStatus, CommandId, Reason, RegionId};
 use crate::ids::{AccountId, ShardId};
 use crate::interest::Savings;
 use crate::region::Rules;
+use crate::table::Table;
 use crate::window::Window;
 
 /// "No account" in the per-profile account lists.
@@ -77,29 +79,6 @@ pub struct PendingTransfer {
     pub command_id: Option<CommandId>,
     /// When the debit was applied (Unix ms); a credit resent after a restart carries it.
     pub ts_ms: i64,
-}
-
-/// What an idempotency record remembers.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub enum Remembered {
-    /// The outcome, answered again to every retry.
-    Final(Outcome),
-    /// A cross-shard transfer, not settled yet.
-    Pending {
-        /// Its transfer sequence number (a key of [`ShardState::pending`]); a retry
-        /// parks on it.
-        seq: u64,
-    },
-}
-
-/// A command id's record: the command it was first used with and its outcome.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct IdempotencyRecord {
-    /// The command first used with the id; another one with the same id is an
-    /// [`Reason::IdempotencyConflict`].
-    pub command: Command,
-    /// Its outcome, or the transfer it is waiting on.
-    pub remembered: Remembered,
 }
 
 /// Money totals of one shard: both sides of the conservation equation (§2).
@@ -190,12 +169,9 @@ pub struct ShardState {
     /// How many shards the engine has: ids are routed by it.
     pub shards: u16,
     /// The profiles this shard owns, by local index.
-    pub profiles: Vec<Profile>,
+    pub profiles: Table<Profile>,
     /// The accounts this shard owns, by local index (a card lives in its account).
-    pub accounts: Vec<Account>,
-    /// Every command id used here with a command that is not a read, kept without time
-    /// limit (§6).
-    pub idempotency: HashMap<CommandId, IdempotencyRecord>,
+    pub accounts: Table<Account>,
     /// Outgoing cross-shard transfers by sequence number, oldest first.
     pub pending: BTreeMap<u64, PendingTransfer>,
     /// The sequence number of the next outgoing cross-shard transfer; one sequence for
@@ -224,9 +200,8 @@ impl ShardState {
         ShardState {
             shard,
             shards,
-            profiles: Vec::new(),
-            accounts: Vec::new(),
-            idempotency: HashMap::new(),
+            profiles: Table::new(),
+            accounts: Table::new(),
             pending: BTreeMap::new(),
             next_transfer_seq: 0,
             credits_seen: vec![0; usize::from(shards)],
@@ -249,5 +224,62 @@ impl ShardState {
         let unattributed = self.counters.len() - 1;
         let index = region.map_or(unattributed, |r| usize::from(r).min(unattributed));
         &mut self.counters[index]
+    }
+}
+
+/// A capture of a shard's state in progress (see [`crate::table`]): everything but the
+/// two big tables is copied at the instant; the tables are swept by
+/// [`ShardState::capture_step`] between batches.
+pub struct StateCapture {
+    rest: Box<ShardState>,
+}
+
+impl ShardState {
+    /// Starts capturing the state as it is now. Costs a copy of the small parts only
+    /// (transfers in flight, counters, rules): the tables are copied later, in steps.
+    pub fn begin_capture(&mut self) -> StateCapture {
+        self.profiles.begin_capture();
+        self.accounts.begin_capture();
+        let rest = ShardState {
+            shard: self.shard,
+            shards: self.shards,
+            profiles: Table::new(),
+            accounts: Table::new(),
+            pending: self.pending.clone(),
+            next_transfer_seq: self.next_transfer_seq,
+            credits_seen: self.credits_seen.clone(),
+            refused_credits: self.refused_credits.clone(),
+            clock_ms: self.clock_ms,
+            rules: self.rules.clone(),
+            rolled_day: self.rolled_day.clone(),
+            totals: self.totals,
+            counters: self.counters.clone(),
+        };
+        StateCapture { rest: Box::new(rest) }
+    }
+
+    /// Copies up to `entries` more entries of each table into the capture; true once it
+    /// is complete.
+    pub fn capture_step(&mut self, entries: usize) -> bool {
+        let profiles = self.profiles.capture_step(entries);
+        let accounts = self.accounts.capture_step(entries);
+        profiles && accounts
+    }
+
+    /// The state as it was when `capture` began, once [`ShardState::capture_step`] said it
+    /// is complete; before that, the capture is given back.
+    pub fn finish_capture(&mut self, capture: StateCapture) -> Result<ShardState, StateCapture> {
+        if !self.capture_step(0) {
+            return Err(capture);
+        }
+        let (Some(profiles), Some(accounts)) =
+            (self.profiles.take_capture(), self.accounts.take_capture())
+        else {
+            return Err(capture);
+        };
+        let mut state = *capture.rest;
+        state.profiles = profiles.into();
+        state.accounts = accounts.into();
+        Ok(state)
     }
 }

@@ -7,19 +7,24 @@
 //! cross-shard messages sent.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
 
 use crate::calendar::Day;
-use crate::command::RegionId;
+use crate::command::{CommandId, RegionId};
+use crate::idempotency::{expiry_fields, IdempotencyRecord};
 use crate::ids::ShardId;
 use crate::log::{decode_batch, log_key, parse_log_key, Entry, LogError};
-use crate::state::ShardState;
+use crate::region::REGIONS_MAX;
 
 /// Key of the shard count the data directory was created with.
 const META_SHARDS_KEY: &[u8] = b"M/shards";
@@ -37,16 +42,20 @@ fn epoch_key(region: RegionId) -> [u8; 4] {
     [b'E', b'/', high, low]
 }
 
-/// Version of a checkpoint value.
-const CHECKPOINT_FORMAT_VERSION: u8 = 1;
-
-fn checkpoint_key(shard: ShardId) -> [u8; 3] {
-    let [high, low] = shard.to_be_bytes();
-    [b'C', high, low]
-}
-
-/// Version of the data directory layout.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Version of the data directory layout. Version 2 moved checkpoints out of RocksDB into
+/// files and idempotency records out of the shard state into the `ids` column family.
+pub const STORE_FORMAT_VERSION: u32 = 2;
+/// The column family of idempotency records: key the command id's bytes, value
+/// [`IdempotencyRecord::encode`].
+pub const IDS_COLUMN_FAMILY: &str = "ids";
+/// Bloom filter bits per remembered id: nearly every command id is new, and a lookup
+/// that the filters answer "absent" reads no block (about 1 % false positives at 10).
+const IDS_BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// The ids' memtable: large enough that a flush is rare at full rate.
+const IDS_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Share of the ids' memtable given to its bloom filter, so a lookup of a new id skips
+/// the memtable's skip list too.
+const IDS_MEMTABLE_BLOOM_RATIO: f64 = 0.05;
 /// The most shard batches one group commit takes.
 pub const GROUP_BATCHES_MAX: usize = 256;
 /// The most bytes one group commit takes, so one fsync never waits on a huge write.
@@ -106,6 +115,9 @@ pub enum StoreError {
     /// Metadata or a checkpoint is missing, malformed or of another shard layout.
     #[error("the data directory's metadata is corrupt: {0}")]
     Meta(&'static str),
+    /// An idempotency record on disk is malformed.
+    #[error("an idempotency record is corrupt ({0}): the data directory is damaged")]
+    Record(String),
     /// Replaying the log did not reproduce a logged outcome.
     #[error(
         "replaying batch {seq} of shard {shard} gave a different outcome than the log records \
@@ -121,9 +133,18 @@ pub enum StoreError {
     },
 }
 
+/// Per region, the first business day whose idempotency records are still kept: the
+/// compaction filter drops older ones. Moved forward by completed epochs
+/// ([`Store::set_ids_horizon`]); `Day::MIN` keeps everything.
+type IdsHorizons = [AtomicI32; REGIONS_MAX];
+
 /// The engine's RocksDB.
 pub struct Store {
     db: DB,
+    ids_horizons: Arc<IdsHorizons>,
+    /// Changelog bytes written since the store was opened: checkpoints are also taken by
+    /// log volume.
+    log_bytes: AtomicU64,
 }
 
 impl Store {
@@ -141,6 +162,7 @@ impl Store {
     fn open_with(dir: &Path, shards: u16, recycle_wal: bool) -> Result<Store, StoreError> {
         let mut options = Options::default();
         options.create_if_missing(true);
+        options.create_missing_column_families(true);
         // Values are whole shard batches: a large memtable flushes less often.
         options.set_write_buffer_size(128 << 20);
         options.set_max_background_jobs(2);
@@ -149,8 +171,13 @@ impl Store {
             // write the inode for a new file size: one I/O per group commit, not two.
             options.set_recycle_log_file_num(4);
         }
-        let db = DB::open(&options, dir)?;
-        let store = Store { db };
+        let ids_horizons: Arc<IdsHorizons> =
+            Arc::new(std::array::from_fn(|_| AtomicI32::new(Day::MIN)));
+        let ids = ColumnFamilyDescriptor::new(IDS_COLUMN_FAMILY, ids_options(&ids_horizons));
+        let default =
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default());
+        let db = DB::open_cf_descriptors(&options, dir, [default, ids])?;
+        let store = Store { db, ids_horizons, log_bytes: AtomicU64::new(0) };
         store.check_meta(shards)?;
         Ok(store)
     }
@@ -162,6 +189,7 @@ impl Store {
         if !dir.join("CURRENT").exists() {
             return Ok(None);
         }
+        // Read-only, RocksDB opens a subset of the column families: the default one.
         let db = DB::open_for_read_only(&Options::default(), dir, false)?;
         db.get(META_SHARDS_KEY)?.map(|value| decode_shards(&value)).transpose()
     }
@@ -218,57 +246,51 @@ impl Store {
         Ok(next_seq)
     }
 
-    /// Writes `shard`'s checkpoint: its state as of log position `log_seq` (the state is
-    /// batches `0 .. log_seq` applied). Recovery starts from it and replays the rest.
-    pub fn write_checkpoint(&self, state: &ShardState, log_seq: u64) -> Result<(), StoreError> {
-        let mut value = Vec::with_capacity(64 + state.accounts.len() * 64);
-        value.push(CHECKPOINT_FORMAT_VERSION);
-        value.extend_from_slice(&log_seq.to_le_bytes());
-        bincode::encode_into_std_write(state, &mut value, bincode::config::standard())
-            .map_err(|_| StoreError::Meta("checkpoint encoding"))?;
-        let mut batch = WriteBatch::default();
-        batch.put(checkpoint_key(state.shard), value);
-        self.write(batch, true)
-    }
-
-    /// Writes `shard`'s checkpoint from a state already encoded (bincode 2, standard
-    /// config), as a snapshot holds it, so that a restore does not encode it again. Not
-    /// through the write-ahead log: the caller flushes (`db().flush()`) before relying on it,
-    /// and opened the store with [`Store::open_for_bulk_load`].
-    pub fn write_encoded_checkpoint_unlogged(
+    /// Reads the records of `ids` (`None` entries are skipped and read as `None`) in
+    /// one batched lookup.
+    pub fn read_records<'a>(
         &self,
-        shard: ShardId,
-        log_seq: u64,
-        encoded_state: &[u8],
-    ) -> Result<(), StoreError> {
-        let mut value = Vec::with_capacity(9 + encoded_state.len());
-        value.push(CHECKPOINT_FORMAT_VERSION);
-        value.extend_from_slice(&log_seq.to_le_bytes());
-        value.extend_from_slice(encoded_state);
-        let mut options = WriteOptions::default();
-        options.disable_wal(true);
-        self.db.put_opt(checkpoint_key(shard), value, &options)?;
-        Ok(())
+        ids: impl Iterator<Item = Option<&'a CommandId>>,
+    ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
+        let ids: Vec<Option<&CommandId>> = ids.collect();
+        let keys: Vec<&[u8]> = ids.iter().flatten().map(|id| id.as_str().as_bytes()).collect();
+        let mut records = Vec::with_capacity(ids.len());
+        if keys.is_empty() {
+            records.resize(ids.len(), None);
+            return Ok(records);
+        }
+        let family = self.ids_family()?;
+        let mut found = self.db.batched_multi_get_cf(family, keys, false).into_iter();
+        for id in &ids {
+            if id.is_none() {
+                records.push(None);
+                continue;
+            }
+            let value = found.next().ok_or(StoreError::Meta("a lookup lost a key"))??;
+            let record = value
+                .map(|value| IdempotencyRecord::decode(&value))
+                .transpose()
+                .map_err(StoreError::Record)?;
+            records.push(record);
+        }
+        Ok(records)
     }
 
-    /// `shard`'s checkpoint and its log position, if it has one.
-    pub fn read_checkpoint(&self, shard: ShardId) -> Result<Option<(ShardState, u64)>, StoreError> {
-        let Some(value) = self.db.get(checkpoint_key(shard))? else {
-            return Ok(None);
-        };
-        let corrupt = StoreError::Meta("checkpoint is truncated or corrupt");
-        if value.len() < 9 || value[0] != CHECKPOINT_FORMAT_VERSION {
-            return Err(corrupt);
+    /// Lets the compaction filter drop `region`'s idempotency records of business days
+    /// before `first_kept_day` (never moves backwards).
+    pub fn set_ids_horizon(&self, region: RegionId, first_kept_day: Day) {
+        if let Some(horizon) = self.ids_horizons.get(usize::from(region)) {
+            horizon.fetch_max(first_kept_day, Ordering::Relaxed);
         }
-        let log_seq =
-            u64::from_le_bytes(value[1..9].try_into().map_err(|_| StoreError::Meta("checkpoint"))?);
-        let (state, used): (ShardState, usize) =
-            bincode::decode_from_slice(&value[9..], bincode::config::standard())
-                .map_err(|_| corrupt)?;
-        if used != value.len() - 9 {
-            return Err(StoreError::Meta("checkpoint has trailing bytes"));
-        }
-        Ok(Some((state, log_seq)))
+    }
+
+    fn ids_family(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(IDS_COLUMN_FAMILY).ok_or(StoreError::Meta("no ids column family"))
+    }
+
+    /// Changelog bytes written since the store was opened.
+    pub fn log_bytes_written(&self) -> u64 {
+        self.log_bytes.load(Ordering::Relaxed)
     }
 
     /// The last business day whose epoch completed in `region`.
@@ -305,6 +327,68 @@ impl Store {
     }
 }
 
+/// The `ids` column family's options: bloom filters for the lookups of new ids, and a
+/// compaction filter that drops records past their region's retention.
+fn ids_options(horizons: &Arc<IdsHorizons>) -> Options {
+    let mut options = Options::default();
+    options.set_write_buffer_size(IDS_WRITE_BUFFER_BYTES);
+    options.set_memtable_prefix_bloom_ratio(IDS_MEMTABLE_BLOOM_RATIO);
+    options.set_memtable_whole_key_filtering(true);
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(IDS_BLOOM_BITS_PER_KEY, false);
+    table.set_whole_key_filtering(true);
+    table.set_cache_index_and_filter_blocks(false);
+    options.set_block_based_table_factory(&table);
+    let horizons = horizons.clone();
+    options.set_compaction_filter(
+        "plafond-ids-retention",
+        move |_level: u32, _key: &[u8], value: &[u8]| {
+            match expiry_fields(value) {
+                Some((region, day)) => {
+                    let kept_from = horizons
+                        .get(usize::from(region))
+                        .map_or(Day::MIN, |h| h.load(Ordering::Relaxed));
+                    if day < kept_from {
+                        Decision::Remove
+                    } else {
+                        Decision::Keep
+                    }
+                }
+                // Not ours to judge: kept, and refused when read.
+                None => Decision::Keep,
+            }
+        },
+    );
+    options
+}
+
+/// Per shard, the first log batch not yet known durable: every batch before it is. The
+/// writer moves it forward after each group commit; shards read it to forget what they
+/// kept for batches in flight, checkpoints to know what they may rely on.
+pub struct DurableMarks {
+    next_seqs: Vec<AtomicU64>,
+}
+
+impl DurableMarks {
+    /// Marks for `shards` shards, each starting at its next free batch sequence number
+    /// (what recovery found on disk is durable).
+    pub fn new(shards: u16) -> DurableMarks {
+        DurableMarks { next_seqs: (0..shards).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    /// Every batch of `shard` before `next_seq` is durable.
+    pub fn advance(&self, shard: ShardId, next_seq: u64) {
+        if let Some(mark) = self.next_seqs.get(usize::from(shard)) {
+            mark.fetch_max(next_seq, Ordering::Release);
+        }
+    }
+
+    /// The first batch of `shard` not known durable.
+    pub fn next_seq(&self, shard: ShardId) -> u64 {
+        self.next_seqs.get(usize::from(shard)).map_or(0, |mark| mark.load(Ordering::Acquire))
+    }
+}
+
 /// A shard batch on its way to disk, and what to do once it is there.
 pub struct WriteJob<R> {
     /// The shard whose batch it is.
@@ -315,6 +399,8 @@ pub struct WriteJob<R> {
     /// The changelog value; `None` when the batch changed nothing (reads only), which
     /// still waits its turn so that a read never overtakes an earlier write.
     pub value: Option<Vec<u8>>,
+    /// Idempotency records the batch made, encoded: written in the same RocksDB write.
+    pub records: Vec<(CommandId, Vec<u8>)>,
     /// What to do once the batch is durable: answer, send messages on.
     pub release: R,
 }
@@ -343,13 +429,14 @@ impl Writer {
         durability: Durability,
         jobs: Receiver<WriteJob<R>>,
         failed: Arc<AtomicBool>,
+        marks: Arc<DurableMarks>,
     ) -> std::io::Result<Writer> {
         let sync = durability == Durability::Sync;
         let writer_store = store.clone();
         let writer_failed = failed.clone();
         let handle = std::thread::Builder::new()
             .name("plafond-writer".into())
-            .spawn(move || write_loop(&writer_store, sync, &jobs, &writer_failed))?;
+            .spawn(move || write_loop(&writer_store, sync, &jobs, &writer_failed, &marks))?;
         let stop_syncer = Arc::new(AtomicBool::new(false));
         let syncer = if durability == Durability::Async {
             let stop = stop_syncer.clone();
@@ -394,7 +481,12 @@ fn write_loop<R: Release>(
     sync: bool,
     jobs: &Receiver<WriteJob<R>>,
     failed: &AtomicBool,
+    marks: &DurableMarks,
 ) {
+    let Ok(ids) = store.ids_family() else {
+        failed.store(true, Ordering::SeqCst);
+        return;
+    };
     let mut group: Vec<WriteJob<R>> = Vec::with_capacity(GROUP_BATCHES_MAX);
     while let Ok(first) = jobs.recv() {
         group.push(first);
@@ -409,15 +501,26 @@ fn write_loop<R: Release>(
             continue;
         }
         let mut batch = WriteBatch::default();
+        let mut log_bytes = 0;
         for job in &group {
             if let Some(value) = &job.value {
                 batch.put(log_key(job.shard, job.seq), value);
+                log_bytes += value.len() as u64;
+            }
+            for (id, record) in &job.records {
+                batch.put_cf(ids, id.as_str().as_bytes(), record);
             }
         }
         if !batch.is_empty() && store.write(batch, sync).is_err() {
             failed.store(true, Ordering::SeqCst);
             group.clear();
             continue;
+        }
+        store.log_bytes.fetch_add(log_bytes, Ordering::Relaxed);
+        for job in &group {
+            if job.value.is_some() {
+                marks.advance(job.shard, job.seq + 1);
+            }
         }
         for job in group.drain(..) {
             job.release.release();

@@ -35,7 +35,9 @@ pub const MAGIC: [u8; 8] = *b"PLAFSNAP";
 pub const TRAILER_MAGIC: [u8; 8] = *b"PLAFSEND";
 /// The version this build writes and the only one it reads. Bump it whenever the file
 /// layout or the encoding of `ShardState` (its fields, their order or types) changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: the shard state no longer holds idempotency records (they live beside the
+/// log, `plafond_shards::idempotency`).
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of the header before the per-shard entries.
 pub const HEADER_FIXED_BYTES: usize = 40;
 /// Bytes of one per-shard entry of the header.
@@ -395,24 +397,22 @@ pub fn read(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot,
     Ok(Snapshot { header, states })
 }
 
-/// A snapshot read and checked whole, kept encoded: what restore writes.
+/// A snapshot read and checked whole: restore then copies the file as it is.
 pub(crate) struct Checked {
     pub header: Header,
-    /// Each shard's state as bincode encodes it (checked to decode to a sound state).
-    pub encoded: Vec<Vec<u8>>,
     /// Each shard's `rolled_day`, the only part of the decoded states restore needs.
     pub rolled_days: Vec<Vec<plafond_shards::calendar::Day>>,
 }
 
-/// Reads and checks the snapshot at `path` as [`read`] does, but keeps the states
-/// encoded and drops each decoded one once checked.
+/// Reads and checks the snapshot at `path` as [`read`] does, but drops each decoded state
+/// once checked.
 pub(crate) fn read_checked(
     path: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Checked, SnapshotError> {
     let (header, encoded) = read_encoded(path, progress)?;
     let rolled_days = decode_all(&header, &encoded, |state| state.rolled_day, progress)?;
-    Ok(Checked { header, encoded, rolled_days })
+    Ok(Checked { header, rolled_days })
 }
 
 /// Reads the header and every section, verifying lengths and checksums.

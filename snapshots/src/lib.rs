@@ -69,6 +69,23 @@ pub struct SnapshotReport {
     pub accounts_per_second: f64,
 }
 
+/// The subdirectory of a data directory that holds its checkpoints: snapshot files, one
+/// section per shard, each at that shard's own log position.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+const CHECKPOINT_PREFIX: &str = "checkpoint-";
+const CHECKPOINT_SUFFIX: &str = ".snap";
+
+/// The file name of checkpoint number `generation` (names sort by generation).
+pub fn checkpoint_file_name(generation: u64) -> String {
+    format!("{CHECKPOINT_PREFIX}{generation:020}{CHECKPOINT_SUFFIX}")
+}
+
+/// The generation of a checkpoint file called `name`, if it is one.
+pub fn generation_of(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(CHECKPOINT_PREFIX)?.strip_suffix(CHECKPOINT_SUFFIX)?;
+    digits.parse().ok()
+}
+
 /// Unix milliseconds now, for the header (0 if the clock is before 1970).
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -6,6 +6,7 @@
 //! place only once complete, so an interrupted or failed restore never leaves a target
 //! that an engine would open.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use plafond_shards::store::Store;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use crate::error::SnapshotError;
-use crate::format::{self, parallel, Checked};
+use crate::format::{self, Checked};
 use crate::progress::Progress;
 
 /// Log bytes copied per RocksDB write while restoring the log after a snapshot.
@@ -103,7 +104,7 @@ pub fn restore(
         source.map(|dir| open_source(dir, shards).map(|store| (dir, store))).transpose()?;
     std::fs::create_dir_all(&staging)
         .map_err(|error| SnapshotError::io("creating", &staging, error))?;
-    let built = build(&staging, &read, source.as_ref(), progress);
+    let built = build(&staging, snapshot, &read, source.as_ref(), progress);
     // Close the source before anything else can fail or the caller reopens it.
     drop(source);
     let log_batches = built.and_then(|log_batches| {
@@ -137,27 +138,26 @@ pub fn restore(
 /// how many log batches were copied.
 fn build(
     staging: &Path,
+    snapshot_path: &Path,
     snapshot: &Checked,
     source: Option<&(&Path, Store)>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64, SnapshotError> {
     let store = Store::open_for_bulk_load(staging, snapshot.header.shards)?;
-    let items = snapshot
-        .encoded
-        .iter()
-        .zip(&snapshot.header.sections)
-        .map(|(encoded, section)| ((encoded, section.log_position), section.accounts))
-        .collect();
-    // The states were checked to decode soundly: their bytes go in as they are. Not
-    // through the write-ahead log, since the flush below writes them to table files once.
-    parallel(
-        items,
-        |shard, (encoded, position)| {
-            store.write_encoded_checkpoint_unlogged(shard as ShardId, position, encoded)
-        },
-        "checkpoint",
-        progress,
-    )?;
+    // The snapshot, checked whole, is the new directory's first checkpoint as it is: a
+    // checkpoint is a snapshot file whose shards need not be at one cut.
+    let checkpoints = staging.join(crate::CHECKPOINT_DIR);
+    std::fs::create_dir_all(&checkpoints)
+        .map_err(|error| SnapshotError::io("creating", &checkpoints, error))?;
+    let checkpoint = checkpoints.join(crate::checkpoint_file_name(0));
+    std::fs::copy(snapshot_path, &checkpoint)
+        .map_err(|error| SnapshotError::io("copying the snapshot to", &checkpoint, error))?;
+    File::open(&checkpoint)
+        .and_then(|file| file.sync_all())
+        .map_err(|error| SnapshotError::io("fsyncing", &checkpoint, error))?;
+    format::sync_parent(&checkpoint)?;
+    let accounts = snapshot.header.sections.iter().map(|s| s.accounts).sum();
+    progress(Progress { phase: "checkpoint", done: accounts, total: accounts, unit: "accounts" });
     record_epochs(&store, snapshot, source.map(|(_, source)| source))?;
     let mut log_batches = 0;
     if let Some((path, source)) = source {
@@ -172,8 +172,7 @@ fn build(
             });
         }
     }
-    // Into table files, fsynced: the checkpoints skipped the write-ahead log, and the
-    // engine's first open would otherwise replay the log copy from it.
+    // Into table files, fsynced: the log copy skipped the write-ahead log.
     store.db().flush()?;
     let accounts = snapshot.header.sections.iter().map(|s| s.accounts).sum();
     progress(Progress { phase: "flush", done: accounts, total: accounts, unit: "accounts" });

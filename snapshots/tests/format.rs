@@ -75,7 +75,6 @@ fn the_documented_encoding_is_bincodes() {
     varint(10_000, &mut expected); // ceiling
     varint(zigzag(20_000), &mut expected); // window day
     expected.extend([0; 7]); // seven empty days, no length
-    expected.push(0); // idempotency: empty map
     expected.push(0); // pending: empty map
     expected.push(0); // next_transfer_seq
     expected.extend([2, 0, 0]); // credits_seen: two zeros

@@ -1,0 +1,305 @@
+//! Checkpoints (§7): every shard's state at a log position, written periodically while
+//! commands go on, so that a restart loads the newest one and replays only the log after
+//! it, and the log before it can be archived.
+//!
+//! A checkpoint is a snapshot file (`docs/SNAPSHOT_FORMAT.md`) in
+//! `<data-dir>/checkpoints/`, one section per shard, each at that shard's own log
+//! position: shards recover independently (a transfer half-way between two shards is
+//! finished by resending its credit), so checkpoints need no cut across shards. Each
+//! shard's part is captured without stopping it (`plafond_shards::table`): the capture
+//! begins between two batches and copies the tables in steps between later ones.
+//!
+//! A checkpoint replaces the previous one only once it is on disk, fsynced, read back
+//! whole (every checksum and the states' invariants) and equal to what was captured; the
+//! newest [`CHECKPOINTS_KEPT`] are kept, so a damaged newest one falls back to the one
+//! before (the log is kept from the oldest kept checkpoint on).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::unbounded;
+
+use plafond_shards::actor::{Captured, Mail, Router};
+use plafond_shards::store::Store;
+
+use crate::error::EngineError;
+
+use plafond_snapshots::{checkpoint_file_name, generation_of, CHECKPOINT_DIR};
+
+/// Checkpoint files kept: the newest, and the one a damaged newest falls back to.
+pub const CHECKPOINTS_KEPT: usize = 2;
+/// A checkpoint is taken at least this often while the log grows.
+pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// A checkpoint is also taken once this many changelog bytes were written since the last
+/// one: at about 20 bytes a payment, some 13M payments, which replay in about 2 s.
+pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 << 20;
+/// How often the checkpointer looks at the clock and the log volume.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
+
+/// When checkpoints are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// The longest time between two checkpoints while the log grows.
+    pub interval: Duration,
+    /// The most changelog bytes written between two checkpoints.
+    pub log_bytes: u64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> CheckpointPolicy {
+        CheckpointPolicy {
+            interval: CHECKPOINT_INTERVAL_DEFAULT,
+            log_bytes: CHECKPOINT_LOG_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// What the last checkpoint did, for the pretty dump and the metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckpointReport {
+    /// Checkpoints written since the engine opened.
+    pub written: u64,
+    /// The newest checkpoint file, once one exists.
+    pub path: Option<PathBuf>,
+    /// Each shard's log position in it.
+    pub positions: Vec<u64>,
+    /// When it was completed (Unix ms, engine clock).
+    pub completed_ms: Option<i64>,
+    /// How long it took, capture to verified file.
+    pub duration: Duration,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// The last failure, if the last attempt failed (it is retried at the next one).
+    pub last_error: Option<String>,
+}
+
+/// Captures every shard's state without stopping it; with `consistent`, all at one cut
+/// (each shard waits for the others between two batches, then goes on while it is
+/// copied). Each state comes once every batch before its position is durable.
+pub(crate) fn capture(
+    router: &Router,
+    shards: u16,
+    consistent: bool,
+) -> Result<Vec<Captured>, EngineError> {
+    let barrier = consistent.then(|| Arc::new(Barrier::new(usize::from(shards))));
+    let (reply, replies) = unbounded();
+    for shard in 0..shards {
+        let mail = Mail::Capture { barrier: barrier.clone(), reply: reply.clone() };
+        router.send_internal(shard, mail);
+    }
+    drop(reply);
+    let mut captured: Vec<Captured> = replies.iter().take(usize::from(shards)).collect();
+    if captured.len() != usize::from(shards) {
+        return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
+    }
+    captured.sort_by_key(|(state, _)| state.shard);
+    Ok(captured)
+}
+
+/// The checkpoint files of `data_dir`, newest first.
+fn files(data_dir: &Path) -> Result<Vec<(u64, PathBuf)>, EngineError> {
+    let dir = data_dir.join(CHECKPOINT_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(EngineError::Io { what: "listing checkpoints", error }),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|error| EngineError::Io { what: "listing checkpoints", error })?;
+        if entry.path().extension().is_some_and(|extension| extension == "tmp") {
+            // Half written when the process died (files are renamed into place once
+            // complete): garbage.
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        if let Some(generation) = entry.file_name().to_str().and_then(generation_of) {
+            files.push((generation, entry.path()));
+        }
+    }
+    files.sort_by_key(|(generation, _)| std::cmp::Reverse(*generation));
+    Ok(files)
+}
+
+/// The newest checkpoint of `data_dir` that reads back whole, as each shard's state and
+/// log position; a damaged one is reported on stderr and the previous one is tried.
+/// `None` when there is no checkpoint: the log is replayed from its start.
+pub(crate) fn load_newest(
+    data_dir: &Path,
+    shards: u16,
+    regions: usize,
+) -> Result<Option<Vec<Captured>>, EngineError> {
+    let found = files(data_dir)?;
+    for (index, (_, path)) in found.iter().enumerate() {
+        match read_checkpoint(path, shards, regions) {
+            Ok(states) => return Ok(Some(states)),
+            Err(error) => {
+                let next = match found.get(index + 1) {
+                    Some((_, previous)) => format!("falling back to {}", previous.display()),
+                    None => "no older checkpoint is left".to_owned(),
+                };
+                eprintln!("plafond: checkpoint {} is unusable ({error}); {next}", path.display());
+            }
+        }
+    }
+    if !found.is_empty() {
+        return Err(EngineError::NoCheckpoint { dir: data_dir.join(CHECKPOINT_DIR) });
+    }
+    Ok(None)
+}
+
+fn read_checkpoint(path: &Path, shards: u16, regions: usize) -> Result<Vec<Captured>, String> {
+    let snapshot = plafond_snapshots::read(path, |_| {}).map_err(|error| error.to_string())?;
+    let header = &snapshot.header;
+    if header.shards != shards || usize::from(header.regions) != regions {
+        return Err(format!(
+            "it has {} shards and {} regions, the engine {shards} and {regions}",
+            header.shards, header.regions
+        ));
+    }
+    let positions = header.sections.iter().map(|section| section.log_position);
+    Ok(snapshot.states.into_iter().zip(positions.collect::<Vec<_>>()).collect())
+}
+
+/// Writes `captured` as the next checkpoint of `data_dir`, verifies it, and removes the
+/// checkpoints beyond the newest [`CHECKPOINTS_KEPT`]. Returns its path and size.
+pub(crate) fn write(data_dir: &Path, captured: &[Captured]) -> Result<(PathBuf, u64), String> {
+    let dir = data_dir.join(CHECKPOINT_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let existing = files(data_dir).map_err(|e| e.to_string())?;
+    let generation = existing.first().map_or(0, |(generation, _)| generation + 1);
+    let path = dir.join(checkpoint_file_name(generation));
+    let report = plafond_snapshots::write(&path, captured, |_| {}).map_err(|e| e.to_string())?;
+    // Read back whole before it replaces anything: every checksum, the invariants, and
+    // the very states that were captured.
+    let shards = u16::try_from(captured.len()).unwrap_or(u16::MAX);
+    let regions = captured.first().map_or(0, |(state, _)| state.rolled_day.len());
+    let verified = read_checkpoint(&path, shards, regions).and_then(|read| {
+        if read.as_slice() == captured {
+            Ok(())
+        } else {
+            Err("it reads back different from what was captured".to_owned())
+        }
+    });
+    if let Err(problem) = verified {
+        let _ = std::fs::remove_file(&path);
+        return Err(format!("checkpoint {} failed verification: {problem}", path.display()));
+    }
+    for (_, old) in existing.iter().skip(CHECKPOINTS_KEPT - 1) {
+        if let Err(error) = std::fs::remove_file(old) {
+            eprintln!("plafond: removing old checkpoint {}: {error}", old.display());
+        }
+    }
+    Ok((path, report.bytes))
+}
+
+/// The log positions from which every shard's log must be kept for recovery: those of
+/// the oldest checkpoint kept (a damaged newest one falls back to it), or `None` while
+/// fewer than [`CHECKPOINTS_KEPT`] exist (the whole log is then needed).
+pub(crate) fn oldest_kept_positions(data_dir: &Path) -> Result<Option<Vec<u64>>, String> {
+    let found = files(data_dir).map_err(|e| e.to_string())?;
+    if found.len() < CHECKPOINTS_KEPT {
+        return Ok(None);
+    }
+    let Some((_, oldest)) = found.get(CHECKPOINTS_KEPT - 1) else { return Ok(None) };
+    let header =
+        plafond_snapshots::format::read_header_of(oldest).map_err(|error| error.to_string())?;
+    Ok(Some(header.sections.iter().map(|section| section.log_position).collect()))
+}
+
+/// What the checkpointer thread needs.
+pub(crate) struct CheckpointerSetup {
+    pub router: Arc<Router>,
+    pub shards: u16,
+    pub store: Arc<Store>,
+    pub data_dir: PathBuf,
+    pub policy: CheckpointPolicy,
+    /// Held while capturing: one capture at a time per shard.
+    pub capture_lock: Arc<Mutex<()>>,
+    pub report: Arc<Mutex<CheckpointReport>>,
+    /// Unix ms now, for the report.
+    pub now_ms: Box<dyn Fn() -> i64 + Send>,
+    /// Run after each checkpoint written (log retention and archiving).
+    pub after: Box<dyn FnMut(&Path) + Send>,
+}
+
+/// The thread that takes checkpoints by time and by log volume.
+pub(crate) struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub(crate) fn start(setup: CheckpointerSetup) -> std::io::Result<Checkpointer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("plafond-checkpoint".into())
+            .spawn(move || run(setup, &stopping))?;
+        Ok(Checkpointer { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(mut setup: CheckpointerSetup, stop: &AtomicBool) {
+    let mut last = Instant::now();
+    let mut log_bytes_at_last = setup.store.log_bytes_written();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(CHECKPOINT_POLL);
+        let log_bytes = setup.store.log_bytes_written();
+        let grown = log_bytes.saturating_sub(log_bytes_at_last);
+        let due = grown >= setup.policy.log_bytes
+            || (grown > 0 && last.elapsed() >= setup.policy.interval);
+        if !due || stop.load(Ordering::Relaxed) {
+            continue;
+        }
+        last = Instant::now();
+        log_bytes_at_last = log_bytes;
+        checkpoint_once(&mut setup);
+    }
+}
+
+/// Takes one checkpoint now and records how it went.
+pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
+    let started = Instant::now();
+    // Held through the write too: two checkpoints at once would pick one file name.
+    let one_at_a_time = setup.capture_lock.clone();
+    let _one_capture = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+    let captured = capture(&setup.router, setup.shards, false).map_err(|e| e.to_string());
+    let written = captured.and_then(|captured| {
+        let positions: Vec<u64> = captured.iter().map(|(_, position)| *position).collect();
+        write(&setup.data_dir, &captured).map(|(path, bytes)| (path, bytes, positions))
+    });
+    let mut report = setup.report.lock().unwrap_or_else(|p| p.into_inner());
+    match written {
+        Ok((path, bytes, positions)) => {
+            *report = CheckpointReport {
+                written: report.written + 1,
+                path: Some(path),
+                positions,
+                completed_ms: Some((setup.now_ms)()),
+                duration: started.elapsed(),
+                bytes,
+                last_error: None,
+            };
+            drop(report);
+            (setup.after)(&setup.data_dir);
+        }
+        Err(error) => {
+            eprintln!("plafond: checkpoint failed ({error}); retrying at the next one");
+            report.last_error = Some(error);
+        }
+    }
+}
