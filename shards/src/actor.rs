@@ -25,7 +25,7 @@ use crate::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
 use crate::calendar::Calendar;
 use crate::command::{Outcome, RegionId, Request};
 use crate::ids::{shard_of, ShardId};
-use crate::log::BatchEncoder;
+use crate::log::{BatchEncoder, Entry};
 use crate::region::Regions;
 use crate::reply::{Collector, Slot};
 use crate::state::ShardState;
@@ -309,17 +309,31 @@ fn recover(
         from_seq = log_seq;
     }
     let next_seq = store.read_log(shard, from_seq, |seq, entries| {
-        for entry in entries {
-            let mut env = Env { regions, calendar: &mut *calendar };
-            let applied = apply(state, &mut env, entry.ts_ms, &entry.input);
-            if !applied.changed || applied.logged_outcome() != entry.outcome.as_ref() {
-                let detail = format!("logged {:?}, replayed {:?}", entry.outcome, applied.reply);
-                return Err(StoreError::Diverged { shard, seq, detail });
-            }
-        }
-        Ok(())
+        replay_batch(state, regions, calendar, seq, &entries)
     })?;
     Ok(next_seq.max(from_seq))
+}
+
+/// Applies logged batch `seq` of `state`'s shard again, entry by entry with its logged
+/// time, as recovery and the auditor's replay of an archive do. Refuses (and leaves the
+/// state part-way) when a replayed outcome is not the logged one: the log is then not
+/// the history of this state.
+pub fn replay_batch(
+    state: &mut ShardState,
+    regions: &Regions,
+    calendar: &mut Calendar,
+    seq: u64,
+    entries: &[Entry],
+) -> Result<(), StoreError> {
+    for entry in entries {
+        let mut env = Env { regions, calendar: &mut *calendar };
+        let applied = apply(state, &mut env, entry.ts_ms, &entry.input);
+        if !applied.changed || applied.logged_outcome() != entry.outcome.as_ref() {
+            let detail = format!("logged {:?}, replayed {:?}", entry.outcome, applied.reply);
+            return Err(StoreError::Diverged { shard: state.shard, seq, detail });
+        }
+    }
+    Ok(())
 }
 
 struct Actor {
