@@ -8,6 +8,7 @@
 //! - [`window`], [`interest`]: the seven-day card window and the half-month savings rule;
 //! - [`state`], [`apply`]: a shard's state and the pure function that decides a command;
 //! - [`log`], [`store`]: the on-disk changelog and the RocksDB group-commit writer;
+//! - [`archive`]: checksummed segment files of old log batches, and their replay;
 //! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together.
 //!
 //! Nothing here reads a wall clock: every input carries the time it was stamped with at
@@ -17,6 +18,7 @@
 
 pub mod actor;
 pub mod apply;
+pub mod archive;
 pub mod calendar;
 pub mod command;
 pub mod ids;
