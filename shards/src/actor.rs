@@ -361,28 +361,29 @@ fn recover(
 ) -> Result<u64, StoreError> {
     let shard = state.shard;
     let next_seq = store.read_log(shard, from_seq, |seq, entries| {
-        replay_batch(state, regions, calendar, seq, entries)
+        replay_batch(state, regions, calendar, seq, &entries)
     })?;
     Ok(next_seq.max(from_seq))
 }
 
-/// Applies one logged batch `seq` of `state`'s shard again, refusing any entry whose
-/// outcome differs from the logged one. No idempotency lookup: the log only holds first
-/// uses of command ids (a retry is answered from its record and not logged).
+/// Applies logged batch `seq` of `state`'s shard again, entry by entry with its logged
+/// time, as recovery and the auditor's replay of an archive do. Refuses (and leaves the
+/// state part-way) when a replayed outcome is not the logged one: the log is then not
+/// the history of this state. No idempotency lookup: the log only holds first uses of
+/// command ids (a retry is answered from its record and not logged).
 pub fn replay_batch(
     state: &mut ShardState,
     regions: &Regions,
     calendar: &mut Calendar,
     seq: u64,
-    entries: Vec<Entry>,
+    entries: &[Entry],
 ) -> Result<(), StoreError> {
-    let shard = state.shard;
     for entry in entries {
         let mut env = Env { regions, calendar: &mut *calendar };
         let applied = apply(state, &mut env, entry.ts_ms, &entry.input);
         if !applied.changed || applied.logged_outcome() != entry.outcome.as_ref() {
             let detail = format!("logged {:?}, replayed {:?}", entry.outcome, applied.reply);
-            return Err(StoreError::Diverged { shard, seq, detail });
+            return Err(StoreError::Diverged { shard: state.shard, seq, detail });
         }
     }
     Ok(())

@@ -11,6 +11,7 @@
 //! - [`idempotency`], [`remembered`]: what a command id remembers, and where a shard finds
 //!   it (on disk, beside the log);
 //! - [`log`], [`store`]: the on-disk changelog and the RocksDB group-commit writer;
+//! - [`archive`]: checksummed segment files of old log batches, and their replay;
 //! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together.
 //!
 //! Nothing here reads a wall clock: every input carries the time it was stamped with at
@@ -20,6 +21,7 @@
 
 pub mod actor;
 pub mod apply;
+pub mod archive;
 pub mod calendar;
 pub mod command;
 pub mod idempotency;

@@ -131,6 +131,21 @@ pub enum StoreError {
         /// The logged and the replayed outcome.
         detail: String,
     },
+    /// Deleting this range of the log would leave a hole in what is retained.
+    #[error(
+        "cannot delete batches {from_seq} .. {to_seq} of shard {shard}'s log: the log is \
+         retained from batch {start}, so only a range starting at or before it can go"
+    )]
+    LogHole {
+        /// The shard whose log it is.
+        shard: ShardId,
+        /// The first batch asked to be deleted.
+        from_seq: u64,
+        /// One past the last batch asked to be deleted.
+        to_seq: u64,
+        /// The first batch the log retains.
+        start: u64,
+    },
 }
 
 /// Per region, the first business day whose idempotency records are still kept: the
@@ -325,6 +340,79 @@ impl Store {
     pub fn db(&self) -> &DB {
         &self.db
     }
+
+    /// The shard count the data directory was created with.
+    pub fn shard_count(&self) -> Result<u16, StoreError> {
+        decode_shards(&self.db.get(META_SHARDS_KEY)?.ok_or(StoreError::Meta("shards"))?)
+    }
+
+    /// Calls `visit` with the stored value of every batch of `shard` in `from_seq ..
+    /// to_seq`, in order, undecoded (the archive copies them verbatim), and returns one
+    /// past the last batch visited (`from_seq` if none). Stops at the first gap: the
+    /// caller compares the result with `to_seq`.
+    pub fn read_log_raw<E: From<StoreError>>(
+        &self,
+        shard: ShardId,
+        from_seq: u64,
+        to_seq: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(log_key(shard, to_seq));
+        let mut iterator = self.db.raw_iterator_opt(options);
+        iterator.seek(log_key(shard, from_seq));
+        let mut next_seq = from_seq;
+        while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+            match parse_log_key(key) {
+                Some((key_shard, seq)) if key_shard == shard && seq == next_seq => {
+                    visit(seq, value)?;
+                    next_seq = seq + 1;
+                }
+                _ => break,
+            }
+            iterator.next();
+        }
+        iterator.status().map_err(StoreError::from)?;
+        Ok(next_seq)
+    }
+
+    /// The first batch of `shard`'s log still in the store: every batch before it was
+    /// deleted by [`Store::delete_log_range`] (0 if none was).
+    pub fn log_start(&self, shard: ShardId) -> Result<u64, StoreError> {
+        let Some(value) = self.db.get(log_start_key(shard))? else { return Ok(0) };
+        let bytes = value.as_slice().try_into().map_err(|_| StoreError::Meta("log start"))?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// Deletes batches `from_seq .. to_seq` of `shard`'s log, durably, and records
+    /// `to_seq` as its first retained batch in the same write, so a crash leaves either
+    /// both or neither. Only a prefix of what is retained can go (`from_seq` at or before
+    /// [`Store::log_start`]): the retained log never has a hole.
+    pub fn delete_log_range(
+        &self,
+        shard: ShardId,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<(), StoreError> {
+        let start = self.log_start(shard)?;
+        if from_seq > start || to_seq < from_seq {
+            return Err(StoreError::LogHole { shard, from_seq, to_seq, start });
+        }
+        if to_seq <= start {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range(log_key(shard, from_seq), log_key(shard, to_seq));
+        batch.put(log_start_key(shard), to_seq.to_le_bytes());
+        self.write(batch, true)
+    }
+}
+
+/// Key of the first retained batch of `shard`'s log (a little-endian `u64`).
+fn log_start_key(shard: ShardId) -> [u8; 14] {
+    let mut key = *b"M/log_start/\0\0";
+    key[12..].copy_from_slice(&shard.to_be_bytes());
+    key
 }
 
 /// The `ids` column family's options: bloom filters for the lookups of new ids, and a
