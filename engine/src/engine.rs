@@ -1,7 +1,7 @@
 //! The engine: ingress (validation, idempotency claims, routing), the shard threads and
 //! the writer, and consistent cuts across all shards.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,9 +13,10 @@ use plafond_shards::actor::{
     self, Mail, Mailboxes, Router, ShardCell, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX,
 };
 use plafond_shards::command::{Command, CommandId, Outcome, Reason, RegionId, Request};
+use plafond_shards::health::{Health, StorageHealth};
 use plafond_shards::ids::{shard_of, ShardId};
 use plafond_shards::region::Regions;
-use plafond_shards::reply::{Collector, Ticket};
+use plafond_shards::reply::{Collector, Stopped, Ticket};
 use plafond_shards::state::ShardState;
 use plafond_shards::store::{Durability, Store, Writer};
 
@@ -39,7 +40,8 @@ pub struct Engine {
     /// Declines decided at ingress (invalid amounts, unknown regions, id conflicts).
     pub(crate) ingress_declines: [AtomicU64; Reason::ALL.len()],
     next_profile_shard: AtomicU64,
-    failed: Arc<AtomicBool>,
+    /// Set by the writer on the first failed write: nothing is acknowledged after it.
+    health: Arc<StorageHealth>,
     pub(crate) metrics: Vec<Arc<ShardMetrics>>,
     threads: Vec<JoinHandle<()>>,
     writer: Option<Writer>,
@@ -75,7 +77,7 @@ impl Engine {
             }
             _ => None,
         };
-        let failed = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(StorageHealth::default());
         let (mut ingress, mut internal, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shards {
             let (ingress_tx, ingress_rx) = bounded(INGRESS_MAILS_MAX);
@@ -89,7 +91,7 @@ impl Engine {
             Some(store) => {
                 let (jobs_tx, jobs_rx) = bounded(INGRESS_MAILS_MAX);
                 let writer =
-                    Writer::start(store.clone(), config.durability, jobs_rx, failed.clone())?;
+                    Writer::start(store.clone(), config.durability, jobs_rx, health.clone())?;
                 (Some(writer), Some(jobs_tx))
             }
             None => (None, None),
@@ -142,7 +144,7 @@ impl Engine {
             claims: DashMap::new(),
             ingress_declines: Default::default(),
             next_profile_shard: AtomicU64::new(0),
-            failed,
+            health,
             metrics,
             threads,
             writer,
@@ -189,11 +191,12 @@ impl Engine {
     /// it: the call then takes as long as deciding them, about 0.1 µs a command. Only the
     /// durable write is waited for through the ticket.
     pub fn submit(&self, requests: Vec<Request>) -> Result<Ticket, EngineError> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
+        if let Some(reason) = self.health.reason() {
+            return Err(EngineError::Storage(reason.to_string()));
         }
         let ts_ms = self.clock.now_ms();
         let (collector, ticket) = Collector::new(requests.len());
+        let ticket = ticket.reporting(self.health.clone());
         // Room for an even share and some: a submission's commands spread about evenly,
         // and growing these vectors one doubling at a time would cost more than the slack.
         let shards = usize::from(self.shards);
@@ -220,7 +223,7 @@ impl Engine {
             let mail = Mail::Requests { ts_ms, items, collector: collector.clone() };
             let (ingress, internal) = (&self.router.ingress[shard], &self.router.internal[shard]);
             let Err(mail) = self.cells[shard].try_apply(mail, ingress, internal) else { continue };
-            ingress.send(mail).map_err(|_| EngineError::Stopped(plafond_shards::reply::Stopped))?;
+            ingress.send(mail).map_err(|_| EngineError::Stopped(Stopped::SHUTDOWN))?;
         }
         Ok(ticket)
     }
@@ -229,7 +232,7 @@ impl Engine {
     /// [`Engine::submit`] and [`Ticket::outcomes`] there.
     pub fn execute(&self, request: Request) -> Result<Outcome, EngineError> {
         let mut outcomes = self.submit(vec![request])?.wait()?;
-        outcomes.pop().ok_or(EngineError::Stopped(plafond_shards::reply::Stopped))
+        outcomes.pop().ok_or(EngineError::Stopped(Stopped::SHUTDOWN))
     }
 
     /// Runs one command without an idempotency key.
@@ -307,7 +310,7 @@ impl Engine {
         drop(results_tx);
         let mut results: Vec<(ShardId, R)> = results_rx.iter().collect();
         if results.len() != usize::from(self.shards) {
-            return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
+            return Err(EngineError::Stopped(Stopped::SHUTDOWN));
         }
         results.sort_by_key(|(shard, _)| *shard);
         Ok(results.into_iter().map(|(_, result)| result).collect())
@@ -331,6 +334,13 @@ impl Engine {
     /// How many shards there are.
     pub fn shards(&self) -> u16 {
         self.shards
+    }
+
+    /// Whether the storage still takes writes. Once a write failed, nothing more is
+    /// acknowledged ([`Engine::submit`] returns [`EngineError::Storage`]) until a restart,
+    /// which recovers every acknowledged outcome.
+    pub fn health(&self) -> Health {
+        self.health.health()
     }
 
     /// How outcomes are made durable.

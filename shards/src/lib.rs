@@ -8,6 +8,8 @@
 //! - [`window`], [`interest`]: the seven-day card window and the half-month savings rule;
 //! - [`state`], [`apply`]: a shard's state and the pure function that decides a command;
 //! - [`log`], [`store`]: the on-disk changelog and the RocksDB group-commit writer;
+//! - [`watermark`], [`health`]: the acknowledged-write witness kept outside the WAL, and
+//!   whether the storage still takes writes;
 //! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together.
 //!
 //! Nothing here reads a wall clock: every input carries the time it was stamped with at
@@ -19,6 +21,7 @@ pub mod actor;
 pub mod apply;
 pub mod calendar;
 pub mod command;
+pub mod health;
 pub mod ids;
 pub mod interest;
 pub mod log;
@@ -27,4 +30,5 @@ pub mod region;
 pub mod reply;
 pub mod state;
 pub mod store;
+pub mod watermark;
 pub mod window;
