@@ -80,8 +80,8 @@ pub enum WatermarkError {
     },
 }
 
-/// One decoded slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One decoded slot; the default (generation 0) stands for "nothing written yet".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Slot {
     generation: u64,
     sequence: u64,
@@ -202,12 +202,6 @@ impl WatermarkFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-impl Default for Slot {
-    fn default() -> Slot {
-        Slot { generation: 0, sequence: 0 }
     }
 }
 
