@@ -93,7 +93,7 @@ pub(crate) fn capture(
     drop(reply);
     let mut captured: Vec<Captured> = replies.iter().take(usize::from(shards)).collect();
     if captured.len() != usize::from(shards) {
-        return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
+        return Err(EngineError::Stopped(plafond_shards::reply::Stopped::SHUTDOWN));
     }
     captured.sort_by_key(|(state, _)| state.shard);
     Ok(captured)

@@ -2,7 +2,7 @@
 //! the writer, and consistent cuts across all shards.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 
@@ -12,10 +12,11 @@ use plafond_shards::actor::{
     self, Captured, Mail, Mailboxes, Router, ShardCell, ShardMetrics, ShardSetup, INGRESS_MAILS_MAX,
 };
 use plafond_shards::command::{Command, Outcome, Reason, RegionId, Request};
+use plafond_shards::health::{Health, StorageHealth};
 use plafond_shards::ids::{shard_of, ShardId};
 use plafond_shards::region::Regions;
 use plafond_shards::remembered::{Claims, IdsHome};
-use plafond_shards::reply::{Collector, Ticket};
+use plafond_shards::reply::{Collector, Stopped, Ticket};
 use plafond_shards::state::ShardState;
 use plafond_shards::store::{Durability, DurableMarks, Store, Writer};
 
@@ -44,7 +45,8 @@ pub struct Engine {
     /// Declines decided at ingress (invalid amounts, unknown regions, id conflicts).
     pub(crate) ingress_declines: [AtomicU64; Reason::ALL.len()],
     next_profile_shard: AtomicU64,
-    failed: Arc<AtomicBool>,
+    /// Set by the writer on the first failed write: nothing is acknowledged after it.
+    health: Arc<StorageHealth>,
     pub(crate) metrics: Vec<Arc<ShardMetrics>>,
     threads: Vec<JoinHandle<()>>,
     writer: Option<Writer>,
@@ -106,7 +108,7 @@ impl Engine {
             Some(store) => IdsHome::Disk(store.clone()),
             None => IdsHome::memory(),
         };
-        let failed = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(StorageHealth::default());
         let (mut ingress, mut internal, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shards {
             let (ingress_tx, ingress_rx) = bounded(INGRESS_MAILS_MAX);
@@ -123,7 +125,7 @@ impl Engine {
                     store.clone(),
                     config.durability,
                     jobs_rx,
-                    failed.clone(),
+                    health.clone(),
                     marks.clone(),
                 )?;
                 (Some(writer), Some(jobs_tx))
@@ -183,7 +185,7 @@ impl Engine {
             ids,
             ingress_declines: Default::default(),
             next_profile_shard: AtomicU64::new(0),
-            failed,
+            health,
             metrics,
             threads,
             writer,
@@ -236,11 +238,12 @@ impl Engine {
     /// it: the call then takes as long as deciding them, about 0.1 µs a command. Only the
     /// durable write is waited for through the ticket.
     pub fn submit(&self, requests: Vec<Request>) -> Result<Ticket, EngineError> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
+        if let Some(reason) = self.health.reason() {
+            return Err(EngineError::Storage(reason.to_string()));
         }
         let ts_ms = self.clock.now_ms();
         let (collector, ticket) = Collector::new(requests.len());
+        let ticket = ticket.reporting(self.health.clone());
         // Room for an even share and some: a submission's commands spread about evenly,
         // and growing these vectors one doubling at a time would cost more than the slack.
         let shards = usize::from(self.shards);
@@ -267,7 +270,7 @@ impl Engine {
             let mail = Mail::Requests { ts_ms, items, collector: collector.clone() };
             let (ingress, internal) = (&self.router.ingress[shard], &self.router.internal[shard]);
             let Err(mail) = self.cells[shard].try_apply(mail, ingress, internal) else { continue };
-            ingress.send(mail).map_err(|_| EngineError::Stopped(plafond_shards::reply::Stopped))?;
+            ingress.send(mail).map_err(|_| EngineError::Stopped(Stopped::SHUTDOWN))?;
         }
         Ok(ticket)
     }
@@ -276,7 +279,7 @@ impl Engine {
     /// [`Engine::submit`] and [`Ticket::outcomes`] there.
     pub fn execute(&self, request: Request) -> Result<Outcome, EngineError> {
         let mut outcomes = self.submit(vec![request])?.wait()?;
-        outcomes.pop().ok_or(EngineError::Stopped(plafond_shards::reply::Stopped))
+        outcomes.pop().ok_or(EngineError::Stopped(Stopped::SHUTDOWN))
     }
 
     /// Runs one command without an idempotency key.
@@ -348,7 +351,7 @@ impl Engine {
         drop(results_tx);
         let mut results: Vec<(ShardId, R)> = results_rx.iter().collect();
         if results.len() != usize::from(self.shards) {
-            return Err(EngineError::Stopped(plafond_shards::reply::Stopped));
+            return Err(EngineError::Stopped(Stopped::SHUTDOWN));
         }
         results.sort_by_key(|(shard, _)| *shard);
         Ok(results.into_iter().map(|(_, result)| result).collect())
@@ -372,6 +375,13 @@ impl Engine {
     /// How many shards there are.
     pub fn shards(&self) -> u16 {
         self.shards
+    }
+
+    /// Whether the storage still takes writes. Once a write failed, nothing more is
+    /// acknowledged ([`Engine::submit`] returns [`EngineError::Storage`]) until a restart,
+    /// which recovers every acknowledged outcome.
+    pub fn health(&self) -> Health {
+        self.health.health()
     }
 
     /// How outcomes are made durable.

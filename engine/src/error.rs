@@ -19,7 +19,13 @@ pub enum EngineError {
     Config(String),
     /// The engine stopped, or was stopping, before answering.
     #[error(transparent)]
-    Stopped(#[from] Stopped),
+    Stopped(Stopped),
+    /// The storage refused a write (disk full, I/O error): nothing more is acknowledged.
+    #[error(
+        "storage failed: {0}; nothing more is acknowledged: free space or fix the disk, then \
+         restart (every acknowledged outcome is kept)"
+    )]
+    Storage(String),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -60,4 +66,14 @@ pub enum EngineError {
         /// The outcome received instead, as debug text.
         got: String,
     },
+}
+
+impl From<Stopped> for EngineError {
+    /// A ticket dropped by a failed write says so as [`EngineError::Storage`].
+    fn from(stopped: Stopped) -> EngineError {
+        match stopped.storage_reason() {
+            Some(reason) => EngineError::Storage(reason.to_string()),
+            None => EngineError::Stopped(stopped),
+        }
+    }
 }

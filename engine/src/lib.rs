@@ -60,6 +60,7 @@ pub use plafond_shards::command::{
     AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
     ProfileView, Reason, RegionId, Request,
 };
+pub use plafond_shards::health::Health;
 pub use plafond_shards::ids::{AccountId, CardId, ProfileId, ShardId, SHARDS_MAX};
 pub use plafond_shards::money::AMOUNT_MAX_MINOR;
 pub use plafond_shards::region::{Region, RegionError, Regions, Rules};

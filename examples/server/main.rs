@@ -13,6 +13,11 @@
 //! batches wait for their answers, and the loop reads no more while they are all out, so
 //! a client that sends without reading stalls only itself (TCP flow control does the
 //! rest).
+//!
+//! Once the storage refuses a write (disk full, I/O error), the engine acknowledges nothing
+//! more: every command, `PING` included, gets `-ERR STORAGE <reason>`, and `STATS` shows
+//! the failure instead of numbers that were never all made durable. A restart, once space
+//! is back, recovers every acknowledged outcome.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -31,7 +36,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use plafond::{
-    Durability, Engine, EngineConfig, EngineError, ManualClock, Opening, Regions, Request,
+    Durability, Engine, EngineConfig, EngineError, Health, ManualClock, Opening, Regions, Request,
     SHARDS_MAX,
 };
 use plafond_examples::combiner::{Answer, Combiner, Pending};
@@ -104,7 +109,9 @@ usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sy
   --populate N      before listening, open N checking accounts in the first region (balance
                     20000, ceiling 10000), card ids 0..N-1; refused on a non-empty data dir
 
-Prints `listening on ADDR` once it accepts connections; SIGTERM or SIGINT stop it cleanly.
+Prints `listening on ADDR` once it accepts connections, then `health: ok`; SIGTERM or
+SIGINT stop it cleanly. If the disk refuses a write, it says so on stderr and every command
+gets `-ERR STORAGE ...` until a restart.
 ";
 
 /// What the command line asked for.
@@ -302,6 +309,7 @@ async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     println!("listening on {}", listener.local_addr()?);
+    println!("{}", stats::health_line(&server.engine.health()));
     std::io::stdout().flush()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -523,12 +531,19 @@ impl Connection {
     async fn execute(&mut self) -> std::io::Result<()> {
         let mut actions = std::mem::take(&mut self.actions);
         self.requests.reserve(actions.len());
+        // Once per read: the health only ever goes from ok to failed.
+        let storage_failed = storage_failure(&self.server.engine);
         for action in actions.drain(..) {
             if self.closing {
                 break;
             }
             if !self.authenticated && !action.allowed_before_auth() {
                 self.ready(|e| e.error("NOAUTH Authentication required."));
+                continue;
+            }
+            let exempt = matches!(action, Action::Local(Local::Quit | Local::Stats { .. }));
+            if let Some(error) = storage_failed.as_ref().filter(|_| !exempt) {
+                self.ready(|e| e.error(error));
                 continue;
             }
             match action {
@@ -570,6 +585,11 @@ impl Connection {
         let Some(InFlight { mut batch, protocol, .. }) = self.in_flight.pop_front() else {
             return;
         };
+        let storage_failed = answer
+            .as_ref()
+            .is_some_and(|answer| answer.is_err())
+            .then(|| storage_failure(&self.server.engine))
+            .flatten();
         let (outcomes, failure) = match &answer {
             None => (&[][..], None),
             Some(Ok(outcomes)) => (outcomes.as_slice(), None),
@@ -584,9 +604,10 @@ impl Connection {
                     encoder.out.extend_from_slice(&batch.staged[staged_from..end]);
                     staged_from = end;
                 }
-                Reply::Engine => match outcomes.next() {
-                    Some(outcome) => commands::render_outcome(&mut encoder, outcome),
-                    None => {
+                Reply::Engine => match (outcomes.next(), &storage_failed) {
+                    (Some(outcome), _) => commands::render_outcome(&mut encoder, outcome),
+                    (None, Some(error)) => encoder.error(error),
+                    (None, None) => {
                         encoder.error(&format!("ERR engine: {}", failure.unwrap_or("no outcome")))
                     }
                 },
@@ -802,12 +823,32 @@ impl Connection {
         let server = self.server.clone();
         // A consistent cut blocks until every shard pauses: not on the async workers.
         tokio::task::spawn_blocking(move || {
+            let health = server.engine.health();
+            if health != Health::Ok {
+                return Ok(stats::failed(&health, json));
+            }
             let stats = server.engine.stats()?;
             let rates = server.sampler.rates(&stats);
-            Ok(if json { stats::json(&stats, &rates) } else { stats::table(&stats, &rates) })
+            Ok(if json {
+                stats::json(&stats, &rates, &health)
+            } else {
+                stats::table(&stats, &rates, &health)
+            })
         })
         .await?
     }
+}
+
+/// The `-ERR STORAGE` text every command gets once the storage refused a write, or `None`
+/// while it is healthy.
+fn storage_failure(engine: &Engine) -> Option<String> {
+    let Health::Failed { reason, .. } = engine.health() else { return None };
+    // RocksDB's messages are one line, but a reply must never carry a line break.
+    let reason = reason.replace(['\r', '\n'], " ");
+    Some(format!(
+        "ERR STORAGE {reason}; nothing more is acknowledged: free space or fix the disk, then \
+         restart the server (acknowledged outcomes are kept)"
+    ))
 }
 
 /// The engine's answer to `pending`, or `None` at once if there is nothing to wait for.

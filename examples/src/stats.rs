@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use plafond::{Reason, RegionStats, Stats};
+use plafond::{Health, Reason, RegionStats, Stats};
 
 /// Remembers the previous sample, so commands/s covers the time since the last `STATS`
 /// (or since start), which is what an operator polling it wants.
@@ -59,9 +59,49 @@ fn rolled(stats: &RegionStats) -> String {
     stats.rolled_day.map_or_else(|| "none".into(), civil_date)
 }
 
-/// The table for people.
-pub fn table(stats: &Stats, rates: &[f64]) -> String {
-    let mut out = String::new();
+/// Milliseconds since 1970 of `time` (0 before it).
+fn unix_ms(time: std::time::SystemTime) -> u128 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis())
+}
+
+/// One line for people: `health: ok`, or what failed, since when, and what to do.
+pub fn health_line(health: &Health) -> String {
+    match health {
+        Health::Ok => "health: ok".into(),
+        Health::Failed { since, reason } => format!(
+            "health: STORAGE FAILED at unix ms {}: {reason}; nothing more is acknowledged \
+             and the numbers in memory were not all made durable, so none are shown; free \
+             space or fix the disk, then restart (acknowledged outcomes are kept)",
+            unix_ms(*since)
+        ),
+    }
+}
+
+/// `{"state":"ok"}` or `{"state":"failed","since_unix_ms":N,"reason":"..."}`.
+pub fn health_json(health: &Health) -> String {
+    match health {
+        Health::Ok => "{\"state\":\"ok\"}".into(),
+        Health::Failed { since, reason } => format!(
+            "{{\"state\":\"failed\",\"since_unix_ms\":{},\"reason\":{}}}",
+            unix_ms(*since),
+            json_string(reason)
+        ),
+    }
+}
+
+/// What `STATS` answers once the storage failed: the health alone, since the numbers
+/// in memory include outcomes that were never made durable.
+pub fn failed(health: &Health, json: bool) -> String {
+    if json {
+        format!("{{\"health\":{}}}", health_json(health))
+    } else {
+        health_line(health) + "\n"
+    }
+}
+
+/// The table for people, under the health line.
+pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
+    let mut out = health_line(health) + "\n\n";
     let rows: Vec<(&str, &RegionStats)> = stats
         .regions
         .iter()
@@ -230,8 +270,9 @@ fn region_json(s: &RegionStats) -> String {
     )
 }
 
-/// The JSON for machines: `{"regions":{name:{...}},"total":{...},"audit":{...},"shards":[...]}`.
-pub fn json(stats: &Stats, rates: &[f64]) -> String {
+/// The JSON for machines:
+/// `{"health":{...},"regions":{name:{...}},"total":{...},"audit":{...},"shards":[...]}`.
+pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
     let regions: Vec<String> = stats
         .regions
         .iter()
@@ -284,8 +325,10 @@ pub fn json(stats: &Stats, rates: &[f64]) -> String {
         c.last_error.as_deref().map_or("null".to_owned(), json_string)
     );
     format!(
-        "{{\"regions\":{{{}}},\"total\":{},\"unattributed_declined\":{},\"audit\":{},\
-         \"shards\":[{}],\"remembered_in_memory\":{},\"ids_in_flight\":{},\"checkpoint\":{}}}",
+        "{{\"health\":{},\"regions\":{{{}}},\"total\":{},\"unattributed_declined\":{},\
+         \"audit\":{},\"shards\":[{}],\"remembered_in_memory\":{},\"ids_in_flight\":{},\
+         \"checkpoint\":{}}}",
+        health_json(health),
         regions.join(","),
         region_json(&stats.total),
         stats.unattributed.declined.iter().sum::<u64>(),

@@ -143,6 +143,7 @@ fn stats_are_a_table_and_json_with_conservation() {
     assert_eq!(eu["balances_minor"], 100 * 20_000 - 10_000);
     assert_eq!(json["total"]["payments_approved"]["count"], 10);
     assert_eq!(json["audit"]["holds"], true);
+    assert_eq!(json["health"]["state"], "ok");
     assert_eq!(json["audit"]["card_payments_minor"], 10_000);
     let shards = json["shards"].as_array().expect("per-shard figures");
     assert_eq!(shards.len(), 2);
@@ -312,6 +313,7 @@ fn pipelined_commands_come_back_in_order_and_conserve_money() {
     let balances = json["total"]["balances_minor"].as_i64().expect("a number");
     assert_eq!(balances + approved_minor, cards * 20_000);
     assert_eq!(json["audit"]["holds"], true);
+    assert_eq!(json["health"]["state"], "ok");
 }
 
 #[test]

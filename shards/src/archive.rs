@@ -1287,7 +1287,7 @@ mod tests {
         assert_eq!(raw_log(&store, 1, 250..300).len(), 50);
         assert!(matches!(
             store.delete_log_range(1, 260, 270),
-            Err(StoreError::LogHole { start: 250, .. })
+            Err(StoreError::DeleteLeavesHole { start: 250, .. })
         ));
         let error = archive_range(&store, 1, 200, 260, &archive).unwrap_err();
         assert!(matches!(error, ArchiveError::AlreadyArchived { from_seq: 200, .. }), "{error}");

@@ -12,6 +12,8 @@
 //!   it (on disk, beside the log);
 //! - [`log`], [`store`]: the on-disk changelog and the RocksDB group-commit writer;
 //! - [`archive`]: checksummed segment files of old log batches, and their replay;
+//! - [`watermark`], [`health`]: the acknowledged-write witness kept outside the WAL, and
+//!   whether the storage still takes writes;
 //! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together.
 //!
 //! Nothing here reads a wall clock: every input carries the time it was stamped with at
@@ -24,6 +26,7 @@ pub mod apply;
 pub mod archive;
 pub mod calendar;
 pub mod command;
+pub mod health;
 pub mod idempotency;
 pub mod ids;
 pub mod interest;
@@ -35,4 +38,5 @@ pub mod reply;
 pub mod state;
 pub mod store;
 pub mod table;
+pub mod watermark;
 pub mod window;

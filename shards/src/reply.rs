@@ -4,20 +4,54 @@
 //! shard fills the slots of its commands in one go when its batch is durable; the last
 //! fill completes the ticket. A cross-shard transfer's slot is filled later, when the
 //! transfer settles. If the engine stops first, the collector is dropped and the ticket
-//! reports [`Stopped`].
+//! reports [`Stopped`]: with the storage error when a failed write dropped it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
 use crate::command::Outcome;
+use crate::health::StorageHealth;
 
-/// The engine stopped before the outcomes were known (shut down, or a storage failure).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the engine stopped before answering; the outcome is unknown (retry with the same command id)"
-)]
-pub struct Stopped;
+/// The engine stopped before the outcomes were known: shut down, or a storage failure (then
+/// [`Stopped::storage_reason`] names it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stopped {
+    storage: Option<String>,
+}
+
+impl Stopped {
+    /// The engine shut down.
+    pub const SHUTDOWN: Stopped = Stopped { storage: None };
+
+    /// The storage refused a write, so the outcome was never made durable.
+    pub fn storage(reason: impl Into<String>) -> Stopped {
+        Stopped { storage: Some(reason.into()) }
+    }
+
+    /// The storage error that stopped the engine, if that is why.
+    pub fn storage_reason(&self) -> Option<&str> {
+        self.storage.as_deref()
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.storage {
+            None => out.write_str(
+                "the engine stopped before answering; the outcome is unknown (retry with the \
+                 same command id)",
+            ),
+            Some(reason) => write!(
+                out,
+                "storage failed ({reason}): the outcome was not made durable and is unknown; \
+                 free space or fix the disk, restart, then retry with the same command id"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Stopped {}
 
 struct Pending {
     outcomes: Vec<Option<Outcome>>,
@@ -42,6 +76,8 @@ pub struct Slot {
 /// Resolves to a submission's outcomes, in submission order.
 pub struct Ticket {
     receiver: oneshot::Receiver<Vec<Outcome>>,
+    /// Consulted when the outcomes never come, to say whether a storage failure is why.
+    health: Option<Arc<StorageHealth>>,
 }
 
 impl Collector {
@@ -54,7 +90,7 @@ impl Collector {
         if slots == 0 {
             collector.fill(std::iter::empty());
         }
-        (collector, Ticket { receiver })
+        (collector, Ticket { receiver, health: None })
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -93,14 +129,28 @@ impl Slot {
 }
 
 impl Ticket {
+    /// The ticket, reporting `health`'s failure if its outcomes are dropped.
+    pub fn reporting(self, health: Arc<StorageHealth>) -> Ticket {
+        Ticket { health: Some(health), ..self }
+    }
+
     /// Blocks until every outcome is known. Must not be called from an async task.
     pub fn wait(self) -> Result<Vec<Outcome>, Stopped> {
-        self.receiver.blocking_recv().map_err(|_| Stopped)
+        let Ticket { receiver, health } = self;
+        receiver.blocking_recv().map_err(|_| stopped(health.as_deref()))
     }
 
     /// Waits, from async code, until every outcome is known.
     pub async fn outcomes(self) -> Result<Vec<Outcome>, Stopped> {
-        self.receiver.await.map_err(|_| Stopped)
+        let Ticket { receiver, health } = self;
+        receiver.await.map_err(|_| stopped(health.as_deref()))
+    }
+}
+
+fn stopped(health: Option<&StorageHealth>) -> Stopped {
+    match health.and_then(StorageHealth::reason) {
+        Some(reason) => Stopped::storage(reason),
+        None => Stopped::SHUTDOWN,
     }
 }
 
@@ -130,6 +180,18 @@ mod tests {
         let (collector, ticket) = Collector::new(2);
         collector.fill([(0, Outcome::Updated)]);
         drop(collector);
-        assert_eq!(ticket.wait(), Err(Stopped));
+        assert_eq!(ticket.wait(), Err(Stopped::SHUTDOWN));
+    }
+
+    #[test]
+    fn a_ticket_dropped_by_a_storage_failure_names_it() {
+        let health = Arc::new(StorageHealth::default());
+        let (collector, ticket) = Collector::new(1);
+        let ticket = ticket.reporting(health.clone());
+        health.fail("IO error: No space left on device");
+        drop(collector);
+        let stopped = ticket.wait().unwrap_err();
+        assert_eq!(stopped.storage_reason(), Some("IO error: No space left on device"));
+        assert!(stopped.to_string().contains("No space left"), "{stopped}");
     }
 }

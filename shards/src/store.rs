@@ -6,7 +6,7 @@
 //! one WAL fsync (group commit). Only then are the batches' replies released and their
 //! cross-shard messages sent.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,15 +21,21 @@ use rocksdb::{
 
 use crate::calendar::Day;
 use crate::command::{CommandId, RegionId};
+use crate::health::StorageHealth;
 use crate::idempotency::{expiry_fields, IdempotencyRecord};
 use crate::ids::ShardId;
 use crate::log::{decode_batch, log_key, parse_log_key, Entry, LogError};
 use crate::region::REGIONS_MAX;
+use crate::watermark::{Persister, Watermark, WatermarkError, WatermarkFile};
+use crate::watermark::{WATERMARK_FILE, WATERMARK_FORMAT_VERSION};
 
 /// Key of the shard count the data directory was created with.
 const META_SHARDS_KEY: &[u8] = b"M/shards";
 /// Key of the data directory's format version.
 const META_FORMAT_KEY: &[u8] = b"M/format";
+/// Key recording that the directory keeps an acknowledged-write watermark (its value: the
+/// watermark's format version), so that a missing watermark file is noticed.
+const META_WATERMARK_KEY: &[u8] = b"M/watermark";
 
 /// The value under [`META_SHARDS_KEY`]: a little-endian `u16`.
 fn decode_shards(value: &[u8]) -> Result<u16, StoreError> {
@@ -118,6 +124,63 @@ pub enum StoreError {
     /// An idempotency record on disk is malformed.
     #[error("an idempotency record is corrupt ({0}): the data directory is damaged")]
     Record(String),
+    /// The write-ahead log recovered fewer writes than were acknowledged.
+    #[error(
+        "writes were acknowledged up to RocksDB sequence {acknowledged}, but the log recovers \
+         only up to {recovered}: the write-ahead log (the NNNNNN.log files) is damaged, \
+         truncated or missing, and acknowledged outcomes would be lost. Do not delete \
+         anything in the data directory; restore from a snapshot plus the archived log, or \
+         from a replica; or, knowingly giving those outcomes up, start anew in an empty data \
+         directory"
+    )]
+    WalBehind {
+        /// The sequence number of the latest acknowledged write (from the watermark).
+        acknowledged: u64,
+        /// The sequence number RocksDB recovered to.
+        recovered: u64,
+    },
+    /// The directory keeps a watermark, but its file is gone.
+    #[error(
+        "{} is missing, but this data directory was created with one: without it, lost \
+         acknowledged writes cannot be ruled out (was the directory copied or restored \
+         incompletely?). Do not delete anything; put the file back, restore from a snapshot \
+         plus the archived log or from a replica, or knowingly start anew in an empty data \
+         directory",
+        path.display()
+    )]
+    WatermarkMissing {
+        /// Where the watermark file should be.
+        path: PathBuf,
+    },
+    /// Both slots of the watermark file are damaged.
+    #[error(
+        "{} is damaged (neither of its two slots verifies): the storage under the data \
+         directory is corrupting data, and lost acknowledged writes cannot be ruled out. Do \
+         not delete anything; check the disk, then restore from a snapshot plus the archived \
+         log or from a replica, or knowingly start anew in an empty data directory",
+        path.display()
+    )]
+    WatermarkCorrupt {
+        /// The watermark file.
+        path: PathBuf,
+    },
+    /// The watermark file could not be read or written.
+    #[error("{0}: check the disk and the data directory's permissions")]
+    Watermark(#[from] WatermarkError),
+    /// A shard's log skips batch sequence numbers.
+    #[error(
+        "shard {shard}'s log jumps from batch {expected} to batch {found}: batches in between \
+         are missing and the data directory is corrupt. Do not delete anything; restore from \
+         a snapshot plus the archived log, or from a replica"
+    )]
+    LogHole {
+        /// The shard whose log has a hole.
+        shard: ShardId,
+        /// The batch sequence number that should have come next.
+        expected: u64,
+        /// The one that came instead.
+        found: u64,
+    },
     /// Replaying the log did not reproduce a logged outcome.
     #[error(
         "replaying batch {seq} of shard {shard} gave a different outcome than the log records \
@@ -136,7 +199,7 @@ pub enum StoreError {
         "cannot delete batches {from_seq} .. {to_seq} of shard {shard}'s log: the log is \
          retained from batch {start}, so only a range starting at or before it can go"
     )]
-    LogHole {
+    DeleteLeavesHole {
         /// The shard whose log it is.
         shard: ShardId,
         /// The first batch asked to be deleted.
@@ -160,6 +223,7 @@ pub struct Store {
     /// Changelog bytes written since the store was opened: checkpoints are also taken by
     /// log volume.
     log_bytes: AtomicU64,
+    watermark: Arc<Watermark>,
 }
 
 impl Store {
@@ -192,7 +256,8 @@ impl Store {
         let default =
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default());
         let db = DB::open_cf_descriptors(&options, dir, [default, ids])?;
-        let store = Store { db, ids_horizons, log_bytes: AtomicU64::new(0) };
+        let watermark = Arc::new(Watermark::new(check_watermark(&db, dir)?));
+        let store = Store { db, ids_horizons, log_bytes: AtomicU64::new(0), watermark };
         store.check_meta(shards)?;
         Ok(store)
     }
@@ -254,6 +319,9 @@ impl Store {
             };
             if key_shard != shard {
                 break;
+            }
+            if seq != next_seq {
+                return Err(StoreError::LogHole { shard, expected: next_seq, found: seq });
             }
             visit(seq, decode_batch(shard, seq, &value)?)?;
             next_seq = seq + 1;
@@ -336,6 +404,17 @@ impl Store {
         Ok(())
     }
 
+    /// The acknowledged-write watermark.
+    pub fn watermark(&self) -> &Arc<Watermark> {
+        &self.watermark
+    }
+
+    /// Publishes, as acknowledged, every write RocksDB has applied so far. Only for writes
+    /// already durable: after a synced write, or with the sequence read before a WAL sync.
+    fn publish_written(&self) {
+        self.watermark.publish(self.db.latest_sequence_number());
+    }
+
     /// The underlying database, for snapshots and tools.
     pub fn db(&self) -> &DB {
         &self.db
@@ -396,7 +475,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let start = self.log_start(shard)?;
         if from_seq > start || to_seq < from_seq {
-            return Err(StoreError::LogHole { shard, from_seq, to_seq, start });
+            return Err(StoreError::DeleteLeavesHole { shard, from_seq, to_seq, start });
         }
         if to_seq <= start {
             return Ok(());
@@ -477,6 +556,40 @@ impl DurableMarks {
     }
 }
 
+/// Reads the watermark of the store RocksDB just recovered, and refuses the store if it
+/// recovered fewer writes than were acknowledged. Creates the watermark for a new
+/// directory, and for one made before watermarks existed (no meta key: accepted as is).
+fn check_watermark(db: &DB, dir: &Path) -> Result<WatermarkFile, StoreError> {
+    let recovered = db.latest_sequence_number();
+    let required = db.get(META_WATERMARK_KEY)?.is_some();
+    let opened = match WatermarkFile::open(dir) {
+        Ok(opened) => opened,
+        // Torn while being created, before the directory recorded that it must exist:
+        // nothing was acknowledged against it yet.
+        Err(WatermarkError::Corrupt { .. }) if !required => None,
+        Err(WatermarkError::Corrupt { path }) => return Err(StoreError::WatermarkCorrupt { path }),
+        Err(error) => return Err(error.into()),
+    };
+    let file = match opened {
+        Some((_, acknowledged)) if recovered < acknowledged => {
+            return Err(StoreError::WalBehind { acknowledged, recovered });
+        }
+        Some((file, _)) => file,
+        None if required => {
+            return Err(StoreError::WatermarkMissing { path: dir.join(WATERMARK_FILE) });
+        }
+        None => WatermarkFile::create(dir, recovered)?,
+    };
+    if !required {
+        // Only once the file is durable: a crash in between leaves a file and no key,
+        // which the next open accepts and completes.
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.put_opt(META_WATERMARK_KEY, WATERMARK_FORMAT_VERSION.to_le_bytes(), &sync)?;
+    }
+    Ok(file)
+}
+
 /// A shard batch on its way to disk, and what to do once it is there.
 pub struct WriteJob<R> {
     /// The shard whose batch it is.
@@ -506,40 +619,47 @@ pub struct Writer {
     handle: Option<JoinHandle<()>>,
     syncer: Option<JoinHandle<()>>,
     stop_syncer: Arc<AtomicBool>,
+    persister: Persister,
+    store: Arc<Store>,
+    durability: Durability,
+    health: Arc<StorageHealth>,
 }
 
 impl Writer {
     /// Starts the writer on `jobs`. It ends when every sender is dropped. If a write fails
-    /// it sets `failed` and drops every job from then on: their replies report that the
-    /// engine stopped, and nothing unwritten is acknowledged.
+    /// it records the failure in `health` and drops every job from then on: their replies
+    /// report the storage failure, and nothing unwritten is acknowledged.
     pub fn start<R: Release>(
         store: Arc<Store>,
         durability: Durability,
         jobs: Receiver<WriteJob<R>>,
-        failed: Arc<AtomicBool>,
+        health: Arc<StorageHealth>,
         marks: Arc<DurableMarks>,
     ) -> std::io::Result<Writer> {
         let sync = durability == Durability::Sync;
-        let writer_store = store.clone();
-        let writer_failed = failed.clone();
+        let (writer_store, writer_health) = (store.clone(), health.clone());
         let handle = std::thread::Builder::new()
             .name("plafond-writer".into())
-            .spawn(move || write_loop(&writer_store, sync, &jobs, &writer_failed, &marks))?;
+            .spawn(move || write_loop(&writer_store, sync, &jobs, &writer_health, &marks))?;
         let stop_syncer = Arc::new(AtomicBool::new(false));
         let syncer = if durability == Durability::Async {
-            let stop = stop_syncer.clone();
-            Some(std::thread::Builder::new().name("plafond-wal-sync".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(ASYNC_SYNC_INTERVAL);
-                    if store.sync_wal().is_err() {
-                        failed.store(true, Ordering::SeqCst);
-                    }
-                }
-            })?)
+            Some(start_syncer(store.clone(), health.clone(), stop_syncer.clone())?)
         } else {
             None
         };
-        Ok(Writer { handle: Some(handle), syncer, stop_syncer })
+        let persister_health = health.clone();
+        let persister = Persister::start(store.watermark.clone(), move |error| {
+            persister_health.fail(error);
+        })?;
+        Ok(Writer {
+            handle: Some(handle),
+            syncer,
+            stop_syncer,
+            persister,
+            store,
+            durability,
+            health,
+        })
     }
 
     /// Waits for the writer to drain and end (after every job sender is dropped).
@@ -555,6 +675,27 @@ impl Writer {
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
         }
+        self.persister.stop();
+        self.persist_final_watermark();
+    }
+
+    /// On a clean close, every write made is durable (synced now in `async`), so the
+    /// watermark covers all of them, epoch records and checkpoints included: after a clean
+    /// close, any damage to the WAL that loses a write is refused at the next open.
+    fn persist_final_watermark(&self) {
+        if self.health.is_failed() {
+            // What was published stays: it was durable. Nothing after the failure is.
+            let _ = self.store.watermark.persist_if_moved();
+            return;
+        }
+        let sequence = self.store.db.latest_sequence_number();
+        let synced = self.durability != Durability::Async || self.store.sync_wal().is_ok();
+        if synced {
+            self.store.watermark.publish(sequence);
+        }
+        if let Err(error) = self.store.watermark.persist_if_moved() {
+            self.health.fail(error);
+        }
     }
 }
 
@@ -564,16 +705,40 @@ impl Drop for Writer {
     }
 }
 
+/// The `async` mode's WAL syncer: fsyncs every [`ASYNC_SYNC_INTERVAL`] and only then
+/// publishes as acknowledged-and-durable the writes made before the sync, so the watermark
+/// never claims more than a machine crash keeps.
+fn start_syncer(
+    store: Arc<Store>,
+    health: Arc<StorageHealth>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("plafond-wal-sync".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(ASYNC_SYNC_INTERVAL);
+            let written = store.db.latest_sequence_number();
+            if let Err(error) = store.sync_wal() {
+                health.fail(error);
+                return;
+            }
+            store.watermark.publish(written);
+        }
+    })
+}
+
 fn write_loop<R: Release>(
     store: &Store,
     sync: bool,
     jobs: &Receiver<WriteJob<R>>,
-    failed: &AtomicBool,
+    health: &StorageHealth,
     marks: &DurableMarks,
 ) {
-    let Ok(ids) = store.ids_family() else {
-        failed.store(true, Ordering::SeqCst);
-        return;
+    let ids = match store.ids_family() {
+        Ok(ids) => ids,
+        Err(error) => {
+            health.fail(error);
+            return;
+        }
     };
     let mut group: Vec<WriteJob<R>> = Vec::with_capacity(GROUP_BATCHES_MAX);
     while let Ok(first) = jobs.recv() {
@@ -584,7 +749,7 @@ fn write_loop<R: Release>(
             bytes += job.value.as_ref().map_or(0, Vec::len);
             group.push(job);
         }
-        if failed.load(Ordering::SeqCst) {
+        if health.is_failed() {
             group.clear();
             continue;
         }
@@ -599,10 +764,15 @@ fn write_loop<R: Release>(
                 batch.put_cf(ids, id.as_str().as_bytes(), record);
             }
         }
-        if !batch.is_empty() && store.write(batch, sync).is_err() {
-            failed.store(true, Ordering::SeqCst);
-            group.clear();
-            continue;
+        if !batch.is_empty() {
+            if let Err(error) = store.write(batch, sync) {
+                health.fail(error);
+                group.clear();
+                continue;
+            }
+            if sync {
+                store.publish_written();
+            }
         }
         store.log_bytes.fetch_add(log_bytes, Ordering::Relaxed);
         for job in &group {
@@ -652,6 +822,87 @@ mod tests {
             Store::open(dir.path(), 2),
             Err(StoreError::ShardCount { found: 3, wanted: 2 })
         ));
+    }
+
+    struct Released(crossbeam_channel::Sender<()>);
+
+    impl Release for Released {
+        fn release(self) {
+            let _ = self.0.send(());
+        }
+    }
+
+    #[test]
+    fn the_writer_persists_the_watermark_while_it_runs_not_only_at_the_end() {
+        for durability in [Durability::Sync, Durability::Async] {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let store = Arc::new(Store::open(dir.path(), 1).expect("the store opens"));
+            let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(4);
+            let health = Arc::new(StorageHealth::default());
+            let marks = Arc::new(DurableMarks::new(1));
+            let writer = Writer::start(store.clone(), durability, jobs_rx, health.clone(), marks)
+                .expect("the writer starts");
+            let (done_tx, done_rx) = crossbeam_channel::unbounded();
+            let value = Some(batch_value(0));
+            let job = WriteJob {
+                shard: 0,
+                seq: 0,
+                value,
+                records: Vec::new(),
+                release: Released(done_tx),
+            };
+            jobs_tx.send(job).expect("the writer runs");
+            done_rx.recv().expect("released");
+            let written = store.db().latest_sequence_number();
+            // What a kill -9 now would keep: the file catches up within a few intervals.
+            let deadline = std::time::Instant::now() + 200 * crate::watermark::WATERMARK_INTERVAL;
+            loop {
+                let persisted = WatermarkFile::open(dir.path()).expect("readable").expect("a file");
+                if persisted.1 >= written {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{durability:?}: {persisted:?}");
+                std::thread::sleep(crate::watermark::WATERMARK_INTERVAL);
+            }
+            drop(jobs_tx);
+            writer.join();
+            assert!(!health.is_failed());
+        }
+    }
+
+    #[test]
+    fn a_hole_in_a_shards_batch_sequence_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path(), 1).expect("the store opens");
+        write_batches(&store, 0..2);
+        write_batches(&store, 3..5);
+        let error = store.read_log(0, 0, |_, _| Ok(())).expect_err("a hole");
+        assert!(matches!(error, StoreError::LogHole { shard: 0, expected: 2, found: 3 }));
+        // From a checkpoint's position the log must start right there, too.
+        let error = store.read_log(0, 2, |_, _| Ok(())).expect_err("a hole");
+        assert!(matches!(error, StoreError::LogHole { shard: 0, expected: 2, found: 3 }));
+        assert_eq!(store.read_log(0, 3, |_, _| Ok(())).expect("contiguous"), 5);
+    }
+
+    #[test]
+    fn a_directory_from_before_watermarks_is_accepted_and_gets_one() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        {
+            // What an older build left: the metadata, no watermark key, no file.
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            let db = DB::open(&options, dir.path()).expect("RocksDB opens");
+            db.put(META_FORMAT_KEY, STORE_FORMAT_VERSION.to_le_bytes()).expect("put");
+            db.put(META_SHARDS_KEY, 1u16.to_le_bytes()).expect("put");
+            db.put(log_key(0, 0), batch_value(0)).expect("put");
+        }
+        let store = Store::open(dir.path(), 1).expect("an old directory opens");
+        assert!(dir.path().join(WATERMARK_FILE).exists());
+        write_batches(&store, 1..3);
+        drop(store);
+        // From now on the watermark is required.
+        std::fs::remove_file(dir.path().join(WATERMARK_FILE)).expect("removed");
+        assert!(matches!(Store::open(dir.path(), 1), Err(StoreError::WatermarkMissing { .. })));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub fn server_binary() -> PathBuf {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Everything the server wrote on stderr, once it has exited.
+    stderr: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -79,7 +81,7 @@ impl Server {
                     .unwrap_or_else(|| panic!("first line is `listening on ADDR`, got {line:?}"))
                     .parse()
                     .expect("an address");
-                Ok(Server { child, addr })
+                Ok(Server { child, addr, stderr: errors_rx })
             }
             Err(_) => {
                 let status = wait_timeout(&mut child, REPLY_TIMEOUT);
@@ -115,6 +117,13 @@ impl Server {
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0, "SIGTERM delivered");
         wait_timeout(&mut self.child, REPLY_TIMEOUT).expect("the server exits after SIGTERM")
+    }
+
+    /// Sends SIGTERM, waits for the exit, and returns what the server wrote on stderr.
+    pub fn terminate_with_stderr(mut self) -> (ExitStatus, String) {
+        let stderr = std::mem::replace(&mut self.stderr, mpsc::channel().1);
+        let status = self.terminate();
+        (status, stderr.recv_timeout(REPLY_TIMEOUT).unwrap_or_default())
     }
 
     /// The server's resident memory, in KiB.
