@@ -11,6 +11,7 @@ use plafond_shards::store::Durability;
 use crate::checkpoint::CheckpointPolicy;
 use crate::clock::{Clock, SystemClock};
 use crate::error::EngineError;
+use crate::retention::LogRetention;
 
 /// Everything [`crate::Engine::open`] needs.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct EngineConfig {
     pub epoch_poll: Option<Duration>,
     /// When checkpoints are taken (durable engines only).
     pub checkpoints: CheckpointPolicy,
+    /// How much log the data directory keeps, and where older batches go.
+    pub log_retention: LogRetention,
 }
 
 impl EngineConfig {
@@ -44,6 +47,7 @@ impl EngineConfig {
             clock: Arc::new(SystemClock),
             epoch_poll: Some(plafond_batch::SCHEDULER_POLL),
             checkpoints: CheckpointPolicy::default(),
+            log_retention: LogRetention::default(),
         }
     }
 
@@ -83,6 +87,12 @@ impl EngineConfig {
     /// With checkpoints taken by this policy.
     pub fn with_checkpoints(mut self, checkpoints: CheckpointPolicy) -> EngineConfig {
         self.checkpoints = checkpoints;
+        self
+    }
+
+    /// With this log retention and archive.
+    pub fn with_log_retention(mut self, log_retention: LogRetention) -> EngineConfig {
+        self.log_retention = log_retention;
         self
     }
 

@@ -29,6 +29,7 @@ use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::epochs::EngineHost;
 use crate::error::EngineError;
+use crate::retention::{self, LogRetention};
 
 /// A running engine. Dropping it stops the shards after they have handled everything
 /// submitted before.
@@ -60,6 +61,7 @@ pub struct Engine {
     pub(crate) checkpoints: Arc<Mutex<CheckpointReport>>,
     checkpointer: Option<Checkpointer>,
     checkpoint_policy: CheckpointPolicy,
+    log_retention: LogRetention,
     /// The data directory of a durable engine.
     data_dir: Option<PathBuf>,
     /// Each shard's state behind its lock, for submissions applied on the caller's thread.
@@ -195,6 +197,7 @@ impl Engine {
             checkpoints: Arc::new(Mutex::new(CheckpointReport::default())),
             checkpointer: None,
             checkpoint_policy: config.checkpoints,
+            log_retention: config.log_retention.clone(),
             data_dir: data_dir.clone(),
             cells: Vec::new(),
         };
@@ -437,14 +440,37 @@ impl Engine {
         CheckpointerSetup {
             router: self.router.clone(),
             shards: self.shards,
-            store,
+            store: store.clone(),
             data_dir,
             policy: self.checkpoint_policy,
             capture_lock: self.capture_lock.clone(),
             report: self.checkpoints.clone(),
             now_ms: Box::new(move || clock.now_ms()),
-            after: Box::new(|_| {}),
+            after: self.after_checkpoint(store),
         }
+    }
+
+    /// What follows each checkpoint: the log before the oldest kept one and past retention
+    /// leaves the hot log, and idempotency records the epochs put past retention leave the
+    /// disk.
+    fn after_checkpoint(&self, store: Arc<Store>) -> Box<dyn FnMut(&std::path::Path) + Send> {
+        let (shards, retention, clock) =
+            (self.shards, self.log_retention.clone(), self.clock.clone());
+        let regions = self.regions.len() as RegionId;
+        let mut horizons_compacted = Vec::new();
+        Box::new(move |data_dir| {
+            match retention::retain_log(&store, data_dir, shards, &retention, clock.now_ms()) {
+                Ok(_) => {}
+                Err(error) => eprintln!(
+                    "plafond: log retention failed ({error}); retried after the next checkpoint"
+                ),
+            }
+            let horizons: Vec<_> = (0..regions).map(|region| store.ids_horizon(region)).collect();
+            if horizons != horizons_compacted {
+                retention::compact_ids(&store);
+                horizons_compacted = horizons;
+            }
+        })
     }
 
     /// Captures every shard's state without stopping it (each at its own position, or

@@ -43,6 +43,7 @@ mod epochs;
 mod error;
 mod populate;
 mod report;
+mod retention;
 mod snapshot;
 
 pub use checkpoint::{
@@ -54,6 +55,9 @@ pub use config::EngineConfig;
 pub use engine::Engine;
 pub use error::EngineError;
 pub use report::{Audit, RegionStats, ShardStats, Stats};
+pub use retention::{
+    Archive, LogRetention, Retained, ARCHIVE_DIR_DEFAULT, LOG_RETENTION_DAYS_DEFAULT,
+};
 
 pub use plafond_batch::{BatchError, EpochReport, RegionEpochs};
 pub use plafond_shards::command::{

@@ -173,3 +173,49 @@ fn the_checkpointer_takes_checkpoints_by_log_volume() {
     assert_eq!(report.positions.len(), usize::from(SHARDS));
     assert!(report.positions.iter().all(|&position| position > 0), "{report:?}");
 }
+
+#[test]
+fn the_log_past_retention_and_before_the_kept_checkpoints_moves_to_the_archive() {
+    for archive in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let archive_dir = dir.path().join("cold");
+        let retention = plafond::LogRetention {
+            days: 1,
+            archive: match archive {
+                true => plafond::Archive::Dir(archive_dir.clone()),
+                false => plafond::Archive::Delete,
+            },
+        };
+        let clock = Arc::new(ManualClock::new(ManualClock::SERVER_START_MS));
+        let config = config(dir.path(), on_request())
+            .with_clock(clock.clone())
+            .with_log_retention(retention);
+        let engine = Engine::open(config.clone()).unwrap();
+        let accounts = open_accounts(&engine, 30);
+        let mut rng = Rng::new(9);
+        traffic(&engine, &accounts, &mut rng, 3_000);
+        engine.checkpoint().unwrap();
+        let store = engine.store().unwrap().clone();
+        assert!((0..SHARDS).all(|shard| store.log_start(shard).unwrap() == 0), "one checkpoint");
+        clock.advance(3 * 86_400_000);
+        traffic(&engine, &accounts, &mut rng, 3_000);
+        engine.checkpoint().unwrap();
+        // The oldest kept checkpoint is the first one, and everything before it is three
+        // days old: all but its last batch leave the hot log.
+        let kept = engine.checkpoint_report();
+        let starts: Vec<u64> = (0..SHARDS).map(|shard| store.log_start(shard).unwrap()).collect();
+        assert!(starts.iter().all(|&start| start > 0), "moved out: {starts:?}");
+        let before = states(&engine);
+        drop(store);
+        drop(engine);
+        if archive {
+            let info = plafond::internals::archive::verify_archive(&archive_dir).unwrap();
+            assert!(!info.per_shard.is_empty(), "{info:?}");
+        } else {
+            assert!(!archive_dir.exists(), "--archive none writes no archive");
+        }
+        let engine = Engine::open(config).unwrap();
+        assert_eq!(states(&engine), before, "the checkpoint and the hot log still rebuild it");
+        assert!(kept.positions.iter().zip(&starts).all(|(position, start)| start <= position));
+    }
+}

@@ -36,8 +36,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use plafond::{
-    Durability, Engine, EngineConfig, EngineError, Health, ManualClock, Opening, Regions, Request,
-    SHARDS_MAX,
+    Archive, CheckpointPolicy, Durability, Engine, EngineConfig, EngineError, Health, LogRetention,
+    ManualClock, Opening, Regions, Request, LOG_RETENTION_DAYS_DEFAULT, SHARDS_MAX,
 };
 use plafond_examples::combiner::{Answer, Combiner, Pending};
 use plafond_examples::commands::{self, Action, Local};
@@ -85,6 +85,11 @@ const FLAGS: &[&str] = &[
     "populate",
     "snapshot-dir",
     "io-threads",
+    "checkpoint-interval-s",
+    "checkpoint-log-mb",
+    "log-retention-days",
+    "archive-dir",
+    "archive",
 ];
 
 const HELP: &str = "\
@@ -93,6 +98,8 @@ plafond server: the Redis protocol in front of a plafond engine.
 usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sync|async|none]
               [--shards N] [--config regions.toml] [--token T] [--clock system|manual]
               [--populate N] [--snapshot-dir DIR] [--io-threads N]
+              [--checkpoint-interval-s 60] [--checkpoint-log-mb 256]
+              [--log-retention-days 7] [--archive-dir DIR] [--archive keep|none]
 
   --port N          TCP port (default 7379; 0 picks a free one)
   --bind ADDR       address to listen on (default 127.0.0.1)
@@ -108,6 +115,15 @@ usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sy
   --io-threads N    threads serving the connections (default: half the cores, at least 1)
   --populate N      before listening, open N checking accounts in the first region (balance
                     20000, ceiling 10000), card ids 0..N-1; refused on a non-empty data dir
+  --checkpoint-interval-s S, --checkpoint-log-mb M
+                    a checkpoint (restart replays only the log after it) at least every S
+                    seconds while the log grows, and after every M MiB of log (60, 256)
+  --log-retention-days D
+                    keep at least D days of log in the data directory (default 7); older
+                    batches before the oldest kept checkpoint move to the archive
+  --archive-dir DIR where archived log segments go (default <data-dir>/archive); verify and
+                    replay them with the audit example
+  --archive none    delete old log batches instead of archiving them (default keep)
 
 Prints `listening on ADDR` once it accepts connections, then `health: ok`; SIGTERM or
 SIGINT stop it cleanly. If the disk refuses a write, it says so on stderr and every command
@@ -127,6 +143,8 @@ struct Options {
     populate: u64,
     snapshot_dir: PathBuf,
     io_threads: usize,
+    checkpoints: CheckpointPolicy,
+    log_retention: LogRetention,
 }
 
 impl Options {
@@ -154,8 +172,37 @@ impl Options {
             populate: flags.get("populate", 0u64).map_err(|e| anyhow!(e))?,
             snapshot_dir: PathBuf::from(flags.text("snapshot-dir").unwrap_or(SNAPSHOT_DIR_DEFAULT)),
             io_threads: io_threads(flags)?,
+            checkpoints: checkpoint_policy(flags)?,
+            log_retention: log_retention(flags)?,
         })
     }
+}
+
+/// `--checkpoint-interval-s` and `--checkpoint-log-mb`.
+fn checkpoint_policy(flags: &Flags) -> anyhow::Result<CheckpointPolicy> {
+    let default = CheckpointPolicy::default();
+    let seconds: u64 =
+        flags.get("checkpoint-interval-s", default.interval.as_secs()).map_err(|e| anyhow!(e))?;
+    let mib: u64 =
+        flags.get("checkpoint-log-mb", default.log_bytes >> 20).map_err(|e| anyhow!(e))?;
+    if seconds == 0 || mib == 0 || mib > (1 << 20) {
+        bail!("--checkpoint-interval-s must be at least 1 and --checkpoint-log-mb 1 ..= 1048576");
+    }
+    Ok(CheckpointPolicy { interval: Duration::from_secs(seconds), log_bytes: mib << 20 })
+}
+
+/// `--log-retention-days`, `--archive-dir` and `--archive`.
+fn log_retention(flags: &Flags) -> anyhow::Result<LogRetention> {
+    let days =
+        flags.get("log-retention-days", LOG_RETENTION_DAYS_DEFAULT).map_err(|e| anyhow!(e))?;
+    let archive = match (flags.text("archive").unwrap_or("keep"), flags.text("archive-dir")) {
+        ("none", None) => Archive::Delete,
+        ("none", Some(_)) => bail!("--archive none deletes old log batches: drop --archive-dir"),
+        ("keep", Some(dir)) => Archive::Dir(PathBuf::from(dir)),
+        ("keep", None) => Archive::InDataDir,
+        (other, _) => bail!("--archive {other}: use keep or none"),
+    };
+    Ok(LogRetention { days, archive })
 }
 
 /// `--io-threads`: by default half the cores, because the other half runs the writer and
@@ -254,7 +301,10 @@ fn open(options: &Options) -> anyhow::Result<Server> {
         config.data_dir = Some(options.data_dir.clone());
     }
     let shards = shard_count(options, config.data_dir.as_deref())?;
-    config = config.with_shards(shards);
+    config = config
+        .with_shards(shards)
+        .with_checkpoints(options.checkpoints)
+        .with_log_retention(options.log_retention.clone());
     if let Some(path) = &options.config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --config {}", path.display()))?;

@@ -367,6 +367,11 @@ impl Store {
         }
     }
 
+    /// The first business day of `region` whose idempotency records are kept.
+    pub fn ids_horizon(&self, region: RegionId) -> Day {
+        self.ids_horizons.get(usize::from(region)).map_or(Day::MIN, |h| h.load(Ordering::Relaxed))
+    }
+
     fn ids_family(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db.cf_handle(IDS_COLUMN_FAMILY).ok_or(StoreError::Meta("no ids column family"))
     }
