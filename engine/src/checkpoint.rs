@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
 
-use plafond_shards::actor::{Captured, Mail, Router};
+use plafond_shards::actor::{Captured, Mail, Router, ShardMetrics};
 use plafond_shards::store::Store;
 
 use crate::error::EngineError;
@@ -72,6 +72,8 @@ pub struct CheckpointReport {
     pub duration: Duration,
     /// Bytes of the file.
     pub bytes: u64,
+    /// The longest pause one step of its capture added on a shard between two batches.
+    pub longest_step: Duration,
     /// The last failure, if the last attempt failed (it is retried at the next one).
     pub last_error: Option<String>,
 }
@@ -221,6 +223,8 @@ pub(crate) struct CheckpointerSetup {
     /// Held while capturing: one capture at a time per shard.
     pub capture_lock: Arc<Mutex<()>>,
     pub report: Arc<Mutex<CheckpointReport>>,
+    /// Each shard's counters (the longest capture step).
+    pub metrics: Vec<Arc<ShardMetrics>>,
     /// Unix ms now, for the report.
     pub now_ms: Box<dyn Fn() -> i64 + Send>,
     /// Run after each checkpoint written (log retention and archiving).
@@ -277,6 +281,9 @@ pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
     // Held through the write too: two checkpoints at once would pick one file name.
     let one_at_a_time = setup.capture_lock.clone();
     let _one_capture = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+    for metrics in &setup.metrics {
+        metrics.capture_step_max_ns.store(0, Ordering::Relaxed);
+    }
     let captured = capture(&setup.router, setup.shards, false).map_err(|e| e.to_string());
     let written = captured.and_then(|captured| {
         let positions: Vec<u64> = captured.iter().map(|(_, position)| *position).collect();
@@ -292,6 +299,14 @@ pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
                 completed_ms: Some((setup.now_ms)()),
                 duration: started.elapsed(),
                 bytes,
+                longest_step: Duration::from_nanos(
+                    setup
+                        .metrics
+                        .iter()
+                        .map(|m| m.capture_step_max_ns.load(Ordering::Relaxed))
+                        .max()
+                        .unwrap_or(0),
+                ),
                 last_error: None,
             };
             drop(report);

@@ -13,6 +13,7 @@ use plafond_shards::actor::{
 };
 use plafond_shards::command::{Command, Outcome, Reason, RegionId, Request};
 use plafond_shards::health::{Health, StorageHealth};
+use plafond_shards::idempotency::expiry_day;
 use plafond_shards::ids::{shard_of, ShardId};
 use plafond_shards::region::Regions;
 use plafond_shards::remembered::{Claims, IdsHome};
@@ -42,7 +43,7 @@ pub struct Engine {
     /// Command ids in flight, across all shards (what each id remembers is on disk).
     claims: Arc<Claims>,
     /// Where idempotency records live once durable.
-    ids: IdsHome,
+    pub(crate) ids: IdsHome,
     /// Declines decided at ingress (invalid amounts, unknown regions, id conflicts).
     pub(crate) ingress_declines: [AtomicU64; Reason::ALL.len()],
     next_profile_shard: AtomicU64,
@@ -97,6 +98,10 @@ impl Engine {
             }
             None => None,
         };
+        let ids = match &store {
+            Some(store) => IdsHome::Disk(store.clone()),
+            None => IdsHome::memory(),
+        };
         let mut checkpoints: Vec<Option<Captured>> = match &data_dir {
             Some(dir) => checkpoint::load_newest(dir, shards, config.regions.len())?.map_or_else(
                 || (0..shards).map(|_| None).collect(),
@@ -104,12 +109,14 @@ impl Engine {
             ),
             None => (0..shards).map(|_| None).collect(),
         };
+        // A restored snapshot carries its records: back where every shard finds them.
+        for (state, _) in checkpoints.iter_mut().flatten() {
+            let records = std::mem::take(&mut state.remembered);
+            let regions = &config.regions;
+            ids.restore(records, |record| expiry_day(regions, record))?;
+        }
         let marks = Arc::new(DurableMarks::new(shards));
         let claims = Arc::new(Claims::default());
-        let ids = match &store {
-            Some(store) => IdsHome::Disk(store.clone()),
-            None => IdsHome::memory(),
-        };
         let health = Arc::new(StorageHealth::default());
         let (mut ingress, mut internal, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shards {
@@ -445,6 +452,7 @@ impl Engine {
             policy: self.checkpoint_policy,
             capture_lock: self.capture_lock.clone(),
             report: self.checkpoints.clone(),
+            metrics: self.metrics.clone(),
             now_ms: Box::new(move || clock.now_ms()),
             after: self.after_checkpoint(store),
         }

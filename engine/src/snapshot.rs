@@ -5,6 +5,15 @@
 use std::path::Path;
 use std::time::Instant;
 
+use std::collections::HashSet;
+
+use plafond_shards::actor::Captured;
+use plafond_shards::calendar::business_day_of;
+use plafond_shards::command::{Command, CommandId};
+use plafond_shards::idempotency::{IdempotencyRecord, Remembered};
+use plafond_shards::ids::global_of;
+use plafond_shards::region::Regions;
+use plafond_shards::state::{PendingTransfer, ShardState};
 use plafond_shards::store::Durability;
 use plafond_snapshots::{Progress, RestoreReport, SnapshotError, SnapshotReport, Terminal};
 
@@ -34,7 +43,8 @@ impl Engine {
         mut progress: impl FnMut(Progress),
     ) -> Result<SnapshotReport, EngineError> {
         let started = Instant::now();
-        let shards = self.capture(true)?;
+        let mut shards = self.capture(true)?;
+        self.attach_records(&mut shards)?;
         let accounts = shards.iter().map(|(state, _)| state.accounts.len() as u64).sum();
         progress(Progress { phase: "cut", done: accounts, total: accounts, unit: "accounts" });
         let mut report = plafond_snapshots::write(path.as_ref(), &shards, &mut progress)?;
@@ -97,6 +107,57 @@ impl Engine {
         report.accounts_per_second = report.accounts as f64 / report.seconds.max(f64::EPSILON);
         Ok((engine, report))
     }
+}
+
+impl Engine {
+    /// Lists in each captured state the idempotency records as of its cut (§6 holds across a
+    /// restore): the durable versions written before the shard's position, and for each
+    /// transfer still in flight at the cut its pending record (a later version, written
+    /// when it settled, is past the cut).
+    fn attach_records(&self, shards: &mut [Captured]) -> Result<(), EngineError> {
+        let mut pending_ids = HashSet::new();
+        for (state, _) in shards.iter_mut() {
+            let synthesized: Vec<_> = state
+                .pending
+                .iter()
+                .filter_map(|(&seq, p)| pending_record(state, seq, p, &self.regions))
+                .collect();
+            pending_ids.extend(synthesized.iter().map(|(id, _)| id.clone()));
+            state.remembered = synthesized;
+        }
+        self.ids.for_each(|id, record| {
+            if pending_ids.contains(&id) {
+                return;
+            }
+            if let Some((state, position)) = shards.get_mut(usize::from(record.shard)) {
+                if record.batch_seq < *position {
+                    state.remembered.push((id, record));
+                }
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// The record of transfer `seq` still in flight, if it was given a command id.
+fn pending_record(
+    state: &ShardState,
+    seq: u64,
+    pending: &PendingTransfer,
+    regions: &Regions,
+) -> Option<(CommandId, IdempotencyRecord)> {
+    let id = pending.command_id.clone()?;
+    let from = global_of(u64::from(pending.from_local), state.shard, state.shards)?;
+    let region = state.accounts.get(pending.from_local as usize)?.region;
+    let record = IdempotencyRecord {
+        command: Command::Transfer { from, to: pending.to, amount_minor: pending.amount_minor },
+        remembered: Remembered::Pending { seq },
+        region,
+        day: regions.get(region).map_or(0, |r| business_day_of(r, pending.ts_ms)),
+        shard: state.shard,
+        batch_seq: 0,
+    };
+    Some((id, record))
 }
 
 impl From<SnapshotError> for EngineError {

@@ -90,6 +90,10 @@ fn rebuild(
     let regions = Regions::builtin();
     let mut rebuilt = Vec::new();
     for (shard, (mut state, position)) in read.states.into_iter().zip(positions).enumerate() {
+        // The snapshot carries the id records of its cut for a restore; a running shard
+        // keeps them on disk, so its state (what the cuts recorded) lists none.
+        assert!(!state.remembered.is_empty(), "the snapshot lists its records");
+        state.remembered.clear();
         let reached =
             archive::replay_shard(dir, &mut state, position, &regions, limit(shard), |_, _| {})
                 .unwrap();

@@ -401,9 +401,11 @@ fn d_damaged_snapshots_are_refused_whole_with_a_clear_error() {
     assert_refused(&work, b"hello, world", &["not a plafond snapshot"], "text");
 
     let mut version = bytes.clone();
-    version[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let error = assert_refused(&work, &version, &["format version 2"], "wrong version");
-    assert!(error.contains("reads version 1"), "{error}");
+    let (ours, newer) = (plafond_snapshots::FORMAT_VERSION, plafond_snapshots::FORMAT_VERSION + 1);
+    version[8..12].copy_from_slice(&newer.to_le_bytes());
+    let error =
+        assert_refused(&work, &version, &[&format!("format version {newer}")], "wrong version");
+    assert!(error.contains(&format!("reads version {ours}")), "{error}");
 
     let header_bytes = plafond_snapshots::format::header_bytes(2);
     let mut cuts: Vec<usize> = vec![1, 7, 8, 11, 12, 39, 40, header_bytes - 1, header_bytes];

@@ -198,13 +198,14 @@ pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
     let _ = writeln!(
         out,
         "\nremembered ids in memory {} (the rest on disk), ids in flight {}\n\
-         checkpoints written {}, last {} ({} bytes, {:.3} s){}",
+         checkpoints written {}, last {} ({} bytes, {:.3} s, longest capture step {} us){}",
         stats.remembered_in_memory,
         stats.ids_in_flight,
         c.written,
         c.path.as_ref().map_or("none".to_owned(), |path| path.display().to_string()),
         c.bytes,
         c.duration.as_secs_f64(),
+        c.longest_step.as_micros(),
         c.last_error.as_ref().map_or(String::new(), |error| format!(", last failure: {error}"))
     );
     out
@@ -317,11 +318,13 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
         .collect();
     let c = &stats.checkpoint;
     let checkpoint = format!(
-        "{{\"written\":{},\"completed_ms\":{},\"seconds\":{:.3},\"bytes\":{},\"error\":{}}}",
+        "{{\"written\":{},\"completed_ms\":{},\"seconds\":{:.3},\"bytes\":{},\
+         \"longest_step_us\":{},\"error\":{}}}",
         c.written,
         c.completed_ms.map_or("null".to_owned(), |ms| ms.to_string()),
         c.duration.as_secs_f64(),
         c.bytes,
+        c.longest_step.as_micros(),
         c.last_error.as_deref().map_or("null".to_owned(), json_string)
     );
     format!(

@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use crate::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
 use crate::calendar::{Calendar, Day};
 use crate::command::{CommandId, Outcome, RegionId, Request};
-use crate::idempotency::{self, IdempotencyRecord, Verdict, RETENTION_DAYS_DEFAULT};
+use crate::idempotency::{self, expiry_day, retention_of, IdempotencyRecord, Verdict};
 use crate::ids::{shard_of, ShardId};
 use crate::log::{BatchEncoder, Entry};
 use crate::region::Regions;
@@ -127,6 +127,9 @@ pub struct ShardMetrics {
     pub accounts: AtomicU64,
     /// The longest single epoch chunk applied since the batch service last reset it.
     pub roll_pause_max_ns: AtomicU64,
+    /// The longest single step of a capture (checkpoint or snapshot) since the last
+    /// checkpoint reset it: the pause a capture adds between two batches.
+    pub capture_step_max_ns: AtomicU64,
     /// Idempotency records of the shard's batches in flight, as of its last batch.
     pub remembered_in_memory: AtomicU64,
     /// Batch service times, of every batch (epoch chunks too): bucket `i` counts batches
@@ -633,7 +636,8 @@ impl Actor {
             let mail = Mail::Input { ts_ms: self.state.clock_ms, input, done: None };
             batch.messages.push((shard, mail));
         }
-        if let Some((id, record)) = applied.remember {
+        if let Some((id, mut record)) = applied.remember {
+            record.batch_seq = self.next_seq;
             if self.setup.durability != Durability::None {
                 batch.records.push((id.clone(), record.encode()));
             }
@@ -657,7 +661,11 @@ impl Actor {
     /// in order after them).
     fn capture_step(&mut self) {
         let Some(mut progress) = self.capture.take() else { return };
-        if !self.state.capture_step(CAPTURE_STEP_ENTRIES) {
+        let started = Instant::now();
+        let complete = self.state.capture_step(CAPTURE_STEP_ENTRIES);
+        let pause_ns = started.elapsed().as_nanos() as u64;
+        self.setup.metrics.capture_step_max_ns.fetch_max(pause_ns, Ordering::Relaxed);
+        if !complete {
             self.capture = Some(progress);
             // Keep going when no command comes: the shard wakes up for the next step.
             self.setup.router.send_internal(self.setup.shard, Mail::CaptureStep);
@@ -712,16 +720,6 @@ impl Actor {
 /// A request's command id, if it is one that is remembered (reads ignore theirs).
 fn keyed_id(request: &Request) -> Option<&CommandId> {
     request.command_id.as_ref().filter(|_| !request.command.is_read())
-}
-
-/// Business days `region` remembers command ids.
-fn retention_of(regions: &Regions, region: RegionId) -> u16 {
-    regions.get(region).map_or(RETENTION_DAYS_DEFAULT, |r| r.idempotency_retention_days)
-}
-
-/// The first business day on which `record` is past retention.
-fn expiry_day(regions: &Regions, record: &IdempotencyRecord) -> Day {
-    record.day.saturating_add(i32::from(retention_of(regions, record.region)))
 }
 
 #[cfg(test)]

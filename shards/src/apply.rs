@@ -194,7 +194,14 @@ fn apply_request(
     let region = region_of(state, env, command);
     let day = env.calendar.business_day(env.regions, region, now_ms);
     let shard = state.shard;
-    let record = IdempotencyRecord { command: command.clone(), remembered, region, day, shard };
+    let record = IdempotencyRecord {
+        command: command.clone(),
+        remembered,
+        region,
+        day,
+        shard,
+        batch_seq: 0,
+    };
     applied.remember = Some((command_id.clone(), record));
     applied
 }
@@ -648,6 +655,7 @@ fn apply_settle(
                 // The retention counts from the command, not from its settle.
                 day: env.regions.get(region).map_or(0, |r| business_day_of(r, pending.ts_ms)),
                 shard: state.shard,
+                batch_seq: 0,
             };
             applied.remember = Some((command_id, record));
         }

@@ -18,6 +18,7 @@ use crate::apply::Reply;
 use crate::calendar::Day;
 use crate::command::{Command, Outcome, Reason, RegionId};
 use crate::ids::ShardId;
+use crate::region::Regions;
 
 /// The fewest business days a region may remember command ids.
 pub const RETENTION_DAYS_MIN: u16 = 1;
@@ -70,6 +71,9 @@ pub struct IdempotencyRecord {
     pub day: Day,
     /// The shard that decided it.
     pub shard: ShardId,
+    /// The shard's log batch that wrote this version of the record (set by the shard when
+    /// it is written): a snapshot at log position P holds the versions of batches before P.
+    pub batch_seq: u64,
 }
 
 /// What a command with an id gets, given what its id remembers.
@@ -145,6 +149,16 @@ pub fn check(
     }
 }
 
+/// Business days `region` remembers command ids.
+pub fn retention_of(regions: &Regions, region: RegionId) -> u16 {
+    regions.get(region).map_or(RETENTION_DAYS_DEFAULT, |r| r.idempotency_retention_days)
+}
+
+/// The first business day on which `record` is past retention.
+pub fn expiry_day(regions: &Regions, record: &IdempotencyRecord) -> Day {
+    record.day.saturating_add(i32::from(retention_of(regions, record.region)))
+}
+
 /// The outcome of a command refused for reusing an id.
 pub const CONFLICT: Outcome = Outcome::Declined(Reason::IdempotencyConflict);
 
@@ -159,6 +173,7 @@ mod tests {
             region: 0,
             day,
             shard: 0,
+            batch_seq: 7,
         }
     }
 

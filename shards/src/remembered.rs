@@ -247,6 +247,48 @@ impl RememberedIds {
 }
 
 impl IdsHome {
+    /// Calls `visit` with every durable record (for a snapshot).
+    pub fn for_each(
+        &self,
+        mut visit: impl FnMut(CommandId, IdempotencyRecord),
+    ) -> Result<(), StoreError> {
+        match self {
+            IdsHome::Disk(store) => store.for_each_record(visit),
+            IdsHome::Memory(memory) => {
+                let memory = MemoryRecords::lock(memory);
+                for (id, record) in &memory.records {
+                    visit(id.clone(), record.clone());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps `records` (a restored snapshot's) where their id has no record yet; in memory
+    /// they expire on the day `expiry_of` gives.
+    pub fn restore(
+        &self,
+        records: Vec<(CommandId, IdempotencyRecord)>,
+        expiry_of: impl Fn(&IdempotencyRecord) -> Day,
+    ) -> Result<u64, StoreError> {
+        match self {
+            IdsHome::Disk(store) => store.restore_records(&records),
+            IdsHome::Memory(memory) => {
+                let mut memory = MemoryRecords::lock(memory);
+                let mut written = 0;
+                for (id, record) in records {
+                    if memory.records.contains_key(&id) {
+                        continue;
+                    }
+                    memory.by_day.entry(expiry_of(&record)).or_default().push(id.clone());
+                    memory.records.insert(id, record);
+                    written += 1;
+                }
+                Ok(written)
+            }
+        }
+    }
+
     /// Records held in memory for every shard (durability `none`), 0 on disk.
     pub fn in_memory(&self) -> usize {
         match self {

@@ -8,6 +8,7 @@ use bincode::{Decode, Encode};
 
 use crate::calendar::Day;
 use crate::command::{CardStatus, CommandId, Reason, RegionId};
+use crate::idempotency::IdempotencyRecord;
 use crate::ids::{AccountId, ShardId};
 use crate::interest::Savings;
 use crate::region::Rules;
@@ -192,6 +193,10 @@ pub struct ShardState {
     pub totals: Totals,
     /// Per region; the last entry counts what no region could be found for.
     pub counters: Vec<RegionCounters>,
+    /// Idempotency records carried by a snapshot: empty in a running shard and in its
+    /// checkpoints (the records live on disk beside the log); a snapshot lists the records
+    /// of the shard as of its cut, and opening a restored engine writes them back.
+    pub remembered: Vec<(CommandId, IdempotencyRecord)>,
 }
 
 impl ShardState {
@@ -211,6 +216,7 @@ impl ShardState {
             rolled_day: vec![Day::MIN; regions],
             totals: Totals::default(),
             counters: vec![RegionCounters::default(); regions + 1],
+            remembered: Vec::new(),
         }
     }
 
@@ -254,6 +260,7 @@ impl ShardState {
             rolled_day: self.rolled_day.clone(),
             totals: self.totals,
             counters: self.counters.clone(),
+            remembered: Vec::new(),
         };
         StateCapture { rest: Box::new(rest) }
     }

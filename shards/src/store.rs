@@ -367,6 +367,42 @@ impl Store {
         }
     }
 
+    /// Calls `visit` with every idempotency record on disk (for a snapshot).
+    pub fn for_each_record(
+        &self,
+        mut visit: impl FnMut(CommandId, IdempotencyRecord),
+    ) -> Result<(), StoreError> {
+        let family = self.ids_family()?;
+        for item in self.db.iterator_cf(family, IteratorMode::Start) {
+            let (key, value) = item?;
+            let id = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|text| CommandId::new(text).ok())
+                .ok_or_else(|| StoreError::Record("a key is not a command id".into()))?;
+            visit(id, IdempotencyRecord::decode(&value).map_err(StoreError::Record)?);
+        }
+        Ok(())
+    }
+
+    /// Writes, durably, those of `records` whose id has no record on disk yet (a restored
+    /// snapshot's: a record written since is newer). Returns how many it wrote.
+    pub fn restore_records(
+        &self,
+        records: &[(CommandId, IdempotencyRecord)],
+    ) -> Result<u64, StoreError> {
+        let family = self.ids_family()?;
+        let mut batch = WriteBatch::default();
+        let mut written = 0;
+        for (id, record) in records {
+            if self.db.get_cf(family, id.as_str().as_bytes())?.is_none() {
+                batch.put_cf(family, id.as_str().as_bytes(), record.encode());
+                written += 1;
+            }
+        }
+        self.write(batch, true)?;
+        Ok(written)
+    }
+
     /// The first business day of `region` whose idempotency records are kept.
     pub fn ids_horizon(&self, region: RegionId) -> Day {
         self.ids_horizons.get(usize::from(region)).map_or(Day::MIN, |h| h.load(Ordering::Relaxed))

@@ -631,6 +631,11 @@ pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<
             return Err(format!("pending transfer {seq} is from no account"));
         }
     }
+    for (id, record) in &state.remembered {
+        if record.shard != state.shard || usize::from(record.region) >= regions {
+            return Err(format!("the record of command id {} is not this shard's", id.as_str()));
+        }
+    }
     Ok(())
 }
 

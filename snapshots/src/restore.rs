@@ -160,6 +160,10 @@ fn build(
     progress(Progress { phase: "checkpoint", done: accounts, total: accounts, unit: "accounts" });
     record_epochs(&store, snapshot, source.map(|(_, source)| source))?;
     let mut log_batches = 0;
+    if let Some((_, source)) = source {
+        // The log after the snapshot comes with the records of its command ids.
+        copy_records(source, &store)?;
+    }
     if let Some((path, source)) = source {
         for (shard, section) in snapshot.header.sections.iter().enumerate() {
             let shard = shard as ShardId;
@@ -257,6 +261,27 @@ fn copy_log(
         target.write(batch, false)?;
     }
     Ok(copied)
+}
+
+/// Idempotency records copied per write while restoring a source's records.
+const COPY_RECORDS_PER_WRITE: usize = 65_536;
+
+/// Copies every idempotency record of `source` into `target` (those of the commands of
+/// the log copied after the snapshot; older ones the snapshot carries too).
+fn copy_records(source: &Store, target: &Store) -> Result<(), SnapshotError> {
+    let mut chunk = Vec::with_capacity(COPY_RECORDS_PER_WRITE);
+    let mut failed = None;
+    source.for_each_record(|id, record| {
+        chunk.push((id, record));
+        if chunk.len() == COPY_RECORDS_PER_WRITE && failed.is_none() {
+            failed = target.restore_records(&std::mem::take(&mut chunk)).err();
+        }
+    })?;
+    if let Some(error) = failed {
+        return Err(error.into());
+    }
+    target.restore_records(&chunk)?;
+    Ok(())
 }
 
 /// Renames the complete `staging` directory to `target` (replacing an empty one).

@@ -88,6 +88,7 @@ fn the_documented_encoding_is_bincodes() {
     expected.extend([0; 8]); // totals: eight zero u128
     expected.push(3); // counters: regions + 1
     expected.extend([0; 3 * (6 + 2 * 10)]); // six scalars and two arrays of ten, all zero
+    expected.push(0); // remembered: no records
     let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
     assert_eq!(encoded, expected);
 }
