@@ -40,7 +40,7 @@ pub const INGRESS_MAILS_MAX: usize = 4096;
 /// Entries of each table a capture copies between two batches: about a quarter of a
 /// millisecond of copying, so a checkpoint or a snapshot never pauses a shard for long
 /// (measured in `docs/BENCHMARKS.md`).
-pub const CAPTURE_STEP_ENTRIES: usize = 32_768;
+pub const CAPTURE_STEP_ENTRIES: usize = 16_384;
 
 /// A shard's state captured at one instant, with its log position: the state is exactly
 /// the shard's logged batches `0 .. position`.

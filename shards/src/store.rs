@@ -253,8 +253,10 @@ impl Store {
         let ids_horizons: Arc<IdsHorizons> =
             Arc::new(std::array::from_fn(|_| AtomicI32::new(Day::MIN)));
         let ids = ColumnFamilyDescriptor::new(IDS_COLUMN_FAMILY, ids_options(&ids_horizons));
+        // The log's column family takes the options above (a descriptor's options replace
+        // the database's for its family).
         let default =
-            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default());
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone());
         let db = DB::open_cf_descriptors(&options, dir, [default, ids])?;
         let watermark = Arc::new(Watermark::new(check_watermark(&db, dir)?));
         let store = Store { db, ids_horizons, log_bytes: AtomicU64::new(0), watermark };
@@ -540,6 +542,10 @@ fn log_start_key(shard: ShardId) -> [u8; 14] {
 fn ids_options(horizons: &Arc<IdsHorizons>) -> Options {
     let mut options = Options::default();
     options.set_write_buffer_size(IDS_WRITE_BUFFER_BYTES);
+    // Records are written once and dropped whole by retention: universal compaction
+    // rewrites each far fewer times than levels would (on two cores, compaction CPU is
+    // throughput; docs/BENCHMARKS.md).
+    options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
     options.set_memtable_prefix_bloom_ratio(IDS_MEMTABLE_BLOOM_RATIO);
     options.set_memtable_whole_key_filtering(true);
     let mut table = BlockBasedOptions::default();
