@@ -62,6 +62,8 @@ const IDS_WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// Share of the ids' memtable given to its bloom filter, so a lookup of a new id skips
 /// the memtable's skip list too.
 const IDS_MEMTABLE_BLOOM_RATIO: f64 = 0.05;
+/// Bytes RocksDB writes of a table file between two syncs of it.
+const STORE_BYTES_PER_SYNC: u64 = 1 << 20;
 /// The most shard batches one group commit takes.
 pub const GROUP_BATCHES_MAX: usize = 256;
 /// The most bytes one group commit takes, so one fsync never waits on a huge write.
@@ -245,6 +247,9 @@ impl Store {
         // Values are whole shard batches: a large memtable flushes less often.
         options.set_write_buffer_size(128 << 20);
         options.set_max_background_jobs(2);
+        // Flushes and compactions write their files out as they go, so that no fsync of
+        // a large table file queues the group commit's WAL fsync behind it.
+        options.set_bytes_per_sync(STORE_BYTES_PER_SYNC);
         if recycle_wal {
             // Reused WAL files are overwritten in place, so an fdatasync need not also
             // write the inode for a new file size: one I/O per group commit, not two.

@@ -63,6 +63,8 @@ pub const STATE_BYTES_MAX: u64 = 1 << 40;
 /// memory). So a corrupt length can never make decoding allocate more than this many
 /// times the section's bytes, which the file size already bounds.
 const DECODED_BYTES_PER_ENCODED_BYTE_MAX: usize = 16;
+/// Bytes written between two fsyncs of a snapshot or checkpoint file being written.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
 /// Buffer of the file reader and writer.
 const IO_BUFFER_BYTES: usize = 1 << 20;
 
@@ -768,6 +770,7 @@ fn write_file(
     writer.write_all(&header_bytes).map_err(io)?;
     let mut file_crc = crc32c::crc32c(&header_bytes);
     let mut done = header_bytes.len() as u64;
+    let mut synced = 0;
     for state in encoded {
         for chunk in state.chunks(header.chunk_bytes as usize) {
             let crc = crc32c::crc32c(chunk);
@@ -777,6 +780,14 @@ fn write_file(
             file_crc = crc32c::crc32c_combine(file_crc, crc, chunk.len());
             file_crc = crc32c::crc32c_append(file_crc, &crc_bytes);
             done += (chunk.len() + CRC_BYTES) as u64;
+            if done - synced >= SYNC_EVERY_BYTES {
+                // Written out as it goes: a file of hundreds of MB left dirty to one fsync
+                // at the end would queue every WAL fsync behind it (acknowledgements
+                // stalled for a second and more while a checkpoint of 10M accounts wrote).
+                writer.flush().map_err(io)?;
+                writer.get_ref().sync_data().map_err(|e| SnapshotError::io("fsyncing", path, e))?;
+                synced = done;
+            }
             progress(Progress { phase: "write", done, total, unit: "bytes" });
         }
     }
