@@ -8,12 +8,7 @@ use std::time::Instant;
 use std::collections::HashSet;
 
 use plafond_shards::actor::Captured;
-use plafond_shards::calendar::business_day_of;
-use plafond_shards::command::{Command, CommandId};
 use plafond_shards::idempotency::{IdempotencyRecord, Remembered};
-use plafond_shards::ids::global_of;
-use plafond_shards::region::Regions;
-use plafond_shards::state::{PendingTransfer, ShardState};
 use plafond_shards::store::Durability;
 use plafond_snapshots::{Progress, RestoreReport, SnapshotError, SnapshotReport, Terminal};
 
@@ -120,7 +115,13 @@ impl Engine {
             let synthesized: Vec<_> = state
                 .pending
                 .iter()
-                .filter_map(|(&seq, p)| pending_record(state, seq, p, &self.regions))
+                .filter_map(|(&seq, pending)| {
+                    let id = pending.command_id.clone()?;
+                    let remembered = Remembered::Pending { seq };
+                    let record =
+                        IdempotencyRecord::of_transfer(state, &self.regions, pending, remembered);
+                    Some((id, record))
+                })
                 .collect();
             pending_ids.extend(synthesized.iter().map(|(id, _)| id.clone()));
             state.remembered = synthesized;
@@ -137,27 +138,6 @@ impl Engine {
         })?;
         Ok(())
     }
-}
-
-/// The record of transfer `seq` still in flight, if it was given a command id.
-fn pending_record(
-    state: &ShardState,
-    seq: u64,
-    pending: &PendingTransfer,
-    regions: &Regions,
-) -> Option<(CommandId, IdempotencyRecord)> {
-    let id = pending.command_id.clone()?;
-    let from = global_of(u64::from(pending.from_local), state.shard, state.shards)?;
-    let region = state.accounts.get(pending.from_local as usize)?.region;
-    let record = IdempotencyRecord {
-        command: Command::Transfer { from, to: pending.to, amount_minor: pending.amount_minor },
-        remembered: Remembered::Pending { seq },
-        region,
-        day: regions.get(region).map_or(0, |r| business_day_of(r, pending.ts_ms)),
-        shard: state.shard,
-        batch_seq: 0,
-    };
-    Some((id, record))
 }
 
 impl From<SnapshotError> for EngineError {

@@ -80,11 +80,6 @@ fn durability_path(dir: &Path) -> PathBuf {
     dir.join("durability.txt")
 }
 
-/// The generation of a checkpoint file name (`checkpoint-N.snap`).
-fn plafond_snapshots_gen(name: &str) -> Option<u64> {
-    name.strip_prefix("checkpoint-")?.strip_suffix(".snap")?.parse().ok()
-}
-
 /// Checkpoints far more often than by default, so that kills land during checkpoints too
 /// (a capture in progress, a file half written, an old one being removed) and restarts
 /// load them.
@@ -642,7 +637,9 @@ fn crash_under_load(durability: Durability, kills: u64) {
     // names count up.
     let newest = std::fs::read_dir(dir.join("checkpoints"))
         .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str().and_then(plafond_snapshots_gen))
+        .filter_map(|entry| {
+            entry.ok()?.file_name().to_str().and_then(plafond_snapshots::generation_of)
+        })
         .max();
     println!("{durability:?}: newest checkpoint generation {newest:?}");
     assert!(newest.is_some_and(|generation| generation >= 3), "checkpoints: {newest:?}");

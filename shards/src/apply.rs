@@ -12,7 +12,7 @@
 
 use bincode::{Decode, Encode};
 
-use crate::calendar::{business_day_of, half_month_of, Calendar, Day};
+use crate::calendar::{half_month_of, Calendar, Day};
 use crate::command::{
     AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
     ProfileView, Reason, RegionId, Request,
@@ -641,22 +641,10 @@ fn apply_settle(
     let mut applied = Applied::new(Reply::Settled { seq, outcome: outcome.clone() }, true, None);
     if let Some(pending) = state.pending.remove(&seq) {
         // The command's record, pending until now, becomes final: retries get the outcome.
-        if let Some(command_id) = pending.command_id {
-            let from = global_of(u64::from(pending.from_local), state.shard, state.shards);
-            let region = state.accounts[local].region;
-            let record = IdempotencyRecord {
-                command: Command::Transfer {
-                    from: from.unwrap_or(u64::MAX),
-                    to: pending.to,
-                    amount_minor: pending.amount_minor,
-                },
-                remembered: Remembered::Final(outcome),
-                region,
-                // The retention counts from the command, not from its settle.
-                day: env.regions.get(region).map_or(0, |r| business_day_of(r, pending.ts_ms)),
-                shard: state.shard,
-                batch_seq: 0,
-            };
+        if let Some(command_id) = pending.command_id.clone() {
+            let final_outcome = Remembered::Final(outcome);
+            let record =
+                IdempotencyRecord::of_transfer(state, env.regions, &pending, final_outcome);
             applied.remember = Some((command_id, record));
         }
     }

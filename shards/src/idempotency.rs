@@ -15,10 +15,11 @@
 use bincode::{Decode, Encode};
 
 use crate::apply::Reply;
-use crate::calendar::Day;
+use crate::calendar::{business_day_of, Day};
 use crate::command::{Command, Outcome, Reason, RegionId};
-use crate::ids::ShardId;
+use crate::ids::{global_of, ShardId};
 use crate::region::Regions;
+use crate::state::{PendingTransfer, ShardState};
 
 /// The fewest business days a region may remember command ids.
 pub const RETENTION_DAYS_MIN: u16 = 1;
@@ -74,6 +75,33 @@ pub struct IdempotencyRecord {
     /// The shard's log batch that wrote this version of the record (set by the shard when
     /// it is written): a snapshot at log position P holds the versions of batches before P.
     pub batch_seq: u64,
+}
+
+impl IdempotencyRecord {
+    /// The record of the cross-shard transfer `pending` of `state`, remembering
+    /// `remembered`: pending while it is in flight, final once it settles. Its day is the
+    /// debit's: retention counts from the command, not from its settle.
+    pub fn of_transfer(
+        state: &ShardState,
+        regions: &Regions,
+        pending: &PendingTransfer,
+        remembered: Remembered,
+    ) -> IdempotencyRecord {
+        let from = global_of(u64::from(pending.from_local), state.shard, state.shards);
+        let region = state.accounts.get(pending.from_local as usize).map_or(0, |a| a.region);
+        IdempotencyRecord {
+            command: Command::Transfer {
+                from: from.unwrap_or(u64::MAX),
+                to: pending.to,
+                amount_minor: pending.amount_minor,
+            },
+            remembered,
+            region,
+            day: regions.get(region).map_or(0, |r| business_day_of(r, pending.ts_ms)),
+            shard: state.shard,
+            batch_seq: 0,
+        }
+    }
 }
 
 /// What a command with an id gets, given what its id remembers.
