@@ -309,7 +309,7 @@ impl Engine {
             }
             match &request.command_id {
                 // A retry must reach the shard that remembers the first attempt.
-                Some(id) => shard_of(fnv1a(id.as_str().as_bytes()), self.shards),
+                Some(id) => shard_of(fnv1a(id.as_bytes()), self.shards),
                 None => {
                     shard_of(self.next_profile_shard.fetch_add(1, Ordering::Relaxed), self.shards)
                 }

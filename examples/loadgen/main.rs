@@ -24,6 +24,12 @@
 //! approved=... declined=... conservation=ok rate=... ids=...` (`rate=0`: no rate limit;
 //! `ids=unique`: every payment carried a command id of its own).
 
+/// Every allocation goes through mimalloc: commands and replies are allocated
+/// on the I/O threads and freed on the writer's, which glibc's malloc makes costly
+/// (`docs/DECISIONS.md`, allocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -19,6 +19,12 @@
 //! the failure instead of numbers that were never all made durable. A restart, once space
 //! is back, recovers every acknowledged outcome.
 
+/// Every allocation of the server goes through mimalloc: commands and replies are allocated
+/// on the I/O threads and freed on the writer's, which glibc's malloc makes costly
+/// (`docs/DECISIONS.md`, allocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::net::IpAddr;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 
 use crate::calendar::Day;
 use crate::command::{Command, CommandId, RegionId};
@@ -37,7 +38,7 @@ pub const EXPIRE_RECORDS_PER_CALL_MAX: usize = 16_384;
 pub struct Claims {
     /// Per id: the command it was submitted with, and how many submissions of it are in
     /// flight (a retry may be submitted while the first attempt is).
-    in_flight: DashMap<CommandId, (Command, u32)>,
+    in_flight: DashMap<CommandId, (Command, u32), RandomState>,
 }
 
 /// A command id already in flight with another command.
@@ -112,7 +113,7 @@ impl IdsHome {
 /// day they are past retention.
 #[derive(Default)]
 pub struct MemoryRecords {
-    records: HashMap<CommandId, IdempotencyRecord>,
+    records: HashMap<CommandId, IdempotencyRecord, RandomState>,
     by_day: BTreeMap<Day, Vec<CommandId>>,
 }
 
@@ -126,7 +127,7 @@ impl MemoryRecords {
 /// One shard's view of its remembered command ids (see the module doc).
 pub struct RememberedIds {
     /// Records of batches not known durable yet, with the batch that last wrote each.
-    unwritten: HashMap<CommandId, (u64, IdempotencyRecord)>,
+    unwritten: HashMap<CommandId, (u64, IdempotencyRecord), RandomState>,
     /// The batches not known durable yet, oldest first.
     batches: VecDeque<BatchIds>,
     durable: IdsHome,
@@ -135,7 +136,7 @@ pub struct RememberedIds {
 impl RememberedIds {
     /// A shard's view of the records in `durable`.
     pub fn new(durable: IdsHome) -> RememberedIds {
-        RememberedIds { unwritten: HashMap::new(), batches: VecDeque::new(), durable }
+        RememberedIds { unwritten: HashMap::default(), batches: VecDeque::new(), durable }
     }
 
     /// Looks up every id of `ids` (`None` entries are skipped) in one disk read; the

@@ -343,7 +343,7 @@ impl Store {
         ids: impl Iterator<Item = Option<&'a CommandId>>,
     ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
         let ids: Vec<Option<&CommandId>> = ids.collect();
-        let keys: Vec<&[u8]> = ids.iter().flatten().map(|id| id.as_str().as_bytes()).collect();
+        let keys: Vec<&[u8]> = ids.iter().flatten().map(|id| id.as_bytes()).collect();
         let mut records = Vec::with_capacity(ids.len());
         if keys.is_empty() {
             records.resize(ids.len(), None);
@@ -401,8 +401,8 @@ impl Store {
         let mut batch = WriteBatch::default();
         let mut written = 0;
         for (id, record) in records {
-            if self.db.get_cf(family, id.as_str().as_bytes())?.is_none() {
-                batch.put_cf(family, id.as_str().as_bytes(), record.encode());
+            if self.db.get_cf(family, id.as_bytes())?.is_none() {
+                batch.put_cf(family, id.as_bytes(), record.encode());
                 written += 1;
             }
         }
@@ -813,7 +813,7 @@ fn write_loop<R: Release>(
                 log_bytes += value.len() as u64;
             }
             for (id, record) in &job.records {
-                batch.put_cf(ids, id.as_str().as_bytes(), record);
+                batch.put_cf(ids, id.as_bytes(), record);
             }
         }
         if !batch.is_empty() {
