@@ -33,6 +33,6 @@ echo "seconds,rss_mb,data_dir_mb,archive_mb" >"$work/samples.csv"
     done
 ) &
 "$loadgen" --target server --port "$port" --cards 1000000 --ops "$pays" \
-    --connections 16 --pipeline 64 --ids unique >"$work/loadgen.log" 2>&1
+    --connections 16 --pipeline 64 --ids unique --duration-s 86400 >"$work/loadgen.log" 2>&1
 tail -1 "$work/loadgen.log"
 echo "samples: $work/samples.csv"

@@ -793,6 +793,8 @@ fn write_loop<R: Release>(
         }
     };
     let mut group: Vec<WriteJob<R>> = Vec::with_capacity(GROUP_BATCHES_MAX);
+    // The group's records by (job, record) index, reused from group to group.
+    let mut order: Vec<(usize, usize)> = Vec::new();
     while let Ok(first) = jobs.recv() {
         group.push(first);
         let mut bytes = 0;
@@ -812,9 +814,19 @@ fn write_loop<R: Release>(
                 batch.put(log_key(job.shard, job.seq), value);
                 log_bytes += value.len() as u64;
             }
-            for (id, record) in &job.records {
-                batch.put_cf(ids, id.as_bytes(), record);
-            }
+        }
+        // In key order, each memtable insert starts its search where the previous one
+        // ended instead of at the top of the skip list. The sort is stable, so of two
+        // records of one id in the group (a transfer's record made final by a later
+        // batch) the later is put last and wins.
+        let record_of = |(job, index): (usize, usize)| &group[job].records[index];
+        order.extend(group.iter().enumerate().flat_map(|(job, written)| {
+            (0..written.records.len()).map(move |index| (job, index))
+        }));
+        order.sort_by(|a, b| record_of(*a).0.as_bytes().cmp(record_of(*b).0.as_bytes()));
+        for at in order.drain(..) {
+            let (id, record) = record_of(at);
+            batch.put_cf(ids, id.as_bytes(), record);
         }
         if !batch.is_empty() {
             if let Err(error) = store.write(batch, sync) {
