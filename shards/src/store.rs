@@ -820,9 +820,11 @@ fn write_loop<R: Release>(
         // records of one id in the group (a transfer's record made final by a later
         // batch) the later is put last and wins.
         let record_of = |(job, index): (usize, usize)| &group[job].records[index];
-        order.extend(group.iter().enumerate().flat_map(|(job, written)| {
-            (0..written.records.len()).map(move |index| (job, index))
-        }));
+        order.extend(
+            group.iter().enumerate().flat_map(|(job, written)| {
+                (0..written.records.len()).map(move |index| (job, index))
+            }),
+        );
         order.sort_by(|a, b| record_of(*a).0.as_bytes().cmp(record_of(*b).0.as_bytes()));
         for at in order.drain(..) {
             let (id, record) = record_of(at);
