@@ -19,7 +19,7 @@ use crate::window::Window;
 pub const NO_ACCOUNT: u32 = u32::MAX;
 
 /// A profile.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Profile {
     /// The region it was opened in; its accounts follow that region's rules.
     pub region: RegionId,

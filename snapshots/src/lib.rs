@@ -39,6 +39,7 @@ pub mod error;
 pub mod format;
 pub mod progress;
 pub mod restore;
+mod tables;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
