@@ -785,6 +785,10 @@ pub struct WriteOptions {
     pub chunk_bytes: u32,
     /// Recorded in the header, Unix milliseconds.
     pub created_ms: i64,
+    /// The most bytes a second it is written at, or `None` for as fast as the disk takes
+    /// them. Checkpoints are paced: written flat out, hundreds of MB compete with the WAL's
+    /// fsyncs for one disk and hold back every acknowledgement meanwhile.
+    pub bytes_per_second: Option<u64>,
 }
 
 /// What writing produced.
@@ -871,12 +875,13 @@ pub fn write(
         sections,
     };
     let temporary = temporary_path(path);
-    let written = write_file(&temporary, &header, &encoded, progress).and_then(|bytes| {
-        std::fs::rename(&temporary, path)
-            .map_err(|error| SnapshotError::io("renaming into place", path, error))?;
-        sync_parent(path)?;
-        Ok(bytes)
-    });
+    let written = write_file(&temporary, &header, &encoded, options.bytes_per_second, progress)
+        .and_then(|bytes| {
+            std::fs::rename(&temporary, path)
+                .map_err(|error| SnapshotError::io("renaming into place", path, error))?;
+            sync_parent(path)?;
+            Ok(bytes)
+        });
     match written {
         Ok(bytes) => Ok(Written { header, bytes }),
         Err(error) => {
@@ -891,8 +896,10 @@ fn write_file(
     path: &Path,
     header: &Header,
     encoded: &[Vec<u8>],
+    bytes_per_second: Option<u64>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64, SnapshotError> {
+    let started = std::time::Instant::now();
     let io = |error| SnapshotError::io("writing", path, error);
     let file = File::create(path).map_err(|error| SnapshotError::io("creating", path, error))?;
     let total = header.file_bytes().ok_or_else(|| SnapshotError::BadInput {
@@ -920,6 +927,7 @@ fn write_file(
                 writer.flush().map_err(io)?;
                 writer.get_ref().sync_data().map_err(|e| SnapshotError::io("fsyncing", path, e))?;
                 synced = done;
+                pace(started, done, bytes_per_second);
             }
             progress(Progress { phase: "write", done, total, unit: "bytes" });
         }
@@ -936,6 +944,15 @@ fn write_file(
     let file = writer.into_inner().map_err(|error| io(error.into_error()))?;
     file.sync_all().map_err(|error| SnapshotError::io("fsyncing", path, error))?;
     Ok(total)
+}
+
+/// Sleeps until `done` bytes since `started` are within `bytes_per_second`.
+fn pace(started: std::time::Instant, done: u64, bytes_per_second: Option<u64>) {
+    let Some(rate) = bytes_per_second.filter(|&rate| rate > 0) else { return };
+    let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+    if let Some(early) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(early);
+    }
 }
 
 /// Fsyncs the directory holding `path`, so a rename into it survives a crash.

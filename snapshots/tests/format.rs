@@ -33,7 +33,7 @@ fn shard(index: u16, shards: u16, accounts: u32) -> ShardState {
 }
 
 fn options(chunk_bytes: u32) -> WriteOptions {
-    WriteOptions { chunk_bytes, created_ms: 1_799_064_000_000 }
+    WriteOptions { chunk_bytes, created_ms: 1_799_064_000_000, bytes_per_second: None }
 }
 
 /// The unsigned varint of the standard configuration, as the format page gives it.

@@ -107,6 +107,7 @@ fn a_version_2_file_reads_back_as_the_states_it_was_written_from() {
         let options = plafond_snapshots::format::WriteOptions {
             chunk_bytes: 64,
             created_ms: 1_799_064_000_000,
+            bytes_per_second: None,
         };
         plafond_snapshots::write_with(&path, &fixture_shards(), options, &mut |_| {}).unwrap();
     }
