@@ -15,7 +15,7 @@
 //! before (the log is kept from the oldest kept checkpoint on).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::unbounded;
 
 use plafond_shards::actor::{Captured, Mail, Router, ShardMetrics};
+use plafond_shards::state::CaptureBuffers;
 use plafond_shards::store::Store;
 
 use crate::error::EngineError;
 
+use plafond_snapshots::format::WriteOptions;
 use plafond_snapshots::{checkpoint_file_name, generation_of, CHECKPOINT_DIR};
 
 /// Checkpoint files kept: the newest, and the one a damaged newest falls back to.
@@ -36,6 +38,13 @@ pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// A checkpoint is also taken once this many changelog bytes were written since the last
 /// one: at about 20 bytes a payment, some 13M payments, which replay in about 2 s.
 pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 << 20;
+/// The most bytes a second a checkpoint file is written at: a checkpoint of 10M accounts
+/// (about 400 MB) then takes some 6 s to write instead of one burst that the WAL's fsyncs
+/// queue behind (docs/BENCHMARKS.md §7).
+pub const CHECKPOINT_WRITE_BYTES_PER_S: u64 = 64 << 20;
+/// After a checkpoint, the next one waits at least this many times as long as it took:
+/// whatever the policy, checkpoints take at most half of the time (and of a core).
+const CHECKPOINT_REST_PER_DURATION: u32 = 1;
 /// How often the checkpointer looks at the clock and the log volume.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 
@@ -72,8 +81,12 @@ pub struct CheckpointReport {
     pub duration: Duration,
     /// Bytes of the file.
     pub bytes: u64,
-    /// The longest pause one step of its capture added on a shard between two batches.
+    /// The longest pause one step of its capture added on a shard between two batches
+    /// (wall time, including any time the shard's thread waited for a core meanwhile).
     pub longest_step: Duration,
+    /// The most CPU time one step of its capture took on a shard's thread: the step's own
+    /// work, which the scheduler's delays do not inflate.
+    pub longest_step_cpu: Duration,
     /// The last failure, if the last attempt failed (it is retried at the next one).
     pub last_error: Option<String>,
 }
@@ -83,13 +96,15 @@ pub struct CheckpointReport {
 /// copied). Each state comes once every batch before its position is durable.
 pub(crate) fn capture(
     router: &Router,
-    shards: u16,
+    metrics: &[Arc<ShardMetrics>],
     consistent: bool,
 ) -> Result<Vec<Captured>, EngineError> {
+    let shards = u16::try_from(metrics.len()).unwrap_or(u16::MAX);
     let barrier = consistent.then(|| Arc::new(Barrier::new(usize::from(shards))));
     let (reply, replies) = unbounded();
-    for shard in 0..shards {
-        let mail = Mail::Capture { barrier: barrier.clone(), reply: reply.clone() };
+    for (shard, metrics) in (0..shards).zip(metrics) {
+        let buffers = capture_buffers(metrics);
+        let mail = Mail::Capture { barrier: barrier.clone(), reply: reply.clone(), buffers };
         router.send_internal(shard, mail);
     }
     drop(reply);
@@ -99,6 +114,25 @@ pub(crate) fn capture(
     }
     captured.sort_by_key(|(state, _)| state.shard);
     Ok(captured)
+}
+
+/// Room a capture's buffers leave for tables that grow between the request and the
+/// instant, in parts of the tables' size: a little, since a table that outgrew its buffer
+/// is only slower to capture (it reallocates on the shard's thread), never wrong.
+const CAPTURE_ROOM_PER_MILLE: usize = 10;
+/// Entries of room added whatever the tables' size.
+const CAPTURE_ROOM_ENTRIES: usize = 4_096;
+
+/// Buffers for a shard's capture, sized from what the shard published at its last batch,
+/// their pages touched here rather than on the shard's thread.
+fn capture_buffers(metrics: &ShardMetrics) -> CaptureBuffers {
+    let room = |entries: u64| {
+        let entries = usize::try_from(entries).unwrap_or(usize::MAX);
+        entries.saturating_add(entries / 1000 * CAPTURE_ROOM_PER_MILLE + CAPTURE_ROOM_ENTRIES)
+    };
+    let profiles = room(metrics.profiles.load(Ordering::Relaxed));
+    let accounts = room(metrics.accounts.load(Ordering::Relaxed));
+    CaptureBuffers::prefaulted(profiles, accounts)
 }
 
 /// The checkpoint files of `data_dir`, newest first.
@@ -137,8 +171,17 @@ pub(crate) fn load_newest(
 ) -> Result<Option<Vec<Captured>>, EngineError> {
     let found = files(data_dir)?;
     for (index, (_, path)) in found.iter().enumerate() {
+        let started = Instant::now();
         match read_checkpoint(path, shards, regions) {
-            Ok(states) => return Ok(Some(states)),
+            Ok(states) => {
+                let accounts: usize = states.iter().map(|(state, _)| state.accounts.len()).sum();
+                let seconds = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "plafond: loaded checkpoint {} ({accounts} accounts) in {seconds:.2} s",
+                    path.display()
+                );
+                return Ok(Some(states));
+            }
             Err(error) => {
                 let next = match found.get(index + 1) {
                     Some((_, previous)) => format!("falling back to {}", previous.display()),
@@ -175,7 +218,9 @@ pub(crate) fn write(data_dir: &Path, captured: &[Captured]) -> Result<(PathBuf, 
     let existing = files(data_dir).map_err(|e| e.to_string())?;
     let generation = existing.first().map_or(0, |(generation, _)| generation + 1);
     let path = dir.join(checkpoint_file_name(generation));
-    let report = plafond_snapshots::write(&path, captured, |_| {}).map_err(|e| e.to_string())?;
+    let options = WriteOptions::now(Some(CHECKPOINT_WRITE_BYTES_PER_S));
+    let report = plafond_snapshots::write_with(&path, captured, options, &mut |_| {})
+        .map_err(|e| e.to_string())?;
     // Read back whole before it replaces anything: every checksum, the invariants, and
     // the very states that were captured.
     let shards = u16::try_from(captured.len()).unwrap_or(u16::MAX);
@@ -216,7 +261,6 @@ pub(crate) fn oldest_kept_positions(data_dir: &Path) -> Result<Option<Vec<u64>>,
 /// What the checkpointer thread needs.
 pub(crate) struct CheckpointerSetup {
     pub router: Arc<Router>,
-    pub shards: u16,
     pub store: Arc<Store>,
     pub data_dir: PathBuf,
     pub policy: CheckpointPolicy,
@@ -283,19 +327,28 @@ fn run(mut setup: CheckpointerSetup, stop: &AtomicBool) {
     lower_priority();
     let mut last = Instant::now();
     let mut log_bytes_at_last = setup.store.log_bytes_written();
+    let (mut finished, mut took) = (Instant::now(), Duration::ZERO);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(CHECKPOINT_POLL);
         let log_bytes = setup.store.log_bytes_written();
         let grown = log_bytes.saturating_sub(log_bytes_at_last);
         let due = grown >= setup.policy.log_bytes
             || (grown > 0 && last.elapsed() >= setup.policy.interval);
-        if !due || stop.load(Ordering::Relaxed) {
+        let rested = finished.elapsed() >= took * CHECKPOINT_REST_PER_DURATION;
+        if !due || !rested || stop.load(Ordering::Relaxed) {
             continue;
         }
         last = Instant::now();
         log_bytes_at_last = log_bytes;
         checkpoint_once(&mut setup);
+        (finished, took) = (Instant::now(), last.elapsed());
     }
+}
+
+/// The largest of one duration counter over every shard.
+fn longest(metrics: &[Arc<ShardMetrics>], counter: fn(&ShardMetrics) -> &AtomicU64) -> Duration {
+    let most = metrics.iter().map(|m| counter(m).load(Ordering::Relaxed)).max();
+    Duration::from_nanos(most.unwrap_or(0))
 }
 
 /// Takes one checkpoint now and records how it went.
@@ -306,8 +359,9 @@ pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
     let _one_capture = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
     for metrics in &setup.metrics {
         metrics.capture_step_max_ns.store(0, Ordering::Relaxed);
+        metrics.capture_step_max_cpu_ns.store(0, Ordering::Relaxed);
     }
-    let captured = capture(&setup.router, setup.shards, false).map_err(|e| e.to_string());
+    let captured = capture(&setup.router, &setup.metrics, false).map_err(|e| e.to_string());
     let written = captured.and_then(|captured| {
         let positions: Vec<u64> = captured.iter().map(|(_, position)| *position).collect();
         write(&setup.data_dir, &captured).map(|(path, bytes)| (path, bytes, positions))
@@ -322,14 +376,8 @@ pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
                 completed_ms: Some((setup.now_ms)()),
                 duration: started.elapsed(),
                 bytes,
-                longest_step: Duration::from_nanos(
-                    setup
-                        .metrics
-                        .iter()
-                        .map(|m| m.capture_step_max_ns.load(Ordering::Relaxed))
-                        .max()
-                        .unwrap_or(0),
-                ),
+                longest_step: longest(&setup.metrics, |m| &m.capture_step_max_ns),
+                longest_step_cpu: longest(&setup.metrics, |m| &m.capture_step_max_cpu_ns),
                 last_error: None,
             };
             drop(report);

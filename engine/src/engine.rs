@@ -446,7 +446,6 @@ impl Engine {
         let clock = self.clock.clone();
         CheckpointerSetup {
             router: self.router.clone(),
-            shards: self.shards,
             store: store.clone(),
             data_dir,
             policy: self.checkpoint_policy,
@@ -486,10 +485,10 @@ impl Engine {
     pub(crate) fn capture(&self, consistent: bool) -> Result<Vec<Captured>, EngineError> {
         let _one_capture = self.capture_lock.lock().unwrap_or_else(|p| p.into_inner());
         if !consistent {
-            return checkpoint::capture(&self.router, self.shards, false);
+            return checkpoint::capture(&self.router, &self.metrics, false);
         }
         let _one_cut = self.cut_lock.lock().unwrap_or_else(|p| p.into_inner());
-        checkpoint::capture(&self.router, self.shards, true)
+        checkpoint::capture(&self.router, &self.metrics, true)
     }
 }
 

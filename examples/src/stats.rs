@@ -198,7 +198,8 @@ pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
     let _ = writeln!(
         out,
         "\nremembered ids in memory {} (the rest on disk), ids in flight {}\n\
-         checkpoints written {}, last {} ({} bytes, {:.3} s, longest capture step {} us){}",
+         checkpoints written {}, last {} ({} bytes, {:.3} s, longest capture step {} us, \
+         {} us of CPU){}",
         stats.remembered_in_memory,
         stats.ids_in_flight,
         c.written,
@@ -206,6 +207,7 @@ pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
         c.bytes,
         c.duration.as_secs_f64(),
         c.longest_step.as_micros(),
+        c.longest_step_cpu.as_micros(),
         c.last_error.as_ref().map_or(String::new(), |error| format!(", last failure: {error}"))
     );
     out
@@ -319,12 +321,13 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
     let c = &stats.checkpoint;
     let checkpoint = format!(
         "{{\"written\":{},\"completed_ms\":{},\"seconds\":{:.3},\"bytes\":{},\
-         \"longest_step_us\":{},\"error\":{}}}",
+         \"longest_step_us\":{},\"longest_step_cpu_us\":{},\"error\":{}}}",
         c.written,
         c.completed_ms.map_or("null".to_owned(), |ms| ms.to_string()),
         c.duration.as_secs_f64(),
         c.bytes,
         c.longest_step.as_micros(),
+        c.longest_step_cpu.as_micros(),
         c.last_error.as_deref().map_or("null".to_owned(), json_string)
     );
     format!(

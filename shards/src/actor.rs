@@ -30,17 +30,25 @@ use crate::log::{BatchEncoder, Entry};
 use crate::region::Regions;
 use crate::remembered::{Claims, IdsHome, RememberedIds};
 use crate::reply::{Collector, Slot};
-use crate::state::{ShardState, StateCapture};
+use crate::state::{CaptureBuffers, ShardState, StateCapture};
 use crate::store::{Durability, DurableMarks, JobSender, Release, Store, StoreError, WriteJob};
 
 /// The most client commands one shard batch takes.
 pub const BATCH_COMMANDS_MAX: usize = 8192;
 /// The most submissions waiting in one shard's ingress mailbox.
 pub const INGRESS_MAILS_MAX: usize = 4096;
-/// Entries of each table a capture copies between two batches: about a quarter of a
-/// millisecond of copying, so a checkpoint or a snapshot never pauses a shard for long
-/// (measured in `docs/BENCHMARKS.md`).
+/// The most entries of each table a capture copies between two batches: about a quarter
+/// of a millisecond of copying on a quiet core.
 pub const CAPTURE_STEP_ENTRIES: usize = 16_384;
+/// Entries of each table copied between two looks at the clock within a step.
+pub const CAPTURE_SLICE_ENTRIES: usize = 2_048;
+/// A step stops at the first slice that ends after this much time: under load, copying
+/// the entries written since the capture began (and a core shared with other threads)
+/// made steps of 16,384 entries take 2-7 ms at 10M accounts; the budget keeps a step
+/// well inside the 2 ms a checkpoint may pause a shard (§7), whatever the entries cost.
+pub const CAPTURE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_micros(400);
+const _: () = assert!(CAPTURE_SLICE_ENTRIES <= CAPTURE_STEP_ENTRIES);
+const _: () = assert!(CAPTURE_STEP_ENTRIES.is_multiple_of(CAPTURE_SLICE_ENTRIES));
 
 /// A shard's state captured at one instant, with its log position: the state is exactly
 /// the shard's logged batches `0 .. position`.
@@ -86,6 +94,9 @@ pub enum Mail {
         barrier: Option<Arc<Barrier>>,
         /// Gets the captured state and its log position.
         reply: Sender<Captured>,
+        /// Where the tables are copied to (made ahead by the requester, see
+        /// [`CaptureBuffers::prefaulted`]).
+        buffers: CaptureBuffers,
     },
     /// Wakes the shard to copy the next step of a capture in progress.
     CaptureStep,
@@ -125,11 +136,17 @@ pub struct ShardMetrics {
     pub busy_ns: AtomicU64,
     /// Accounts the shard holds, as of its last batch.
     pub accounts: AtomicU64,
+    /// Profiles the shard holds, as of its last batch (sizes a capture's buffers).
+    pub profiles: AtomicU64,
     /// The longest single epoch chunk applied since the batch service last reset it.
     pub roll_pause_max_ns: AtomicU64,
     /// The longest single step of a capture (checkpoint or snapshot) since the last
     /// checkpoint reset it: the pause a capture adds between two batches.
     pub capture_step_max_ns: AtomicU64,
+    /// The most CPU time the shard's thread spent in one capture step since the last
+    /// checkpoint reset it: the step's own work, without the time the thread waited for a
+    /// core (which [`ShardMetrics::capture_step_max_ns`] includes).
+    pub capture_step_max_cpu_ns: AtomicU64,
     /// Idempotency records of the shard's batches in flight, as of its last batch.
     pub remembered_in_memory: AtomicU64,
     /// Batch service times, of every batch (epoch chunks too): bucket `i` counts batches
@@ -395,6 +412,18 @@ pub fn replay_batch(
     Ok(())
 }
 
+/// CPU time the calling thread has used, in nanoseconds (0 where it cannot be read).
+fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `clock_gettime` writes one `timespec` through the pointer, which points to
+    // a live, writable local; on failure it writes nothing and returns -1, and we read 0.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return 0;
+    }
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
 /// A capture in progress on a shard.
 struct CaptureInProgress {
     capture: StateCapture,
@@ -467,6 +496,7 @@ impl Actor {
         self.flush(batch);
         self.capture_step();
         metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
+        metrics.profiles.store(self.state.profiles.len() as u64, Ordering::Relaxed);
         metrics.remembered_in_memory.store(self.remembered.unwritten() as u64, Ordering::Relaxed);
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         metrics.busy_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
@@ -511,13 +541,13 @@ impl Actor {
                 self.flush(std::mem::take(batch));
                 inspect(&self.state, self.next_seq);
             }
-            Mail::Capture { barrier, reply } => {
+            Mail::Capture { barrier, reply, buffers } => {
                 self.flush(std::mem::take(batch));
                 if let Some(barrier) = barrier {
                     barrier.wait();
                 }
                 // A capture still in progress is dropped: its requester hears nothing.
-                let capture = self.state.begin_capture();
+                let capture = self.state.begin_capture_into(buffers);
                 self.capture = Some(CaptureInProgress { capture, position: self.next_seq, reply });
             }
             Mail::CaptureStep => {}
@@ -665,9 +695,18 @@ impl Actor {
     fn capture_step(&mut self) {
         let Some(mut progress) = self.capture.take() else { return };
         let started = Instant::now();
-        let complete = self.state.capture_step(CAPTURE_STEP_ENTRIES);
+        let cpu_started_ns = thread_cpu_ns();
+        let mut complete = false;
+        for _ in 0..CAPTURE_STEP_ENTRIES / CAPTURE_SLICE_ENTRIES {
+            complete = self.state.capture_step(CAPTURE_SLICE_ENTRIES);
+            if complete || started.elapsed() >= CAPTURE_STEP_BUDGET {
+                break;
+            }
+        }
         let pause_ns = started.elapsed().as_nanos() as u64;
         self.setup.metrics.capture_step_max_ns.fetch_max(pause_ns, Ordering::Relaxed);
+        let cpu_ns = thread_cpu_ns().saturating_sub(cpu_started_ns);
+        self.setup.metrics.capture_step_max_cpu_ns.fetch_max(cpu_ns, Ordering::Relaxed);
         if !complete {
             self.capture = Some(progress);
             // Keep going when no command comes: the shard wakes up for the next step.

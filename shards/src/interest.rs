@@ -37,6 +37,22 @@ impl Savings {
         Savings { half_month, start_minor: 0, debited_minor: 0, accrued: [0, 0] }
     }
 
+    /// The stored parts, in the encoding order: `half_month`, `start_minor`,
+    /// `debited_minor`, `accrued` (for the snapshot codec).
+    pub fn parts(&self) -> (i32, u64, u64, [u64; 2]) {
+        (self.half_month, self.start_minor, self.debited_minor, self.accrued)
+    }
+
+    /// A savings state from its stored parts (see [`Savings::parts`]).
+    pub fn from_parts(
+        half_month: i32,
+        start_minor: u64,
+        debited_minor: u64,
+        accrued: [u64; 2],
+    ) -> Savings {
+        Savings { half_month, start_minor, debited_minor, accrued }
+    }
+
     /// The interest accrued and not yet posted (`A`).
     pub fn accrued(&self) -> i128 {
         (i128::from(self.accrued[1] as i64) << 64) | i128::from(self.accrued[0])

@@ -19,7 +19,7 @@ use crate::window::Window;
 pub const NO_ACCOUNT: u32 = u32::MAX;
 
 /// A profile.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Profile {
     /// The region it was opened in; its accounts follow that region's rules.
     pub region: RegionId,
@@ -240,12 +240,37 @@ pub struct StateCapture {
     rest: Box<ShardState>,
 }
 
+/// Where a capture copies the two tables to: buffers made ahead by the thread that asks
+/// for it ([`crate::table::prefaulted`]), or empty ones that grow on the shard's thread.
+#[derive(Default)]
+pub struct CaptureBuffers {
+    /// Room for the profiles.
+    pub profiles: Vec<Profile>,
+    /// Room for the accounts.
+    pub accounts: Vec<Account>,
+}
+
+impl CaptureBuffers {
+    /// Buffers with room for `profiles` and `accounts` entries, their pages touched.
+    pub fn prefaulted(profiles: usize, accounts: usize) -> CaptureBuffers {
+        CaptureBuffers {
+            profiles: crate::table::prefaulted(profiles),
+            accounts: crate::table::prefaulted(accounts),
+        }
+    }
+}
+
 impl ShardState {
     /// Starts capturing the state as it is now. Costs a copy of the small parts only
     /// (transfers in flight, counters, rules): the tables are copied later, in steps.
     pub fn begin_capture(&mut self) -> StateCapture {
-        self.profiles.begin_capture();
-        self.accounts.begin_capture();
+        self.begin_capture_into(CaptureBuffers::default())
+    }
+
+    /// [`ShardState::begin_capture`], copying the tables into `buffers`.
+    pub fn begin_capture_into(&mut self, buffers: CaptureBuffers) -> StateCapture {
+        self.profiles.begin_capture_into(buffers.profiles);
+        self.accounts.begin_capture_into(buffers.accounts);
         let rest = ShardState {
             shard: self.shard,
             shards: self.shards,

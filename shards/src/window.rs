@@ -25,6 +25,16 @@ impl Window {
         Window { day, spent_by_day_minor: [0; WINDOW_DAYS] }
     }
 
+    /// A window from its stored parts (the snapshot codec's fields, in the encoding order).
+    pub fn from_parts(day: Day, spent_by_day_minor: [u64; WINDOW_DAYS]) -> Window {
+        Window { day, spent_by_day_minor }
+    }
+
+    /// The per-day buckets as stored, indexed by day modulo [`WINDOW_DAYS`].
+    pub fn spent_by_day_minor(&self) -> &[u64; WINDOW_DAYS] {
+        &self.spent_by_day_minor
+    }
+
     /// The latest day the window has been rolled to.
     pub fn day(&self) -> Day {
         self.day

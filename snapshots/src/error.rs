@@ -41,8 +41,8 @@ pub enum SnapshotError {
     },
     /// A format version this build does not read.
     #[error(
-        "the snapshot has format version {found}; this build reads version {FORMAT_VERSION} \
-         only: restore it with a build that knows version {found}"
+        "the snapshot has format version {found}; this build reads versions 2 to \
+         {FORMAT_VERSION} only: restore it with a build that knows version {found}"
     )]
     UnsupportedVersion {
         /// The file's version.

@@ -6,9 +6,10 @@
 //!          | chunk_bytes u32 | created_ms i64 | reserved u64
 //!          | per shard: log_position u64, accounts u64, state_bytes u64
 //!          | crc32c u32 (of the header bytes before it)
-//! sections per shard, in order: the bincode 2 (standard config) encoding of its
-//!          `ShardState`, cut in chunks of `chunk_bytes` (the last one shorter), each
-//!          chunk followed by its crc32c u32
+//! sections per shard, in order: its encoded `ShardState`, cut in chunks of `chunk_bytes`
+//!          (the last one shorter), each chunk followed by its crc32c u32. Version 3:
+//!          rest_bytes u64 | bincode of the state without its two tables | profiles
+//!          table | accounts table (`crate::tables`); version 2: bincode of the state.
 //! trailer  magic "PLAFSEND" | file_bytes u64 | crc32c u32 (of every byte before it)
 //! ```
 //!
@@ -26,6 +27,8 @@ use bincode::error::DecodeError;
 use plafond_shards::ids::{ShardId, SHARDS_MAX};
 use plafond_shards::state::{ShardState, NO_ACCOUNT};
 
+use crate::tables::{self, BLOCK_ENTRIES};
+
 use crate::error::SnapshotError;
 use crate::progress::Progress;
 
@@ -33,11 +36,18 @@ use crate::progress::Progress;
 pub const MAGIC: [u8; 8] = *b"PLAFSNAP";
 /// The first eight bytes of the trailer.
 pub const TRAILER_MAGIC: [u8; 8] = *b"PLAFSEND";
-/// The version this build writes and the only one it reads. Bump it whenever the file
-/// layout or the encoding of `ShardState` (its fields, their order or types) changes.
+/// The version this build writes. Bump it whenever the file layout or the encoding of
+/// `ShardState` (its fields, their order or types) changes.
 /// Version 2: the shard state no longer holds idempotency records (they live beside the
 /// log, `plafond_shards::idempotency`).
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3: the profiles and accounts follow the rest of the state as tables in blocks
+/// (`crate::tables`), so a reader decodes them on every core, without bincode.
+pub const FORMAT_VERSION: u32 = 3;
+/// The versions this build reads: its own, and version 2 (whose sections are one bincode
+/// encoding of the state), so checkpoints and snapshots written before survive an upgrade.
+pub const VERSIONS_READ: [u32; 2] = [2, FORMAT_VERSION];
+/// Bytes of the length of the rest of the state at the start of a version 3 section.
+const REST_LENGTH_BYTES: usize = 8;
 /// Bytes of the header before the per-shard entries.
 pub const HEADER_FIXED_BYTES: usize = 40;
 /// Bytes of one per-shard entry of the header.
@@ -82,6 +92,8 @@ pub struct SectionInfo {
 /// The header of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The format version of the file (one of [`VERSIONS_READ`]; written: [`FORMAT_VERSION`]).
+    pub version: u32,
     /// Shards in the snapshot, `1 ..= SHARDS_MAX`.
     pub shards: u16,
     /// Regions of the engine it was taken from.
@@ -143,7 +155,7 @@ impl Header {
         let size = header_bytes(self.shards);
         let mut bytes = Vec::with_capacity(size);
         bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&self.version.to_le_bytes());
         bytes.extend_from_slice(&(size as u32).to_le_bytes());
         bytes.extend_from_slice(&self.shards.to_le_bytes());
         bytes.extend_from_slice(&self.regions.to_le_bytes());
@@ -202,7 +214,7 @@ fn check_prefix(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<u16, Snap
         return Err(too_short(HEADER_FIXED_BYTES));
     }
     let version = u32_at(prefix, 8);
-    if version != FORMAT_VERSION {
+    if !VERSIONS_READ.contains(&version) {
         return Err(SnapshotError::UnsupportedVersion { found: version });
     }
     if prefix.len() < HEADER_FIXED_BYTES {
@@ -224,6 +236,7 @@ fn check_prefix(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<u16, Snap
 
 /// Parses a whole header whose checksum was verified.
 fn parse_header(bytes: &[u8], shards: u16) -> Result<Header, SnapshotError> {
+    let version = u32_at(bytes, 8);
     let regions = u16_at(bytes, 18);
     if regions == 0 || regions > REGIONS_MAX {
         return Err(corrupt_header(format!("{regions} regions is not 1 ..= {REGIONS_MAX}")));
@@ -258,7 +271,7 @@ fn parse_header(bytes: &[u8], shards: u16) -> Result<Header, SnapshotError> {
         }
         sections.push(section);
     }
-    Ok(Header { shards, regions, chunk_bytes, created_ms, sections })
+    Ok(Header { version, shards, regions, chunk_bytes, created_ms, sections })
 }
 
 /// Reads `buffer.len()` bytes of `path`.
@@ -549,7 +562,7 @@ fn decode_all<T: Send>(
 /// Decodes with bincode's allocation limit set to the smallest power of two at least
 /// [`DECODED_BYTES_PER_ENCODED_BYTE_MAX`] times the input: the limit is a const generic,
 /// so the match picks one of a fixed set.
-fn decode_limited(bytes: &[u8]) -> Result<(ShardState, usize), DecodeError> {
+fn decode_limited<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
     macro_rules! by_shift {
         ($shift:expr, [$($n:literal),*]) => {
             match $shift {
@@ -576,13 +589,137 @@ fn decode_limited(bytes: &[u8]) -> Result<(ShardState, usize), DecodeError> {
     )
 }
 
+/// Everything of a shard's state but its two tables, in the order of its fields: the
+/// bincode encoding of this tuple is that of the fields, nothing between.
+type Rest = (
+    ShardId,
+    u16,
+    std::collections::BTreeMap<u64, plafond_shards::state::PendingTransfer>,
+    u64,
+    Vec<u64>,
+    std::collections::HashMap<(ShardId, u64), plafond_shards::command::Reason>,
+    i64,
+    Vec<Option<plafond_shards::region::Rules>>,
+    Vec<plafond_shards::calendar::Day>,
+    plafond_shards::state::Totals,
+    Vec<plafond_shards::state::RegionCounters>,
+    Vec<(plafond_shards::command::CommandId, plafond_shards::idempotency::IdempotencyRecord)>,
+);
+
+/// A shard's state as a version 3 section holds it: the length of the rest, the rest
+/// (bincode), the profiles table, the accounts table.
+pub fn encode_state(state: &ShardState) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    // Named one by one, so a field added to the state does not compile until it is here.
+    let ShardState {
+        shard,
+        shards,
+        profiles,
+        accounts,
+        pending,
+        next_transfer_seq,
+        credits_seen,
+        refused_credits,
+        clock_ms,
+        rules,
+        rolled_day,
+        totals,
+        counters,
+        remembered,
+    } = state;
+    let rest = (
+        shard,
+        shards,
+        pending,
+        next_transfer_seq,
+        credits_seen,
+        refused_credits,
+        clock_ms,
+        rules,
+        rolled_day,
+        totals,
+        counters,
+        remembered,
+    );
+    // Sized for a typical account, so the buffer grows rarely.
+    let mut bytes = Vec::with_capacity(4096 + accounts.len() * 48 + profiles.len() * 8);
+    bytes.extend_from_slice(&[0; REST_LENGTH_BYTES]);
+    bincode::encode_into_std_write(rest, &mut bytes, bincode::config::standard())?;
+    let rest_bytes = (bytes.len() - REST_LENGTH_BYTES) as u64;
+    bytes[..REST_LENGTH_BYTES].copy_from_slice(&rest_bytes.to_le_bytes());
+    tables::encode(profiles, BLOCK_ENTRIES, &mut bytes);
+    tables::encode(accounts, BLOCK_ENTRIES, &mut bytes);
+    Ok(bytes)
+}
+
+/// Decodes a version 3 section, its tables on up to `workers` threads.
+fn decode_v3(bytes: &[u8], workers: usize) -> Result<ShardState, String> {
+    let rest_bytes = u64_at_checked(bytes, 0).ok_or("it ends inside the length of its rest")?;
+    let rest_end = usize::try_from(rest_bytes)
+        .ok()
+        .and_then(|rest| rest.checked_add(REST_LENGTH_BYTES))
+        .filter(|&end| end <= bytes.len())
+        .ok_or("the length of its rest is beyond its end")?;
+    let rest_bytes = &bytes[REST_LENGTH_BYTES..rest_end];
+    let (rest, used): (Rest, usize) =
+        decode_limited(rest_bytes).map_err(|error| error.to_string())?;
+    if used != rest_bytes.len() {
+        return Err(format!("{} bytes after the rest of the state", rest_bytes.len() - used));
+    }
+    let (profiles, used) = tables::decode(&bytes[rest_end..], workers)
+        .map_err(|problem| format!("its profiles: {problem}"))?;
+    let accounts_at = rest_end + used;
+    let (accounts, used) = tables::decode(&bytes[accounts_at..], workers)
+        .map_err(|problem| format!("its accounts: {problem}"))?;
+    if accounts_at + used != bytes.len() {
+        return Err(format!("{} bytes after the encoded state", bytes.len() - accounts_at - used));
+    }
+    let (shard, shards, pending, next_transfer_seq, credits_seen, refused_credits, clock_ms) =
+        (rest.0, rest.1, rest.2, rest.3, rest.4, rest.5, rest.6);
+    let (rules, rolled_day, totals, counters, remembered) =
+        (rest.7, rest.8, rest.9, rest.10, rest.11);
+    Ok(ShardState {
+        shard,
+        shards,
+        profiles: profiles.into(),
+        accounts: accounts.into(),
+        pending,
+        next_transfer_seq,
+        credits_seen,
+        refused_credits,
+        clock_ms,
+        rules,
+        rolled_day,
+        totals,
+        counters,
+        remembered,
+    })
+}
+
+fn u64_at_checked(bytes: &[u8], at: usize) -> Option<u64> {
+    let word = bytes.get(at..at.checked_add(8)?)?;
+    Some(u64_at(word, 0))
+}
+
+/// Threads each shard's tables are decoded on: the cores the shards decoded side by side
+/// leave (a server at 10M accounts has one shard on two cores).
+fn table_workers(shards: u16) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / usize::from(shards).max(1)).max(1)
+}
+
 fn decode_state(header: &Header, shard: usize, bytes: &[u8]) -> Result<ShardState, SnapshotError> {
     let corrupt =
         |problem: String| SnapshotError::CorruptShard { shard: shard as ShardId, problem };
-    let (state, used) = decode_limited(bytes).map_err(|error| corrupt(error.to_string()))?;
-    if used != bytes.len() {
-        return Err(corrupt(format!("{} bytes after the encoded state", bytes.len() - used)));
-    }
+    let state = if header.version == 2 {
+        let (state, used) =
+            decode_limited::<ShardState>(bytes).map_err(|error| corrupt(error.to_string()))?;
+        if used != bytes.len() {
+            return Err(corrupt(format!("{} bytes after the encoded state", bytes.len() - used)));
+        }
+        state
+    } else {
+        decode_v3(bytes, table_workers(header.shards)).map_err(corrupt)?
+    };
     check_state(&state, header, shard).map_err(corrupt)?;
     Ok(state)
 }
@@ -648,6 +785,10 @@ pub struct WriteOptions {
     pub chunk_bytes: u32,
     /// Recorded in the header, Unix milliseconds.
     pub created_ms: i64,
+    /// The most bytes a second it is written at, or `None` for as fast as the disk takes
+    /// them. Checkpoints are paced: written flat out, hundreds of MB compete with the WAL's
+    /// fsyncs for one disk and hold back every acknowledgement meanwhile.
+    pub bytes_per_second: Option<u64>,
 }
 
 /// What writing produced.
@@ -708,14 +849,9 @@ pub fn write(
     let encoded = parallel(
         items,
         |shard, state: &ShardState| {
-            // One pass into a buffer sized for a typical account (`encode_to_vec` would
-            // encode twice: once to size the buffer).
-            let mut bytes = Vec::with_capacity(4096 + state.accounts.len() * 48);
-            bincode::encode_into_std_write(state, &mut bytes, bincode::config::standard())
-                .map_err(|error| SnapshotError::BadInput {
-                    problem: format!("shard {shard} does not encode: {error}"),
-                })?;
-            Ok::<_, SnapshotError>(bytes)
+            encode_state(state).map_err(|error| SnapshotError::BadInput {
+                problem: format!("shard {shard} does not encode: {error}"),
+            })
         },
         "encode",
         progress,
@@ -731,6 +867,7 @@ pub fn write(
         })
         .collect();
     let header = Header {
+        version: FORMAT_VERSION,
         shards: count,
         regions: shards[0].0.rolled_day.len() as u16,
         chunk_bytes: options.chunk_bytes,
@@ -738,12 +875,13 @@ pub fn write(
         sections,
     };
     let temporary = temporary_path(path);
-    let written = write_file(&temporary, &header, &encoded, progress).and_then(|bytes| {
-        std::fs::rename(&temporary, path)
-            .map_err(|error| SnapshotError::io("renaming into place", path, error))?;
-        sync_parent(path)?;
-        Ok(bytes)
-    });
+    let written = write_file(&temporary, &header, &encoded, options.bytes_per_second, progress)
+        .and_then(|bytes| {
+            std::fs::rename(&temporary, path)
+                .map_err(|error| SnapshotError::io("renaming into place", path, error))?;
+            sync_parent(path)?;
+            Ok(bytes)
+        });
     match written {
         Ok(bytes) => Ok(Written { header, bytes }),
         Err(error) => {
@@ -758,8 +896,10 @@ fn write_file(
     path: &Path,
     header: &Header,
     encoded: &[Vec<u8>],
+    bytes_per_second: Option<u64>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64, SnapshotError> {
+    let started = std::time::Instant::now();
     let io = |error| SnapshotError::io("writing", path, error);
     let file = File::create(path).map_err(|error| SnapshotError::io("creating", path, error))?;
     let total = header.file_bytes().ok_or_else(|| SnapshotError::BadInput {
@@ -787,6 +927,7 @@ fn write_file(
                 writer.flush().map_err(io)?;
                 writer.get_ref().sync_data().map_err(|e| SnapshotError::io("fsyncing", path, e))?;
                 synced = done;
+                pace(started, done, bytes_per_second);
             }
             progress(Progress { phase: "write", done, total, unit: "bytes" });
         }
@@ -803,6 +944,15 @@ fn write_file(
     let file = writer.into_inner().map_err(|error| io(error.into_error()))?;
     file.sync_all().map_err(|error| SnapshotError::io("fsyncing", path, error))?;
     Ok(total)
+}
+
+/// Sleeps until `done` bytes since `started` are within `bytes_per_second`.
+fn pace(started: std::time::Instant, done: u64, bytes_per_second: Option<u64>) {
+    let Some(rate) = bytes_per_second.filter(|&rate| rate > 0) else { return };
+    let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+    if let Some(early) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(early);
+    }
 }
 
 /// Fsyncs the directory holding `path`, so a rename into it survives a crash.

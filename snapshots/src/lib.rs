@@ -39,6 +39,7 @@ pub mod error;
 pub mod format;
 pub mod progress;
 pub mod restore;
+mod tables;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -86,11 +87,15 @@ pub fn generation_of(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Unix milliseconds now, for the header (0 if the clock is before 1970).
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as i64)
+impl format::WriteOptions {
+    /// Chunks of [`format::CHUNK_BYTES`], created now, written at most `bytes_per_second`.
+    pub fn now(bytes_per_second: Option<u64>) -> format::WriteOptions {
+        // 0 if the clock is before 1970.
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        format::WriteOptions { chunk_bytes: format::CHUNK_BYTES, created_ms, bytes_per_second }
+    }
 }
 
 /// Writes `shards` — every shard's state with its log position, in shard order, taken at
@@ -100,8 +105,7 @@ pub fn write(
     shards: &[(ShardState, u64)],
     mut progress: impl FnMut(Progress),
 ) -> Result<SnapshotReport, SnapshotError> {
-    let options = format::WriteOptions { chunk_bytes: format::CHUNK_BYTES, created_ms: now_ms() };
-    write_with(path, shards, options, &mut progress)
+    write_with(path, shards, format::WriteOptions::now(None), &mut progress)
 }
 
 /// [`write`] with explicit options (chunk size, creation time): for tests and tools.

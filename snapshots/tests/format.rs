@@ -33,7 +33,7 @@ fn shard(index: u16, shards: u16, accounts: u32) -> ShardState {
 }
 
 fn options(chunk_bytes: u32) -> WriteOptions {
-    WriteOptions { chunk_bytes, created_ms: 1_799_064_000_000 }
+    WriteOptions { chunk_bytes, created_ms: 1_799_064_000_000, bytes_per_second: None }
 }
 
 /// The unsigned varint of the standard configuration, as the format page gives it.
@@ -150,8 +150,14 @@ fn assemble(header: &Header, sections: &[Vec<u8>]) -> Vec<u8> {
     file
 }
 
+/// A version 3 header for `sections`.
 fn header_for(sections: &[Vec<u8>], accounts: u64) -> Header {
+    header_of_version(format::FORMAT_VERSION, sections, accounts)
+}
+
+fn header_of_version(version: u32, sections: &[Vec<u8>], accounts: u64) -> Header {
     Header {
+        version,
         shards: sections.len() as u16,
         regions: 2,
         chunk_bytes: 64,
@@ -173,22 +179,54 @@ fn read_bytes(bytes: &[u8]) -> Result<(), SnapshotError> {
 #[test]
 fn an_assembled_file_reads_back() {
     let state = shard(0, 1, 3);
+    let sections = vec![format::encode_state(&state).unwrap()];
+    read_bytes(&assemble(&header_for(&sections, 3), &sections)).unwrap();
+    // The same state as version 2 wrote it: one bincode encoding.
     let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
     let sections = vec![encoded];
-    read_bytes(&assemble(&header_for(&sections, 3), &sections)).unwrap();
+    read_bytes(&assemble(&header_of_version(2, &sections, 3), &sections)).unwrap();
+    // A version 2 section behind a version 3 header is not a state.
+    assert!(read_bytes(&assemble(&header_for(&sections, 3), &sections)).is_err());
+}
+
+#[test]
+fn a_version_3_section_is_the_rest_then_the_two_tables() {
+    let state = shard(1, 2, 1);
+    let encoded = format::encode_state(&state).unwrap();
+    let rest_bytes = u64::from_le_bytes(encoded[..8].try_into().unwrap()) as usize;
+    // The rest is bincode's encoding of the state with both tables empty, without the two
+    // zero lengths of those tables.
+    let mut empty = state.clone();
+    empty.profiles = Default::default();
+    empty.accounts = Default::default();
+    let mut whole = bincode::encode_to_vec(&empty, bincode::config::standard()).unwrap();
+    assert_eq!(whole[2..4], [0, 0], "two empty tables after shard and shards");
+    whole.drain(2..4);
+    assert_eq!(&encoded[8..8 + rest_bytes], &whole[..]);
+    // Each table: entries u64, entries per block u32, where each block ends u64, the
+    // entries' bincode bytes. The profile is region 0, first and last account 0.
+    let account = bincode::encode_to_vec(state.accounts[0], bincode::config::standard()).unwrap();
+    let mut tables = Vec::new();
+    for entry in [&[0u8, 0, 0][..], &account] {
+        tables.extend_from_slice(&1u64.to_le_bytes());
+        tables.extend_from_slice(&(1u32 << 16).to_le_bytes());
+        tables.extend_from_slice(&(entry.len() as u64).to_le_bytes());
+        tables.extend_from_slice(entry);
+    }
+    assert_eq!(&encoded[8 + rest_bytes..], &tables[..]);
 }
 
 #[test]
 fn a_state_pointing_outside_its_shard_is_refused_despite_good_checksums() {
     let mut state = shard(0, 1, 3);
     state.accounts[2].profile = 99;
-    let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    let encoded = format::encode_state(&state).unwrap();
     let sections = vec![encoded];
     let error = read_bytes(&assemble(&header_for(&sections, 3), &sections)).unwrap_err();
     assert!(error.to_string().contains("account 2 points outside"), "{error}");
 
     let state = shard(0, 1, 3);
-    let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    let encoded = format::encode_state(&state).unwrap();
     let sections = vec![encoded];
     let error = read_bytes(&assemble(&header_for(&sections, 4), &sections)).unwrap_err();
     assert!(error.to_string().contains("3 accounts, the header says 4"), "{error}");
@@ -201,10 +239,27 @@ fn a_huge_length_inside_a_state_allocates_nothing_and_is_refused() {
     varint(1 << 60, &mut bytes);
     bytes.extend([0; 32]);
     let sections = vec![bytes];
-    let error = read_bytes(&assemble(&header_for(&sections, 0), &sections)).unwrap_err();
+    let error = read_bytes(&assemble(&header_of_version(2, &sections, 0), &sections)).unwrap_err();
     assert!(matches!(error, SnapshotError::CorruptShard { shard: 0, .. }), "{error}");
-    // Trailing bytes after a sound state are refused too.
+    // Version 3: a rest of 2^60 bytes, and a table of 2^60 accounts.
+    let mut bytes = (1u64 << 60).to_le_bytes().to_vec();
+    bytes.extend([0; 32]);
+    let sections = vec![bytes];
+    let error = read_bytes(&assemble(&header_for(&sections, 0), &sections)).unwrap_err();
+    assert!(error.to_string().contains("length of its rest"), "{error}");
+    let mut bytes = format::encode_state(&shard(0, 1, 0)).unwrap();
+    let accounts_at = bytes.len() - 12;
+    bytes[accounts_at..accounts_at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let sections = vec![bytes];
+    let error = read_bytes(&assemble(&header_for(&sections, 0), &sections)).unwrap_err();
+    assert!(error.to_string().contains("cannot fit"), "{error}");
+    // Trailing bytes after a sound state are refused too, in both versions.
     let mut encoded = bincode::encode_to_vec(shard(0, 1, 1), bincode::config::standard()).unwrap();
+    encoded.push(0);
+    let sections = vec![encoded];
+    let error = read_bytes(&assemble(&header_of_version(2, &sections, 1), &sections)).unwrap_err();
+    assert!(error.to_string().contains("after the encoded state"), "{error}");
+    let mut encoded = format::encode_state(&shard(0, 1, 1)).unwrap();
     encoded.push(0);
     let sections = vec![encoded];
     let error = read_bytes(&assemble(&header_for(&sections, 1), &sections)).unwrap_err();
@@ -245,7 +300,16 @@ fn mutated_states_behind_valid_checksums_never_panic_the_reader() {
     // checksums stop random damage before decoding, so recompute them to reach it.
     let mut state = shard(0, 1, 40);
     state.accounts[3].instrument = Instrument::Savings(Savings::opened(48_648));
-    let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    for version in format::VERSIONS_READ {
+        mutate_and_read(&state, version);
+    }
+}
+
+fn mutate_and_read(state: &ShardState, version: u32) {
+    let encoded = match version {
+        2 => bincode::encode_to_vec(state, bincode::config::standard()).unwrap(),
+        _ => format::encode_state(state).unwrap(),
+    };
     let mut seed = 0x5eed_u64;
     let mut accepted = 0;
     for _ in 0..5_000 {
@@ -258,7 +322,7 @@ fn mutated_states_behind_valid_checksums_never_panic_the_reader() {
             bytes.truncate(1 + (next(&mut seed) % bytes.len() as u64) as usize);
         }
         let sections = vec![bytes];
-        let file = assemble(&header_for(&sections, 40), &sections);
+        let file = assemble(&header_of_version(version, &sections, 40), &sections);
         if format::read_from_slice(&file, &mut |_| {}).is_ok() {
             accepted += 1;
         }
