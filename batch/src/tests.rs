@@ -168,5 +168,8 @@ fn dropping_the_scheduler_stops_a_long_catch_up_promptly() {
     assert!(records.len() < 2 * DAYS_BEHIND as usize, "stopped before the end: {}", records.len());
     let resumed_from: Vec<Day> = (0..2).map(|r| service.status()[r].last_day.unwrap()).collect();
     assert!(resumed_from.iter().all(|&day| day < today), "{resumed_from:?}");
-    assert!(matches!(service.run_due(), Err(BatchError::Stopped)), "a stopped service runs nothing");
+    assert!(
+        matches!(service.run_due(), Err(BatchError::Stopped)),
+        "a stopped service runs nothing"
+    );
 }

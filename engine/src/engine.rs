@@ -219,6 +219,11 @@ impl Engine {
         cells.sort_by_key(|(shard, _)| *shard);
         engine.cells = cells.into_iter().map(|(_, cell)| cell).collect::<Result<_, _>>()?;
         engine.adopt_ids_horizons();
+        // A guarded clock measures jumps from the last time the durable state holds.
+        let stamped = engine.cut(|state| state.clock_ms)?.into_iter().max();
+        if let Some(committed_ms) = stamped.filter(|&ms| ms != i64::MIN) {
+            engine.clock.resume_from(committed_ms);
+        }
         if let (Some(dir), Some(store)) = (&engine.data_dir, &engine.store) {
             let setup = engine.checkpointer_setup(dir.clone(), store.clone());
             engine.checkpointer = Some(Checkpointer::start(setup)?);
