@@ -37,8 +37,9 @@ use tokio::task::JoinSet;
 
 use plafond::{
     Archive, CheckpointPolicy, Durability, Engine, EngineConfig, EngineError, Health, LogRetention,
-    ManualClock, Opening, Regions, Request, LOG_RETENTION_DAYS_DEFAULT, SHARDS_MAX,
+    Opening, Regions, Request, LOG_RETENTION_DAYS_DEFAULT, SHARDS_MAX,
 };
+use plafond_examples::clock::ServerClock;
 use plafond_examples::combiner::{Answer, Combiner, Pending};
 use plafond_examples::commands::{self, Action, Local};
 use plafond_examples::epochs;
@@ -243,8 +244,8 @@ fn shard_count(options: &Options, data_dir: Option<&std::path::Path>) -> anyhow:
 /// What every connection shares.
 struct Server {
     engine: Arc<Engine>,
-    /// Set when started with `--clock manual`: the clock `CLOCK.*` moves.
-    manual_clock: Option<Arc<ManualClock>>,
+    /// The manual clock `CLOCK.*` moves, or the guarded system clock.
+    clock: ServerClock,
     token: Option<Vec<u8>>,
     sampler: Sampler,
     /// Gathers the engine requests of connections ready at the same time.
@@ -294,8 +295,7 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn open(options: &Options) -> anyhow::Result<Server> {
-    let manual_clock =
-        options.manual_clock.then(|| Arc::new(ManualClock::new(ManualClock::SERVER_START_MS)));
+    let clock = ServerClock::new(options.manual_clock);
     let mut config = EngineConfig::in_memory().with_durability(options.durability);
     if options.durability != Durability::None {
         config.data_dir = Some(options.data_dir.clone());
@@ -312,9 +312,7 @@ fn open(options: &Options) -> anyhow::Result<Server> {
             Regions::from_toml(&text).map_err(|e| anyhow!("--config {}: {e}", path.display()))?;
         config = config.with_regions(regions);
     }
-    if let Some(clock) = &manual_clock {
-        config = config.with_clock(clock.clone());
-    }
+    config = config.with_clock(clock.clock());
     let engine = Engine::open(config)
         // The engine's errors print their cause themselves: a chain would say it twice.
         .map_err(|e| anyhow!("cannot open the engine: {e}"))?;
@@ -325,7 +323,7 @@ fn open(options: &Options) -> anyhow::Result<Server> {
     Ok(Server {
         combiner: Combiner::new(engine.clone()),
         engine,
-        manual_clock,
+        clock,
         token: options.token.as_ref().map(|t| t.as_bytes().to_vec()),
         sampler: Sampler::default(),
         snapshot_dir: options.snapshot_dir.clone(),
@@ -396,6 +394,9 @@ async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
         }
     }
     drop(listener);
+    // A catch-up of epochs may be years long: it stops at its next chunk, and resumes
+    // after a restart.
+    server.engine.stop_epochs();
     eprintln!("shutting down: finishing {} connection(s)", tasks.len());
     let _ = shutdown_tx.send(true);
     let drained = async { while tasks.join_next().await.is_some() {} };
@@ -727,20 +728,14 @@ impl Connection {
                     Err(error) => self.ready(|e| e.error(&format!("ERR stats: {error}"))),
                 }
             }
-            Local::ClockSet(ms) | Local::ClockAdvance(ms) => {
+            Local::ClockSet(_)
+            | Local::ClockAdvance(_)
+            | Local::ClockAccept
+            | Local::ClockStatus => {
                 // Commands before this one are stamped with the time before it.
                 self.drain().await?;
-                match (&self.server.manual_clock, local) {
-                    (Some(clock), Local::ClockSet(_)) => clock.set(ms),
-                    (Some(clock), _) => clock.advance(ms),
-                    (None, _) => {
-                        self.ready(|e| {
-                            e.error("ERR the clock is the system clock; start with --clock manual")
-                        });
-                        return Ok(());
-                    }
-                }
-                self.ready(|e| e.simple("OK"));
+                let clock = self.server.clock.clone();
+                self.ready(|e| clock.reply(&local, e));
             }
             Local::ConfigGet(name) => self.ready(|e| {
                 e.array(2);

@@ -2,6 +2,7 @@
 //! table and the combiner of its engine submissions, the stats dump, flag parsing, and the
 //! random samplers of the load generator.
 
+pub mod clock;
 pub mod combiner;
 pub mod commands;
 pub mod epochs;

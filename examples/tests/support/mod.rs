@@ -20,8 +20,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a test waits for a reply or an exit.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The built `server` example.
+/// The built `server` example; `PLAFOND_EXAMPLES_DIR` names another folder holding the
+/// built examples (several worktrees building into one shared target folder overwrite
+/// each other's `examples/`).
 pub fn server_binary() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PLAFOND_EXAMPLES_DIR") {
+        return PathBuf::from(dir).join("server");
+    }
     let exe = std::env::current_exe().expect("the test binary has a path");
     let release = exe
         .parent()
