@@ -58,6 +58,8 @@ pub struct Engine {
     cut_lock: Mutex<()>,
     /// One capture (checkpoint or snapshot) at a time: a shard holds one at a time.
     pub(crate) capture_lock: Arc<Mutex<()>>,
+    /// Set while a snapshot is written: a second one is refused, not queued.
+    pub(crate) snapshotting: std::sync::atomic::AtomicBool,
     /// What the last checkpoint did.
     pub(crate) checkpoints: Arc<Mutex<CheckpointReport>>,
     checkpointer: Option<Checkpointer>,
@@ -201,6 +203,7 @@ impl Engine {
             store,
             cut_lock: Mutex::new(()),
             capture_lock: Arc::new(Mutex::new(())),
+            snapshotting: std::sync::atomic::AtomicBool::new(false),
             checkpoints: Arc::new(Mutex::new(CheckpointReport::default())),
             checkpointer: None,
             checkpoint_policy: config.checkpoints,

@@ -24,7 +24,6 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,12 +38,14 @@ use plafond::{
     Archive, CheckpointPolicy, Durability, Engine, EngineConfig, EngineError, Health, LogRetention,
     Opening, Regions, Request, LOG_RETENTION_DAYS_DEFAULT, SHARDS_MAX,
 };
+use plafond_examples::access;
 use plafond_examples::clock::ServerClock;
 use plafond_examples::combiner::{Answer, Combiner, Pending};
 use plafond_examples::commands::{self, Action, Local};
 use plafond_examples::epochs;
 use plafond_examples::flags::Flags;
 use plafond_examples::resp::{Encoder, Frame, Protocol, ProtocolError, RequestParser};
+use plafond_examples::snapshot_dir::{SnapshotDir, SNAPSHOTS_KEPT_DEFAULT, SNAPSHOTS_KEPT_MAX};
 use plafond_examples::stats::{self, Sampler};
 
 /// The most commands in one batch of one connection.
@@ -82,9 +83,11 @@ const FLAGS: &[&str] = &[
     "shards",
     "config",
     "token",
+    "token-file",
     "clock",
     "populate",
     "snapshot-dir",
+    "snapshots-keep",
     "io-threads",
     "checkpoint-interval-s",
     "checkpoint-log-mb",
@@ -92,27 +95,40 @@ const FLAGS: &[&str] = &[
     "archive-dir",
     "archive",
 ];
+/// Flags without a value.
+const SWITCHES: &[&str] = &["allow-no-token"];
 
 const HELP: &str = "\
 plafond server: the Redis protocol in front of a plafond engine.
 
 usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sync|async|none]
-              [--shards N] [--config regions.toml] [--token T] [--clock system|manual]
-              [--populate N] [--snapshot-dir DIR] [--io-threads N]
+              [--shards N] [--config regions.toml] [--token-file FILE | --token T]
+              [--allow-no-token] [--clock system|manual]
+              [--populate N] [--snapshot-dir DIR] [--snapshots-keep 8] [--io-threads N]
               [--checkpoint-interval-s 60] [--checkpoint-log-mb 256]
               [--log-retention-days 7] [--archive-dir DIR] [--archive keep|none]
 
   --port N          TCP port (default 7379; 0 picks a free one)
-  --bind ADDR       address to listen on (default 127.0.0.1)
+  --bind ADDR       address to listen on (default 127.0.0.1); an address other machines reach
+                    needs a token, or --allow-no-token
   --data-dir DIR    RocksDB data directory (default ./plafond-data; unused with --durability none)
   --durability M    sync (default: reply after the WAL fsync), async, or none (memory only)
   --shards N        shard threads, fixed for a data directory (default: the directory's own
                     count, or for a new one the cores the I/O threads leave, at least 1)
   --config FILE     regions TOML (default: built-in eu-west and us-east)
-  --token T         clients must AUTH with T before anything but AUTH, HELLO, PING
+  --token-file FILE clients must AUTH with the token on the file's first line before anything
+                    but AUTH, HELLO, PING; or set it in the PLAFOND_TOKEN environment
+                    variable. Either keeps it out of the process list, where --token T
+                    shows it to every local user. Give the token one way only.
+  --allow-no-token  serve a non-loopback --bind without a token (refused otherwise)
   --clock C         system (default) or manual: starts at 2027-01-04T12:00:00Z and moves only
-                    by CLOCK.SET / CLOCK.ADVANCE
-  --snapshot-dir D  where SNAPSHOT writes (default ./plafond-snapshots)
+                    by CLOCK.SET / CLOCK.ADVANCE, at most 400 days a move, within the years
+                    2000 to 2199. The system clock is guarded: a jump of more than 40 days
+                    past the last time used is refused (logged, shown by CLOCK.STATUS) and
+                    time goes on from before it until CLOCK.ACCEPT
+  --snapshot-dir D  where SNAPSHOT writes (default ./plafond-snapshots; created 0700, files
+                    0600, one snapshot at a time)
+  --snapshots-keep N  the newest N snapshots are kept there, older ones removed (default 8)
   --io-threads N    threads serving the connections (default: half the cores, at least 1)
   --populate N      before listening, open N checking accounts in the first region (balance
                     20000, ceiling 10000), card ids 0..N-1; refused on a non-empty data dir
@@ -143,6 +159,7 @@ struct Options {
     manual_clock: bool,
     populate: u64,
     snapshot_dir: PathBuf,
+    snapshots_keep: usize,
     io_threads: usize,
     checkpoints: CheckpointPolicy,
     log_retention: LogRetention,
@@ -161,22 +178,43 @@ impl Options {
             .unwrap_or("sync")
             .parse::<Durability>()
             .map_err(|e| anyhow!("--durability: {e}"))?;
+        let bind = flags.get("bind", IpAddr::from([127, 0, 0, 1])).map_err(|e| anyhow!(e))?;
+        let token = server_token(flags)?;
+        access::check_bind(bind, token.is_some(), flags.switch("allow-no-token"))
+            .map_err(|e| anyhow!(e))?;
+        let snapshots_keep =
+            flags.get("snapshots-keep", SNAPSHOTS_KEPT_DEFAULT).map_err(|e| anyhow!(e))?;
+        if !(1..=SNAPSHOTS_KEPT_MAX).contains(&snapshots_keep) {
+            bail!("--snapshots-keep {snapshots_keep}: use 1 to {SNAPSHOTS_KEPT_MAX}");
+        }
         Ok(Options {
             port: flags.get("port", PORT_DEFAULT).map_err(|e| anyhow!(e))?,
-            bind: flags.get("bind", IpAddr::from([127, 0, 0, 1])).map_err(|e| anyhow!(e))?,
+            bind,
             data_dir: PathBuf::from(flags.text("data-dir").unwrap_or(DATA_DIR_DEFAULT)),
             durability,
             shards: flags.optional("shards").map_err(|e| anyhow!(e))?,
             config: flags.text("config").map(PathBuf::from),
-            token: flags.text("token").map(str::to_owned),
+            token,
             manual_clock,
             populate: flags.get("populate", 0u64).map_err(|e| anyhow!(e))?,
             snapshot_dir: PathBuf::from(flags.text("snapshot-dir").unwrap_or(SNAPSHOT_DIR_DEFAULT)),
+            snapshots_keep,
             io_threads: io_threads(flags)?,
             checkpoints: checkpoint_policy(flags)?,
             log_retention: log_retention(flags)?,
         })
     }
+}
+
+/// `--token`, `--token-file` or `PLAFOND_TOKEN`, at most one of them.
+fn server_token(flags: &Flags) -> anyhow::Result<Option<String>> {
+    let env = match std::env::var(access::TOKEN_ENV) {
+        Ok(token) => Some(token),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{} is not valid UTF-8", access::TOKEN_ENV),
+    };
+    let file = flags.text("token-file").map(std::path::Path::new);
+    access::token(flags.text("token"), file, env).map_err(|e| anyhow!(e))
 }
 
 /// `--checkpoint-interval-s` and `--checkpoint-log-mb`.
@@ -250,9 +288,8 @@ struct Server {
     sampler: Sampler,
     /// Gathers the engine requests of connections ready at the same time.
     combiner: Arc<Combiner>,
-    /// Where `SNAPSHOT` writes, and how many it wrote (for unique names).
-    snapshot_dir: PathBuf,
-    snapshots: AtomicU64,
+    /// Where `SNAPSHOT` writes, and how many it keeps.
+    snapshots: SnapshotDir,
 }
 
 fn main() -> ExitCode {
@@ -266,7 +303,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let flags = Flags::parse(std::env::args().skip(1), FLAGS).map_err(|e| anyhow!(e))?;
+    let flags = Flags::parse_with_switches(std::env::args().skip(1), FLAGS, SWITCHES)
+        .map_err(|e| anyhow!(e))?;
     if flags.help {
         print!("{HELP}");
         return Ok(());
@@ -326,8 +364,7 @@ fn open(options: &Options) -> anyhow::Result<Server> {
         clock,
         token: options.token.as_ref().map(|t| t.as_bytes().to_vec()),
         sampler: Sampler::default(),
-        snapshot_dir: options.snapshot_dir.clone(),
-        snapshots: AtomicU64::new(0),
+        snapshots: SnapshotDir::new(options.snapshot_dir.clone(), options.snapshots_keep),
     })
 }
 
@@ -826,23 +863,7 @@ impl Connection {
     async fn snapshot(&self) -> anyhow::Result<String> {
         let server = self.server.clone();
         tokio::task::spawn_blocking(move || {
-            let dir = &server.snapshot_dir;
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let sequence = server.snapshots.fetch_add(1, Ordering::Relaxed);
-            let stamp_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_millis());
-            let path = dir.join(format!("plafond-{stamp_ms}-{sequence}.snapshot"));
-            let report = server.engine.snapshot_with_progress(&path, |_| {})?;
-            eprintln!(
-                "snapshot {}: {} accounts, {} bytes in {:.3} s",
-                report.path.display(),
-                report.accounts,
-                report.bytes,
-                report.seconds
-            );
-            let path = std::fs::canonicalize(&report.path).unwrap_or(report.path);
+            let path = server.snapshots.take(&server.engine)?;
             Ok(path.display().to_string())
         })
         .await?

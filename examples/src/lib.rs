@@ -2,6 +2,7 @@
 //! table and the combiner of its engine submissions, the stats dump, flag parsing, and the
 //! random samplers of the load generator.
 
+pub mod access;
 pub mod clock;
 pub mod combiner;
 pub mod commands;
@@ -9,4 +10,5 @@ pub mod epochs;
 pub mod flags;
 pub mod resp;
 pub mod sample;
+pub mod snapshot_dir;
 pub mod stats;

@@ -57,9 +57,18 @@ impl Server {
 
     /// Starts the server, or returns its exit status and stderr if it stops first.
     pub fn try_start(args: &[&str]) -> Result<Server, (Option<ExitStatus>, String)> {
+        Server::try_start_with_env(args, &[])
+    }
+
+    /// [`Server::try_start`] with these environment variables set.
+    pub fn try_start_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, (Option<ExitStatus>, String)> {
         let mut child = Command::new(server_binary())
             .args(["--port", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
