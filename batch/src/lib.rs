@@ -95,10 +95,23 @@ pub struct RegionEpochs {
     pub last_report: Option<EpochReport>,
 }
 
-/// The service. Epochs run one at a time.
+/// The service. Epochs run one at a time; their status is readable at any moment.
 pub struct BatchService<H: EpochHost> {
     host: H,
-    regions: Mutex<Vec<RegionEpochs>>,
+    /// Each region's epochs as last published. Held only to copy or replace it, never
+    /// across an epoch: `BATCH.STATUS` runs on an I/O thread and must not wait for a
+    /// catch-up of years (it did, and froze every connection of that thread).
+    status: Mutex<Vec<RegionEpochs>>,
+    /// Held across a run of epochs (scheduler or operator), so that epochs run one at a
+    /// time and in order.
+    running: Mutex<()>,
+    /// Set once the engine stops: a run returns [`BatchError::Stopped`] at the next chunk
+    /// boundary instead of finishing a catch-up that may be millions of epochs long.
+    stop: Arc<AtomicBool>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<H: EpochHost> BatchService<H> {
@@ -110,11 +123,12 @@ impl<H: EpochHost> BatchService<H> {
             let last_day = host.last_epoch(region).map_err(BatchError::Storage)?;
             regions.push(RegionEpochs { last_day, last_report: None });
         }
-        Ok(BatchService { host, regions: Mutex::new(regions) })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<RegionEpochs>> {
-        self.regions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        Ok(BatchService {
+            host,
+            status: Mutex::new(regions),
+            running: Mutex::new(()),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// The host the service drives.
@@ -122,57 +136,115 @@ impl<H: EpochHost> BatchService<H> {
         &self.host
     }
 
-    /// Each region's epochs, by region id.
+    /// Each region's epochs, by region id. Never waits for an epoch in progress.
     pub fn status(&self) -> Vec<RegionEpochs> {
-        self.lock().clone()
+        lock(&self.status).clone()
+    }
+
+    /// Stops every run in progress at its next chunk boundary, and refuses later ones: what
+    /// completed is recorded, the rest runs after a restart.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn check_running(&self) -> Result<(), BatchError> {
+        match self.stop.load(Ordering::SeqCst) {
+            true => Err(BatchError::Stopped),
+            false => Ok(()),
+        }
+    }
+
+    fn last_day(&self, region: RegionId) -> Option<Day> {
+        lock(&self.status).get(usize::from(region)).and_then(|epochs| epochs.last_day)
+    }
+
+    /// Records `report`'s epoch durably and publishes it. The record never goes back: an
+    /// epoch for a day at or before the last completed one (the clock was set back) is
+    /// reported but not recorded, or the next run would repeat every day in between.
+    fn complete(&self, report: &EpochReport) -> Result<(), BatchError> {
+        let last = self.last_day(report.region);
+        let advances = last.is_none_or(|last| report.day > last);
+        if advances {
+            self.host.record_epoch(report.region, report.day).map_err(BatchError::Storage)?;
+        }
+        let mut status = lock(&self.status);
+        if let Some(epochs) = status.get_mut(usize::from(report.region)) {
+            if advances {
+                epochs.last_day = Some(report.day);
+            }
+            epochs.last_report = Some(report.clone());
+        }
+        Ok(())
     }
 
     /// Runs every epoch that is due, oldest first per region: those after the last
     /// completed one up to the current business day (all of them, after downtime).
+    ///
+    /// Regions take turns, one epoch each, so that a region years behind does not keep
+    /// one that is a day behind waiting. A stop ([`BatchService::stop`]) ends the run at
+    /// the next chunk; the epochs completed so far are recorded.
     pub fn run_due(&self) -> Result<Vec<EpochReport>, BatchError> {
-        let mut regions = self.lock();
-        let mut reports = Vec::new();
+        let _one_run = lock(&self.running);
         let now_ms = self.host.now_ms();
-        for (index, region) in self.host.regions().iter().enumerate() {
+        let regions = self.host.regions();
+        let mut due: Vec<(Day, Day)> = Vec::with_capacity(regions.len());
+        for (index, region) in regions.iter().enumerate() {
             let today = business_day_of(region, now_ms);
-            let first = regions[index].last_day.map_or(today, |last| last + 1);
-            for day in first..=today {
-                let report = self.run_epoch(index as RegionId, day)?;
-                regions[index] =
-                    RegionEpochs { last_day: Some(day), last_report: Some(report.clone()) };
+            let first = self.last_day(index as RegionId).map_or(today, |last| last + 1);
+            due.push((first, today));
+        }
+        let mut reports = Vec::new();
+        loop {
+            let mut ran = false;
+            for (index, (next, today)) in due.iter_mut().enumerate() {
+                if *next > *today {
+                    continue;
+                }
+                self.check_running()?;
+                let report = self.run_epoch(index as RegionId, *next)?;
+                self.complete(&report)?;
                 reports.push(report);
+                *next += 1;
+                ran = true;
+            }
+            if !ran {
+                return Ok(reports);
             }
         }
-        Ok(reports)
     }
 
     /// Runs `region`'s epoch for its current business day now (an operator's request).
-    /// Running it again is a no-op for the state; it is reported again.
+    /// Running it again is a no-op for the state; it is reported again. With the clock
+    /// behind the last completed epoch, the epoch of the clock's day is run (a no-op) and
+    /// reported, and the durable record stays where it was.
     pub fn run_now(&self, region_name: &str) -> Result<EpochReport, BatchError> {
         let region = self
             .host
             .regions()
             .id_of(region_name)
             .ok_or_else(|| BatchError::UnknownRegion(region_name.to_owned()))?;
-        let mut regions = self.lock();
+        let _one_run = lock(&self.running);
         let Some(rules) = self.host.regions().get(region) else {
             return Err(BatchError::UnknownRegion(region_name.to_owned()));
         };
         let today = business_day_of(rules, self.host.now_ms());
         // Missed epochs first, so that the on-demand one is not run out of order.
-        let first =
-            regions[usize::from(region)].last_day.map_or(today, |last| (last + 1).min(today));
+        let first = self.last_day(region).map_or(today, |last| (last + 1).min(today));
         let mut last = None;
         for day in first..=today {
-            last = Some(self.run_epoch(region, day)?);
+            self.check_running()?;
+            let report = self.run_epoch(region, day)?;
+            self.complete(&report)?;
+            last = Some(report);
         }
-        let report = match last {
-            Some(report) => report,
-            None => self.run_epoch(region, today)?,
-        };
-        regions[usize::from(region)] =
-            RegionEpochs { last_day: Some(today), last_report: Some(report.clone()) };
-        Ok(report)
+        match last {
+            Some(report) => Ok(report),
+            None => {
+                let report = self.run_epoch(region, today)?;
+                self.complete(&report)?;
+                Ok(report)
+            }
+        }
     }
 
     fn run_epoch(&self, region: RegionId, day: Day) -> Result<EpochReport, BatchError> {
@@ -188,6 +260,9 @@ impl<H: EpochHost> BatchService<H> {
         // One chunk per shard in flight: each shard interleaves it with its commands, and
         // the shards work in parallel.
         for chunk in 0..chunks.max(1) {
+            // An epoch over millions of accounts has hundreds of chunks: a stop must not
+            // wait for all of them (the epoch is not recorded and runs again).
+            self.check_running()?;
             let round = Instant::now();
             let mut waiting: Vec<Receiver<()>> = Vec::new();
             for (shard, &size) in sizes.iter().enumerate() {
@@ -210,7 +285,6 @@ impl<H: EpochHost> BatchService<H> {
         }
         // Step 3 of §4, compacting what expired, has nothing to do: idempotency records of
         // money-moving commands are kept without time limit (§6).
-        self.host.record_epoch(region, day).map_err(BatchError::Storage)?;
         Ok(EpochReport {
             region,
             day,
@@ -228,16 +302,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts polling `service` every `poll`.
+    /// Starts polling `service` every `poll`. Dropping the scheduler stops `service`
+    /// ([`BatchService::stop`]) and waits for the thread, which ends at the next chunk.
     pub fn start<H: EpochHost>(
         service: Arc<BatchService<H>>,
         poll: Duration,
     ) -> std::io::Result<Scheduler> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let stop = service.stop.clone();
         let thread =
             std::thread::Builder::new().name("plafond-epochs".into()).spawn(move || {
-                while !stopping.load(Ordering::Relaxed) {
+                while service.check_running().is_ok() {
                     // A failed epoch is retried at the next poll; it is recorded only when done.
                     let _ = service.run_due();
                     std::thread::sleep(poll);
@@ -249,9 +323,12 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,39 @@ use plafond_shards::calendar::{TIME_MAX_MS, TIME_MIN_MS};
 pub trait Clock: Send + Sync {
     /// The current time in milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
+
+    /// Told once by [`crate::Engine::open`], after replay: the latest time the engine's
+    /// durable state was stamped with. A [`crate::TimeGuard`] measures jumps from it; other
+    /// clocks ignore it.
+    fn resume_from(&self, _committed_ms: i64) {}
+}
+
+/// A day, in milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
+/// The most one `CLOCK.SET` or `CLOCK.ADVANCE` moves the manual clock, either way: tests
+/// move it by months, and a year and a bit covers an annual interest posting. Further is
+/// done in steps, each one's epochs caught up.
+pub const CLOCK_MOVE_DAYS_MAX: i64 = 400;
+/// The earliest time the manual clock may be moved to: 2000-01-01T00:00:00Z.
+pub const MANUAL_CLOCK_MIN_MS: i64 = 946_684_800_000;
+/// The latest: just before 2200-01-01T00:00:00Z.
+pub const MANUAL_CLOCK_MAX_MS: i64 = 7_258_118_400_000 - 1;
+const _: () = assert!(MANUAL_CLOCK_MIN_MS < ManualClock::SERVER_START_MS);
+const _: () = assert!(ManualClock::SERVER_START_MS < MANUAL_CLOCK_MAX_MS);
+const _: () = assert!(TIME_MIN_MS < MANUAL_CLOCK_MIN_MS && MANUAL_CLOCK_MAX_MS < TIME_MAX_MS);
+
+/// Why a move of the manual clock was refused; the clock did not move.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClockMoveError {
+    /// The move is longer than [`CLOCK_MOVE_DAYS_MAX`].
+    #[error(
+        "the clock moves at most {CLOCK_MOVE_DAYS_MAX} days at a time ({} ms); move it in steps",
+        CLOCK_MOVE_DAYS_MAX * DAY_MS
+    )]
+    TooFar,
+    /// The time is outside [`MANUAL_CLOCK_MIN_MS`] ..= [`MANUAL_CLOCK_MAX_MS`].
+    #[error("the manual clock stays within the years 2000 to 2199 (UTC)")]
+    OutOfRange,
 }
 
 /// The system's wall clock.
@@ -52,6 +85,41 @@ impl ManualClock {
     }
 }
 
+impl ManualClock {
+    /// Sets the time, if it is at most [`CLOCK_MOVE_DAYS_MAX`] from the current one and
+    /// within the years 2000 to 2199: what `CLOCK.SET` does.
+    pub fn try_set(&self, now_ms: i64) -> Result<(), ClockMoveError> {
+        self.try_move(|_| Some(now_ms))
+    }
+
+    /// Moves the time by `delta_ms`, within the same bounds: what `CLOCK.ADVANCE` does.
+    pub fn try_advance(&self, delta_ms: i64) -> Result<(), ClockMoveError> {
+        self.try_move(|now| now.checked_add(delta_ms))
+    }
+
+    fn try_move(&self, target: impl Fn(i64) -> Option<i64>) -> Result<(), ClockMoveError> {
+        let mut refused = None;
+        let moved = self.now_ms.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+            let checked = match target(now) {
+                None => Err(ClockMoveError::OutOfRange),
+                Some(to) if !(MANUAL_CLOCK_MIN_MS..=MANUAL_CLOCK_MAX_MS).contains(&to) => {
+                    Err(ClockMoveError::OutOfRange)
+                }
+                Some(to) if to.abs_diff(now) > (CLOCK_MOVE_DAYS_MAX * DAY_MS) as u64 => {
+                    Err(ClockMoveError::TooFar)
+                }
+                Some(to) => Ok(to),
+            };
+            checked.map_err(|error| refused = Some(error)).ok()
+        });
+        match (moved, refused) {
+            (Ok(_), _) => Ok(()),
+            (Err(_), Some(error)) => Err(error),
+            (Err(_), None) => Err(ClockMoveError::OutOfRange),
+        }
+    }
+}
+
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.now_ms.load(Ordering::SeqCst)
@@ -72,6 +140,39 @@ mod tests {
         assert_eq!(clock.now_ms(), 5);
         clock.advance(i64::MAX);
         assert_eq!(clock.now_ms(), TIME_MAX_MS);
+    }
+
+    #[test]
+    fn manual_moves_are_bounded_in_length_and_range() {
+        let clock = ManualClock::new(ManualClock::SERVER_START_MS);
+        let start = ManualClock::SERVER_START_MS;
+        assert_eq!(clock.try_advance(i64::MAX), Err(ClockMoveError::OutOfRange));
+        assert_eq!(clock.try_advance(i64::MIN), Err(ClockMoveError::OutOfRange));
+        assert_eq!(
+            clock.try_advance(CLOCK_MOVE_DAYS_MAX * DAY_MS + 1),
+            Err(ClockMoveError::TooFar)
+        );
+        assert_eq!(
+            clock.try_set(start - CLOCK_MOVE_DAYS_MAX * DAY_MS - 1),
+            Err(ClockMoveError::TooFar)
+        );
+        assert_eq!(clock.try_set(0), Err(ClockMoveError::OutOfRange));
+        assert_eq!(clock.now_ms(), start, "a refused move moves nothing");
+        assert_eq!(clock.try_advance(CLOCK_MOVE_DAYS_MAX * DAY_MS), Ok(()));
+        assert_eq!(clock.try_set(start), Ok(()));
+        assert_eq!(clock.try_advance(-30 * DAY_MS), Ok(()));
+        assert_eq!(clock.now_ms(), start - 30 * DAY_MS);
+        let near_end = ManualClock::new(MANUAL_CLOCK_MAX_MS - DAY_MS);
+        assert_eq!(near_end.try_advance(2 * DAY_MS), Err(ClockMoveError::OutOfRange));
+        assert_eq!(near_end.try_advance(DAY_MS), Ok(()));
+    }
+
+    #[test]
+    fn the_documented_years_are_the_bounds() {
+        let min: jiff::Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
+        let end: jiff::Timestamp = "2200-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(MANUAL_CLOCK_MIN_MS, min.as_millisecond());
+        assert_eq!(MANUAL_CLOCK_MAX_MS + 1, end.as_millisecond());
     }
 
     #[test]

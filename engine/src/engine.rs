@@ -58,6 +58,8 @@ pub struct Engine {
     cut_lock: Mutex<()>,
     /// One capture (checkpoint or snapshot) at a time: a shard holds one at a time.
     pub(crate) capture_lock: Arc<Mutex<()>>,
+    /// Set while a snapshot is written: a second one is refused, not queued.
+    pub(crate) snapshotting: std::sync::atomic::AtomicBool,
     /// What the last checkpoint did.
     pub(crate) checkpoints: Arc<Mutex<CheckpointReport>>,
     checkpointer: Option<Checkpointer>,
@@ -201,6 +203,7 @@ impl Engine {
             store,
             cut_lock: Mutex::new(()),
             capture_lock: Arc::new(Mutex::new(())),
+            snapshotting: std::sync::atomic::AtomicBool::new(false),
             checkpoints: Arc::new(Mutex::new(CheckpointReport::default())),
             checkpointer: None,
             checkpoint_policy: config.checkpoints,
@@ -219,6 +222,11 @@ impl Engine {
         cells.sort_by_key(|(shard, _)| *shard);
         engine.cells = cells.into_iter().map(|(_, cell)| cell).collect::<Result<_, _>>()?;
         engine.adopt_ids_horizons();
+        // A guarded clock measures jumps from the last time the durable state holds.
+        let stamped = engine.cut(|state| state.clock_ms)?.into_iter().max();
+        if let Some(committed_ms) = stamped.filter(|&ms| ms != i64::MIN) {
+            engine.clock.resume_from(committed_ms);
+        }
         if let (Some(dir), Some(store)) = (&engine.data_dir, &engine.store) {
             let setup = engine.checkpointer_setup(dir.clone(), store.clone());
             engine.checkpointer = Some(Checkpointer::start(setup)?);

@@ -110,8 +110,14 @@ impl Engine {
         self.batch.run_now(region)
     }
 
+    /// Stops every epoch run at its next chunk and refuses later ones (shutdown begins):
+    /// what completed is recorded, the rest runs after a restart.
+    pub fn stop_epochs(&self) {
+        self.batch.stop();
+    }
+
     /// Per region: the last completed epoch, its duration and longest pause
-    /// (`BATCH.STATUS`), with the region's name.
+    /// (`BATCH.STATUS`), with the region's name. Never waits for an epoch in progress.
     pub fn epoch_status(&self) -> Vec<(String, RegionEpochs)> {
         let names = self.regions().iter().map(|r| r.name.clone());
         names.zip(self.batch.status()).collect()

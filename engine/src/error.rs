@@ -58,6 +58,10 @@ pub enum EngineError {
     /// for their size otherwise.
     #[error("snapshot: {0}")]
     Snapshot(Box<plafond_snapshots::SnapshotError>),
+    /// Another snapshot is being written: one at a time, so that clients cannot pile
+    /// copies of the whole engine onto the disk and the shards' capture steps.
+    #[error("a snapshot is already being written; try again once it is done")]
+    SnapshotInProgress,
     /// Populating did not get the dense ids it relies on (card ids `0 .. N`).
     #[error("populate expected id {expected} but got {got:?}: the engine was not empty")]
     Populate {

@@ -45,12 +45,16 @@ mod populate;
 mod report;
 mod retention;
 mod snapshot;
+mod time_guard;
 
 pub use checkpoint::{
     CheckpointPolicy, CheckpointReport, CHECKPOINTS_KEPT, CHECKPOINT_INTERVAL_DEFAULT,
     CHECKPOINT_LOG_BYTES_DEFAULT,
 };
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{
+    Clock, ClockMoveError, ManualClock, SystemClock, CLOCK_MOVE_DAYS_MAX, DAY_MS,
+    MANUAL_CLOCK_MAX_MS, MANUAL_CLOCK_MIN_MS,
+};
 pub use config::EngineConfig;
 pub use engine::Engine;
 pub use error::EngineError;
@@ -58,6 +62,7 @@ pub use report::{Audit, RegionStats, ShardStats, Stats};
 pub use retention::{
     Archive, LogRetention, Retained, ARCHIVE_DIR_DEFAULT, LOG_RETENTION_DAYS_DEFAULT,
 };
+pub use time_guard::{ClockJump, TimeGuard, CLOCK_JUMP_DAYS_MAX};
 
 pub use plafond_batch::{BatchError, EpochReport, RegionEpochs};
 pub use plafond_shards::command::{

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use plafond_shards::actor::Captured;
 use plafond_shards::idempotency::{IdempotencyRecord, Remembered};
@@ -32,11 +33,15 @@ impl Engine {
     }
 
     /// [`Engine::snapshot`], telling `progress` how far it is instead of drawing it.
+    ///
+    /// One snapshot at a time: while one is written, another is refused with
+    /// [`EngineError::SnapshotInProgress`]. The file is readable by its owner only.
     pub fn snapshot_with_progress(
         &self,
         path: impl AsRef<Path>,
         mut progress: impl FnMut(Progress),
     ) -> Result<SnapshotReport, EngineError> {
+        let _one = OneSnapshot::claim(&self.snapshotting)?;
         let started = Instant::now();
         let mut shards = self.capture(true)?;
         self.attach_records(&mut shards)?;
@@ -137,6 +142,23 @@ impl Engine {
             }
         })?;
         Ok(())
+    }
+}
+
+/// The claim on writing the one snapshot in progress; released when dropped.
+struct OneSnapshot<'a>(&'a AtomicBool);
+
+impl<'a> OneSnapshot<'a> {
+    fn claim(flag: &'a AtomicBool) -> Result<OneSnapshot<'a>, EngineError> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| EngineError::SnapshotInProgress)?;
+        Ok(OneSnapshot(flag))
+    }
+}
+
+impl Drop for OneSnapshot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -9,6 +9,8 @@ use plafond::{
     Regions,
 };
 
+mod support;
+
 const DAY_MS: i64 = 86_400_000;
 
 fn ms(text: &str) -> i64 {
@@ -250,4 +252,47 @@ fn payments_go_on_during_an_epoch_over_a_million_accounts() {
     assert!(report.max_pause < report.duration, "{report:?}");
     assert!(engine.audit().unwrap().holds());
     eprintln!("epoch over {ACCOUNTS} accounts: {report:?}; {during} payments completed during it");
+}
+
+/// A catch-up of three years (the clock jumped) stops at the next chunk when the engine is
+/// dropped (SIGTERM in the server), with what completed recorded, and resumes from there
+/// after a restart; regions take turns, so neither is left years behind the other.
+#[test]
+fn a_long_catch_up_stops_on_drop_and_resumes_after_restart() {
+    const YEARS_MS: i64 = 3 * 365 * DAY_MS;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(ManualClock::SERVER_START_MS));
+    let config = EngineConfig::durable(dir.path())
+        .with_durability(Durability::Async)
+        .with_shards(2)
+        .with_clock(clock.clone())
+        .with_epoch_poll(None);
+    let engine = Engine::open(config.clone()).unwrap();
+    let opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+    engine.populate(0, 1_000, opening, |_| {}).unwrap();
+    engine.run_due_epochs().unwrap();
+    let baseline: Vec<i32> =
+        engine.epoch_status().iter().map(|(_, e)| e.last_day.unwrap()).collect();
+    drop(engine);
+    clock.advance(YEARS_MS);
+    let polled = config.clone().with_epoch_poll(Some(std::time::Duration::from_millis(10)));
+    let engine = Engine::open(polled).unwrap();
+    let _watchdog = support::watchdog("catch-up stop", std::time::Duration::from_secs(600));
+    while engine.epoch_status()[1].1.last_day.unwrap() < baseline[1] + 20 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(engine);
+    let engine = Engine::open(config).unwrap();
+    let stopped: Vec<i32> =
+        engine.epoch_status().iter().map(|(_, e)| e.last_day.unwrap()).collect();
+    let today = baseline[0] + (YEARS_MS / DAY_MS) as i32;
+    for (region, &day) in stopped.iter().enumerate() {
+        assert!(day > baseline[region] + 10, "region {region} took its turns: {stopped:?}");
+        assert!(day < today - 100, "the drop stopped the catch-up: {stopped:?}");
+    }
+    let reports = engine.run_due_epochs().unwrap();
+    let after: Vec<i32> = engine.epoch_status().iter().map(|(_, e)| e.last_day.unwrap()).collect();
+    assert_eq!(after, vec![today; 2], "the catch-up resumed and completed");
+    let resumed = (today - stopped[0]) + (today - stopped[1]);
+    assert_eq!(reports.len(), resumed as usize, "from where it stopped, nothing twice");
 }

@@ -441,3 +441,38 @@ fn d_damaged_snapshots_are_refused_whole_with_a_clear_error() {
     let (restored, _) = Engine::restore(&good, None, config(&empty, 2, &clock)).unwrap();
     assert!(restored.audit().unwrap().holds());
 }
+
+/// One snapshot at a time: a second one while the first is written is refused with a
+/// clear error (not queued), and the file written is readable by its owner only.
+#[test]
+fn a_second_snapshot_while_one_is_written_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::sync::Arc::new(
+        Engine::open(EngineConfig::in_memory().with_shards(2).with_epoch_poll(None)).unwrap(),
+    );
+    let (writing_tx, writing_rx) = std::sync::mpsc::channel();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let first = {
+        let (engine, path) = (engine.clone(), dir.path().join("first.snapshot"));
+        std::thread::spawn(move || {
+            let mut told = false;
+            engine.snapshot_with_progress(&path, |_| {
+                if !told {
+                    told = true;
+                    let _ = writing_tx.send(());
+                    let _ = finish_rx.recv();
+                }
+            })
+        })
+    };
+    writing_rx.recv().unwrap();
+    let second = engine.snapshot_with_progress(dir.path().join("second.snapshot"), |_| {});
+    assert!(matches!(second, Err(plafond::EngineError::SnapshotInProgress)), "{second:?}");
+    assert!(!dir.path().join("second.snapshot").exists());
+    drop(finish_tx);
+    let report = first.join().unwrap().unwrap();
+    let mode = std::fs::metadata(&report.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    engine.snapshot_with_progress(dir.path().join("third.snapshot"), |_| {}).unwrap();
+}

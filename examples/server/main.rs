@@ -30,7 +30,6 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,13 +42,16 @@ use tokio::task::JoinSet;
 
 use plafond::{
     Archive, CheckpointPolicy, Durability, Engine, EngineConfig, EngineError, Health, LogRetention,
-    ManualClock, Opening, Regions, Request, LOG_RETENTION_DAYS_DEFAULT, SHARDS_MAX,
+    Opening, Regions, Request, LOG_RETENTION_DAYS_DEFAULT, SHARDS_MAX,
 };
+use plafond_examples::access;
+use plafond_examples::clock::ServerClock;
 use plafond_examples::combiner::{Answer, Combiner, Pending};
 use plafond_examples::commands::{self, Action, Local};
 use plafond_examples::epochs;
 use plafond_examples::flags::Flags;
 use plafond_examples::resp::{Encoder, Frame, Protocol, ProtocolError, RequestParser};
+use plafond_examples::snapshot_dir::{SnapshotDir, SNAPSHOTS_KEPT_DEFAULT, SNAPSHOTS_KEPT_MAX};
 use plafond_examples::stats::{self, Sampler};
 
 /// The most commands in one batch of one connection.
@@ -87,9 +89,11 @@ const FLAGS: &[&str] = &[
     "shards",
     "config",
     "token",
+    "token-file",
     "clock",
     "populate",
     "snapshot-dir",
+    "snapshots-keep",
     "io-threads",
     "checkpoint-interval-s",
     "checkpoint-log-mb",
@@ -97,27 +101,40 @@ const FLAGS: &[&str] = &[
     "archive-dir",
     "archive",
 ];
+/// Flags without a value.
+const SWITCHES: &[&str] = &["allow-no-token"];
 
 const HELP: &str = "\
 plafond server: the Redis protocol in front of a plafond engine.
 
 usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sync|async|none]
-              [--shards N] [--config regions.toml] [--token T] [--clock system|manual]
-              [--populate N] [--snapshot-dir DIR] [--io-threads N]
+              [--shards N] [--config regions.toml] [--token-file FILE | --token T]
+              [--allow-no-token] [--clock system|manual]
+              [--populate N] [--snapshot-dir DIR] [--snapshots-keep 8] [--io-threads N]
               [--checkpoint-interval-s 60] [--checkpoint-log-mb 256]
               [--log-retention-days 7] [--archive-dir DIR] [--archive keep|none]
 
   --port N          TCP port (default 7379; 0 picks a free one)
-  --bind ADDR       address to listen on (default 127.0.0.1)
+  --bind ADDR       address to listen on (default 127.0.0.1); an address other machines reach
+                    needs a token, or --allow-no-token
   --data-dir DIR    RocksDB data directory (default ./plafond-data; unused with --durability none)
   --durability M    sync (default: reply after the WAL fsync), async, or none (memory only)
   --shards N        shard threads, fixed for a data directory (default: the directory's own
                     count, or for a new one the cores the I/O threads leave, at least 1)
   --config FILE     regions TOML (default: built-in eu-west and us-east)
-  --token T         clients must AUTH with T before anything but AUTH, HELLO, PING
+  --token-file FILE clients must AUTH with the token on the file's first line before anything
+                    but AUTH, HELLO, PING; or set it in the PLAFOND_TOKEN environment
+                    variable. Either keeps it out of the process list, where --token T
+                    shows it to every local user. Give the token one way only.
+  --allow-no-token  serve a non-loopback --bind without a token (refused otherwise)
   --clock C         system (default) or manual: starts at 2027-01-04T12:00:00Z and moves only
-                    by CLOCK.SET / CLOCK.ADVANCE
-  --snapshot-dir D  where SNAPSHOT writes (default ./plafond-snapshots)
+                    by CLOCK.SET / CLOCK.ADVANCE, at most 400 days a move, within the years
+                    2000 to 2199. The system clock is guarded: a jump of more than 40 days
+                    past the last time used is refused (logged, shown by CLOCK.STATUS) and
+                    time goes on from before it until CLOCK.ACCEPT
+  --snapshot-dir D  where SNAPSHOT writes (default ./plafond-snapshots; created 0700, files
+                    0600, one snapshot at a time)
+  --snapshots-keep N  the newest N snapshots are kept there, older ones removed (default 8)
   --io-threads N    threads serving the connections (default: half the cores, at least 1)
   --populate N      before listening, open N checking accounts in the first region (balance
                     20000, ceiling 10000), card ids 0..N-1; refused on a non-empty data dir
@@ -148,6 +165,7 @@ struct Options {
     manual_clock: bool,
     populate: u64,
     snapshot_dir: PathBuf,
+    snapshots_keep: usize,
     io_threads: usize,
     checkpoints: CheckpointPolicy,
     log_retention: LogRetention,
@@ -166,22 +184,43 @@ impl Options {
             .unwrap_or("sync")
             .parse::<Durability>()
             .map_err(|e| anyhow!("--durability: {e}"))?;
+        let bind = flags.get("bind", IpAddr::from([127, 0, 0, 1])).map_err(|e| anyhow!(e))?;
+        let token = server_token(flags)?;
+        access::check_bind(bind, token.is_some(), flags.switch("allow-no-token"))
+            .map_err(|e| anyhow!(e))?;
+        let snapshots_keep =
+            flags.get("snapshots-keep", SNAPSHOTS_KEPT_DEFAULT).map_err(|e| anyhow!(e))?;
+        if !(1..=SNAPSHOTS_KEPT_MAX).contains(&snapshots_keep) {
+            bail!("--snapshots-keep {snapshots_keep}: use 1 to {SNAPSHOTS_KEPT_MAX}");
+        }
         Ok(Options {
             port: flags.get("port", PORT_DEFAULT).map_err(|e| anyhow!(e))?,
-            bind: flags.get("bind", IpAddr::from([127, 0, 0, 1])).map_err(|e| anyhow!(e))?,
+            bind,
             data_dir: PathBuf::from(flags.text("data-dir").unwrap_or(DATA_DIR_DEFAULT)),
             durability,
             shards: flags.optional("shards").map_err(|e| anyhow!(e))?,
             config: flags.text("config").map(PathBuf::from),
-            token: flags.text("token").map(str::to_owned),
+            token,
             manual_clock,
             populate: flags.get("populate", 0u64).map_err(|e| anyhow!(e))?,
             snapshot_dir: PathBuf::from(flags.text("snapshot-dir").unwrap_or(SNAPSHOT_DIR_DEFAULT)),
+            snapshots_keep,
             io_threads: io_threads(flags)?,
             checkpoints: checkpoint_policy(flags)?,
             log_retention: log_retention(flags)?,
         })
     }
+}
+
+/// `--token`, `--token-file` or `PLAFOND_TOKEN`, at most one of them.
+fn server_token(flags: &Flags) -> anyhow::Result<Option<String>> {
+    let env = match std::env::var(access::TOKEN_ENV) {
+        Ok(token) => Some(token),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{} is not valid UTF-8", access::TOKEN_ENV),
+    };
+    let file = flags.text("token-file").map(std::path::Path::new);
+    access::token(flags.text("token"), file, env).map_err(|e| anyhow!(e))
 }
 
 /// `--checkpoint-interval-s` and `--checkpoint-log-mb`.
@@ -249,15 +288,14 @@ fn shard_count(options: &Options, data_dir: Option<&std::path::Path>) -> anyhow:
 /// What every connection shares.
 struct Server {
     engine: Arc<Engine>,
-    /// Set when started with `--clock manual`: the clock `CLOCK.*` moves.
-    manual_clock: Option<Arc<ManualClock>>,
+    /// The manual clock `CLOCK.*` moves, or the guarded system clock.
+    clock: ServerClock,
     token: Option<Vec<u8>>,
     sampler: Sampler,
     /// Gathers the engine requests of connections ready at the same time.
     combiner: Arc<Combiner>,
-    /// Where `SNAPSHOT` writes, and how many it wrote (for unique names).
-    snapshot_dir: PathBuf,
-    snapshots: AtomicU64,
+    /// Where `SNAPSHOT` writes, and how many it keeps.
+    snapshots: SnapshotDir,
 }
 
 fn main() -> ExitCode {
@@ -271,7 +309,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let flags = Flags::parse(std::env::args().skip(1), FLAGS).map_err(|e| anyhow!(e))?;
+    let flags = Flags::parse_with_switches(std::env::args().skip(1), FLAGS, SWITCHES)
+        .map_err(|e| anyhow!(e))?;
     if flags.help {
         print!("{HELP}");
         return Ok(());
@@ -300,8 +339,7 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn open(options: &Options) -> anyhow::Result<Server> {
-    let manual_clock =
-        options.manual_clock.then(|| Arc::new(ManualClock::new(ManualClock::SERVER_START_MS)));
+    let clock = ServerClock::new(options.manual_clock);
     let mut config = EngineConfig::in_memory().with_durability(options.durability);
     if options.durability != Durability::None {
         config.data_dir = Some(options.data_dir.clone());
@@ -318,9 +356,7 @@ fn open(options: &Options) -> anyhow::Result<Server> {
             Regions::from_toml(&text).map_err(|e| anyhow!("--config {}: {e}", path.display()))?;
         config = config.with_regions(regions);
     }
-    if let Some(clock) = &manual_clock {
-        config = config.with_clock(clock.clone());
-    }
+    config = config.with_clock(clock.clock());
     let engine = Engine::open(config)
         // The engine's errors print their cause themselves: a chain would say it twice.
         .map_err(|e| anyhow!("cannot open the engine: {e}"))?;
@@ -331,11 +367,10 @@ fn open(options: &Options) -> anyhow::Result<Server> {
     Ok(Server {
         combiner: Combiner::new(engine.clone()),
         engine,
-        manual_clock,
+        clock,
         token: options.token.as_ref().map(|t| t.as_bytes().to_vec()),
         sampler: Sampler::default(),
-        snapshot_dir: options.snapshot_dir.clone(),
-        snapshots: AtomicU64::new(0),
+        snapshots: SnapshotDir::new(options.snapshot_dir.clone(), options.snapshots_keep),
     })
 }
 
@@ -402,6 +437,9 @@ async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
         }
     }
     drop(listener);
+    // A catch-up of epochs may be years long: it stops at its next chunk, and resumes
+    // after a restart.
+    server.engine.stop_epochs();
     eprintln!("shutting down: finishing {} connection(s)", tasks.len());
     let _ = shutdown_tx.send(true);
     let drained = async { while tasks.join_next().await.is_some() {} };
@@ -733,20 +771,14 @@ impl Connection {
                     Err(error) => self.ready(|e| e.error(&format!("ERR stats: {error}"))),
                 }
             }
-            Local::ClockSet(ms) | Local::ClockAdvance(ms) => {
+            Local::ClockSet(_)
+            | Local::ClockAdvance(_)
+            | Local::ClockAccept
+            | Local::ClockStatus => {
                 // Commands before this one are stamped with the time before it.
                 self.drain().await?;
-                match (&self.server.manual_clock, local) {
-                    (Some(clock), Local::ClockSet(_)) => clock.set(ms),
-                    (Some(clock), _) => clock.advance(ms),
-                    (None, _) => {
-                        self.ready(|e| {
-                            e.error("ERR the clock is the system clock; start with --clock manual")
-                        });
-                        return Ok(());
-                    }
-                }
-                self.ready(|e| e.simple("OK"));
+                let clock = self.server.clock.clone();
+                self.ready(|e| clock.reply(&local, e));
             }
             Local::ConfigGet(name) => self.ready(|e| {
                 e.array(2);
@@ -837,23 +869,7 @@ impl Connection {
     async fn snapshot(&self) -> anyhow::Result<String> {
         let server = self.server.clone();
         tokio::task::spawn_blocking(move || {
-            let dir = &server.snapshot_dir;
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let sequence = server.snapshots.fetch_add(1, Ordering::Relaxed);
-            let stamp_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_millis());
-            let path = dir.join(format!("plafond-{stamp_ms}-{sequence}.snapshot"));
-            let report = server.engine.snapshot_with_progress(&path, |_| {})?;
-            eprintln!(
-                "snapshot {}: {} accounts, {} bytes in {:.3} s",
-                report.path.display(),
-                report.accounts,
-                report.bytes,
-                report.seconds
-            );
-            let path = std::fs::canonicalize(&report.path).unwrap_or(report.path);
+            let path = server.snapshots.take(&server.engine)?;
             Ok(path.display().to_string())
         })
         .await?

@@ -35,6 +35,10 @@ pub enum Local {
     },
     ClockSet(i64),
     ClockAdvance(i64),
+    /// Accept the jump of the system clock the time guard refused.
+    ClockAccept,
+    /// The clock, and the refused jump if any.
+    ClockStatus,
     /// `CONFIG GET name`: redis-benchmark asks at start; `[name, ""]` satisfies it.
     ConfigGet(Vec<u8>),
     /// Write a snapshot; reply its path.
@@ -88,6 +92,8 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
         b"STATS" => stats(rest),
         b"CLOCK.SET" => clock(rest, Local::ClockSet),
         b"CLOCK.ADVANCE" => clock(rest, Local::ClockAdvance),
+        b"CLOCK.ACCEPT" => arity(rest, 0, 0).map(|_| Action::Local(Local::ClockAccept)),
+        b"CLOCK.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::ClockStatus)),
         b"CONFIG" => config(rest),
         b"SNAPSHOT" => arity(rest, 0, 0).map(|_| Action::Local(Local::Snapshot)),
         b"BATCH.RUN" => arity(rest, 1, 1)

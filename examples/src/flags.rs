@@ -1,5 +1,6 @@
 //! A small command-line flag reader shared by the example programs: `--name value`,
-//! `--name=value`, and positional words. Errors say which flag was wrong and how.
+//! `--name=value`, switches (`--name`, no value), and positional words. Errors say which
+//! flag was wrong and how.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -8,6 +9,7 @@ use std::str::FromStr;
 #[derive(Debug, Default)]
 pub struct Flags {
     values: BTreeMap<String, String>,
+    switches: Vec<String>,
     /// Words that are not flags, in order (a command for the cli).
     pub positional: Vec<String>,
     /// Whether `--help` or `-h` was given.
@@ -18,6 +20,15 @@ impl Flags {
     /// Reads `args` (without the program name). Every flag in `known` takes a value;
     /// anything else starting with `--` is refused. After `--`, everything is positional.
     pub fn parse(args: impl IntoIterator<Item = String>, known: &[&str]) -> Result<Flags, String> {
+        Flags::parse_with_switches(args, known, &[])
+    }
+
+    /// [`Flags::parse`], also taking the `switches`: flags without a value.
+    pub fn parse_with_switches(
+        args: impl IntoIterator<Item = String>,
+        known: &[&str],
+        switches: &[&str],
+    ) -> Result<Flags, String> {
         let mut flags = Flags::default();
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -37,6 +48,13 @@ impl Flags {
                 Some((name, value)) => (name.to_string(), Some(value.to_string())),
                 None => (flag.to_string(), None),
             };
+            if switches.contains(&name.as_str()) {
+                if value.is_some() {
+                    return Err(format!("flag --{name} takes no value"));
+                }
+                flags.switches.push(name);
+                continue;
+            }
             if !known.contains(&name.as_str()) {
                 return Err(format!("unknown flag --{name} (see --help)"));
             }
@@ -47,6 +65,11 @@ impl Flags {
             flags.values.insert(name, value);
         }
         Ok(flags)
+    }
+
+    /// Whether the switch `--name` was given.
+    pub fn switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|given| given == name)
     }
 
     /// The raw value of `--name`, if given.
@@ -101,6 +124,18 @@ mod tests {
         assert_eq!(flags.text("token"), Some("abc"));
         assert_eq!(flags.positional, strings(&["pay", "0", "100"]));
         assert_eq!(flags.get("cards", 100_000u64), Ok(100_000));
+    }
+
+    #[test]
+    fn switches_take_no_value() {
+        let flags =
+            Flags::parse_with_switches(strings(&["--open", "--port", "1"]), &["port"], &["open"])
+                .expect("valid");
+        assert!(flags.switch("open"));
+        assert!(!flags.switch("closed"));
+        assert_eq!(flags.get("port", 0u16), Ok(1));
+        assert!(Flags::parse_with_switches(strings(&["--open=1"]), &[], &["open"]).is_err());
+        assert!(Flags::parse(strings(&["--open"]), &["port"]).is_err(), "not a switch here");
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! table and the combiner of its engine submissions, the stats dump, flag parsing, and the
 //! random samplers of the load generator.
 
+pub mod access;
+pub mod clock;
 pub mod combiner;
 pub mod commands;
 pub mod epochs;
 pub mod flags;
 pub mod resp;
 pub mod sample;
+pub mod snapshot_dir;
 pub mod stats;

@@ -19,6 +19,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -824,6 +825,9 @@ fn check_input(shards: &[(ShardState, u64)]) -> Result<u16, SnapshotError> {
     Ok(count)
 }
 
+/// The mode a snapshot (or checkpoint) file is created with: owner read and write only.
+pub const FILE_MODE: u32 = 0o600;
+
 /// The path written to before the rename: `path` with `.tmp` appended.
 pub fn temporary_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
@@ -901,7 +905,17 @@ fn write_file(
 ) -> Result<u64, SnapshotError> {
     let started = std::time::Instant::now();
     let io = |error| SnapshotError::io("writing", path, error);
-    let file = File::create(path).map_err(|error| SnapshotError::io("creating", path, error))?;
+    // Owner only from the first byte: a snapshot holds every balance of the bank.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(|error| SnapshotError::io("creating", path, error))?;
+    // A leftover temporary file keeps its mode through `open`: set it.
+    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+        .map_err(|error| SnapshotError::io("restricting", path, error))?;
     let total = header.file_bytes().ok_or_else(|| SnapshotError::BadInput {
         problem: "the snapshot would be larger than 2^64 bytes".into(),
     })?;

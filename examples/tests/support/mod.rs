@@ -20,8 +20,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a test waits for a reply or an exit.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The built `server` example.
+/// The built `server` example; `PLAFOND_EXAMPLES_DIR` names another folder holding the
+/// built examples (several worktrees building into one shared target folder overwrite
+/// each other's `examples/`).
 pub fn server_binary() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PLAFOND_EXAMPLES_DIR") {
+        return PathBuf::from(dir).join("server");
+    }
     let exe = std::env::current_exe().expect("the test binary has a path");
     let release = exe
         .parent()
@@ -52,9 +57,18 @@ impl Server {
 
     /// Starts the server, or returns its exit status and stderr if it stops first.
     pub fn try_start(args: &[&str]) -> Result<Server, (Option<ExitStatus>, String)> {
+        Server::try_start_with_env(args, &[])
+    }
+
+    /// [`Server::try_start`] with these environment variables set.
+    pub fn try_start_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, (Option<ExitStatus>, String)> {
         let mut child = Command::new(server_binary())
             .args(["--port", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

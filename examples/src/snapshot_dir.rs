@@ -1,0 +1,112 @@
+//! Where the server's `SNAPSHOT` writes: one private directory (`0700`, files `0600`: a
+//! snapshot holds every balance), names that sort by age, and only the newest
+//! `--snapshots-keep` kept, so a client cannot fill the disk with them.
+
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use plafond::Engine;
+
+/// Snapshots kept by default; older ones are removed after each new one.
+pub const SNAPSHOTS_KEPT_DEFAULT: usize = 8;
+/// The most `--snapshots-keep` allows.
+pub const SNAPSHOTS_KEPT_MAX: usize = 10_000;
+/// Mode of the snapshot directory when the server creates it.
+const DIR_MODE: u32 = 0o700;
+
+const PREFIX: &str = "plafond-";
+const SUFFIX: &str = ".snapshot";
+
+/// The snapshot directory and its retention.
+pub struct SnapshotDir {
+    dir: PathBuf,
+    keep: usize,
+    /// Tells apart snapshots of the same millisecond.
+    sequence: AtomicU64,
+}
+
+impl SnapshotDir {
+    /// Snapshots in `dir`, the newest `keep` kept (at least one).
+    pub fn new(dir: PathBuf, keep: usize) -> SnapshotDir {
+        SnapshotDir { dir, keep: keep.clamp(1, SNAPSHOTS_KEPT_MAX), sequence: AtomicU64::new(0) }
+    }
+
+    /// Writes a snapshot of `engine` and removes the oldest beyond the count kept; returns
+    /// the new snapshot's path. Blocks for as long as the snapshot takes.
+    pub fn take(&self, engine: &Engine) -> anyhow::Result<PathBuf> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let stamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis());
+        // Zero-padded, so that names sort by time.
+        let name = format!("{PREFIX}{stamp_ms:015}-{sequence:06}{SUFFIX}");
+        let report = engine.snapshot_with_progress(self.dir.join(name), |_| {})?;
+        eprintln!(
+            "snapshot {}: {} accounts, {} bytes in {:.3} s",
+            report.path.display(),
+            report.accounts,
+            report.bytes,
+            report.seconds
+        );
+        // The engine writes it 0600; a file put there by an older version may be wider.
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(&report.path, private)
+            .with_context(|| format!("cannot make {} private", report.path.display()))?;
+        if let Err(error) = self.prune() {
+            eprintln!("server: removing old snapshots failed ({error:#}); retried after the next");
+        }
+        Ok(std::fs::canonicalize(&report.path).unwrap_or(report.path))
+    }
+
+    /// Removes the oldest snapshots beyond the count kept.
+    fn prune(&self) -> anyhow::Result<()> {
+        let mut snapshots = snapshots_in(&self.dir)?;
+        snapshots.sort_by_key(|(age, _)| *age);
+        let excess = snapshots.len().saturating_sub(self.keep);
+        for (_, path) in snapshots.into_iter().take(excess) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The server's snapshots in `dir` (by name), each with its (time, sequence).
+fn snapshots_in(dir: &Path) -> anyhow::Result<Vec<((u128, u64), PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(age) = name.to_str().and_then(age_of) else { continue };
+        found.push((age, entry.path()));
+    }
+    Ok(found)
+}
+
+/// `plafond-<ms>-<sequence>.snapshot` → `(ms, sequence)`; `None` for any other name.
+fn age_of(name: &str) -> Option<(u128, u64)> {
+    let middle = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    let (stamp, sequence) = middle.split_once('-')?;
+    Some((stamp.parse().ok()?, sequence.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_give_their_age_and_others_are_ignored() {
+        assert_eq!(age_of("plafond-001799064000000-000002.snapshot"), Some((1_799_064_000_000, 2)));
+        // Written by the versions before padding: still recognised.
+        assert_eq!(age_of("plafond-1799064000000-12.snapshot"), Some((1_799_064_000_000, 12)));
+        assert_eq!(age_of("plafond-1-2.snapshot.tmp"), None);
+        assert_eq!(age_of("notes.txt"), None);
+    }
+}
