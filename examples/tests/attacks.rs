@@ -332,3 +332,15 @@ fn balances_past_i64_max_reach_redis_clients_as_digits() {
         .map_or(0, |v| v.len() as i64);
     assert_eq!(small, 2, "other replies are unchanged");
 }
+
+#[test]
+fn invalid_amounts_are_counted_in_their_region() {
+    let server = Server::start(&with(&["--populate", "1"]));
+    let mut c = server.raw();
+    assert_eq!(c.call(&["PAY", "0", "0"]), support::declined("INVALID_AMOUNT"));
+    assert_eq!(c.call(&["PAY", "0", "-5"]), support::declined("INVALID_AMOUNT"));
+    let Value::Bulk(json) = c.call(&["STATS", "JSON"]) else { panic!("STATS JSON is a bulk") };
+    let json: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+    assert_eq!(json["regions"]["eu-west"]["declined"]["INVALID_AMOUNT"]["count"], 2, "{json}");
+    assert_eq!(json["total"]["declined"]["INVALID_AMOUNT"]["count"], 2);
+}
