@@ -20,8 +20,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a test waits for a reply or an exit.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The built `server` example.
+/// The built `server` example, or `$PLAFOND_SERVER` if set (the target directory may be
+/// shared with builds of other checkouts, which replace the binary under a running test).
 pub fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PLAFOND_SERVER") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("the test binary has a path");
     let release = exe
         .parent()
