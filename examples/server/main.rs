@@ -69,9 +69,10 @@ const OUTPUT_FLUSH_BYTES: usize = 256 * 1024;
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(100);
 /// Failed `AUTH`s after which a connection is closed.
 const AUTH_FAILURES_MAX: u32 = 10;
-/// Commands refused with `NOAUTH` after which a connection is closed: a client that is
-/// not configured with the token learns it from the first; a flood of them only costs
-/// the server parsing (500 such pipeliners sent it 400 MB/s).
+/// Commands refused with `NOAUTH` after which a connection is read no more (it closes at
+/// its auth deadline): a client not configured with the token learns it from the first;
+/// a flood of them only costs the server parsing (500 such pipeliners sent 400 MB/s).
+/// Not closed at once: a closed attacker reconnects at once, a muted one costs nothing.
 const REFUSALS_BEFORE_AUTH_MAX: u32 = 1000;
 /// An anonymous connection's batches are at most this large: it can only get refusals
 /// and `PONG`s, which gain nothing from batching, and small batches keep a crowd of them
@@ -576,6 +577,8 @@ struct Connection {
     auth_failures: u32,
     /// Commands refused with `NOAUTH` so far.
     refusals_before_auth: u32,
+    /// Set after too many of them: nothing more is read or parsed.
+    muted: bool,
 }
 
 /// Why a connection's timer closes it.
@@ -615,6 +618,7 @@ impl Connection {
             deadline: Box::pin(tokio::time::sleep_until(first.into())),
             auth_failures: 0,
             refusals_before_auth: 0,
+            muted: false,
         }
     }
 
@@ -628,7 +632,7 @@ impl Connection {
                 PIPELINE_COMMANDS_MAX
             };
             let allowance = self.share.allowance().min(batch_max);
-            if self.in_flight.len() < IN_FLIGHT_BATCHES_MAX && allowance > 0 {
+            if !self.muted && self.in_flight.len() < IN_FLIGHT_BATCHES_MAX && allowance > 0 {
                 let lost = self.parse_input(allowance);
                 if !self.actions.is_empty() {
                     let commands = self.actions.len();
@@ -660,13 +664,14 @@ impl Connection {
             // Over its share of the queued commands, or its buffers full, a connection
             // reads no more until an answer of its own frees some: TCP flow control then
             // slows its client, and it alone.
-            let has_room = self.in_flight.len() < IN_FLIGHT_BATCHES_MAX
+            let has_room = !self.muted
+                && self.in_flight.len() < IN_FLIGHT_BATCHES_MAX
                 && self.input.len() < READ_BUFFER_BYTES_MAX
                 && self.share.allowance() > 0;
             // Complete requests still wait in the input (the last parse stopped at the
             // allowance): reading more would only buffer more.
             let requests_waiting = self.parsed < self.input.len() && !self.parser_wants_more;
-            if (stopping || !has_room) && self.in_flight.is_empty() {
+            if (stopping || (!has_room && !self.muted)) && self.in_flight.is_empty() {
                 return;
             }
             if has_room && requests_waiting {
@@ -839,7 +844,7 @@ impl Connection {
         let storage_failed = storage_failure(&self.server.engine);
         let mut unanswered = actions.len();
         for action in actions.drain(..) {
-            if self.closing {
+            if self.closing || self.muted {
                 break;
             }
             unanswered -= 1;
@@ -849,9 +854,12 @@ impl Connection {
                     self.ready(|e| e.error("NOAUTH Authentication required."));
                 } else {
                     self.ready(|e| {
-                        e.error("NOAUTH Authentication required; too many commands, closing")
+                        e.error(
+                            "NOAUTH Authentication required; too many commands, this \
+                             connection is read no more",
+                        )
                     });
-                    self.closing = true;
+                    self.muted = true;
                 }
                 continue;
             }
