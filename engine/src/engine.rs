@@ -269,7 +269,12 @@ impl Engine {
         let mut per_shard: Vec<Vec<(u32, Request)>> =
             (0..shards).map(|_| Vec::with_capacity(share)).collect();
         let mut declined = Vec::new();
-        for (index, request) in requests.into_iter().enumerate() {
+        for (index, mut request) in requests.into_iter().enumerate() {
+            if !request.command.amounts_are_valid() {
+                // Malformed: neither deduplicated nor recorded (§6). Its shard declines
+                // it, so the decline counts in the region of the account it names.
+                request.command_id = None;
+            }
             match self.admit(&request) {
                 Ok(shard) => per_shard[usize::from(shard)].push((index as u32, request)),
                 Err(reason) => {
@@ -308,9 +313,8 @@ impl Engine {
     /// Checks a request at the door and picks its shard, or declines it there.
     fn admit(&self, request: &Request) -> Result<ShardId, Reason> {
         let command = &request.command;
-        if !command.amounts_are_valid() {
-            return Err(Reason::InvalidAmount);
-        }
+        // Invalid amounts go on to their shard, which declines them and counts them in the
+        // region of the account they name.
         let shard = if let Command::OpenProfile { region } = *command {
             if self.regions.get(region).is_none() {
                 return Err(Reason::UnknownRegion);

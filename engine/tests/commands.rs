@@ -73,6 +73,11 @@ fn every_decline_reason_of_section_2() {
     let stats = engine.stats().unwrap();
     let declined = |reason: Reason| stats.total.counters.declined[reason.index()];
     assert_eq!(declined(Reason::InvalidAmount), 2);
+    // Counted in the region of the card they named, like every other decline (§10).
+    let eu_west = &stats.regions[0].1.counters;
+    assert_eq!(stats.regions[0].0, "eu-west");
+    assert_eq!(eu_west.declined[Reason::InvalidAmount.index()], 2);
+    assert_eq!(eu_west.declined_minor[Reason::InvalidAmount.index()], 1_000_000_000_000_001);
     assert_eq!(declined(Reason::UnknownAccount), 2);
     assert_eq!(declined(Reason::CardBlocked), 1);
     assert_eq!(stats.total.counters.payments_approved, 1);

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,12 +45,16 @@ use plafond::{
     Opening, Regions, Request, LOG_RETENTION_DAYS_DEFAULT, SHARDS_MAX,
 };
 use plafond_examples::access;
+use plafond_examples::budget::{Budget, Share};
 use plafond_examples::clock::ServerClock;
 use plafond_examples::combiner::{Answer, Combiner, Pending};
 use plafond_examples::commands::{self, Action, Local};
+use plafond_examples::descriptors::{AcceptBackoff, Descriptors};
 use plafond_examples::epochs;
 use plafond_examples::flags::Flags;
+use plafond_examples::limits::{self, ConnectionLimits};
 use plafond_examples::resp::{Encoder, Frame, Protocol, ProtocolError, RequestParser};
+use plafond_examples::slots::{Eviction, Slot, Slots};
 use plafond_examples::snapshot_dir::{SnapshotDir, SNAPSHOTS_KEPT_DEFAULT, SNAPSHOTS_KEPT_MAX};
 use plafond_examples::stats::{self, Sampler};
 
@@ -68,8 +72,31 @@ const READ_BUFFER_BYTES_MAX: usize =
 /// Replies buffered before they are written in the middle of a batch (a pipeline of many
 /// `STATS` would otherwise pile up).
 const OUTPUT_FLUSH_BYTES: usize = 256 * 1024;
-/// The most connections served at once; more are told so and closed.
-const CONNECTIONS_MAX: usize = 1024;
+/// After a failed `AUTH`, the connection waits this long before it goes on, so guessing
+/// the token runs at a few tries per second per connection, not millions.
+const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(100);
+/// Failed `AUTH`s after which a connection is closed.
+const AUTH_FAILURES_MAX: u32 = 10;
+/// Commands refused with `NOAUTH` after which a connection is read no more (it closes at
+/// its auth deadline): a client not configured with the token learns it from the first;
+/// a flood of them only costs the server parsing (500 such pipeliners sent 400 MB/s).
+/// Not closed at once: a closed attacker reconnects at once, a muted one costs nothing.
+const REFUSALS_BEFORE_AUTH_MAX: u32 = 1000;
+/// An anonymous connection's batches are at most this large: it can only get refusals
+/// and `PONG`s, which gain nothing from batching, and small batches keep a crowd of them
+/// from hogging the I/O threads.
+const ANONYMOUS_BATCH_COMMANDS_MAX: usize = 64;
+/// After a batch of at least this many commands, a connection lets the runtime run the
+/// others before it goes on: a pipelining client whose input is always ready would
+/// otherwise run batch after batch in one turn while a fresh client waits.
+const YIELD_AFTER_COMMANDS: usize = 64;
+/// Per-command vectors (parsed requests, engine requests) keep at most this capacity
+/// between batches: a connection that once sent a 4,096-command pipeline must not hold
+/// half a megabyte for ever (a thousand of them did).
+const KEPT_COMMANDS_CAPACITY: usize = 256;
+/// How long a connection that may neither read (the buffers of all connections are full)
+/// nor wait for an answer of its own (it has none) waits before it looks again.
+const BUDGET_RETRY: Duration = Duration::from_millis(5);
 /// The most `--io-threads`.
 const IO_THREADS_MAX: usize = 256;
 /// How long shutdown waits for in-flight batches before dropping the connections.
@@ -103,6 +130,7 @@ const FLAGS: &[&str] = &[
 ];
 /// Flags without a value.
 const SWITCHES: &[&str] = &["allow-no-token"];
+// The connection limits' flags (`limits::FLAGS`) are added to these when parsing.
 
 const HELP: &str = "\
 plafond server: the Redis protocol in front of a plafond engine.
@@ -113,6 +141,8 @@ usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sy
               [--populate N] [--snapshot-dir DIR] [--snapshots-keep 8] [--io-threads N]
               [--checkpoint-interval-s 60] [--checkpoint-log-mb 256]
               [--log-retention-days 7] [--archive-dir DIR] [--archive keep|none]
+              [--auth-timeout-ms 10000] [--idle-timeout-ms 300000]
+              [--write-timeout-ms 10000] [--max-connections 1024]
 
   --port N          TCP port (default 7379; 0 picks a free one)
   --bind ADDR       address to listen on (default 127.0.0.1); an address other machines reach
@@ -147,8 +177,12 @@ usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sy
   --archive-dir DIR where archived log segments go (default <data-dir>/archive); verify and
                     replay them with the audit example
   --archive none    delete old log batches instead of archiving them (default keep)
+";
 
-Prints `listening on ADDR` once it accepts connections, then `health: ok`; SIGTERM or
+/// The end of `--help`, after the connection limits' flags.
+const HELP_TAIL: &str = "
+Prints `listening on ADDR` once it accepts connections, then `health: ok` (and on stderr
+how many connections the descriptor limit allows); SIGTERM or
 SIGINT stop it cleanly. If the disk refuses a write, it says so on stderr and every command
 gets `-ERR STORAGE ...` until a restart.
 ";
@@ -169,6 +203,7 @@ struct Options {
     io_threads: usize,
     checkpoints: CheckpointPolicy,
     log_retention: LogRetention,
+    limits: ConnectionLimits,
 }
 
 impl Options {
@@ -208,6 +243,7 @@ impl Options {
             io_threads: io_threads(flags)?,
             checkpoints: checkpoint_policy(flags)?,
             log_retention: log_retention(flags)?,
+            limits: ConnectionLimits::from_flags(flags).map_err(|e| anyhow!(e))?,
         })
     }
 }
@@ -296,6 +332,9 @@ struct Server {
     combiner: Arc<Combiner>,
     /// Where `SNAPSHOT` writes, and how many it keeps.
     snapshots: SnapshotDir,
+    /// The global bound on queued commands and buffered bytes of all connections.
+    budget: Arc<Budget>,
+    limits: ConnectionLimits,
 }
 
 fn main() -> ExitCode {
@@ -309,10 +348,11 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let flags = Flags::parse_with_switches(std::env::args().skip(1), FLAGS, SWITCHES)
+    let known: Vec<&str> = FLAGS.iter().chain(limits::FLAGS).copied().collect();
+    let flags = Flags::parse_with_switches(std::env::args().skip(1), &known, SWITCHES)
         .map_err(|e| anyhow!(e))?;
     if flags.help {
-        print!("{HELP}");
+        print!("{HELP}{}{HELP_TAIL}", limits::HELP);
         return Ok(());
     }
     if let Some(word) = flags.positional.first() {
@@ -371,6 +411,8 @@ fn open(options: &Options) -> anyhow::Result<Server> {
         token: options.token.as_ref().map(|t| t.as_bytes().to_vec()),
         sampler: Sampler::default(),
         snapshots: SnapshotDir::new(options.snapshot_dir.clone(), options.snapshots_keep),
+        budget: Arc::new(Budget::default()),
+        limits: options.limits,
     })
 }
 
@@ -403,7 +445,11 @@ async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
     println!("{}", stats::health_line(&server.engine.health()));
     std::io::stdout().flush()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let slots = Slots::new(connection_limit(options.limits.max_connections)?);
+    // Refusals get a task each: they are bounded so that a flood of them cannot hold
+    // descriptors the slots do not count.
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX));
+    let mut backoff = AcceptBackoff::default();
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -411,28 +457,21 @@ async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
             _ = interrupt.recv() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => {
-                let mut stream = match accepted {
+                let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(error) => {
-                        // Out of file descriptors, typically: wait instead of spinning.
-                        eprintln!("server: accept: {error}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of descriptors, typically: wait, longer each time, instead
+                        // of spinning, and say so now and then rather than 20 times a second.
+                        let (pause, line) = backoff.failed(&error, Instant::now());
+                        if let Some(line) = line {
+                            eprintln!("{line}");
+                        }
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tasks.spawn(async move {
-                        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
-                    });
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let connection = Connection::new(stream, server.clone());
-                let shutdown = shutdown_rx.clone();
-                tasks.spawn(async move {
-                    connection.run(shutdown).await;
-                    drop(slot);
-                });
+                backoff.succeeded();
+                admit(stream, &server, &slots, &refusals, &shutdown_rx, &mut tasks);
             }
         }
     }
@@ -449,6 +488,61 @@ async fn serve(server: Arc<Server>, options: &Options) -> anyhow::Result<()> {
         while tasks.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// The most refusals (`-ERR max number of clients reached`) being written at once; past
+/// it a connection over the limit is closed without a word.
+const REFUSALS_IN_FLIGHT_MAX: usize = 64;
+/// How long a refusal may take to write before the connection is just closed.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `--max-connections`, lowered to what the descriptor limit allows (raised to its hard
+/// limit first); says which on stderr.
+fn connection_limit(wanted: usize) -> anyhow::Result<usize> {
+    // Each connection holds one descriptor.
+    let descriptors = Descriptors::probe(wanted as u64 * 2);
+    let limit = descriptors.connections(wanted);
+    if limit == 0 {
+        bail!(
+            "the descriptor limit ({}) leaves no room for connections beyond the {} open: \
+             raise `ulimit -n`",
+            descriptors.limit,
+            descriptors.open
+        );
+    }
+    let why = if limit < wanted { "fewer than --max-connections: " } else { "" };
+    eprintln!(
+        "server: at most {limit} connections ({why}descriptor limit {}, {} open at start, {} \
+         reserved)",
+        descriptors.limit,
+        descriptors.open,
+        plafond_examples::descriptors::DESCRIPTORS_RESERVED
+    );
+    Ok(limit)
+}
+
+/// Gives an accepted connection a slot and its task, or tells it there is none.
+fn admit(
+    mut stream: TcpStream,
+    server: &Arc<Server>,
+    slots: &Arc<Slots>,
+    refusals: &Arc<Semaphore>,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) {
+    let Ok((slot, eviction)) = slots.admit() else {
+        let Ok(permit) = refusals.clone().try_acquire_owned() else { return };
+        tasks.spawn(async move {
+            let refusal = stream.write_all(b"-ERR max number of clients reached\r\n");
+            let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, refusal).await;
+            drop(permit);
+        });
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let connection = Connection::new(stream, server.clone(), slot, eviction);
+    let shutdown = shutdown.clone();
+    tasks.spawn(connection.run(shutdown));
 }
 
 /// A reply waiting for its turn in the batch.
@@ -476,6 +570,8 @@ struct InFlight {
     protocol: Protocol,
     /// The engine's answer; `None` if the batch had no engine request.
     pending: Option<Pending>,
+    /// Its commands, given back to the budget once answered.
+    commands: usize,
 }
 
 /// One client connection.
@@ -490,8 +586,11 @@ struct Connection {
     stream: TcpStream,
     server: Arc<Server>,
     parser: RequestParser,
-    /// Bytes read and not parsed yet (at most one partial request between batches).
+    /// Bytes read; those before `parsed` are parsed already.
     input: Vec<u8>,
+    parsed: usize,
+    /// Whether the last parse stopped for want of bytes (not at the allowance).
+    parser_wants_more: bool,
     protocol: Protocol,
     authenticated: bool,
     /// Set by `QUIT` or a lost framing: close once the replies are written.
@@ -506,16 +605,46 @@ struct Connection {
     /// Emptied batches, for reuse.
     spare: Vec<Batch>,
     out: Vec<u8>,
+    /// This connection's part of the global budget of queued commands and buffers.
+    share: Share,
+    /// Its connection slot: anonymous until it authenticates (or, without a token, sends
+    /// its first request), then counted among the authenticated.
+    slot: Slot,
+    /// Resolves if a newer anonymous connection needs this one's slot.
+    eviction: Eviction,
+    connected_at: Instant,
+    /// When the last complete request arrived (or the connection, before any).
+    last_request: Instant,
+    /// Fires at the auth deadline or idle deadline, whichever is first. Deadlines only
+    /// move later, so it is reset only when it fires early, not on every request.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    auth_failures: u32,
+    /// Commands refused with `NOAUTH` so far.
+    refusals_before_auth: u32,
+    /// Set after too many of them: nothing more is read or parsed.
+    muted: bool,
+}
+
+/// Why a connection's timer closes it.
+enum Expired {
+    Auth,
+    Idle,
 }
 
 impl Connection {
-    fn new(stream: TcpStream, server: Arc<Server>) -> Connection {
+    fn new(stream: TcpStream, server: Arc<Server>, slot: Slot, eviction: Eviction) -> Connection {
         let authenticated = server.token.is_none();
+        let now = Instant::now();
+        let limits = server.limits;
+        let first = now + limits.auth_timeout.min(limits.idle_timeout);
+        let share = server.budget.share();
         Connection {
             stream,
             server,
             parser: RequestParser::new(),
             input: Vec::new(),
+            parsed: 0,
+            parser_wants_more: true,
             protocol: Protocol::Resp2,
             authenticated,
             closing: false,
@@ -525,17 +654,37 @@ impl Connection {
             in_flight: VecDeque::new(),
             spare: Vec::new(),
             out: Vec::new(),
+            share,
+            slot,
+            eviction,
+            connected_at: now,
+            last_request: now,
+            deadline: Box::pin(tokio::time::sleep_until(first.into())),
+            auth_failures: 0,
+            refusals_before_auth: 0,
+            muted: false,
         }
     }
 
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut stopping = *shutdown.borrow();
         loop {
-            if self.in_flight.len() < IN_FLIGHT_BATCHES_MAX {
-                let lost = self.parse_input();
+            self.report_buffered();
+            let batch_max = if self.slot.is_anonymous() {
+                ANONYMOUS_BATCH_COMMANDS_MAX
+            } else {
+                PIPELINE_COMMANDS_MAX
+            };
+            let allowance = self.share.allowance().min(batch_max);
+            if !self.muted && self.in_flight.len() < IN_FLIGHT_BATCHES_MAX && allowance > 0 {
+                let lost = self.parse_input(allowance);
                 if !self.actions.is_empty() {
+                    let commands = self.actions.len();
                     if self.execute().await.is_err() {
                         return;
+                    }
+                    if commands >= YIELD_AFTER_COMMANDS {
+                        tokio::task::yield_now().await;
                     }
                     if self.closing {
                         let _ = self.drain().await;
@@ -556,14 +705,41 @@ impl Connection {
             if self.write_answered().await.is_err() {
                 return;
             }
-            let can_read = !stopping
+            // Over its share of the queued commands, or its buffers full, a connection
+            // reads no more until an answer of its own frees some: TCP flow control then
+            // slows its client, and it alone.
+            let has_room = !self.muted
                 && self.in_flight.len() < IN_FLIGHT_BATCHES_MAX
-                && self.input.len() < READ_BUFFER_BYTES_MAX;
-            if !can_read && self.in_flight.is_empty() {
+                && self.input.len() < READ_BUFFER_BYTES_MAX
+                && self.share.allowance() > 0;
+            // Complete requests still wait in the input (the last parse stopped at the
+            // allowance): reading more would only buffer more.
+            let requests_waiting = self.parsed < self.input.len() && !self.parser_wants_more;
+            if (stopping || (!has_room && !self.muted)) && self.in_flight.is_empty() {
                 return;
             }
-            // `read_buf` fills the spare capacity without zeroing it first.
-            self.input.reserve(READ_CHUNK_BYTES);
+            if has_room && requests_waiting {
+                // Room again (batches that needed no engine were written): parse on.
+                continue;
+            }
+            let budget_allows = self.share.may_buffer_more();
+            let can_read = !stopping && has_room && budget_allows && !requests_waiting;
+            // With nothing of its own in flight no answer will wake it: look again soon.
+            let retry = !stopping && !budget_allows && self.in_flight.is_empty();
+            if retry {
+                // Over the floor while all buffers are full: give back what is idle, so
+                // that it falls under its floor and reads again (after the others).
+                self.release_idle_buffers();
+            }
+            if can_read {
+                // What is left is one partial request: move it to the front, then make
+                // room for exactly one chunk, so the buffer stays within a request and a
+                // chunk. `read_buf` fills the spare capacity without zeroing it first.
+                self.input.drain(..self.parsed);
+                self.parsed = 0;
+                self.input.reserve_exact(READ_CHUNK_BYTES);
+            }
+            let anonymous = self.slot.is_anonymous();
             // `write_answered` finished every front batch that needed no engine, so the
             // front one, if any, waits for the engine.
             let front = self.in_flight.front_mut().and_then(|batch| batch.pending.as_mut());
@@ -571,26 +747,92 @@ impl Connection {
             tokio::select! {
                 biased;
                 Some(answer) = answer_of(front), if waiting => self.finish_front(Some(answer)),
-                read = self.stream.read_buf(&mut self.input), if can_read => {
-                    if matches!(read, Ok(0) | Err(_)) {
-                        // A half-sent request is dropped with the connection: it never
-                        // ran. What was sent whole is answered if the client still reads.
+                read = self.stream.read_buf(&mut self.input), if can_read => match read {
+                    // The client sent all it will: what it sent whole is answered if it
+                    // still reads. A half-sent request is dropped with the connection.
+                    Ok(0) => {
                         let _ = self.drain().await;
                         return;
                     }
-                }
+                    // Gone (reset): nobody will read the replies, so the batches not yet
+                    // handed to the engine are dropped with their answers' receivers.
+                    Err(_) => return,
+                    Ok(_) => {}
+                },
                 _ = shutdown.changed(), if !stopping => stopping = true,
+                _ = &mut self.eviction, if anonymous => {
+                    return self.farewell("ERR too many unauthenticated connections").await;
+                }
+                () = &mut self.deadline => match self.expired() {
+                    Some(Expired::Auth) => {
+                        return self.farewell("ERR authentication timeout").await;
+                    }
+                    Some(Expired::Idle) => return self.farewell("ERR idle timeout").await,
+                    None => {}
+                },
+                () = tokio::time::sleep(BUDGET_RETRY), if retry => {}
             }
         }
     }
 
-    /// Parses every complete request in the input (at most a batch) into `actions`, and
-    /// returns the protocol error that stopped the parse, if any.
-    fn parse_input(&mut self) -> Option<ProtocolError> {
+    /// Frees the buffers that hold nothing now.
+    fn release_idle_buffers(&mut self) {
+        if self.parsed == self.input.len() {
+            self.input = Vec::new();
+            self.parsed = 0;
+        }
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+        if self.building.staged.is_empty() {
+            self.building.staged = Vec::new();
+        }
+        self.spare.clear();
+        self.report_buffered();
+    }
+
+    /// Reports this connection's buffers to the budget.
+    fn report_buffered(&mut self) {
+        let bytes = self.input.capacity() + self.out.capacity() + self.building.staged.capacity();
+        self.share.set_buffered(bytes);
+    }
+
+    /// When the timer fires: which deadline passed, if any; otherwise sets it anew.
+    fn expired(&mut self) -> Option<Expired> {
+        let limits = self.server.limits;
+        let now = Instant::now();
+        let auth_deadline = self.connected_at + limits.auth_timeout;
+        if self.slot.is_anonymous() && now >= auth_deadline {
+            return Some(Expired::Auth);
+        }
+        let idle_deadline = self.last_request + limits.idle_timeout;
+        if self.in_flight.is_empty() && now >= idle_deadline {
+            return Some(Expired::Idle);
+        }
+        // A connection waiting for its answers is not idle: look again a timeout later.
+        let mut next = idle_deadline.max(now + limits.idle_timeout.min(limits.write_timeout));
+        if self.slot.is_anonymous() {
+            next = next.min(auth_deadline);
+        }
+        self.deadline.as_mut().reset(next.into());
+        None
+    }
+
+    /// Writes what is ready and a last error, then the connection closes.
+    async fn farewell(&mut self, error: &str) {
+        self.encoder().error(error);
+        let _ = self.write_out().await;
+    }
+
+    /// Parses the complete requests in the input (at most `allowance`) into `actions`,
+    /// takes them from the budget, and returns the protocol error that stopped the parse,
+    /// if any.
+    fn parse_input(&mut self, allowance: usize) -> Option<ProtocolError> {
         let regions = self.server.engine.regions();
-        let mut at = 0;
+        let mut at = self.parsed;
         let mut lost = None;
-        while self.actions.len() < PIPELINE_COMMANDS_MAX {
+        self.parser_wants_more = false;
+        while self.actions.len() < allowance {
             match self.parser.next(&self.input[at..]) {
                 Ok(step) => {
                     at += step.consumed;
@@ -603,7 +845,10 @@ impl Connection {
                             plafond_examples::resp::FRAME_BYTES_MAX,
                             plafond_examples::resp::FRAME_ARGS_MAX
                         ))),
-                        None if step.consumed == 0 => break,
+                        None if step.consumed == 0 => {
+                            self.parser_wants_more = true;
+                            break;
+                        }
                         None => {}
                     }
                 }
@@ -613,7 +858,21 @@ impl Connection {
                 }
             }
         }
-        self.input.drain(..at);
+        // Consumed bytes are dropped lazily (before the next read), not moved on every parse:
+        // a connection over its allowance parses a few commands at a time.
+        self.parsed = at;
+        if self.parsed == self.input.len() {
+            self.input.clear();
+            self.parsed = 0;
+        }
+        if !self.actions.is_empty() {
+            self.share.take(self.actions.len());
+            self.last_request = Instant::now();
+            // Without a token, a first complete request is what proves a connection.
+            if self.server.token.is_none() && !self.slot.authenticate() {
+                self.closing = true;
+            }
+        }
         lost
     }
 
@@ -627,12 +886,25 @@ impl Connection {
         self.requests.reserve(actions.len());
         // Once per read: the health only ever goes from ok to failed.
         let storage_failed = storage_failure(&self.server.engine);
+        let mut unanswered = actions.len();
         for action in actions.drain(..) {
-            if self.closing {
+            if self.closing || self.muted {
                 break;
             }
+            unanswered -= 1;
             if !self.authenticated && !action.allowed_before_auth() {
-                self.ready(|e| e.error("NOAUTH Authentication required."));
+                self.refusals_before_auth += 1;
+                if self.refusals_before_auth < REFUSALS_BEFORE_AUTH_MAX {
+                    self.ready(|e| e.error("NOAUTH Authentication required."));
+                } else {
+                    self.ready(|e| {
+                        e.error(
+                            "NOAUTH Authentication required; too many commands, this \
+                             connection is read no more",
+                        )
+                    });
+                    self.muted = true;
+                }
                 continue;
             }
             let exempt = matches!(action, Action::Local(Local::Quit | Local::Stats { .. }));
@@ -648,9 +920,19 @@ impl Connection {
                 Action::Error(text) => self.ready(|e| e.error(&text)),
                 Action::Local(local) => self.local(local).await?,
             }
+            // Replies that need no engine (errors, `NOAUTH`, `PING`s) pile up here while
+            // the engine's are awaited: written out past a bound, so a client that does
+            // not read them stalls here instead of growing the server.
+            if self.building.staged.len() >= OUTPUT_FLUSH_BYTES {
+                self.drain().await?;
+            }
         }
-        // Handed back empty, with its capacity, for the next read.
+        // Requests skipped because the connection closes were never queued.
+        self.share.give_back(unanswered);
+        // Handed back empty, with its capacity (up to a bound), for the next read.
         self.actions = actions;
+        self.actions.shrink_to(KEPT_COMMANDS_CAPACITY);
+        self.requests.shrink_to(KEPT_COMMANDS_CAPACITY);
         self.seal();
         Ok(())
     }
@@ -671,14 +953,17 @@ impl Connection {
         let pending =
             (!self.requests.is_empty()).then(|| self.server.combiner.submit(&mut self.requests));
         let batch = std::mem::replace(&mut self.building, self.spare.pop().unwrap_or_default());
-        self.in_flight.push_back(InFlight { batch, protocol: self.protocol, pending });
+        let commands = batch.replies.len();
+        self.in_flight.push_back(InFlight { batch, protocol: self.protocol, pending, commands });
     }
 
     /// Encodes the replies of the oldest batch in flight, whose engine answer is `answer`.
     fn finish_front(&mut self, answer: Option<Answer>) {
-        let Some(InFlight { mut batch, protocol, .. }) = self.in_flight.pop_front() else {
+        let Some(InFlight { mut batch, protocol, commands, .. }) = self.in_flight.pop_front()
+        else {
             return;
         };
+        self.share.give_back(commands);
         let storage_failed = answer
             .as_ref()
             .is_some_and(|answer| answer.is_err())
@@ -741,10 +1026,20 @@ impl Connection {
         self.write_out().await
     }
 
+    /// Writes the replies encoded so far. A client that accepts none of them within the
+    /// write timeout is dropped: it stopped reading, and its replies would only pile up.
     async fn write_out(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            let timeout = self.server.limits.write_timeout;
+            match tokio::time::timeout(timeout, self.stream.write_all(&self.out)).await {
+                Ok(written) => written?,
+                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            }
             self.out.clear();
+            // One burst of large replies (STATS, BATCH.RUN) must not keep its memory.
+            if self.out.capacity() > OUTPUT_FLUSH_BYTES {
+                self.out.shrink_to(OUTPUT_FLUSH_BYTES);
+            }
         }
         Ok(())
     }
@@ -754,10 +1049,10 @@ impl Connection {
         match local {
             Local::Ping(None) => self.ready(|e| e.simple("PONG")),
             Local::Ping(Some(message)) => self.ready(|e| e.bulk(&message)),
-            Local::Auth(token) => self.auth(&token),
+            Local::Auth(token) => self.auth(&token).await,
             Local::Hello { protocol, auth } => {
                 self.drain().await?;
-                self.hello(protocol, auth);
+                self.hello(protocol, auth).await;
             }
             Local::Quit => {
                 self.ready(|e| e.simple("OK"));
@@ -805,26 +1100,47 @@ impl Connection {
                 self.ready(|e| epochs::render_status(e, &status));
             }
         }
-        if self.building.staged.len() >= OUTPUT_FLUSH_BYTES {
-            self.drain().await?;
-        }
         Ok(())
     }
 
-    fn auth(&mut self, token: &[u8]) {
+    async fn auth(&mut self, token: &[u8]) {
         match &self.server.token {
             None => self.ready(|e| {
                 e.error("ERR AUTH called without any token configured (start with --token)")
             }),
             Some(expected) if constant_time_eq(expected, token) => {
-                self.authenticated = true;
-                self.ready(|e| e.simple("OK"));
+                if self.authenticated() {
+                    self.ready(|e| e.simple("OK"));
+                }
             }
-            Some(_) => self.ready(|e| e.error("WRONGPASS invalid token")),
+            Some(_) => self.auth_failed().await,
         }
     }
 
-    fn hello(&mut self, protocol: Option<i64>, auth: Option<Vec<u8>>) {
+    /// Marks the connection authenticated; false (and an error queued, the connection
+    /// closing) if it lost its anonymous slot to a newer connection meanwhile.
+    fn authenticated(&mut self) -> bool {
+        if !self.slot.authenticate() {
+            self.ready(|e| e.error("ERR too many unauthenticated connections"));
+            self.closing = true;
+            return false;
+        }
+        self.authenticated = true;
+        true
+    }
+
+    /// A wrong token: the connection waits before it goes on, and closes after too many.
+    async fn auth_failed(&mut self) {
+        self.auth_failures += 1;
+        tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+        if self.auth_failures < AUTH_FAILURES_MAX {
+            return self.ready(|e| e.error("WRONGPASS invalid token"));
+        }
+        self.ready(|e| e.error("WRONGPASS invalid token; too many failed attempts, closing"));
+        self.closing = true;
+    }
+
+    async fn hello(&mut self, protocol: Option<i64>, auth: Option<Vec<u8>>) {
         let protocol = match protocol {
             None => self.protocol,
             Some(2) => Protocol::Resp2,
@@ -840,9 +1156,11 @@ impl Connection {
                 .as_ref()
                 .is_some_and(|expected| constant_time_eq(expected, &token));
             if !ok {
-                return self.ready(|e| e.error("WRONGPASS invalid token"));
+                return self.auth_failed().await;
             }
-            self.authenticated = true;
+            if !self.authenticated() {
+                return;
+            }
         }
         if !self.authenticated {
             return self.ready(|e| e.error("NOAUTH HELLO must be called with AUTH <user> <token>"));

@@ -96,13 +96,12 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
         b"CLOCK.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::ClockStatus)),
         b"CONFIG" => config(rest),
         b"SNAPSHOT" => arity(rest, 0, 0).map(|_| Action::Local(Local::Snapshot)),
-        b"BATCH.RUN" => arity(rest, 1, 1)
-            .map(|_| Action::Local(Local::BatchRun(String::from_utf8_lossy(rest[0]).into_owned()))),
+        b"BATCH.RUN" => batch_run(rest, regions),
         b"BATCH.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::BatchStatus)),
         _ => {
             return Action::Error(format!(
                 "ERR unknown command '{}'",
-                printable(name, COMMAND_NAME_ECHO_MAX)
+                printable(name, CLIENT_INPUT_ECHO_BYTES_MAX)
             ))
         }
     };
@@ -110,7 +109,7 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
         Ok(action) => action,
         Err(Malformed::Arity) => Action::Error(format!(
             "ERR wrong number of arguments for '{}' command",
-            printable(name, COMMAND_NAME_ECHO_MAX).to_ascii_lowercase()
+            printable(name, CLIENT_INPUT_ECHO_BYTES_MAX).to_ascii_lowercase()
         )),
         Err(Malformed::Other(text)) => Action::Error(format!("ERR {text}")),
     }
@@ -119,8 +118,9 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
 /// The longest command name (`PROFILE.OPEN` has 12 bytes); a longer one is unknown.
 const COMMAND_NAME_BYTES_MAX: usize = 16;
 
-/// How much of an unknown command's name an error echoes back.
-const COMMAND_NAME_ECHO_MAX: usize = 64;
+/// The most bytes of a client's input any error quotes back (a command's name, a region's):
+/// a 60 KB argument must not come back as a 180 KB error.
+pub const CLIENT_INPUT_ECHO_BYTES_MAX: usize = 64;
 
 enum Malformed {
     Arity,
@@ -266,6 +266,17 @@ fn ceiling(rest: &[&[u8]]) -> Parsed {
 fn read(rest: &[&[u8]], command: impl Fn(u64) -> Command) -> Parsed {
     arity(rest, 1, 1)?;
     engine(command(id(rest[0])?), None)
+}
+
+fn batch_run(rest: &[&[u8]], regions: &Regions) -> Parsed {
+    arity(rest, 1, 1)?;
+    match std::str::from_utf8(rest[0]).ok().filter(|name| regions.id_of(name).is_some()) {
+        Some(name) => Ok(Action::Local(Local::BatchRun(name.to_owned()))),
+        None => Err(Malformed::Other(format!(
+            "unknown region '{}'",
+            printable(rest[0], CLIENT_INPUT_ECHO_BYTES_MAX)
+        ))),
+    }
 }
 
 fn stats(rest: &[&[u8]]) -> Parsed {
@@ -445,6 +456,10 @@ mod tests {
         let long_id = "x".repeat(65);
         assert!(error_of(parse_words(&format!("PAY 1 5 {long_id}"))).starts_with("ERR "));
         assert!(error_of(parse(&[], &Regions::builtin())).starts_with("ERR "));
+        let huge = "é".repeat(30_000);
+        let refused = error_of(parse_words(&format!("BATCH.RUN {huge}")));
+        assert!(refused.len() <= 100 + CLIENT_INPUT_ECHO_BYTES_MAX, "{} bytes", refused.len());
+        assert!(refused.contains("unknown region"), "{refused}");
         let binary: [&[u8]; 3] = [b"PAY", &[0xff, 0x00], b"1"];
         assert!(error_of(parse(&binary, &Regions::builtin())).starts_with("ERR "));
     }

@@ -3,12 +3,16 @@
 //! random samplers of the load generator.
 
 pub mod access;
+pub mod budget;
 pub mod clock;
 pub mod combiner;
 pub mod commands;
+pub mod descriptors;
 pub mod epochs;
 pub mod flags;
+pub mod limits;
 pub mod resp;
 pub mod sample;
+pub mod slots;
 pub mod snapshot_dir;
 pub mod stats;

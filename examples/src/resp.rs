@@ -25,6 +25,10 @@ pub const INLINE_BYTES_MAX: usize = FRAME_BYTES_MAX;
 pub const SKIP_BULK_BYTES_MAX: u64 = 512 * 1024 * 1024;
 /// The most elements an oversized array may declare before the framing counts as lost.
 pub const SKIP_ARGS_MAX: u64 = 1024 * 1024;
+/// The longest error reply. Errors quote at most this much (and the command table far
+/// less, see `commands::CLIENT_INPUT_ECHO_BYTES_MAX`): a 60 KB argument once came back as
+/// a 180 KB error.
+pub const ERROR_BYTES_MAX: usize = 512;
 
 /// The client sent something that is not RESP: the framing is lost, close the connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,16 +318,33 @@ impl Encoder<'_> {
         self.line(b'+', text.as_bytes());
     }
 
-    /// `-text`: CR and LF become spaces, so an error can never break the framing.
+    /// `-text`: CR and LF become spaces, so an error can never break the framing; at most
+    /// [`ERROR_BYTES_MAX`] bytes of it (cut at a character boundary).
     pub fn error(&mut self, text: &str) {
-        let clean: String =
-            text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+        let mut clean = String::with_capacity(text.len().min(ERROR_BYTES_MAX));
+        for c in text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }) {
+            if clean.len() + c.len_utf8() > ERROR_BYTES_MAX {
+                break;
+            }
+            clean.push(c);
+        }
         self.line(b'-', clean.as_bytes());
     }
 
-    /// `:n`.
+    /// `:n` when `n` fits a signed 64-bit integer, which is what every Redis client reads
+    /// (`redis-cli` refuses wider). Beyond (a balance over `i64::MAX`, sums of `u64`s):
+    /// in RESP2 a bulk string of the decimal digits, in RESP3 a big number `(n`.
     pub fn integer(&mut self, n: i128) {
-        self.decimal_line(b':', n);
+        if i64::try_from(n).is_ok() {
+            return self.decimal_line(b':', n);
+        }
+        match self.protocol {
+            Protocol::Resp2 => {
+                let (digits, at) = decimal(n);
+                self.bulk(&digits[at..]);
+            }
+            Protocol::Resp3 => self.decimal_line(b'(', n),
+        }
     }
 
     /// `$len\r\nbytes\r\n`.
@@ -363,31 +384,37 @@ impl Encoder<'_> {
     /// `<marker><n>\r\n`, formatted on the stack: every reply has one or more, and a
     /// `to_string` each would be an allocation per number.
     fn decimal_line(&mut self, marker: u8, n: i128) {
-        // i128::MIN has 39 digits and a sign.
-        let mut digits = [0u8; 40];
-        let mut at = digits.len();
-        let mut wide = n.unsigned_abs();
-        // u128 division is a library call: only the digits beyond u64 pay for it.
-        while wide > u128::from(u64::MAX) {
-            at -= 1;
-            digits[at] = b'0' + (wide % 10) as u8;
-            wide /= 10;
-        }
-        let mut rest = wide as u64;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        if n < 0 {
-            at -= 1;
-            digits[at] = b'-';
-        }
+        let (digits, at) = decimal(n);
         self.line(marker, &digits[at..]);
     }
+}
+
+/// The decimal text of `n`: `digits[at..]`. On the stack: every reply has numbers.
+fn decimal(n: i128) -> ([u8; 40], usize) {
+    // i128::MIN has 39 digits and a sign.
+    let mut digits = [0u8; 40];
+    let mut at = digits.len();
+    let mut wide = n.unsigned_abs();
+    // u128 division is a library call: only the digits beyond u64 pay for it.
+    while wide > u128::from(u64::MAX) {
+        at -= 1;
+        digits[at] = b'0' + (wide % 10) as u8;
+        wide /= 10;
+    }
+    let mut rest = wide as u64;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    (digits, at)
 }
 
 /// Encodes a command as a RESP array of bulk strings (what a client sends).
@@ -441,6 +468,8 @@ fn parse_value_at(input: &[u8], depth: usize) -> Result<Option<(Value, usize)>, 
         b'+' => Value::Simple(text()),
         b'-' => Value::Error(text()),
         b':' => Value::Integer(parse_i64(line).ok_or(ProtocolError("invalid integer"))?),
+        // A RESP3 big number (an integer past i64) reads as its digits, as RESP2 sends it.
+        b'(' => Value::Bulk(line.to_vec()),
         b'_' => Value::Nil,
         b'$' => {
             let len = parse_i64(line).ok_or(ProtocolError("invalid bulk length"))?;
@@ -609,13 +638,26 @@ mod tests {
 
     #[test]
     fn integers_of_every_width_encode_as_their_decimal_text() {
-        for n in
-            [0, 7, -7, 10, 19_900, i128::from(i64::MIN), i128::from(u64::MAX), i128::MAX, i128::MIN]
-        {
+        for n in [0, 7, -7, 10, 19_900, i128::from(i64::MIN), i128::from(i64::MAX)] {
             let mut out = Vec::new();
             Encoder { out: &mut out, protocol: Protocol::Resp2 }.integer(n);
             assert_eq!(out, format!(":{n}\r\n").into_bytes());
         }
+        // Past i64, which Redis clients cannot read as integers: digits in a bulk string
+        // (RESP2) or a big number (RESP3).
+        for n in [i128::from(i64::MAX) + 1, i128::from(u64::MAX), i128::MAX, i128::MIN] {
+            let mut out = Vec::new();
+            Encoder { out: &mut out, protocol: Protocol::Resp2 }.integer(n);
+            let text = n.to_string();
+            assert_eq!(out, format!("${}\r\n{text}\r\n", text.len()).into_bytes());
+            let mut out = Vec::new();
+            Encoder { out: &mut out, protocol: Protocol::Resp3 }.integer(n);
+            assert_eq!(out, format!("({n}\r\n").into_bytes());
+        }
+        let mut out = Vec::new();
+        Encoder { out: &mut out, protocol: Protocol::Resp2 }.error(&"é".repeat(60_000));
+        assert!(out.len() <= ERROR_BYTES_MAX + 3, "{}", out.len());
+        assert!(std::str::from_utf8(&out).is_ok(), "cut at a character boundary");
         let mut out = Vec::new();
         Encoder { out: &mut out, protocol: Protocol::Resp3 }.map(12);
         assert_eq!(out, b"%12\r\n");

@@ -209,7 +209,12 @@ fn apply_request(
 /// The region whose idempotency retention applies to `command` (§6): its account's (a
 /// transfer's source's), or the first region when the command names nothing known.
 fn region_of(state: &ShardState, env: &Env<'_>, command: &Command) -> RegionId {
-    let known = match *command {
+    known_region_of(state, env, command).unwrap_or(0)
+}
+
+/// The region of the profile or account `command` names, if this shard knows it.
+fn known_region_of(state: &ShardState, env: &Env<'_>, command: &Command) -> Option<RegionId> {
+    match *command {
         Command::OpenProfile { region } => env.regions.get(region).map(|_| region),
         Command::OpenAccount { profile, .. } => {
             local_profile(state, profile).map(|local| state.profiles[local].region)
@@ -218,11 +223,16 @@ fn region_of(state: &ShardState, env: &Env<'_>, command: &Command) -> RegionId {
             .routing_id()
             .and_then(|id| local_account(state, id))
             .map(|local| state.accounts[local].region),
-    };
-    known.unwrap_or(0)
+    }
 }
 
 fn decide(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, command: &Command) -> Applied {
+    if !command.amounts_are_valid() {
+        // Declined here rather than at the engine's door, so that it counts in the region
+        // of the account it names, like every other decline (§10).
+        let region = known_region_of(state, env, command);
+        return decline(state, region, Reason::InvalidAmount, command.amount_minor());
+    }
     match *command {
         Command::OpenProfile { region } => open_profile(state, env, region),
         Command::OpenAccount { profile, kind, opening } => {

@@ -227,6 +227,19 @@ impl Command {
         }
     }
 
+    /// The amount a decline of the command counts as its volume: the payment's, the
+    /// transfer's, the deposit's, the new ceiling's, or an opening deposit; 0 otherwise.
+    pub fn amount_minor(&self) -> u64 {
+        match *self {
+            Command::Pay { amount_minor, .. }
+            | Command::Transfer { amount_minor, .. }
+            | Command::Deposit { amount_minor, .. }
+            | Command::SetCeiling { ceiling_minor: amount_minor, .. } => amount_minor,
+            Command::OpenAccount { opening: Some(opening), .. } => opening.deposit_minor,
+            _ => 0,
+        }
+    }
+
     /// The id whose shard decides the command: the profile for an account opening or a
     /// profile read (accounts live with their profile), the card, the source account, the
     /// account. `None` for a profile opening, which any shard may take.

@@ -57,7 +57,7 @@ impl Server {
 
     /// Starts the server, or returns its exit status and stderr if it stops first.
     pub fn try_start(args: &[&str]) -> Result<Server, (Option<ExitStatus>, String)> {
-        Server::try_start_with_env(args, &[])
+        Server::try_start_full(args, &[], None)
     }
 
     /// [`Server::try_start`] with these environment variables set.
@@ -65,7 +65,38 @@ impl Server {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Server, (Option<ExitStatus>, String)> {
-        let mut child = Command::new(server_binary())
+        Server::try_start_full(args, env, None)
+    }
+
+    /// Starts the server with its descriptor limit (soft and hard: `ulimit -n`) at
+    /// `descriptors`, as an operator's shell might.
+    pub fn start_with_descriptors(args: &[&str], descriptors: u64) -> Server {
+        Server::try_start_full(args, &[], Some(descriptors))
+            .unwrap_or_else(|(status, stderr)| panic!("server exited: {status:?}: {stderr}"))
+    }
+
+    fn try_start_full(
+        args: &[&str],
+        env: &[(&str, &str)],
+        descriptors: Option<u64>,
+    ) -> Result<Server, (Option<ExitStatus>, String)> {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(server_binary());
+        if let Some(descriptors) = descriptors {
+            let limit = libc::rlimit { rlim_cur: descriptors, rlim_max: descriptors };
+            // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe
+            // and touches only the struct copied into the closure.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .args(["--port", "0"])
             .args(args)
             .envs(env.iter().copied())
