@@ -206,6 +206,10 @@ fn read_checkpoint(path: &Path, shards: u16, regions: usize) -> Result<Vec<Captu
             header.shards, header.regions
         ));
     }
+    for (shard, state) in snapshot.states.iter().enumerate() {
+        plafond_snapshots::format::check_money(state)
+            .map_err(|problem| format!("shard {shard}: {problem}"))?;
+    }
     let positions = header.sections.iter().map(|section| section.log_position);
     Ok(snapshot.states.into_iter().zip(positions.collect::<Vec<_>>()).collect())
 }

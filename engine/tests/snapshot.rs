@@ -476,3 +476,53 @@ fn a_second_snapshot_while_one_is_written_is_refused() {
     assert_eq!(mode, 0o600);
     engine.snapshot_with_progress(dir.path().join("third.snapshot"), |_| {}).unwrap();
 }
+
+/// `snapshot` rewritten by the format's own writer (so every checksum is right) after
+/// `tamper` changed its states.
+fn rewritten(dir: &Path, snapshot: &Path, tamper: impl FnOnce(&mut [ShardState])) -> Vec<u8> {
+    let read = plafond_snapshots::read(snapshot, |_| {}).unwrap();
+    let mut states = read.states;
+    tamper(&mut states);
+    let positions = read.header.sections.iter().map(|section| section.log_position);
+    let shards: Vec<(ShardState, u64)> = states.into_iter().zip(positions).collect();
+    let path = dir.join("rewritten.plafsnap");
+    let options = plafond_snapshots::format::WriteOptions {
+        chunk_bytes: plafond_snapshots::format::CHUNK_BYTES,
+        created_ms: START_MS,
+        bytes_per_second: None,
+    };
+    plafond_snapshots::format::write(&path, &shards, options, &mut |_| {}).unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn e_a_balance_changed_behind_valid_checksums_is_refused_by_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (good, _) = small_snapshot(dir.path(), &clock);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+
+    // Rewritten untouched, it restores: the check is of the money, not of the writer.
+    let untouched = rewritten(&work, &good, |_| {});
+    let clean = work.join("clean.plafsnap");
+    std::fs::write(&clean, &untouched).unwrap();
+    let target = work.join("clean-target");
+    drop(Engine::restore(&clean, None, config(&target, 2, &clock)).unwrap());
+
+    // One balance raised by 45,000: the accounts no longer add up to the running total.
+    let raised = rewritten(&work, &good, |states| {
+        let state = states.iter_mut().find(|s| !s.accounts.is_empty()).unwrap();
+        state.accounts[0].balance_minor += 45_000;
+    });
+    let error = assert_refused(&work, &raised, &["add up to"], "a balance raised");
+    assert!(error.contains("running total"), "{error}");
+
+    // The balance and its running total both raised: the flows no longer explain it.
+    let both = rewritten(&work, &good, |states| {
+        let state = states.iter_mut().find(|s| !s.accounts.is_empty()).unwrap();
+        state.accounts[0].balance_minor += 45_000;
+        state.totals.balances_minor += 45_000;
+    });
+    assert_refused(&work, &both, &["came in"], "a balance and its total raised");
+}

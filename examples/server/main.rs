@@ -127,6 +127,8 @@ const FLAGS: &[&str] = &[
     "log-retention-days",
     "archive-dir",
     "archive",
+    "restore",
+    "restore-log-from",
 ];
 /// Flags without a value.
 const SWITCHES: &[&str] = &["allow-no-token"];
@@ -141,6 +143,7 @@ usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sy
               [--populate N] [--snapshot-dir DIR] [--snapshots-keep 8] [--io-threads N]
               [--checkpoint-interval-s 60] [--checkpoint-log-mb 256]
               [--log-retention-days 7] [--archive-dir DIR] [--archive keep|none]
+              [--restore SNAPSHOT [--restore-log-from OLD_DATA_DIR]]
               [--auth-timeout-ms 10000] [--idle-timeout-ms 300000]
               [--write-timeout-ms 10000] [--max-connections 1024]
 
@@ -177,6 +180,14 @@ usage: server [--port 7379] [--bind 127.0.0.1] [--data-dir DIR] [--durability sy
   --archive-dir DIR where archived log segments go (default <data-dir>/archive); verify and
                     replay them with the audit example
   --archive none    delete old log batches instead of archiving them (default keep)
+  --restore FILE    before serving, restore the snapshot FILE into --data-dir (absent or
+                    empty): the file is read and checked whole (checksums, invariants, and
+                    every shard's balances recomputed from its accounts), and on any error
+                    nothing is left in --data-dir. Give the regions (--config) it was taken
+                    with; its shard count is kept
+  --restore-log-from DIR
+                    with --restore: also replay the log the old engine wrote after the
+                    snapshot, from its stopped data directory DIR
 ";
 
 /// The end of `--help`, after the connection limits' flags.
@@ -204,6 +215,13 @@ struct Options {
     checkpoints: CheckpointPolicy,
     log_retention: LogRetention,
     limits: ConnectionLimits,
+    restore: Option<Restore>,
+}
+
+/// `--restore` and `--restore-log-from`.
+struct Restore {
+    snapshot: PathBuf,
+    log_from: Option<PathBuf>,
 }
 
 impl Options {
@@ -244,6 +262,7 @@ impl Options {
             checkpoints: checkpoint_policy(flags)?,
             log_retention: log_retention(flags)?,
             limits: ConnectionLimits::from_flags(flags).map_err(|e| anyhow!(e))?,
+            restore: restore(flags)?,
         })
     }
 }
@@ -257,6 +276,21 @@ fn server_token(flags: &Flags) -> anyhow::Result<Option<String>> {
     };
     let file = flags.text("token-file").map(std::path::Path::new);
     access::token(flags.text("token"), file, env).map_err(|e| anyhow!(e))
+}
+
+/// `--restore` and `--restore-log-from`.
+fn restore(flags: &Flags) -> anyhow::Result<Option<Restore>> {
+    let log_from = flags.text("restore-log-from").map(PathBuf::from);
+    let Some(snapshot) = flags.text("restore").map(PathBuf::from) else {
+        if log_from.is_some() {
+            bail!("--restore-log-from needs --restore SNAPSHOT");
+        }
+        return Ok(None);
+    };
+    if flags.text("populate").is_some() {
+        bail!("--restore fills the data directory from a snapshot: drop --populate");
+    }
+    Ok(Some(Restore { snapshot, log_from }))
 }
 
 /// `--checkpoint-interval-s` and `--checkpoint-log-mb`.
@@ -397,9 +431,12 @@ fn open(options: &Options) -> anyhow::Result<Server> {
         config = config.with_regions(regions);
     }
     config = config.with_clock(clock.clock());
-    let engine = Engine::open(config)
-        // The engine's errors print their cause themselves: a chain would say it twice.
-        .map_err(|e| anyhow!("cannot open the engine: {e}"))?;
+    let engine = match &options.restore {
+        Some(restore) => restore_engine(restore, config)?,
+        None => Engine::open(config)
+            // The engine's errors print their cause themselves: a chain would say it twice.
+            .map_err(|e| anyhow!("cannot open the engine: {e}"))?,
+    };
     if options.populate > 0 {
         populate(&engine, options.populate)?;
     }
@@ -414,6 +451,22 @@ fn open(options: &Options) -> anyhow::Result<Server> {
         budget: Arc::new(Budget::default()),
         limits: options.limits,
     })
+}
+
+/// Restores `--restore` into the data directory and opens the engine on it.
+fn restore_engine(restore: &Restore, config: EngineConfig) -> anyhow::Result<Engine> {
+    let (engine, report) = Engine::restore(&restore.snapshot, restore.log_from.as_deref(), config)
+        .map_err(|e| anyhow!("cannot restore {}: {e}", restore.snapshot.display()))?;
+    eprintln!(
+        "server: restored {} into {}: {} accounts on {} shards, {} log batches replayed, {:.1} s",
+        restore.snapshot.display(),
+        report.target.display(),
+        report.accounts,
+        report.shards,
+        report.log_batches,
+        report.seconds
+    );
+    Ok(engine)
 }
 
 fn populate(engine: &Engine, accounts: u64) -> anyhow::Result<()> {

@@ -420,14 +420,21 @@ pub(crate) struct Checked {
     pub rolled_days: Vec<Vec<plafond_shards::calendar::Day>>,
 }
 
-/// Reads and checks the snapshot at `path` as [`read`] does, but drops each decoded state
-/// once checked.
+/// Reads and checks the snapshot at `path` as [`read`] does, and its money
+/// ([`check_money`]), but drops each decoded state once checked.
 pub(crate) fn read_checked(
     path: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Checked, SnapshotError> {
     let (header, encoded) = read_encoded(path, progress)?;
-    let rolled_days = decode_all(&header, &encoded, |state| state.rolled_day, progress)?;
+    let checked =
+        decode_all(&header, &encoded, |state| (check_money(&state), state.rolled_day), progress)?;
+    let mut rolled_days = Vec::with_capacity(checked.len());
+    for (shard, (money, rolled_day)) in checked.into_iter().enumerate() {
+        money
+            .map_err(|problem| SnapshotError::CorruptShard { shard: shard as ShardId, problem })?;
+        rolled_days.push(rolled_day);
+    }
     Ok(Checked { header, rolled_days })
 }
 
@@ -775,6 +782,37 @@ pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<
         if record.shard != state.shard || usize::from(record.region) >= regions {
             return Err(format!("the record of command id {} is not this shard's", id.as_str()));
         }
+    }
+    Ok(())
+}
+
+/// Recomputes the shard's money from its accounts: their balances must add up to the
+/// running total, and that total must be what the shard's flows made it (§2, per shard:
+/// money comes in by openings, deposits, interest, credits and refunds, and leaves by
+/// payments and debits). A file whose checksums were recomputed after a balance was
+/// changed passes every checksum; it does not pass this. Run by a restore and by every
+/// checkpoint load, on states an engine made (the format's own tests store states with
+/// arbitrary totals, so the reader of the format alone does not run it).
+pub fn check_money(state: &ShardState) -> Result<(), String> {
+    let summed: u128 = state.accounts.iter().map(|account| u128::from(account.balance_minor)).sum();
+    let totals = &state.totals;
+    if summed != totals.balances_minor {
+        return Err(format!(
+            "its accounts' balances add up to {summed}, its running total says {}",
+            totals.balances_minor
+        ));
+    }
+    let came_in = totals.initial_deposits_minor
+        + totals.deposits_minor
+        + totals.interest_minor
+        + totals.transfers_in_minor
+        + totals.refunds_minor;
+    let went_out = totals.card_payments_minor + totals.transfers_out_minor;
+    if came_in.checked_sub(went_out) != Some(totals.balances_minor) {
+        return Err(format!(
+            "its balances ({}) are not what came in ({came_in}) less what went out ({went_out})",
+            totals.balances_minor
+        ));
     }
     Ok(())
 }
