@@ -39,9 +39,11 @@ pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// one: at about 20 bytes a payment, some 13M payments, which replay in about 2 s.
 pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 << 20;
 /// The most bytes a second a checkpoint file is written at: a checkpoint of 10M accounts
-/// (about 400 MB) then takes some 6 s to write instead of one burst that the WAL's fsyncs
-/// queue behind (docs/BENCHMARKS.md §7).
-pub const CHECKPOINT_WRITE_BYTES_PER_S: u64 = 64 << 20;
+/// (about 400 MB) then takes some 1.6 s to write instead of one burst that the WAL's
+/// fsyncs queue behind. Slower is gentler on the payments' latency but makes the newest
+/// complete checkpoint older, and a restart replays all the log after it: at 64 MiB/s a
+/// restart at 10M accounts after 30 s of full load took 6–7 s (docs/BENCHMARKS.md §7).
+pub const CHECKPOINT_WRITE_BYTES_PER_S: u64 = 256 << 20;
 /// After a checkpoint, the next one waits at least this many times as long as it took:
 /// whatever the policy, checkpoints take at most half of the time (and of a core).
 const CHECKPOINT_REST_PER_DURATION: u32 = 1;
