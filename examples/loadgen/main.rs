@@ -230,7 +230,7 @@ impl Picker {
 
     /// The next payment's command id: 32 hex digits, the length of a UUID without dashes,
     /// as a card network's authorization id would be.
-    fn command_id(&mut self) -> Option<[u8; 32]> {
+    fn command_id(&mut self) -> Option<CommandId> {
         let (prefix, count) = self.ids.as_mut()?;
         *count += 1;
         // Written in place: the load generator shares the cores with the server, so what
@@ -241,7 +241,8 @@ impl Picker {
             let nibble = (word >> (4 * (15 - digit % 16))) & 0xf;
             *place = b"0123456789abcdef"[nibble as usize];
         }
-        Some(id)
+        // Hex digits are always a valid id: `new` only checks them again.
+        CommandId::new(std::str::from_utf8(&id).ok()?).ok()
     }
 }
 
@@ -540,9 +541,7 @@ fn embedded_worker(
             .map(|_| {
                 let (card, amount_minor) = picker.pay();
                 let pay = Command::Pay { card, amount_minor };
-                match picker.command_id().and_then(|id| {
-                    std::str::from_utf8(&id).ok().and_then(|id| CommandId::new(id).ok())
-                }) {
+                match picker.command_id() {
                     Some(id) => Request::with_id(pay, id),
                     None => Request::new(pay),
                 }
@@ -741,7 +740,7 @@ fn encode_pay(output: &mut Vec<u8>, picker: &mut Picker, amounts: &mut Vec<u64>)
     match picker.command_id() {
         Some(id) => encode_command(
             output,
-            &[&b"PAY"[..], card_text.as_bytes(), amount_text.as_bytes(), &id],
+            &[&b"PAY"[..], card_text.as_bytes(), amount_text.as_bytes(), id.as_bytes()],
         ),
         None => encode_command(output, &["PAY", &card_text, &amount_text]),
     }
