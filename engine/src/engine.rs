@@ -286,14 +286,25 @@ impl Engine {
         if !declined.is_empty() {
             collector.fill(declined);
         }
+        // This thread decides at most one shard's part itself, the largest, and only after
+        // mailing the others: their threads decide in parallel with it. Deciding every
+        // part here would leave the other shards' cores idle (docs/DECISIONS.md).
+        let inline = (0..shards).max_by_key(|&shard| per_shard[shard].len()).unwrap_or(0);
+        let inline_items = std::mem::take(&mut per_shard[inline]);
         for (shard, items) in per_shard.into_iter().enumerate() {
-            if items.is_empty() {
-                continue;
+            if !items.is_empty() {
+                let mail = Mail::Requests { ts_ms, items, collector: collector.clone() };
+                self.router.ingress[shard]
+                    .send(mail)
+                    .map_err(|_| EngineError::Stopped(Stopped::SHUTDOWN))?;
             }
-            let mail = Mail::Requests { ts_ms, items, collector: collector.clone() };
-            let (ingress, internal) = (&self.router.ingress[shard], &self.router.internal[shard]);
-            let Err(mail) = self.cells[shard].try_apply(mail, ingress, internal) else { continue };
-            ingress.send(mail).map_err(|_| EngineError::Stopped(Stopped::SHUTDOWN))?;
+        }
+        if !inline_items.is_empty() {
+            let mail = Mail::Requests { ts_ms, items: inline_items, collector };
+            let (ingress, internal) = (&self.router.ingress[inline], &self.router.internal[inline]);
+            if let Err(mail) = self.cells[inline].try_apply(mail, ingress, internal) {
+                ingress.send(mail).map_err(|_| EngineError::Stopped(Stopped::SHUTDOWN))?;
+            }
         }
         Ok(ticket)
     }

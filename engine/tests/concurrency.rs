@@ -426,3 +426,37 @@ fn submissions_stay_in_order_in_memory() {
 fn submissions_stay_in_order_durable() {
     submissions_stay_in_order(Durability::Sync, 5_000);
 }
+
+/// Submissions of this test: enough that a shard's thread is seen taking its part.
+const SPANNING_ROUNDS: usize = 200;
+
+/// A submission that spans two idle shards is decided on two threads at once: the
+/// submitter decides one part itself and mails the other to its shard's thread, never
+/// both itself one after the other (that left the second core idle, docs/DECISIONS.md).
+#[test]
+fn a_submission_spanning_idle_shards_is_decided_on_two_threads() {
+    let _watchdog = watchdog("spanning submissions", TEST_TIMEOUT);
+    let harness = harness(2, Durability::None);
+    let engine = harness.engine;
+    let mut on_shard: [Option<u64>; 2] = [None, None];
+    while on_shard.iter().any(Option::is_none) {
+        let account = open_profile(&engine, 1)[0];
+        on_shard[(account % 2) as usize].get_or_insert(account);
+    }
+    let accounts: Vec<u64> = on_shard.into_iter().flatten().collect();
+    let reads: Vec<Request> = (0..64)
+        .map(|index| Request::new(Command::ReadAccount { account: accounts[index % 2] }))
+        .collect();
+    let inline_total =
+        |engine: &Engine| engine.stats().unwrap().shards.iter().map(|s| s.inline_batches).sum();
+    let mut mailed = 0;
+    for round in 0..SPANNING_ROUNDS {
+        let before: u64 = inline_total(&engine);
+        let outcomes = engine.submit(reads.clone()).unwrap().wait().unwrap();
+        assert_eq!(outcomes.len(), reads.len());
+        let inline = inline_total(&engine) - before;
+        assert!(inline <= 1, "round {round}: the submitter decided {inline} shards' parts");
+        mailed += 2 - inline;
+    }
+    assert!(mailed >= SPANNING_ROUNDS as u64, "{mailed} parts went to shards' threads");
+}

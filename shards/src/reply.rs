@@ -112,8 +112,13 @@ impl Collector {
         }
         if pending.remaining == 0 {
             if let Some(sender) = pending.sender.take() {
-                let outcomes =
-                    std::mem::take(&mut pending.outcomes).into_iter().flatten().collect();
+                // Every slot is filled here. `map_while` collects in place, in the slots'
+                // own allocation: `flatten` cannot, and grew a new vector by doubling (a
+                // tenth of an embedded submission's instructions, measured with callgrind).
+                let outcomes = std::mem::take(&mut pending.outcomes)
+                    .into_iter()
+                    .map_while(|slot| slot)
+                    .collect();
                 // The submitter may have given up waiting; that is its right.
                 let _ = sender.send(outcomes);
             }
