@@ -12,7 +12,6 @@
 use crate::calendar::Day;
 use crate::command::RegionId;
 use crate::idempotency::Remembered;
-use crate::ids::shard_of;
 use crate::limits::{
     AMOUNT_MAX_MINOR, DAY_MAX, DAY_MIN, HALF_MONTH_MAX, HALF_MONTH_MIN, SAVINGS_RATE_BP_MAX,
     SHARDS_MAX, SHARD_ENTRIES_MAX,
@@ -82,9 +81,8 @@ pub enum StateError {
         /// The value found.
         value: i128,
     },
-    /// A transfer in flight is from no account of this shard, or to an account of this
-    /// shard (only transfers to another shard are in flight).
-    #[error("pending transfer {seq} is from no account of this shard, or not to another shard")]
+    /// A transfer in flight is from no account of this shard.
+    #[error("pending transfer {seq} is from no account of this shard")]
     PendingOrphan {
         /// The transfer's sequence number.
         seq: u64,
@@ -237,8 +235,7 @@ impl ShardState {
 
     fn check_transfers(&self) -> Result<(), StateError> {
         for (&seq, pending) in &self.pending {
-            let from_here = (pending.from_local as usize) < self.accounts.len();
-            if !from_here || shard_of(pending.to, self.shards) == self.shard {
+            if pending.from_local as usize >= self.accounts.len() {
                 return Err(StateError::PendingOrphan { seq });
             }
             if seq >= self.next_transfer_seq {

@@ -70,7 +70,7 @@ const _: () = assert!(AMOUNT_MAX_MINOR.checked_mul(7).is_some());
 const _: () = assert!(TIME_MIN_MS < TIME_MAX_MS && DAY_MIN < DAY_MAX);
 const _: () = assert!(HALF_MONTH_MIN < HALF_MONTH_MAX && HALF_MONTH_MAX - HALF_MONTH_MIN < 200_000);
 // Every instant the engine accepts has its day within the days a state may hold.
-const _: () = assert!((TIME_MIN_MS / 86_400_000) as i64 > DAY_MIN as i64);
-const _: () = assert!(((TIME_MAX_MS / 86_400_000) as i64) < DAY_MAX as i64);
+const _: () = assert!(TIME_MIN_MS / 86_400_000 > DAY_MIN as i64);
+const _: () = assert!(TIME_MAX_MS / 86_400_000 < DAY_MAX as i64);
 // The counters count a prefix of the reasons (`Reason::COUNTED`).
 const _: () = assert!(Reason::COUNTED <= Reason::ALL.len());
