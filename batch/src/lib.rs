@@ -15,6 +15,8 @@
 
 #![warn(missing_docs)]
 
+mod limits;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -27,13 +29,10 @@ use plafond_shards::calendar::{business_day_of, Day};
 use plafond_shards::command::RegionId;
 use plafond_shards::ids::ShardId;
 use plafond_shards::region::Regions;
+use plafond_shards::store::StoreError;
 
-/// Accounts one epoch chunk covers: about a millisecond of work on a shard.
-pub const ROLL_CHUNK_ACCOUNTS: u32 = 16_384;
-/// The share of wall time an epoch keeps its chunks in flight; it rests the remainder.
-/// Measured: at 100 % an epoch over 10M accounts took a third of each shard's time for
-/// 160 ms and added several ms to the p99 of a load at half the maximum rate.
-pub const EPOCH_DUTY_PERCENT: u32 = 25;
+pub use crate::limits::EPOCH_DUTY_PERCENT;
+pub use crate::limits::ROLL_CHUNK_ACCOUNTS;
 /// How often the scheduler looks at the clock.
 pub const SCHEDULER_POLL: Duration = Duration::from_millis(200);
 
@@ -52,9 +51,9 @@ pub trait EpochHost: Send + Sync + 'static {
     /// The longest epoch chunk any shard applied since the last call, and resets it.
     fn take_pause_max(&self) -> Duration;
     /// The last completed epoch of `region`, from durable storage.
-    fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, String>;
+    fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, StoreError>;
     /// Records durably that `region`'s epoch for `day` completed.
-    fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), String>;
+    fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), StoreError>;
 }
 
 /// Why an epoch did not complete.
@@ -66,9 +65,10 @@ pub enum BatchError {
     /// No region has this name.
     #[error("unknown region {0}")]
     UnknownRegion(String),
-    /// Reading or recording a completed epoch failed.
+    /// Reading or recording a completed epoch failed; an epoch not recorded runs again
+    /// after the storage is fixed and the engine restarted.
     #[error("epoch storage: {0}")]
-    Storage(String),
+    Storage(#[from] StoreError),
 }
 
 /// One completed epoch.
@@ -120,7 +120,7 @@ impl<H: EpochHost> BatchService<H> {
         let count = host.regions().len();
         let mut regions = Vec::with_capacity(count);
         for region in 0..count as RegionId {
-            let last_day = host.last_epoch(region).map_err(BatchError::Storage)?;
+            let last_day = host.last_epoch(region)?;
             regions.push(RegionEpochs { last_day, last_report: None });
         }
         Ok(BatchService {
@@ -165,7 +165,7 @@ impl<H: EpochHost> BatchService<H> {
         let last = self.last_day(report.region);
         let advances = last.is_none_or(|last| report.day > last);
         if advances {
-            self.host.record_epoch(report.region, report.day).map_err(BatchError::Storage)?;
+            self.host.record_epoch(report.region, report.day)?;
         }
         let mut status = lock(&self.status);
         if let Some(epochs) = status.get_mut(usize::from(report.region)) {

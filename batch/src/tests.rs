@@ -78,10 +78,10 @@ impl EpochHost for FakeHost {
     fn take_pause_max(&self) -> Duration {
         Duration::ZERO
     }
-    fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, String> {
+    fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, StoreError> {
         Ok(self.last[usize::from(region)])
     }
-    fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), String> {
+    fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), StoreError> {
         lock(&self.records).push((region, day));
         Ok(())
     }

@@ -7,8 +7,9 @@
 //! scenario runs `PLAFOND_BENCH_RUNS` times on a fresh engine; the median is reported,
 //! and conservation is checked after every run.
 //!
-//! Before the engine runs, two baselines split the cost: building the requests alone,
-//! and the pure `apply` decision on one thread without channels, tickets or disk.
+//! Before the engine runs, a baseline splits the cost: building the requests alone. The
+//! other baseline, the pure `apply` decision on one thread without channels, tickets or
+//! disk, is the `apply` bench of this crate, which builds without RocksDB.
 //!
 //! Run: `cargo bench -p plafond-benches --bench pay`. Environment:
 //! - `PLAFOND_BENCH_CARDS` (default 1_000_000): N;
@@ -22,29 +23,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plafond::internals::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
-use plafond::internals::calendar::Calendar;
-use plafond::internals::state::ShardState;
-use plafond::{
-    Command, Durability, Engine, EngineConfig, ManualClock, Opening, Outcome, Reason, Regions,
-    Request, Ticket,
-};
+use plafond::{Durability, Engine, EngineConfig, ManualClock, Opening, Outcome, Reason, Ticket};
+use plafond_benches::workload::{Skew, Workload, PAYS_PER_CARD};
 use plafond_benches::SplitMix;
 
-/// Pays per card over the whole run.
-const PAYS_PER_CARD: u64 = 10;
 /// One business day.
 const DAY_MS: i64 = 86_400_000;
-/// Pay amounts are `1 ..= AMOUNT_MAX_MINOR`.
-const AMOUNT_MAX_MINOR: u64 = 5_000;
 /// The §11 opening of every card's account.
 const OPENING: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Skew {
-    Uniform,
-    Zipf,
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Scenario {
@@ -93,56 +79,6 @@ const fn scenario(
     batch_commands: usize,
 ) -> Scenario {
     Scenario { durability, skew, submitters, batch_commands, in_flight: 4 }
-}
-
-/// Zipf with s = 1 over ranks `1 ..= n` by rejection-inversion (Hörmann and Derflinger,
-/// as in `rand_distr::Zipf`): O(1) per sample, no table.
-struct Zipf {
-    t: f64,
-}
-
-impl Zipf {
-    fn new(n: u64) -> Zipf {
-        Zipf { t: 1.0 + (n as f64).ln() }
-    }
-
-    fn rank(&self, rng: &mut SplitMix) -> u64 {
-        loop {
-            let pt = rng.unit() * self.t;
-            let inv_b = if pt <= 1.0 { pt } else { (pt - 1.0).exp() };
-            let x = (inv_b + 1.0).floor();
-            let ratio = if x > 1.0 { inv_b / x } else { 1.0 / x };
-            if rng.unit() < ratio {
-                return x as u64;
-            }
-        }
-    }
-}
-
-/// Draws the cards and amounts of the workload.
-struct Workload {
-    cards: u64,
-    skew: Skew,
-    zipf: Zipf,
-}
-
-impl Workload {
-    fn new(cards: u64, skew: Skew) -> Workload {
-        Workload { cards, skew, zipf: Zipf::new(cards) }
-    }
-
-    fn pay(&self, rng: &mut SplitMix) -> Command {
-        let card = match self.skew {
-            Skew::Uniform => rng.below(self.cards),
-            // Rank 1 is card 0: the hottest cards alternate between shards.
-            Skew::Zipf => (self.zipf.rank(rng) - 1).min(self.cards - 1),
-        };
-        Command::Pay { card, amount_minor: 1 + rng.below(AMOUNT_MAX_MINOR) }
-    }
-
-    fn requests(&self, rng: &mut SplitMix, count: usize) -> Vec<Request> {
-        (0..count).map(|_| Request::new(self.pay(rng))).collect()
-    }
 }
 
 /// What one submitter saw.
@@ -379,59 +315,6 @@ fn baseline_requests(cards: u64) {
     );
 }
 
-/// The pure decision function on one thread: the ceiling of one shard.
-fn baseline_apply(cards: u64) {
-    let regions = Regions::builtin();
-    let region = regions.id_of("eu-west").expect("a built-in region");
-    let mut populated = ShardState::new(0, 1, regions.len());
-    let mut calendar = Calendar::new(&regions);
-    let start_ms = ManualClock::SERVER_START_MS;
-    let mut env = Env { regions: &regions, calendar: &mut calendar };
-    // What a shard logs at start-up: the configured rules of every region.
-    for (region_id, region) in (0..regions.len() as u16).filter_map(|r| Some((r, regions.get(r)?)))
-    {
-        let rules = Input::SetRules { region: region_id, rules: region.rules.clone() };
-        apply(&mut populated, &mut env, start_ms, &rules);
-    }
-    for profile in 0..cards {
-        let open = Input::Client(Request::new(Command::OpenProfile { region }));
-        apply(&mut populated, &mut env, start_ms, &open);
-        let open = Input::Client(Request::new(Command::OpenAccount {
-            profile,
-            kind: plafond::AccountKind::Checking,
-            opening: Some(OPENING),
-        }));
-        apply(&mut populated, &mut env, start_ms, &open);
-    }
-    let workload = Workload::new(cards, Skew::Uniform);
-    let mut rng = SplitMix(11);
-    let pays = cards * PAYS_PER_CARD;
-    let inputs: Vec<Input> =
-        (0..pays).map(|_| Input::Client(Request::new(workload.pay(&mut rng)))).collect();
-    for ahead in [0, 4, 8, PREFETCH_AHEAD, 32] {
-        let mut state = populated.clone();
-        let mut approved = 0u64;
-        let started = Instant::now();
-        for (index, input) in inputs.iter().enumerate() {
-            if let Some(Input::Client(request)) = inputs.get(index + ahead).filter(|_| ahead > 0) {
-                prefetch(&state, request);
-            }
-            let ts_ms = start_ms + (index as u64 / cards) as i64 * DAY_MS;
-            let applied = apply(&mut state, &mut env, ts_ms, input);
-            if matches!(applied.reply, Reply::Now(Outcome::Approved { .. })) {
-                approved += 1;
-            }
-        }
-        let elapsed = started.elapsed();
-        println!(
-            "baseline/apply (prefetch {ahead} ahead): {:.0} pays/s on one thread, one shard of \
-             {cards} cards ({:.1} ns each; {approved} approved)",
-            pays as f64 / elapsed.as_secs_f64(),
-            elapsed.as_nanos() as f64 / pays as f64
-        );
-    }
-}
-
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|text| text.replace('_', "").parse().ok()).unwrap_or(default)
 }
@@ -451,7 +334,6 @@ fn main() {
     );
     if only.is_empty() || only.contains("baseline") {
         baseline_requests(cards);
-        baseline_apply(cards);
     }
     for scenario in &SCENARIOS {
         if scenario.name().contains(&only) {

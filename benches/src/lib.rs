@@ -1,4 +1,9 @@
 //! Pieces plafond's benches share.
+//!
+//! The library is pure (it depends on `plafond-core` only); the benches and programs that
+//! run the engine need the `engine` feature (on by default), which links RocksDB.
+
+pub mod workload;
 
 /// SplitMix64: a tiny, fast generator, so producers spend their time producing.
 pub struct SplitMix(pub u64);

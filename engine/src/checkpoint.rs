@@ -31,19 +31,13 @@ use crate::error::EngineError;
 use plafond_snapshots::format::WriteOptions;
 use plafond_snapshots::{checkpoint_file_name, generation_of, CHECKPOINT_DIR};
 
-/// Checkpoint files kept: the newest, and the one a damaged newest falls back to.
-pub const CHECKPOINTS_KEPT: usize = 2;
+pub use crate::limits::CHECKPOINTS_KEPT;
 /// A checkpoint is taken at least this often while the log grows.
 pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// A checkpoint is also taken once this many changelog bytes were written since the last
 /// one: at about 20 bytes a payment, some 13M payments, which replay in about 2 s.
 pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 << 20;
-/// The most bytes a second a checkpoint file is written at: a checkpoint of 10M accounts
-/// (about 400 MB) then takes some 1.6 s to write instead of one burst that the WAL's
-/// fsyncs queue behind. Slower is gentler on the payments' latency but makes the newest
-/// complete checkpoint older, and a restart replays all the log after it: at 64 MiB/s a
-/// restart at 10M accounts after 30 s of full load took 6–7 s (docs/BENCHMARKS.md §7).
-pub const CHECKPOINT_WRITE_BYTES_PER_S: u64 = 256 << 20;
+pub use crate::limits::CHECKPOINT_WRITE_BYTES_PER_S;
 /// After a checkpoint, the next one waits at least this many times as long as it took:
 /// whatever the policy, checkpoints take at most half of the time (and of a core).
 const CHECKPOINT_REST_PER_DURATION: u32 = 1;
@@ -118,12 +112,8 @@ pub(crate) fn capture(
     Ok(captured)
 }
 
-/// Room a capture's buffers leave for tables that grow between the request and the
-/// instant, in parts of the tables' size: a little, since a table that outgrew its buffer
-/// is only slower to capture (it reallocates on the shard's thread), never wrong.
-const CAPTURE_ROOM_PER_MILLE: usize = 10;
-/// Entries of room added whatever the tables' size.
-const CAPTURE_ROOM_ENTRIES: usize = 4_096;
+use crate::limits::CAPTURE_ROOM_ENTRIES;
+use crate::limits::CAPTURE_ROOM_PER_MILLE;
 
 /// Buffers for a shard's capture, sized from what the shard published at its last batch,
 /// their pages touched here rather than on the shard's thread.

@@ -18,17 +18,9 @@ pub trait Clock: Send + Sync {
 
 /// A day, in milliseconds.
 pub const DAY_MS: i64 = 86_400_000;
-/// The most one `CLOCK.SET` or `CLOCK.ADVANCE` moves the manual clock, either way: tests
-/// move it by months, and a year and a bit covers an annual interest posting. Further is
-/// done in steps, each one's epochs caught up.
-pub const CLOCK_MOVE_DAYS_MAX: i64 = 400;
-/// The earliest time the manual clock may be moved to: 2000-01-01T00:00:00Z.
-pub const MANUAL_CLOCK_MIN_MS: i64 = 946_684_800_000;
-/// The latest: just before 2200-01-01T00:00:00Z.
-pub const MANUAL_CLOCK_MAX_MS: i64 = 7_258_118_400_000 - 1;
-const _: () = assert!(MANUAL_CLOCK_MIN_MS < ManualClock::SERVER_START_MS);
-const _: () = assert!(ManualClock::SERVER_START_MS < MANUAL_CLOCK_MAX_MS);
-const _: () = assert!(TIME_MIN_MS < MANUAL_CLOCK_MIN_MS && MANUAL_CLOCK_MAX_MS < TIME_MAX_MS);
+pub use crate::limits::CLOCK_MOVE_DAYS_MAX;
+pub use crate::limits::MANUAL_CLOCK_MAX_MS;
+pub use crate::limits::MANUAL_CLOCK_MIN_MS;
 
 /// Why a move of the manual clock was refused; the clock did not move.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -138,7 +138,8 @@ impl Engine {
                     jobs_rx,
                     health.clone(),
                     marks.clone(),
-                )?;
+                )
+                .map_err(|error| EngineError::Thread { what: "writer", error })?;
                 (Some(writer), Some(jobs_tx))
             }
             None => (None, None),
@@ -168,7 +169,8 @@ impl Engine {
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("plafond-shard-{shard}"))
-                .spawn(move || actor::run(setup, mailboxes, ready))?;
+                .spawn(move || actor::run(setup, mailboxes, ready))
+                .map_err(|error| EngineError::Thread { what: "shard", error })?;
             threads.push(thread);
         }
         // Only the shard threads hold senders now: if one dies unannounced, `recv` says so.
@@ -182,8 +184,7 @@ impl Engine {
             store: store.clone(),
             memory: Mutex::new(vec![None; regions.len()]),
         };
-        let batch =
-            Arc::new(BatchService::new(host).map_err(|e| EngineError::Config(e.to_string()))?);
+        let batch = Arc::new(BatchService::new(host)?);
         let mut engine = Engine {
             batch: batch.clone(),
             scheduler: None,
@@ -212,7 +213,8 @@ impl Engine {
             cells: Vec::new(),
         };
         let cells = (0..shards)
-            .map(|_| ready_rx.recv().map_err(|_| EngineError::Config("a shard thread died".into())))
+            .enumerate()
+            .map(|(ready, _)| ready_rx.recv().map_err(|_| EngineError::ShardDied { ready }))
             .collect::<Result<Vec<_>, _>>();
         // Before a failure drops the engine: a cell still in the channel would keep its
         // shard's job sender, and so the writer the engine joins, alive.
@@ -229,10 +231,16 @@ impl Engine {
         }
         if let (Some(dir), Some(store)) = (&engine.data_dir, &engine.store) {
             let setup = engine.checkpointer_setup(dir.clone(), store.clone());
-            engine.checkpointer = Some(Checkpointer::start(setup)?);
+            engine.checkpointer = Some(
+                Checkpointer::start(setup)
+                    .map_err(|error| EngineError::Thread { what: "checkpoint", error })?,
+            );
         }
         if let Some(poll) = config.epoch_poll {
-            engine.scheduler = Some(Scheduler::start(batch, poll)?);
+            engine.scheduler = Some(
+                Scheduler::start(batch, poll)
+                    .map_err(|error| EngineError::Thread { what: "epoch scheduler", error })?,
+            );
         }
         Ok(engine)
     }

@@ -14,7 +14,7 @@ use plafond_shards::calendar::Day;
 use plafond_shards::command::RegionId;
 use plafond_shards::ids::ShardId;
 use plafond_shards::region::Regions;
-use plafond_shards::store::Store;
+use plafond_shards::store::{Store, StoreError};
 
 use crate::clock::Clock;
 use crate::engine::Engine;
@@ -29,6 +29,14 @@ pub(crate) struct EngineHost {
     pub store: Option<Arc<Store>>,
     /// Without a store (durability `none`), completed epochs are remembered in memory.
     pub memory: std::sync::Mutex<Vec<Option<Day>>>,
+}
+
+impl EngineHost {
+    /// The epochs remembered in memory; a panic elsewhere while holding the lock left the
+    /// days whole (each is one store), so a poisoned lock is taken over.
+    fn memory(&self) -> std::sync::MutexGuard<'_, Vec<Option<Day>>> {
+        self.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl EpochHost for EngineHost {
@@ -59,28 +67,22 @@ impl EpochHost for EngineHost {
         Duration::from_nanos(pause_ns.unwrap_or(0))
     }
 
-    fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, String> {
+    fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, StoreError> {
         match &self.store {
-            Some(store) => store.last_epoch(region).map_err(|e| e.to_string()),
-            None => Ok(self
-                .memory
-                .lock()
-                .map_err(|_| "poisoned")?
-                .get(usize::from(region))
-                .copied()
-                .flatten()),
+            Some(store) => store.last_epoch(region),
+            None => Ok(self.memory().get(usize::from(region)).copied().flatten()),
         }
     }
 
-    fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), String> {
+    fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), StoreError> {
         match &self.store {
             Some(store) => {
-                store.record_epoch(region, day).map_err(|e| e.to_string())?;
+                store.record_epoch(region, day)?;
                 set_ids_horizon(store, &self.regions, region, day);
                 Ok(())
             }
             None => {
-                let mut memory = self.memory.lock().map_err(|_| "poisoned")?;
+                let mut memory = self.memory();
                 if let Some(slot) = memory.get_mut(usize::from(region)) {
                     *slot = Some(day);
                 }

@@ -26,9 +26,26 @@ pub enum EngineError {
          restart (every acknowledged outcome is kept)"
     )]
     Storage(String),
-    /// A thread could not be started.
-    #[error("cannot start a thread: {0}")]
-    Thread(#[from] std::io::Error),
+    /// A thread could not be started (the system is out of threads or memory).
+    #[error("cannot start the {what} thread: {error}; raise the process's limits or free memory")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// A shard's thread ended before it was ready (it panicked while loading its state).
+    #[error(
+        "a shard's thread stopped while starting, after {ready} shards were ready (its panic \
+         message is above); the engine is not open"
+    )]
+    ShardDied {
+        /// How many shards had reported ready.
+        ready: usize,
+    },
+    /// The batch service could not start or run an epoch.
+    #[error(transparent)]
+    Batch(#[from] plafond_batch::BatchError),
     /// A file or directory of the data directory could not be read or written.
     #[error("{what}: {error}")]
     Io {

@@ -41,6 +41,7 @@ mod config;
 mod engine;
 mod epochs;
 mod error;
+mod limits;
 mod populate;
 mod report;
 mod retention;

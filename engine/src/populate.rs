@@ -6,8 +6,7 @@ use plafond_shards::command::{AccountKind, Command, Opening, Outcome, RegionId, 
 use crate::engine::Engine;
 use crate::error::EngineError;
 
-/// Commands per submission while populating.
-const POPULATE_CHUNK: u64 = 65_536;
+use crate::limits::POPULATE_CHUNK;
 
 impl Engine {
     /// Creates `accounts` profiles in `region`, each with a checking account holding

@@ -17,10 +17,7 @@ use std::time::Instant;
 
 use crate::clock::{Clock, DAY_MS};
 
-/// The longest jump forward of the host's clock, past the last time used, that is taken
-/// without an operator: longer than any downtime a restart should absorb silently (a
-/// month-end closing, a long weekend), far shorter than the years a wrong clock can jump.
-pub const CLOCK_JUMP_DAYS_MAX: i64 = 40;
+pub use crate::limits::CLOCK_JUMP_DAYS_MAX;
 
 /// Before the first reading and [`Clock::resume_from`]: nothing to measure a jump from.
 const NO_TIME_YET: i64 = i64::MIN;

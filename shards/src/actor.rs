@@ -33,22 +33,11 @@ use crate::reply::{Collector, Slot};
 use crate::state::{CaptureBuffers, ShardState, StateCapture};
 use crate::store::{Durability, DurableMarks, JobSender, Release, Store, StoreError, WriteJob};
 
-/// The most client commands one shard batch takes.
-pub const BATCH_COMMANDS_MAX: usize = 8192;
-/// The most submissions waiting in one shard's ingress mailbox.
-pub const INGRESS_MAILS_MAX: usize = 4096;
-/// The most entries of each table a capture copies between two batches: about a quarter
-/// of a millisecond of copying on a quiet core.
-pub const CAPTURE_STEP_ENTRIES: usize = 16_384;
-/// Entries of each table copied between two looks at the clock within a step.
-pub const CAPTURE_SLICE_ENTRIES: usize = 2_048;
-/// A step stops at the first slice that ends after this much time: under load, copying
-/// the entries written since the capture began (and a core shared with other threads)
-/// made steps of 16,384 entries take 2-7 ms at 10M accounts; the budget keeps a step
-/// well inside the 2 ms a checkpoint may pause a shard (§7), whatever the entries cost.
-pub const CAPTURE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_micros(400);
-const _: () = assert!(CAPTURE_SLICE_ENTRIES <= CAPTURE_STEP_ENTRIES);
-const _: () = assert!(CAPTURE_STEP_ENTRIES.is_multiple_of(CAPTURE_SLICE_ENTRIES));
+pub use crate::limits::BATCH_COMMANDS_MAX;
+pub use crate::limits::CAPTURE_SLICE_ENTRIES;
+pub use crate::limits::CAPTURE_STEP_BUDGET;
+pub use crate::limits::CAPTURE_STEP_ENTRIES;
+pub use crate::limits::INGRESS_MAILS_MAX;
 
 /// A shard's state captured at one instant, with its log position: the state is exactly
 /// the shard's logged batches `0 .. position`.
@@ -728,6 +717,13 @@ impl Actor {
     }
 
     fn flush(&mut self, batch: Batch) {
+        // The check run on every state read from a file, paired before every write: in a
+        // debug build, a state that breaks an invariant is this build's bug, stopped
+        // before it is logged (linear in the state, so not in release builds).
+        #[cfg(debug_assertions)]
+        if let Err(error) = self.state.check() {
+            panic!("shard {} broke an invariant of its state: {error}", self.setup.shard);
+        }
         let release = ShardRelease {
             claims: batch.claims,
             claims_table: self.setup.claims.clone(),

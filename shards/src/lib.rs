@@ -1,42 +1,36 @@
-//! The shards of plafond.
+//! The shards of plafond: the runtime around the pure core (`plafond-core`).
 //!
-//! A shard is a single-writer loop that owns a partition of the accounts. This crate holds
-//! everything a shard is made of, from the inside out:
+//! A shard is a single-writer loop that owns a partition of the accounts. The core
+//! decides; this crate stores, schedules and answers:
 //!
-//! - [`money`], [`ids`], [`command`]: the vocabulary (amounts, ids, commands, outcomes);
-//! - [`region`], [`calendar`]: regions and their business days in their own time zone;
-//! - [`window`], [`interest`]: the seven-day card window and the half-month savings rule;
-//! - [`state`], [`table`], [`apply`]: a shard's state (its big tables capturable at an
-//!   instant without stopping it) and the pure function that decides a command;
-//! - [`idempotency`], [`remembered`]: what a command id remembers, and where a shard finds
-//!   it (on disk, beside the log);
+//! - [`remembered`]: where a shard finds what a command id remembers (on disk, beside the
+//!   log, and the ids in flight);
 //! - [`log`], [`store`]: the on-disk changelog and the RocksDB group-commit writer;
 //! - [`archive`]: checksummed segment files of old log batches, and their replay;
 //! - [`watermark`], [`health`]: the acknowledged-write witness kept outside the WAL, and
 //!   whether the storage still takes writes;
-//! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together.
+//! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together;
+//! - [`limits`]: the runtime's limits, and how they relate to the core's.
+//!
+//! The core's modules are re-exported under their old paths (`plafond_shards::money`,
+//! `plafond_shards::apply`, ...), so one path names each item whichever crate holds it.
 //!
 //! Nothing here reads a wall clock: every input carries the time it was stamped with at
 //! ingress, so replaying the log reproduces the state exactly.
 
 #![warn(missing_docs)]
 
+pub use plafond_core::{
+    apply, calendar, check, command, idempotency, ids, interest, money, region, state, table,
+    window,
+};
+
 pub mod actor;
-pub mod apply;
 pub mod archive;
-pub mod calendar;
-pub mod command;
 pub mod health;
-pub mod idempotency;
-pub mod ids;
-pub mod interest;
+pub mod limits;
 pub mod log;
-pub mod money;
-pub mod region;
 pub mod remembered;
 pub mod reply;
-pub mod state;
 pub mod store;
-pub mod table;
 pub mod watermark;
-pub mod window;

@@ -26,8 +26,7 @@ const LOG_FORMAT_VERSION_ABSOLUTE_TIMES: u8 = 1;
 pub const LOG_KEY_PREFIX: u8 = b'L';
 /// Bytes of a log key.
 pub const LOG_KEY_BYTES: usize = 11;
-/// The largest entry a decoder will accept, against corrupt length fields.
-pub const ENTRY_BYTES_MAX: usize = 1 << 20;
+pub use crate::limits::ENTRY_BYTES_MAX;
 const HEADER_BYTES: usize = 5;
 
 type Config = bincode::config::Configuration;

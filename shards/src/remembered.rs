@@ -27,9 +27,7 @@ use crate::command::{Command, CommandId, RegionId};
 use crate::idempotency::IdempotencyRecord;
 use crate::store::{Store, StoreError};
 
-/// The most expired records the in-memory store drops per call of
-/// [`RememberedIds::expire`]: an epoch chunk's worth, so expiry never pauses a shard long.
-pub const EXPIRE_RECORDS_PER_CALL_MAX: usize = 16_384;
+pub use crate::limits::EXPIRE_RECORDS_PER_CALL_MAX;
 
 /// Command ids submitted and not yet durable in their shard, across all shards: a second
 /// use of one on another shard meanwhile is refused as a conflict at the door, since

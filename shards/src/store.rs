@@ -22,7 +22,7 @@ use rocksdb::{
 use crate::calendar::Day;
 use crate::command::{CommandId, RegionId};
 use crate::health::StorageHealth;
-use crate::idempotency::{expiry_fields, IdempotencyRecord};
+use crate::idempotency::{expiry_fields, IdempotencyRecord, RecordError};
 use crate::ids::ShardId;
 use crate::log::{decode_batch, log_key, parse_log_key, Entry, LogError};
 use crate::region::REGIONS_MAX;
@@ -64,10 +64,8 @@ const IDS_WRITE_BUFFER_BYTES: usize = 64 << 20;
 const IDS_MEMTABLE_BLOOM_RATIO: f64 = 0.05;
 /// Bytes RocksDB writes of a table file between two syncs of it.
 const STORE_BYTES_PER_SYNC: u64 = 1 << 20;
-/// The most shard batches one group commit takes.
-pub const GROUP_BATCHES_MAX: usize = 256;
-/// The most bytes one group commit takes, so one fsync never waits on a huge write.
-pub const GROUP_BYTES_MAX: usize = 32 << 20;
+pub use crate::limits::GROUP_BATCHES_MAX;
+pub use crate::limits::GROUP_BYTES_MAX;
 /// How often the `async` mode fsyncs the WAL: its loss window on a machine crash.
 pub const ASYNC_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -125,7 +123,10 @@ pub enum StoreError {
     Meta(&'static str),
     /// An idempotency record on disk is malformed.
     #[error("an idempotency record is corrupt ({0}): the data directory is damaged")]
-    Record(String),
+    Record(#[from] RecordError),
+    /// A key of the ids column family is not a command id.
+    #[error("a key of the idempotency records is not a command id: the data directory is damaged")]
+    RecordKey,
     /// The write-ahead log recovered fewer writes than were acknowledged.
     #[error(
         "writes were acknowledged up to RocksDB sequence {acknowledged}, but the log recovers \
@@ -385,7 +386,7 @@ impl Store {
             let id = std::str::from_utf8(&key)
                 .ok()
                 .and_then(|text| CommandId::new(text).ok())
-                .ok_or_else(|| StoreError::Record("a key is not a command id".into()))?;
+                .ok_or(StoreError::RecordKey)?;
             visit(id, IdempotencyRecord::decode(&value).map_err(StoreError::Record)?);
         }
         Ok(())

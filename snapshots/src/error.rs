@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use plafond_shards::check::StateError;
 use plafond_shards::ids::ShardId;
 use plafond_shards::store::StoreError;
 
@@ -103,6 +104,18 @@ pub enum SnapshotError {
         shard: ShardId,
         /// What is wrong with its state.
         problem: String,
+    },
+    /// A shard's state decoded but breaks an invariant of the state (a cycle, an orphan
+    /// record, a field out of range): no engine made it, so it is not loaded.
+    #[error(
+        "the state of shard {shard} in the snapshot is not one an engine makes ({source}): \
+         the file was damaged or crafted; use another snapshot or checkpoint"
+    )]
+    InvalidState {
+        /// The shard.
+        shard: ShardId,
+        /// The invariant it breaks.
+        source: StateError,
     },
     /// The states given to write do not form a snapshot.
     #[error("cannot snapshot these shards: {problem}")]

@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use bincode::error::DecodeError;
 use plafond_shards::ids::{ShardId, SHARDS_MAX};
-use plafond_shards::state::{ShardState, NO_ACCOUNT};
+use plafond_shards::state::ShardState;
 
 use crate::tables::{self, BLOCK_ENTRIES};
 
@@ -728,62 +728,39 @@ fn decode_state(header: &Header, shard: usize, bytes: &[u8]) -> Result<ShardStat
     } else {
         decode_v3(bytes, table_workers(header.shards)).map_err(corrupt)?
     };
-    check_state(&state, header, shard).map_err(corrupt)?;
+    check_state(&state, header, shard)?;
     Ok(state)
 }
 
-/// Checks what the shard code takes for granted (indices in range, vectors sized by the
-/// shard and region counts), so a crafted file that passes its checksums still cannot
-/// make a restored shard index out of bounds.
-pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<(), String> {
-    let regions = usize::from(header.regions);
+/// Checks that the state is the one the header describes (its shard, the shard and region
+/// counts, its account count), then the state's own invariants ([`ShardState::check`]: no
+/// index out of range, no cycle, no orphan record, every field in range), so a crafted
+/// file that passes its checksums still cannot wedge or crash a restored shard.
+pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<(), SnapshotError> {
+    let corrupt =
+        |problem: String| SnapshotError::CorruptShard { shard: shard as ShardId, problem };
     let expected = &header.sections[shard];
     if usize::from(state.shard) != shard || state.shards != header.shards {
-        return Err(format!(
+        return Err(corrupt(format!(
             "it says it is shard {} of {}, not {shard} of {}",
             state.shard, state.shards, header.shards
-        ));
+        )));
     }
     if state.accounts.len() as u64 != expected.accounts {
-        return Err(format!(
+        return Err(corrupt(format!(
             "{} accounts, the header says {}",
             state.accounts.len(),
             expected.accounts
-        ));
+        )));
     }
-    if state.rolled_day.len() != regions
-        || state.rules.len() != regions
-        || state.counters.len() != regions + 1
-        || state.credits_seen.len() != usize::from(header.shards)
-    {
-        return Err("its per-region or per-shard tables have the wrong length".into());
+    if state.rolled_day.len() != usize::from(header.regions) {
+        return Err(corrupt(format!(
+            "{} regions, the header says {}",
+            state.rolled_day.len(),
+            header.regions
+        )));
     }
-    let (profiles, accounts) = (state.profiles.len(), state.accounts.len());
-    let account_ok = |index: u32| index == NO_ACCOUNT || (index as usize) < accounts;
-    for (index, profile) in state.profiles.iter().enumerate() {
-        let linked = account_ok(profile.first_account) && account_ok(profile.last_account);
-        if usize::from(profile.region) >= regions || !linked {
-            return Err(format!("profile {index} points outside the shard"));
-        }
-    }
-    for (index, account) in state.accounts.iter().enumerate() {
-        let owned = (account.profile as usize) < profiles;
-        if !owned || !account_ok(account.next_in_profile) || usize::from(account.region) >= regions
-        {
-            return Err(format!("account {index} points outside the shard"));
-        }
-    }
-    for (seq, pending) in &state.pending {
-        if pending.from_local as usize >= accounts {
-            return Err(format!("pending transfer {seq} is from no account"));
-        }
-    }
-    for (id, record) in &state.remembered {
-        if record.shard != state.shard || usize::from(record.region) >= regions {
-            return Err(format!("the record of command id {} is not this shard's", id.as_str()));
-        }
-    }
-    Ok(())
+    state.check().map_err(|source| SnapshotError::InvalidState { shard: shard as ShardId, source })
 }
 
 /// Recomputes the shard's money from its accounts: their balances must add up to the

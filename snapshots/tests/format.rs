@@ -1,7 +1,9 @@
 //! The snapshot file format without an engine: the documented encoding, round trips over
 //! many chunks, and files that pass their checksums yet must be refused.
 
-use plafond_shards::command::CardStatus;
+use plafond_shards::check::StateError;
+use plafond_shards::command::{CardStatus, Command, CommandId};
+use plafond_shards::idempotency::{IdempotencyRecord, Remembered};
 use plafond_shards::interest::Savings;
 use plafond_shards::state::{Account, Card, Instrument, Profile, ShardState, NO_ACCOUNT};
 use plafond_shards::window::Window;
@@ -230,6 +232,65 @@ fn a_state_pointing_outside_its_shard_is_refused_despite_good_checksums() {
     let sections = vec![encoded];
     let error = read_bytes(&assemble(&header_for(&sections, 4), &sections)).unwrap_err();
     assert!(error.to_string().contains("3 accounts, the header says 4"), "{error}");
+}
+
+/// Reads `state` from a file whose every checksum is right.
+fn read_crafted(state: &ShardState) -> Result<(), SnapshotError> {
+    let sections = vec![format::encode_state(state).unwrap()];
+    read_bytes(&assemble(&header_for(&sections, state.accounts.len() as u64), &sections))
+}
+
+#[test]
+fn a_cycle_in_a_profiles_account_list_is_refused_despite_good_checksums() {
+    let mut state = shard(0, 1, 3);
+    // Profile 1's list would be 1, 1, 1, ...: reading the profile loops forever.
+    state.accounts[1].next_in_profile = 1;
+    let error = read_crafted(&state).unwrap_err();
+    let cycle = StateError::ListCycle { profile: 1, account: 1 };
+    assert!(
+        matches!(&error, SnapshotError::InvalidState { shard: 0, source } if *source == cycle),
+        "{error}"
+    );
+    assert!(error.to_string().contains("loops back to account 1"), "{error}");
+}
+
+#[test]
+fn a_pending_record_without_its_transfer_is_refused_despite_good_checksums() {
+    let mut state = shard(0, 1, 3);
+    let record = IdempotencyRecord {
+        command: Command::Transfer { from: 0, to: 1, amount_minor: 10 },
+        // No transfer 5 is in flight: a retry of the command would park forever.
+        remembered: Remembered::Pending { seq: 5 },
+        region: 0,
+        day: 20_000,
+        shard: 0,
+        batch_seq: 0,
+    };
+    state.remembered = vec![(CommandId::new("t-1").unwrap(), record)];
+    let error = read_crafted(&state).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            SnapshotError::InvalidState { source: StateError::RecordOrphan { .. }, .. }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("a transfer that is not in flight"), "{error}");
+}
+
+#[test]
+fn a_half_month_out_of_the_calendar_is_refused_despite_good_checksums() {
+    let mut state = shard(0, 1, 3);
+    // The first touch of the account would walk 2^31 half-months.
+    state.accounts[2].instrument = Instrument::Savings(Savings::opened(i32::MIN));
+    let error = read_crafted(&state).unwrap_err();
+    assert!(
+        matches!(&error, SnapshotError::InvalidState { source: StateError::OutOfRange { .. }, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("half-month of savings account 2"), "{error}");
+    state.accounts[2].instrument = Instrument::Savings(Savings::opened(2027 * 24));
+    read_crafted(&state).unwrap();
 }
 
 #[test]

@@ -24,8 +24,7 @@ use crate::region::{Regions, Rules};
 use crate::state::{Account, Card, Instrument, PendingTransfer, Profile, ShardState, NO_ACCOUNT};
 use crate::window::Window;
 
-/// The most accounts (and profiles) one shard may hold: local indices are `u32`.
-pub const SHARD_ENTRIES_MAX: usize = (NO_ACCOUNT - 1) as usize;
+pub use crate::limits::SHARD_ENTRIES_MAX;
 
 /// Anything a shard applies.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -263,9 +262,11 @@ fn decline(
     reason: Reason,
     amount_minor: u64,
 ) -> Applied {
-    let counters = state.counters_of(region);
-    counters.declined[reason.index()] += 1;
-    counters.declined_minor[reason.index()] += u128::from(amount_minor);
+    if reason.counted() {
+        let counters = state.counters_of(region);
+        counters.declined[reason.index()] += 1;
+        counters.declined_minor[reason.index()] += u128::from(amount_minor);
+    }
     Applied::changed(Outcome::Declined(reason))
 }
 
@@ -332,7 +333,9 @@ fn open_profile(state: &mut ShardState, env: &mut Env<'_>, region: RegionId) -> 
     if env.regions.get(region).is_none() {
         return decline(state, None, Reason::UnknownRegion, 0);
     }
-    assert!(state.profiles.len() < SHARD_ENTRIES_MAX, "shard profile table is full");
+    if state.profiles.len() >= SHARD_ENTRIES_MAX {
+        return decline(state, Some(region), Reason::ShardFull, 0);
+    }
     let local = state.profiles.len() as u64;
     let Some(profile) = global_of(local, state.shard, state.shards) else {
         return decline(state, Some(region), Reason::UnknownProfile, 0);
@@ -358,7 +361,9 @@ fn open_account(
     else {
         return decline(state, None, Reason::UnknownRegion, 0);
     };
-    assert!(state.accounts.len() < SHARD_ENTRIES_MAX, "shard account table is full");
+    if state.accounts.len() >= SHARD_ENTRIES_MAX {
+        return decline(state, Some(region_id), Reason::ShardFull, 0);
+    }
     let local = state.accounts.len() as u32;
     let Some(account) = global_of(u64::from(local), state.shard, state.shards) else {
         return decline(state, Some(region_id), Reason::UnknownProfile, 0);
@@ -642,9 +647,11 @@ fn apply_settle(
             }
             state.totals.refunds_minor += u128::from(amount_minor);
             let region = Some(state.accounts[local].region);
-            let counters = state.counters_of(region);
-            counters.declined[reason.index()] += 1;
-            counters.declined_minor[reason.index()] += u128::from(amount_minor);
+            if reason.counted() {
+                let counters = state.counters_of(region);
+                counters.declined[reason.index()] += 1;
+                counters.declined_minor[reason.index()] += u128::from(amount_minor);
+            }
             Outcome::Declined(reason)
         }
     };
@@ -775,7 +782,7 @@ fn roll(state: &mut ShardState, region: RegionId, day: Day, start: u32, end: u32
 }
 
 #[cfg(test)]
-mod prefetch_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -799,5 +806,38 @@ mod prefetch_tests {
         }
         prefetch(&state, &Request::new(Command::ReadProfile { profile: 0 }));
         assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_full_shard_declines_opens_and_changes_nothing() {
+        // SHARD_ENTRIES_MAX is 8 in this crate's tests (crate::limits).
+        let regions = Regions::builtin();
+        let region = regions.id_of("eu-west").unwrap();
+        let mut state = ShardState::new(0, 1, regions.len());
+        let mut calendar = Calendar::new(&regions);
+        let mut env = Env { regions: &regions, calendar: &mut calendar };
+        let rules = regions.get(region).unwrap().rules.clone();
+        apply(&mut state, &mut env, 0, &Input::SetRules { region, rules });
+        let mut client = |state: &mut ShardState, command: Command| {
+            apply(state, &mut env, 0, &Input::Client(Request::new(command))).reply
+        };
+        for profile in 0..SHARD_ENTRIES_MAX as u64 {
+            let opened = client(&mut state, Command::OpenProfile { region });
+            assert_eq!(opened, Reply::Now(Outcome::ProfileOpened { profile }));
+        }
+        let full = Reply::Now(Outcome::Declined(Reason::ShardFull));
+        assert_eq!(client(&mut state, Command::OpenProfile { region }), full);
+        assert_eq!(state.profiles.len(), SHARD_ENTRIES_MAX);
+        let kind = AccountKind::Savings;
+        for _ in 0..SHARD_ENTRIES_MAX {
+            let open = Command::OpenAccount { profile: 0, kind, opening: None };
+            assert!(matches!(client(&mut state, open), Reply::Now(Outcome::AccountOpened { .. })));
+        }
+        let before = state.clone();
+        let open = Command::OpenAccount { profile: 1, kind, opening: None };
+        assert_eq!(client(&mut state, open), full);
+        assert_eq!(state, before, "a full shard changes nothing, not even a counter");
+        assert_eq!(state.check(), Ok(()));
+        assert_eq!(Reason::ShardFull.as_str(), "SHARD_FULL");
     }
 }

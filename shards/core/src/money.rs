@@ -1,7 +1,6 @@
 //! Money: integer minor units, checked everywhere.
 
-/// The largest amount a single command may carry (10^15 minor units).
-pub const AMOUNT_MAX_MINOR: u64 = 1_000_000_000_000_000;
+pub use crate::limits::AMOUNT_MAX_MINOR;
 
 /// Whether `amount_minor` is an acceptable command amount (`1 ..= 10^15`).
 pub fn amount_is_valid(amount_minor: u64) -> bool {

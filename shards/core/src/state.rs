@@ -4,6 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bincode::de::Decoder;
+use bincode::enc::Encoder;
+use bincode::error::{DecodeError, EncodeError};
 use bincode::{Decode, Encode};
 
 use crate::calendar::Day;
@@ -126,7 +129,12 @@ impl Totals {
 }
 
 /// Counters of one region (or of commands no region could be found for).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+///
+/// Encoded as its fields in order, with the first [`Reason::COUNTED`] entries of each
+/// array (the layout of snapshot format 3, `docs/SNAPSHOT_FORMAT.md`); the later entries
+/// are never counted by a shard (only the engine's own report fills them), so encoding
+/// loses nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RegionCounters {
     /// Profiles opened.
     pub profiles: u64,
@@ -161,6 +169,47 @@ impl RegionCounters {
         }
     }
 }
+
+impl Encode for RegionCounters {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.profiles.encode(encoder)?;
+        self.checking_accounts.encode(encoder)?;
+        self.savings_accounts.encode(encoder)?;
+        self.balances_minor.encode(encoder)?;
+        self.payments_approved.encode(encoder)?;
+        self.payments_approved_minor.encode(encoder)?;
+        for count in self.declined.iter().take(Reason::COUNTED) {
+            count.encode(encoder)?;
+        }
+        for amount_minor in self.declined_minor.iter().take(Reason::COUNTED) {
+            amount_minor.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl<Context> Decode<Context> for RegionCounters {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let mut counters = RegionCounters {
+            profiles: u64::decode(decoder)?,
+            checking_accounts: u64::decode(decoder)?,
+            savings_accounts: u64::decode(decoder)?,
+            balances_minor: u128::decode(decoder)?,
+            payments_approved: u64::decode(decoder)?,
+            payments_approved_minor: u128::decode(decoder)?,
+            ..RegionCounters::default()
+        };
+        for count in counters.declined.iter_mut().take(Reason::COUNTED) {
+            *count = u64::decode(decoder)?;
+        }
+        for amount_minor in counters.declined_minor.iter_mut().take(Reason::COUNTED) {
+            *amount_minor = u128::decode(decoder)?;
+        }
+        Ok(counters)
+    }
+}
+
+bincode::impl_borrow_decode!(RegionCounters);
 
 /// The state of one shard. Deterministic: the same inputs give the same state.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]

@@ -15,11 +15,8 @@ use crate::region::{Region, Regions};
 /// A business day: days since 1970-01-01 of its local date.
 pub type Day = i32;
 
-/// Earliest and latest instants the engine accepts (years 1900 and 9000): clocks outside
-/// are clamped at ingress so that no date arithmetic can fail.
-pub const TIME_MIN_MS: i64 = -2_208_988_800_000;
-/// The latest of the two: 9000-01-01T00:00Z, in Unix milliseconds.
-pub const TIME_MAX_MS: i64 = 221_845_392_000_000;
+pub use crate::limits::TIME_MAX_MS;
+pub use crate::limits::TIME_MIN_MS;
 
 #[derive(Clone, Copy, Debug)]
 struct DaySpan {
@@ -97,7 +94,9 @@ pub fn date_of_day(day: Day) -> Date {
     Date::new(year as i16, month as i8, dom as i8).unwrap_or(Date::constant(1970, 1, 1))
 }
 
-fn days_from_civil(year: i32, month: i32, day: i32) -> i32 {
+/// Days since 1970-01-01 of the civil date `year-month-day` (Howard Hinnant's
+/// `days_from_civil`); `const` so the limits can name days by their dates.
+pub const fn days_from_civil(year: i32, month: i32, day: i32) -> i32 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = if year >= 0 { year } else { year - 399 } / 400;
     let year_of_era = year - era * 400;
@@ -107,7 +106,7 @@ fn days_from_civil(year: i32, month: i32, day: i32) -> i32 {
     era * 146_097 + day_of_era - 719_468
 }
 
-fn civil_from_days(days: i32) -> (i32, i32, i32) {
+const fn civil_from_days(days: i32) -> (i32, i32, i32) {
     let z = days + 719_468;
     let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
     let day_of_era = z - era * 146_097;
@@ -117,14 +116,14 @@ fn civil_from_days(days: i32) -> (i32, i32, i32) {
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
     let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    (year_of_era + era * 400 + i32::from(month <= 2), month, day)
+    (year_of_era + era * 400 + (month <= 2) as i32, month, day)
 }
 
 /// The half-month of a business day, counted from year 0: `year * 24 + k` with
 /// `k = 2 * (month - 1) + (day >= 16)` (§5).
-pub fn half_month_of(day: Day) -> i32 {
+pub const fn half_month_of(day: Day) -> i32 {
     let (year, month, dom) = civil_from_days(day);
-    year * 24 + 2 * (month - 1) + i32::from(dom >= 16)
+    year * 24 + 2 * (month - 1) + (dom >= 16) as i32
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use crate::command::RegionId;
 use crate::idempotency::{RETENTION_DAYS_DEFAULT, RETENTION_DAYS_MAX, RETENTION_DAYS_MIN};
 use crate::money;
 
-/// The most regions an engine may have.
-pub const REGIONS_MAX: usize = 64;
+pub use crate::limits::REGIONS_MAX;
+use crate::limits::SAVINGS_RATE_BP_MAX;
 /// How far ahead a roll time is checked against daylight-saving transitions.
 pub const DST_CHECK_DAYS: i32 = 3653;
 
@@ -243,7 +243,7 @@ impl Region {
                 return Err(RegionError::BadAmount { region: name.clone(), what });
             }
         }
-        if entry.savings_rate_bp > 100_000 {
+        if entry.savings_rate_bp > SAVINGS_RATE_BP_MAX {
             return Err(RegionError::BadRate { region: name });
         }
         let retention_days = entry.idempotency_retention_days;

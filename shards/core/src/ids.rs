@@ -14,8 +14,7 @@ pub type AccountId = u64;
 /// A card id (equal to the id of the checking account it belongs to).
 pub type CardId = u64;
 
-/// The most shards an engine may have.
-pub const SHARDS_MAX: u16 = 256;
+pub use crate::limits::SHARDS_MAX;
 
 /// Which shard owns `id`, for `shards` shards.
 pub fn shard_of(id: u64, shards: u16) -> ShardId {

@@ -21,16 +21,13 @@ use crate::ids::{global_of, ShardId};
 use crate::region::Regions;
 use crate::state::{PendingTransfer, ShardState};
 
-/// The fewest business days a region may remember command ids.
-pub const RETENTION_DAYS_MIN: u16 = 1;
-/// The most business days a region may remember command ids.
-pub const RETENTION_DAYS_MAX: u16 = 400;
+pub use crate::limits::RETENTION_DAYS_MAX;
+pub use crate::limits::RETENTION_DAYS_MIN;
 /// Business days a region remembers command ids unless configured otherwise.
 pub const RETENTION_DAYS_DEFAULT: u16 = 30;
 /// Version of the encoded record (the first byte of its value on disk).
 pub const RECORD_FORMAT_VERSION: u8 = 1;
-/// The largest encoded record a reader accepts, against corrupt lengths.
-pub const RECORD_BYTES_MAX: usize = 4096;
+pub use crate::limits::RECORD_BYTES_MAX;
 /// Bytes before the bincode body of an encoded record: version, region, day.
 const RECORD_HEADER_BYTES: usize = 7;
 
@@ -135,26 +132,45 @@ impl IdempotencyRecord {
     }
 
     /// Reads a record's bytes, refusing anything malformed.
-    pub fn decode(bytes: &[u8]) -> Result<IdempotencyRecord, String> {
+    pub fn decode(bytes: &[u8]) -> Result<IdempotencyRecord, RecordError> {
         if expiry_fields(bytes).is_none() {
-            return Err(format!(
-                "an idempotency record of {} bytes is not of format {RECORD_FORMAT_VERSION}",
-                bytes.len()
-            ));
+            return Err(RecordError::Version { bytes: bytes.len() });
         }
         let body = &bytes[RECORD_HEADER_BYTES..];
         let config = bincode::config::standard().with_limit::<RECORD_BYTES_MAX>();
-        let (record, used) =
-            bincode::decode_from_slice(body, config).map_err(|error| error.to_string())?;
+        let (record, used) = bincode::decode_from_slice(body, config)?;
         if used != body.len() {
-            return Err(format!("{} bytes after an idempotency record", body.len() - used));
+            return Err(RecordError::TrailingBytes { extra: body.len() - used });
         }
         let record: IdempotencyRecord = record;
         if expiry_fields(bytes) != Some((record.region, record.day)) {
-            return Err("an idempotency record's header disagrees with its body".into());
+            return Err(RecordError::HeaderMismatch);
         }
         Ok(record)
     }
+}
+
+/// Why the bytes of an idempotency record are not one.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Too short for a header, or of another format version.
+    #[error("an idempotency record of {bytes} bytes is not of format {RECORD_FORMAT_VERSION}")]
+    Version {
+        /// The length found.
+        bytes: usize,
+    },
+    /// The body does not decode.
+    #[error("its body does not decode: {0}")]
+    Body(#[from] bincode::error::DecodeError),
+    /// Bytes after the body.
+    #[error("{extra} bytes after an idempotency record")]
+    TrailingBytes {
+        /// How many.
+        extra: usize,
+    },
+    /// The header's region and day are not the body's.
+    #[error("an idempotency record's header disagrees with its body")]
+    HeaderMismatch,
 }
 
 /// What `command` gets when its id remembers `record` (looked up before applying it), on
@@ -226,7 +242,7 @@ mod tests {
     fn records_round_trip_and_damage_is_refused() {
         let made = record(-5);
         let bytes = made.encode();
-        assert_eq!(IdempotencyRecord::decode(&bytes), Ok(made));
+        assert_eq!(IdempotencyRecord::decode(&bytes).ok(), Some(made));
         assert!(IdempotencyRecord::decode(&[]).is_err());
         assert!(IdempotencyRecord::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut longer = bytes.clone();
@@ -234,7 +250,8 @@ mod tests {
         assert!(IdempotencyRecord::decode(&longer).is_err());
         let mut versioned = bytes;
         versioned[0] = 9;
-        assert!(IdempotencyRecord::decode(&versioned).unwrap_err().contains("format"));
+        let error = IdempotencyRecord::decode(&versioned).unwrap_err();
+        assert!(error.to_string().contains("format"), "{error}");
         assert_eq!(expiry_fields(&record(-5).encode()), Some((0, -5)));
     }
 }

@@ -5,8 +5,7 @@ use bincode::{Decode, Encode};
 use crate::ids::{AccountId, CardId, ProfileId};
 use crate::money;
 
-/// The longest `command_id`, in bytes.
-pub const COMMAND_ID_BYTES_MAX: usize = 64;
+pub use crate::limits::COMMAND_ID_BYTES_MAX;
 
 /// A client's idempotency key: 1 to 64 printable ASCII bytes.
 ///
@@ -313,11 +312,16 @@ pub enum Reason {
     SameAccount,
     /// The command id was first used with a different command.
     IdempotencyConflict,
+    /// The shard holds [`crate::limits::SHARD_ENTRIES_MAX`] profiles (or accounts) and
+    /// opens no more: run the engine with more shards. Reachable from any client that opens
+    /// enough, so it is a decline, never a panic. Not counted by reason in the shard's
+    /// counters ([`Reason::COUNTED`]).
+    ShardFull,
 }
 
 impl Reason {
     /// Every reason, in the order of their index.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::UnknownRegion,
         Reason::UnknownProfile,
         Reason::UnknownAccount,
@@ -328,7 +332,18 @@ impl Reason {
         Reason::InvalidAmount,
         Reason::SameAccount,
         Reason::IdempotencyConflict,
+        Reason::ShardFull,
     ];
+
+    /// How many reasons, from the first, a shard's counters count (and snapshot format 3
+    /// stores: `declined: [u64; 10]`). [`Reason::ShardFull`] came after and is not counted
+    /// in the state, so the format and every file written stay as they are.
+    pub const COUNTED: usize = 10;
+
+    /// Whether a shard's counters count this reason (see [`Reason::COUNTED`]).
+    pub fn counted(self) -> bool {
+        self.index() < Reason::COUNTED
+    }
 
     /// The upper-case word clients see.
     pub fn as_str(self) -> &'static str {
@@ -343,6 +358,7 @@ impl Reason {
             Reason::InvalidAmount => "INVALID_AMOUNT",
             Reason::SameAccount => "SAME_ACCOUNT",
             Reason::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+            Reason::ShardFull => "SHARD_FULL",
         }
     }
 
