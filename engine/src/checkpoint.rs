@@ -28,6 +28,7 @@ use plafond_shards::store::Store;
 
 use crate::error::EngineError;
 
+use plafond_mac::MacKey;
 use plafond_snapshots::format::WriteOptions;
 use plafond_snapshots::{checkpoint_file_name, generation_of, CHECKPOINT_DIR};
 
@@ -160,11 +161,12 @@ pub(crate) fn load_newest(
     data_dir: &Path,
     shards: u16,
     regions: usize,
+    key: Option<&MacKey>,
 ) -> Result<Option<Vec<Captured>>, EngineError> {
     let found = files(data_dir)?;
     for (index, (_, path)) in found.iter().enumerate() {
         let started = Instant::now();
-        match read_checkpoint(path, shards, regions) {
+        match read_checkpoint(path, shards, regions, key) {
             Ok(states) => {
                 let accounts: usize = states.iter().map(|(state, _)| state.accounts.len()).sum();
                 let seconds = started.elapsed().as_secs_f64();
@@ -189,8 +191,14 @@ pub(crate) fn load_newest(
     Ok(None)
 }
 
-fn read_checkpoint(path: &Path, shards: u16, regions: usize) -> Result<Vec<Captured>, String> {
-    let snapshot = plafond_snapshots::read(path, |_| {}).map_err(|error| error.to_string())?;
+fn read_checkpoint(
+    path: &Path,
+    shards: u16,
+    regions: usize,
+    key: Option<&MacKey>,
+) -> Result<Vec<Captured>, String> {
+    let snapshot =
+        plafond_snapshots::read_keyed(path, key, |_| {}).map_err(|error| error.to_string())?;
     let header = &snapshot.header;
     if header.shards != shards || usize::from(header.regions) != regions {
         return Err(format!(
@@ -207,21 +215,26 @@ fn read_checkpoint(path: &Path, shards: u16, regions: usize) -> Result<Vec<Captu
 }
 
 /// Writes `captured` as the next checkpoint of `data_dir`, verifies it, and removes the
-/// checkpoints beyond the newest [`CHECKPOINTS_KEPT`]. Returns its path and size.
-pub(crate) fn write(data_dir: &Path, captured: &[Captured]) -> Result<(PathBuf, u64), String> {
+/// checkpoints beyond the newest [`CHECKPOINTS_KEPT`]. Returns its path and size. With
+/// `key`, the file carries the key's MAC and is read back with it.
+pub(crate) fn write(
+    data_dir: &Path,
+    captured: &[Captured],
+    key: Option<&MacKey>,
+) -> Result<(PathBuf, u64), String> {
     let dir = data_dir.join(CHECKPOINT_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let existing = files(data_dir).map_err(|e| e.to_string())?;
     let generation = existing.first().map_or(0, |(generation, _)| generation + 1);
     let path = dir.join(checkpoint_file_name(generation));
     let options = WriteOptions::now(Some(CHECKPOINT_WRITE_BYTES_PER_S));
-    let report = plafond_snapshots::write_with(&path, captured, options, &mut |_| {})
+    let report = plafond_snapshots::write_keyed(&path, captured, options, key, &mut |_| {})
         .map_err(|e| e.to_string())?;
     // Read back whole before it replaces anything: every checksum, the invariants, and
     // the very states that were captured.
     let shards = u16::try_from(captured.len()).unwrap_or(u16::MAX);
     let regions = captured.first().map_or(0, |(state, _)| state.rolled_day.len());
-    let verified = read_checkpoint(&path, shards, regions).and_then(|read| {
+    let verified = read_checkpoint(&path, shards, regions, key).and_then(|read| {
         if read.as_slice() == captured {
             Ok(())
         } else {
@@ -269,6 +282,8 @@ pub(crate) struct CheckpointerSetup {
     pub now_ms: Box<dyn Fn() -> i64 + Send>,
     /// Run after each checkpoint written (log retention and archiving).
     pub after: Box<dyn FnMut(&Path) + Send>,
+    /// The operator's key, for the MAC of every checkpoint written.
+    pub mac_key: Option<MacKey>,
 }
 
 /// The thread that takes checkpoints by time and by log volume.
@@ -360,7 +375,8 @@ pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
     let captured = capture(&setup.router, &setup.metrics, false).map_err(|e| e.to_string());
     let written = captured.and_then(|captured| {
         let positions: Vec<u64> = captured.iter().map(|(_, position)| *position).collect();
-        write(&setup.data_dir, &captured).map(|(path, bytes)| (path, bytes, positions))
+        let key = setup.mac_key.as_ref();
+        write(&setup.data_dir, &captured, key).map(|(path, bytes)| (path, bytes, positions))
     });
     let mut report = setup.report.lock().unwrap_or_else(|p| p.into_inner());
     match written {

@@ -14,6 +14,12 @@ pub trait Clock: Send + Sync {
     /// durable state was stamped with. A [`crate::TimeGuard`] measures jumps from it; other
     /// clocks ignore it.
     fn resume_from(&self, _committed_ms: i64) {}
+
+    /// The guard against jumps of the host's clock, if this clock is one: the engine's
+    /// statistics report what it refused, and an operator accepts a jump through it.
+    fn guard(&self) -> Option<&crate::TimeGuard> {
+        None
+    }
 }
 
 /// A day, in milliseconds.
@@ -36,7 +42,8 @@ pub enum ClockMoveError {
     OutOfRange,
 }
 
-/// The system's wall clock.
+/// The system's wall clock, unguarded: [`crate::EngineConfig`]'s default clock is this one
+/// behind a [`crate::TimeGuard`].
 #[derive(Debug, Default)]
 pub struct SystemClock;
 

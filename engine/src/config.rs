@@ -8,10 +8,13 @@ use plafond_shards::ids::SHARDS_MAX;
 use plafond_shards::region::Regions;
 use plafond_shards::store::Durability;
 
+use plafond_mac::MacKey;
+
 use crate::checkpoint::CheckpointPolicy;
 use crate::clock::{Clock, SystemClock};
 use crate::error::EngineError;
 use crate::retention::LogRetention;
+use crate::time_guard::TimeGuard;
 
 /// Everything [`crate::Engine::open`] needs.
 #[derive(Clone)]
@@ -24,7 +27,9 @@ pub struct EngineConfig {
     pub shards: u16,
     /// The regions, checked for daylight-saving trouble at open.
     pub regions: Regions,
-    /// Stamps every input at ingress; a manual clock makes tests deterministic.
+    /// Stamps every input at ingress. By default the system clock behind a [`TimeGuard`]
+    /// (a jump forward of more than [`crate::CLOCK_JUMP_DAYS_MAX`] days is refused until
+    /// accepted); a manual clock makes tests deterministic.
     pub clock: Arc<dyn Clock>,
     /// How often the batch service looks for due epochs; `None` runs them only on
     /// request ([`crate::Engine::run_due_epochs`], [`crate::Engine::run_epoch`]).
@@ -33,21 +38,26 @@ pub struct EngineConfig {
     pub checkpoints: CheckpointPolicy,
     /// How much log the data directory keeps, and where older batches go.
     pub log_retention: LogRetention,
+    /// The operator's key: with one, every snapshot, checkpoint and archive segment
+    /// written carries its MAC, and every one read (restore, checkpoint load) must. `None`
+    /// writes and reads the files without a MAC.
+    pub mac_key: Option<MacKey>,
 }
 
 impl EngineConfig {
-    /// Memory only (durability `none`), built-in regions, the system clock, one shard per
-    /// core.
+    /// Memory only (durability `none`), built-in regions, the system clock behind a
+    /// [`TimeGuard`], one shard per core, no MAC key.
     pub fn in_memory() -> EngineConfig {
         EngineConfig {
             data_dir: None,
             durability: Durability::None,
             shards: default_shards(),
             regions: Regions::builtin(),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(TimeGuard::new(Arc::new(SystemClock))),
             epoch_poll: Some(plafond_batch::SCHEDULER_POLL),
             checkpoints: CheckpointPolicy::default(),
             log_retention: LogRetention::default(),
+            mac_key: None,
         }
     }
 
@@ -66,9 +76,22 @@ impl EngineConfig {
         self
     }
 
-    /// With this clock.
+    /// With this clock, as it is: a manual clock, or the bare [`SystemClock`] to run
+    /// without the guard against jumps.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> EngineConfig {
         self.clock = clock;
+        self
+    }
+
+    /// With this host clock behind a [`TimeGuard`], as the default system clock is.
+    pub fn with_host_clock(self, host: Arc<dyn Clock>) -> EngineConfig {
+        self.with_clock(Arc::new(TimeGuard::new(host)))
+    }
+
+    /// With this MAC key for the files written and read (snapshots, checkpoints, archive
+    /// segments).
+    pub fn with_mac_key(mut self, key: MacKey) -> EngineConfig {
+        self.mac_key = Some(key);
         self
     }
 

@@ -31,6 +31,7 @@ use crate::config::EngineConfig;
 use crate::epochs::EngineHost;
 use crate::error::EngineError;
 use crate::retention::{self, LogRetention};
+use plafond_mac::MacKey;
 
 /// A running engine. Dropping it stops the shards after they have handled everything
 /// submitted before.
@@ -67,6 +68,8 @@ pub struct Engine {
     log_retention: LogRetention,
     /// The data directory of a durable engine.
     data_dir: Option<PathBuf>,
+    /// The operator's key: every snapshot, checkpoint and archive segment carries its MAC.
+    pub(crate) mac_key: Option<MacKey>,
     /// Each shard's state behind its lock, for submissions applied on the caller's thread.
     cells: Vec<Arc<ShardCell>>,
     pub(crate) batch: Arc<BatchService<EngineHost>>,
@@ -105,10 +108,13 @@ impl Engine {
             None => IdsHome::memory(),
         };
         let mut checkpoints: Vec<Option<Captured>> = match &data_dir {
-            Some(dir) => checkpoint::load_newest(dir, shards, config.regions.len())?.map_or_else(
-                || (0..shards).map(|_| None).collect(),
-                |c| c.into_iter().map(Some).collect(),
-            ),
+            Some(dir) => {
+                checkpoint::load_newest(dir, shards, config.regions.len(), config.mac_key.as_ref())?
+                    .map_or_else(
+                        || (0..shards).map(|_| None).collect(),
+                        |c| c.into_iter().map(Some).collect(),
+                    )
+            }
             None => (0..shards).map(|_| None).collect(),
         };
         // A restored snapshot carries its records: back where every shard finds them.
@@ -210,6 +216,7 @@ impl Engine {
             checkpoint_policy: config.checkpoints,
             log_retention: config.log_retention.clone(),
             data_dir: data_dir.clone(),
+            mac_key: config.mac_key,
             cells: Vec::new(),
         };
         let cells = (0..shards)
@@ -485,6 +492,7 @@ impl Engine {
             metrics: self.metrics.clone(),
             now_ms: Box::new(move || clock.now_ms()),
             after: self.after_checkpoint(store),
+            mac_key: self.mac_key.clone(),
         }
     }
 
@@ -494,10 +502,13 @@ impl Engine {
     fn after_checkpoint(&self, store: Arc<Store>) -> Box<dyn FnMut(&std::path::Path) + Send> {
         let (shards, retention, clock) =
             (self.shards, self.log_retention.clone(), self.clock.clone());
+        let key = self.mac_key.clone();
         let regions = self.regions.len() as RegionId;
         let mut horizons_compacted = Vec::new();
         Box::new(move |data_dir| {
-            match retention::retain_log(&store, data_dir, shards, &retention, clock.now_ms()) {
+            let now_ms = clock.now_ms();
+            match retention::retain_log(&store, data_dir, shards, &retention, now_ms, key.as_ref())
+            {
                 Ok(_) => {}
                 Err(error) => eprintln!(
                     "plafond: log retention failed ({error}); retried after the next checkpoint"

@@ -63,9 +63,10 @@ pub use report::{Audit, RegionStats, ShardStats, Stats};
 pub use retention::{
     Archive, LogRetention, Retained, ARCHIVE_DIR_DEFAULT, LOG_RETENTION_DAYS_DEFAULT,
 };
-pub use time_guard::{ClockJump, TimeGuard, CLOCK_JUMP_DAYS_MAX};
+pub use time_guard::{ClockGuardReport, ClockJump, TimeGuard, CLOCK_JUMP_DAYS_MAX};
 
 pub use plafond_batch::{BatchError, EpochReport, RegionEpochs};
+pub use plafond_mac::{MacKey, MacKeyError, MAC_KEY_BYTES_MIN};
 pub use plafond_shards::command::{
     AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
     ProfileView, Reason, RegionId, Request,

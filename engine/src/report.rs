@@ -105,6 +105,10 @@ pub struct Stats {
     pub ids_in_flight: u64,
     /// What the last checkpoint did.
     pub checkpoint: crate::CheckpointReport,
+    /// What the guard against jumps of the host's clock refused (how many, and the one
+    /// refused now with how far ahead the host is), or `None` when the engine's clock is
+    /// not guarded (a manual clock, or the bare system clock).
+    pub clock_guard: Option<crate::ClockGuardReport>,
 }
 
 struct ShardCut {
@@ -206,6 +210,7 @@ impl Engine {
             remembered_in_memory,
             ids_in_flight: self.ids_in_flight() as u64,
             checkpoint: self.checkpoint_report(),
+            clock_guard: self.clock().guard().map(crate::TimeGuard::report),
         })
     }
 }

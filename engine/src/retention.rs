@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plafond_mac::MacKey;
 use plafond_shards::archive;
 use plafond_shards::ids::ShardId;
 use plafond_shards::log::{decode_batch, log_key};
@@ -66,12 +67,14 @@ pub struct Retained {
 
 /// Moves every shard's batches older than retention and before the oldest kept checkpoint
 /// out of the hot log. Nothing happens while fewer checkpoints than are kept exist.
+/// With `key`, every segment written carries its MAC.
 pub(crate) fn retain_log(
     store: &Store,
     data_dir: &Path,
     shards: u16,
     retention: &LogRetention,
     now_ms: i64,
+    key: Option<&MacKey>,
 ) -> Result<Retained, String> {
     let Some(keep_from) = oldest_kept_positions(data_dir)? else {
         return Ok(Retained::default());
@@ -87,8 +90,8 @@ pub(crate) fn retain_log(
             continue;
         }
         if let Some(dir) = &archive_dir {
-            let segments =
-                archive::archive_range(store, shard, start, end, dir).map_err(|e| e.to_string())?;
+            let segments = archive::archive_range_keyed(store, shard, start, end, dir, key)
+                .map_err(|e| e.to_string())?;
             retained.segments += segments.len() as u64;
         }
         store.delete_log_range(shard, start, end).map_err(|e| e.to_string())?;

@@ -21,6 +21,8 @@ impl Engine {
     /// Writes a snapshot of the engine to `path` while commands keep flowing, showing
     /// progress on stderr when it is a terminal.
     ///
+    /// With a MAC key configured ([`EngineConfig::mac_key`]), the file carries its MAC.
+    ///
     /// Every shard is captured at one consistent cut (every command acknowledged before
     /// the call is in it, no transfer is half in it) without stopping it: the shards meet
     /// between two batches, then copy their tables in steps between later batches
@@ -47,7 +49,10 @@ impl Engine {
         self.attach_records(&mut shards)?;
         let accounts = shards.iter().map(|(state, _)| state.accounts.len() as u64).sum();
         progress(Progress { phase: "cut", done: accounts, total: accounts, unit: "accounts" });
-        let mut report = plafond_snapshots::write(path.as_ref(), &shards, &mut progress)?;
+        let options = plafond_snapshots::format::WriteOptions::now(None);
+        let key = self.mac_key.as_ref();
+        let mut report =
+            plafond_snapshots::write_keyed(path.as_ref(), &shards, options, key, &mut progress)?;
         // The cut is part of the cost.
         report.seconds = started.elapsed().as_secs_f64();
         report.accounts_per_second = report.accounts as f64 / report.seconds.max(f64::EPSILON);
@@ -60,7 +65,9 @@ impl Engine {
     ///
     /// The shard count comes from the snapshot (ids are routed by it); the regions must be
     /// as many as when the snapshot was taken. Shows progress on stderr when it is a
-    /// terminal. The report's time includes opening the engine.
+    /// terminal. The report's time includes opening the engine. With a MAC key configured,
+    /// a snapshot without its MAC, or with another key's, is refused and nothing is left
+    /// in the data directory.
     pub fn restore(
         snapshot: impl AsRef<Path>,
         source: Option<&Path>,
@@ -97,7 +104,9 @@ impl Engine {
                 config.regions.len()
             )));
         }
-        let mut report = plafond_snapshots::restore(snapshot, source, &target, &mut progress)?;
+        let key = config.mac_key.as_ref();
+        let mut report =
+            plafond_snapshots::restore_keyed(snapshot, source, &target, key, &mut progress)?;
         let opening = Instant::now();
         let engine = Engine::open(config.with_shards(report.shards))?;
         report.open_seconds = opening.elapsed().as_secs_f64();

@@ -7,11 +7,16 @@
 //! that did not happen). While a jump is refused, time goes on from where it was at the
 //! pace of the machine's monotonic clock, so payments, windows and epochs carry on as if
 //! the step had not happened; the refusal is logged on stderr and reported
-//! ([`TimeGuard::refused`]) until [`TimeGuard::accept`] takes the host's time, or the host's
-//! clock comes back within the bound by itself. Backward steps need no guard: the shards
-//! never go back in time.
+//! ([`TimeGuard::refused`], and in [`crate::Stats::clock_guard`]) until [`TimeGuard::accept`]
+//! takes the host's time, or the host's clock comes back within the bound by itself.
+//! Backward steps need no guard: the shards never go back in time.
+//!
+//! The engine's default clock ([`crate::EngineConfig::in_memory`]) is the system clock
+//! behind this guard; [`crate::EngineConfig::with_host_clock`] guards another host clock,
+//! and [`crate::EngineConfig::with_clock`] takes a clock as it is (a manual clock, or the
+//! bare [`crate::SystemClock`] to opt out).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -31,6 +36,16 @@ pub struct ClockJump {
     pub guarded_ms: i64,
     /// How far ahead the host's clock is: `host_ms - guarded_ms`.
     pub ahead_ms: i64,
+}
+
+/// What the guard has refused, for the engine's statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClockGuardReport {
+    /// Jumps refused since the guard was made: each time the host's clock went further
+    /// ahead than the bound while no jump was refused.
+    pub jumps_refused: u64,
+    /// The jump refused now, if any: [`ClockJump::ahead_ms`] says by how much.
+    pub refused: Option<ClockJump>,
 }
 
 struct Refusal {
@@ -60,6 +75,8 @@ pub struct TimeGuard {
     last_ms: AtomicI64,
     /// Whether a jump is refused now: the common path reads only this and `last_ms`.
     refusing: AtomicBool,
+    /// Jumps refused since the guard was made.
+    jumps_refused: AtomicU64,
     /// Held briefly by readings while a jump is refused, never across anything else.
     refusal: Mutex<Option<Refusal>>,
 }
@@ -77,6 +94,7 @@ impl TimeGuard {
             jump_ms_max: jump_ms_max.max(0),
             last_ms: AtomicI64::new(NO_TIME_YET),
             refusing: AtomicBool::new(false),
+            jumps_refused: AtomicU64::new(0),
             refusal: Mutex::new(None),
         }
     }
@@ -88,6 +106,13 @@ impl TimeGuard {
     /// The jump refused now, if any.
     pub fn refused(&self) -> Option<ClockJump> {
         self.refusal().as_ref().map(Refusal::jump)
+    }
+
+    /// How many jumps were refused, and the one refused now.
+    pub fn report(&self) -> ClockGuardReport {
+        let refusal = self.refusal();
+        let refused = refusal.as_ref().map(Refusal::jump);
+        ClockGuardReport { jumps_refused: self.jumps_refused.load(Ordering::SeqCst), refused }
     }
 
     /// An operator accepts the host's time: the engine goes by it from now on (and runs
@@ -125,10 +150,11 @@ impl TimeGuard {
                 eprintln!(
                     "plafond: the host clock jumped {} ms forward past the last time used \
                      ({last_ms} ms, bound {} ms): refused; time goes on from there until an \
-                     operator accepts the jump (CLOCK.ACCEPT)",
+                     operator accepts the jump (CLOCK.ACCEPT; embedded: TimeGuard::accept)",
                     host_ms.saturating_sub(last_ms),
                     self.jump_ms_max
                 );
+                self.jumps_refused.fetch_add(1, Ordering::SeqCst);
                 refusal.insert(Refusal { held_from_ms: last_ms, since: Instant::now(), host_ms })
             }
         };
@@ -169,6 +195,10 @@ impl Clock for TimeGuard {
     fn resume_from(&self, committed_ms: i64) {
         let _refusal = self.refusal();
         self.last_ms.store(committed_ms, Ordering::SeqCst);
+    }
+
+    fn guard(&self) -> Option<&TimeGuard> {
+        Some(self)
     }
 }
 

@@ -9,12 +9,16 @@
 //! records one per batch, seqs first_seq, first_seq + 1, ...: seq u64 | value_bytes u32
 //!         | the changelog value, verbatim | crc32c u32 (of the record bytes before it)
 //! trailer magic "PLAFLEND" | file_bytes u64 | crc32c u32 (of every byte before it)
+//! mac     version 2 only (written with an operator's key): HMAC-SHA-256 (32 bytes) of
+//!         every byte before it
 //! ```
 //!
 //! Integers are little-endian. A segment holds batches `first_seq .. first_seq + batches`
 //! of one shard and is named `shard-SSSSS-FFFFFFFFFFFFFFFFFFFF.seg` (shard and first batch,
 //! zero-padded so names sort). Readers check everything (magic, version, every length
-//! against the file size, every CRC, contiguity) before they hand out a single batch.
+//! against the file size, every CRC, contiguity, and with a key the MAC) before they hand
+//! out a single batch. The `*_keyed` functions take the operator's [`MacKey`]: with one, a
+//! segment without a MAC or with a wrong one is refused; the others read without a key.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -27,14 +31,19 @@ use crate::log::{decode_batch, Entry, LogError};
 use crate::region::Regions;
 use crate::state::ShardState;
 use crate::store::{Store, StoreError};
+use plafond_mac::{MacKey, MacState, MAC_BYTES};
 
 /// The first eight bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PLAFLSEG";
 /// The first eight bytes of a segment's trailer.
 pub const TRAILER_MAGIC: [u8; 8] = *b"PLAFLEND";
-/// The version this build writes and the only one it reads. Bump it whenever the layout
-/// below changes (the changelog values inside carry their own version byte).
+/// The version this build writes without a MAC key. Bump it whenever the layout below
+/// changes (the changelog values inside carry their own version byte).
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// The version this build writes with a MAC key: version 1's layout followed by the MAC.
+pub const KEYED_SEGMENT_FORMAT_VERSION: u32 = 2;
+/// The versions this build reads.
+pub const SEGMENT_VERSIONS_READ: [u32; 2] = [SEGMENT_FORMAT_VERSION, KEYED_SEGMENT_FORMAT_VERSION];
 /// Bytes of a CRC-32C.
 pub const CRC_BYTES: usize = 4;
 
@@ -98,7 +107,8 @@ const NAME_SEQ_DIGITS: usize = 20;
 const _: () = assert!(HEADER_BYTES == 68 && RECORD_OVERHEAD_BYTES == 16 && TRAILER_BYTES == 20);
 // Any one value fits in a segment of its own.
 const _: () = assert!(
-    HEADER_BYTES + RECORD_OVERHEAD_BYTES + VALUE_BYTES_MAX + TRAILER_BYTES <= SEGMENT_BYTES_MAX
+    HEADER_BYTES + RECORD_OVERHEAD_BYTES + VALUE_BYTES_MAX + TRAILER_BYTES + MAC_BYTES
+        <= SEGMENT_BYTES_MAX
 );
 const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);
 
@@ -123,6 +133,8 @@ pub struct SegmentInfo {
     pub last_entry_ms: i64,
     /// Bytes of the file.
     pub file_bytes: u64,
+    /// Whether it carries a MAC (format version 2); checked when read with a key.
+    pub keyed: bool,
 }
 
 impl SegmentInfo {
@@ -187,8 +199,9 @@ pub enum ArchiveError {
     },
     /// A format version this build does not read.
     #[error(
-        "the segment {path} has format version {found}; this build reads version \
-         {SEGMENT_FORMAT_VERSION} only: read it with a build that knows version {found}"
+        "the segment {path} has format version {found}; this build reads versions \
+         {SEGMENT_FORMAT_VERSION} and {KEYED_SEGMENT_FORMAT_VERSION} only: read it with a build \
+         that knows version {found}"
     )]
     UnsupportedVersion {
         /// The file.
@@ -405,6 +418,24 @@ pub enum ArchiveError {
         /// The file.
         path: PathBuf,
     },
+    /// A MAC key is configured and the segment carries no MAC.
+    #[error(
+        "the segment {path} carries no MAC (format version {SEGMENT_FORMAT_VERSION}) and a MAC \
+         key is configured: it was written without the key, or its MAC was stripped; refused"
+    )]
+    MacMissing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The segment's MAC is not the key's MAC of its bytes.
+    #[error(
+        "the MAC of the segment {path} does not match: it was changed after it was written \
+         (checksums recomputed or not), or written with another key; refused"
+    )]
+    MacMismatch {
+        /// The file.
+        path: PathBuf,
+    },
     /// Replaying an archived batch did not give its logged outcome.
     #[error("replaying the segment {path}: {source}")]
     Replay {
@@ -440,6 +471,8 @@ pub fn parse_segment_file_name(name: &str) -> Option<(ShardId, u64)> {
 /// A segment's header fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Header {
+    /// Carries a MAC: format version [`KEYED_SEGMENT_FORMAT_VERSION`].
+    keyed: bool,
     shard: ShardId,
     shards: u16,
     first_seq: u64,
@@ -476,7 +509,7 @@ impl Header {
         let mut bytes = [0u8; HEADER_BYTES];
         let mut put = |at: usize, field: &[u8]| bytes[at..at + field.len()].copy_from_slice(field);
         put(MAGIC_OFFSET, &SEGMENT_MAGIC);
-        put(VERSION_OFFSET, &SEGMENT_FORMAT_VERSION.to_le_bytes());
+        put(VERSION_OFFSET, &self.version().to_le_bytes());
         put(SHARD_OFFSET, &self.shard.to_le_bytes());
         put(SHARDS_OFFSET, &self.shards.to_le_bytes());
         put(FIRST_SEQ_OFFSET, &self.first_seq.to_le_bytes());
@@ -490,9 +523,25 @@ impl Header {
         bytes
     }
 
+    fn version(&self) -> u32 {
+        match self.keyed {
+            true => KEYED_SEGMENT_FORMAT_VERSION,
+            false => SEGMENT_FORMAT_VERSION,
+        }
+    }
+
+    /// Bytes after the trailer: the MAC, in a keyed segment.
+    fn mac_bytes(&self) -> usize {
+        if self.keyed {
+            MAC_BYTES
+        } else {
+            0
+        }
+    }
+
     /// Bytes of the whole file by this header (bounded: `records_bytes` is checked first).
     fn file_bytes(&self) -> u64 {
-        (HEADER_BYTES + TRAILER_BYTES) as u64 + self.records_bytes
+        (HEADER_BYTES + TRAILER_BYTES + self.mac_bytes()) as u64 + self.records_bytes
     }
 
     fn info(&self, path: &Path) -> SegmentInfo {
@@ -506,6 +555,7 @@ impl Header {
             first_entry_ms: self.first_entry_ms,
             last_entry_ms: self.last_entry_ms,
             file_bytes: self.file_bytes(),
+            keyed: self.keyed,
         }
     }
 }
@@ -529,7 +579,7 @@ fn check_header(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<Header, A
         what,
     };
     if let Some(version) = array_at(prefix, VERSION_OFFSET).map(u32::from_le_bytes) {
-        if version != SEGMENT_FORMAT_VERSION {
+        if !SEGMENT_VERSIONS_READ.contains(&version) {
             return Err(ArchiveError::UnsupportedVersion { path: path_buf(), found: version });
         }
     }
@@ -556,6 +606,7 @@ fn check_header(path: &Path, prefix: &[u8], file_bytes: u64) -> Result<Header, A
 /// The fields of a header whose CRC matched, each checked against its range.
 fn parse_header(path: &Path, bytes: &[u8; HEADER_BYTES]) -> Result<Header, ArchiveError> {
     let header = Header {
+        keyed: u32_in(bytes, VERSION_OFFSET) == KEYED_SEGMENT_FORMAT_VERSION,
         shard: u16_in(bytes, SHARD_OFFSET),
         shards: u16_in(bytes, SHARDS_OFFSET),
         first_seq: u64_in(bytes, FIRST_SEQ_OFFSET),
@@ -569,7 +620,8 @@ fn parse_header(path: &Path, bytes: &[u8; HEADER_BYTES]) -> Result<Header, Archi
     if header.shards == 0 || header.shards > SHARDS_MAX || header.shard >= header.shards {
         return Err(corrupt(format!("shard {} of {} shards", header.shard, header.shards)));
     }
-    let records_bytes_max = (SEGMENT_BYTES_MAX - HEADER_BYTES - TRAILER_BYTES) as u64;
+    let records_bytes_max =
+        (SEGMENT_BYTES_MAX - HEADER_BYTES - TRAILER_BYTES - header.mac_bytes()) as u64;
     // Every batch takes a record and holds at least one entry.
     let fits = header.batches >= 1
         && header.batches <= header.records_bytes / RECORD_OVERHEAD_BYTES as u64
@@ -643,9 +695,9 @@ fn walk<E: From<ArchiveError>>(
 }
 
 /// Checks the trailer of a segment of exactly `header.file_bytes()` bytes.
-fn check_trailer(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+fn check_trailer(path: &Path, bytes: &[u8], header: &Header) -> Result<(), ArchiveError> {
     let corrupt = |problem: String| ArchiveError::CorruptTrailer { path: path.into(), problem };
-    let at = bytes.len().saturating_sub(TRAILER_BYTES);
+    let at = bytes.len().saturating_sub(TRAILER_BYTES + header.mac_bytes());
     let trailer: [u8; TRAILER_BYTES] =
         array_at(bytes, at).ok_or_else(|| corrupt("the file is shorter than a trailer".into()))?;
     if trailer[TRAILER_MAGIC_OFFSET..TRAILER_FILE_BYTES_OFFSET] != TRAILER_MAGIC {
@@ -688,20 +740,40 @@ fn load(path: &Path) -> Result<Vec<u8>, ArchiveError> {
     Ok(bytes)
 }
 
-/// Checks a whole segment held in memory: header, every record, trailer.
-fn check_whole(path: &Path, bytes: &[u8]) -> Result<Header, ArchiveError> {
+/// Checks a whole segment held in memory: header, every record, trailer, and with a key
+/// its MAC.
+fn check_whole(path: &Path, bytes: &[u8], key: Option<&MacKey>) -> Result<Header, ArchiveError> {
     let header = check_header(path, bytes, bytes.len() as u64)?;
+    if key.is_some() && !header.keyed {
+        return Err(ArchiveError::MacMissing { path: path.into() });
+    }
     walk(path, bytes, &header, |_, _| Ok::<(), ArchiveError>(()))?;
-    check_trailer(path, bytes)?;
+    check_trailer(path, bytes, &header)?;
+    if let Some(key) = key {
+        // The checksums passed: only someone without the key changed the bytes, if anyone.
+        let (covered, stored) = bytes.split_at(bytes.len() - MAC_BYTES);
+        let mut mac = key.mac();
+        mac.update(covered);
+        mac.verify(stored).map_err(|_| ArchiveError::MacMismatch { path: path.into() })?;
+    }
     Ok(header)
 }
 
 /// Reads and checks the segment at `path` whole, including that every batch decodes as a
 /// changelog value of its shard holding at least one entry, and that the header's entry
-/// count and times are the batches' own.
+/// count and times are the batches' own. [`verify_segment_keyed`] without a key.
 pub fn verify_segment(path: &Path) -> Result<SegmentInfo, ArchiveError> {
+    verify_segment_keyed(path, None)
+}
+
+/// [`verify_segment`], and with `key` the segment's MAC: a segment without one, or with
+/// one the key did not make, is refused.
+pub fn verify_segment_keyed(
+    path: &Path,
+    key: Option<&MacKey>,
+) -> Result<SegmentInfo, ArchiveError> {
     let bytes = load(path)?;
-    let header = check_whole(path, &bytes)?;
+    let header = check_whole(path, &bytes, key)?;
     let mut summary = EntrySummary::default();
     walk(path, &bytes, &header, |seq, value| {
         let entries = decode_batch(header.shard, seq, value)?;
@@ -728,12 +800,22 @@ pub fn verify_segment(path: &Path) -> Result<SegmentInfo, ArchiveError> {
 /// Reads and checks the segment at `path` (magic, version, lengths against the file size,
 /// every CRC, contiguity), then calls `visit` with every batch's sequence number and
 /// changelog value, in order. Nothing is visited unless the whole file checks.
+/// [`read_segment_keyed`] without a key.
 pub fn read_segment<E: From<ArchiveError>>(
     path: &Path,
     visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
 ) -> Result<SegmentInfo, E> {
+    read_segment_keyed(path, None, visit)
+}
+
+/// [`read_segment`], and with `key` the segment's MAC, before any batch is visited.
+pub fn read_segment_keyed<E: From<ArchiveError>>(
+    path: &Path,
+    key: Option<&MacKey>,
+    visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<SegmentInfo, E> {
     let bytes = load(path)?;
-    let header = check_whole(path, &bytes)?;
+    let header = check_whole(path, &bytes, key)?;
     walk(path, &bytes, &header, visit)?;
     Ok(header.info(path))
 }
@@ -853,13 +935,23 @@ pub struct ArchiveInfo {
 /// what it holds, that all come from one shard count, and that one shard's segments are
 /// contiguous: a missing segment is [`ArchiveError::Missing`].
 pub fn verify_archive(dir: &Path) -> Result<ArchiveInfo, ArchiveError> {
-    verify_archive_with(dir, |_, _, _| {})
+    verify_archive_keyed(dir, None, |_, _, _| {})
 }
 
 /// [`verify_archive`], calling `on_segment(segment, done_bytes, total_bytes)` after each
-/// verified segment, for progress on long runs.
+/// verified segment, for progress on long runs. [`verify_archive_keyed`] without a key.
 pub fn verify_archive_with(
     dir: &Path,
+    on_segment: impl FnMut(&SegmentInfo, u64, u64),
+) -> Result<ArchiveInfo, ArchiveError> {
+    verify_archive_keyed(dir, None, on_segment)
+}
+
+/// [`verify_archive_with`], and with `key` every segment's MAC: the first segment without
+/// a MAC, or with one the key did not make, is refused.
+pub fn verify_archive_keyed(
+    dir: &Path,
+    key: Option<&MacKey>,
     mut on_segment: impl FnMut(&SegmentInfo, u64, u64),
 ) -> Result<ArchiveInfo, ArchiveError> {
     let files = list_segments(dir)?;
@@ -876,7 +968,7 @@ pub fn verify_archive_with(
     let mut shards = None;
     let mut done_bytes = 0;
     for file in files {
-        let segment = verify_segment(&file.path)?;
+        let segment = verify_segment_keyed(&file.path, key)?;
         check_name(&file, &segment)?;
         let expected = *shards.get_or_insert(segment.shards);
         if segment.shards != expected {
@@ -949,8 +1041,9 @@ struct SegmentBuilder {
 }
 
 impl SegmentBuilder {
-    fn new(shard: ShardId, shards: u16, first_seq: u64) -> SegmentBuilder {
+    fn new(shard: ShardId, shards: u16, first_seq: u64, keyed: bool) -> SegmentBuilder {
         let header = Header {
+            keyed,
             shard,
             shards,
             first_seq,
@@ -965,7 +1058,8 @@ impl SegmentBuilder {
 
     /// Bytes of the file if a value of `value_bytes` were added.
     fn file_bytes_with(&self, value_bytes: usize) -> usize {
-        HEADER_BYTES + self.records.len() + RECORD_OVERHEAD_BYTES + value_bytes + TRAILER_BYTES
+        let fixed_bytes = HEADER_BYTES + RECORD_OVERHEAD_BYTES + TRAILER_BYTES;
+        fixed_bytes + self.header.mac_bytes() + self.records.len() + value_bytes
     }
 
     fn push(&mut self, seq: u64, value: &[u8], entries: &[Entry]) {
@@ -981,9 +1075,9 @@ impl SegmentBuilder {
         self.summary.add(entries);
     }
 
-    /// Writes the segment into `dir` atomically and durably, reads it back and checks that
-    /// it holds what was written.
-    fn write(mut self, dir: &Path) -> Result<SegmentInfo, ArchiveError> {
+    /// Writes the segment into `dir` atomically and durably (with `key`, followed by its
+    /// MAC), reads it back and checks that it holds what was written.
+    fn write(mut self, dir: &Path, key: Option<&MacKey>) -> Result<SegmentInfo, ArchiveError> {
         let (shard, first_seq) = (self.header.shard, self.header.first_seq);
         let Some((entries, first_entry_ms, last_entry_ms)) = self.summary.fields() else {
             return Err(ArchiveError::EmptyRange { shard, from_seq: first_seq, to_seq: first_seq });
@@ -1003,12 +1097,18 @@ impl SegmentBuilder {
         let name = segment_file_name(self.header.shard, self.header.first_seq);
         let path = dir.join(&name);
         let temp = dir.join(format!(".{name}.tmp"));
-        write_durably(&temp, &[&header[..], &self.records, &trailer[..]])?;
+        let mut mac = key.map(MacKey::mac);
+        for part in [&header[..], &self.records, &trailer[..]] {
+            plafond_mac::update(&mut mac, part);
+        }
+        let mac = mac.map(MacState::finish);
+        let mac = mac.as_ref().map_or(&[][..], |mac| &mac[..]);
+        write_durably(&temp, &[&header[..], &self.records, &trailer[..], mac])?;
         fs::rename(&temp, &path).map_err(|error| io_error("renaming into place", &temp, error))?;
         sync_dir(dir)?;
         // Read back before anyone may delete the batches from the log.
         let written = self.header.info(&path);
-        let read = verify_segment(&path)?;
+        let read = verify_segment_keyed(&path, key)?;
         if read != written {
             return Err(ArchiveError::ReadBack { path });
         }
@@ -1039,6 +1139,7 @@ fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
 ///
 /// Segments of `shard` left in `dir` from `from_seq` on by an earlier run that stopped
 /// before its range was deleted hold only batches the log still has: they are replaced.
+/// [`archive_range_keyed`] without a key.
 pub fn archive_range(
     store: &Store,
     shard: ShardId,
@@ -1046,17 +1147,31 @@ pub fn archive_range(
     to_seq: u64,
     dir: &Path,
 ) -> Result<Vec<SegmentInfo>, ArchiveError> {
-    archive_range_with(store, shard, from_seq, to_seq, dir, SEGMENT_BYTES_MAX)
+    archive_range_keyed(store, shard, from_seq, to_seq, dir, None)
 }
 
-/// [`archive_range`] with segments of at most `segment_bytes_max` bytes (tests use small
-/// ones to cover many segments).
+/// [`archive_range`]; with `key`, every segment carries its MAC (format version
+/// [`KEYED_SEGMENT_FORMAT_VERSION`]) and is read back with it.
+pub fn archive_range_keyed(
+    store: &Store,
+    shard: ShardId,
+    from_seq: u64,
+    to_seq: u64,
+    dir: &Path,
+    key: Option<&MacKey>,
+) -> Result<Vec<SegmentInfo>, ArchiveError> {
+    archive_range_with(store, shard, from_seq, to_seq, dir, key, SEGMENT_BYTES_MAX)
+}
+
+/// [`archive_range_keyed`] with segments of at most `segment_bytes_max` bytes (tests use
+/// small ones to cover many segments).
 fn archive_range_with(
     store: &Store,
     shard: ShardId,
     from_seq: u64,
     to_seq: u64,
     dir: &Path,
+    key: Option<&MacKey>,
     segment_bytes_max: usize,
 ) -> Result<Vec<SegmentInfo>, ArchiveError> {
     if from_seq >= to_seq {
@@ -1069,7 +1184,8 @@ fn archive_range_with(
     fs::create_dir_all(dir).map_err(|error| io_error("creating", dir, error))?;
     let remnants = remnants_from(dir, shard, from_seq)?;
     let mut written = Vec::new();
-    let mut builder = SegmentBuilder::new(shard, shards, from_seq);
+    let keyed = key.is_some();
+    let mut builder = SegmentBuilder::new(shard, shards, from_seq, keyed);
     let end_seq = store.read_log_raw(shard, from_seq, to_seq, |seq, value| {
         if value.len() > VALUE_BYTES_MAX {
             return Err(ArchiveError::ValueTooLarge { shard, seq, bytes: value.len() });
@@ -1081,8 +1197,8 @@ fn archive_range_with(
             return Err(ArchiveError::Log(LogError::Corrupt { shard, seq, problem }));
         }
         if builder.header.batches > 0 && builder.file_bytes_with(value.len()) > segment_bytes_max {
-            let full = std::mem::replace(&mut builder, SegmentBuilder::new(shard, shards, seq));
-            written.push(full.write(dir)?);
+            let next = SegmentBuilder::new(shard, shards, seq, keyed);
+            written.push(std::mem::replace(&mut builder, next).write(dir, key)?);
         }
         builder.push(seq, value, &entries);
         Ok(())
@@ -1091,7 +1207,7 @@ fn archive_range_with(
         let log_start = store.log_start(shard)?;
         return Err(ArchiveError::LogIncomplete { shard, from_seq, to_seq, end_seq, log_start });
     }
-    written.push(builder.write(dir)?);
+    written.push(builder.write(dir, key)?);
     let mut removed = false;
     for remnant in remnants {
         if !written.iter().any(|segment| segment.path == remnant) {
@@ -1143,12 +1259,27 @@ pub struct ReplayLimit {
 /// Refuses a hole: batches from `position` on that are not archived although later ones
 /// are, or a gap between segments. Each segment is checked whole before its batches are
 /// applied; the caller wanting the whole archive checked first runs [`verify_archive`].
+/// [`replay_shard_keyed`] without a key.
 pub fn replay_shard(
     dir: &Path,
     state: &mut ShardState,
     position: u64,
     regions: &Regions,
     limit: ReplayLimit,
+    on_batch: impl FnMut(u64, usize),
+) -> Result<u64, ArchiveError> {
+    replay_shard_keyed(dir, state, position, regions, limit, None, on_batch)
+}
+
+/// [`replay_shard`], and with `key` each segment's MAC, checked before any of its batches
+/// is applied.
+pub fn replay_shard_keyed(
+    dir: &Path,
+    state: &mut ShardState,
+    position: u64,
+    regions: &Regions,
+    limit: ReplayLimit,
+    key: Option<&MacKey>,
     mut on_batch: impl FnMut(u64, usize),
 ) -> Result<u64, ArchiveError> {
     let shard = state.shard;
@@ -1178,7 +1309,7 @@ pub fn replay_shard(
             return Err(ArchiveError::ShardCount { path, found, expected });
         }
         let mut stopped = false;
-        read_segment(&segment.path, |seq, value| {
+        read_segment_keyed(&segment.path, key, |seq, value| {
             if stopped || seq < next_seq {
                 return Ok(());
             }
@@ -1264,7 +1395,8 @@ mod tests {
         let temp = tempfile::tempdir().expect("a temp dir");
         let store = store_with_log(&temp.path().join("data"), 2, 1, 300);
         let archive = temp.path().join("archive");
-        let written = archive_range_with(&store, 1, 0, 250, &archive, 2048).expect("archived");
+        let written =
+            archive_range_with(&store, 1, 0, 250, &archive, None, 2048).expect("archived");
         assert!(written.len() > 5, "small segments: {} of them", written.len());
         assert!(written.iter().all(|segment| segment.file_bytes <= 2048));
         let info = verify_archive(&archive).expect("the archive verifies");
@@ -1302,10 +1434,10 @@ mod tests {
         let temp = tempfile::tempdir().expect("a temp dir");
         let store = store_with_log(&temp.path().join("data"), 1, 0, 120);
         let archive = temp.path().join("archive");
-        archive_range_with(&store, 0, 0, 100, &archive, 1024).expect("archived");
+        archive_range_with(&store, 0, 0, 100, &archive, None, 1024).expect("archived");
         // The range was not deleted (a crash): the next run archives from 0 again, cut
         // differently.
-        archive_range_with(&store, 0, 0, 120, &archive, 4096).expect("archived again");
+        archive_range_with(&store, 0, 0, 120, &archive, None, 4096).expect("archived again");
         let info = verify_archive(&archive).expect("no overlap, no hole");
         assert_eq!(info.per_shard[0].end_seq(), 120);
         assert_eq!(archived(&archive), raw_log(&store, 0, 0..120));
@@ -1368,7 +1500,7 @@ mod tests {
         let temp = tempfile::tempdir().expect("a temp dir");
         let store = store_with_log(&temp.path().join("data"), 1, 0, 60);
         let archive = temp.path().join("archive");
-        let written = archive_range_with(&store, 0, 0, 60, &archive, 1024).expect("archived");
+        let written = archive_range_with(&store, 0, 0, 60, &archive, None, 1024).expect("archived");
         assert!(written.len() >= 3);
         let middle = &written[1];
         let aside = temp.path().join("aside.seg");
@@ -1386,6 +1518,113 @@ mod tests {
         verify_archive(&archive).expect("whole again");
         fs::write(archive.join("notes.seg"), b"x").expect("writable");
         assert!(matches!(verify_archive(&archive), Err(ArchiveError::BadName { .. })));
+    }
+
+    fn key(byte: u8) -> MacKey {
+        MacKey::from_bytes(&[byte; 32]).expect("a key of 32 bytes")
+    }
+
+    /// A keyed segment of three small batches, its bytes and its path.
+    fn keyed_segment(temp: &Path) -> (PathBuf, Vec<u8>) {
+        let store = store_with_log(&temp.join("data"), 1, 0, 3);
+        let archive = temp.join("keyed");
+        let written =
+            archive_range_keyed(&store, 0, 0, 3, &archive, Some(&key(1))).expect("archived");
+        assert!(written[0].keyed);
+        let path = written[0].path.clone();
+        let bytes = fs::read(&path).expect("readable");
+        (path, bytes)
+    }
+
+    /// Recomputes every record's CRC, the header's and the file's, as someone who changed
+    /// the bytes without the key would; the MAC (if any) is left as it was.
+    fn recompute_checksums(bytes: &mut [u8], mac_bytes: usize) {
+        let header_crc = crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]);
+        bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
+        let trailer_at = bytes.len() - TRAILER_BYTES - mac_bytes;
+        let mut at = HEADER_BYTES;
+        while at < trailer_at {
+            let length = array_at(bytes, at + RECORD_LENGTH_OFFSET).map(u32::from_le_bytes);
+            let crc_at = at + RECORD_VALUE_OFFSET + length.expect("a record") as usize;
+            let crc = crc32c::crc32c(&bytes[at..crc_at]);
+            bytes[crc_at..crc_at + CRC_BYTES].copy_from_slice(&crc.to_le_bytes());
+            at = crc_at + CRC_BYTES;
+        }
+        let crc_at = trailer_at + TRAILER_CRC_OFFSET;
+        let crc = crc32c::crc32c(&bytes[..crc_at]);
+        bytes[crc_at..crc_at + CRC_BYTES].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn a_keyed_segment_verifies_with_its_key_only() {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        let (path, bytes) = keyed_segment(temp.path());
+        assert_eq!(bytes[VERSION_OFFSET..SHARD_OFFSET], KEYED_SEGMENT_FORMAT_VERSION.to_le_bytes());
+        let info = verify_segment_keyed(&path, Some(&key(1))).expect("verifies with its key");
+        assert_eq!(info.file_bytes, bytes.len() as u64);
+        assert_eq!(verify_segment(&path).expect("checksums only, without a key"), info);
+        let error = verify_segment_keyed(&path, Some(&key(2))).unwrap_err();
+        assert!(matches!(&error, ArchiveError::MacMismatch { path: p } if p == &path), "{error}");
+        let mut visited = 0;
+        let read = read_segment_keyed(&path, Some(&key(2)), |_, _| {
+            visited += 1;
+            Ok::<(), ArchiveError>(())
+        });
+        assert!(read.is_err() && visited == 0, "nothing is handed out under a wrong key");
+        let dir = path.parent().expect("in the archive");
+        let error = verify_archive_keyed(dir, Some(&key(2)), |_, _, _| {}).unwrap_err();
+        assert!(error.to_string().contains(path.to_str().expect("utf-8")), "{error}");
+        verify_archive_keyed(dir, Some(&key(1)), |_, _, _| {}).expect("the archive verifies");
+
+        // A segment written without a key is refused once a key is configured.
+        let (plain, _) = small_segment(temp.path());
+        let error = verify_segment_keyed(&plain, Some(&key(1))).unwrap_err();
+        assert!(matches!(&error, ArchiveError::MacMissing { path: p } if p == &plain), "{error}");
+        assert!(verify_segment(&plain).is_ok());
+    }
+
+    #[test]
+    fn a_batch_changed_behind_recomputed_checksums_is_refused_by_the_mac() {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        let (path, bytes) = keyed_segment(temp.path());
+        let mut forged = bytes.clone();
+        // A byte of the first batch's value (its entry count).
+        forged[HEADER_BYTES + RECORD_VALUE_OFFSET + 2] ^= 0x01;
+        recompute_checksums(&mut forged, MAC_BYTES);
+        fs::write(&path, &forged).expect("writable");
+        read_segment(&path, |_, _| Ok::<(), ArchiveError>(())).expect("every checksum is right");
+        let error = verify_segment_keyed(&path, Some(&key(1))).unwrap_err();
+        assert!(matches!(error, ArchiveError::MacMismatch { .. }), "{error}");
+
+        // Stripping the MAC (version 1, the trailer's length fixed) does not help either.
+        let mut stripped = bytes[..bytes.len() - MAC_BYTES].to_vec();
+        stripped[VERSION_OFFSET..SHARD_OFFSET]
+            .copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        let length_at = stripped.len() - TRAILER_BYTES + TRAILER_FILE_BYTES_OFFSET;
+        let length = (stripped.len() as u64).to_le_bytes();
+        stripped[length_at..length_at + TRAILER_FILE_BYTES_BYTES].copy_from_slice(&length);
+        recompute_checksums(&mut stripped, 0);
+        fs::write(&path, &stripped).expect("writable");
+        verify_segment(&path).expect("a sound version 1 segment");
+        let error = verify_segment_keyed(&path, Some(&key(1))).unwrap_err();
+        assert!(matches!(error, ArchiveError::MacMissing { .. }), "{error}");
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_keyed_segment_is_refused_with_the_key() {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        let (path, bytes) = keyed_segment(temp.path());
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x01;
+            fs::write(&path, &damaged).expect("writable");
+            let error = verify_segment_keyed(&path, Some(&key(1)));
+            assert!(error.is_err(), "a flip at byte {at} passed");
+        }
+        for length in [bytes.len() - MAC_BYTES, bytes.len() - 1] {
+            fs::write(&path, &bytes[..length]).expect("writable");
+            assert!(verify_segment_keyed(&path, Some(&key(1))).is_err(), "cut at {length}");
+        }
     }
 
     #[test]

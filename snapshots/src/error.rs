@@ -7,7 +7,7 @@ use plafond_shards::check::StateError;
 use plafond_shards::ids::ShardId;
 use plafond_shards::store::StoreError;
 
-use crate::format::FORMAT_VERSION;
+use crate::format::KEYED_FORMAT_VERSION;
 
 /// Why a snapshot could not be written, read or restored.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum SnapshotError {
     /// A format version this build does not read.
     #[error(
         "the snapshot has format version {found}; this build reads versions 2 to \
-         {FORMAT_VERSION} only: restore it with a build that knows version {found}"
+         {KEYED_FORMAT_VERSION} only: restore it with a build that knows version {found}"
     )]
     UnsupportedVersion {
         /// The file's version.
@@ -84,6 +84,26 @@ pub enum SnapshotError {
         stored: u32,
         /// The CRC of the bytes read.
         computed: u32,
+    },
+    /// A MAC key is configured and the file carries no MAC.
+    #[error(
+        "the snapshot {path} carries no MAC (format version {version}) and a MAC key is \
+         configured: it was written without the key, or its MAC was stripped; refused"
+    )]
+    MacMissing {
+        /// The file.
+        path: PathBuf,
+        /// Its format version.
+        version: u32,
+    },
+    /// The file's MAC is not the key's MAC of its bytes.
+    #[error(
+        "the MAC of the snapshot {path} does not match: it was changed after it was written \
+         (checksums recomputed or not), or written with another key; refused"
+    )]
+    MacMismatch {
+        /// The file.
+        path: PathBuf,
     },
     /// A header field is out of range (its CRC matched, or was not reached yet).
     #[error("the snapshot's header is corrupt: {problem}")]

@@ -11,11 +11,13 @@
 //!          rest_bytes u64 | bincode of the state without its two tables | profiles
 //!          table | accounts table (`crate::tables`); version 2: bincode of the state.
 //! trailer  magic "PLAFSEND" | file_bytes u64 | crc32c u32 (of every byte before it)
+//! mac      version 4 only (written with an operator's key): HMAC-SHA-256 (32 bytes) of
+//!          every byte before it
 //! ```
 //!
 //! Integers are little-endian. Reading checks everything (magic, version, lengths
-//! against the file size, every checksum, the decoded states' invariants) before it
-//! returns anything, so a damaged file is refused whole.
+//! against the file size, every checksum, with a key the MAC, the decoded states'
+//! invariants) before it returns anything, so a damaged or altered file is refused whole.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -25,6 +27,7 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 
 use bincode::error::DecodeError;
+use plafond_mac::{MacKey, MacState, MAC_BYTES};
 use plafond_shards::ids::{ShardId, SHARDS_MAX};
 use plafond_shards::state::ShardState;
 
@@ -43,10 +46,15 @@ pub const TRAILER_MAGIC: [u8; 8] = *b"PLAFSEND";
 /// log, `plafond_shards::idempotency`).
 /// Version 3: the profiles and accounts follow the rest of the state as tables in blocks
 /// (`crate::tables`), so a reader decodes them on every core, without bincode.
+/// This is the version written without a MAC key.
 pub const FORMAT_VERSION: u32 = 3;
+/// The version this build writes with a MAC key: version 3 with the file's MAC after the
+/// trailer. A version 4 file read without a key reads as a version 3 file (its MAC is not
+/// checked: only the key can check it).
+pub const KEYED_FORMAT_VERSION: u32 = 4;
 /// The versions this build reads: its own, and version 2 (whose sections are one bincode
 /// encoding of the state), so checkpoints and snapshots written before survive an upgrade.
-pub const VERSIONS_READ: [u32; 2] = [2, FORMAT_VERSION];
+pub const VERSIONS_READ: [u32; 3] = [2, FORMAT_VERSION, KEYED_FORMAT_VERSION];
 /// Bytes of the length of the rest of the state at the start of a version 3 section.
 const REST_LENGTH_BYTES: usize = 8;
 /// Bytes of the header before the per-shard entries.
@@ -135,6 +143,20 @@ pub fn header_bytes(shards: u16) -> usize {
 }
 
 impl Header {
+    /// Whether the file carries a MAC (format version [`KEYED_FORMAT_VERSION`]).
+    pub fn keyed(&self) -> bool {
+        self.version == KEYED_FORMAT_VERSION
+    }
+
+    /// Bytes of the MAC after the trailer: none unless [`Header::keyed`].
+    fn mac_bytes(&self) -> u64 {
+        if self.keyed() {
+            MAC_BYTES as u64
+        } else {
+            0
+        }
+    }
+
     /// Bytes of shard `section`'s chunks with their checksums, or `None` on overflow.
     fn section_file_bytes(&self, section: &SectionInfo) -> Option<u64> {
         let chunks = section.state_bytes.div_ceil(u64::from(self.chunk_bytes));
@@ -143,7 +165,7 @@ impl Header {
 
     /// Bytes of the whole file, or `None` on overflow.
     pub fn file_bytes(&self) -> Option<u64> {
-        let mut total = header_bytes(self.shards) as u64 + TRAILER_BYTES as u64;
+        let mut total = header_bytes(self.shards) as u64 + TRAILER_BYTES as u64 + self.mac_bytes();
         for section in &self.sections {
             total = total.checked_add(self.section_file_bytes(section)?)?;
         }
@@ -299,13 +321,12 @@ fn open_snapshot(path: &Path) -> Result<(File, u64), SnapshotError> {
     Ok((file, metadata.len()))
 }
 
-/// Reads the header, checking it against the file size. Returns it with the running
-/// CRC of the file so far.
+/// Reads the header, checking it against the file size. Returns it with its bytes.
 fn read_header(
     reader: &mut impl Read,
     path: &Path,
     file_bytes: u64,
-) -> Result<(Header, u32), SnapshotError> {
+) -> Result<(Header, Vec<u8>), SnapshotError> {
     let prefix_bytes = (HEADER_FIXED_BYTES as u64).min(file_bytes) as usize;
     let mut prefix = vec![0u8; prefix_bytes];
     read_exact(reader, &mut prefix, path)?;
@@ -335,7 +356,35 @@ fn read_header(
             extra_bytes: file_bytes - expected_bytes,
         });
     }
-    Ok((header, crc32c::crc32c(&bytes)))
+    Ok((header, bytes))
+}
+
+/// What covers the whole file, fed its bytes in order as it is read or written: the
+/// file CRC and, with a key, the MAC.
+struct FileCheck {
+    crc: u32,
+    mac: Option<MacState>,
+}
+
+impl FileCheck {
+    fn new(header_bytes: &[u8], key: Option<&MacKey>) -> FileCheck {
+        let mut mac = key.map(MacKey::mac);
+        plafond_mac::update(&mut mac, header_bytes);
+        FileCheck { crc: crc32c::crc32c(header_bytes), mac }
+    }
+
+    /// A chunk whose CRC is known, then that CRC's bytes.
+    fn add_chunk(&mut self, chunk: &[u8], chunk_crc: u32, crc_bytes: &[u8; CRC_BYTES]) {
+        self.crc = crc32c::crc32c_combine(self.crc, chunk_crc, chunk.len());
+        self.crc = crc32c::crc32c_append(self.crc, crc_bytes);
+        plafond_mac::update(&mut self.mac, chunk);
+        plafond_mac::update(&mut self.mac, crc_bytes);
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        plafond_mac::update(&mut self.mac, bytes);
+    }
 }
 
 /// Reads shard `shard`'s chunks, verifying each checksum; returns its encoded state.
@@ -344,7 +393,7 @@ fn read_section(
     path: &Path,
     header: &Header,
     shard: usize,
-    file_crc: &mut u32,
+    check: &mut FileCheck,
     on_chunk: &mut dyn FnMut(u64),
 ) -> Result<Vec<u8>, SnapshotError> {
     let state_bytes = header.sections[shard].state_bytes;
@@ -363,18 +412,20 @@ fn read_section(
                 computed,
             });
         }
-        *file_crc = crc32c::crc32c_combine(*file_crc, computed, chunk.len());
-        *file_crc = crc32c::crc32c_append(*file_crc, &crc_bytes);
+        check.add_chunk(chunk, computed, &crc_bytes);
         on_chunk((chunk.len() + CRC_BYTES) as u64);
     }
     Ok(state)
 }
 
+/// Reads and checks the trailer, then (version 4) the MAC: against `check`'s when it has
+/// one, else only read.
 fn read_trailer(
     reader: &mut impl Read,
     path: &Path,
+    header: &Header,
     file_bytes: u64,
-    file_crc: u32,
+    mut check: FileCheck,
 ) -> Result<(), SnapshotError> {
     let mut trailer = [0u8; TRAILER_BYTES];
     read_exact(reader, &mut trailer, path)?;
@@ -389,12 +440,25 @@ fn read_trailer(
             problem: format!("it gives the length {stated}, the file has {file_bytes} bytes"),
         });
     }
-    let computed = crc32c::crc32c_append(file_crc, &trailer[..16]);
+    check.add(&trailer[..16]);
     let stored = u32_at(&trailer, 16);
-    if stored != computed {
+    if stored != check.crc {
+        let computed = check.crc;
         return Err(SnapshotError::Checksum { part: "whole file".into(), stored, computed });
     }
-    Ok(())
+    plafond_mac::update(&mut check.mac, &trailer[16..]);
+    if !header.keyed() {
+        return Ok(());
+    }
+    let mut stored = [0u8; MAC_BYTES];
+    read_exact(reader, &mut stored, path)?;
+    match check.mac {
+        // The checksums passed: only someone without the key changed the bytes, if anyone.
+        Some(mac) => {
+            mac.verify(&stored).map_err(|_| SnapshotError::MacMismatch { path: path.into() })
+        }
+        None => Ok(()),
+    }
 }
 
 /// Reads and checks only the header of the snapshot at `path` (and that the file has
@@ -406,9 +470,20 @@ pub fn read_header_of(path: &Path) -> Result<Header, SnapshotError> {
 }
 
 /// Reads and checks the snapshot at `path`: every length, every checksum and every
-/// shard's decoded state. Nothing is returned unless all of it is sound.
+/// shard's decoded state. Nothing is returned unless all of it is sound. [`read_keyed`]
+/// without a key.
 pub fn read(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot, SnapshotError> {
-    let (header, encoded) = read_encoded(path, progress)?;
+    read_keyed(path, None, progress)
+}
+
+/// [`read`], and with `key` the file's MAC: a file without one (version 2 or 3), or with
+/// one the key did not make, is refused.
+pub fn read_keyed(
+    path: &Path,
+    key: Option<&MacKey>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Snapshot, SnapshotError> {
+    let (header, encoded) = read_encoded(path, key, progress)?;
     let states = decode_all(&header, &encoded, |state| state, progress)?;
     Ok(Snapshot { header, states })
 }
@@ -420,13 +495,14 @@ pub(crate) struct Checked {
     pub rolled_days: Vec<Vec<plafond_shards::calendar::Day>>,
 }
 
-/// Reads and checks the snapshot at `path` as [`read`] does, and its money
+/// Reads and checks the snapshot at `path` as [`read_keyed`] does, and its money
 /// ([`check_money`]), but drops each decoded state once checked.
 pub(crate) fn read_checked(
     path: &Path,
+    key: Option<&MacKey>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Checked, SnapshotError> {
-    let (header, encoded) = read_encoded(path, progress)?;
+    let (header, encoded) = read_encoded(path, key, progress)?;
     let checked =
         decode_all(&header, &encoded, |state| (check_money(&state), state.rolled_day), progress)?;
     let mut rolled_days = Vec::with_capacity(checked.len());
@@ -441,33 +517,41 @@ pub(crate) fn read_checked(
 /// Reads the header and every section, verifying lengths and checksums.
 fn read_encoded(
     path: &Path,
+    key: Option<&MacKey>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Header, Vec<Vec<u8>>), SnapshotError> {
     let (file, file_bytes) = open_snapshot(path)?;
     let reader = BufReader::with_capacity(IO_BUFFER_BYTES, file);
-    read_encoded_from(reader, file_bytes, path, progress)
+    read_encoded_from(reader, file_bytes, path, key, progress)
 }
 
 /// Reads and checks a snapshot held in memory, as [`read`] does a file (for fuzzing and
-/// tools). `bytes` must be the whole snapshot.
+/// tools). `bytes` must be the whole snapshot. Without a key: a MAC is not checked.
 pub fn read_from_slice(
     bytes: &[u8],
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Snapshot, SnapshotError> {
     let path = Path::new("<memory>");
-    let (header, encoded) = read_encoded_from(bytes, bytes.len() as u64, path, progress)?;
+    let (header, encoded) = read_encoded_from(bytes, bytes.len() as u64, path, None, progress)?;
     let states = decode_all(&header, &encoded, |state| state, progress)?;
     Ok(Snapshot { header, states })
 }
 
-/// Reads a snapshot of `file_bytes` bytes from `reader`; `path` names it in errors.
+/// Reads a snapshot of `file_bytes` bytes from `reader`; `path` names it in errors. With
+/// `key`, a file without a MAC is refused before its sections are read.
 fn read_encoded_from(
     mut reader: impl Read,
     file_bytes: u64,
     path: &Path,
+    key: Option<&MacKey>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Header, Vec<Vec<u8>>), SnapshotError> {
-    let (header, mut file_crc) = read_header(&mut reader, path, file_bytes)?;
+    let (header, header_encoded) = read_header(&mut reader, path, file_bytes)?;
+    if key.is_some() && !header.keyed() {
+        let version = header.version;
+        return Err(SnapshotError::MacMissing { path: path.into(), version });
+    }
+    let mut check = FileCheck::new(&header_encoded, key);
     let mut done = header_bytes(header.shards) as u64;
     let mut encoded = Vec::with_capacity(usize::from(header.shards));
     for shard in 0..usize::from(header.shards) {
@@ -475,16 +559,9 @@ fn read_encoded_from(
             done += bytes;
             progress(Progress { phase: "read", done, total: file_bytes, unit: "bytes" });
         };
-        encoded.push(read_section(
-            &mut reader,
-            path,
-            &header,
-            shard,
-            &mut file_crc,
-            &mut on_chunk,
-        )?);
+        encoded.push(read_section(&mut reader, path, &header, shard, &mut check, &mut on_chunk)?);
     }
-    read_trailer(&mut reader, path, file_bytes, file_crc)?;
+    read_trailer(&mut reader, path, &header, file_bytes, check)?;
     progress(Progress { phase: "read", done: file_bytes, total: file_bytes, unit: "bytes" });
     Ok((header, encoded))
 }
@@ -852,10 +929,22 @@ pub fn temporary_path(path: &Path) -> PathBuf {
 
 /// Writes `shards` (each state with its log position) to `path` atomically: to
 /// `path.tmp`, fsynced, then renamed over `path`, and the directory fsynced.
+/// [`write_keyed`] without a key: a version 3 file.
 pub fn write(
     path: &Path,
     shards: &[(ShardState, u64)],
     options: WriteOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Written, SnapshotError> {
+    write_keyed(path, shards, options, None, progress)
+}
+
+/// [`write`]; with `key`, a version 4 file: the MAC of every byte follows the trailer.
+pub fn write_keyed(
+    path: &Path,
+    shards: &[(ShardState, u64)],
+    options: WriteOptions,
+    key: Option<&MacKey>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Written, SnapshotError> {
     let count = check_input(shards)?;
@@ -886,7 +975,7 @@ pub fn write(
         })
         .collect();
     let header = Header {
-        version: FORMAT_VERSION,
+        version: if key.is_some() { KEYED_FORMAT_VERSION } else { FORMAT_VERSION },
         shards: count,
         regions: shards[0].0.rolled_day.len() as u16,
         chunk_bytes: options.chunk_bytes,
@@ -894,8 +983,9 @@ pub fn write(
         sections,
     };
     let temporary = temporary_path(path);
-    let written = write_file(&temporary, &header, &encoded, options.bytes_per_second, progress)
-        .and_then(|bytes| {
+    let pace = options.bytes_per_second;
+    let written =
+        write_file(&temporary, &header, &encoded, pace, key, progress).and_then(|bytes| {
             std::fs::rename(&temporary, path)
                 .map_err(|error| SnapshotError::io("renaming into place", path, error))?;
             sync_parent(path)?;
@@ -916,6 +1006,7 @@ fn write_file(
     header: &Header,
     encoded: &[Vec<u8>],
     bytes_per_second: Option<u64>,
+    key: Option<&MacKey>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64, SnapshotError> {
     let started = std::time::Instant::now();
@@ -937,7 +1028,7 @@ fn write_file(
     let mut writer = BufWriter::with_capacity(IO_BUFFER_BYTES, file);
     let header_bytes = header.encode();
     writer.write_all(&header_bytes).map_err(io)?;
-    let mut file_crc = crc32c::crc32c(&header_bytes);
+    let mut check = FileCheck::new(&header_bytes, key);
     let mut done = header_bytes.len() as u64;
     let mut synced = 0;
     for state in encoded {
@@ -946,8 +1037,7 @@ fn write_file(
             let crc_bytes = crc.to_le_bytes();
             writer.write_all(chunk).map_err(io)?;
             writer.write_all(&crc_bytes).map_err(io)?;
-            file_crc = crc32c::crc32c_combine(file_crc, crc, chunk.len());
-            file_crc = crc32c::crc32c_append(file_crc, &crc_bytes);
+            check.add_chunk(chunk, crc, &crc_bytes);
             done += (chunk.len() + CRC_BYTES) as u64;
             if done - synced >= SYNC_EVERY_BYTES {
                 // Written out as it goes: a file of hundreds of MB left dirty to one fsync
@@ -964,10 +1054,15 @@ fn write_file(
     let mut trailer = Vec::with_capacity(TRAILER_BYTES);
     trailer.extend_from_slice(&TRAILER_MAGIC);
     trailer.extend_from_slice(&total.to_le_bytes());
-    let file_crc = crc32c::crc32c_append(file_crc, &trailer);
-    trailer.extend_from_slice(&file_crc.to_le_bytes());
+    check.add(&trailer);
+    trailer.extend_from_slice(&check.crc.to_le_bytes());
     writer.write_all(&trailer).map_err(io)?;
     done += TRAILER_BYTES as u64;
+    plafond_mac::update(&mut check.mac, &trailer[TRAILER_BYTES - CRC_BYTES..]);
+    if let Some(mac) = check.mac {
+        writer.write_all(&mac.finish()).map_err(io)?;
+        done += MAC_BYTES as u64;
+    }
     assert_eq!(done, total, "the written length matches the header's");
     progress(Progress { phase: "write", done, total, unit: "bytes" });
     let file = writer.into_inner().map_err(|error| io(error.into_error()))?;

@@ -13,6 +13,10 @@
 //! - [`restore`] builds a data directory from a snapshot (plus the log after it) for
 //!   `Engine::open`, all or nothing.
 //!
+//! With an operator's [`MacKey`], the `*_keyed` functions write files that carry a keyed
+//! MAC (HMAC-SHA-256, format version 4) and refuse, when reading or restoring, a file
+//! whose MAC is missing or is not the key's; the others work without a key.
+//!
 //! This crate knows shards, not engines: the engine crate wraps it as `Engine::snapshot`
 //! and `Engine::restore`.
 //!
@@ -47,7 +51,8 @@ use std::time::Instant;
 use plafond_shards::state::ShardState;
 
 pub use error::SnapshotError;
-pub use format::{Header, SectionInfo, Snapshot, FORMAT_VERSION};
+pub use format::{Header, SectionInfo, Snapshot, FORMAT_VERSION, KEYED_FORMAT_VERSION};
+pub use plafond_mac::MacKey;
 pub use progress::{Progress, Terminal};
 pub use restore::RestoreReport;
 
@@ -115,8 +120,19 @@ pub fn write_with(
     options: format::WriteOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<SnapshotReport, SnapshotError> {
+    write_keyed(path, shards, options, None, progress)
+}
+
+/// [`write_with`]; with `key`, the file carries the key's MAC of its bytes (version 4).
+pub fn write_keyed(
+    path: &Path,
+    shards: &[(ShardState, u64)],
+    options: format::WriteOptions,
+    key: Option<&MacKey>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
-    let written = format::write(path, shards, options, progress)?;
+    let written = format::write_keyed(path, shards, options, key, progress)?;
     let seconds = started.elapsed().as_secs_f64();
     let accounts = written.header.sections.iter().map(|s| s.accounts).sum();
     Ok(SnapshotReport {
@@ -130,19 +146,71 @@ pub fn write_with(
     })
 }
 
-/// Reads and checks the snapshot at `path` whole; see [`format::read`].
+/// Reads and checks the snapshot at `path` whole; see [`format::read`]. Without a key: a
+/// MAC the file carries is not checked.
 pub fn read(path: &Path, mut progress: impl FnMut(Progress)) -> Result<Snapshot, SnapshotError> {
     format::read(path, &mut progress)
 }
 
+/// [`read`], and with `key` the file's MAC: a file without one, or with one the key did
+/// not make, is refused ([`SnapshotError::MacMissing`], [`SnapshotError::MacMismatch`]).
+pub fn read_keyed(
+    path: &Path,
+    key: Option<&MacKey>,
+    mut progress: impl FnMut(Progress),
+) -> Result<Snapshot, SnapshotError> {
+    format::read_keyed(path, key, &mut progress)
+}
+
 /// Restores the snapshot at `snapshot` into `target` (absent or empty), copying the log
 /// written after it from `source` (the stopped engine's data directory) when given; see
-/// [`restore::restore`].
+/// [`restore::restore`]. [`restore_keyed`] without a key.
 pub fn restore(
     snapshot: &Path,
     source: Option<&Path>,
     target: &Path,
     mut progress: impl FnMut(Progress),
 ) -> Result<RestoreReport, SnapshotError> {
-    restore::restore(snapshot, source, target, &mut progress)
+    restore::restore(snapshot, source, target, None, &mut progress)
+}
+
+/// [`restore`]; with `key`, a snapshot without the key's MAC is refused before anything is
+/// written.
+pub fn restore_keyed(
+    snapshot: &Path,
+    source: Option<&Path>,
+    target: &Path,
+    key: Option<&MacKey>,
+    mut progress: impl FnMut(Progress),
+) -> Result<RestoreReport, SnapshotError> {
+    restore::restore(snapshot, source, target, key, &mut progress)
+}
+
+/// Writes the snapshot at `source` again at `target`, under `key` (format version 4): the
+/// way to bring a snapshot taken without a key to an engine that has one. `source` is read
+/// and checked whole as a restore checks it (checksums, invariants, every shard's money)
+/// but without a key, so only a file the operator trusts should be sealed. The states, log
+/// positions, chunk size and creation time are kept.
+pub fn seal(
+    source: &Path,
+    target: &Path,
+    key: &MacKey,
+    mut progress: impl FnMut(Progress),
+) -> Result<SnapshotReport, SnapshotError> {
+    let snapshot = format::read(source, &mut progress)?;
+    for (shard, state) in snapshot.states.iter().enumerate() {
+        format::check_money(state).map_err(|problem| SnapshotError::CorruptShard {
+            shard: shard as plafond_shards::ids::ShardId,
+            problem,
+        })?;
+    }
+    let header = &snapshot.header;
+    let options = format::WriteOptions {
+        chunk_bytes: header.chunk_bytes,
+        created_ms: header.created_ms,
+        bytes_per_second: None,
+    };
+    let positions = header.sections.iter().map(|section| section.log_position);
+    let shards: Vec<(ShardState, u64)> = snapshot.states.into_iter().zip(positions).collect();
+    write_keyed(target, &shards, options, Some(key), &mut progress)
 }

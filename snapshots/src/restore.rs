@@ -16,6 +16,8 @@ use plafond_shards::log::{log_key, parse_log_key};
 use plafond_shards::store::Store;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
+use plafond_mac::MacKey;
+
 use crate::error::SnapshotError;
 use crate::format::{self, Checked};
 use crate::progress::Progress;
@@ -84,11 +86,13 @@ fn open_source(source: &Path, shards: u16) -> Result<Store, SnapshotError> {
 /// Restores `snapshot` into `target` (absent or empty), with the log written after the
 /// snapshot copied from `source` (the data directory of the engine that took it, which
 /// must be stopped) when given. Then `Engine::open` on `target` with the snapshot's
-/// shard count and the same regions gives the engine back.
+/// shard count and the same regions gives the engine back. With `key`, the snapshot must
+/// carry the key's MAC (checked before anything is written).
 pub fn restore(
     snapshot: &Path,
     source: Option<&Path>,
     target: &Path,
+    key: Option<&MacKey>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RestoreReport, SnapshotError> {
     let started = Instant::now();
@@ -98,7 +102,7 @@ pub fn restore(
         return Err(SnapshotError::StagingExists { path: staging });
     }
     let snapshot_bytes = std::fs::metadata(snapshot).map_or(0, |m| m.len());
-    let read = format::read_checked(snapshot, progress)?;
+    let read = format::read_checked(snapshot, key, progress)?;
     let shards = read.header.shards;
     let source =
         source.map(|dir| open_source(dir, shards).map(|store| (dir, store))).transpose()?;
