@@ -5,8 +5,8 @@ mod support;
 
 use std::path::Path;
 
-use plafond_examples::resp::Value;
 use plafond_snapshots::format::{self, WriteOptions, CHUNK_BYTES};
+use plafond_wire::Value;
 use support::{array, int, simple, Server};
 
 fn text(path: &Path) -> &str {
