@@ -245,11 +245,13 @@ struct CountVolume {
     volume_minor: u128,
 }
 
+/// Keyed by the account kinds as the wire spells them.
 #[derive(Serialize)]
-#[expect(non_snake_case, reason = "the keys are the account kinds as the wire spells them")]
 struct AccountsJson {
-    CHECKING: u64,
-    SAVINGS: u64,
+    #[serde(rename = "CHECKING")]
+    checking: u64,
+    #[serde(rename = "SAVINGS")]
+    savings: u64,
 }
 
 #[derive(Serialize)]
@@ -277,7 +279,7 @@ impl RegionJson {
             .collect();
         RegionJson {
             profiles: c.profiles,
-            accounts: AccountsJson { CHECKING: c.checking_accounts, SAVINGS: c.savings_accounts },
+            accounts: AccountsJson { checking: c.checking_accounts, savings: c.savings_accounts },
             balances_minor: c.balances_minor,
             payments_approved: CountVolume {
                 count: c.payments_approved,
