@@ -14,6 +14,7 @@ pub const LATENCY_MAX_US: u64 = 60_000_000;
 /// Achieved rates more than this fraction below `--rate` get a warning.
 pub const RATE_SHORTFALL_WARN: f64 = 0.05;
 
+/// The outcomes one worker saw.
 pub struct Tally {
     pub latency_us: Histogram<u64>,
     /// Rate mode only: how late each payment was queued for sending after it was due.
@@ -69,8 +70,6 @@ impl Tally {
         self.declined.iter().sum()
     }
 }
-
-/// What all workers share: progress counters and the day-advance schedule.
 
 pub fn count_reply(tally: &mut Tally, reply: &Value, amount: u64) {
     let Value::Array(items) = reply else {

@@ -29,8 +29,7 @@ pub struct Workload {
     pub run_nonce: u64,
 }
 
-/// The outcomes one worker saw.
-
+/// What all workers share: progress counters and the day-advance schedule.
 pub struct Shared {
     /// Payments handed out so far (the budget is `workload.ops`).
     pub issued: AtomicU64,

@@ -91,8 +91,11 @@ impl SnapshotDir {
     }
 }
 
-/// The server's snapshots in `dir` (by name), each with its (time, sequence).
-fn snapshots_in(dir: &Path) -> Result<Vec<((u128, u64), PathBuf)>, SnapshotDirError> {
+/// A snapshot's age from its name: (milliseconds since the epoch, sequence).
+type Age = (u128, u64);
+
+/// The server's snapshots in `dir` (by name), each with its age.
+fn snapshots_in(dir: &Path) -> Result<Vec<(Age, PathBuf)>, SnapshotDirError> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
         let entry = entry.map_err(io("list", dir))?;
@@ -104,7 +107,7 @@ fn snapshots_in(dir: &Path) -> Result<Vec<((u128, u64), PathBuf)>, SnapshotDirEr
 }
 
 /// `plafond-<ms>-<sequence>.snapshot` → `(ms, sequence)`; `None` for any other name.
-fn age_of(name: &str) -> Option<(u128, u64)> {
+fn age_of(name: &str) -> Option<Age> {
     let middle = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
     let (stamp, sequence) = middle.split_once('-')?;
     Some((stamp.parse().ok()?, sequence.parse().ok()?))

@@ -245,6 +245,10 @@ impl InProcess {
     pub fn redis(&self) -> redis::Connection {
         redis_at(&format!("redis://{}/", self.addr))
     }
+
+    pub fn redis_with_url(&self, url: &str) -> redis::Connection {
+        redis_at(url)
+    }
 }
 
 impl Drop for InProcess {
