@@ -61,8 +61,8 @@ pub fn open(args: &ServerArgs) -> Result<(Arc<Engine>, ServerConfig), OpenError>
         Some(restore) => restore_engine(restore, config)?,
         None => Engine::open(config).map_err(OpenError::Engine)?,
     };
-    if args.populate > 0 {
-        populate(&engine, args.populate)?;
+    if let Some(accounts) = args.populate.filter(|&accounts| accounts > 0) {
+        populate(&engine, accounts)?;
     }
     let settings = ServerConfig {
         clock,

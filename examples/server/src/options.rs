@@ -77,8 +77,9 @@ pub struct ServerArgs {
     pub clock: ClockKind,
     /// Before listening, open N checking accounts in the first region (balance 20000,
     /// ceiling 10000), card ids 0..N-1; refused on a non-empty data dir.
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = number::<u64>)]
-    pub populate: u64,
+    // An `Option`, not a default of 0: `--restore` refuses `--populate` given at all, even 0.
+    #[arg(long, value_name = "N", value_parser = number::<u64>)]
+    pub populate: Option<u64>,
     /// Where SNAPSHOT writes (created 0700, files 0600, one snapshot at a time).
     #[arg(long, value_name = "DIR", default_value = SNAPSHOT_DIR_DEFAULT)]
     pub snapshot_dir: PathBuf,
@@ -210,7 +211,7 @@ impl ServerArgs {
             }
             return Ok(None);
         };
-        if self.populate > 0 {
+        if self.populate.is_some() {
             return Err(FlagsError::RestoreWithPopulate);
         }
         Ok(Some(Restore { snapshot, log_from: self.restore_log_from.clone() }))
@@ -285,7 +286,7 @@ mod tests {
     fn values_are_typed_and_ranged() {
         let args = parse(&["--populate", "1_000", "--idle-timeout-ms=250", "--clock", "manual"])
             .expect("valid");
-        assert_eq!(args.populate, 1000);
+        assert_eq!(args.populate, Some(1000));
         assert_eq!(args.limits().idle_timeout, Duration::from_millis(250));
         assert_eq!(args.clock, ClockKind::Manual);
         for bad in [
@@ -312,7 +313,9 @@ mod tests {
         assert_eq!(args.log_retention(), Err(FlagsError::ArchiveDirWithoutArchive));
         let args = parse(&["--restore-log-from", "old"]).expect("parses");
         assert_eq!(args.restore(), Err(FlagsError::RestoreLogWithoutRestore));
-        let args = parse(&["--restore", "s", "--populate", "1"]).expect("parses");
-        assert_eq!(args.restore(), Err(FlagsError::RestoreWithPopulate));
+        for populate in ["1", "0"] {
+            let args = parse(&["--restore", "s", "--populate", populate]).expect("parses");
+            assert_eq!(args.restore(), Err(FlagsError::RestoreWithPopulate), "{populate}");
+        }
     }
 }
