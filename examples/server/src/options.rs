@@ -35,9 +35,12 @@ const CHECKPOINT_LOG_MB_DEFAULT: u64 = 256;
                   stop it cleanly. If the disk refuses a write, it says so on stderr and every \
                   command gets `-ERR STORAGE ...` until a restart."
 )]
+// Numbers allow a leading `-` (`allow_negative_numbers`) so that `--io-threads -1` is
+// refused by the flag's own parser, naming the flag, rather than read as an unknown flag.
 pub struct ServerArgs {
     /// TCP port (0 picks a free one).
-    #[arg(long, default_value_t = PORT_DEFAULT, value_parser = number::<u16>)]
+    #[arg(long, default_value_t = PORT_DEFAULT,
+          allow_negative_numbers = true, value_parser = number::<u16>)]
     pub port: u16,
     /// Address to listen on; an address other machines reach needs a token, or
     /// --allow-no-token.
@@ -51,7 +54,7 @@ pub struct ServerArgs {
     pub durability: Durability,
     /// Shard threads, fixed for a data directory (default: the directory's own count, or
     /// for a new one the cores the I/O threads leave, at least 1).
-    #[arg(long, value_name = "N", value_parser = number::<u16>)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = number::<u16>)]
     pub shards: Option<u16>,
     /// Regions TOML (default: built-in eu-west and us-east).
     #[arg(long, value_name = "FILE")]
@@ -78,31 +81,34 @@ pub struct ServerArgs {
     /// Before listening, open N checking accounts in the first region (balance 20000,
     /// ceiling 10000), card ids 0..N-1; refused on a non-empty data dir.
     // An `Option`, not a default of 0: `--restore` refuses `--populate` given at all, even 0.
-    #[arg(long, value_name = "N", value_parser = number::<u64>)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = number::<u64>)]
     pub populate: Option<u64>,
     /// Where SNAPSHOT writes (created 0700, files 0600, one snapshot at a time).
     #[arg(long, value_name = "DIR", default_value = SNAPSHOT_DIR_DEFAULT)]
     pub snapshot_dir: PathBuf,
     /// The newest N snapshots are kept there, older ones removed.
     #[arg(long, value_name = "N", default_value_t = SNAPSHOTS_KEPT_DEFAULT,
+          allow_negative_numbers = true,
           value_parser = in_range::<usize>(1, SNAPSHOTS_KEPT_MAX as u64))]
     pub snapshots_keep: usize,
     /// Threads serving the connections (default: half the cores, at least 1).
-    #[arg(long, value_name = "N", value_parser = in_range::<usize>(1, IO_THREADS_MAX as u64))]
+    #[arg(long, value_name = "N",
+          allow_negative_numbers = true,
+          value_parser = in_range::<usize>(1, IO_THREADS_MAX as u64))]
     pub io_threads: Option<usize>,
     /// A checkpoint (restart replays only the log after it) at least every S seconds while
     /// the log grows.
     #[arg(long, value_name = "S", default_value_t = CHECKPOINT_INTERVAL_S_DEFAULT,
-          value_parser = in_range::<u64>(1, u64::MAX))]
+          allow_negative_numbers = true, value_parser = in_range::<u64>(1, u64::MAX))]
     pub checkpoint_interval_s: u64,
     /// A checkpoint after every M MiB of log.
     #[arg(long, value_name = "M", default_value_t = CHECKPOINT_LOG_MB_DEFAULT,
-          value_parser = in_range::<u64>(1, CHECKPOINT_LOG_MB_MAX))]
+          allow_negative_numbers = true, value_parser = in_range::<u64>(1, CHECKPOINT_LOG_MB_MAX))]
     pub checkpoint_log_mb: u64,
     /// Keep at least D days of log in the data directory; older batches before the oldest
     /// kept checkpoint move to the archive.
     #[arg(long, value_name = "D", default_value_t = LOG_RETENTION_DAYS_DEFAULT,
-          value_parser = number::<u32>)]
+          allow_negative_numbers = true, value_parser = number::<u32>)]
     pub log_retention_days: u32,
     /// Where archived log segments go (default <data-dir>/archive); verify and replay them
     /// with the audit example.
@@ -124,19 +130,20 @@ pub struct ServerArgs {
     /// An unauthenticated connection (with a token: until AUTH; without: until its first
     /// request) is closed after MS.
     #[arg(long, value_name = "MS", default_value_t = limits::AUTH_TIMEOUT_DEFAULT_MS,
-          value_parser = in_range::<u64>(1, limits::TIMEOUT_MS_MAX))]
+          allow_negative_numbers = true, value_parser = in_range::<u64>(1, limits::TIMEOUT_MS_MAX))]
     pub auth_timeout_ms: u64,
     /// A connection with nothing in flight and no request for MS is closed.
     #[arg(long, value_name = "MS", default_value_t = limits::IDLE_TIMEOUT_DEFAULT_MS,
-          value_parser = in_range::<u64>(1, limits::TIMEOUT_MS_MAX))]
+          allow_negative_numbers = true, value_parser = in_range::<u64>(1, limits::TIMEOUT_MS_MAX))]
     pub idle_timeout_ms: u64,
     /// A client that reads none of its replies for MS is dropped.
     #[arg(long, value_name = "MS", default_value_t = limits::WRITE_TIMEOUT_DEFAULT_MS,
-          value_parser = in_range::<u64>(1, limits::TIMEOUT_MS_MAX))]
+          allow_negative_numbers = true, value_parser = in_range::<u64>(1, limits::TIMEOUT_MS_MAX))]
     pub write_timeout_ms: u64,
     /// At most N connections (fewer if the descriptor limit, `ulimit -n`, allows fewer); a
     /// quarter is kept for authenticated ones.
     #[arg(long, value_name = "N", default_value_t = limits::CONNECTIONS_MAX,
+          allow_negative_numbers = true,
           value_parser = in_range::<usize>(1, limits::CONNECTIONS_MAX as u64))]
     pub max_connections: usize,
 }
@@ -293,6 +300,8 @@ mod tests {
             &["--auth-timeout-ms", "0"][..],
             &["--max-connections", "5000"],
             &["--io-threads", "0"],
+            &["--io-threads", "-1"],
+            &["--port", "-1"],
             &["--io-threads", "many"],
             &["--snapshots-keep", "0"],
             &["--checkpoint-log-mb", "2000000"],
