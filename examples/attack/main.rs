@@ -16,29 +16,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use plafond_examples::flags::Flags;
-use plafond_examples::resp::encode_command;
 use plafond_examples::sample::Rng;
+use plafond_server::options::{in_range, number};
+use plafond_wire::encode_command;
 
-const FLAGS: &[&str] =
-    &["host", "port", "token", "pipeliners", "idlers", "tricklers", "duration-s", "cards"];
-
-const HELP: &str = "\
-attack: a hostile crowd of connections against a plafond server (for benchmarks).
-
-usage: attack [--host 127.0.0.1] [--port 7379] [--token T] [--pipeliners 500]
-              [--idlers 250] [--tricklers 250] [--duration-s 60] [--cards 100000]
-
-  --pipeliners N  connections that send PAY <random card> 100 as fast as the server takes
-                  them and never read a reply (with --token they AUTH first)
-  --idlers N      connections that send nothing
-  --tricklers N   connections that send PING one byte per second
-Each reconnects as soon as it is dropped. Prints what happened every 5 s.
-";
+/// attack: a hostile crowd of connections against a plafond server (for benchmarks).
+///
+/// Each connection reconnects as soon as it is dropped. Prints what happened every 5 s.
+#[derive(Debug, Parser)]
+#[command(name = "attack")]
+struct AttackArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 7379, value_parser = number::<u16>)]
+    port: u16,
+    /// Pipeliners AUTH with it first.
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
+    /// Connections that send PAY <random card> 100 as fast as the server takes them and
+    /// never read a reply.
+    #[arg(long, value_name = "N", default_value_t = 500,
+          value_parser = in_range::<usize>(0, CONNECTIONS_MAX as u64))]
+    pipeliners: usize,
+    /// Connections that send nothing.
+    #[arg(long, value_name = "N", default_value_t = 250,
+          value_parser = in_range::<usize>(0, CONNECTIONS_MAX as u64))]
+    idlers: usize,
+    /// Connections that send PING one byte per second.
+    #[arg(long, value_name = "N", default_value_t = 250,
+          value_parser = in_range::<usize>(0, CONNECTIONS_MAX as u64))]
+    tricklers: usize,
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = number::<u64>)]
+    duration_s: u64,
+    /// Pipeliners pay cards 0..N-1.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = number::<u64>)]
+    cards: u64,
+}
 
 /// PAYs written per `write` call of a pipeliner.
 const PIPELINE_PAYS: usize = 4096;
@@ -69,27 +86,12 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let flags = Flags::parse(std::env::args().skip(1), FLAGS).map_err(|e| anyhow!(e))?;
-    if flags.help {
-        print!("{HELP}");
-        return Ok(());
-    }
-    let host = flags.text("host").unwrap_or("127.0.0.1").to_string();
-    let port: u16 = flags.get("port", 7379).map_err(|e| anyhow!(e))?;
-    let addr = format!("{host}:{port}");
-    let counts = |name| -> anyhow::Result<usize> {
-        let count = flags.get(name, if name == "pipeliners" { 500 } else { 250 });
-        let count: usize = count.map_err(|e| anyhow!(e))?;
-        if count > CONNECTIONS_MAX {
-            bail!("--{name} {count}: at most {CONNECTIONS_MAX}");
-        }
-        Ok(count)
-    };
-    let (pipeliners, idlers, tricklers) =
-        (counts("pipeliners")?, counts("idlers")?, counts("tricklers")?);
-    let duration = Duration::from_secs(flags.get("duration-s", 60u64).map_err(|e| anyhow!(e))?);
-    let cards: u64 = flags.get("cards", 100_000u64).map_err(|e| anyhow!(e))?;
-    let token = flags.text("token").map(str::to_owned);
+    let args = AttackArgs::parse();
+    let addr = format!("{}:{}", args.host, args.port);
+    let (pipeliners, idlers, tricklers) = (args.pipeliners, args.idlers, args.tricklers);
+    let duration = Duration::from_secs(args.duration_s);
+    let cards = args.cards;
+    let token = args.token;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let counters = Arc::new(Counters::default());
@@ -171,7 +173,9 @@ async fn idle(mut stream: TcpStream, _: Arc<Counters>) {
 }
 
 async fn trickle(mut stream: TcpStream, counters: Arc<Counters>) {
-    for byte in b"PING\r\n".iter().cycle() {
+    let mut ping = Vec::new();
+    encode_command(&mut ping, &["PING"]);
+    for byte in ping.iter().cycle() {
         if stream.write_all(&[*byte]).await.is_err() {
             return;
         }

@@ -8,26 +8,19 @@
 //! cargo run --release --example cli -- stats
 //! ```
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use clap::{CommandFactory as _, Parser};
 
-use plafond_examples::flags::Flags;
-use plafond_examples::resp::{encode_command, parse_value, Value};
+use plafond_server::options::number;
+use plafond_wire::{Client, Value};
 
 /// How long the client waits for the server to answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes read per `read` call.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-const HELP: &str = "\
-plafond cli: send one command to a plafond server and print the reply.
-
-usage: cli [--host 127.0.0.1] [--port 7379] [--token T] <command...>
-
+/// The commands, after the flags in `--help`.
+const COMMANDS: &str = "\
 commands:
   ping
   open-profile <region>                   e.g. open-profile eu-west
@@ -43,6 +36,22 @@ commands:
   clock-set <unix_ms> | clock-advance <ms> (server started with --clock manual)
   anything else is sent as typed, e.g. `cli CARD.BLOCK 3`
 ";
+
+/// plafond cli: send one command to a plafond server and print the reply.
+#[derive(Debug, Parser)]
+#[command(name = "cli", after_help = COMMANDS)]
+struct CliArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 7379, value_parser = number::<u16>)]
+    port: u16,
+    /// AUTH with this token first.
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
 
 /// The server command for a friendly verb.
 fn command_of(words: &[String]) -> Vec<String> {
@@ -86,52 +95,19 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let flags = Flags::parse(std::env::args().skip(1), &["host", "port", "token"])
-        .map_err(|e| anyhow!(e))?;
-    if flags.help || flags.positional.is_empty() {
-        print!("{HELP}");
+    let args = CliArgs::parse();
+    if args.command.is_empty() {
+        CliArgs::command().print_help()?;
         return Ok(ExitCode::SUCCESS);
     }
-    let host = flags.text("host").unwrap_or("127.0.0.1");
-    let port: u16 = flags.get("port", 7379).map_err(|e| anyhow!(e))?;
-    let stream = TcpStream::connect((host, port))
-        .with_context(|| format!("cannot connect to {host}:{port} (is the server running?)"))?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    let mut client = Client { stream, buffer: Vec::new() };
-    if let Some(token) = flags.text("token") {
-        if let Value::Error(error) = client.call(&["AUTH".to_string(), token.to_string()])? {
-            bail!("AUTH refused: {error}");
-        }
+    let mut client = Client::connect((args.host.as_str(), args.port), REPLY_TIMEOUT)?;
+    if let Some(token) = &args.token {
+        client.auth(token)?;
     }
-    let reply = client.call(&command_of(&flags.positional))?;
+    let reply = client.call(&command_of(&args.command))?;
     println!("{reply}");
     Ok(match reply {
         Value::Error(_) => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     })
-}
-
-struct Client {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Client {
-    fn call(&mut self, args: &[String]) -> anyhow::Result<Value> {
-        let mut request = Vec::new();
-        encode_command(&mut request, args);
-        self.stream.write_all(&request)?;
-        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-        loop {
-            if let Some((value, used)) = parse_value(&self.buffer)? {
-                self.buffer.drain(..used);
-                return Ok(value);
-            }
-            let read = self.stream.read(&mut chunk).context("reading the reply")?;
-            if read == 0 {
-                bail!("the server closed the connection");
-            }
-            self.buffer.extend_from_slice(&chunk[..read]);
-        }
-    }
 }

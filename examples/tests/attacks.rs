@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use plafond_examples::resp::{encode_command, parse_value, Value, ERROR_BYTES_MAX};
+use plafond_wire::{encode_command, ReplyReader, Value, ERROR_BYTES_MAX};
 use support::{int, simple, Server};
 
 const MEMORY: &[&str] = &["--durability", "none", "--shards", "1"];
@@ -63,27 +63,24 @@ fn flood(addr: SocketAddr, connections: usize, bytes: &[u8], duration: Duration)
 }
 
 /// The next reply, or `None` once the server closed the connection (or reset it).
-fn next_reply(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Value> {
-    let mut chunk = [0u8; 65536];
+fn next_reply(mut stream: &TcpStream, reader: &mut ReplyReader) -> Option<Value> {
     loop {
-        if let Some((value, used)) = parse_value(buffer).expect("valid RESP") {
-            buffer.drain(..used);
+        if let Some(value) = reader.next_reply().expect("valid RESP") {
             return Some(value);
         }
-        match stream.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+        match reader.fill(&mut stream) {
+            Ok(()) => {}
+            Err(e) if e.is_disconnect() => return None,
             Err(e) => panic!("reading a reply: {e}"),
         }
     }
 }
 
 /// Reads a socket to its end: the replies it got, in order.
-fn replies_until_closed(stream: &mut TcpStream) -> Vec<Value> {
+fn replies_until_closed(stream: &TcpStream) -> Vec<Value> {
     stream.set_read_timeout(Some(support::REPLY_TIMEOUT)).expect("a timeout");
-    let mut buffer = Vec::new();
-    std::iter::from_fn(|| next_reply(stream, &mut buffer)).collect()
+    let mut reader = ReplyReader::new();
+    std::iter::from_fn(|| next_reply(stream, &mut reader)).collect()
 }
 
 fn balance(c: &mut support::Raw) -> Value {
@@ -219,7 +216,7 @@ fn idle_connections_are_closed_and_busy_ones_are_not() {
         assert_eq!(busy.call(&["PING"]), simple("PONG"), "a busy connection is not idle");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let replies = replies_until_closed(&mut idle.stream);
+    let replies = replies_until_closed(idle.client.stream());
     assert!(
         matches!(replies.as_slice(), [Value::Error(e)] if e.contains("idle timeout")),
         "{replies:?}"
@@ -231,11 +228,11 @@ fn a_client_that_reads_none_of_its_replies_is_dropped_after_the_write_timeout() 
     let server = Server::start(&with(&["--write-timeout-ms", "300"]));
     let message = "x".repeat(1000);
     let stream = flood(server.addr, 1, &pipeline(&["PING", &message], 256), Duration::from_secs(2));
-    let mut stream = stream.into_iter().next().expect("one stream");
+    let stream = stream.into_iter().next().expect("one stream");
     stream.set_nonblocking(false).expect("blocking");
     std::thread::sleep(Duration::from_secs(1));
     // It is closed by now: reading gives what was written before, then the end.
-    let replies = replies_until_closed(&mut stream);
+    let replies = replies_until_closed(&stream);
     assert!(!replies.is_empty(), "some replies were written before the stall");
     assert!(replies.len() < 100_000, "{} replies: it was never dropped", replies.len());
     let mut other = server.raw();
@@ -250,7 +247,7 @@ fn with_few_descriptors_the_connection_limit_follows_them_and_the_rest_are_refus
     let mut refused = 0;
     for _ in 0..DESCRIPTORS + 44 {
         let mut c = server.raw();
-        c.stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
+        c.client.stream().set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
         c.send_command(&["PING"]);
         match c.read() {
             Some(reply) if reply == simple("PONG") => served.push(c),
@@ -276,7 +273,7 @@ fn wrong_tokens_are_slowed_and_a_connection_closes_after_too_many() {
     }
     let started = Instant::now();
     guesser.send(&guesses);
-    let replies = replies_until_closed(&mut guesser.stream);
+    let replies = replies_until_closed(guesser.client.stream());
     let elapsed = started.elapsed();
     // Closed with guesses unread, the socket is reset: the last replies may be lost.
     assert!((1..=10).contains(&replies.len()), "{replies:?}");
@@ -353,7 +350,7 @@ fn a_connection_that_keeps_sending_before_auth_is_read_no_more_and_closed() {
         Server::start(&with(&["--token", TOKEN, "--populate", "1", "--auth-timeout-ms", "1000"]));
     let mut anonymous = server.raw();
     anonymous.send(&pipeline(&["PAY", "0", "1"], 5000));
-    let replies = replies_until_closed(&mut anonymous.stream);
+    let replies = replies_until_closed(anonymous.client.stream());
     // Read no more after a thousand refusals, then closed at the auth deadline (with
     // requests unread the socket is reset, so the last replies may be lost).
     assert!((1..=1001).contains(&replies.len()), "{} replies", replies.len());

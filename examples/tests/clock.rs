@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use plafond_examples::resp::Value;
+use plafond_wire::Value;
 use support::{is_error, simple, Server};
 
 const DAY_MS: i64 = 86_400_000;

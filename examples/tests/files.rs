@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
-use plafond_examples::resp::Value;
+use plafond_wire::Value;
 use support::{server_binary, simple, Server};
 
 const TOKEN: &str = "correct-horse-battery-staple";

@@ -5,8 +5,8 @@ mod support;
 
 use std::path::Path;
 
-use plafond_examples::resp::Value;
 use plafond_snapshots::format::{self, WriteOptions, CHUNK_BYTES};
+use plafond_wire::Value;
 use support::{array, int, simple, Server};
 
 fn text(path: &Path) -> &str {
@@ -94,4 +94,47 @@ fn restore_flags_that_cannot_go_together_are_refused() {
         panic!("--restore with --populate")
     };
     assert!(stderr.contains("drop --populate"), "{stderr}");
+}
+
+/// `--mac-key-file`: snapshots carry the key's MAC and restore with it; a snapshot made
+/// without the key, or a key file others can read, is refused.
+#[test]
+fn snapshots_made_under_a_mac_key_restore_only_with_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("mac.key");
+    std::fs::write(&key, [7u8; 32]).expect("key written");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("0600");
+    let snapshot_of = |data: &Path, extra: &[&str]| {
+        let snapshots = data.with_extension("snapshots");
+        let mut args = vec!["--populate", "4", "--snapshot-dir", text(&snapshots)];
+        args.extend_from_slice(extra);
+        let source = server(data, &args).expect("a server starts");
+        let Value::Bulk(path) = source.raw().call(&["SNAPSHOT"]) else { panic!("a path") };
+        assert!(source.terminate().success());
+        std::path::PathBuf::from(String::from_utf8(path).expect("utf-8"))
+    };
+    let keyed = snapshot_of(&dir.path().join("keyed"), &["--mac-key-file", text(&key)]);
+    let bare = snapshot_of(&dir.path().join("bare"), &[]);
+
+    let restored =
+        server(&dir.path().join("r1"), &["--restore", text(&keyed), "--mac-key-file", text(&key)])
+            .expect("a keyed snapshot restores with its key");
+    assert_eq!(restored.raw().call(&["BALANCE", "3"]), int(20_000));
+    assert!(restored.terminate().success());
+
+    let target = dir.path().join("r2");
+    let Err((_, stderr)) =
+        server(&target, &["--restore", text(&bare), "--mac-key-file", text(&key)])
+    else {
+        panic!("a snapshot without a MAC restored under a key")
+    };
+    assert!(stderr.to_lowercase().contains("mac"), "{stderr}");
+    assert!(!target.exists(), "a refused restore left {}", target.display());
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("0644");
+    let Err((_, stderr)) = server(&dir.path().join("r3"), &["--mac-key-file", text(&key)]) else {
+        panic!("served with a key file others can read")
+    };
+    assert!(stderr.contains("--mac-key-file"), "{stderr}");
 }

@@ -1,13 +1,14 @@
-//! The server, started as a process and driven over TCP: every §9 command and reply, the
-//! limits, AUTH, the manual clock, populate, and a clean shutdown and restart.
+//! The server driven over TCP: every §9 command and reply, the limits, AUTH, the manual
+//! clock, populate (served in-process), and what needs the program itself: flag refusals,
+//! its memory under hostile clients, a clean shutdown on SIGTERM and a restart.
 
 mod support;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use plafond_examples::resp::{encode_command, Value, FRAME_BYTES_MAX};
-use support::{approved, array, declined, int, is_error, simple, Server};
+use plafond_wire::{encode_command, Value, FRAME_BYTES_MAX};
+use support::{approved, array, declined, int, is_error, simple, InProcess, Server};
 
 const MEMORY: &[&str] = &["--durability", "none", "--shards", "2"];
 
@@ -27,7 +28,7 @@ fn every_command_replies_as_the_spec_table_says() {
     let dir = snapshots.path().to_str().expect("utf-8").to_string();
     let mut args = with(&["--clock", "manual", "--snapshot-dir"]);
     args.push(&dir);
-    let server = Server::start(&args);
+    let server = InProcess::start(&args);
     let mut c = server.raw();
     assert_eq!(c.call(&["PING"]), simple("PONG"));
     assert_eq!(c.call(&["PROFILE.OPEN", "eu-west"]), int(0));
@@ -118,7 +119,7 @@ fn every_command_replies_as_the_spec_table_says() {
 
 #[test]
 fn stats_are_a_table_and_json_with_conservation() {
-    let server = Server::start(&with(&["--populate", "100"]));
+    let server = InProcess::start(&with(&["--populate", "100"]));
     let mut c = server.raw();
     for card in 0..10 {
         assert_eq!(c.call(&["PAY", &card.to_string(), "1000"]), approved(19_000, 1_000));
@@ -160,7 +161,7 @@ fn stats_are_a_table_and_json_with_conservation() {
 /// batches of an epoch's chunks, which hold none, do not pull it below one.
 #[test]
 fn the_mean_batch_size_counts_batches_of_client_commands() {
-    let server = Server::start(&with(&["--clock", "manual"]));
+    let server = InProcess::start(&with(&["--clock", "manual"]));
     let mut c = server.raw();
     assert_eq!(c.call(&["PROFILE.OPEN", "eu-west"]), int(0));
     assert!(!is_error(&c.call(&["ACCOUNT.OPEN", "0", "CHECKING"])));
@@ -182,7 +183,7 @@ fn the_mean_batch_size_counts_batches_of_client_commands() {
 
 #[test]
 fn the_redis_crate_is_a_client() {
-    let server = Server::start(&with(&["--populate", "10"]));
+    let server = InProcess::start(&with(&["--populate", "10"]));
     let mut con = server.redis();
     let pong: String = redis::cmd("PING").query(&mut con).expect("PING");
     assert_eq!(pong, "PONG");
@@ -210,7 +211,7 @@ fn the_redis_crate_is_a_client() {
 
 #[test]
 fn malformed_requests_get_errors_and_the_connection_keeps_working() {
-    let server = Server::start(MEMORY);
+    let server = InProcess::start(MEMORY);
     let mut c = server.raw();
     let arity = c.call(&["PAY", "1"]);
     assert!(
@@ -240,7 +241,7 @@ fn malformed_requests_get_errors_and_the_connection_keeps_working() {
 
 #[test]
 fn garbage_is_answered_then_the_connection_closes() {
-    let server = Server::start(MEMORY);
+    let server = InProcess::start(MEMORY);
     let mut c = server.raw();
     c.send(b"*2\r\n$3\r\nPAY\r\n:12\r\n");
     let reply = c.read();
@@ -252,7 +253,7 @@ fn garbage_is_answered_then_the_connection_closes() {
 
 #[test]
 fn a_half_sent_request_never_runs() {
-    let server = Server::start(&with(&["--populate", "2"]));
+    let server = InProcess::start(&with(&["--populate", "2"]));
     {
         let mut c = server.raw();
         c.send(b"*3\r\n$3\r\nPAY\r\n$1\r\n0\r\n$3\r\n10");
@@ -267,7 +268,7 @@ fn a_half_sent_request_never_runs() {
 #[test]
 fn pipelined_commands_come_back_in_order_and_conserve_money() {
     let cards = 100;
-    let server = Server::start(&with(&["--populate", "100"]));
+    let server = InProcess::start(&with(&["--populate", "100"]));
     let mut c = server.raw();
     let pays = 10_000;
     let mut bytes = Vec::new();
@@ -322,7 +323,7 @@ fn concurrent_pipelines_each_get_their_own_replies_in_order() {
     // engine submission; each connection must still get exactly its own replies, in order.
     let connections: i64 = 8;
     let pays: i64 = 2_000;
-    let server = Server::start(&with(&["--populate", "8", "--io-threads", "2"]));
+    let server = InProcess::start(&with(&["--populate", "8", "--io-threads", "2"]));
     let threads: Vec<_> = (0..connections)
         .map(|card| {
             let mut c = server.raw();
@@ -369,12 +370,12 @@ fn a_client_that_never_reads_cannot_grow_the_server() {
     let server = Server::start(MEMORY);
     let before_kib = server.rss_kib();
     let c = server.raw();
-    c.stream.set_nonblocking(true).expect("nonblocking");
+    c.client.stream().set_nonblocking(true).expect("nonblocking");
     let mut bytes = Vec::new();
     for _ in 0..10_000 {
         encode_command(&mut bytes, &["PING", "a-long-enough-message-to-fill-buffers-quickly"]);
     }
-    let mut stream = &c.stream;
+    let mut stream = c.client.stream();
     let mut sent = 0usize;
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline && sent < 1 << 30 {
@@ -459,7 +460,7 @@ fn ten_thousand_idle_connections_cost_bounded_memory_and_never_stick_the_server(
 
 #[test]
 fn with_a_token_only_auth_hello_and_ping_run_before_auth() {
-    let server = Server::start(&with(&["--token", "s3cret", "--populate", "1"]));
+    let server = InProcess::start(&with(&["--token", "s3cret", "--populate", "1"]));
     let mut c = server.raw();
     assert_eq!(c.call(&["PING"]), simple("PONG"));
     let refused = c.call(&["PAY", "0", "1"]);
@@ -477,7 +478,7 @@ fn with_a_token_only_auth_hello_and_ping_run_before_auth() {
 
 #[test]
 fn hello_3_switches_to_resp3() {
-    let server = Server::start(&with(&["--populate", "1"]));
+    let server = InProcess::start(&with(&["--populate", "1"]));
     let mut c = server.raw();
     let Value::Array(hello) = c.call(&["HELLO", "3"]) else { panic!("HELLO replies a map") };
     assert!(hello.contains(&int(3)), "{hello:?}");
@@ -493,7 +494,7 @@ fn hello_3_switches_to_resp3() {
 
 #[test]
 fn populate_gives_cards_zero_to_n_minus_one() {
-    let server = Server::start(&with(&["--populate", "1000"]));
+    let server = InProcess::start(&with(&["--populate", "1000"]));
     let mut c = server.raw();
     assert_eq!(c.call(&["PAY", "999", "100"]), approved(19_900, 100));
     assert_eq!(c.call(&["PAY", "0", "100"]), approved(19_900, 100));
@@ -506,7 +507,7 @@ fn populate_gives_cards_zero_to_n_minus_one() {
 
 #[test]
 fn the_manual_clock_slides_the_seven_day_window() {
-    let server = Server::start(&with(&["--populate", "1", "--clock", "manual"]));
+    let server = InProcess::start(&with(&["--populate", "1", "--clock", "manual"]));
     let mut c = server.raw();
     let day_ms = "86400000";
     assert_eq!(c.call(&["PAY", "0", "4000"]), approved(16_000, 4_000));

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use plafond_examples::resp::Value;
+use plafond_wire::Value;
 use support::{simple, Server};
 
 /// The tmpfs size: room for RocksDB's files and a little log, small enough to fill fast.

@@ -1,19 +1,24 @@
-//! Starts the real server binary and talks to it, raw or through the `redis` crate.
+//! Runs the server and talks to it, raw (the wire crate's blocking client) or through the
+//! `redis` crate.
 //!
-//! The binary is the `server` example, built by `cargo test --release -p plafond-examples`
-//! before the tests run; it sits in `target/release/examples/`, next to the `deps/` folder
-//! this test binary runs from.
+//! [`InProcess`] runs `plafond_server::run` in this process on a port-0 listener, from the
+//! same flags the program takes: where the process itself does not matter. [`Server`]
+//! starts the real program, for what only a process shows (its exit, signals, flag
+//! refusals, memory, descriptor limits, restarts). The program is the `server` example,
+//! built by `cargo test --release -p plafond-examples` before the tests run; it sits in
+//! `target/release/examples/`, next to the `deps/` folder this test binary runs from.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use plafond_examples::resp::{encode_command, parse_value, Value};
+use plafond_server::options::ServerArgs;
+use plafond_wire::{Client, Value};
 
 /// How long a server may take to print `listening on`.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -138,9 +143,7 @@ impl Server {
 
     /// A raw connection.
     pub fn raw(&self) -> Raw {
-        let stream = TcpStream::connect(self.addr).expect("connects");
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).expect("sets a timeout");
-        Raw { stream, buffer: Vec::new() }
+        raw_at(self.addr)
     }
 
     /// A `redis` crate connection.
@@ -149,10 +152,7 @@ impl Server {
     }
 
     pub fn redis_with_url(&self, url: &str) -> redis::Connection {
-        redis::Client::open(url)
-            .expect("a valid url")
-            .get_connection_with_timeout(REPLY_TIMEOUT)
-            .expect("connects")
+        redis_at(url)
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -190,6 +190,78 @@ impl Drop for Server {
     }
 }
 
+fn raw_at(addr: SocketAddr) -> Raw {
+    Raw { client: Client::connect(addr, REPLY_TIMEOUT).expect("connects") }
+}
+
+fn redis_at(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .expect("a valid url")
+        .get_connection_with_timeout(REPLY_TIMEOUT)
+        .expect("connects")
+}
+
+/// The server library serving in this process, stopped (and its engine dropped) when this
+/// is dropped.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Opens the engine the flags `args` ask for (plus `--port 0`) and serves it.
+    pub fn start(args: &[&str]) -> InProcess {
+        use clap::Parser as _;
+        let words = ["server", "--port", "0"].into_iter().chain(args.iter().copied());
+        let args = ServerArgs::try_parse_from(words).expect("valid flags");
+        let (engine, config) = plafond_server::open::open(&args).expect("the engine opens");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.io_threads())
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listener =
+            runtime.block_on(tokio::net::TcpListener::bind((args.bind, args.port))).expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            let served = runtime.block_on(plafond_server::run(engine, listener, shutdown, config));
+            served.expect("the server serves until stopped");
+            runtime.shutdown_timeout(plafond_server::SHUTDOWN_GRACE);
+        });
+        InProcess { addr, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// A raw connection.
+    pub fn raw(&self) -> Raw {
+        raw_at(self.addr)
+    }
+
+    /// A `redis` crate connection.
+    pub fn redis(&self) -> redis::Connection {
+        redis_at(&format!("redis://{}/", self.addr))
+    }
+
+    pub fn redis_with_url(&self, url: &str) -> redis::Connection {
+        redis_at(url)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -201,38 +273,27 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     None
 }
 
-/// A raw RESP connection.
+/// A raw RESP connection: the wire crate's blocking client, failing the test on errors.
 pub struct Raw {
-    pub stream: TcpStream,
-    buffer: Vec<u8>,
+    pub client: Client,
 }
 
 impl Raw {
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("the server reads");
+        self.client.send(bytes).expect("the server reads");
     }
 
     /// Sends one command as a RESP array.
     pub fn send_command(&mut self, args: &[&str]) {
-        let mut bytes = Vec::new();
-        encode_command(&mut bytes, args);
-        self.send(&bytes);
+        self.client.send_command(args).expect("the server reads");
     }
 
     /// Reads the next reply; `None` when the server closed the connection.
     pub fn read(&mut self) -> Option<Value> {
-        let mut chunk = [0u8; 65536];
-        loop {
-            if let Some((value, used)) = parse_value(&self.buffer).expect("valid RESP") {
-                self.buffer.drain(..used);
-                return Some(value);
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(error) => panic!("reading a reply: {error}"),
-            }
+        match self.client.read() {
+            Ok(value) => Some(value),
+            Err(error) if error.is_disconnect() => None,
+            Err(error) => panic!("reading a reply: {error}"),
         }
     }
 

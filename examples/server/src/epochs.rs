@@ -4,8 +4,8 @@
 
 use plafond::{EpochReport, RegionEpochs, Regions};
 
-use crate::resp::Encoder;
 use crate::stats::civil_date;
+use plafond_wire::Encoder;
 
 /// `BATCH.RUN`: `{region, day, accounts, duration_us, max_pause_us}`.
 pub fn render_report(encoder: &mut Encoder<'_>, regions: &Regions, report: &EpochReport) {

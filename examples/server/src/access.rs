@@ -22,6 +22,13 @@ pub enum TokenError {
     /// The token is empty (or only a line break).
     #[error("the token from {0} is empty")]
     Empty(&'static str),
+    #[error("{TOKEN_ENV} is not valid UTF-8")]
+    EnvNotUnicode,
+    #[error(
+        "--bind {0} serves other machines, but no token is set: give one (--token-file, \
+         {TOKEN_ENV} or --token), or pass --allow-no-token to serve it open"
+    )]
+    OpenBind(IpAddr),
 }
 
 /// The token, from at most one of the flag's value, the file's first line and the
@@ -75,14 +82,20 @@ fn read_token_file(path: &Path) -> Result<String, TokenError> {
 
 /// Refuses to serve a non-loopback address without a token, unless `allowed`
 /// (`--allow-no-token`): anyone who can reach the port could move money.
-pub fn check_bind(bind: IpAddr, has_token: bool, allowed: bool) -> Result<(), String> {
+pub fn check_bind(bind: IpAddr, has_token: bool, allowed: bool) -> Result<(), TokenError> {
     if bind.is_loopback() || has_token || allowed {
         return Ok(());
     }
-    Err(format!(
-        "--bind {bind} serves other machines, but no token is set: give one (--token-file, \
-         {TOKEN_ENV} or --token), or pass --allow-no-token to serve it open"
-    ))
+    Err(TokenError::OpenBind(bind))
+}
+
+/// The token in [`TOKEN_ENV`], if set.
+pub fn token_from_env() -> Result<Option<String>, TokenError> {
+    match std::env::var(TOKEN_ENV) {
+        Ok(token) => Ok(Some(token)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(TokenError::EnvNotUnicode),
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use serde::Serialize;
+
 use plafond::{Health, Reason, RegionStats, Stats};
 
 /// Remembers the previous sample, so commands/s covers the time since the last `STATS`
@@ -40,19 +42,10 @@ impl Sampler {
     }
 }
 
-/// The civil date of a day number (days since 1970-01-01), e.g. `2027-01-04`.
+/// The civil date of a day number (days since 1970-01-01), e.g. `2027-01-04`: the
+/// calendar's own conversion, so the dump and the business days cannot disagree.
 pub fn civil_date(days: i32) -> String {
-    // Howard Hinnant's days_from_civil inverse: exact for the proleptic Gregorian calendar.
-    let z = i64::from(days) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    plafond::internals::calendar::date_of_day(days).to_string()
 }
 
 fn rolled(stats: &RegionStats) -> String {
@@ -78,22 +71,35 @@ pub fn health_line(health: &Health) -> String {
 }
 
 /// `{"state":"ok"}` or `{"state":"failed","since_unix_ms":N,"reason":"..."}`.
-pub fn health_json(health: &Health) -> String {
-    match health {
-        Health::Ok => "{\"state\":\"ok\"}".into(),
-        Health::Failed { since, reason } => format!(
-            "{{\"state\":\"failed\",\"since_unix_ms\":{},\"reason\":{}}}",
-            unix_ms(*since),
-            json_string(reason)
-        ),
+#[derive(Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+enum HealthJson<'a> {
+    Ok,
+    Failed { since_unix_ms: u128, reason: &'a str },
+}
+
+impl<'a> HealthJson<'a> {
+    fn of(health: &'a Health) -> HealthJson<'a> {
+        match health {
+            Health::Ok => HealthJson::Ok,
+            Health::Failed { since, reason } => {
+                HealthJson::Failed { since_unix_ms: unix_ms(*since), reason }
+            }
+        }
     }
+}
+
+/// What `STATS JSON` answers once the storage failed: the health alone.
+#[derive(Serialize)]
+struct FailedJson<'a> {
+    health: HealthJson<'a>,
 }
 
 /// What `STATS` answers once the storage failed: the health alone, since the numbers
 /// in memory include outcomes that were never made durable.
 pub fn failed(health: &Health, json: bool) -> String {
     if json {
-        format!("{{\"health\":{}}}", health_json(health))
+        to_json(&FailedJson { health: HealthJson::of(health) })
     } else {
         health_line(health) + "\n"
     }
@@ -223,127 +229,188 @@ fn per_batch(count: u64, batches: u64) -> f64 {
     }
 }
 
-/// A JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
+/// A map whose keys keep the order they are given in (regions by id, reasons as
+/// `Reason::ALL` lists them), where a `BTreeMap` would sort them.
+struct Ordered<K, V>(Vec<(K, V)>);
+
+impl<K: Serialize, V: Serialize> Serialize for Ordered<K, V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
     }
-    out.push('"');
-    out
 }
 
-fn region_json(s: &RegionStats) -> String {
-    let c = &s.counters;
-    let declined: Vec<String> = Reason::ALL
-        .iter()
-        .map(|reason| {
-            let i = reason.index();
-            format!(
-                "\"{}\":{{\"count\":{},\"volume_minor\":{}}}",
-                reason.as_str(),
-                c.declined[i],
-                c.declined_minor[i]
-            )
-        })
-        .collect();
-    let rolled_day =
-        s.rolled_day.map_or_else(|| "null".into(), |day| json_string(&civil_date(day)));
-    format!(
-        "{{\"profiles\":{},\"accounts\":{{\"CHECKING\":{},\"SAVINGS\":{}}},\"balances_minor\":{},\
-         \"payments_approved\":{{\"count\":{},\"volume_minor\":{}}},\"declined\":{{{}}},\
-         \"cards_near_ceiling\":{},\"rolled_day\":{}}}",
-        c.profiles,
-        c.checking_accounts,
-        c.savings_accounts,
-        c.balances_minor,
-        c.payments_approved,
-        c.payments_approved_minor,
-        declined.join(","),
-        s.cards_near_ceiling,
-        rolled_day
-    )
+#[derive(Serialize)]
+struct CountVolume {
+    count: u64,
+    volume_minor: u128,
+}
+
+/// Keyed by the account kinds as the wire spells them.
+#[derive(Serialize)]
+struct AccountsJson {
+    #[serde(rename = "CHECKING")]
+    checking: u64,
+    #[serde(rename = "SAVINGS")]
+    savings: u64,
+}
+
+#[derive(Serialize)]
+struct RegionJson {
+    profiles: u64,
+    accounts: AccountsJson,
+    balances_minor: u128,
+    payments_approved: CountVolume,
+    declined: Ordered<&'static str, CountVolume>,
+    cards_near_ceiling: u64,
+    rolled_day: Option<String>,
+}
+
+impl RegionJson {
+    fn of(s: &RegionStats) -> RegionJson {
+        let c = &s.counters;
+        let declined = Reason::ALL
+            .iter()
+            .map(|reason| {
+                let i = reason.index();
+                let figures =
+                    CountVolume { count: c.declined[i], volume_minor: c.declined_minor[i] };
+                (reason.as_str(), figures)
+            })
+            .collect();
+        RegionJson {
+            profiles: c.profiles,
+            accounts: AccountsJson { checking: c.checking_accounts, savings: c.savings_accounts },
+            balances_minor: c.balances_minor,
+            payments_approved: CountVolume {
+                count: c.payments_approved,
+                volume_minor: c.payments_approved_minor,
+            },
+            declined: Ordered(declined),
+            cards_near_ceiling: s.cards_near_ceiling,
+            rolled_day: s.rolled_day.map(civil_date),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AuditJson {
+    balances_minor: u128,
+    in_flight_minor: i128,
+    initial_deposits_minor: u128,
+    deposits_minor: u128,
+    interest_minor: u128,
+    card_payments_minor: u128,
+    holds: bool,
+}
+
+#[derive(Serialize)]
+struct ShardJson {
+    shard: usize,
+    accounts: u64,
+    queue_depth: usize,
+    commands: u64,
+    batches: u64,
+    inline_batches: u64,
+    commands_per_s: f64,
+    mean_batch: f64,
+    busy_ns: u64,
+    service_us_p50: u64,
+    service_us_p99: u64,
+    service_us_p999: u64,
+}
+
+#[derive(Serialize)]
+struct CheckpointJson<'a> {
+    written: u64,
+    completed_ms: Option<i64>,
+    seconds: f64,
+    bytes: u64,
+    longest_step_us: u128,
+    longest_step_cpu_us: u128,
+    error: Option<&'a str>,
+}
+
+/// The JSON for machines.
+#[derive(Serialize)]
+struct StatsJson<'a> {
+    health: HealthJson<'a>,
+    regions: Ordered<&'a str, RegionJson>,
+    total: RegionJson,
+    unattributed_declined: u64,
+    audit: AuditJson,
+    shards: Vec<ShardJson>,
+    remembered_in_memory: u64,
+    ids_in_flight: u64,
+    checkpoint: CheckpointJson<'a>,
+}
+
+/// `value` rounded to `decimals` places: rates and means are estimates, and their last
+/// digits are noise.
+fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 /// The JSON for machines:
 /// `{"health":{...},"regions":{name:{...}},"total":{...},"audit":{...},"shards":[...]}`.
 pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
-    let regions: Vec<String> = stats
-        .regions
-        .iter()
-        .map(|(name, s)| format!("{}:{}", json_string(name), region_json(s)))
-        .collect();
     let a = &stats.audit;
-    let audit = format!(
-        "{{\"balances_minor\":{},\"in_flight_minor\":{},\"initial_deposits_minor\":{},\
-         \"deposits_minor\":{},\"interest_minor\":{},\"card_payments_minor\":{},\"holds\":{}}}",
-        a.balances_minor,
-        a.in_flight_minor,
-        a.initial_deposits_minor,
-        a.deposits_minor,
-        a.interest_minor,
-        a.card_payments_minor,
-        a.holds()
-    );
-    let shards: Vec<String> = stats
+    let shards = stats
         .shards
         .iter()
         .enumerate()
-        .map(|(shard, s)| {
-            format!(
-                "{{\"shard\":{},\"accounts\":{},\"queue_depth\":{},\"commands\":{},\
-                 \"batches\":{},\"inline_batches\":{},\"commands_per_s\":{:.1},\
-                 \"mean_batch\":{:.2},\"busy_ns\":{},\"service_us_p50\":{},\
-                 \"service_us_p99\":{},\"service_us_p999\":{}}}",
-                shard,
-                s.accounts,
-                s.queue_depth,
-                s.commands,
-                s.batches,
-                s.inline_batches,
-                rates.get(shard).copied().unwrap_or(0.0),
-                per_batch(s.commands, s.batches),
-                s.busy_ns,
-                s.service_us_p50,
-                s.service_us_p99,
-                s.service_us_p999
-            )
+        .map(|(shard, s)| ShardJson {
+            shard,
+            accounts: s.accounts,
+            queue_depth: s.queue_depth,
+            commands: s.commands,
+            batches: s.batches,
+            inline_batches: s.inline_batches,
+            commands_per_s: rounded(rates.get(shard).copied().unwrap_or(0.0), 1),
+            mean_batch: rounded(per_batch(s.commands, s.batches), 2),
+            busy_ns: s.busy_ns,
+            service_us_p50: s.service_us_p50,
+            service_us_p99: s.service_us_p99,
+            service_us_p999: s.service_us_p999,
         })
         .collect();
     let c = &stats.checkpoint;
-    let checkpoint = format!(
-        "{{\"written\":{},\"completed_ms\":{},\"seconds\":{:.3},\"bytes\":{},\
-         \"longest_step_us\":{},\"longest_step_cpu_us\":{},\"error\":{}}}",
-        c.written,
-        c.completed_ms.map_or("null".to_owned(), |ms| ms.to_string()),
-        c.duration.as_secs_f64(),
-        c.bytes,
-        c.longest_step.as_micros(),
-        c.longest_step_cpu.as_micros(),
-        c.last_error.as_deref().map_or("null".to_owned(), json_string)
-    );
-    format!(
-        "{{\"health\":{},\"regions\":{{{}}},\"total\":{},\"unattributed_declined\":{},\
-         \"audit\":{},\"shards\":[{}],\"remembered_in_memory\":{},\"ids_in_flight\":{},\
-         \"checkpoint\":{}}}",
-        health_json(health),
-        regions.join(","),
-        region_json(&stats.total),
-        stats.unattributed.declined.iter().sum::<u64>(),
-        audit,
-        shards.join(","),
-        stats.remembered_in_memory,
-        stats.ids_in_flight,
-        checkpoint
-    )
+    to_json(&StatsJson {
+        health: HealthJson::of(health),
+        regions: Ordered(
+            stats.regions.iter().map(|(name, s)| (name.as_str(), RegionJson::of(s))).collect(),
+        ),
+        total: RegionJson::of(&stats.total),
+        unattributed_declined: stats.unattributed.declined.iter().sum(),
+        audit: AuditJson {
+            balances_minor: a.balances_minor,
+            in_flight_minor: a.in_flight_minor,
+            initial_deposits_minor: a.initial_deposits_minor,
+            deposits_minor: a.deposits_minor,
+            interest_minor: a.interest_minor,
+            card_payments_minor: a.card_payments_minor,
+            holds: a.holds(),
+        },
+        shards,
+        remembered_in_memory: stats.remembered_in_memory,
+        ids_in_flight: stats.ids_in_flight,
+        checkpoint: CheckpointJson {
+            written: c.written,
+            completed_ms: c.completed_ms,
+            seconds: rounded(c.duration.as_secs_f64(), 3),
+            bytes: c.bytes,
+            longest_step_us: c.longest_step.as_micros(),
+            longest_step_cpu_us: c.longest_step_cpu.as_micros(),
+            error: c.last_error.as_deref(),
+        },
+    })
+}
+
+/// `value` as JSON text. Serializing these plain structs cannot fail (every key is a
+/// string, every number finite or written as `null`); if it ever did, the reply says so.
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value)
+        .unwrap_or_else(|error| serde_json::json!({ "error": error.to_string() }).to_string())
 }
 
 #[cfg(test)]
@@ -359,7 +426,16 @@ mod tests {
     }
 
     #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    fn the_failed_health_is_json_with_its_reason_escaped() {
+        let since = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1500);
+        let health = Health::Failed { since, reason: "disk \"full\"\n".into() };
+        let value: serde_json::Value =
+            serde_json::from_str(&failed(&health, true)).expect("valid JSON");
+        assert_eq!(value["health"]["state"], "failed");
+        assert_eq!(value["health"]["since_unix_ms"], 1500);
+        assert_eq!(value["health"]["reason"], "disk \"full\"\n");
+        let ok: serde_json::Value =
+            serde_json::from_str(&failed(&Health::Ok, true)).expect("valid JSON");
+        assert_eq!(ok, serde_json::json!({"health": {"state": "ok"}}));
     }
 }

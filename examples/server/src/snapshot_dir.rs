@@ -6,7 +6,6 @@ use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context as _;
 use plafond::Engine;
 
 /// Snapshots kept by default; older ones are removed after each new one.
@@ -18,6 +17,21 @@ const DIR_MODE: u32 = 0o700;
 
 const PREFIX: &str = "plafond-";
 const SUFFIX: &str = ".snapshot";
+
+/// Why a snapshot was not written or old ones not removed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotDirError {
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Engine(#[from] plafond::EngineError),
+}
+
+/// An I/O error of `what` on `path`.
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotDirError {
+    let path = path.to_path_buf();
+    move |source| SnapshotDirError::Io { what, path, source }
+}
 
 /// The snapshot directory and its retention.
 pub struct SnapshotDir {
@@ -35,12 +49,12 @@ impl SnapshotDir {
 
     /// Writes a snapshot of `engine` and removes the oldest beyond the count kept; returns
     /// the new snapshot's path. Blocks for as long as the snapshot takes.
-    pub fn take(&self, engine: &Engine) -> anyhow::Result<PathBuf> {
+    pub fn take(&self, engine: &Engine) -> Result<PathBuf, SnapshotDirError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
             .create(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+            .map_err(io("create", &self.dir))?;
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
         let stamp_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -58,31 +72,33 @@ impl SnapshotDir {
         // The engine writes it 0600; a file put there by an older version may be wider.
         let private = std::fs::Permissions::from_mode(0o600);
         std::fs::set_permissions(&report.path, private)
-            .with_context(|| format!("cannot make {} private", report.path.display()))?;
+            .map_err(io("make private", &report.path))?;
         if let Err(error) = self.prune() {
-            eprintln!("server: removing old snapshots failed ({error:#}); retried after the next");
+            eprintln!("server: removing old snapshots failed ({error}); retried after the next");
         }
         Ok(std::fs::canonicalize(&report.path).unwrap_or(report.path))
     }
 
     /// Removes the oldest snapshots beyond the count kept.
-    fn prune(&self) -> anyhow::Result<()> {
+    fn prune(&self) -> Result<(), SnapshotDirError> {
         let mut snapshots = snapshots_in(&self.dir)?;
         snapshots.sort_by_key(|(age, _)| *age);
         let excess = snapshots.len().saturating_sub(self.keep);
         for (_, path) in snapshots.into_iter().take(excess) {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
         }
         Ok(())
     }
 }
 
-/// The server's snapshots in `dir` (by name), each with its (time, sequence).
-fn snapshots_in(dir: &Path) -> anyhow::Result<Vec<((u128, u64), PathBuf)>> {
+/// A snapshot's age from its name: (milliseconds since the epoch, sequence).
+type Age = (u128, u64);
+
+/// The server's snapshots in `dir` (by name), each with its age.
+fn snapshots_in(dir: &Path) -> Result<Vec<(Age, PathBuf)>, SnapshotDirError> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry?;
+    for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
+        let entry = entry.map_err(io("list", dir))?;
         let name = entry.file_name();
         let Some(age) = name.to_str().and_then(age_of) else { continue };
         found.push((age, entry.path()));
@@ -91,7 +107,7 @@ fn snapshots_in(dir: &Path) -> anyhow::Result<Vec<((u128, u64), PathBuf)>> {
 }
 
 /// `plafond-<ms>-<sequence>.snapshot` → `(ms, sequence)`; `None` for any other name.
-fn age_of(name: &str) -> Option<(u128, u64)> {
+fn age_of(name: &str) -> Option<Age> {
     let middle = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
     let (stamp, sequence) = middle.split_once('-')?;
     Some((stamp.parse().ok()?, sequence.parse().ok()?))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use plafond::{Clock, ManualClock, SystemClock, TimeGuard};
 
 use crate::commands::Local;
-use crate::resp::Encoder;
+use plafond_wire::Encoder;
 
 /// The clock the server stamps commands with.
 #[derive(Clone)]

@@ -6,7 +6,7 @@ use plafond::{
     AccountKind, CardView, Command, CommandId, Outcome, Reason, Regions, Request, AMOUNT_MAX_MINOR,
 };
 
-use crate::resp::{parse_i64, Encoder};
+use plafond_wire::{parse_i64, Encoder};
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -371,7 +371,7 @@ pub fn render_declined(encoder: &mut Encoder<'_>, reason: Reason) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resp::{parse_value, Protocol, Value};
+    use plafond_wire::{parse_value, Protocol, Value};
 
     fn parse_words(line: &str) -> Action {
         let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();

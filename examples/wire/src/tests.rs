@@ -1,0 +1,302 @@
+//! The wire format's unit tests: requests, replies, and both together.
+
+use crate::request::incomplete;
+use crate::*;
+
+/// SplitMix64, enough to make random inputs reproducible.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((u128::from(z ^ (z >> 31)) * u128::from(n)) >> 64) as u64
+    }
+}
+
+fn args<'a>(words: &[&'a str]) -> Frame<'a> {
+    let mut args = Args::empty();
+    for word in words {
+        assert!(args.push(word.as_bytes()), "at most FRAME_ARGS_MAX words");
+    }
+    Frame::Args(args)
+}
+
+/// Parses everything, as the server does, returning frames and the bytes left over.
+fn parse_all<'a>(parser: &mut RequestParser, input: &'a [u8]) -> (Vec<Frame<'a>>, usize) {
+    let mut at = 0;
+    let mut frames = Vec::new();
+    loop {
+        let step = parser.next(&input[at..]).expect("valid RESP");
+        at += step.consumed;
+        match step.frame {
+            Some(frame) => frames.push(frame),
+            None if step.consumed == 0 => return (frames, input.len() - at),
+            None => {}
+        }
+    }
+}
+
+/// A frame that outlives the buffer it was parsed from: `None` for `TooLarge`.
+fn owned(frame: &Frame<'_>) -> Option<Vec<String>> {
+    match frame {
+        Frame::Args(args) => {
+            Some(args.as_slice().iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        }
+        Frame::TooLarge => None,
+    }
+}
+
+#[test]
+fn parses_arrays_and_inline_requests() {
+    let mut parser = RequestParser::new();
+    let input = b"*2\r\n$3\r\nPAY\r\n$1\r\n7\r\nPING\r\n*0\r\nBALANCE  3\n";
+    let (frames, left) = parse_all(&mut parser, input);
+    assert_eq!(frames, vec![args(&["PAY", "7"]), args(&["PING"]), args(&["BALANCE", "3"])]);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_partial_frame_waits_for_more_bytes_at_every_split() {
+    let input = b"*3\r\n$3\r\nPAY\r\n$2\r\n12\r\n$3\r\n100\r\n";
+    for split in 0..input.len() {
+        let mut parser = RequestParser::new();
+        let step = parser.next(&input[..split]).expect("valid prefix");
+        assert_eq!(step, incomplete(), "split at {split}");
+        let step = parser.next(input).expect("valid frame");
+        assert_eq!(step.consumed, input.len());
+        assert_eq!(step.frame, Some(args(&["PAY", "12", "100"])));
+    }
+}
+
+#[test]
+fn an_oversized_bulk_is_reported_then_skipped_and_the_stream_goes_on() {
+    let big = vec![b'x'; FRAME_BYTES_MAX + 1];
+    let mut input = format!("*3\r\n$3\r\nPAY\r\n${}\r\n", big.len()).into_bytes();
+    input.extend_from_slice(&big);
+    input.extend_from_slice(b"\r\n$3\r\n100\r\n*1\r\n$4\r\nPING\r\n");
+    // Fed in small pieces, as a network would: the parser never needs the big bulk
+    // whole, and reports it as soon as its header arrives.
+    let mut parser = RequestParser::new();
+    let mut buffered: Vec<u8> = Vec::new();
+    let mut frames = Vec::new();
+    for piece in input.chunks(1000) {
+        buffered.extend_from_slice(piece);
+        let (found, left) = parse_all(&mut parser, &buffered);
+        frames.extend(found.iter().map(owned));
+        buffered.drain(..buffered.len() - left);
+        assert!(buffered.len() < 2000, "the parser buffers at most a header");
+    }
+    assert_eq!(frames, vec![None, Some(vec!["PING".to_owned()])]);
+}
+
+#[test]
+fn too_many_arguments_is_too_large() {
+    let mut parser = RequestParser::new();
+    let mut input = Vec::new();
+    let words: Vec<String> = (0..=FRAME_ARGS_MAX).map(|i| i.to_string()).collect();
+    encode_command(&mut input, &words);
+    encode_command(&mut input, &["PING"]);
+    let (frames, left) = parse_all(&mut parser, &input);
+    assert_eq!(frames, vec![Frame::TooLarge, args(&["PING"])]);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn too_many_inline_words_is_too_large() {
+    let mut parser = RequestParser::new();
+    let line: Vec<String> = (0..=FRAME_ARGS_MAX).map(|i| i.to_string()).collect();
+    let input = format!("{}\r\nPING\r\n", line.join(" "));
+    let (frames, left) = parse_all(&mut parser, input.as_bytes());
+    assert_eq!(frames, vec![Frame::TooLarge, args(&["PING"])]);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn integers_of_every_width_encode_as_their_decimal_text() {
+    for n in [0, 7, -7, 10, 19_900, i128::from(i64::MIN), i128::from(i64::MAX)] {
+        let mut out = Vec::new();
+        Encoder { out: &mut out, protocol: Protocol::Resp2 }.integer(n);
+        assert_eq!(out, format!(":{n}\r\n").into_bytes());
+    }
+    // Past i64, which Redis clients cannot read as integers: digits in a bulk string
+    // (RESP2) or a big number (RESP3).
+    for n in [i128::from(i64::MAX) + 1, i128::from(u64::MAX), i128::MAX, i128::MIN] {
+        let mut out = Vec::new();
+        Encoder { out: &mut out, protocol: Protocol::Resp2 }.integer(n);
+        let text = n.to_string();
+        assert_eq!(out, format!("${}\r\n{text}\r\n", text.len()).into_bytes());
+        let mut out = Vec::new();
+        Encoder { out: &mut out, protocol: Protocol::Resp3 }.integer(n);
+        assert_eq!(out, format!("({n}\r\n").into_bytes());
+    }
+    let mut out = Vec::new();
+    Encoder { out: &mut out, protocol: Protocol::Resp2 }.error(&"é".repeat(60_000));
+    assert!(out.len() <= ERROR_BYTES_MAX + 3, "{}", out.len());
+    assert!(std::str::from_utf8(&out).is_ok(), "cut at a character boundary");
+    let mut out = Vec::new();
+    Encoder { out: &mut out, protocol: Protocol::Resp3 }.map(12);
+    assert_eq!(out, b"%12\r\n");
+}
+
+#[test]
+fn integers_parse_exactly_as_the_standard_library_would() {
+    let cases = [
+        "0",
+        "7",
+        "-7",
+        "+7",
+        "",
+        "-",
+        "--1",
+        "1-",
+        " 1",
+        "1 ",
+        "12a",
+        "007",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "99999999999999999999",
+    ];
+    for text in cases {
+        let expected = text.parse::<i64>().ok().filter(|_| !text.starts_with('+'));
+        assert_eq!(parse_i64(text.as_bytes()), expected, "{text:?}");
+    }
+    assert_eq!(parse_i64(&[b'1', 0xff]), None);
+}
+
+#[test]
+fn garbage_is_a_protocol_error() {
+    for garbage in [
+        &b"*x\r\n"[..],
+        b"*2\r\n+PING\r\n",
+        b"*1\r\n$4\r\nPINGxx",
+        b"*1\r\n$-5\r\n",
+        b"*99999999999999\r\n",
+        b"*1\r\n$99999999999999999\r\n",
+        b"*111111111111111111111111111111111111111",
+    ] {
+        let mut parser = RequestParser::new();
+        assert!(parser.next(garbage).is_err(), "{garbage:?}");
+    }
+}
+
+#[test]
+fn an_endless_inline_line_is_a_protocol_error() {
+    let mut parser = RequestParser::new();
+    let line = vec![b'a'; INLINE_BYTES_MAX + 1];
+    assert!(parser.next(&line).is_err());
+    assert_eq!(parser.next(&line[..100]), Ok(incomplete()));
+}
+
+#[test]
+fn random_bytes_never_panic_and_never_over_consume() {
+    let alphabet = b"*$+-:_%\r\n0123456789-PINGx ";
+    let mut rng = SplitMix(5);
+    for _ in 0..20_000 {
+        let len = rng.below(64) as usize;
+        let input: Vec<u8> =
+            (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+        let mut parser = RequestParser::new();
+        let mut at = 0;
+        while let Ok(step) = parser.next(&input[at..]) {
+            assert!(step.consumed <= input.len() - at);
+            at += step.consumed;
+            if step.consumed == 0 && step.frame.is_none() {
+                break;
+            }
+        }
+        if let Ok(Some((_, used))) = parse_value(&input) {
+            assert!(used <= input.len());
+        }
+    }
+}
+
+#[test]
+fn replies_round_trip() {
+    let mut out = Vec::new();
+    let mut encoder = Encoder { out: &mut out, protocol: Protocol::Resp2 };
+    encoder.array(4);
+    encoder.simple("APPROVED");
+    encoder.integer(19_900);
+    encoder.nil();
+    encoder.bulk(b"a\r\nb");
+    encoder.error("bad\r\nthing");
+    let (value, used) = parse_value(&out).expect("valid").expect("complete");
+    assert_eq!(
+        value,
+        Value::Array(vec![
+            Value::Simple("APPROVED".into()),
+            Value::Integer(19_900),
+            Value::Nil,
+            Value::Bulk(b"a\r\nb".to_vec()),
+        ])
+    );
+    let (error, rest) = parse_value(&out[used..]).expect("valid").expect("complete");
+    assert_eq!(error, Value::Error("bad  thing".into()));
+    assert_eq!(used + rest, out.len());
+    assert_eq!(parse_value(&out[..used - 1]), Ok(None));
+}
+
+/// A one-connection server that reads one request, checks it, writes `reply` a byte at a
+/// time (so the client must reassemble it), then closes.
+fn one_shot_server(expected: &'static [u8], reply: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = listener.local_addr().expect("an address");
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accepts");
+        let mut request = vec![0u8; expected.len()];
+        stream.read_exact(&mut request).expect("reads the request");
+        assert_eq!(request, expected);
+        for byte in reply {
+            stream.write_all(&[*byte]).expect("writes");
+            stream.flush().expect("flushes");
+        }
+    });
+    addr
+}
+
+const PAY_REQUEST: &[u8] = b"*3\r\n$3\r\nPAY\r\n$1\r\n7\r\n$3\r\n100\r\n";
+const PAY_REPLY: &[u8] = b"*3\r\n+APPROVED\r\n:19900\r\n:100\r\n";
+
+fn approved() -> Value {
+    Value::Array(vec![
+        Value::Simple("APPROVED".into()),
+        Value::Integer(19_900),
+        Value::Integer(100),
+    ])
+}
+
+#[test]
+fn the_blocking_client_reassembles_a_reply_then_sees_the_close() {
+    let addr = one_shot_server(PAY_REQUEST, PAY_REPLY);
+    let mut client = Client::connect(addr, std::time::Duration::from_secs(10)).expect("connects");
+    assert_eq!(client.call(&["PAY", "7", "100"]).expect("a reply"), approved());
+    let closed = client.read().expect_err("the server closed");
+    assert!(closed.is_disconnect(), "{closed}");
+}
+
+#[test]
+fn the_async_client_reassembles_a_reply_then_sees_the_close() {
+    let addr = one_shot_server(PAY_REQUEST, PAY_REPLY).to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    runtime.block_on(async {
+        let mut client = AsyncClient::connect(&addr, None).await.expect("connects");
+        assert_eq!(client.call(&["PAY", "7", "100"]).await.expect("a reply"), approved());
+        let closed = client.read().await.expect_err("the server closed");
+        assert!(closed.is_disconnect(), "{closed}");
+    });
+}
+
+#[test]
+fn a_refused_auth_is_an_error_that_says_so() {
+    let addr = one_shot_server(b"*2\r\n$4\r\nAUTH\r\n$1\r\nx\r\n", b"-WRONGPASS invalid token\r\n");
+    let mut client = Client::connect(addr, std::time::Duration::from_secs(10)).expect("connects");
+    let refused = client.auth("x").expect_err("refused");
+    assert!(matches!(&refused, ClientError::AuthRefused(text) if text.contains("WRONGPASS")));
+}
