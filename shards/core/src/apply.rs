@@ -785,15 +785,22 @@ fn roll(state: &mut ShardState, region: RegionId, day: Day, start: u32, end: u32
 mod tests {
     use super::*;
 
-    #[test]
-    fn prefetch_is_only_a_hint() {
+    /// An empty shard that has logged eu-west's rules, as every shard does at start-up.
+    fn eu_west_shard() -> (Regions, RegionId, ShardState, Calendar) {
         let regions = Regions::builtin();
         let region = regions.id_of("eu-west").unwrap();
         let mut state = ShardState::new(0, 1, regions.len());
         let mut calendar = Calendar::new(&regions);
-        let mut env = Env { regions: &regions, calendar: &mut calendar };
         let rules = regions.get(region).unwrap().rules.clone();
+        let mut env = Env { regions: &regions, calendar: &mut calendar };
         apply(&mut state, &mut env, 0, &Input::SetRules { region, rules });
+        (regions, region, state, calendar)
+    }
+
+    #[test]
+    fn prefetch_is_only_a_hint() {
+        let (regions, region, mut state, mut calendar) = eu_west_shard();
+        let mut env = Env { regions: &regions, calendar: &mut calendar };
         let open = Request::new(Command::OpenProfile { region });
         apply(&mut state, &mut env, 0, &Input::Client(open));
         let kind = AccountKind::Checking;
@@ -811,13 +818,8 @@ mod tests {
     #[test]
     fn a_full_shard_declines_opens_and_changes_nothing() {
         // SHARD_ENTRIES_MAX is 8 in this crate's tests (crate::limits).
-        let regions = Regions::builtin();
-        let region = regions.id_of("eu-west").unwrap();
-        let mut state = ShardState::new(0, 1, regions.len());
-        let mut calendar = Calendar::new(&regions);
+        let (regions, region, mut state, mut calendar) = eu_west_shard();
         let mut env = Env { regions: &regions, calendar: &mut calendar };
-        let rules = regions.get(region).unwrap().rules.clone();
-        apply(&mut state, &mut env, 0, &Input::SetRules { region, rules });
         let mut client = |state: &mut ShardState, command: Command| {
             apply(state, &mut env, 0, &Input::Client(Request::new(command))).reply
         };
