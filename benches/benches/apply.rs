@@ -22,7 +22,7 @@ const DAY_MS: i64 = 86_400_000;
 /// 2027-01-04T12:00:00Z: the manual clock's start (SPEC §9), so the days match `pay`'s.
 const START_MS: i64 = 1_799_064_000_000;
 /// The §11 opening of every card's account.
-const OPENING: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+const OPENING: Opening = Opening::REFERENCE;
 
 /// One shard of `cards` checking accounts, as a shard at start-up with the population.
 fn populated(regions: &Regions, calendar: &mut Calendar, cards: u64) -> ShardState {

@@ -30,7 +30,7 @@ use plafond_benches::SplitMix;
 /// One business day.
 const DAY_MS: i64 = 86_400_000;
 /// The §11 opening of every card's account.
-const OPENING: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+const OPENING: Opening = Opening::REFERENCE;
 
 #[derive(Clone, Copy, Debug)]
 struct Scenario {

@@ -157,7 +157,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_epoch_poll(None);
     let engine = Arc::new(Engine::open(config)?);
     let started = Instant::now();
-    let opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+    let opening = Opening::REFERENCE;
     engine.populate(0, cards, opening, |_| {})?;
     engine.run_due_epochs()?;
     println!("populated {cards} cards ({durability:?}) in {:?}", started.elapsed());

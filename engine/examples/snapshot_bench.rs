@@ -9,7 +9,8 @@
 //! Environment: `PLAFOND_SNAPSHOT_ACCOUNTS` (default 1_000_000), `PLAFOND_SNAPSHOT_SHARDS`
 //! (default: one per core), `PLAFOND_SNAPSHOT_DURABILITY` of the engine snapshotted
 //! (`none` by default, so populating is quick; the restored engine is always durable),
-//! `PLAFOND_SNAPSHOT_DIR` (default: a temporary directory).
+//! `PLAFOND_SNAPSHOT_DIR` (default: a temporary directory), `PLAFOND_SNAPSHOT_MAC=1` to
+//! write and restore under an operator key (HMAC-SHA-256 over the file, `--mac-key-file`).
 //!
 //! Snapshot time covers the cut, encoding, writing and fsync; restore time covers reading
 //! and checking the file, writing the data directory, and `Engine::open` until it is
@@ -18,7 +19,7 @@
 use std::error::Error;
 use std::time::Instant;
 
-use plafond::{Durability, Engine, EngineConfig, Opening, Progress};
+use plafond::{Durability, Engine, EngineConfig, MacKey, Opening, Progress};
 use plafond_snapshots::Terminal;
 
 const ACCOUNTS_DEFAULT: u64 = 1_000_000;
@@ -73,13 +74,24 @@ fn main() -> Result<(), Box<dyn Error>> {
         None => temporary.path().to_path_buf(),
     };
     std::fs::create_dir_all(&dir)?;
-    let config = EngineConfig::durable(dir.join("source"))
-        .with_durability(durability)
-        .with_shards(shards)
-        .with_epoch_poll(None);
+    // A fixed key: the bench measures what the MAC costs, not how keys are kept.
+    let key = match env_or("PLAFOND_SNAPSHOT_MAC", 0u8)? {
+        0 => None,
+        _ => Some(MacKey::from_bytes(&[0x5a; 32])?),
+    };
+    let keyed = |config: EngineConfig| match &key {
+        Some(key) => config.with_mac_key(key.clone()),
+        None => config,
+    };
+    let config = keyed(
+        EngineConfig::durable(dir.join("source"))
+            .with_durability(durability)
+            .with_shards(shards)
+            .with_epoch_poll(None),
+    );
     let engine = Engine::open(config)?;
     let region = engine.region_id("eu-west").ok_or("no eu-west region")?;
-    let opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+    let opening = Opening::REFERENCE;
     let started = Instant::now();
     engine.populate(region, accounts, opening, |_| {})?;
     println!(
@@ -97,7 +109,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     terminal.finish();
     drop(engine);
     println!(
-        "snapshot: {} accounts, {} bytes ({:.1} bytes/account), {:.3} s, {:.0} accounts/s",
+        "snapshot{}: {} accounts, {} bytes ({:.1} bytes/account), {:.3} s, {:.0} accounts/s",
+        if key.is_some() { " (keyed)" } else { "" },
         snapshot.accounts,
         snapshot.bytes,
         snapshot.bytes as f64 / snapshot.accounts.max(1) as f64,
@@ -106,8 +119,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     println!("  snapshot phases: {}", phases.describe());
 
-    let target =
-        EngineConfig::durable(dir.join("restored")).with_shards(shards).with_epoch_poll(None);
+    let target = keyed(
+        EngineConfig::durable(dir.join("restored")).with_shards(shards).with_epoch_poll(None),
+    );
     let (mut phases, mut terminal) = (Phases::new(), Terminal::new("restore"));
     let (restored, report) = Engine::restore_with_progress(&path, None, target, |p| {
         phases.saw(p);

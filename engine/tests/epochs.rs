@@ -212,7 +212,7 @@ fn payments_go_on_during_an_epoch_over_a_million_accounts() {
     let config =
         EngineConfig::in_memory().with_shards(2).with_clock(clock.clone()).with_epoch_poll(None);
     let engine = Arc::new(Engine::open(config).unwrap());
-    let opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+    let opening = Opening::REFERENCE;
     engine.populate(0, ACCOUNTS, opening, |_| {}).unwrap();
     engine.run_due_epochs().unwrap();
     clock.advance(DAY_MS);
@@ -268,7 +268,7 @@ fn a_long_catch_up_stops_on_drop_and_resumes_after_restart() {
         .with_clock(clock.clone())
         .with_epoch_poll(None);
     let engine = Engine::open(config.clone()).unwrap();
-    let opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+    let opening = Opening::REFERENCE;
     engine.populate(0, 1_000, opening, |_| {}).unwrap();
     engine.run_due_epochs().unwrap();
     let baseline: Vec<i32> =

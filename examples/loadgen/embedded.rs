@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _};
 
-use plafond::{Command, Durability, Engine, EngineConfig, ManualClock, Outcome, Request};
+use plafond::{Command, Durability, Engine, EngineConfig, ManualClock, Opening, Outcome, Request};
 use plafond_examples::sample::Zipf;
-use plafond_server::open::REFERENCE_OPENING;
 
 use crate::args::LoadgenArgs;
 use crate::tally::Tally;
@@ -41,7 +40,7 @@ pub fn embedded_target(
     let cards = shared.workload.cards;
     let populate_started = Instant::now();
     engine
-        .populate(region, cards, REFERENCE_OPENING, |done| eprint!("\rpopulating: {done}/{cards}"))
+        .populate(region, cards, Opening::REFERENCE, |done| eprint!("\rpopulating: {done}/{cards}"))
         .map_err(|e| anyhow!("populate (use an empty --data-dir): {e}"))?;
     eprintln!(" in {:.1} s", populate_started.elapsed().as_secs_f64());
 

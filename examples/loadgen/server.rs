@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::bail;
 
+use plafond::Opening;
 use plafond_examples::sample::Zipf;
-use plafond_server::open::REFERENCE_OPENING;
 use plafond_wire::{encode_command, AsyncClient, Value};
 
 use crate::args::LoadgenArgs;
@@ -100,7 +100,7 @@ pub async fn server_conservation(
     let holds = stats["audit"]["holds"].as_bool() == Some(true);
     // u128 in the server; a population within u64 is all a load test makes.
     let balances = stats["total"]["balances_minor"].as_u64().map(u128::from);
-    let expected = u128::from(cards) * u128::from(REFERENCE_OPENING.deposit_minor);
+    let expected = u128::from(cards) * u128::from(Opening::REFERENCE.deposit_minor);
     let exact = balances.map(|b| b + u128::from(tally.approved_minor) == expected);
     Ok(match (holds, exact) {
         (true, Some(true)) => format!(

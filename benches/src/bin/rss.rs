@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let region = engine.region_id("eu-west").ok_or("no eu-west region")?;
     let before_bytes = rss_bytes();
     let started = Instant::now();
-    let opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+    let opening = Opening::REFERENCE;
     engine.populate(region, accounts, opening, |_| {})?;
     let populate_s = started.elapsed().as_secs_f64();
     let after_bytes = rss_bytes();

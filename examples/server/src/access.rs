@@ -7,8 +7,7 @@ use std::path::Path;
 
 /// The environment variable that may hold the token.
 pub const TOKEN_ENV: &str = "PLAFOND_TOKEN";
-/// The longest token file read: a token is a line, not a document.
-pub const TOKEN_FILE_BYTES_MAX: u64 = 4096;
+pub use crate::limits::TOKEN_FILE_BYTES_MAX;
 
 /// Why the token could not be had, in the operator's terms.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

@@ -22,23 +22,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// The shared pool of queued commands (parsed, not yet answered) of all connections,
-/// beyond each connection's floor. At about a million pays per second it is some tens of
-/// milliseconds of engine work: the most a fresh command waits behind the others.
-pub const QUEUED_COMMANDS_MAX: usize = 32_768;
-
-/// Commands a connection may always have queued, whatever the others do: enough for a
-/// `redis-benchmark -P 64` or a loadgen pipeline to run undisturbed.
-pub const CONNECTION_COMMANDS_FLOOR: usize = 64;
-
-/// The sum of all connections' buffers (read, reply) beyond which only connections under
-/// their floor read more.
-pub const BUFFERED_BYTES_MAX: usize = 64 << 20;
-
-/// Buffer bytes a connection may always hold: one read chunk and a little.
-pub const CONNECTION_BUFFER_FLOOR_BYTES: usize = 128 << 10;
-
-const _: () = assert!(CONNECTION_COMMANDS_FLOOR <= QUEUED_COMMANDS_MAX);
+pub use crate::limits::{
+    BUFFERED_BYTES_MAX, CONNECTION_BUFFER_FLOOR_BYTES, CONNECTION_COMMANDS_FLOOR,
+    QUEUED_COMMANDS_MAX,
+};
 
 /// The shared counters; one per server.
 #[derive(Debug, Default)]

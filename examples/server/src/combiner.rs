@@ -24,10 +24,7 @@ use tokio::sync::oneshot;
 
 use plafond::{Engine, Outcome, Request};
 
-/// The most requests one combined submission carries (unless one connection's batch alone
-/// is larger); the rest waits for the next flush. It bounds one shard batch, one log value
-/// in RocksDB, however many connections pipeline at once.
-pub const COMBINED_REQUESTS_MAX: usize = 65_536;
+pub use crate::limits::COMBINED_REQUESTS_MAX;
 
 /// One connection's share of a combined submission's outcomes.
 pub struct Outcomes {

@@ -115,12 +115,8 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
     }
 }
 
-/// The longest command name (`PROFILE.OPEN` has 12 bytes); a longer one is unknown.
-const COMMAND_NAME_BYTES_MAX: usize = 16;
-
-/// The most bytes of a client's input any error quotes back (a command's name, a region's):
-/// a 60 KB argument must not come back as a 180 KB error.
-pub const CLIENT_INPUT_ECHO_BYTES_MAX: usize = 64;
+pub use crate::limits::CLIENT_INPUT_ECHO_BYTES_MAX;
+use crate::limits::COMMAND_NAME_BYTES_MAX;
 
 enum Malformed {
     Arity,

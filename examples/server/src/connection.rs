@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,45 +32,11 @@ use crate::slots::{Eviction, Slot};
 use crate::stats;
 use crate::Shared;
 
-/// The most commands in one batch of one connection.
-pub(crate) const PIPELINE_COMMANDS_MAX: usize = 4096;
-/// The most batches one connection has in flight; beyond, it reads no more until the
-/// oldest is answered (TCP flow control then slows the client).
-pub(crate) const IN_FLIGHT_BATCHES_MAX: usize = 8;
-/// Bytes read per `read` call.
-pub(crate) const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// A connection's read buffer never holds more than this: one partial request plus one
-/// chunk. The parser's limits make it unreachable; it is the belt to their braces.
-pub(crate) const READ_BUFFER_BYTES_MAX: usize =
-    2 * (plafond_wire::FRAME_BYTES_MAX + READ_CHUNK_BYTES);
-/// Replies buffered before they are written in the middle of a batch (a pipeline of many
-/// `STATS` would otherwise pile up).
-pub(crate) const OUTPUT_FLUSH_BYTES: usize = 256 * 1024;
-/// After a failed `AUTH`, the connection waits this long before it goes on, so guessing
-/// the token runs at a few tries per second per connection, not millions.
-pub(crate) const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(100);
-/// Failed `AUTH`s after which a connection is closed.
-pub(crate) const AUTH_FAILURES_MAX: u32 = 10;
-/// Commands refused with `NOAUTH` after which a connection is read no more (it closes at
-/// its auth deadline): a client not configured with the token learns it from the first;
-/// a flood of them only costs the server parsing (500 such pipeliners sent 400 MB/s).
-/// Not closed at once: a closed attacker reconnects at once, a muted one costs nothing.
-pub(crate) const REFUSALS_BEFORE_AUTH_MAX: u32 = 1000;
-/// An anonymous connection's batches are at most this large: it can only get refusals
-/// and `PONG`s, which gain nothing from batching, and small batches keep a crowd of them
-/// from hogging the I/O threads.
-pub(crate) const ANONYMOUS_BATCH_COMMANDS_MAX: usize = 64;
-/// After a batch of at least this many commands, a connection lets the runtime run the
-/// others before it goes on: a pipelining client whose input is always ready would
-/// otherwise run batch after batch in one turn while a fresh client waits.
-pub(crate) const YIELD_AFTER_COMMANDS: usize = 64;
-/// Per-command vectors (parsed requests, engine requests) keep at most this capacity
-/// between batches: a connection that once sent a 4,096-command pipeline must not hold
-/// half a megabyte for ever (a thousand of them did).
-pub(crate) const KEPT_COMMANDS_CAPACITY: usize = 256;
-/// How long a connection that may neither read (the buffers of all connections are full)
-/// nor wait for an answer of its own (it has none) waits before it looks again.
-pub(crate) const BUDGET_RETRY: Duration = Duration::from_millis(5);
+use crate::limits::{
+    ANONYMOUS_BATCH_COMMANDS_MAX, AUTH_FAILURES_MAX, AUTH_FAILURE_DELAY, BUDGET_RETRY,
+    IN_FLIGHT_BATCHES_MAX, KEPT_COMMANDS_CAPACITY, OUTPUT_FLUSH_BYTES, PIPELINE_COMMANDS_MAX,
+    READ_BUFFER_BYTES_MAX, READ_CHUNK_BYTES, REFUSALS_BEFORE_AUTH_MAX, YIELD_AFTER_COMMANDS,
+};
 
 /// A reply waiting for its turn in the batch.
 enum Reply {

@@ -10,17 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-/// Descriptors kept for what the engine and the server open after start-up (RocksDB's
-/// new table and log files, snapshots, checkpoints, the refusal of a connection past the
-/// limit), beyond those open when the limit is computed.
-pub const DESCRIPTORS_RESERVED: u64 = 64;
-
-/// The first pause after a failed `accept`, doubled after each failure in a row.
-pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-/// The longest pause after failed `accept`s in a row.
-pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// At most one log line per this interval about failed `accept`s (with their count).
-pub const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub use crate::limits::{
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, ACCEPT_ERROR_LOG_INTERVAL, DESCRIPTORS_RESERVED,
+};
 
 /// The descriptor limit as start-up found it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

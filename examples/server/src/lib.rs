@@ -32,7 +32,7 @@ pub mod stats;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -52,13 +52,8 @@ use crate::slots::Slots;
 use crate::snapshot_dir::SnapshotDir;
 use crate::stats::Sampler;
 
-/// How long shutdown waits for in-flight batches before dropping the connections.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// The most refusals (`-ERR max number of clients reached`) being written at once; past
-/// it a connection over the limit is closed without a word.
-const REFUSALS_IN_FLIGHT_MAX: usize = 64;
-/// How long a refusal may take to write before the connection is just closed.
-const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+pub use crate::limits::SHUTDOWN_GRACE;
+use crate::limits::{REFUSALS_IN_FLIGHT_MAX, REFUSAL_WRITE_TIMEOUT};
 
 /// What a server serves with, besides its engine and listener.
 pub struct ServerConfig {

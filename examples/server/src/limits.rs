@@ -1,4 +1,7 @@
-//! The server's per-connection deadlines and its connection limit.
+//! The server's limits, each named with its unit, in one place, and how they relate to
+//! each other and to the wire's and the engine's, checked when the crate compiles. The
+//! modules that use a limit import it from here (some re-export it under their own path,
+//! `budget::QUEUED_COMMANDS_MAX`, ...).
 //!
 //! A bank's most exposed service must not let sockets that do nothing hold its slots:
 //! an anonymous connection has [`AUTH_TIMEOUT_DEFAULT`] to prove itself (AUTH with a
@@ -48,3 +51,166 @@ impl Default for ConnectionLimits {
         }
     }
 }
+
+// One connection: its batches, buffers and the pace of its AUTH tries.
+
+/// The most commands in one batch of one connection.
+pub const PIPELINE_COMMANDS_MAX: usize = 4096;
+
+/// The most batches one connection has in flight; beyond, it reads no more until the
+/// oldest is answered (TCP flow control then slows the client).
+pub const IN_FLIGHT_BATCHES_MAX: usize = 8;
+
+/// Bytes read per `read` call.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A connection's read buffer never holds more than this: one partial request plus one
+/// chunk. The parser's limits make it unreachable; it is the belt to their braces.
+pub const READ_BUFFER_BYTES_MAX: usize = 2 * (plafond_wire::FRAME_BYTES_MAX + READ_CHUNK_BYTES);
+
+/// Replies buffered before they are written in the middle of a batch (a pipeline of many
+/// `STATS` would otherwise pile up).
+pub const OUTPUT_FLUSH_BYTES: usize = 256 * 1024;
+
+/// After a failed `AUTH`, the connection waits this long before it goes on, so guessing
+/// the token runs at a few tries per second per connection, not millions.
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(100);
+
+/// Failed `AUTH`s after which a connection is closed.
+pub const AUTH_FAILURES_MAX: u32 = 10;
+
+/// Commands refused with `NOAUTH` after which a connection is read no more (it closes at
+/// its auth deadline): a client not configured with the token learns it from the first;
+/// a flood of them only costs the server parsing (500 such pipeliners sent 400 MB/s).
+/// Not closed at once: a closed attacker reconnects at once, a muted one costs nothing.
+pub const REFUSALS_BEFORE_AUTH_MAX: u32 = 1000;
+
+/// An anonymous connection's batches are at most this large: it can only get refusals
+/// and `PONG`s, which gain nothing from batching, and small batches keep a crowd of them
+/// from hogging the I/O threads.
+pub const ANONYMOUS_BATCH_COMMANDS_MAX: usize = 64;
+
+/// After a batch of at least this many commands, a connection lets the runtime run the
+/// others before it goes on: a pipelining client whose input is always ready would
+/// otherwise run batch after batch in one turn while a fresh client waits.
+pub const YIELD_AFTER_COMMANDS: usize = 64;
+
+/// Per-command vectors (parsed requests, engine requests) keep at most this capacity
+/// between batches: a connection that once sent a 4,096-command pipeline must not hold
+/// half a megabyte for ever (a thousand of them did).
+pub const KEPT_COMMANDS_CAPACITY: usize = 256;
+
+/// How long a connection that may neither read (the buffers of all connections are full)
+/// nor wait for an answer of its own (it has none) waits before it looks again.
+pub const BUDGET_RETRY: Duration = Duration::from_millis(5);
+
+// The global budget of queued work (`budget`).
+
+/// The shared pool of queued commands (parsed, not yet answered) of all connections,
+/// beyond each connection's floor. At about a million pays per second it is some tens of
+/// milliseconds of engine work: the most a fresh command waits behind the others.
+pub const QUEUED_COMMANDS_MAX: usize = 32_768;
+
+/// Commands a connection may always have queued, whatever the others do: enough for a
+/// `redis-benchmark -P 64` or a loadgen pipeline to run undisturbed.
+pub const CONNECTION_COMMANDS_FLOOR: usize = 64;
+
+/// The sum of all connections' buffers (read, reply) beyond which only connections under
+/// their floor read more.
+pub const BUFFERED_BYTES_MAX: usize = 64 << 20;
+
+/// Buffer bytes a connection may always hold: one read chunk and a little.
+pub const CONNECTION_BUFFER_FLOOR_BYTES: usize = 128 << 10;
+
+// Combined submissions (`combiner`).
+
+/// The most requests one combined submission carries (unless one connection's batch alone
+/// is larger); the rest waits for the next flush. It bounds one shard batch, one log value
+/// in RocksDB, however many connections pipeline at once.
+pub const COMBINED_REQUESTS_MAX: usize = 65_536;
+
+// Descriptors and accept back-off (`descriptors`).
+
+/// Descriptors kept for what the engine and the server open after start-up (RocksDB's
+/// new table and log files, snapshots, checkpoints, the refusal of a connection past the
+/// limit), beyond those open when the limit is computed.
+pub const DESCRIPTORS_RESERVED: u64 = 64;
+
+/// The first pause after a failed `accept`, doubled after each failure in a row.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+
+/// The longest pause after failed `accept`s in a row.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// At most one log line per this interval about failed `accept`s (with their count).
+pub const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+// Accepting and shutting down (`run`).
+
+/// How long shutdown waits for in-flight batches before dropping the connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The most refusals (`-ERR max number of clients reached`) being written at once; past
+/// it a connection over the limit is closed without a word.
+pub const REFUSALS_IN_FLIGHT_MAX: usize = 64;
+
+/// How long a refusal may take to write before the connection is just closed.
+pub const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+// The token (`access`).
+
+/// The longest token file read: a token is a line, not a document.
+pub const TOKEN_FILE_BYTES_MAX: u64 = 4096;
+
+// Snapshots kept (`snapshot_dir`).
+
+/// Snapshots kept by default; older ones are removed after each new one.
+pub const SNAPSHOTS_KEPT_DEFAULT: usize = 8;
+
+/// The most `--snapshots-keep` allows.
+pub const SNAPSHOTS_KEPT_MAX: usize = 10_000;
+
+// Flags (`options`).
+
+/// The most `--io-threads`.
+pub const IO_THREADS_MAX: usize = 256;
+
+/// The most `--checkpoint-log-mb`: a checkpoint at least every TiB of log.
+pub const CHECKPOINT_LOG_MB_MAX: u64 = 1 << 20;
+
+// The command table (`commands`).
+
+/// The longest command name (`PROFILE.OPEN` has 12 bytes); a longer one is unknown.
+pub const COMMAND_NAME_BYTES_MAX: usize = 16;
+
+/// The most bytes of a client's input any error quotes back (a command's name, a region's):
+/// a 60 KB argument must not come back as a 180 KB error.
+pub const CLIENT_INPUT_ECHO_BYTES_MAX: usize = 64;
+
+// How they relate.
+
+// An interactive client's floor fits in one of its batches, and an anonymous batch is no
+// larger than anyone's.
+const _: () = assert!(CONNECTION_COMMANDS_FLOOR <= PIPELINE_COMMANDS_MAX);
+const _: () = assert!(ANONYMOUS_BATCH_COMMANDS_MAX <= PIPELINE_COMMANDS_MAX);
+const _: () = assert!(CONNECTION_COMMANDS_FLOOR <= QUEUED_COMMANDS_MAX);
+// One connection's batch always fits one combined submission, so the combiner never has
+// to split a batch (a connection's commands stay in order) ...
+const _: () = assert!(PIPELINE_COMMANDS_MAX <= COMBINED_REQUESTS_MAX);
+// ... and the engine's shards take a combined submission in a few batches each, not in
+// thousands: a submission mails each shard one part, which the shard decides in batches of
+// at most `BATCH_COMMANDS_MAX`.
+const _: () = assert!(COMBINED_REQUESTS_MAX <= 16 * plafond::BATCH_COMMANDS_MAX);
+// A connection under its buffer floor can always read one chunk, and the output flushed
+// in the middle of a batch fits the global buffer budget many times over.
+const _: () = assert!(READ_CHUNK_BYTES <= CONNECTION_BUFFER_FLOOR_BYTES);
+const _: () = assert!(OUTPUT_FLUSH_BYTES * CONNECTIONS_MAX / 4 <= BUFFERED_BYTES_MAX);
+// A whole frame (the largest request the wire accepts) fits the read buffer.
+const _: () = assert!(plafond_wire::FRAME_BYTES_MAX + READ_CHUNK_BYTES <= READ_BUFFER_BYTES_MAX);
+// Every connection slot can be given a descriptor beside those the server keeps.
+const _: () = assert!(DESCRIPTORS_RESERVED < CONNECTIONS_MAX as u64);
+
+/// The most commands the server holds parsed and unanswered, all connections together:
+/// the shared pool plus every connection's floor. What a flood of clients can queue.
+pub const QUEUED_COMMANDS_TOTAL_MAX: usize =
+    QUEUED_COMMANDS_MAX + CONNECTIONS_MAX * CONNECTION_COMMANDS_FLOOR;

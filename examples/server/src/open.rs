@@ -12,10 +12,6 @@ use crate::options::{ClockKind, FlagsError, Restore, ServerArgs};
 use crate::snapshot_dir::SnapshotDir;
 use crate::ServerConfig;
 
-/// The §11 population: balance and seven-day ceiling of each card (`--populate`, and the
-/// load generator's check of it).
-pub const REFERENCE_OPENING: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
-
 /// Why the server cannot start; each says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -143,7 +139,7 @@ fn populate(engine: &Engine, accounts: u64) -> Result<(), OpenError> {
     let region_id = engine.region_id(&region).ok_or(OpenError::NoRegion)?;
     let started = std::time::Instant::now();
     let progress = |done: u64| eprint!("\rpopulating {region}: {done}/{accounts} accounts");
-    match engine.populate(region_id, accounts, REFERENCE_OPENING, progress) {
+    match engine.populate(region_id, accounts, Opening::REFERENCE, progress) {
         Ok(()) => {}
         Err(EngineError::NotEmpty(profiles)) => return Err(OpenError::PopulateNotEmpty(profiles)),
         Err(error) => return Err(OpenError::Populate(error)),

@@ -13,10 +13,7 @@ use plafond::{CheckpointPolicy, Durability, LogRetention, LOG_RETENTION_DAYS_DEF
 use crate::limits::{self, ConnectionLimits};
 use crate::snapshot_dir::{SNAPSHOTS_KEPT_DEFAULT, SNAPSHOTS_KEPT_MAX};
 
-/// The most `--io-threads`.
-pub const IO_THREADS_MAX: usize = 256;
-/// The most `--checkpoint-log-mb`: a checkpoint at least every TiB of log.
-pub const CHECKPOINT_LOG_MB_MAX: u64 = 1 << 20;
+pub use crate::limits::{CHECKPOINT_LOG_MB_MAX, IO_THREADS_MAX};
 
 const PORT_DEFAULT: u16 = 7379;
 const DATA_DIR_DEFAULT: &str = "./plafond-data";

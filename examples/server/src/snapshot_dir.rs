@@ -8,10 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use plafond::Engine;
 
-/// Snapshots kept by default; older ones are removed after each new one.
-pub const SNAPSHOTS_KEPT_DEFAULT: usize = 8;
-/// The most `--snapshots-keep` allows.
-pub const SNAPSHOTS_KEPT_MAX: usize = 10_000;
+pub use crate::limits::{SNAPSHOTS_KEPT_DEFAULT, SNAPSHOTS_KEPT_MAX};
 /// Mode of the snapshot directory when the server creates it.
 const DIR_MODE: u32 = 0o700;
 

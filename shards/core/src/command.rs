@@ -134,6 +134,13 @@ pub struct Opening {
     pub ceiling_minor: u64,
 }
 
+impl Opening {
+    /// The reference population's terms (§11): balance 20_000, ceiling 10_000. Every
+    /// benchmark, load generator and `--populate` opens its cards with these, so their
+    /// figures compare.
+    pub const REFERENCE: Opening = Opening { deposit_minor: 20_000, ceiling_minor: 10_000 };
+}
+
 /// A command a client sends. Amounts are minor units.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum Command {
