@@ -20,6 +20,7 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use plafond_examples::connect::ServerAddress;
 use plafond_examples::sample::Rng;
 use plafond_server::options::{in_range, number};
 use plafond_wire::encode_command;
@@ -30,13 +31,9 @@ use plafond_wire::encode_command;
 #[derive(Debug, Parser)]
 #[command(name = "attack")]
 struct AttackArgs {
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, default_value_t = 7379, value_parser = number::<u16>)]
-    port: u16,
-    /// Pipeliners AUTH with it first.
-    #[arg(long, value_name = "T")]
-    token: Option<String>,
+    /// The server, and the token pipeliners AUTH with first.
+    #[command(flatten)]
+    server: ServerAddress,
     /// Connections that send PAY <random card> 100 as fast as the server takes them and
     /// never read a reply.
     #[arg(long, value_name = "N", default_value_t = 500,
@@ -87,11 +84,11 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let args = AttackArgs::parse();
-    let addr = format!("{}:{}", args.host, args.port);
+    let addr = args.server.addr();
     let (pipeliners, idlers, tricklers) = (args.pipeliners, args.idlers, args.tricklers);
     let duration = Duration::from_secs(args.duration_s);
     let cards = args.cards;
-    let token = args.token;
+    let token = args.server.token()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let counters = Arc::new(Counters::default());

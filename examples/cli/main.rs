@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser};
 
-use plafond_server::options::number;
+use plafond_examples::connect::ServerAddress;
 use plafond_wire::{Client, Value};
 
 /// How long the client waits for the server to answer.
@@ -41,13 +41,8 @@ commands:
 #[derive(Debug, Parser)]
 #[command(name = "cli", after_help = COMMANDS)]
 struct CliArgs {
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, default_value_t = 7379, value_parser = number::<u16>)]
-    port: u16,
-    /// AUTH with this token first.
-    #[arg(long, value_name = "T")]
-    token: Option<String>,
+    #[command(flatten)]
+    server: ServerAddress,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -100,8 +95,9 @@ fn run() -> anyhow::Result<ExitCode> {
         CliArgs::command().print_help()?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut client = Client::connect((args.host.as_str(), args.port), REPLY_TIMEOUT)?;
-    if let Some(token) = &args.token {
+    let token = args.server.token()?;
+    let mut client = Client::connect(args.server.addr(), REPLY_TIMEOUT)?;
+    if let Some(token) = &token {
         client.auth(token)?;
     }
     let reply = client.call(&command_of(&args.command))?;

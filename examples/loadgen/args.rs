@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use plafond::Durability;
+use plafond_examples::connect::ServerAddress;
 use plafond_server::options::{in_range, number};
 
 /// The most connections, threads and pipeline depth accepted: all stay within reason.
@@ -62,12 +63,8 @@ pub struct LoadgenArgs {
     #[arg(long, value_enum, default_value_t = Ids::None)]
     pub ids: Ids,
     /// Server: its address (for the day to advance, start it with --clock manual).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    #[arg(long, default_value_t = 7379, value_parser = number::<u16>)]
-    pub port: u16,
-    #[arg(long, value_name = "T")]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub server: ServerAddress,
     #[arg(long, default_value_t = 16,
           value_parser = in_range::<usize>(1, CONNECTIONS_MAX as u64))]
     pub connections: usize,

@@ -25,12 +25,11 @@ pub fn server_target(
     shared: &Arc<Shared>,
     zipf: Option<Arc<Zipf>>,
 ) -> anyhow::Result<(Tally, f64, String)> {
-    let (host, port) = (&args.host, args.port);
+    let addr = args.server.addr();
     let (connections, pipeline) = (args.connections, args.pipeline);
-    let token = args.token.clone();
+    let token = args.server.token()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let addr = format!("{host}:{port}");
         let mut control = AsyncClient::connect(&addr, token.as_deref()).await?;
         check_population(&mut control, shared.workload.cards).await?;
         let clock_works = !matches!(control.call(&["CLOCK.ADVANCE", "0"]).await?, Value::Error(_));

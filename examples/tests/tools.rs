@@ -56,6 +56,52 @@ fn the_cli_speaks_to_the_server() {
     assert!(!status.success(), "a wrong token is refused");
 }
 
+/// The cli with `args` and, if given, `PLAFOND_TOKEN` set: its status, stdout and stderr.
+fn cli_with_env(
+    args: &[&str],
+    token_env: Option<&str>,
+) -> (std::process::ExitStatus, String, String) {
+    let mut command = std::process::Command::new(example_binary("cli"));
+    command.args(args).stdin(std::process::Stdio::null()).env_remove("PLAFOND_TOKEN");
+    if let Some(token) = token_env {
+        command.env("PLAFOND_TOKEN", token);
+    }
+    let output = command.output().expect("the cli runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status, text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn the_cli_takes_its_token_from_a_file_or_the_environment_so_it_stays_out_of_ps() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = Server::start(&["--durability", "none", "--token", "t0k"]);
+    let port = server.addr.port().to_string();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "t0k\n").expect("written");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let file = file.to_str().expect("a UTF-8 path");
+
+    let (status, out, _) =
+        cli_with_env(&["--port", &port, "--token-file", file, "balance", "0"], None);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("UNKNOWN_ACCOUNT"), "{out}");
+    let (status, out, _) = cli_with_env(&["--port", &port, "balance", "0"], Some("t0k"));
+    assert!(status.success(), "{out}");
+    assert!(out.contains("UNKNOWN_ACCOUNT"), "{out}");
+
+    // Without a token the server refuses; with two sources the cli refuses to guess.
+    let (status, out, _) = cli_with_env(&["--port", &port, "balance", "0"], None);
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("NOAUTH"), "{out}");
+    let (status, _, err) =
+        cli_with_env(&["--port", &port, "--token", "t0k", "balance", "0"], Some("t0k"));
+    assert!(!status.success());
+    assert!(err.contains("one way only"), "{err}");
+    let (_, help, _) = cli_with_env(&["--help"], None);
+    assert!(help.contains("--token-file") && help.contains("PLAFOND_TOKEN"), "{help}");
+}
+
 /// A server holding the §11 population of 1,000 cards, its day moved by the load generator.
 fn loadgen_server() -> Server {
     Server::start(&[

@@ -67,7 +67,7 @@ fn read_token_file(path: &Path) -> Result<String, TokenError> {
     let mode = file.metadata().map_err(|e| unreadable(e.to_string()))?.permissions().mode();
     if mode & 0o077 != 0 {
         eprintln!(
-            "server: warning: --token-file {} can be read by other users (mode {:o}); chmod 600 it",
+            "warning: --token-file {} can be read by other users (mode {:o}); chmod 600 it",
             path.display(),
             mode & 0o777
         );
