@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what plafond needs on a fresh Debian machine: libclang for the rocksdb crate's
-# bindings, a C++ compiler for RocksDB itself, redis-tools for the demo and the peers.
+# bindings, a C++ compiler for RocksDB itself, redis-tools for the demo and the peers,
+# and Python's prometheus_client for the metrics test.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
 
@@ -15,6 +16,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
     $sudo_if_needed apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Prometheus project's Python client: its strict OpenMetrics parser reads /metrics in
+# examples/tests/metrics.rs.
+if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
+    echo "setup: installing prometheus_client (pip)" >&2
+    python3 -m pip install -q prometheus_client >/dev/null 2>&1 \
+        || python3 -m pip install -q --break-system-packages prometheus_client >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is needed (https://rustup.rs)" >&2; exit 1; }
 

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let args = ServerArgs::parse();
-    let (engine, config) = plafond_server::open::open(&args)?;
+    let (engine, mut config) = plafond_server::open::open(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.io_threads())
         .enable_all()
@@ -43,6 +43,14 @@ fn run() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        if let Some(port) = args.metrics_port {
+            // Loopback only (SPEC §15): the numbers are for the operator's own scraper.
+            let metrics = TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("cannot serve metrics on 127.0.0.1:{port}"))?;
+            println!("{}", plafond_server::metrics::describe(metrics.local_addr()?));
+            config.metrics = Some(metrics);
+        }
         println!("listening on {}", listener.local_addr()?);
         println!("{}", stats::health_line(&engine.health()));
         std::io::stdout().flush()?;

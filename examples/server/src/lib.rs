@@ -24,6 +24,7 @@ mod connection;
 pub mod descriptors;
 pub mod epochs;
 pub mod limits;
+pub mod metrics;
 pub mod open;
 pub mod options;
 pub mod slots;
@@ -65,6 +66,9 @@ pub struct ServerConfig {
     /// Where `SNAPSHOT` writes, and how many it keeps.
     pub snapshots: SnapshotDir,
     pub limits: ConnectionLimits,
+    /// Where `GET /metrics` is served (`--metrics-port`), if anywhere; bound by the caller,
+    /// as the main listener is.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Why [`run`] could not serve.
@@ -89,6 +93,19 @@ struct Shared {
     /// The global bound on queued commands and buffered bytes of all connections.
     budget: Arc<Budget>,
     limits: ConnectionLimits,
+    slots: Arc<Slots>,
+}
+
+impl Shared {
+    /// What the server counts itself, for `/metrics`.
+    fn server_gauges(&self) -> metrics::ServerGauges {
+        metrics::ServerGauges {
+            connections: self.slots.held(),
+            queued_commands: self.budget.pooled(),
+            buffered_bytes: self.budget.buffered(),
+            submissions: self.combiner.counts(),
+        }
+    }
 }
 
 /// Serves `engine` on `listener` until `shutdown` resolves, then stops the epochs, lets
@@ -110,8 +127,12 @@ pub async fn run(
         snapshots: config.snapshots,
         budget: Arc::new(Budget::default()),
         limits: config.limits,
+        slots: slots.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics = config.metrics.map(|listener| {
+        tokio::spawn(metrics::serve(listener, shared.clone(), shutdown_rx.clone()))
+    });
     // Refusals get a task each: they are bounded so that a flood of them cannot hold
     // descriptors the slots do not count.
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX));
@@ -152,6 +173,12 @@ pub async fn run(
         eprintln!("server: connections still busy after {SHUTDOWN_GRACE:?}; dropping them");
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+    }
+    if let Some(metrics) = metrics {
+        // A scrape in progress is let finish; the listener is closed.
+        if tokio::time::timeout(SHUTDOWN_GRACE, metrics).await.is_err() {
+            eprintln!("server: the metrics listener did not stop within {SHUTDOWN_GRACE:?}");
+        }
     }
     Ok(())
 }

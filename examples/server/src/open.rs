@@ -67,6 +67,7 @@ pub fn open(args: &ServerArgs) -> Result<(Arc<Engine>, ServerConfig), OpenError>
         token,
         snapshots: SnapshotDir::new(args.snapshot_dir.clone(), args.snapshots_keep),
         limits: args.limits(),
+        metrics: None,
     };
     Ok((Arc::new(engine), settings))
 }

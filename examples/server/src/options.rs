@@ -39,6 +39,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = PORT_DEFAULT,
           allow_negative_numbers = true, value_parser = number::<u16>)]
     pub port: u16,
+    /// Serve GET /metrics (Prometheus text format) on 127.0.0.1 at this port (0 picks a
+    /// free one).
+    #[arg(long, value_name = "P", allow_negative_numbers = true, value_parser = number::<u16>)]
+    pub metrics_port: Option<u16>,
     /// Address to listen on; an address other machines reach needs a token, or
     /// --allow-no-token.
     #[arg(long, default_value = "127.0.0.1")]

@@ -205,6 +205,8 @@ fn redis_at(url: &str) -> redis::Connection {
 /// is dropped.
 pub struct InProcess {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when started with `--metrics-port`.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -215,7 +217,7 @@ impl InProcess {
         use clap::Parser as _;
         let words = ["server", "--port", "0"].into_iter().chain(args.iter().copied());
         let args = ServerArgs::try_parse_from(words).expect("valid flags");
-        let (engine, config) = plafond_server::open::open(&args).expect("the engine opens");
+        let (engine, mut config) = plafond_server::open::open(&args).expect("the engine opens");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.io_threads())
             .enable_all()
@@ -224,6 +226,12 @@ impl InProcess {
         let listener =
             runtime.block_on(tokio::net::TcpListener::bind((args.bind, args.port))).expect("binds");
         let addr = listener.local_addr().expect("an address");
+        let metrics = args.metrics_port.map(|port| {
+            let bound = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)));
+            bound.expect("the metrics port binds")
+        });
+        let metrics_addr = metrics.as_ref().map(|m| m.local_addr().expect("an address"));
+        config.metrics = metrics;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let shutdown = async {
@@ -233,7 +241,7 @@ impl InProcess {
             served.expect("the server serves until stopped");
             runtime.shutdown_timeout(plafond_server::SHUTDOWN_GRACE);
         });
-        InProcess { addr, stop: Some(stop), thread: Some(thread) }
+        InProcess { addr, metrics_addr, stop: Some(stop), thread: Some(thread) }
     }
 
     /// A raw connection.

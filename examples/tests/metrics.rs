@@ -1,0 +1,151 @@
+//! `--metrics-port`: `GET /metrics` in the Prometheus exposition format (SPEC §15), read
+//! with a parser that is not the one writing it, the numbers matching what was done.
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::InProcess;
+
+/// One HTTP/1.1 request: the status line, the headers and the body.
+fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_ascii_lowercase(), body.to_string())
+}
+
+/// One sample as the Prometheus project's parser read it.
+#[derive(Debug, serde::Deserialize)]
+struct Sample {
+    /// The family's name and type (`counter`, `gauge`, ...).
+    family: String,
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    labels: std::collections::HashMap<String, String>,
+    value: f64,
+}
+
+/// `GET /metrics`, parsed by `prometheus_client`'s strict OpenMetrics parser (Python; the
+/// project's set-up installs it).
+fn scrape(addr: SocketAddr) -> Vec<Sample> {
+    let (status, headers, body) = get(addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(headers.contains("content-type: application/openmetrics-text"), "{headers}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/openmetrics_parse.py");
+    let mut parser = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    parser.stdin.take().expect("a stdin").write_all(body.as_bytes()).expect("written");
+    let output = parser.wait_with_output().expect("the parser ends");
+    assert!(output.status.success(), "the exposition parses: {body}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a sample"))
+        .collect()
+}
+
+/// The value of the one sample named `name` whose labels include every pair of `labels`;
+/// its family must be of type `kind`.
+fn value(samples: &[Sample], name: &str, kind: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .collect();
+    assert_eq!(matching.len(), 1, "one sample {name} {labels:?}: {samples:?}");
+    assert_eq!(matching[0].kind, kind, "{name} (family {})", matching[0].family);
+    matching[0].value
+}
+
+/// The sum of every sample named `name`.
+fn sum(samples: &[Sample], name: &str) -> f64 {
+    samples.iter().filter(|s| s.name == name).map(|s| s.value).sum()
+}
+
+#[test]
+fn metrics_count_what_was_done_in_the_exposition_format() {
+    let server = InProcess::start(&[
+        "--durability",
+        "none",
+        "--populate",
+        "100",
+        "--clock",
+        "manual",
+        "--shards",
+        "1",
+        "--metrics-port",
+        "0",
+    ]);
+    let metrics = server.metrics_addr.expect("a metrics address");
+    let mut redis = server.redis();
+    let pay = |redis: &mut redis::Connection, card: u64, amount: u64| -> String {
+        let reply: Vec<redis::Value> =
+            redis::cmd("PAY").arg(card).arg(amount).query(redis).expect("a reply");
+        match &reply[0] {
+            redis::Value::SimpleString(word) => word.clone(),
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            other => panic!("an outcome word, not {other:?}"),
+        }
+    };
+    let before = scrape(metrics);
+    assert_eq!(
+        value(&before, "plafond_payments_approved_total", "counter", &[("region", "eu-west")]),
+        0.0
+    );
+    assert_eq!(value(&before, "plafond_storage_healthy", "gauge", &[]), 1.0);
+    assert_eq!(
+        value(
+            &before,
+            "plafond_accounts_opened_total",
+            "counter",
+            &[("region", "eu-west"), ("kind", "checking")]
+        ),
+        100.0
+    );
+
+    // Three approved pays, two over the 10_000 ceiling, one unknown card.
+    for card in 0..3 {
+        assert_eq!(pay(&mut redis, card, 6_000), "APPROVED");
+    }
+    assert_eq!(pay(&mut redis, 0, 6_000), "DECLINED");
+    assert_eq!(pay(&mut redis, 1, 6_000), "DECLINED");
+    assert_eq!(pay(&mut redis, 1_000_000, 1), "DECLINED");
+
+    let after = scrape(metrics);
+    let eu = [("region", "eu-west")];
+    assert_eq!(value(&after, "plafond_payments_approved_total", "counter", &eu), 3.0);
+    assert_eq!(value(&after, "plafond_payments_approved_minor", "gauge", &eu), 18_000.0);
+    let ceiling = [("region", "eu-west"), ("reason", "CEILING_EXCEEDED")];
+    assert_eq!(value(&after, "plafond_declines_total", "counter", &ceiling), 2.0);
+    let funds = [("region", "eu-west"), ("reason", "INSUFFICIENT_FUNDS")];
+    assert_eq!(value(&after, "plafond_declines_total", "counter", &funds), 0.0);
+    let unknown = [("region", "unattributed"), ("reason", "UNKNOWN_CARD")];
+    assert_eq!(value(&after, "plafond_declines_total", "counter", &unknown), 1.0);
+    assert_eq!(value(&after, "plafond_balances_minor", "gauge", &eu), 100.0 * 20_000.0 - 18_000.0);
+    assert_eq!(value(&after, "plafond_conservation_holds", "gauge", &[]), 1.0);
+    let commands = sum(&after, "plafond_shard_commands_total");
+    let commands_before = sum(&before, "plafond_shard_commands_total");
+    assert!(commands - commands_before >= 6.0, "{commands_before} then {commands}");
+    assert_eq!(value(&after, "plafond_connections", "gauge", &[("auth", "yes")]), 1.0);
+    assert!(value(&after, "plafond_submissions_total", "counter", &[]) >= 6.0);
+    for quantile in ["0.5", "0.99", "0.999"] {
+        let seconds =
+            value(&after, "plafond_shard_service_time_seconds", "gauge", &[("quantile", quantile)]);
+        assert!((0.0..1.0).contains(&seconds), "{quantile}: {seconds}");
+    }
+
+    let (status, _, _) = get(metrics, "/nothing-here");
+    assert!(status.contains("404"), "{status}");
+}
