@@ -345,3 +345,14 @@ pub fn run_example(name: &str, args: &[&str]) -> (ExitStatus, String) {
         .expect("the example runs");
     (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// [`run_example`], returning what the example wrote on stderr as well (its refusals).
+pub fn run_example_with_stderr(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let output = Command::new(example_binary(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the example runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status, text(&output.stdout), text(&output.stderr))
+}
