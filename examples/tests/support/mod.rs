@@ -216,13 +216,23 @@ impl InProcess {
         let words = ["server", "--port", "0"].into_iter().chain(args.iter().copied());
         let args = ServerArgs::try_parse_from(words).expect("valid flags");
         let (engine, config) = plafond_server::open::open(&args).expect("the engine opens");
+        InProcess::serve(engine, config, args.io_threads())
+    }
+
+    /// Serves `engine` with `config` on a loopback port-0 listener: for an engine the flags
+    /// cannot make (a guarded clock over a manual host clock).
+    pub fn serve(
+        engine: std::sync::Arc<plafond::Engine>,
+        config: plafond_server::ServerConfig,
+        io_threads: usize,
+    ) -> InProcess {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.io_threads())
+            .worker_threads(io_threads)
             .enable_all()
             .build()
             .expect("a runtime");
-        let listener =
-            runtime.block_on(tokio::net::TcpListener::bind((args.bind, args.port))).expect("binds");
+        let loopback = (std::net::Ipv4Addr::LOCALHOST, 0);
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(loopback)).expect("binds");
         let addr = listener.local_addr().expect("an address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
