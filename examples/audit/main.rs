@@ -3,13 +3,17 @@
 //! `docs/ARCHIVE_FORMAT.md`; the work is done by `plafond_shards::archive`.
 //!
 //! ```text
-//! cargo run --release --example audit -- verify --archive DATA/archive
+//! cargo run --release --example audit -- verify --archive DATA/archive [--mac-key-file KEY]
 //! cargo run --release --example audit -- replay --snapshot cut.plafsnap --archive DATA/archive \
-//!     [--config regions.toml] [--until-ms T | --until-seq SHARD:SEQ ...] [--out state.plafsnap]
+//!     [--config regions.toml] [--until-ms T | --until-seq SHARD:SEQ ...] [--out state.plafsnap] \
+//!     [--mac-key-file KEY]
 //! ```
 //!
 //! Exits non-zero on any damage, on a replayed outcome that differs from the logged one,
-//! on a position the archive does not reach, and when conservation does not hold.
+//! on a position the archive does not reach, and when conservation does not hold. With
+//! `--mac-key-file` (the engine's key, the server's flag of that name), every segment and
+//! the snapshot must carry that key's MAC: one without a MAC, or with another key's, is
+//! refused; `--out` is then written with the key's MAC too.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +25,8 @@ use clap::{Args, Parser, Subcommand};
 use plafond::internals::archive::{self, ArchiveInfo, ReplayLimit, ShardArchive};
 use plafond::internals::region::Regions;
 use plafond::internals::state::{ShardState, Totals};
-use plafond::Audit;
+use plafond::{Audit, MacKey};
+use plafond_snapshots::format::WriteOptions;
 use plafond_snapshots::{Progress, Snapshot, Terminal};
 
 /// Bytes in a megabyte, for throughput.
@@ -32,6 +37,11 @@ const MB_BYTES: f64 = 1e6;
 struct Cli {
     #[command(subcommand)]
     action: Action,
+    /// The operator's key (32+ bytes, a file only its owner can read), as the engine ran
+    /// with: every archive segment and the snapshot must carry its MAC; any without one,
+    /// or with another key's, is refused.
+    #[arg(long, value_name = "FILE", global = true)]
+    mac_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -78,10 +88,10 @@ fn parse_position(text: &str) -> Result<(u16, u64), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.action {
-        Action::Verify { archive } => verify(&archive),
-        Action::Replay(args) => replay(&args),
-    };
+    let result = load_key(cli.mac_key_file.as_deref()).and_then(|key| match cli.action {
+        Action::Verify { archive } => verify(&archive, key.as_ref()),
+        Action::Replay(args) => replay(&args, key.as_ref()),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -91,21 +101,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Verifies the archive whole, showing progress; errors name the damaged file.
-fn verified(dir: &Path) -> anyhow::Result<ArchiveInfo> {
+/// The key of `--mac-key-file`, read with the engine's rules (owner-only, 32+ bytes).
+fn load_key(path: Option<&Path>) -> anyhow::Result<Option<MacKey>> {
+    let Some(path) = path else { return Ok(None) };
+    let key =
+        MacKey::from_file(path).map_err(|e| anyhow!("--mac-key-file {}: {e}", path.display()))?;
+    Ok(Some(key))
+}
+
+/// Verifies the archive whole (with `key`, every segment's MAC too), showing progress;
+/// errors name the damaged file.
+fn verified(dir: &Path, key: Option<&MacKey>) -> anyhow::Result<ArchiveInfo> {
     let mut terminal = Terminal::new("audit");
-    let info = archive::verify_archive_with(dir, |_, done, total| {
+    let info = archive::verify_archive_keyed(dir, key, |_, done, total| {
         terminal.show(Progress { phase: "verify", done, total, unit: "bytes" });
     });
     terminal.finish();
     Ok(info?)
 }
 
-fn verify(dir: &Path) -> anyhow::Result<()> {
+fn verify(dir: &Path, key: Option<&MacKey>) -> anyhow::Result<()> {
     let started = Instant::now();
-    let info = verified(dir)?;
+    let info = verified(dir, key)?;
     let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
-    println!("archive {}: segments of an engine with {} shards", dir.display(), info.shards);
+    let macs = if key.is_some() { ", every one with the key's MAC" } else { "" };
+    println!("archive {}: segments of an engine with {} shards{macs}", dir.display(), info.shards);
     for shard in &info.per_shard {
         println!("{}", describe(shard));
     }
@@ -153,9 +173,9 @@ fn load_regions(config: Option<&Path>) -> anyhow::Result<Regions> {
     Regions::from_toml(&text).map_err(|e| anyhow!("--config {}: {e}", path.display()))
 }
 
-fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
+fn load_snapshot(path: &Path, key: Option<&MacKey>) -> anyhow::Result<Snapshot> {
     let mut terminal = Terminal::new("audit");
-    let snapshot = plafond_snapshots::read(path, |progress| terminal.show(progress));
+    let snapshot = plafond_snapshots::read_keyed(path, key, |progress| terminal.show(progress));
     terminal.finish();
     snapshot.map_err(|e| anyhow!("snapshot {}: {e}", path.display()))
 }
@@ -194,9 +214,9 @@ fn batches_ahead(info: &ArchiveInfo, snapshot: &Snapshot, limits: &[ReplayLimit]
     total
 }
 
-fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+fn replay(args: &ReplayArgs, key: Option<&MacKey>) -> anyhow::Result<()> {
     let regions = load_regions(args.config.as_deref())?;
-    let snapshot = load_snapshot(&args.snapshot)?;
+    let snapshot = load_snapshot(&args.snapshot, key)?;
     if usize::from(snapshot.header.regions) != regions.len() {
         bail!(
             "the snapshot has {} regions, the configuration {}: pass the --config the engine \
@@ -205,7 +225,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             regions.len()
         );
     }
-    let info = verified(&args.archive)?;
+    let info = verified(&args.archive, key)?;
     if info.shards != snapshot.header.shards {
         bail!(
             "the archive is of {} shards, the snapshot of {}",
@@ -221,12 +241,20 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let mut rebuilt = Vec::with_capacity(snapshot.states.len());
     let positions: Vec<u64> = snapshot.header.sections.iter().map(|s| s.log_position).collect();
     for ((mut state, position), limit) in snapshot.states.into_iter().zip(positions).zip(limits) {
-        let reached =
-            archive::replay_shard(&args.archive, &mut state, position, &regions, limit, |_, n| {
-                done += 1;
-                entries += n as u64;
-                terminal.show(Progress { phase: "replay", done, total, unit: "batches" });
-            })?;
+        let on_batch = |_, n: usize| {
+            done += 1;
+            entries += n as u64;
+            terminal.show(Progress { phase: "replay", done, total, unit: "batches" });
+        };
+        let reached = archive::replay_shard_keyed(
+            &args.archive,
+            &mut state,
+            position,
+            &regions,
+            limit,
+            key,
+            on_batch,
+        )?;
         if let Some(until) = limit.until_seq.filter(|&until| until != reached) {
             bail!("shard {}: the archive ends at position {reached}, not {until}", state.shard);
         }
@@ -244,8 +272,10 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let holds = summarize(&rebuilt);
     if let Some(out) = &args.out {
         let mut terminal = Terminal::new("audit");
-        let report = plafond_snapshots::write(out, &rebuilt, |p| terminal.show(p))
-            .map_err(|e| anyhow!("writing {}: {e}", out.display()))?;
+        let options = WriteOptions::now(None);
+        let written =
+            plafond_snapshots::write_keyed(out, &rebuilt, options, key, &mut |p| terminal.show(p));
+        let report = written.map_err(|e| anyhow!("writing {}: {e}", out.display()))?;
         terminal.finish();
         println!("wrote {} ({} bytes)", out.display(), report.bytes);
     }

@@ -582,3 +582,82 @@ fn sigterm_stops_cleanly_and_a_restart_keeps_balances() {
     let refused = Server::try_start(&other).err().expect("another shard count is refused");
     assert!(refused.1.contains('2') && refused.1.contains('3'), "{}", refused.1);
 }
+
+/// `STATS JSON` of `client`, parsed.
+fn stats_json(client: &mut support::Raw) -> serde_json::Value {
+    let Value::Bulk(json) = client.call(&["STATS", "JSON"]) else {
+        panic!("STATS JSON replies a bulk string")
+    };
+    serde_json::from_slice(&json).expect("valid JSON")
+}
+
+/// `STATS` of `client`, as text.
+fn stats_text(client: &mut support::Raw) -> String {
+    let Value::Bulk(table) = client.call(&["STATS"]) else { panic!("STATS replies a bulk string") };
+    String::from_utf8(table).expect("text")
+}
+
+#[test]
+fn stats_show_the_clock_guard_with_the_system_clock_and_not_with_the_manual_one() {
+    let system = InProcess::start(&with(&[]));
+    let mut c = system.raw();
+    let guard = &stats_json(&mut c)["clock_guard"];
+    assert_eq!(guard["jumps_refused"], 0, "{guard}");
+    assert!(guard["refused"].is_null(), "{guard}");
+    let table = stats_text(&mut c);
+    assert!(table.contains("clock guard: on, jumps refused 0, none refused now"), "{table}");
+
+    let manual = InProcess::start(&with(&["--clock", "manual"]));
+    let mut c = manual.raw();
+    let json = stats_json(&mut c);
+    let guard = json.get("clock_guard").expect("the field is there");
+    assert!(guard.is_null(), "a manual clock is not guarded: {guard}");
+    assert!(stats_text(&mut c).contains("clock guard: off"));
+}
+
+#[test]
+fn stats_show_a_refused_clock_jump_and_how_far_ahead_the_host_is() {
+    use std::sync::Arc;
+    const DAY_MS: i64 = 86_400_000;
+    let host = Arc::new(plafond::ManualClock::new(plafond::ManualClock::SERVER_START_MS));
+    let guard = Arc::new(plafond::TimeGuard::new(host.clone()));
+    let config = plafond::EngineConfig::in_memory().with_shards(2).with_clock(guard.clone());
+    let engine = Arc::new(plafond::Engine::open(config).expect("the engine opens"));
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let settings = plafond_server::ServerConfig {
+        clock: plafond_server::clock::ServerClock::System(guard),
+        token: None,
+        snapshots: plafond_server::snapshot_dir::SnapshotDir::new(dir.path().into(), 1),
+        limits: {
+            use clap::Parser as _;
+            let args = plafond_server::options::ServerArgs::try_parse_from(["server"]);
+            args.expect("the default flags").limits()
+        },
+        metrics: None,
+    };
+    let server = InProcess::serve(engine, settings, 1, None);
+    let mut c = server.raw();
+    // Each CLOCK.STATUS reads the guarded clock: the first reading, then the jump.
+    assert!(!is_error(&c.call(&["CLOCK.STATUS"])));
+    let jump_ms = (plafond::CLOCK_JUMP_DAYS_MAX + 1) * DAY_MS;
+    host.advance(jump_ms);
+    assert!(!is_error(&c.call(&["CLOCK.STATUS"])));
+
+    let guard = stats_json(&mut c)["clock_guard"].clone();
+    assert_eq!(guard["jumps_refused"], 1, "{guard}");
+    let refused = &guard["refused"];
+    let ahead_ms = refused["ahead_ms"].as_i64().expect("ahead_ms");
+    // The engine's time goes on at the machine's pace from the refusal: a little less ahead.
+    assert!(ahead_ms <= jump_ms && ahead_ms > jump_ms - 60_000, "{guard}");
+    let (host_ms, guarded_ms) = (refused["host_ms"].as_i64(), refused["guarded_ms"].as_i64());
+    assert_eq!(host_ms, Some(plafond::ManualClock::SERVER_START_MS + jump_ms), "{guard}");
+    assert_eq!(host_ms.zip(guarded_ms).map(|(h, g)| h - g), Some(ahead_ms), "{guard}");
+    let table = stats_text(&mut c);
+    assert!(table.contains("clock guard: REFUSING A JUMP: the host's clock is"), "{table}");
+    assert!(table.contains("CLOCK.ACCEPT"), "{table}");
+
+    assert_eq!(c.call(&["CLOCK.ACCEPT"]), simple("OK"));
+    let guard = stats_json(&mut c)["clock_guard"].clone();
+    assert_eq!(guard["jumps_refused"], 1, "the count stays: {guard}");
+    assert!(guard["refused"].is_null(), "{guard}");
+}

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use plafond::{Health, Reason, RegionStats, Stats};
+use plafond::{ClockGuardReport, ClockJump, Health, Reason, RegionStats, Stats};
 
 /// Remembers the previous sample, so commands/s covers the time since the last `STATS`
 /// (or since start), which is what an operator polling it wants.
@@ -216,7 +216,24 @@ pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
         c.longest_step_cpu.as_micros(),
         c.last_error.as_ref().map_or(String::new(), |error| format!(", last failure: {error}"))
     );
+    let _ = writeln!(out, "{}", clock_guard_line(stats.clock_guard.as_ref()));
     out
+}
+
+/// One line for people on the guard against jumps of the host's clock: off (a manual
+/// clock), on with how many jumps it refused, or the jump it refuses now and what to do.
+pub fn clock_guard_line(guard: Option<&ClockGuardReport>) -> String {
+    let Some(guard) = guard else {
+        return "clock guard: off (the clock is not the guarded system clock)".into();
+    };
+    let refused = guard.jumps_refused;
+    match &guard.refused {
+        None => format!("clock guard: on, jumps refused {refused}, none refused now"),
+        Some(jump) => format!(
+            "clock guard: REFUSING A JUMP: the host's clock is {} ms ahead (host {} ms, the              engine goes by {} ms); jumps refused {refused}; fix the host's clock, or              CLOCK.ACCEPT to take its time",
+            jump.ahead_ms, jump.host_ms, jump.guarded_ms
+        ),
+    }
 }
 
 /// `count` per batch, 0 before the first batch: the mean batch size, or (× 100) the share
@@ -330,6 +347,36 @@ struct CheckpointJson<'a> {
     error: Option<&'a str>,
 }
 
+/// A refused jump of the host's clock, in Unix ms.
+#[derive(Serialize)]
+struct ClockJumpJson {
+    host_ms: i64,
+    guarded_ms: i64,
+    ahead_ms: i64,
+}
+
+/// `null` when the clock is not guarded (a manual clock).
+#[derive(Serialize)]
+struct ClockGuardJson {
+    jumps_refused: u64,
+    /// The jump refused now, or `null`.
+    refused: Option<ClockJumpJson>,
+}
+
+impl ClockGuardJson {
+    fn of(guard: &ClockGuardReport) -> ClockGuardJson {
+        let jump = |jump: &ClockJump| ClockJumpJson {
+            host_ms: jump.host_ms,
+            guarded_ms: jump.guarded_ms,
+            ahead_ms: jump.ahead_ms,
+        };
+        ClockGuardJson {
+            jumps_refused: guard.jumps_refused,
+            refused: guard.refused.as_ref().map(jump),
+        }
+    }
+}
+
 /// The JSON for machines.
 #[derive(Serialize)]
 struct StatsJson<'a> {
@@ -342,6 +389,7 @@ struct StatsJson<'a> {
     remembered_in_memory: u64,
     ids_in_flight: u64,
     checkpoint: CheckpointJson<'a>,
+    clock_guard: Option<ClockGuardJson>,
 }
 
 /// `value` rounded to `decimals` places: rates and means are estimates, and their last
@@ -352,7 +400,9 @@ fn rounded(value: f64, decimals: i32) -> f64 {
 }
 
 /// The JSON for machines:
-/// `{"health":{...},"regions":{name:{...}},"total":{...},"audit":{...},"shards":[...]}`.
+/// `{"health":{...},"regions":{name:{...}},"total":{...},"audit":{...},"shards":[...],
+/// ...,"clock_guard":{"jumps_refused":N,"refused":null|{"host_ms","guarded_ms","ahead_ms"}}}`
+/// (`clock_guard` is `null` with a manual clock).
 pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
     let a = &stats.audit;
     let shards = stats
@@ -403,6 +453,7 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
             longest_step_cpu_us: c.longest_step_cpu.as_micros(),
             error: c.last_error.as_deref(),
         },
+        clock_guard: stats.clock_guard.as_ref().map(ClockGuardJson::of),
     })
 }
 

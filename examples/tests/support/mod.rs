@@ -217,16 +217,28 @@ impl InProcess {
         use clap::Parser as _;
         let words = ["server", "--port", "0"].into_iter().chain(args.iter().copied());
         let args = ServerArgs::try_parse_from(words).expect("valid flags");
-        let (engine, mut config) = plafond_server::open::open(&args).expect("the engine opens");
+        let (engine, config) = plafond_server::open::open(&args).expect("the engine opens");
+        InProcess::serve(engine, config, args.io_threads(), args.metrics_port)
+    }
+
+    /// Serves `engine` with `config` on a loopback port-0 listener (and `/metrics` on
+    /// `metrics_port`, if given): for an engine the flags cannot make (a guarded clock over
+    /// a manual host clock).
+    pub fn serve(
+        engine: std::sync::Arc<plafond::Engine>,
+        mut config: plafond_server::ServerConfig,
+        io_threads: usize,
+        metrics_port: Option<u16>,
+    ) -> InProcess {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.io_threads())
+            .worker_threads(io_threads)
             .enable_all()
             .build()
             .expect("a runtime");
-        let listener =
-            runtime.block_on(tokio::net::TcpListener::bind((args.bind, args.port))).expect("binds");
+        let loopback = (std::net::Ipv4Addr::LOCALHOST, 0);
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(loopback)).expect("binds");
         let addr = listener.local_addr().expect("an address");
-        let metrics = args.metrics_port.map(|port| {
+        let metrics = metrics_port.map(|port| {
             let bound = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)));
             bound.expect("the metrics port binds")
         });
@@ -352,4 +364,15 @@ pub fn run_example(name: &str, args: &[&str]) -> (ExitStatus, String) {
         .output()
         .expect("the example runs");
     (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// [`run_example`], returning what the example wrote on stderr as well (its refusals).
+pub fn run_example_with_stderr(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let output = Command::new(example_binary(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the example runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status, text(&output.stdout), text(&output.stderr))
 }
