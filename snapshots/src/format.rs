@@ -848,7 +848,14 @@ pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<
 /// checkpoint load, on states an engine made (the format's own tests store states with
 /// arbitrary totals, so the reader of the format alone does not run it).
 pub fn check_money(state: &ShardState) -> Result<(), String> {
-    let summed: u128 = state.accounts.iter().map(|account| u128::from(account.balance_minor)).sum();
+    // Every sum is checked: the totals come from a file, and unchecked u128 arithmetic wraps
+    // in release builds, so a crafted file could make the sums agree by overflowing.
+    let mut summed: u128 = 0;
+    for account in state.accounts.iter() {
+        summed = summed
+            .checked_add(u128::from(account.balance_minor))
+            .ok_or_else(|| "its accounts' balances add up to more than 2^128".to_string())?;
+    }
     let totals = &state.totals;
     if summed != totals.balances_minor {
         return Err(format!(
@@ -856,12 +863,19 @@ pub fn check_money(state: &ShardState) -> Result<(), String> {
             totals.balances_minor
         ));
     }
-    let came_in = totals.initial_deposits_minor
-        + totals.deposits_minor
-        + totals.interest_minor
-        + totals.transfers_in_minor
-        + totals.refunds_minor;
-    let went_out = totals.card_payments_minor + totals.transfers_out_minor;
+    let came_in = [
+        totals.deposits_minor,
+        totals.interest_minor,
+        totals.transfers_in_minor,
+        totals.refunds_minor,
+    ]
+    .into_iter()
+    .try_fold(totals.initial_deposits_minor, u128::checked_add)
+    .ok_or_else(|| "what came in adds up to more than 2^128".to_string())?;
+    let went_out = totals
+        .card_payments_minor
+        .checked_add(totals.transfers_out_minor)
+        .ok_or_else(|| "what went out adds up to more than 2^128".to_string())?;
     if came_in.checked_sub(went_out) != Some(totals.balances_minor) {
         return Err(format!(
             "its balances ({}) are not what came in ({came_in}) less what went out ({went_out})",
@@ -1088,4 +1102,36 @@ pub(crate) fn sync_parent(path: &Path) -> Result<(), SnapshotError> {
     let directory =
         File::open(parent).map_err(|error| SnapshotError::io("opening", parent, error))?;
     directory.sync_all().map_err(|error| SnapshotError::io("fsyncing", parent, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Totals that only agree if the sums wrap past 2^128 are refused, not accepted: the
+    /// unchecked sum wrapped in release builds and took them.
+    #[test]
+    fn totals_that_agree_only_by_overflowing_are_refused() {
+        let mut state = ShardState::new(0, 1, 1);
+        // came in: 2^127 + 2^127 + 5 wraps to 5; went out 0; balances 5 with no accounts
+        // would still disagree with the accounts' sum (0), so balances 0 and came in wraps
+        // to exactly what went out.
+        state.totals.initial_deposits_minor = 1 << 127;
+        state.totals.deposits_minor = 1 << 127;
+        state.totals.card_payments_minor = 0;
+        state.totals.balances_minor = 0;
+        let checked = check_money(&state);
+        assert!(checked.as_ref().is_err_and(|problem| problem.contains("came in")), "{checked:?}");
+
+        let mut state = ShardState::new(0, 1, 1);
+        state.totals.card_payments_minor = u128::MAX;
+        state.totals.transfers_out_minor = 1;
+        let checked = check_money(&state);
+        assert!(checked.as_ref().is_err_and(|problem| problem.contains("went out")), "{checked:?}");
+    }
+
+    #[test]
+    fn an_empty_shard_adds_up() {
+        assert_eq!(check_money(&ShardState::new(0, 1, 1)), Ok(()));
+    }
 }

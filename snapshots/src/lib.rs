@@ -41,6 +41,8 @@
 
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod progress;
 pub mod restore;
 mod tables;

@@ -18,6 +18,8 @@
 mod async_client;
 mod client;
 mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 mod reader;
 mod reply;
 mod request;

@@ -222,12 +222,22 @@ pub(crate) fn incomplete() -> Step<'static> {
 
 /// An inline request: words separated by spaces, ended by `\n` (or `\r\n`).
 fn inline(input: &[u8]) -> Result<Step<'_>, ProtocolError> {
+    // A line of at most INLINE_BYTES_MAX bytes, then `\n` or `\r\n`. The same rule whether
+    // the `\r\n` arrives in one read or split across two: a pending `\r` just past the
+    // limit is incomplete, not too big (it was refused when split, accepted when whole).
+    let fits = |end: usize| {
+        end <= INLINE_BYTES_MAX
+            || (end == INLINE_BYTES_MAX + 1 && input.get(INLINE_BYTES_MAX) == Some(&b'\r'))
+    };
     let Some(end) = input.iter().take(INLINE_BYTES_MAX + 2).position(|&b| b == b'\n') else {
-        if input.len() > INLINE_BYTES_MAX {
+        if !fits(input.len()) {
             return Err(ProtocolError("too big inline request"));
         }
         return Ok(incomplete());
     };
+    if !fits(end) {
+        return Err(ProtocolError("too big inline request"));
+    }
     let line = &input[..end];
     let mut args = Args::empty();
     let mut too_many = false;

@@ -193,6 +193,32 @@ fn an_endless_inline_line_is_a_protocol_error() {
     assert_eq!(parser.next(&line[..100]), Ok(incomplete()));
 }
 
+/// An inline line of exactly INLINE_BYTES_MAX bytes ends in `\r\n` split across two reads
+/// the same as in one: the `\r` alone at the limit is incomplete, not too big. (Found by
+/// fuzzing: it was refused split and accepted whole.)
+#[test]
+fn an_inline_line_at_the_limit_parses_the_same_split_at_its_crlf() {
+    let mut line = vec![b'a'; INLINE_BYTES_MAX];
+    line.extend_from_slice(b"\r\n");
+    let whole = RequestParser::new().next(&line);
+    assert!(
+        matches!(whole, Ok(Step { consumed, frame: Some(Frame::Args(_)) }) if consumed == line.len()),
+        "{whole:?}"
+    );
+    let mut parser = RequestParser::new();
+    assert_eq!(parser.next(&line[..INLINE_BYTES_MAX + 1]), Ok(incomplete()));
+    assert_eq!(parser.next(&line), whole);
+    // One byte more is too big, in one read or as it arrives.
+    let mut longer = vec![b'a'; INLINE_BYTES_MAX + 1];
+    longer.extend_from_slice(b"\r\n");
+    assert!(RequestParser::new().next(&longer).is_err());
+    assert!(RequestParser::new().next(&longer[..INLINE_BYTES_MAX + 2]).is_err());
+    // A bare `\n` past the limit without its `\r` is too big as well.
+    let mut bare = vec![b'a'; INLINE_BYTES_MAX + 1];
+    bare.push(b'\n');
+    assert!(RequestParser::new().next(&bare).is_err());
+}
+
 #[test]
 fn random_bytes_never_panic_and_never_over_consume() {
     let alphabet = b"*$+-:_%\r\n0123456789-PINGx ";
