@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +35,8 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 /// Label pairs of one sample.
 type Labels = Vec<(&'static str, String)>;
 type CounterFamily = Family<Labels, Counter>;
-type GaugeFamily = Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>;
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+type GaugeFamily = Family<Labels, FloatGauge>;
 
 /// What the server itself counts, beside the engine's [`Stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -58,11 +59,8 @@ pub(crate) async fn serve(
 ) {
     let app = Router::new().route("/metrics", get(scrape)).with_state(shared);
     let stopped = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
+        // Closed (the server is gone) counts as stopped too.
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
     };
     if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
         eprintln!("server: the metrics listener stopped: {error}");
@@ -99,8 +97,8 @@ pub fn render(
     now: SystemTime,
 ) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("plafond");
-    let healthy = gauge(&mut registry, "storage_healthy", "1 while every write has succeeded");
-    healthy.get_or_create(&Vec::new()).set(if stats.is_some() { 1.0 } else { 0.0 });
+    let healthy = if stats.is_some() { 1.0 } else { 0.0 };
+    single(&mut registry, "storage_healthy", "1 while every write has succeeded", None, healthy);
     if let Some(stats) = stats {
         engine_families(&mut registry, stats, now);
         server_families(&mut registry, server);
@@ -126,6 +124,23 @@ fn gauge_with_unit(registry: &mut Registry, name: &str, help: &str, unit: Unit) 
     let family = GaugeFamily::default();
     registry.register_with_unit(name, help, unit, family.clone());
     family
+}
+
+/// An unlabelled gauge holding `value`, with `unit` appended to its name if given.
+fn single(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, value: f64) {
+    let gauge = FloatGauge::default();
+    gauge.set(value);
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, gauge),
+        None => registry.register(name, help, gauge),
+    }
+}
+
+/// An unlabelled counter at `count`.
+fn total(registry: &mut Registry, name: &str, help: &str, count: u64) {
+    let counter: Counter = Counter::default();
+    counter.inc_by(count);
+    registry.register(name, help, counter);
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -172,10 +187,16 @@ fn engine_families(registry: &mut Registry, stats: &Stats, now: SystemTime) {
         }
     }
 
-    let in_flight = gauge(registry, "in_flight_minor", "Money in cross-shard transfers in flight");
-    in_flight.get_or_create(&Vec::new()).set(stats.audit.in_flight_minor as f64);
-    let conserved = gauge(registry, "conservation_holds", "1 while the money adds up (§2)");
-    conserved.get_or_create(&Vec::new()).set(if stats.audit.holds() { 1.0 } else { 0.0 });
+    let in_flight = stats.audit.in_flight_minor as f64;
+    single(
+        registry,
+        "in_flight_minor",
+        "Money in cross-shard transfers in flight",
+        None,
+        in_flight,
+    );
+    let holds = if stats.audit.holds() { 1.0 } else { 0.0 };
+    single(registry, "conservation_holds", "1 while the money adds up (§2)", None, holds);
 
     let shard_accounts = gauge(registry, "shard_accounts", "Accounts a shard holds");
     let queue = gauge(registry, "shard_queue_depth", "Submissions waiting in a shard's mailbox");
@@ -213,53 +234,55 @@ fn engine_families(registry: &mut Registry, stats: &Stats, now: SystemTime) {
         }
     }
 
-    let remembered =
-        gauge(registry, "remembered_ids_in_memory", "Command-id records held in memory");
-    remembered.get_or_create(&Vec::new()).set(stats.remembered_in_memory as f64);
-    let claimed = gauge(registry, "ids_in_flight", "Command ids claimed by batches in flight");
-    claimed.get_or_create(&Vec::new()).set(stats.ids_in_flight as f64);
+    let remembered = stats.remembered_in_memory as f64;
+    single(
+        registry,
+        "remembered_ids_in_memory",
+        "Command-id records held in memory",
+        None,
+        remembered,
+    );
+    let claimed = stats.ids_in_flight as f64;
+    single(registry, "ids_in_flight", "Command ids claimed by batches in flight", None, claimed);
 
     let checkpoint = &stats.checkpoint;
-    let written = counter(registry, "checkpoints_written", "Checkpoints written since start");
-    written.get_or_create(&Vec::new()).inc_by(checkpoint.written);
+    total(registry, "checkpoints_written", "Checkpoints written since start", checkpoint.written);
     if let Some(completed_ms) = checkpoint.completed_ms {
-        let now_ms = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as f64;
-        let age = gauge_with_unit(
+        let age_s = (crate::stats::unix_ms(now) as f64 - completed_ms as f64) / 1e3;
+        let seconds = Some(Unit::Seconds);
+        single(
             registry,
             "checkpoint_age",
             "Time since the newest checkpoint completed",
-            Unit::Seconds,
+            seconds.clone(),
+            age_s.max(0.0),
         );
-        age.get_or_create(&Vec::new()).set(((now_ms - completed_ms as f64) / 1e3).max(0.0));
-        let duration = gauge_with_unit(
+        let duration = checkpoint.duration.as_secs_f64();
+        single(
             registry,
             "checkpoint_duration",
             "How long the newest checkpoint took",
-            Unit::Seconds,
+            seconds.clone(),
+            duration,
         );
-        duration.get_or_create(&Vec::new()).set(checkpoint.duration.as_secs_f64());
-        let bytes = gauge_with_unit(
+        let bytes = checkpoint.bytes as f64;
+        single(
             registry,
             "checkpoint_size",
             "Size of the newest checkpoint",
-            Unit::Bytes,
+            Some(Unit::Bytes),
+            bytes,
         );
-        bytes.get_or_create(&Vec::new()).set(checkpoint.bytes as f64);
-        let step = gauge_with_unit(
-            registry,
-            "checkpoint_longest_step",
-            "The longest capture step of the newest checkpoint (wall time)",
-            Unit::Seconds,
-        );
-        step.get_or_create(&Vec::new()).set(checkpoint.longest_step.as_secs_f64());
+        let step = checkpoint.longest_step.as_secs_f64();
+        let help = "The longest capture step of the newest checkpoint (wall time)";
+        single(registry, "checkpoint_longest_step", help, seconds, step);
     }
-    let failing = gauge(registry, "checkpoint_failing", "1 while the last checkpoint failed");
-    failing.get_or_create(&Vec::new()).set(if checkpoint.last_error.is_some() { 1.0 } else { 0.0 });
+    let failing = if checkpoint.last_error.is_some() { 1.0 } else { 0.0 };
+    single(registry, "checkpoint_failing", "1 while the last checkpoint failed", None, failing);
 
     if let Some(guard) = &stats.clock_guard {
-        let refused =
-            counter(registry, "clock_jumps_refused", "Host clock jumps the time guard refused");
-        refused.get_or_create(&Vec::new()).inc_by(guard.jumps_refused);
+        let help = "Host clock jumps the time guard refused";
+        total(registry, "clock_jumps_refused", help, guard.jumps_refused);
     }
 }
 
@@ -268,15 +291,13 @@ fn server_families(registry: &mut Registry, server: &ServerGauges) {
     let (authenticated, anonymous) = server.connections;
     connections.get_or_create(&labels(&[("auth", "yes")])).set(authenticated as f64);
     connections.get_or_create(&labels(&[("auth", "no")])).set(anonymous as f64);
-    let queued = gauge(registry, "queued_commands", "Commands queued beyond the floors");
-    queued.get_or_create(&Vec::new()).set(server.queued_commands as f64);
-    let buffered =
-        gauge_with_unit(registry, "buffered", "Bytes in connection buffers", Unit::Bytes);
-    buffered.get_or_create(&Vec::new()).set(server.buffered_bytes as f64);
-    let submissions = counter(registry, "submissions", "Combined submissions sent to the engine");
-    submissions.get_or_create(&Vec::new()).inc_by(server.submissions.0);
-    let requests = counter(registry, "submitted_requests", "Requests the submissions carried");
-    requests.get_or_create(&Vec::new()).inc_by(server.submissions.1);
+    let queued = server.queued_commands as f64;
+    single(registry, "queued_commands", "Commands queued beyond the floors", None, queued);
+    let buffered = server.buffered_bytes as f64;
+    single(registry, "buffered", "Bytes in connection buffers", Some(Unit::Bytes), buffered);
+    let (submissions, requests) = server.submissions;
+    total(registry, "submissions", "Combined submissions sent to the engine", submissions);
+    total(registry, "submitted_requests", "Requests the submissions carried", requests);
 }
 
 /// Where the metrics are served, for the start-up line.

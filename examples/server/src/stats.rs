@@ -53,7 +53,7 @@ fn rolled(stats: &RegionStats) -> String {
 }
 
 /// Milliseconds since 1970 of `time` (0 before it).
-fn unix_ms(time: std::time::SystemTime) -> u128 {
+pub(crate) fn unix_ms(time: std::time::SystemTime) -> u128 {
     time.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis())
 }
 
