@@ -26,7 +26,7 @@ use plafond_shards::actor::{Captured, Mail, Router, ShardMetrics};
 use plafond_shards::state::CaptureBuffers;
 use plafond_shards::store::Store;
 
-use crate::error::EngineError;
+use crate::error::{CheckpointError, EngineError};
 
 use plafond_mac::MacKey;
 use plafond_snapshots::format::WriteOptions;
@@ -129,17 +129,17 @@ fn capture_buffers(metrics: &ShardMetrics) -> CaptureBuffers {
 }
 
 /// The checkpoint files of `data_dir`, newest first.
-fn files(data_dir: &Path) -> Result<Vec<(u64, PathBuf)>, EngineError> {
+fn files(data_dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     let dir = data_dir.join(CHECKPOINT_DIR);
+    let listing = |error| CheckpointError::Io { what: "listing", path: dir.clone(), error };
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(EngineError::Io { what: "listing checkpoints", error }),
+        Err(error) => return Err(listing(error)),
     };
     let mut files = Vec::new();
     for entry in entries {
-        let entry =
-            entry.map_err(|error| EngineError::Io { what: "listing checkpoints", error })?;
+        let entry = entry.map_err(listing)?;
         if entry.path().extension().is_some_and(|extension| extension == "tmp") {
             // Half written when the process died (files are renamed into place once
             // complete): garbage.
@@ -196,19 +196,22 @@ fn read_checkpoint(
     shards: u16,
     regions: usize,
     key: Option<&MacKey>,
-) -> Result<Vec<Captured>, String> {
-    let snapshot =
-        plafond_snapshots::read_keyed(path, key, |_| {}).map_err(|error| error.to_string())?;
+) -> Result<Vec<Captured>, CheckpointError> {
+    let snapshot = plafond_snapshots::read_keyed(path, key, |_| {}).map_err(Box::new)?;
     let header = &snapshot.header;
     if header.shards != shards || usize::from(header.regions) != regions {
-        return Err(format!(
-            "it has {} shards and {} regions, the engine {shards} and {regions}",
-            header.shards, header.regions
-        ));
+        return Err(CheckpointError::Shape {
+            shards: header.shards,
+            regions: header.regions,
+            engine_shards: shards,
+            engine_regions: regions,
+        });
     }
     for (shard, state) in snapshot.states.iter().enumerate() {
-        plafond_snapshots::format::check_money(state)
-            .map_err(|problem| format!("shard {shard}: {problem}"))?;
+        plafond_snapshots::format::check_money(state).map_err(|problem| {
+            let shard = u16::try_from(shard).unwrap_or(u16::MAX);
+            CheckpointError::Money { shard, problem }
+        })?;
     }
     let positions = header.sections.iter().map(|section| section.log_position);
     Ok(snapshot.states.into_iter().zip(positions.collect::<Vec<_>>()).collect())
@@ -221,15 +224,19 @@ pub(crate) fn write(
     data_dir: &Path,
     captured: &[Captured],
     key: Option<&MacKey>,
-) -> Result<(PathBuf, u64), String> {
+) -> Result<(PathBuf, u64), CheckpointError> {
     let dir = data_dir.join(CHECKPOINT_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let existing = files(data_dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(|error| CheckpointError::Io {
+        what: "creating",
+        path: dir.clone(),
+        error,
+    })?;
+    let existing = files(data_dir)?;
     let generation = existing.first().map_or(0, |(generation, _)| generation + 1);
     let path = dir.join(checkpoint_file_name(generation));
     let options = WriteOptions::now(Some(CHECKPOINT_WRITE_BYTES_PER_S));
     let report = plafond_snapshots::write_keyed(&path, captured, options, key, &mut |_| {})
-        .map_err(|e| e.to_string())?;
+        .map_err(Box::new)?;
     // Read back whole before it replaces anything: every checksum, the invariants, and
     // the very states that were captured.
     let shards = u16::try_from(captured.len()).unwrap_or(u16::MAX);
@@ -238,12 +245,12 @@ pub(crate) fn write(
         if read.as_slice() == captured {
             Ok(())
         } else {
-            Err("it reads back different from what was captured".to_owned())
+            Err(CheckpointError::ReadBackDiffers)
         }
     });
     if let Err(problem) = verified {
         let _ = std::fs::remove_file(&path);
-        return Err(format!("checkpoint {} failed verification: {problem}", path.display()));
+        return Err(CheckpointError::Verification { path, problem: Box::new(problem) });
     }
     for (_, old) in existing.iter().skip(CHECKPOINTS_KEPT - 1) {
         if let Err(error) = std::fs::remove_file(old) {
@@ -256,14 +263,13 @@ pub(crate) fn write(
 /// The log positions from which every shard's log must be kept for recovery: those of
 /// the oldest checkpoint kept (a damaged newest one falls back to it), or `None` while
 /// fewer than [`CHECKPOINTS_KEPT`] exist (the whole log is then needed).
-pub(crate) fn oldest_kept_positions(data_dir: &Path) -> Result<Option<Vec<u64>>, String> {
-    let found = files(data_dir).map_err(|e| e.to_string())?;
+pub(crate) fn oldest_kept_positions(data_dir: &Path) -> Result<Option<Vec<u64>>, CheckpointError> {
+    let found = files(data_dir)?;
     if found.len() < CHECKPOINTS_KEPT {
         return Ok(None);
     }
     let Some((_, oldest)) = found.get(CHECKPOINTS_KEPT - 1) else { return Ok(None) };
-    let header =
-        plafond_snapshots::format::read_header_of(oldest).map_err(|error| error.to_string())?;
+    let header = plafond_snapshots::format::read_header_of(oldest).map_err(Box::new)?;
     Ok(Some(header.sections.iter().map(|section| section.log_position).collect()))
 }
 
@@ -351,7 +357,8 @@ fn run(mut setup: CheckpointerSetup, stop: &AtomicBool) {
         }
         last = Instant::now();
         log_bytes_at_last = log_bytes;
-        checkpoint_once(&mut setup);
+        // A failure is logged and reported; the next checkpoint is the retry.
+        let _ = checkpoint_once(&mut setup);
         (finished, took) = (Instant::now(), last.elapsed());
     }
 }
@@ -363,7 +370,7 @@ fn longest(metrics: &[Arc<ShardMetrics>], counter: fn(&ShardMetrics) -> &AtomicU
 }
 
 /// Takes one checkpoint now and records how it went.
-pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
+pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) -> Result<(), CheckpointError> {
     let started = Instant::now();
     // Held through the write too: two checkpoints at once would pick one file name.
     let one_at_a_time = setup.capture_lock.clone();
@@ -372,7 +379,8 @@ pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
         metrics.capture_step_max_ns.store(0, Ordering::Relaxed);
         metrics.capture_step_max_cpu_ns.store(0, Ordering::Relaxed);
     }
-    let captured = capture(&setup.router, &setup.metrics, false).map_err(|e| e.to_string());
+    let captured = capture(&setup.router, &setup.metrics, false)
+        .map_err(|error| CheckpointError::Capture(Box::new(error)));
     let written = captured.and_then(|captured| {
         let positions: Vec<u64> = captured.iter().map(|(_, position)| *position).collect();
         let key = setup.mac_key.as_ref();
@@ -394,10 +402,12 @@ pub(crate) fn checkpoint_once(setup: &mut CheckpointerSetup) {
             };
             drop(report);
             (setup.after)(&setup.data_dir);
+            Ok(())
         }
         Err(error) => {
             eprintln!("plafond: checkpoint failed ({error}); retrying at the next one");
-            report.last_error = Some(error);
+            report.last_error = Some(error.to_string());
+            Err(error)
         }
     }
 }

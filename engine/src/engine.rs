@@ -467,12 +467,8 @@ impl Engine {
             return Err(EngineError::Config("checkpoints need a durable engine".into()));
         };
         let mut setup = self.checkpointer_setup(dir.clone(), store.clone());
-        checkpoint::checkpoint_once(&mut setup);
-        let report = self.checkpoint_report();
-        match &report.last_error {
-            Some(error) => Err(EngineError::Checkpoint(error.clone())),
-            None => Ok(report),
-        }
+        checkpoint::checkpoint_once(&mut setup)?;
+        Ok(self.checkpoint_report())
     }
 
     /// What the last checkpoint did.

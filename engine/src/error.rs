@@ -54,9 +54,9 @@ pub enum EngineError {
         /// What the system said.
         error: std::io::Error,
     },
-    /// A checkpoint could not be written (the previous one stays in force).
+    /// A checkpoint could not be written or read (the previous one stays in force).
     #[error("checkpoint: {0}")]
-    Checkpoint(String),
+    Checkpoint(#[from] CheckpointError),
     /// Checkpoints exist but none reads back whole: the log before them may be archived,
     /// so the state cannot be rebuilt from the log alone.
     #[error(
@@ -86,6 +86,64 @@ pub enum EngineError {
         expected: u64,
         /// The outcome received instead, as debug text.
         got: String,
+    },
+}
+
+/// Why a checkpoint could not be written, verified or read. A failed write leaves the
+/// previous checkpoints in force and is retried at the next one; a checkpoint that cannot
+/// be read is passed over for the one before it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The checkpoint directory or a file in it could not be listed, created or written.
+    #[error("{what} {path}: {error}; check the disk and the directory's permissions")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// To what.
+        path: std::path::PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// The shards could not be captured (the engine is stopping, or a shard died).
+    #[error("capturing the shards: {0}")]
+    Capture(Box<EngineError>),
+    /// The file could not be written or read as a snapshot (its checksums, its MAC, its
+    /// format). Boxed for the same reason as [`EngineError::Snapshot`].
+    #[error(transparent)]
+    Snapshot(#[from] Box<plafond_snapshots::SnapshotError>),
+    /// The file is a sound snapshot of another engine.
+    #[error(
+        "it has {shards} shards and {regions} regions, the engine {engine_shards} and \
+         {engine_regions}: it belongs to another data directory"
+    )]
+    Shape {
+        /// The file's shard count.
+        shards: u16,
+        /// The file's region count.
+        regions: u16,
+        /// The engine's shard count.
+        engine_shards: u16,
+        /// The engine's region count.
+        engine_regions: usize,
+    },
+    /// A shard's money does not add up (§2).
+    #[error("shard {shard}: {problem}")]
+    Money {
+        /// The shard.
+        shard: u16,
+        /// How.
+        problem: plafond_snapshots::format::MoneyError,
+    },
+    /// The file read back whole but holds other states than were captured.
+    #[error("it reads back different from what was captured")]
+    ReadBackDiffers,
+    /// The file just written did not read back as written: it was removed.
+    #[error("checkpoint {path} failed verification: {problem}")]
+    Verification {
+        /// The file (removed).
+        path: std::path::PathBuf,
+        /// What its read-back found.
+        problem: Box<CheckpointError>,
     },
 }
 

@@ -58,7 +58,7 @@ pub use clock::{
 };
 pub use config::EngineConfig;
 pub use engine::Engine;
-pub use error::EngineError;
+pub use error::{CheckpointError, EngineError};
 pub use report::{Audit, RegionStats, ShardStats, Stats};
 pub use retention::{
     Archive, LogRetention, Retained, ARCHIVE_DIR_DEFAULT, LOG_RETENTION_DAYS_DEFAULT,

@@ -76,7 +76,7 @@ pub(crate) fn retain_log(
     now_ms: i64,
     key: Option<&MacKey>,
 ) -> Result<Retained, String> {
-    let Some(keep_from) = oldest_kept_positions(data_dir)? else {
+    let Some(keep_from) = oldest_kept_positions(data_dir).map_err(|e| e.to_string())? else {
         return Ok(Retained::default());
     };
     let horizon_ms = now_ms.saturating_sub(i64::from(retention.days).saturating_mul(DAY_MS));

@@ -154,7 +154,7 @@ fn a_balance_raised_behind_recomputed_checksums_is_refused_by_the_mac() {
     assert!(matches!(error, SnapshotError::MacMismatch { .. }), "{error}");
     assert_nothing_left(&target);
     let error = restore_error(&forged_balance, &target, None);
-    assert!(matches!(error, SnapshotError::CorruptShard { shard: 1, .. }), "{error}");
+    assert!(matches!(error, SnapshotError::Money { shard: 1, .. }), "{error}");
     assert_nothing_left(&target);
 
     // The balance and the totals, so that the money adds up: only the MAC tells. Without

@@ -117,6 +117,15 @@ pub enum SnapshotError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A shard's money does not add up (§2): its checksums were recomputed over changed
+    /// numbers, or the file was made by something other than an engine.
+    #[error("the money of shard {shard} in the snapshot does not add up: {problem}; restore an older snapshot")]
+    Money {
+        /// The shard.
+        shard: ShardId,
+        /// How its money fails to add up.
+        problem: crate::format::MoneyError,
+    },
     /// A shard's state passed its checksums but does not decode to a sound state.
     #[error("the state of shard {shard} in the snapshot is corrupt: {problem}")]
     CorruptShard {

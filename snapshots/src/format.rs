@@ -507,8 +507,7 @@ pub(crate) fn read_checked(
         decode_all(&header, &encoded, |state| (check_money(&state), state.rolled_day), progress)?;
     let mut rolled_days = Vec::with_capacity(checked.len());
     for (shard, (money, rolled_day)) in checked.into_iter().enumerate() {
-        money
-            .map_err(|problem| SnapshotError::CorruptShard { shard: shard as ShardId, problem })?;
+        money.map_err(|problem| SnapshotError::Money { shard: shard as ShardId, problem })?;
         rolled_days.push(rolled_day);
     }
     Ok(Checked { header, rolled_days })
@@ -847,21 +846,18 @@ pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<
 /// changed passes every checksum; it does not pass this. Run by a restore and by every
 /// checkpoint load, on states an engine made (the format's own tests store states with
 /// arbitrary totals, so the reader of the format alone does not run it).
-pub fn check_money(state: &ShardState) -> Result<(), String> {
+pub fn check_money(state: &ShardState) -> Result<(), MoneyError> {
     // Every sum is checked: the totals come from a file, and unchecked u128 arithmetic wraps
     // in release builds, so a crafted file could make the sums agree by overflowing.
     let mut summed: u128 = 0;
     for account in state.accounts.iter() {
         summed = summed
             .checked_add(u128::from(account.balance_minor))
-            .ok_or_else(|| "its accounts' balances add up to more than 2^128".to_string())?;
+            .ok_or(MoneyError::Overflow { what: "its accounts' balances" })?;
     }
     let totals = &state.totals;
     if summed != totals.balances_minor {
-        return Err(format!(
-            "its accounts' balances add up to {summed}, its running total says {}",
-            totals.balances_minor
-        ));
+        return Err(MoneyError::BalancesDiffer { summed, recorded: totals.balances_minor });
     }
     let came_in = [
         totals.deposits_minor,
@@ -871,18 +867,44 @@ pub fn check_money(state: &ShardState) -> Result<(), String> {
     ]
     .into_iter()
     .try_fold(totals.initial_deposits_minor, u128::checked_add)
-    .ok_or_else(|| "what came in adds up to more than 2^128".to_string())?;
+    .ok_or(MoneyError::Overflow { what: "what came in" })?;
     let went_out = totals
         .card_payments_minor
         .checked_add(totals.transfers_out_minor)
-        .ok_or_else(|| "what went out adds up to more than 2^128".to_string())?;
+        .ok_or(MoneyError::Overflow { what: "what went out" })?;
     if came_in.checked_sub(went_out) != Some(totals.balances_minor) {
-        return Err(format!(
-            "its balances ({}) are not what came in ({came_in}) less what went out ({went_out})",
-            totals.balances_minor
-        ));
+        return Err(MoneyError::FlowsDiffer { balances: totals.balances_minor, came_in, went_out });
     }
     Ok(())
+}
+
+/// How a shard's money fails to add up ([`check_money`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    /// A sum does not fit 128 bits: no engine made these numbers.
+    #[error("{what} add up to more than 2^128")]
+    Overflow {
+        /// Which sum.
+        what: &'static str,
+    },
+    /// The accounts' balances do not add up to the shard's running total.
+    #[error("its accounts' balances add up to {summed}, its running total says {recorded}")]
+    BalancesDiffer {
+        /// The sum of the accounts' balances.
+        summed: u128,
+        /// The running total recorded.
+        recorded: u128,
+    },
+    /// The running total is not what the shard's flows made it.
+    #[error("its balances ({balances}) are not what came in ({came_in}) less what went out ({went_out})")]
+    FlowsDiffer {
+        /// The running total of balances.
+        balances: u128,
+        /// Openings, deposits, interest, credits and refunds.
+        came_in: u128,
+        /// Payments and debits.
+        went_out: u128,
+    },
 }
 
 /// How to write a snapshot.
@@ -1121,13 +1143,13 @@ mod tests {
         state.totals.card_payments_minor = 0;
         state.totals.balances_minor = 0;
         let checked = check_money(&state);
-        assert!(checked.as_ref().is_err_and(|problem| problem.contains("came in")), "{checked:?}");
+        assert_eq!(checked, Err(MoneyError::Overflow { what: "what came in" }));
 
         let mut state = ShardState::new(0, 1, 1);
         state.totals.card_payments_minor = u128::MAX;
         state.totals.transfers_out_minor = 1;
         let checked = check_money(&state);
-        assert!(checked.as_ref().is_err_and(|problem| problem.contains("went out")), "{checked:?}");
+        assert_eq!(checked, Err(MoneyError::Overflow { what: "what went out" }));
     }
 
     #[test]

@@ -201,7 +201,7 @@ pub fn seal(
 ) -> Result<SnapshotReport, SnapshotError> {
     let snapshot = format::read(source, &mut progress)?;
     for (shard, state) in snapshot.states.iter().enumerate() {
-        format::check_money(state).map_err(|problem| SnapshotError::CorruptShard {
+        format::check_money(state).map_err(|problem| SnapshotError::Money {
             shard: shard as plafond_shards::ids::ShardId,
             problem,
         })?;

@@ -171,6 +171,6 @@ fn a_snapshot_taken_without_a_key_is_sealed_under_one() {
     bad[0].0.accounts[0].balance_minor += 1;
     let bad = write(dir.path(), "bad.plafsnap", &bad, None);
     let error = plafond_snapshots::seal(&bad, &dir.path().join("x"), &key(1), |_| {});
-    assert!(matches!(error, Err(SnapshotError::CorruptShard { shard: 0, .. })), "{error:?}");
+    assert!(matches!(error, Err(SnapshotError::Money { shard: 0, .. })), "{error:?}");
     assert!(!dir.path().join("x").exists());
 }
