@@ -124,7 +124,7 @@ impl Engine {
             ids.restore(records, |record| expiry_day(regions, record))?;
         }
         let marks = Arc::new(DurableMarks::new(shards));
-        let claims = Arc::new(Claims::default());
+        let claims = Arc::new(Claims::new(shards));
         let health = Arc::new(StorageHealth::default());
         let (mut ingress, mut internal, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shards {

@@ -222,3 +222,44 @@ fn cards_near_their_ceiling_are_counted_as_of_now() {
     engine.run(Command::ReadAccount { account: card }).unwrap();
     assert_eq!(near(&engine), 0);
 }
+
+/// One shard takes no claims at the door (`Claims::new`): its table of records in flight
+/// must answer every other use of an id while the first is still on its way to disk, in
+/// the same submission, in later ones, and from other threads at once.
+#[test]
+fn one_shard_answers_the_uses_of_an_id_in_flight_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig::durable(dir.path()).with_shards(1).with_durability(Durability::Sync);
+    let engine = Arc::new(Engine::open(config).unwrap());
+    let (_, card) = open_checking(&engine, "eu-west");
+    let before = balance(&engine, card);
+    let rounds = 20;
+    for round in 0..rounds {
+        let id = CommandId::new(&format!("dup-{round}")).unwrap();
+        let pay = Request::with_id(Command::Pay { card, amount_minor: 100 }, id.clone());
+        let other = Request::with_id(Command::Deposit { account: card, amount_minor: 7 }, id);
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (engine, pay, other) = (engine.clone(), pay.clone(), other.clone());
+                std::thread::spawn(move || {
+                    let ticket = engine.submit(vec![pay.clone(), other, pay.clone()]).unwrap();
+                    let later = engine.submit(vec![pay]).unwrap();
+                    let mut outcomes = ticket.wait().unwrap();
+                    outcomes.extend(later.wait().unwrap());
+                    outcomes
+                })
+            })
+            .collect();
+        let outcomes: Vec<Vec<Outcome>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let first = &outcomes[0][0];
+        assert!(matches!(first, Outcome::Approved { .. }), "{first:?}");
+        for of_thread in &outcomes {
+            assert_eq!(&of_thread[0], first);
+            assert_eq!(of_thread[1], Outcome::Declined(Reason::IdempotencyConflict));
+            assert_eq!(&of_thread[2], first);
+            assert_eq!(&of_thread[3], first);
+        }
+    }
+    assert_eq!(balance(&engine, card), before - 100 * rounds);
+    assert_eq!(engine.ids_in_flight(), 0, "one shard claims nothing");
+}
