@@ -414,6 +414,9 @@ impl Model {
             deposits_minor: self.deposits_minor,
             interest_minor: 0,
             card_payments_minor: self.card_payments_minor,
+            refunds_minor: 0,
+            captures_minor: 0,
+            held_minor: 0,
         }
     }
 }

@@ -444,14 +444,14 @@ impl Reason {
         Reason::TooManyHolds,
     ];
 
-    /// How many reasons, from the first, a shard's counters count (and snapshot format 3
-    /// stores: `declined: [u64; 10]`). [`Reason::ShardFull`] came after and is not counted
-    /// in the state, so the format and every file written stay as they are.
+    /// How many reasons, from the first, snapshot format 3 stores in a region's counters
+    /// (`declined: [u64; 10]`); format 5 stores the later ones after the holds.
     pub const COUNTED: usize = 10;
 
-    /// Whether a shard's counters count this reason (see [`Reason::COUNTED`]).
+    /// Whether a shard's counters count this reason: every one but [`Reason::ShardFull`],
+    /// which came after format 3 and before format 5 and is counted by the engine alone.
     pub fn counted(self) -> bool {
-        self.index() < Reason::COUNTED
+        self != Reason::ShardFull
     }
 
     /// The upper-case word clients see.

@@ -133,8 +133,7 @@ impl Totals {
 ///
 /// Encoded as its fields in order, with the first [`Reason::COUNTED`] entries of each
 /// array (the layout of snapshot format 3, `docs/SNAPSHOT_FORMAT.md`); the later entries
-/// are never counted by a shard (only the engine's own report fills them), so encoding
-/// loses nothing.
+/// (the hold reasons of §12) follow the holds in format 5, which writes them apart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RegionCounters {
     /// Profiles opened.
