@@ -73,7 +73,7 @@ fn an_authorization_holds_available_money_and_payments_spend_only_the_rest() {
     assert_eq!(call(&mut con, &["BALANCE.DETAIL", "0"]), detail([20_000, 14_000, 6_000, 1]));
     // The hold counts in the window on its day.
     assert_eq!(call(&mut con, &["PAY", "0", "4001"]), declined("CEILING_EXCEEDED"));
-    assert_eq!(call(&mut con, &["CARD.CEILING", "0", "1000000"]), simple("OK"));
+    assert_eq!(call(&mut con, &["CARD.CEILING", "0", "1000000"]), Value::Okay);
     assert_eq!(call(&mut con, &["PAY", "0", "14001"]), declined("INSUFFICIENT_FUNDS"));
     assert_eq!(call(&mut con, &["TRANSFER", "0", "1", "14001"]), declined("INSUFFICIENT_FUNDS"));
     assert_eq!(call(&mut con, &["AUTHORIZE", "0", "14001"]), declined("INSUFFICIENT_FUNDS"));
@@ -82,7 +82,7 @@ fn an_authorization_holds_available_money_and_payments_spend_only_the_rest() {
     assert_eq!(call(&mut con, &["BALANCE.DETAIL", "0"]), detail([6_000, 0, 6_000, 1]));
     assert_eq!(call(&mut con, &["AUTHORIZE", "424242", "1"]), declined("UNKNOWN_CARD"));
     assert_eq!(call(&mut con, &["AUTHORIZE", "0", "0"]), declined("INVALID_AMOUNT"));
-    assert_eq!(call(&mut con, &["CARD.BLOCK", "1"]), simple("OK"));
+    assert_eq!(call(&mut con, &["CARD.BLOCK", "1"]), Value::Okay);
     assert_eq!(call(&mut con, &["AUTHORIZE", "1", "1"]), declined("CARD_BLOCKED"));
 }
 
@@ -97,7 +97,7 @@ fn increments_captures_and_voids_move_the_hold_as_section_12_says() {
     let over_ceiling = call(&mut con, &["AUTHORIZE.INCREMENT", hold, "3001"]);
     assert_eq!(over_ceiling, declined("CEILING_EXCEEDED"), "decided like an authorization");
     // A capture succeeds whatever the card's status: the money was reserved.
-    assert_eq!(call(&mut con, &["CARD.BLOCK", "2"]), simple("OK"));
+    assert_eq!(call(&mut con, &["CARD.BLOCK", "2"]), Value::Okay);
     assert_eq!(call(&mut con, &["CAPTURE", hold, "2000"]), reply("DONE", &[18_000, 5_000]));
     assert_eq!(call(&mut con, &["CAPTURE", hold, "5001"]), declined("EXCEEDS_HOLD"));
     assert_eq!(call(&mut con, &["VOID", hold, "5001"]), declined("EXCEEDS_HOLD"));
@@ -127,7 +127,7 @@ fn increments_captures_and_voids_move_the_hold_as_section_12_says() {
         assert_eq!(call(&mut con, &args), declined("UNKNOWN_HOLD"), "{args:?}");
     }
     // A void of everything closes the hold too.
-    assert_eq!(call(&mut con, &["CARD.UNBLOCK", "2"]), simple("OK"));
+    assert_eq!(call(&mut con, &["CARD.UNBLOCK", "2"]), Value::Okay);
     let other = hold_of(&call(&mut con, &["AUTHORIZE", "2", "500"]));
     assert_eq!(call(&mut con, &["VOID", &other, "all"]), reply("DONE", &[15_000, 0]));
     assert_eq!(call(&mut con, &["CAPTURE", &other, "1"]), declined("HOLD_CLOSED"));
@@ -138,7 +138,7 @@ fn refunds_credit_blocked_cards_and_give_no_room_back() {
     let server = server("2");
     let mut con = server.redis();
     assert_eq!(call(&mut con, &["PAY", "1", "3000"]), reply("APPROVED", &[17_000, 3_000]));
-    assert_eq!(call(&mut con, &["CARD.BLOCK", "1"]), simple("OK"));
+    assert_eq!(call(&mut con, &["CARD.BLOCK", "1"]), Value::Okay);
     assert_eq!(call(&mut con, &["REFUND", "1", "1000"]), reply("DONE", &[18_000]));
     let Value::Array(card) = call(&mut con, &["CARD", "1"]) else {
         panic!("CARD replies an array")
@@ -154,9 +154,9 @@ fn a_hold_expires_at_the_roll_of_its_day_plus_the_region_rule() {
     let hold = hold_of(&call(&mut con, &["AUTHORIZE", "1", "3000"]));
     // Six business days later it is still open; the seventh's roll expires it.
     let six_days = (6 * 86_400_000i64).to_string();
-    assert_eq!(call(&mut con, &["CLOCK.ADVANCE", &six_days]), simple("OK"));
+    assert_eq!(call(&mut con, &["CLOCK.ADVANCE", &six_days]), Value::Okay);
     assert_eq!(call(&mut con, &["BALANCE.DETAIL", "1"]), detail([20_000, 17_000, 3_000, 1]));
-    assert_eq!(call(&mut con, &["CLOCK.ADVANCE", DAY_MS]), simple("OK"));
+    assert_eq!(call(&mut con, &["CLOCK.ADVANCE", DAY_MS]), Value::Okay);
     // No command touched the account since: a read applies the expiry all the same.
     assert_eq!(call(&mut con, &["BALANCE.DETAIL", "1"]), detail([20_000, 20_000, 0, 0]));
     let Value::Array(view) = call(&mut con, &["HOLD", &hold]) else {
@@ -200,7 +200,7 @@ fn the_release_schedule_says_when_room_comes_back() {
     let mut con = server.redis();
     assert_eq!(call(&mut con, &["CARD.RELEASES", "1"]), Value::Array(Vec::new()));
     assert_eq!(call(&mut con, &["PAY", "1", "1000"]), reply("APPROVED", &[19_000, 1_000]));
-    assert_eq!(call(&mut con, &["CLOCK.ADVANCE", DAY_MS]), simple("OK"));
+    assert_eq!(call(&mut con, &["CLOCK.ADVANCE", DAY_MS]), Value::Okay);
     hold_of(&call(&mut con, &["AUTHORIZE", "1", "2000"]));
     let schedule = call(&mut con, &["CARD.RELEASES", "1"]);
     let entry = |day: &str, amount: i64| Value::Array(vec![date(day), int(amount)]);
@@ -252,7 +252,7 @@ fn authorizations_payments_and_captures_racing_on_one_account_never_overdraw() {
     const _: () = assert!((AUTHORIZATIONS_EACH + PAYMENTS_EACH) * CLIENTS / 2 > APPROVABLE);
     let server = server("1");
     let mut con = server.redis();
-    assert_eq!(call(&mut con, &["CARD.CEILING", "0", "1000000"]), simple("OK"));
+    assert_eq!(call(&mut con, &["CARD.CEILING", "0", "1000000"]), Value::Okay);
     let amount = AMOUNT.to_string();
     let results: Vec<(Vec<String>, usize, usize)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..CLIENTS)
