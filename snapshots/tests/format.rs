@@ -91,7 +91,7 @@ fn the_documented_encoding_is_bincodes() {
     expected.push(3); // counters: regions + 1
     expected.extend([0; 3 * (6 + 2 * 10)]); // six scalars and two arrays of ten, all zero
     expected.push(0); // remembered: no records
-    // Holds (§12): an empty table, next_seq 0, no expiry rules, captured 0, refunded 0.
+                      // Holds (§12): an empty table, next_seq 0, no expiry rules, captured 0, refunded 0.
     expected.extend([0; 5]);
     let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
     assert_eq!(encoded, expected);
