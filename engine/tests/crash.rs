@@ -578,10 +578,14 @@ fn verify_after_kills(
     tally.acked += acked_now.len();
     tally.retried += unacked.len();
     println!(
-        "kills {iterations:?}: {} acked, {} retried, balances {}",
+        "kills {iterations:?}: {} acked, {} retried, balances {}, held {} in {} open holds, \
+         captured {}",
         acked_now.len(),
         unacked.len(),
-        audit.balances_minor
+        audit.balances_minor,
+        audit.held_minor,
+        model.holds.len(),
+        audit.captures_minor
     );
 }
 
