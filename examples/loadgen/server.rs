@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-use plafond::Opening;
+use plafond::{CommandId, Opening};
 use plafond_examples::sample::Zipf;
 use plafond_wire::{encode_command, AsyncClient, Value};
 
@@ -176,10 +176,12 @@ async fn advance_days(conn: &mut AsyncClient, days: u64) -> anyhow::Result<()> {
 }
 
 /// `--flow hold`: each payment is two messages, `AUTHORIZE card amount`, then, once
-/// approved, `CAPTURE.FINAL hold part` of a random part of it (the rest is released). A
-/// pipeline of authorizations, then the pipeline of their captures; a payment's latency
-/// runs from its authorization's sending to its capture's reply. Approved volume is what
-/// was captured, so the exact conservation check holds as for `PAY`.
+/// approved, `CAPTURE.FINAL hold part` of a random part of it (the rest is released). Each
+/// round trip carries the captures of the previous round's approved authorizations and the
+/// next round's authorizations, so a payment takes two round trips but a connection keeps
+/// one in flight, as the `PAY` flow does. A payment's latency runs from its authorization's
+/// sending to its capture's reply. Approved volume is what was captured, so the exact
+/// conservation check holds as for `PAY`.
 pub async fn hold_worker(
     mut conn: AsyncClient,
     shared: Arc<Shared>,
@@ -189,13 +191,17 @@ pub async fn hold_worker(
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
     let deadline = Instant::now() + shared.workload.duration;
-    let mut request = Vec::with_capacity(pipeline * 48);
+    let mut request = Vec::with_capacity(pipeline * 96);
     let mut amounts = Vec::with_capacity(pipeline);
     let mut ids = Vec::with_capacity(pipeline);
-    let mut captures = Vec::with_capacity(pipeline);
-    while Instant::now() < deadline {
-        let (count, days) = shared.claim(pipeline as u64);
-        if count == 0 {
+    // The captures to send with the next round: (hold, part, command id, authorized at).
+    let mut captures: Vec<(i64, u64, Option<CommandId>, Instant)> = Vec::new();
+    loop {
+        let (count, days) = match Instant::now() < deadline {
+            true => shared.claim(pipeline as u64),
+            false => (0, 0),
+        };
+        if count == 0 && captures.is_empty() {
             break;
         }
         if clock_works && days > 0 {
@@ -204,15 +210,25 @@ pub async fn hold_worker(
         request.clear();
         amounts.clear();
         ids.clear();
-        captures.clear();
+        for (hold, part, id, _) in &captures {
+            let (hold, part) = (hold.to_string(), part.to_string());
+            match id {
+                Some(id) => {
+                    let capture_id = format!("{}-c", id.as_str());
+                    encode_command(&mut request, &["CAPTURE.FINAL", &hold, &part, &capture_id]);
+                }
+                None => encode_command(&mut request, &["CAPTURE.FINAL", &hold, &part]),
+            }
+        }
         for _ in 0..count {
             let (card, amount) = picker.pay();
             let (card, amount_text) = (card.to_string(), amount.to_string());
             let id = picker.command_id();
             match &id {
-                Some(id) => {
-                    encode_command(&mut request, &["AUTHORIZE", &card, &amount_text, id.as_str()])
-                }
+                Some(id) => encode_command(
+                    &mut request,
+                    &["AUTHORIZE", &card, &amount_text, id.as_str()],
+                ),
                 None => encode_command(&mut request, &["AUTHORIZE", &card, &amount_text]),
             }
             amounts.push(amount);
@@ -220,44 +236,32 @@ pub async fn hold_worker(
         }
         let sent = Instant::now();
         conn.send(&request).await?;
-        request.clear();
-        for (&amount, id) in amounts.iter().zip(&ids) {
-            let reply = conn.read().await?;
-            let Some(hold) = approved_hold(&reply) else {
-                count_reply(&mut tally, &reply, amount);
-                tally.record_latency(sent, 1);
-                continue;
-            };
-            let part = 1 + picker.rng.below(amount);
-            let (hold, part_text) = (hold.to_string(), part.to_string());
-            match id {
-                Some(id) => {
-                    let capture_id = format!("{}-c", id.as_str());
-                    encode_command(
-                        &mut request,
-                        &["CAPTURE.FINAL", &hold, &part_text, &capture_id],
-                    );
-                }
-                None => encode_command(&mut request, &["CAPTURE.FINAL", &hold, &part_text]),
-            }
-            captures.push(part);
-        }
         let approved_before = tally.approved;
-        if !captures.is_empty() {
-            conn.send(&request).await?;
-            for &part in &captures {
-                let reply = conn.read().await?;
-                tally.record_latency(sent, 1);
-                match &reply {
-                    Value::Array(items) if items.first() == Some(&Value::Simple("DONE".into())) => {
-                        tally.approved += 1;
-                        tally.approved_minor += part;
-                    }
-                    _ => tally.errors += 1,
+        let mut finished = 0;
+        for (_, part, _, authorized_at) in captures.drain(..) {
+            let reply = conn.read().await?;
+            tally.record_latency(authorized_at, 1);
+            finished += 1;
+            match &reply {
+                Value::Array(items) if items.first() == Some(&Value::Simple("DONE".into())) => {
+                    tally.approved += 1;
+                    tally.approved_minor += part;
+                }
+                _ => tally.errors += 1,
+            }
+        }
+        for (&amount, id) in amounts.iter().zip(ids.drain(..)) {
+            let reply = conn.read().await?;
+            match approved_hold(&reply) {
+                Some(hold) => captures.push((hold, 1 + picker.rng.below(amount), id, sent)),
+                None => {
+                    count_reply(&mut tally, &reply, amount);
+                    tally.record_latency(sent, 1);
+                    finished += 1;
                 }
             }
         }
-        shared.done.fetch_add(count, Ordering::Relaxed);
+        shared.done.fetch_add(finished, Ordering::Relaxed);
         shared.approved.fetch_add(tally.approved - approved_before, Ordering::Relaxed);
     }
     Ok(tally)

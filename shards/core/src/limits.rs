@@ -53,9 +53,10 @@ pub const HOLDS_PER_ACCOUNT_MAX: usize = 32;
 pub const HOLDS_PER_ACCOUNT_MAX: usize = 3;
 
 /// The most holds (open, and closed ones still remembered) one shard's hold table keeps:
-/// an authorization beyond it is declined `SHARD_FULL`, like an open on a full shard. A
-/// hold costs about 160 bytes in the table and its indices (`docs/BENCHMARKS.md`), so
-/// this is about 640 MB a shard at most. This crate's unit tests set it to 6.
+/// an authorization beyond it is declined `SHARD_FULL`, like an open on a full shard. An
+/// open hold costs about 310 bytes resident in the table and its indices (measured by the
+/// `rss` bench, `docs/BENCHMARKS.md` §3), so this is about 1.2 GB a shard at most. This
+/// crate's unit tests set it to 6.
 #[cfg(not(test))]
 pub const HOLDS_PER_SHARD_MAX: usize = 4_000_000;
 /// See above: the limit in this crate's unit tests.
