@@ -225,10 +225,9 @@ pub async fn hold_worker(
             let (card, amount_text) = (card.to_string(), amount.to_string());
             let id = picker.command_id();
             match &id {
-                Some(id) => encode_command(
-                    &mut request,
-                    &["AUTHORIZE", &card, &amount_text, id.as_str()],
-                ),
+                Some(id) => {
+                    encode_command(&mut request, &["AUTHORIZE", &card, &amount_text, id.as_str()])
+                }
                 None => encode_command(&mut request, &["AUTHORIZE", &card, &amount_text]),
             }
             amounts.push(amount);
