@@ -32,6 +32,44 @@
 //! assert!(engine.audit()?.holds());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Card networks authorize first and settle later (§12): an authorization holds money
+//! (`available = balance - held`), captures debit it, a void or expiry releases it.
+//!
+//! ```
+//! use plafond::{AccountKind, BalanceDetail, Command, Engine, EngineConfig, HoldStatus, Outcome, Reason};
+//!
+//! let engine = Engine::open(EngineConfig::in_memory())?;
+//! let region = engine.region_id("eu-west").expect("a built-in region");
+//! let Outcome::ProfileOpened { profile } = engine.run(Command::OpenProfile { region })? else { panic!() };
+//! let opened = engine.run(Command::OpenAccount { profile, kind: AccountKind::Checking, opening: None })?;
+//! let Outcome::AccountOpened { card: Some(card), .. } = opened else { panic!() };
+//!
+//! // A hotel holds 30_000 of the 100_000 credited at opening; the balance stays.
+//! let Outcome::Authorized { hold, available_minor, spent_7d_minor } =
+//!     engine.run(Command::Authorize { card, amount_minor: 30_000 })?
+//! else {
+//!     panic!("approved")
+//! };
+//! assert_eq!((available_minor, spent_7d_minor), (70_000, 30_000));
+//! let detail = engine.run(Command::ReadBalanceDetail { account: card })?;
+//! let expected = BalanceDetail { balance_minor: 100_000, available_minor: 70_000, held_minor: 30_000, open_holds: 1 };
+//! assert_eq!(detail, Outcome::BalanceDetail(expected));
+//! // Payments spend what is available, never held money.
+//! let pay = engine.run(Command::Pay { card, amount_minor: 70_001 })?;
+//! assert_eq!(pay, Outcome::Declined(Reason::InsufficientFunds));
+//! // The hotel captures 25_000 at checkout and releases the rest.
+//! let captured = engine.run(Command::CaptureFinal { hold, amount_minor: 25_000 })?;
+//! assert_eq!(captured, Outcome::Captured { balance_minor: 75_000, held_minor: 0 });
+//! let Outcome::Hold(view) = engine.run(Command::ReadHold { hold })? else { panic!() };
+//! assert_eq!((view.status, view.captured_minor, view.released_minor), (HoldStatus::Closed, 25_000, 5_000));
+//! // A second capture finds the hold closed.
+//! let again = engine.run(Command::Capture { hold, amount_minor: 1 })?;
+//! assert_eq!(again, Outcome::Declined(Reason::HoldClosed));
+//! let audit = engine.audit()?;
+//! assert!(audit.holds() && audit.captures_minor == 25_000 && audit.held_minor == 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 
@@ -68,11 +106,15 @@ pub use time_guard::{ClockGuardReport, ClockJump, TimeGuard, CLOCK_JUMP_DAYS_MAX
 pub use plafond_batch::{BatchError, EpochReport, RegionEpochs};
 pub use plafond_mac::{MacKey, MacKeyError, MAC_KEY_BYTES_MIN};
 pub use plafond_shards::command::{
-    AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
-    ProfileView, Reason, RegionId, Request,
+    AccountKind, AccountView, BalanceDetail, CardStatus, CardView, Command, CommandId, HoldView,
+    Opening, Outcome, ProfileView, Reason, RegionId, Release, Request,
 };
 pub use plafond_shards::health::Health;
-pub use plafond_shards::ids::{AccountId, CardId, ProfileId, ShardId, SHARDS_MAX};
+pub use plafond_shards::holds::{
+    HoldStatus, HOLDS_PER_ACCOUNT_MAX, HOLDS_PER_SHARD_MAX, HOLD_EXPIRY_DAYS_DEFAULT,
+    HOLD_EXPIRY_DAYS_MAX, HOLD_KEPT_DAYS,
+};
+pub use plafond_shards::ids::{AccountId, CardId, HoldId, ProfileId, ShardId, SHARDS_MAX};
 /// The most commands one shard decides in one batch (and one log write).
 pub use plafond_shards::limits::BATCH_COMMANDS_MAX;
 pub use plafond_shards::money::AMOUNT_MAX_MINOR;

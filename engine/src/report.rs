@@ -12,8 +12,9 @@ use plafond_shards::state::{Instrument, RegionCounters, ShardState, Totals};
 use crate::engine::Engine;
 use crate::error::EngineError;
 
-/// Both sides of the conservation equation at one consistent cut:
-/// `balances + in_flight = initial_deposits + deposits + interest - card_payments`.
+/// Both sides of the conservation equation at one consistent cut (§2):
+/// `balances + in_flight = initial_deposits + deposits + interest + refunds - card_payments
+/// - captures`, and the money held (§12) beside it: holds move no money.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Audit {
     /// The sum of every account's balance.
@@ -28,11 +29,17 @@ pub struct Audit {
     pub interest_minor: u128,
     /// Debited by approved card payments.
     pub card_payments_minor: u128,
+    /// Credited by card refunds (§12).
+    pub refunds_minor: u128,
+    /// Debited by captures of holds (§12).
+    pub captures_minor: u128,
+    /// What the open holds hold: part of the balances, reserved (never more than them).
+    pub held_minor: u128,
 }
 
 impl Audit {
     /// The left side: money in accounts and in flight.
-    pub fn held_minor(&self) -> i128 {
+    pub fn present_minor(&self) -> i128 {
         self.balances_minor as i128 + self.in_flight_minor
     }
 
@@ -41,12 +48,14 @@ impl Audit {
         self.initial_deposits_minor as i128
             + self.deposits_minor as i128
             + self.interest_minor as i128
+            + self.refunds_minor as i128
             - self.card_payments_minor as i128
+            - self.captures_minor as i128
     }
 
-    /// Whether the equation holds.
+    /// Whether the equation holds (and no more is held than the accounts hold).
     pub fn holds(&self) -> bool {
-        self.held_minor() == self.owed_minor()
+        self.present_minor() == self.owed_minor() && self.held_minor <= self.balances_minor
     }
 }
 
@@ -59,6 +68,12 @@ pub struct RegionStats {
     pub cards_near_ceiling: u64,
     /// The latest business day an epoch rolled this region to (days since 1970-01-01).
     pub rolled_day: Option<i32>,
+    /// What the region's open holds hold (§12).
+    pub held_minor: u128,
+    /// The region's open holds.
+    pub open_holds: u64,
+    /// Of them, those that expire at the region's next roll (as of the cut).
+    pub holds_expiring: u64,
 }
 
 /// Per-shard figures.
@@ -111,8 +126,36 @@ pub struct Stats {
     pub clock_guard: Option<crate::ClockGuardReport>,
 }
 
-struct ShardCut {
+/// One shard's side of the money, for the audit.
+struct ShardMoney {
     totals: Totals,
+    captured_minor: u128,
+    refunded_minor: u128,
+    held_minor: u128,
+}
+
+impl ShardMoney {
+    fn of(state: &ShardState) -> ShardMoney {
+        ShardMoney {
+            totals: state.totals,
+            captured_minor: state.holds.captured_minor(),
+            refunded_minor: state.holds.refunded_minor(),
+            held_minor: state.holds.held_minor(),
+        }
+    }
+}
+
+/// One region's holds on one shard, as of the cut.
+#[derive(Clone, Copy, Default)]
+struct HoldsCut {
+    held_minor: u128,
+    open: u64,
+    expiring: u64,
+}
+
+struct ShardCut {
+    money: ShardMoney,
+    holds: Vec<HoldsCut>,
     counters: Vec<RegionCounters>,
     near_ceiling: Vec<u64>,
     rolled_day: Vec<i32>,
@@ -137,8 +180,22 @@ fn cut_of(state: &ShardState, regions: &Regions) -> ShardCut {
             }
         }
     }
+    let mut holds = vec![HoldsCut::default(); regions.len()];
+    for (&local, open) in state.holds.open() {
+        let Some(account) = state.accounts.get(local as usize) else { continue };
+        let Some(cut) = holds.get_mut(usize::from(account.region)) else { continue };
+        let today = calendar.business_day(regions, account.region, state.clock_ms);
+        for hold in open.holds.iter().filter_map(|seq| state.holds.get(*seq)) {
+            if hold.open_on(today) {
+                cut.held_minor += u128::from(hold.held_minor());
+                cut.open += 1;
+                cut.expiring += u64::from(hold.expires_day == today + 1);
+            }
+        }
+    }
     ShardCut {
-        totals: state.totals,
+        money: ShardMoney::of(state),
+        holds,
         counters: state.counters.clone(),
         near_ceiling,
         rolled_day: state.rolled_day.clone(),
@@ -149,8 +206,8 @@ fn cut_of(state: &ShardState, regions: &Regions) -> ShardCut {
 impl Engine {
     /// The conservation equation's two sides, at a consistent cut.
     pub fn audit(&self) -> Result<Audit, EngineError> {
-        let totals = self.cut(|state| state.totals)?;
-        Ok(audit_of(totals.iter()))
+        let money = self.cut(ShardMoney::of)?;
+        Ok(audit_of(money.iter()))
     }
 
     /// Statistics for the pretty dump, at a consistent cut. Scans every card (for the
@@ -171,6 +228,9 @@ impl Engine {
                 let stats = &mut stats.1;
                 stats.counters.add(&cut.counters[region]);
                 stats.cards_near_ceiling += cut.near_ceiling[region];
+                stats.held_minor += cut.holds[region].held_minor;
+                stats.open_holds += cut.holds[region].open;
+                stats.holds_expiring += cut.holds[region].expiring;
                 let rolled = cut.rolled_day[region];
                 if rolled != i32::MIN {
                     stats.rolled_day =
@@ -195,11 +255,14 @@ impl Engine {
         for (_, stats) in &regions {
             total.counters.add(&stats.counters);
             total.cards_near_ceiling += stats.cards_near_ceiling;
+            total.held_minor += stats.held_minor;
+            total.open_holds += stats.open_holds;
+            total.holds_expiring += stats.holds_expiring;
         }
         // Every region has rolled at least to the earliest of their days.
         total.rolled_day = regions.iter().map(|(_, stats)| stats.rolled_day).min().flatten();
         total.counters.add(&unattributed);
-        let audit = audit_of(cuts.iter().map(|cut| &cut.totals));
+        let audit = audit_of(cuts.iter().map(|cut| &cut.money));
         let remembered_in_memory = self.remembered_in_memory();
         Ok(Stats {
             regions,
@@ -215,10 +278,14 @@ impl Engine {
     }
 }
 
-fn audit_of<'a>(totals: impl Iterator<Item = &'a Totals>) -> Audit {
+fn audit_of<'a>(shards: impl Iterator<Item = &'a ShardMoney>) -> Audit {
     let mut sum = Totals::default();
-    for shard in totals {
-        sum.add(shard);
+    let (mut captures_minor, mut refunds_minor, mut held_minor) = (0, 0, 0);
+    for shard in shards {
+        sum.add(&shard.totals);
+        captures_minor += shard.captured_minor;
+        refunds_minor += shard.refunded_minor;
+        held_minor += shard.held_minor;
     }
     Audit {
         balances_minor: sum.balances_minor,
@@ -227,5 +294,8 @@ fn audit_of<'a>(totals: impl Iterator<Item = &'a Totals>) -> Audit {
         deposits_minor: sum.deposits_minor,
         interest_minor: sum.interest_minor,
         card_payments_minor: sum.card_payments_minor,
+        refunds_minor,
+        captures_minor,
+        held_minor,
     }
 }

@@ -250,7 +250,7 @@ fn audits_hold_during_cross_shard_transfers(shards: u16, durability: Durability)
         assert!(audit.holds(), "an audit mid-transfer: {audit:?}");
         assert!(audit.in_flight_minor >= 0, "{audit:?}");
         // No money comes in or goes out: every cut holds exactly the opening deposits.
-        assert_eq!(audit.held_minor(), total_minor as i128, "{audit:?}");
+        assert_eq!(audit.present_minor(), total_minor as i128, "{audit:?}");
         assert_eq!(audit.card_payments_minor + audit.deposits_minor, 0);
         if audit.in_flight_minor > 0 {
             audits_in_flight += 1;

@@ -12,6 +12,10 @@
 //! loses the process, not the page cache. The parent retries every command that was
 //! intended but not acknowledged (as a client would after a crash), so every command's
 //! outcome is known and a reference model gives every account's exact balance.
+//!
+//! The load holds money too (SPEC §12): authorizations, final captures of the holds a
+//! worker was told of, and refunds, so kills find holds open, and every hold, capture and
+//! refund acknowledged must survive them (the audit's `held`, `captures` and `refunds`).
 
 mod support;
 
@@ -187,6 +191,9 @@ fn encode_command(command: &Command) -> String {
         Command::Pay { card, amount_minor } => format!("P {card} 0 {amount_minor}"),
         Command::Transfer { from, to, amount_minor } => format!("T {from} {to} {amount_minor}"),
         Command::Deposit { account, amount_minor } => format!("D {account} 0 {amount_minor}"),
+        Command::Authorize { card, amount_minor } => format!("A {card} 0 {amount_minor}"),
+        Command::CaptureFinal { hold, amount_minor } => format!("C {hold} 0 {amount_minor}"),
+        Command::Refund { card, amount_minor } => format!("R {card} 0 {amount_minor}"),
         ref other => panic!("the load does not send {other:?}"),
     }
 }
@@ -201,6 +208,9 @@ fn decode_command(fields: &[&str]) -> Command {
         "P" => Command::Pay { card: first, amount_minor },
         "T" => Command::Transfer { from: first, to: second, amount_minor },
         "D" => Command::Deposit { account: first, amount_minor },
+        "A" => Command::Authorize { card: first, amount_minor },
+        "C" => Command::CaptureFinal { hold: first, amount_minor },
+        "R" => Command::Refund { card: first, amount_minor },
         other => panic!("unknown command kind {other}"),
     }
 }
@@ -304,6 +314,8 @@ fn child_worker(
         .open(journal_path(dir, iteration, worker))
         .unwrap();
     let mut next = 0u64;
+    // Holds this worker was told of and has not captured yet: (hold, amount).
+    let mut open_holds: Vec<(u64, u64)> = Vec::new();
     while started.elapsed() < CHILD_LIFETIME_MAX {
         let size = rng.between(1, WORKER_BATCH_MAX);
         let mut requests = Vec::new();
@@ -311,7 +323,7 @@ fn child_worker(
         for _ in 0..size {
             let id = format!("i{iteration}-w{worker}-{next}");
             next += 1;
-            let command = random_command(&mut rng, &cards, &accounts);
+            let command = random_command(&mut rng, &cards, &accounts, &mut open_holds);
             intents.push_str(&format!("I {id} {}\n", encode_command(&command)));
             requests.push(Request::with_id(command, CommandId::new(&id).unwrap()));
         }
@@ -319,8 +331,16 @@ fn child_worker(
         journal.write_all(intents.as_bytes()).unwrap();
         let ids: Vec<CommandId> =
             requests.iter().map(|request| request.command_id.clone().unwrap()).collect();
+        let requests_sent: Vec<Command> = requests.iter().map(|r| r.command.clone()).collect();
         let outcomes = engine.submit(requests).unwrap().wait().unwrap();
         assert_eq!(outcomes.len(), ids.len());
+        for (request, outcome) in requests_sent.iter().zip(&outcomes) {
+            if let (Command::Authorize { amount_minor, .. }, Outcome::Authorized { hold, .. }) =
+                (request, outcome)
+            {
+                open_holds.push((*hold, *amount_minor));
+            }
+        }
         let acks: String = ids
             .iter()
             .zip(&outcomes)
@@ -330,10 +350,21 @@ fn child_worker(
     }
 }
 
-fn random_command(rng: &mut Rng, cards: &[u64], accounts: &[u64]) -> Command {
-    match rng.between(0, 9) {
-        0..=3 => Command::Pay { card: rng.pick(cards), amount_minor: rng.between(1, 3_000) },
-        4..=7 => {
+fn random_command(
+    rng: &mut Rng,
+    cards: &[u64],
+    accounts: &[u64],
+    open_holds: &mut Vec<(u64, u64)>,
+) -> Command {
+    match rng.between(0, 12) {
+        0..=2 => Command::Pay { card: rng.pick(cards), amount_minor: rng.between(1, 3_000) },
+        3 => Command::Authorize { card: rng.pick(cards), amount_minor: rng.between(1, 3_000) },
+        4 if !open_holds.is_empty() => {
+            let (hold, amount_minor) = open_holds.swap_remove(0);
+            Command::CaptureFinal { hold, amount_minor }
+        }
+        5 => Command::Refund { card: rng.pick(cards), amount_minor: rng.between(1, 500) },
+        4..=9 => {
             let from = rng.pick(accounts);
             let mut to = rng.pick(accounts);
             while to == from {
@@ -356,6 +387,10 @@ struct Model {
     initial_deposits_minor: u128,
     deposits_minor: u128,
     card_payments_minor: u128,
+    /// Holds approved and not captured: hold id to (card, amount).
+    holds: HashMap<u64, (u64, u64)>,
+    captures_minor: u128,
+    refunds_minor: u128,
 }
 
 impl Model {
@@ -367,6 +402,9 @@ impl Model {
             balances,
             deposits_minor: 0,
             card_payments_minor: 0,
+            holds: HashMap::new(),
+            captures_minor: 0,
+            refunds_minor: 0,
         }
     }
 
@@ -388,6 +426,20 @@ impl Model {
             (Command::Deposit { account, amount_minor }, Outcome::Done { .. }) => {
                 add(*account, i128::from(*amount_minor));
                 self.deposits_minor += u128::from(*amount_minor);
+            }
+            (Command::Authorize { card, amount_minor }, Outcome::Authorized { hold, .. }) => {
+                let first = self.holds.insert(*hold, (*card, *amount_minor));
+                assert!(first.is_none(), "{id}: hold {hold} placed twice");
+            }
+            (Command::CaptureFinal { hold, amount_minor }, Outcome::Captured { .. }) => {
+                let (card, held_minor) = self.holds.remove(hold).expect("a hold placed before");
+                assert_eq!(held_minor, *amount_minor, "{id}: captured what it held");
+                add(card, -i128::from(*amount_minor));
+                self.captures_minor += u128::from(*amount_minor);
+            }
+            (Command::Refund { card, amount_minor }, Outcome::Done { .. }) => {
+                add(*card, i128::from(*amount_minor));
+                self.refunds_minor += u128::from(*amount_minor);
             }
             (command, outcome) => panic!("{id}: {command:?} cannot end as {outcome:?}"),
         }
@@ -414,6 +466,9 @@ impl Model {
             deposits_minor: self.deposits_minor,
             interest_minor: 0,
             card_payments_minor: self.card_payments_minor,
+            refunds_minor: self.refunds_minor,
+            captures_minor: self.captures_minor,
+            held_minor: self.holds.values().map(|&(_, amount)| u128::from(amount)).sum(),
         }
     }
 }
@@ -523,10 +578,14 @@ fn verify_after_kills(
     tally.acked += acked_now.len();
     tally.retried += unacked.len();
     println!(
-        "kills {iterations:?}: {} acked, {} retried, balances {}",
+        "kills {iterations:?}: {} acked, {} retried, balances {}, held {} in {} open holds, \
+         captured {}",
         acked_now.len(),
         unacked.len(),
-        audit.balances_minor
+        audit.balances_minor,
+        audit.held_minor,
+        model.holds.len(),
+        audit.captures_minor
     );
 }
 

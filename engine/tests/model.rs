@@ -1,9 +1,13 @@
 //! Property test: random command sequences against a tiny reference model.
 //!
-//! The model is written from SPEC §2, §3 and §6 alone: balances in a map, a card's window
-//! as the list of its approved payments with their business days, idempotency as a map of
-//! command ids with the business day each was used on, forgotten after its region's
-//! retention (2 and 4 business days here, so that clock moves cross it). Every outcome of
+//! The model is written from SPEC §2, §3, §6 and §12 alone: balances in a map, a card's
+//! window as the list of what counted on it by business day (payments, authorizations, and
+//! releases as negative entries), holds as what they hold by the day it was authorized on
+//! (captures take the oldest, releases the newest: the engine's documented rule), expired
+//! for every account at once before each step (so the engine's lazy and eager expiry are
+//! both checked against it; 3 and 5 business days here, so clock moves cross them),
+//! idempotency as a map of command ids with the business day each was used on, forgotten
+//! after its region's retention (2 and 4 business days here). Every outcome of
 //! the engine must equal the model's, and at the end every balance must match and the
 //! conservation equation must hold. A variant runs a durable engine that takes
 //! checkpoints and restarts in the middle of the sequence, so loading a checkpoint and
@@ -14,8 +18,9 @@ use std::sync::Arc;
 
 use plafond::internals::calendar::business_day_of;
 use plafond::{
-    AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Durability, Engine,
-    EngineConfig, ManualClock, Outcome, ProfileView, Reason, Regions, Request,
+    AccountKind, AccountView, BalanceDetail, CardStatus, CardView, Command, CommandId, Durability,
+    Engine, EngineConfig, HoldStatus, HoldView, ManualClock, Outcome, ProfileView, Reason, Regions,
+    Release, Request, HOLDS_PER_ACCOUNT_MAX, HOLD_KEPT_DAYS,
 };
 use proptest::prelude::*;
 
@@ -74,6 +79,36 @@ enum Op {
     Epochs,
     /// Writes a checkpoint (durable engines only): restarts load it.
     Checkpoint,
+    Authorize {
+        card: usize,
+        amount: u64,
+    },
+    Increment {
+        hold: usize,
+        amount: u64,
+    },
+    Capture {
+        hold: usize,
+        amount: u64,
+        last: bool,
+    },
+    Void {
+        hold: usize,
+        amount: Option<u64>,
+    },
+    Refund {
+        card: usize,
+        amount: u64,
+    },
+    ReadHold {
+        hold: usize,
+    },
+    ReadBalanceDetail {
+        account: usize,
+    },
+    ReadReleases {
+        card: usize,
+    },
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -105,6 +140,14 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (1i64..60).prop_map(|hours| Op::Advance { hours }),
         1 => Just(Op::Epochs),
         1 => Just(Op::Checkpoint),
+        6 => (pick.clone(), amount()).prop_map(|(card, amount)| Op::Authorize { card, amount }),
+        2 => (pick.clone(), amount()).prop_map(|(hold, amount)| Op::Increment { hold, amount }),
+        4 => (pick.clone(), amount(), any::<bool>()).prop_map(|(hold, amount, last)| Op::Capture { hold, amount, last }),
+        2 => (pick.clone(), prop::option::of(amount())).prop_map(|(hold, amount)| Op::Void { hold, amount }),
+        1 => (pick.clone(), amount()).prop_map(|(card, amount)| Op::Refund { card, amount }),
+        1 => pick.clone().prop_map(|hold| Op::ReadHold { hold }),
+        1 => pick.clone().prop_map(|account| Op::ReadBalanceDetail { account }),
+        1 => pick.clone().prop_map(|card| Op::ReadReleases { card }),
     ]
 }
 
@@ -121,14 +164,73 @@ struct ModelAccount {
 struct ModelCard {
     blocked: bool,
     ceiling: Option<u64>,
-    /// Approved payments: (business day, amount).
-    payments: Vec<(i32, u64)>,
+    /// What counted in the window: (business day, amount), approved payments and
+    /// authorizations positive, amounts released while their day was in the window negative.
+    payments: Vec<(i32, i128)>,
 }
 
 impl ModelCard {
-    /// Approved payments of business days `day - 6 ..= day` (§3).
+    /// What counts of business days `day - 6 ..= day` (§3).
     fn spent(&self, day: i32) -> u64 {
-        self.payments.iter().filter(|(d, _)| *d > day - 7 && *d <= day).map(|p| p.1).sum()
+        let sum: i128 = self.payments.iter().filter(|(d, _)| in_window(*d, day)).map(|p| p.1).sum();
+        u64::try_from(sum).expect("never below zero")
+    }
+
+    /// Gives back `amount` counted on `piece_day`, if it is still in the window of `day`.
+    fn release(&mut self, piece_day: i32, amount: u64, day: i32) {
+        if in_window(piece_day, day) {
+            self.payments.push((piece_day, -i128::from(amount)));
+        }
+    }
+}
+
+fn in_window(piece_day: i32, day: i32) -> bool {
+    piece_day > day - 7 && piece_day <= day
+}
+
+#[derive(Clone, Debug)]
+struct ModelHold {
+    card: u64,
+    status: HoldStatus,
+    business_day: i32,
+    expires_day: i32,
+    authorized: u64,
+    captured: u64,
+    released: u64,
+    /// What it holds, by the day authorized, oldest first.
+    pieces: Vec<(i32, u64)>,
+}
+
+impl ModelHold {
+    fn held(&self) -> u64 {
+        self.pieces.iter().map(|p| p.1).sum()
+    }
+
+    /// Takes `amount` from the oldest pieces.
+    fn take_oldest(&mut self, mut amount: u64) {
+        while amount > 0 {
+            let taken = self.pieces[0].1.min(amount);
+            self.pieces[0].1 -= taken;
+            amount -= taken;
+            if self.pieces[0].1 == 0 {
+                self.pieces.remove(0);
+            }
+        }
+    }
+
+    /// Releases `amount` from the newest pieces, giving `card` room back as of `day`.
+    fn release_newest(&mut self, mut amount: u64, card: &mut ModelCard, day: i32) {
+        self.released += amount;
+        while amount > 0 {
+            let last = self.pieces.len() - 1;
+            let taken = self.pieces[last].1.min(amount);
+            card.release(self.pieces[last].0, taken, day);
+            self.pieces[last].1 -= taken;
+            amount -= taken;
+            if self.pieces[last].1 == 0 {
+                self.pieces.pop();
+            }
+        }
     }
 }
 
@@ -142,16 +244,21 @@ struct Model {
     by_id: HashMap<u64, ModelAccount>,
     /// Per command id: its command, outcome, and region and business day of its use.
     remembered: HashMap<String, (Command, Outcome, u16, i32)>,
+    /// Every hold by engine id, in placing order.
+    holds: Vec<u64>,
+    holds_by_id: HashMap<u64, ModelHold>,
 }
 
-/// The built-in regions, remembering command ids 2 (`eu-west`) and 4 (`us-east`) days.
+/// The built-in regions, remembering command ids 2 (`eu-west`) and 4 (`us-east`) days and
+/// keeping holds open 3 and 5.
 fn regions() -> Regions {
     let mut text = String::new();
-    for (name, zone, days) in [("eu-west", "Europe/Paris", 2), ("us-east", "America/New_York", 4)] {
+    let regions = [("eu-west", "Europe/Paris", 2, 3), ("us-east", "America/New_York", 4, 5)];
+    for (name, zone, days, hold_days) in regions {
         text.push_str(&format!(
             "[[region]]\nname = \"{name}\"\ntime_zone = \"{zone}\"\nroll_time = \"04:00\"\n\
              initial_deposit = 100000\ndefault_card_ceiling = 300000\nsavings_rate_bp = 300\n\
-             idempotency_retention_days = {days}\n"
+             idempotency_retention_days = {days}\nhold_expiry_days = {hold_days}\n"
         ));
     }
     Regions::from_toml(&text).unwrap()
@@ -177,6 +284,83 @@ impl Model {
             len if index < KNOWN_PICKS => self.accounts[index % len],
             _ => UNKNOWN_ID,
         }
+    }
+
+    /// Picks the newest holds most (they are the ones still open).
+    fn hold_id(&self, index: usize) -> u64 {
+        match self.holds.len() {
+            0 => UNKNOWN_ID,
+            len if index < KNOWN_PICKS => self.holds[len - 1 - (index % len.min(8))],
+            _ => UNKNOWN_ID,
+        }
+    }
+
+    /// What the open holds of `account` hold.
+    fn held(&self, account: u64) -> u64 {
+        self.holds_by_id
+            .values()
+            .filter(|h| h.card == account && h.status == HoldStatus::Pending)
+            .map(ModelHold::held)
+            .sum()
+    }
+
+    fn available(&self, account: u64) -> u64 {
+        self.by_id[&account].balance - self.held(account)
+    }
+
+    /// Expires every open hold whose expiry day has come (§12): what it holds is released,
+    /// as of its expiry day.
+    fn expire(&mut self) {
+        for id in self.holds.clone() {
+            let hold = &self.holds_by_id[&id];
+            let region = self.by_id[&hold.card].region;
+            if hold.status != HoldStatus::Pending || self.day(region) < hold.expires_day {
+                continue;
+            }
+            let hold = self.holds_by_id.get_mut(&id).unwrap();
+            let card = self.by_id.get_mut(&hold.card).unwrap().card.as_mut().unwrap();
+            let (held, day) = (hold.held(), hold.expires_day);
+            hold.release_newest(held, card, day);
+            hold.status = HoldStatus::Expired;
+        }
+    }
+
+    /// The hold `id` names, unless forgotten (`HOLD_KEPT_DAYS` after its expiry day).
+    fn hold(&self, id: u64) -> Result<&ModelHold, Reason> {
+        let hold = self.holds_by_id.get(&id).ok_or(Reason::UnknownHold)?;
+        let region = self.by_id[&hold.card].region;
+        if self.day(region) >= hold.expires_day + HOLD_KEPT_DAYS {
+            return Err(Reason::UnknownHold);
+        }
+        Ok(hold)
+    }
+
+    /// The hold `id` if it is pending, or why not.
+    fn pending(&self, id: u64) -> Result<&ModelHold, Reason> {
+        let hold = self.hold(id)?;
+        match hold.status {
+            HoldStatus::Pending => Ok(hold),
+            HoldStatus::Closed => Err(Reason::HoldClosed),
+            HoldStatus::Expired => Err(Reason::HoldExpired),
+        }
+    }
+
+    /// Whether card `card` may take `amount` more in its window and from available money
+    /// (§12: decided like a payment). Returns the spending including it.
+    fn decide_like_a_payment(&self, card: u64, amount: u64) -> Result<u64, Reason> {
+        let account = self.by_id.get(&card).ok_or(Reason::UnknownCard)?;
+        let state = account.card.as_ref().ok_or(Reason::UnknownCard)?;
+        if state.blocked {
+            return Err(Reason::CardBlocked);
+        }
+        let spent = state.spent(self.day(account.region));
+        if spent + amount > state.ceiling.unwrap_or(300_000) {
+            return Err(Reason::CeilingExceeded);
+        }
+        if self.available(card) < amount {
+            return Err(Reason::InsufficientFunds);
+        }
+        Ok(spent + amount)
     }
 
     fn command(&self, op: &Op) -> Option<Command> {
@@ -210,6 +394,29 @@ impl Model {
             Op::ReadProfile { profile } => {
                 Command::ReadProfile { profile: self.profile_id(profile) }
             }
+            Op::Authorize { card, amount } => {
+                Command::Authorize { card: self.account_id(card), amount_minor: amount }
+            }
+            Op::Increment { hold, amount } => {
+                Command::AuthorizeIncrement { hold: self.hold_id(hold), amount_minor: amount }
+            }
+            Op::Capture { hold, amount, last: false } => {
+                Command::Capture { hold: self.hold_id(hold), amount_minor: amount }
+            }
+            Op::Capture { hold, amount, last: true } => {
+                Command::CaptureFinal { hold: self.hold_id(hold), amount_minor: amount }
+            }
+            Op::Void { hold, amount } => {
+                Command::Void { hold: self.hold_id(hold), amount_minor: amount }
+            }
+            Op::Refund { card, amount } => {
+                Command::Refund { card: self.account_id(card), amount_minor: amount }
+            }
+            Op::ReadHold { hold } => Command::ReadHold { hold: self.hold_id(hold) },
+            Op::ReadBalanceDetail { account } => {
+                Command::ReadBalanceDetail { account: self.account_id(account) }
+            }
+            Op::ReadReleases { card } => Command::ReadReleases { card: self.account_id(card) },
             Op::Advance { .. } | Op::Epochs | Op::Checkpoint => return None,
         })
     }
@@ -225,11 +432,16 @@ impl Model {
             Command::Pay { amount_minor, .. }
             | Command::Transfer { amount_minor, .. }
             | Command::Deposit { amount_minor, .. }
-            | Command::SetCeiling { ceiling_minor: amount_minor, .. } => {
-                Self::valid_amount(amount_minor)
-            }
+            | Command::SetCeiling { ceiling_minor: amount_minor, .. }
+            | Command::Authorize { amount_minor, .. }
+            | Command::AuthorizeIncrement { amount_minor, .. }
+            | Command::Capture { amount_minor, .. }
+            | Command::CaptureFinal { amount_minor, .. }
+            | Command::Void { amount_minor: Some(amount_minor), .. }
+            | Command::Refund { amount_minor, .. } => Self::valid_amount(amount_minor),
             _ => true,
         };
+        self.expire();
         if !amount_ok {
             return Outcome::Declined(Reason::InvalidAmount);
         }
@@ -274,7 +486,16 @@ impl Model {
             | Command::Deposit { account: id, .. }
             | Command::SetCeiling { card: id, .. }
             | Command::Block { card: id }
-            | Command::Unblock { card: id } => id,
+            | Command::Unblock { card: id }
+            | Command::Authorize { card: id, .. }
+            | Command::Refund { card: id, .. } => id,
+            Command::AuthorizeIncrement { hold, .. }
+            | Command::Capture { hold, .. }
+            | Command::CaptureFinal { hold, .. }
+            | Command::Void { hold, .. } => match self.hold(hold) {
+                Ok(hold) => hold.card,
+                Err(_) => return 0,
+            },
             _ => return 0,
         };
         self.by_id.get(&account).map_or(0, |entry| entry.region)
@@ -310,6 +531,7 @@ impl Model {
             }
             Command::Pay { card, amount_minor } => {
                 let now_day = self.by_id.get(&card).map(|a| self.day(a.region));
+                let held = self.held(card);
                 let Some(account) = self.by_id.get_mut(&card) else {
                     return Declined(Reason::UnknownCard);
                 };
@@ -324,11 +546,11 @@ impl Model {
                 if spent + amount_minor > state.ceiling.unwrap_or(300_000) {
                     return Declined(Reason::CeilingExceeded);
                 }
-                if account.balance < amount_minor {
+                if account.balance - held < amount_minor {
                     return Declined(Reason::InsufficientFunds);
                 }
                 account.balance -= amount_minor;
-                state.payments.push((day, amount_minor));
+                state.payments.push((day, i128::from(amount_minor)));
                 Outcome::Approved {
                     balance_minor: account.balance,
                     spent_7d_minor: spent + amount_minor,
@@ -342,7 +564,7 @@ impl Model {
                     return Declined(Reason::SameAccount);
                 }
                 // Funds are checked before the target: the source's shard decides them.
-                if self.by_id[&from].balance < amount_minor {
+                if self.available(from) < amount_minor {
                     return Declined(Reason::InsufficientFunds);
                 }
                 if !self.by_id.contains_key(&to) {
@@ -403,6 +625,17 @@ impl Model {
                     remaining_minor: ceiling.saturating_sub(spent),
                 })
             }
+            Command::Authorize { .. }
+            | Command::AuthorizeIncrement { .. }
+            | Command::Capture { .. }
+            | Command::CaptureFinal { .. }
+            | Command::Void { .. }
+            | Command::Refund { .. }
+            | Command::ReadHold { .. }
+            | Command::ReadBalanceDetail { .. }
+            | Command::ReadReleases { .. } => {
+                self.decide_hold(command, engine).unwrap_or_else(Outcome::Declined)
+            }
             Command::ReadProfile { profile } => {
                 let Some(&(_, region)) = self.profiles.iter().find(|p| p.0 == profile) else {
                     return Declined(Reason::UnknownProfile);
@@ -416,6 +649,176 @@ impl Model {
                 Outcome::Profile(ProfileView { profile, region, accounts })
             }
         }
+    }
+
+    /// §12's commands.
+    fn decide_hold(&mut self, command: &Command, engine: &Outcome) -> Result<Outcome, Reason> {
+        match *command {
+            Command::Authorize { card, amount_minor } => {
+                let spent = self.decide_like_a_payment(card, amount_minor)?;
+                let open = self
+                    .holds_by_id
+                    .values()
+                    .filter(|h| h.card == card && h.status == HoldStatus::Pending)
+                    .count();
+                if open >= HOLDS_PER_ACCOUNT_MAX {
+                    return Err(Reason::TooManyHolds);
+                }
+                let Outcome::Authorized { hold, .. } = *engine else {
+                    return Ok(Outcome::Updated);
+                };
+                let region = self.by_id[&card].region;
+                let day = self.day(region);
+                let expiry = i32::from(self.regions.get(region).unwrap().hold_expiry_days);
+                let entry = self.by_id.get_mut(&card).unwrap();
+                entry.card.as_mut().unwrap().payments.push((day, i128::from(amount_minor)));
+                self.holds.push(hold);
+                self.holds_by_id.insert(
+                    hold,
+                    ModelHold {
+                        card,
+                        status: HoldStatus::Pending,
+                        business_day: day,
+                        expires_day: day + expiry,
+                        authorized: amount_minor,
+                        captured: 0,
+                        released: 0,
+                        pieces: vec![(day, amount_minor)],
+                    },
+                );
+                let available_minor = self.available(card);
+                Ok(Outcome::Authorized { hold, available_minor, spent_7d_minor: spent })
+            }
+            Command::AuthorizeIncrement { hold, amount_minor } => {
+                let card = self.pending(hold)?.card;
+                let spent = self.decide_like_a_payment(card, amount_minor)?;
+                let day = self.day(self.by_id[&card].region);
+                let entry = self.by_id.get_mut(&card).unwrap();
+                entry.card.as_mut().unwrap().payments.push((day, i128::from(amount_minor)));
+                let model = self.holds_by_id.get_mut(&hold).unwrap();
+                model.authorized += amount_minor;
+                match model.pieces.last_mut() {
+                    Some(last) if last.0 == day => last.1 += amount_minor,
+                    _ => model.pieces.push((day, amount_minor)),
+                }
+                let held_minor = model.held();
+                let available_minor = self.available(card);
+                Ok(Outcome::Incremented { held_minor, available_minor, spent_7d_minor: spent })
+            }
+            Command::Capture { hold, amount_minor }
+            | Command::CaptureFinal { hold, amount_minor } => {
+                let last = matches!(command, Command::CaptureFinal { .. });
+                let model = self.pending(hold)?;
+                if amount_minor > model.held() {
+                    return Err(Reason::ExceedsHold);
+                }
+                let card = model.card;
+                let day = self.day(self.by_id[&card].region);
+                let entry = self.by_id.get_mut(&card).unwrap();
+                entry.balance -= amount_minor;
+                let balance_minor = entry.balance;
+                let model = self.holds_by_id.get_mut(&hold).unwrap();
+                model.take_oldest(amount_minor);
+                model.captured += amount_minor;
+                if last {
+                    let rest = model.held();
+                    model.release_newest(rest, entry.card.as_mut().unwrap(), day);
+                }
+                if model.held() == 0 {
+                    model.status = HoldStatus::Closed;
+                }
+                Ok(Outcome::Captured { balance_minor, held_minor: model.held() })
+            }
+            Command::Void { hold, amount_minor } => {
+                let model = self.pending(hold)?;
+                let amount = amount_minor.unwrap_or(model.held());
+                if amount > model.held() {
+                    return Err(Reason::ExceedsHold);
+                }
+                let card = model.card;
+                let day = self.day(self.by_id[&card].region);
+                let entry = self.by_id.get_mut(&card).unwrap();
+                let model = self.holds_by_id.get_mut(&hold).unwrap();
+                model.release_newest(amount, entry.card.as_mut().unwrap(), day);
+                if model.held() == 0 {
+                    model.status = HoldStatus::Closed;
+                }
+                let held_minor = model.held();
+                Ok(Outcome::Voided { available_minor: self.available(card), held_minor })
+            }
+            Command::Refund { card, amount_minor } => {
+                let entry = self.by_id.get_mut(&card).ok_or(Reason::UnknownCard)?;
+                if entry.card.is_none() {
+                    return Err(Reason::UnknownCard);
+                }
+                entry.balance =
+                    entry.balance.checked_add(amount_minor).ok_or(Reason::InvalidAmount)?;
+                Ok(Outcome::Done { balance_minor: entry.balance })
+            }
+            Command::ReadHold { hold } => {
+                let model = self.hold(hold)?;
+                Ok(Outcome::Hold(HoldView {
+                    hold,
+                    card: model.card,
+                    status: model.status,
+                    authorized_minor: model.authorized,
+                    captured_minor: model.captured,
+                    released_minor: model.released,
+                    held_minor: model.held(),
+                    business_day: model.business_day,
+                    expires_day: model.expires_day,
+                }))
+            }
+            Command::ReadBalanceDetail { account } => {
+                let entry = self.by_id.get(&account).ok_or(Reason::UnknownAccount)?;
+                let open = self
+                    .holds_by_id
+                    .values()
+                    .filter(|h| h.card == account && h.status == HoldStatus::Pending)
+                    .count();
+                Ok(Outcome::BalanceDetail(BalanceDetail {
+                    balance_minor: entry.balance,
+                    available_minor: self.available(account),
+                    held_minor: self.held(account),
+                    open_holds: open as u32,
+                }))
+            }
+            Command::ReadReleases { card } => self.releases(card).map(Outcome::Releases),
+            _ => unreachable!("not a hold command"),
+        }
+    }
+
+    /// §12's release schedule: what counted on day d comes back on d + 7, a piece of an
+    /// open hold on the hold's expiry day if that is sooner.
+    fn releases(&self, card: u64) -> Result<Vec<Release>, Reason> {
+        let entry = self.by_id.get(&card).ok_or(Reason::UnknownCard)?;
+        let state = entry.card.as_ref().ok_or(Reason::UnknownCard)?;
+        let today = self.day(entry.region);
+        let mut back: HashMap<i32, i128> = HashMap::new();
+        for &(day, amount) in state.payments.iter().filter(|(d, _)| in_window(*d, today)) {
+            *back.entry(day + 7).or_default() += amount;
+        }
+        for hold in self.holds_by_id.values() {
+            if hold.card != card || hold.status != HoldStatus::Pending {
+                continue;
+            }
+            for &(day, amount) in hold.pieces.iter().filter(|(d, _)| in_window(*d, today)) {
+                if hold.expires_day < day + 7 {
+                    *back.entry(day + 7).or_default() -= i128::from(amount);
+                    *back.entry(hold.expires_day).or_default() += i128::from(amount);
+                }
+            }
+        }
+        let mut releases: Vec<Release> = back
+            .into_iter()
+            .filter(|&(_, amount)| amount > 0)
+            .map(|(business_day, amount)| Release {
+                business_day,
+                amount_minor: u64::try_from(amount).unwrap(),
+            })
+            .collect();
+        releases.sort_by_key(|r| r.business_day);
+        Ok(releases)
     }
 
     fn change_card(&mut self, card: u64, change: impl FnOnce(&mut ModelCard)) -> Outcome {
@@ -432,7 +835,12 @@ impl Model {
 fn is_read(command: &Command) -> bool {
     matches!(
         command,
-        Command::ReadAccount { .. } | Command::ReadCard { .. } | Command::ReadProfile { .. }
+        Command::ReadAccount { .. }
+            | Command::ReadCard { .. }
+            | Command::ReadProfile { .. }
+            | Command::ReadHold { .. }
+            | Command::ReadBalanceDetail { .. }
+            | Command::ReadReleases { .. }
     )
 }
 
@@ -460,6 +868,8 @@ fn check(
         accounts: Vec::new(),
         by_id: HashMap::new(),
         remembered: HashMap::new(),
+        holds: Vec::new(),
+        holds_by_id: HashMap::new(),
     };
     for (step, (op, id)) in ops.iter().enumerate() {
         if restart_at == Some(step) {
@@ -492,11 +902,12 @@ fn check(
         let expected = model.apply(&request, &got);
         prop_assert_eq!(&got, &expected, "step {} {:?}", step, request);
     }
-    for (&account, entry) in &model.by_id {
-        let Outcome::Account(view) = engine.run(Command::ReadAccount { account }).unwrap() else {
-            return Err(TestCaseError::fail("account vanished"));
-        };
-        prop_assert_eq!(view.balance_minor, entry.balance);
+    model.expire();
+    let accounts: Vec<u64> = model.by_id.keys().copied().collect();
+    for account in accounts {
+        let detail = engine.run(Command::ReadBalanceDetail { account }).unwrap();
+        let expected = model.decide_hold(&Command::ReadBalanceDetail { account }, &detail);
+        prop_assert_eq!(Ok(detail), expected);
     }
     let audit = engine.audit().unwrap();
     prop_assert!(audit.holds(), "{:?}", audit);

@@ -289,8 +289,12 @@ fn replay(args: &ReplayArgs, key: Option<&MacKey>) -> anyhow::Result<()> {
 fn summarize(shards: &[(ShardState, u64)]) -> bool {
     let mut totals = Totals::default();
     let (mut accounts, mut balances_minor) = (0u64, 0u128);
+    let (mut refunds_minor, mut captures_minor, mut held_minor) = (0u128, 0u128, 0u128);
     for (state, _) in shards {
         totals.add(&state.totals);
+        refunds_minor += state.holds.refunded_minor();
+        captures_minor += state.holds.captured_minor();
+        held_minor += state.holds.held_minor();
         accounts += state.accounts.len() as u64;
         balances_minor += state.accounts.iter().map(|a| u128::from(a.balance_minor)).sum::<u128>();
     }
@@ -301,12 +305,16 @@ fn summarize(shards: &[(ShardState, u64)]) -> bool {
         deposits_minor: totals.deposits_minor,
         interest_minor: totals.interest_minor,
         card_payments_minor: totals.card_payments_minor,
+        refunds_minor,
+        captures_minor,
+        held_minor,
     };
     let stated_minor = totals.balances_minor;
     println!("accounts {accounts}, sum of balances {balances_minor} (totals say {stated_minor})");
     println!(
         "initial deposits {}, deposits {}, interest {}, card payments {}, transfers out {}, \
-         in {}, refunded {}, in flight {}",
+         in {}, refunded {}, in flight {}, card refunds {refunds_minor}, captures \
+         {captures_minor}, held {held_minor}",
         totals.initial_deposits_minor,
         totals.deposits_minor,
         totals.interest_minor,
@@ -318,9 +326,9 @@ fn summarize(shards: &[(ShardState, u64)]) -> bool {
     );
     let holds = audit.holds() && balances_minor == totals.balances_minor;
     println!(
-        "conservation: balances + in flight = {}, initial + deposits + interest - card \
-         payments = {}: {}",
-        audit.held_minor(),
+        "conservation: balances + in flight = {}, initial + deposits + interest + refunds - \
+         card payments - captures = {}: {}",
+        audit.present_minor(),
         audit.owed_minor(),
         if holds { "ok" } else { "VIOLATED" }
     );

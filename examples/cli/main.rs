@@ -31,6 +31,12 @@ commands:
   balance <account>
   card <card>
   ceiling <card> <amount> | block <card> | unblock <card>
+  authorize <card> <amount> [command_id]  a hold (card holds, SPEC §12)
+  increment <hold> <amount> [command_id]
+  capture <hold> <amount> [command_id] | capture-final <hold> <amount> [command_id]
+  void <hold> <amount>|all [command_id]
+  refund <card> <amount> [command_id]
+  hold <hold> | balance-detail <account> | releases <card>
   stats                                   the table
   stats-json                              the same as JSON
   clock-set <unix_ms> | clock-advance <ms> (server started with --clock manual)
@@ -62,6 +68,10 @@ fn command_of(words: &[String]) -> Vec<String> {
         "stats-json" => return vec!["STATS".into(), "JSON".into()],
         "clock-set" => "CLOCK.SET",
         "clock-advance" => "CLOCK.ADVANCE",
+        "increment" => "AUTHORIZE.INCREMENT",
+        "capture-final" => "CAPTURE.FINAL",
+        "balance-detail" => "BALANCE.DETAIL",
+        "releases" => "CARD.RELEASES",
         other => return words_upper_first(other, rest),
     };
     let mut args = vec![name.to_string()];

@@ -62,6 +62,10 @@ pub struct LoadgenArgs {
     /// none, or unique: every payment carries a command id of its own.
     #[arg(long, value_enum, default_value_t = Ids::None)]
     pub ids: Ids,
+    /// `pay`: one `PAY` per payment; `hold` (server, closed loop): `AUTHORIZE`, then
+    /// `CAPTURE.FINAL` of a random part of it once approved (SPEC §12's two messages).
+    #[arg(long, value_enum, default_value_t = Flow::Pay)]
+    pub flow: Flow,
     /// Server: its address (for the day to advance, start it with --clock manual).
     #[command(flatten)]
     pub server: ServerAddress,
@@ -104,6 +108,13 @@ impl Target {
             Target::Embedded => "embedded",
         }
     }
+}
+
+/// `--flow`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Flow {
+    Pay,
+    Hold,
 }
 
 /// `--ids`.

@@ -64,9 +64,9 @@ pub fn embedded_target(
     let audit = engine.audit()?;
     let stats = engine.stats()?;
     let mut conservation = if audit.holds() {
-        format!("ok (held {} = owed {})", audit.held_minor(), audit.owed_minor())
+        format!("ok (present {} = owed {})", audit.present_minor(), audit.owed_minor())
     } else {
-        format!("BROKEN (held {} != owed {})", audit.held_minor(), audit.owed_minor())
+        format!("BROKEN (present {} != owed {})", audit.present_minor(), audit.owed_minor())
     };
     if stats.total.counters.payments_approved_minor != u128::from(tally.approved_minor) {
         conservation = format!(

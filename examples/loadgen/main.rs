@@ -45,7 +45,7 @@ use clap::Parser as _;
 
 use plafond_examples::sample::Zipf;
 
-use crate::args::{Ids, LoadgenArgs, Target};
+use crate::args::{Flow, Ids, LoadgenArgs, Target};
 use crate::tally::report;
 use crate::workload::{Shared, Workload};
 
@@ -78,6 +78,9 @@ fn run() -> anyhow::Result<bool> {
     };
     if workload.rate_per_s.is_some() && args.target != Target::Server {
         bail!("--rate works with --target server only");
+    }
+    if args.flow == Flow::Hold && (args.target != Target::Server || args.rate.is_some()) {
+        bail!("--flow hold works with --target server, closed loop (without --rate), only");
     }
     let started = Instant::now();
     let shared = Arc::new(Shared {

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-use plafond::Opening;
+use plafond::{CommandId, Opening};
 use plafond_examples::sample::Zipf;
 use plafond_wire::{encode_command, AsyncClient, Value};
 
-use crate::args::LoadgenArgs;
+use crate::args::{Flow, LoadgenArgs};
 use crate::paced::{paced_worker, Pacer, PacingTicker, Schedule};
 use crate::tally::{count_reply, Tally};
 use crate::workload::{Picker, Shared, DAY_MS};
@@ -47,7 +47,11 @@ pub fn server_target(
             let conn = AsyncClient::connect(&addr, token.as_deref()).await?;
             let picker = Picker::new(&shared.workload, &zipf, index);
             let shared = shared.clone();
+            let hold_flow = args.flow == Flow::Hold;
             tasks.push(match shared.workload.rate_per_s {
+                None if hold_flow => {
+                    tokio::spawn(hold_worker(conn, shared, picker, pipeline, clock_works))
+                }
                 None => tokio::spawn(server_worker(conn, shared, picker, pipeline, clock_works)),
                 Some(rate_per_s) => {
                     let schedule = Schedule::new(rate_per_s, index, connections, measured_from);
@@ -158,6 +162,121 @@ pub async fn server_worker(
         shared.approved.fetch_add(tally.approved - approved_before, Ordering::Relaxed);
     }
     Ok(tally)
+}
+
+/// Sends the day's `CLOCK.ADVANCE` first if `days` says so; an error if refused.
+async fn advance_days(conn: &mut AsyncClient, days: u64) -> anyhow::Result<()> {
+    let mut request = Vec::new();
+    encode_command(&mut request, &["CLOCK.ADVANCE", &(DAY_MS * days as i64).to_string()]);
+    conn.send(&request).await?;
+    if let Value::Error(error) = conn.read().await? {
+        bail!("CLOCK.ADVANCE refused: {error}");
+    }
+    Ok(())
+}
+
+/// `--flow hold`: each payment is two messages, `AUTHORIZE card amount`, then, once
+/// approved, `CAPTURE.FINAL hold part` of a random part of it (the rest is released). Each
+/// round trip carries the captures of the previous round's approved authorizations and the
+/// next round's authorizations, so a payment takes two round trips but a connection keeps
+/// one in flight, as the `PAY` flow does. A payment's latency runs from its authorization's
+/// sending to its capture's reply. Approved volume is what was captured, so the exact
+/// conservation check holds as for `PAY`.
+pub async fn hold_worker(
+    mut conn: AsyncClient,
+    shared: Arc<Shared>,
+    mut picker: Picker,
+    pipeline: usize,
+    clock_works: bool,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::new()?;
+    let deadline = Instant::now() + shared.workload.duration;
+    let mut request = Vec::with_capacity(pipeline * 96);
+    let mut amounts = Vec::with_capacity(pipeline);
+    let mut ids = Vec::with_capacity(pipeline);
+    // The captures to send with the next round: (hold, part, command id, authorized at).
+    let mut captures: Vec<(i64, u64, Option<CommandId>, Instant)> = Vec::new();
+    loop {
+        let (count, days) = match Instant::now() < deadline {
+            true => shared.claim(pipeline as u64),
+            false => (0, 0),
+        };
+        if count == 0 && captures.is_empty() {
+            break;
+        }
+        if clock_works && days > 0 {
+            advance_days(&mut conn, days).await?;
+        }
+        request.clear();
+        amounts.clear();
+        ids.clear();
+        for (hold, part, id, _) in &captures {
+            let (hold, part) = (hold.to_string(), part.to_string());
+            match id {
+                Some(id) => {
+                    let capture_id = format!("{}-c", id.as_str());
+                    encode_command(&mut request, &["CAPTURE.FINAL", &hold, &part, &capture_id]);
+                }
+                None => encode_command(&mut request, &["CAPTURE.FINAL", &hold, &part]),
+            }
+        }
+        for _ in 0..count {
+            let (card, amount) = picker.pay();
+            let (card, amount_text) = (card.to_string(), amount.to_string());
+            let id = picker.command_id();
+            match &id {
+                Some(id) => {
+                    encode_command(&mut request, &["AUTHORIZE", &card, &amount_text, id.as_str()])
+                }
+                None => encode_command(&mut request, &["AUTHORIZE", &card, &amount_text]),
+            }
+            amounts.push(amount);
+            ids.push(id);
+        }
+        let sent = Instant::now();
+        conn.send(&request).await?;
+        let approved_before = tally.approved;
+        let mut finished = 0;
+        for (_, part, _, authorized_at) in captures.drain(..) {
+            let reply = conn.read().await?;
+            tally.record_latency(authorized_at, 1);
+            finished += 1;
+            match &reply {
+                Value::Array(items) if items.first() == Some(&Value::Simple("DONE".into())) => {
+                    tally.approved += 1;
+                    tally.approved_minor += part;
+                }
+                _ => tally.errors += 1,
+            }
+        }
+        for (&amount, id) in amounts.iter().zip(ids.drain(..)) {
+            let reply = conn.read().await?;
+            match approved_hold(&reply) {
+                Some(hold) => captures.push((hold, 1 + picker.rng.below(amount), id, sent)),
+                None => {
+                    count_reply(&mut tally, &reply, amount);
+                    tally.record_latency(sent, 1);
+                    finished += 1;
+                }
+            }
+        }
+        shared.done.fetch_add(finished, Ordering::Relaxed);
+        shared.approved.fetch_add(tally.approved - approved_before, Ordering::Relaxed);
+    }
+    Ok(tally)
+}
+
+/// The hold id of an `[APPROVED, hold, available, spent_7d]` reply.
+fn approved_hold(reply: &Value) -> Option<i64> {
+    match reply {
+        Value::Array(items) if items.len() == 4 && items[0] == Value::Simple("APPROVED".into()) => {
+            match items[1] {
+                Value::Integer(hold) => Some(hold),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// Appends the next `PAY` (with its command id under `--ids unique`) to `output`, and its

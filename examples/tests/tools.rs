@@ -49,6 +49,18 @@ fn the_cli_speaks_to_the_server() {
     let (_, out) = cli(&["stats-json"]);
     let json: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(json["total"]["payments_approved"]["count"], 1);
+    // Card holds (§12) through the friendly verbs.
+    let (_, out) = cli(&["authorize", "0", "500"]);
+    assert_eq!(out.trim(), "1) APPROVED\n2) (integer) 0\n3) (integer) 99400\n4) (integer) 600");
+    let (_, out) = cli(&["balance-detail", "0"]);
+    assert_eq!(
+        out.trim(),
+        "1) (integer) 99900\n2) (integer) 99400\n3) (integer) 500\n4) (integer) 1"
+    );
+    let (_, out) = cli(&["capture-final", "0", "200"]);
+    assert_eq!(out.trim(), "1) DONE\n2) (integer) 99700\n3) (integer) 0");
+    let (_, out) = cli(&["hold", "0"]);
+    assert!(out.contains("CLOSED"), "{out}");
     let (status, out) = cli(&["pay", "0"]);
     assert!(!status.success(), "an error reply fails the cli");
     assert!(out.contains("(error) ERR wrong number of arguments"), "{out}");
@@ -188,6 +200,22 @@ fn loadgen_holds_the_rate_it_is_given() {
     // sliding ceiling let a card spend its whole balance and meet insufficient funds.
     assert!(fields["insufficient_funds"].parse::<u64>().expect("a count") > 1000, "{out}");
     assert!(out.contains("= 20000000"), "exact check: {out}");
+}
+
+#[test]
+fn loadgen_runs_the_two_message_flow() {
+    let server = loadgen_server();
+    let port = server.addr.port().to_string();
+    let args = ["--target", "server", "--port", &port, "--cards", "1000", "--ops", "20000"];
+    let (status, out) = run_example("loadgen", &[&args[..], &["--flow", "hold"]].concat());
+    assert!(status.success(), "{out}");
+    let fields = summary(&out);
+    assert_every_pay_accounted_for(&fields, 20_000);
+    // Every hold was finally captured: what left the accounts is what was captured.
+    assert!(out.contains("= 20000000"), "exact check: {out}");
+    let (status, _) =
+        run_example("loadgen", &[&args[..], &["--flow", "hold", "--rate", "100"]].concat());
+    assert!(!status.success(), "the hold flow is closed loop only");
 }
 
 #[test]

@@ -450,8 +450,9 @@ struct Batch {
 }
 
 impl Actor {
-    /// Logs the configured rules of every region whose rules changed since the log was
-    /// written (or were never set), so they apply from here on, and on every replay.
+    /// Logs the configured rules (and hold expiry, §12) of every region whose rules changed
+    /// since the log was written (or were never set), so they apply from here on, and on
+    /// every replay.
     fn adopt_rules(&mut self) {
         let mut batch = Batch::default();
         let regions = self.setup.regions.clone();
@@ -459,6 +460,11 @@ impl Actor {
             let region_id = index as RegionId;
             if self.state.rules_of(region_id) != Some(&region.rules) {
                 let input = Input::SetRules { region: region_id, rules: region.rules.clone() };
+                self.apply_one(self.state.clock_ms, &input, &mut batch);
+            }
+            let days = region.hold_expiry_days;
+            if self.state.holds.expiry_days_of(region_id) != days {
+                let input = Input::SetHoldExpiry { region: region_id, days };
                 self.apply_one(self.state.clock_ms, &input, &mut batch);
             }
         }

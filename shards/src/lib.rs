@@ -21,8 +21,8 @@
 #![warn(missing_docs)]
 
 pub use plafond_core::{
-    apply, calendar, check, command, idempotency, ids, interest, money, region, state, table,
-    window,
+    apply, authorization, calendar, check, command, holds, idempotency, ids, interest, money,
+    region, state, table, window,
 };
 
 pub mod actor;

@@ -28,8 +28,10 @@ use std::sync::Mutex;
 
 use bincode::error::DecodeError;
 use plafond_mac::{MacKey, MacState, MAC_BYTES};
+use plafond_shards::command::Reason;
+use plafond_shards::holds::Holds;
 use plafond_shards::ids::{ShardId, SHARDS_MAX};
-use plafond_shards::state::ShardState;
+use plafond_shards::state::{RegionCounters, ShardState};
 
 use crate::tables::{self, BLOCK_ENTRIES};
 
@@ -46,15 +48,24 @@ pub const TRAILER_MAGIC: [u8; 8] = *b"PLAFSEND";
 /// log, `plafond_shards::idempotency`).
 /// Version 3: the profiles and accounts follow the rest of the state as tables in blocks
 /// (`crate::tables`), so a reader decodes them on every core, without bincode.
-/// This is the version written without a MAC key.
-pub const FORMAT_VERSION: u32 = 3;
-/// The version this build writes with a MAC key: version 3 with the file's MAC after the
-/// trailer. A version 4 file read without a key reads as a version 3 file (its MAC is not
+/// Version 4: version 3 with the file's MAC after the trailer.
+/// Version 5: the rest of the state ends with the card holds (§12: the hold table, its
+/// totals, each region's expiry rule) and the decline counters of the reasons after
+/// the first [`Reason::COUNTED`]. This is the version written without a MAC key.
+pub const FORMAT_VERSION: u32 = 5;
+/// The version this build writes with a MAC key: version 5 with the file's MAC after the
+/// trailer. A version 6 file read without a key reads as a version 5 file (its MAC is not
 /// checked: only the key can check it).
-pub const KEYED_FORMAT_VERSION: u32 = 4;
-/// The versions this build reads: its own, and version 2 (whose sections are one bincode
-/// encoding of the state), so checkpoints and snapshots written before survive an upgrade.
-pub const VERSIONS_READ: [u32; 3] = [2, FORMAT_VERSION, KEYED_FORMAT_VERSION];
+pub const KEYED_FORMAT_VERSION: u32 = 6;
+/// Version 3, written before holds: read, its states without holds.
+pub const V3_FORMAT_VERSION: u32 = 3;
+/// Version 3 with a MAC (version 4).
+pub const V3_KEYED_FORMAT_VERSION: u32 = 4;
+/// The versions this build reads: its own, versions 3 and 4 (before holds) and version 2
+/// (whose sections are one bincode encoding of the state), so checkpoints and snapshots
+/// written before survive an upgrade.
+pub const VERSIONS_READ: [u32; 5] =
+    [2, V3_FORMAT_VERSION, V3_KEYED_FORMAT_VERSION, FORMAT_VERSION, KEYED_FORMAT_VERSION];
 /// Bytes of the length of the rest of the state at the start of a version 3 section.
 const REST_LENGTH_BYTES: usize = 8;
 /// Bytes of the header before the per-shard entries.
@@ -143,9 +154,14 @@ pub fn header_bytes(shards: u16) -> usize {
 }
 
 impl Header {
-    /// Whether the file carries a MAC (format version [`KEYED_FORMAT_VERSION`]).
+    /// Whether the file carries a MAC (format version [`KEYED_FORMAT_VERSION`], or 4).
     pub fn keyed(&self) -> bool {
-        self.version == KEYED_FORMAT_VERSION
+        self.version == KEYED_FORMAT_VERSION || self.version == V3_KEYED_FORMAT_VERSION
+    }
+
+    /// Whether its sections end with the holds (version 5 and 6).
+    fn has_holds(&self) -> bool {
+        self.version >= FORMAT_VERSION
     }
 
     /// Bytes of the MAC after the trailer: none unless [`Header::keyed`].
@@ -690,8 +706,90 @@ type Rest = (
     Vec<(plafond_shards::command::CommandId, plafond_shards::idempotency::IdempotencyRecord)>,
 );
 
-/// A shard's state as a version 3 section holds it: the length of the rest, the rest
-/// (bincode), the profiles table, the accounts table.
+/// What version 5 adds at the end of the rest: the holds, and per region the decline
+/// counts and volumes of the reasons from [`Reason::COUNTED`] on.
+type HoldsRest = (Holds, Vec<(Vec<u64>, Vec<u128>)>);
+
+/// The later reasons' counters of each region, as [`HoldsRest`] holds them.
+fn later_declines(counters: &[RegionCounters]) -> Vec<(Vec<u64>, Vec<u128>)> {
+    let later = Reason::COUNTED..Reason::ALL.len();
+    counters
+        .iter()
+        .map(|c| (c.declined[later.clone()].to_vec(), c.declined_minor[later.clone()].to_vec()))
+        .collect()
+}
+
+/// Puts the later reasons' counters back, or says why they do not fit.
+fn restore_later_declines(
+    counters: &mut [RegionCounters],
+    later: Vec<(Vec<u64>, Vec<u128>)>,
+) -> Result<(), String> {
+    let reasons = Reason::ALL.len() - Reason::COUNTED;
+    if later.len() != counters.len() {
+        return Err(format!(
+            "{} later decline counters for {} regions",
+            later.len(),
+            counters.len()
+        ));
+    }
+    for (counter, (counts, volumes)) in counters.iter_mut().zip(later) {
+        if counts.len() != reasons || volumes.len() != reasons {
+            return Err(format!(
+                "later decline counters of {} reasons, not {reasons}",
+                counts.len()
+            ));
+        }
+        counter.declined[Reason::COUNTED..].copy_from_slice(&counts);
+        counter.declined_minor[Reason::COUNTED..].copy_from_slice(&volumes);
+    }
+    Ok(())
+}
+
+/// A version 2 section: the state's fields in order, as bincode encoded them before the
+/// holds were added to the state.
+type V2State = (
+    ShardId,
+    u16,
+    plafond_shards::table::Table<plafond_shards::state::Profile>,
+    plafond_shards::table::Table<plafond_shards::state::Account>,
+    std::collections::BTreeMap<u64, plafond_shards::state::PendingTransfer>,
+    u64,
+    Vec<u64>,
+    std::collections::HashMap<(ShardId, u64), plafond_shards::command::Reason>,
+    i64,
+    Vec<Option<plafond_shards::region::Rules>>,
+    Vec<plafond_shards::calendar::Day>,
+    plafond_shards::state::Totals,
+    Vec<plafond_shards::state::RegionCounters>,
+    Vec<(plafond_shards::command::CommandId, plafond_shards::idempotency::IdempotencyRecord)>,
+);
+
+fn from_v2(v2: V2State) -> ShardState {
+    let (shard, shards, profiles, accounts, pending, next_transfer_seq, credits_seen) =
+        (v2.0, v2.1, v2.2, v2.3, v2.4, v2.5, v2.6);
+    let (refused_credits, clock_ms, rules, rolled_day, totals, counters, remembered) =
+        (v2.7, v2.8, v2.9, v2.10, v2.11, v2.12, v2.13);
+    ShardState {
+        shard,
+        shards,
+        profiles,
+        accounts,
+        pending,
+        next_transfer_seq,
+        credits_seen,
+        refused_credits,
+        clock_ms,
+        rules,
+        rolled_day,
+        totals,
+        counters,
+        remembered,
+        holds: Holds::default(),
+    }
+}
+
+/// A shard's state as a version 5 section holds it: the length of the rest, the rest
+/// (bincode, ending with the holds), the profiles table, the accounts table.
 pub fn encode_state(state: &ShardState) -> Result<Vec<u8>, bincode::error::EncodeError> {
     // Named one by one, so a field added to the state does not compile until it is here.
     let ShardState {
@@ -709,6 +807,7 @@ pub fn encode_state(state: &ShardState) -> Result<Vec<u8>, bincode::error::Encod
         totals,
         counters,
         remembered,
+        holds,
     } = state;
     let rest = (
         shard,
@@ -727,7 +826,8 @@ pub fn encode_state(state: &ShardState) -> Result<Vec<u8>, bincode::error::Encod
     // Sized for a typical account, so the buffer grows rarely.
     let mut bytes = Vec::with_capacity(4096 + accounts.len() * 48 + profiles.len() * 8);
     bytes.extend_from_slice(&[0; REST_LENGTH_BYTES]);
-    bincode::encode_into_std_write(rest, &mut bytes, bincode::config::standard())?;
+    let holds_rest = (holds, later_declines(counters));
+    bincode::encode_into_std_write((rest, holds_rest), &mut bytes, bincode::config::standard())?;
     let rest_bytes = (bytes.len() - REST_LENGTH_BYTES) as u64;
     bytes[..REST_LENGTH_BYTES].copy_from_slice(&rest_bytes.to_le_bytes());
     tables::encode(profiles, BLOCK_ENTRIES, &mut bytes);
@@ -735,8 +835,9 @@ pub fn encode_state(state: &ShardState) -> Result<Vec<u8>, bincode::error::Encod
     Ok(bytes)
 }
 
-/// Decodes a version 3 section, its tables on up to `workers` threads.
-fn decode_v3(bytes: &[u8], workers: usize) -> Result<ShardState, String> {
+/// Decodes a version 3 or 5 section (with its holds: `holds`), its tables on up to
+/// `workers` threads.
+fn decode_v3(bytes: &[u8], workers: usize, holds: bool) -> Result<ShardState, String> {
     let rest_bytes = u64_at_checked(bytes, 0).ok_or("it ends inside the length of its rest")?;
     let rest_end = usize::try_from(rest_bytes)
         .ok()
@@ -744,8 +845,15 @@ fn decode_v3(bytes: &[u8], workers: usize) -> Result<ShardState, String> {
         .filter(|&end| end <= bytes.len())
         .ok_or("the length of its rest is beyond its end")?;
     let rest_bytes = &bytes[REST_LENGTH_BYTES..rest_end];
-    let (rest, used): (Rest, usize) =
-        decode_limited(rest_bytes).map_err(|error| error.to_string())?;
+    let ((rest, holds_rest), used): ((Rest, Option<HoldsRest>), usize) = if holds {
+        let ((rest, holds_rest), used): ((Rest, HoldsRest), usize) =
+            decode_limited(rest_bytes).map_err(|error| error.to_string())?;
+        ((rest, Some(holds_rest)), used)
+    } else {
+        let (rest, used): (Rest, usize) =
+            decode_limited(rest_bytes).map_err(|error| error.to_string())?;
+        ((rest, None), used)
+    };
     if used != rest_bytes.len() {
         return Err(format!("{} bytes after the rest of the state", rest_bytes.len() - used));
     }
@@ -759,8 +867,15 @@ fn decode_v3(bytes: &[u8], workers: usize) -> Result<ShardState, String> {
     }
     let (shard, shards, pending, next_transfer_seq, credits_seen, refused_credits, clock_ms) =
         (rest.0, rest.1, rest.2, rest.3, rest.4, rest.5, rest.6);
-    let (rules, rolled_day, totals, counters, remembered) =
+    let (rules, rolled_day, totals, mut counters, remembered) =
         (rest.7, rest.8, rest.9, rest.10, rest.11);
+    let holds = match holds_rest {
+        Some((holds, later)) => {
+            restore_later_declines(&mut counters, later)?;
+            holds
+        }
+        None => Holds::default(),
+    };
     Ok(ShardState {
         shard,
         shards,
@@ -776,6 +891,7 @@ fn decode_v3(bytes: &[u8], workers: usize) -> Result<ShardState, String> {
         totals,
         counters,
         remembered,
+        holds,
     })
 }
 
@@ -796,13 +912,14 @@ fn decode_state(header: &Header, shard: usize, bytes: &[u8]) -> Result<ShardStat
         |problem: String| SnapshotError::CorruptShard { shard: shard as ShardId, problem };
     let state = if header.version == 2 {
         let (state, used) =
-            decode_limited::<ShardState>(bytes).map_err(|error| corrupt(error.to_string()))?;
+            decode_limited::<V2State>(bytes).map_err(|error| corrupt(error.to_string()))?;
         if used != bytes.len() {
             return Err(corrupt(format!("{} bytes after the encoded state", bytes.len() - used)));
         }
-        state
+        from_v2(state)
     } else {
-        decode_v3(bytes, table_workers(header.shards)).map_err(corrupt)?
+        let workers = table_workers(header.shards);
+        decode_v3(bytes, workers, header.has_holds()).map_err(corrupt)?
     };
     check_state(&state, header, shard)?;
     Ok(state)
@@ -841,8 +958,8 @@ pub fn check_state(state: &ShardState, header: &Header, shard: usize) -> Result<
 
 /// Recomputes the shard's money from its accounts: their balances must add up to the
 /// running total, and that total must be what the shard's flows made it (§2, per shard:
-/// money comes in by openings, deposits, interest, credits and refunds, and leaves by
-/// payments and debits). A file whose checksums were recomputed after a balance was
+/// money comes in by openings, deposits, interest, credits, refunds and card refunds, and
+/// leaves by payments, captures (§12) and debits). A file whose checksums were recomputed after a balance was
 /// changed passes every checksum; it does not pass this. Run by a restore and by every
 /// checkpoint load, on states an engine made (the format's own tests store states with
 /// arbitrary totals, so the reader of the format alone does not run it).
@@ -864,6 +981,7 @@ pub fn check_money(state: &ShardState) -> Result<(), MoneyError> {
         totals.interest_minor,
         totals.transfers_in_minor,
         totals.refunds_minor,
+        state.holds.refunded_minor(),
     ]
     .into_iter()
     .try_fold(totals.initial_deposits_minor, u128::checked_add)
@@ -871,6 +989,7 @@ pub fn check_money(state: &ShardState) -> Result<(), MoneyError> {
     let went_out = totals
         .card_payments_minor
         .checked_add(totals.transfers_out_minor)
+        .and_then(|out| out.checked_add(state.holds.captured_minor()))
         .ok_or(MoneyError::Overflow { what: "what went out" })?;
     if came_in.checked_sub(went_out) != Some(totals.balances_minor) {
         return Err(MoneyError::FlowsDiffer { balances: totals.balances_minor, came_in, went_out });
@@ -902,7 +1021,7 @@ pub enum MoneyError {
         balances: u128,
         /// Openings, deposits, interest, credits and refunds.
         came_in: u128,
-        /// Payments and debits.
+        /// Payments, debits and captures.
         went_out: u128,
     },
 }
@@ -965,7 +1084,7 @@ pub fn temporary_path(path: &Path) -> PathBuf {
 
 /// Writes `shards` (each state with its log position) to `path` atomically: to
 /// `path.tmp`, fsynced, then renamed over `path`, and the directory fsynced.
-/// [`write_keyed`] without a key: a version 3 file.
+/// [`write_keyed`] without a key: a version 5 file.
 pub fn write(
     path: &Path,
     shards: &[(ShardState, u64)],
@@ -975,7 +1094,7 @@ pub fn write(
     write_keyed(path, shards, options, None, progress)
 }
 
-/// [`write`]; with `key`, a version 4 file: the MAC of every byte follows the trailer.
+/// [`write`]; with `key`, a version 6 file: the MAC of every byte follows the trailer.
 pub fn write_keyed(
     path: &Path,
     shards: &[(ShardState, u64)],

@@ -2,7 +2,7 @@
 //! many chunks, and files that pass their checksums yet must be refused.
 
 use plafond_shards::check::StateError;
-use plafond_shards::command::{CardStatus, Command, CommandId};
+use plafond_shards::command::{CardStatus, Command, CommandId, Reason};
 use plafond_shards::idempotency::{IdempotencyRecord, Remembered};
 use plafond_shards::interest::Savings;
 use plafond_shards::state::{Account, Card, Instrument, Profile, ShardState, NO_ACCOUNT};
@@ -91,6 +91,8 @@ fn the_documented_encoding_is_bincodes() {
     expected.push(3); // counters: regions + 1
     expected.extend([0; 3 * (6 + 2 * 10)]); // six scalars and two arrays of ten, all zero
     expected.push(0); // remembered: no records
+                      // Holds (§12): an empty table, next_seq 0, no expiry rules, captured 0, refunded 0.
+    expected.extend([0; 5]);
     let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
     assert_eq!(encoded, expected);
 }
@@ -188,8 +190,10 @@ fn an_assembled_file_reads_back() {
     let state = shard(0, 1, 3);
     let sections = vec![format::encode_state(&state).unwrap()];
     read_bytes(&assemble(&header_for(&sections, 3), &sections)).unwrap();
-    // The same state as version 2 wrote it: one bincode encoding.
-    let encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    // The same state as version 2 wrote it: one bincode encoding, before the state had
+    // holds (their five bytes of an empty hold table end today's encoding).
+    let mut encoded = bincode::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    encoded.truncate(encoded.len() - 5);
     let sections = vec![encoded];
     read_bytes(&assemble(&header_of_version(2, &sections, 3), &sections)).unwrap();
     // A version 2 section behind a version 3 header is not a state.
@@ -197,18 +201,22 @@ fn an_assembled_file_reads_back() {
 }
 
 #[test]
-fn a_version_3_section_is_the_rest_then_the_two_tables() {
+fn a_version_5_section_is_the_rest_then_the_two_tables() {
     let state = shard(1, 2, 1);
     let encoded = format::encode_state(&state).unwrap();
     let rest_bytes = u64::from_le_bytes(encoded[..8].try_into().unwrap()) as usize;
     // The rest is bincode's encoding of the state with both tables empty, without the two
-    // zero lengths of those tables.
+    // zero lengths of those tables, then per region the decline counters of the reasons
+    // after the first ten (version 5).
     let mut empty = state.clone();
     empty.profiles = Default::default();
     empty.accounts = Default::default();
     let mut whole = bincode::encode_to_vec(&empty, bincode::config::standard()).unwrap();
     assert_eq!(whole[2..4], [0, 0], "two empty tables after shard and shards");
     whole.drain(2..4);
+    let later = Reason::ALL.len() - Reason::COUNTED;
+    let tail: Vec<(Vec<u64>, Vec<u128>)> = vec![(vec![0; later], vec![0; later]); 3];
+    whole.extend(bincode::encode_to_vec(&tail, bincode::config::standard()).unwrap());
     assert_eq!(&encoded[8..8 + rest_bytes], &whole[..]);
     // Each table: entries u64, entries per block u32, where each block ends u64, the
     // entries' bincode bytes. The profile is region 0, first and last account 0.
@@ -396,4 +404,29 @@ fn mutate_and_read(state: &ShardState, version: u32) {
     // Most changes land in balances or windows and still decode to a sound state; the
     // point is that none panicked.
     assert!(accepted < 5_000);
+}
+
+#[test]
+fn holds_and_the_later_reasons_counters_round_trip_in_version_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("holds.plafsnap");
+    let mut state = shard(0, 1, 3);
+    state.holds.set_expiry_days(1, 10);
+    let open = state.holds.place(0, 20_000, 20_007, 1_500);
+    state.holds.increment(open, 20_000, 500);
+    let closed = state.holds.place(2, 20_000, 20_010, 700);
+    state.holds.void(closed, 700, None);
+    state.holds.record_refund(42);
+    state.counters[1].declined[Reason::TooManyHolds.index()] = 4;
+    state.counters[2].declined_minor[Reason::UnknownHold.index()] = 9;
+    assert_eq!(state.check(), Ok(()));
+    let shards = vec![(state, 5)];
+    plafond_snapshots::write_with(&path, &shards, options(32), &mut |_| {}).unwrap();
+    let read = plafond_snapshots::read(&path, |_| {}).unwrap();
+    assert_eq!(read.header.version, format::FORMAT_VERSION);
+    let restored = &read.states[0];
+    assert_eq!(restored, &shards[0].0);
+    assert_eq!(restored.holds.held_of(0), 2_000, "the indices are rebuilt");
+    assert_eq!(restored.holds.open_of(2), None);
+    assert_eq!(restored.counters[1].declined[Reason::TooManyHolds.index()], 4);
 }

@@ -1,6 +1,8 @@
 //! Files written by earlier builds still read: `fixtures/v2.plafsnap` was written by the
-//! build of commit c7b5f52 (format version 2, bincode sections) from [`fixture_shards`],
-//! and must read back as exactly those states, checked as a version 3 file would be.
+//! build of commit c7b5f52 (format version 2, bincode sections) and `fixtures/v3.plafsnap`
+//! by the build of commit 7cd9c48 (format version 3, before card holds), both from
+//! [`fixture_shards`], and must read back as exactly those states (without holds), checked
+//! as a file of the current version would be.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,8 +15,9 @@ use plafond_shards::state::{
 };
 use plafond_shards::window::Window;
 
-/// The fixture's file, relative to this crate.
+/// The fixtures' files, relative to this crate.
 const V2_FIXTURE: &str = "tests/fixtures/v2.plafsnap";
+const V3_FIXTURE: &str = "tests/fixtures/v3.plafsnap";
 
 /// Shard `index` of two, two regions, with every kind of entry the format holds: cards
 /// (active, blocked, with spending), a savings account with interest, profiles with
@@ -119,6 +122,22 @@ fn a_version_2_file_reads_back_as_the_states_it_was_written_from() {
     assert_eq!(read.states.len(), expected.len());
     for ((state, position), (expected, expected_position)) in read.shards().zip(&expected) {
         assert_eq!(state, expected);
+        assert_eq!(position, *expected_position);
+    }
+}
+
+#[test]
+fn a_version_3_file_reads_back_as_the_states_it_was_written_from_without_holds() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(V3_FIXTURE);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[8..12], 3u32.to_le_bytes(), "the fixture is a version 3 file");
+    let read = plafond_snapshots::read(&path, |_| {}).unwrap();
+    assert_eq!(read.header.version, 3);
+    let expected = fixture_shards();
+    assert_eq!(read.states.len(), expected.len());
+    for ((state, position), (expected, expected_position)) in read.shards().zip(&expected) {
+        assert_eq!(state, expected);
+        assert!(state.holds.is_empty() && state.holds.next_seq() == 0);
         assert_eq!(position, *expected_position);
     }
 }

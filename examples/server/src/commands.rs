@@ -98,6 +98,7 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
         b"SNAPSHOT" => arity(rest, 0, 0).map(|_| Action::Local(Local::Snapshot)),
         b"BATCH.RUN" => batch_run(rest, regions),
         b"BATCH.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::BatchStatus)),
+        hold if crate::holds::is_hold_command(hold) => crate::holds::parse(hold, rest),
         _ => {
             return Action::Error(format!(
                 "ERR unknown command '{}'",
@@ -118,21 +119,21 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
 pub use crate::limits::CLIENT_INPUT_ECHO_BYTES_MAX;
 use crate::limits::COMMAND_NAME_BYTES_MAX;
 
-enum Malformed {
+pub(crate) enum Malformed {
     Arity,
     Other(String),
 }
 
-type Parsed = Result<Action, Malformed>;
+pub(crate) type Parsed = Result<Action, Malformed>;
 
-fn arity(rest: &[&[u8]], min: usize, max: usize) -> Result<(), Malformed> {
+pub(crate) fn arity(rest: &[&[u8]], min: usize, max: usize) -> Result<(), Malformed> {
     if rest.len() < min || rest.len() > max {
         return Err(Malformed::Arity);
     }
     Ok(())
 }
 
-fn engine(command: Command, command_id: Option<&[u8]>) -> Parsed {
+pub(crate) fn engine(command: Command, command_id: Option<&[u8]>) -> Parsed {
     let request = match command_id {
         None => Request::new(command),
         Some(bytes) => {
@@ -146,7 +147,7 @@ fn engine(command: Command, command_id: Option<&[u8]>) -> Parsed {
 }
 
 /// An id: a decimal `u64`. Anything else is malformed.
-fn id(bytes: &[u8]) -> Result<u64, Malformed> {
+pub(crate) fn id(bytes: &[u8]) -> Result<u64, Malformed> {
     digits_u64(bytes)
         .flatten()
         .ok_or_else(|| Malformed::Other("id is not a non-negative integer".into()))
@@ -154,7 +155,7 @@ fn id(bytes: &[u8]) -> Result<u64, Malformed> {
 
 /// An amount: any decimal integer. One outside `1 ..= 10^15` (negative, zero, too big, even
 /// beyond `u64`) becomes 0, which the engine declines as `INVALID_AMOUNT` and counts.
-fn amount(bytes: &[u8]) -> Result<u64, Malformed> {
+pub(crate) fn amount(bytes: &[u8]) -> Result<u64, Malformed> {
     let (negative, digits) = match bytes.strip_prefix(b"-") {
         Some(digits) => (true, digits),
         None => (false, bytes),
@@ -345,6 +346,11 @@ pub fn render_outcome(encoder: &mut Encoder<'_>, outcome: &Outcome) {
             }
         }
         Outcome::Declined(reason) => render_declined(encoder, *reason),
+        // §12's outcomes.
+        hold => {
+            let rendered = crate::holds::render(encoder, hold);
+            debug_assert!(rendered, "every outcome has a reply");
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod commands;
 mod connection;
 pub mod descriptors;
 pub mod epochs;
+pub mod holds;
 pub mod limits;
 pub mod metrics;
 pub mod open;

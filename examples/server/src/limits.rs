@@ -180,8 +180,10 @@ pub const CHECKPOINT_LOG_MB_MAX: u64 = 1 << 20;
 
 // The command table (`commands`).
 
-/// The longest command name (`PROFILE.OPEN` has 12 bytes); a longer one is unknown.
-pub const COMMAND_NAME_BYTES_MAX: usize = 16;
+/// The longest command name (`AUTHORIZE.INCREMENT`, §12, has 19 bytes); a longer one is
+/// unknown.
+pub const COMMAND_NAME_BYTES_MAX: usize = 24;
+const _: () = assert!("AUTHORIZE.INCREMENT".len() <= COMMAND_NAME_BYTES_MAX);
 
 /// The most bytes of a client's input any error quotes back (a command's name, a region's):
 /// a 60 KB argument must not come back as a 180 KB error.

@@ -116,7 +116,7 @@ pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "{:<12} {:>10} {:>10} {:>10} {:>20} {:>12} {:>20} {:>10} {:>12}",
+        "{:<12} {:>10} {:>10} {:>10} {:>20} {:>12} {:>20} {:>10} {:>12} {:>16} {:>10} {:>9}",
         "region",
         "profiles",
         "checking",
@@ -125,13 +125,16 @@ pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
         "approved",
         "approved_volume",
         "near_ceil",
-        "rolled_day"
+        "rolled_day",
+        "held",
+        "open_holds",
+        "expiring"
     );
     for (name, s) in &rows {
         let c = &s.counters;
         let _ = writeln!(
             out,
-            "{:<12} {:>10} {:>10} {:>10} {:>20} {:>12} {:>20} {:>10} {:>12}",
+            "{:<12} {:>10} {:>10} {:>10} {:>20} {:>12} {:>20} {:>10} {:>12} {:>16} {:>10} {:>9}",
             name,
             c.profiles,
             c.checking_accounts,
@@ -140,7 +143,10 @@ pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
             c.payments_approved,
             c.payments_approved_minor,
             s.cards_near_ceiling,
-            rolled(s)
+            rolled(s),
+            s.held_minor,
+            s.open_holds,
+            s.holds_expiring
         );
     }
     let _ = writeln!(out, "\ndeclined by reason (count / volume)");
@@ -161,16 +167,19 @@ pub fn table(stats: &Stats, rates: &[f64], health: &Health) -> String {
     let audit = &stats.audit;
     let _ = writeln!(
         out,
-        "\nin flight {}   conservation {} (held {} = owed {}: initial {} + deposits {} + \
-         interest {} - card payments {})",
+        "\nin flight {}   held {}   conservation {} (balances + in flight {} = owed {}: \
+         initial {} + deposits {} + interest {} + refunds {} - card payments {} - captures {})",
         audit.in_flight_minor,
+        audit.held_minor,
         if audit.holds() { "ok" } else { "BROKEN" },
-        audit.held_minor(),
+        audit.present_minor(),
         audit.owed_minor(),
         audit.initial_deposits_minor,
         audit.deposits_minor,
         audit.interest_minor,
-        audit.card_payments_minor
+        audit.refunds_minor,
+        audit.card_payments_minor,
+        audit.captures_minor
     );
     let _ = writeln!(
         out,
@@ -280,6 +289,11 @@ struct RegionJson {
     declined: Ordered<&'static str, CountVolume>,
     cards_near_ceiling: u64,
     rolled_day: Option<String>,
+    /// What the open holds hold (§12).
+    held_minor: u128,
+    open_holds: u64,
+    /// Open holds expiring at the region's next roll.
+    holds_expiring: u64,
 }
 
 impl RegionJson {
@@ -305,6 +319,9 @@ impl RegionJson {
             declined: Ordered(declined),
             cards_near_ceiling: s.cards_near_ceiling,
             rolled_day: s.rolled_day.map(civil_date),
+            held_minor: s.held_minor,
+            open_holds: s.open_holds,
+            holds_expiring: s.holds_expiring,
         }
     }
 }
@@ -317,6 +334,9 @@ struct AuditJson {
     deposits_minor: u128,
     interest_minor: u128,
     card_payments_minor: u128,
+    refunds_minor: u128,
+    captures_minor: u128,
+    held_minor: u128,
     holds: bool,
 }
 
@@ -439,6 +459,9 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
             deposits_minor: a.deposits_minor,
             interest_minor: a.interest_minor,
             card_payments_minor: a.card_payments_minor,
+            refunds_minor: a.refunds_minor,
+            captures_minor: a.captures_minor,
+            held_minor: a.held_minor,
             holds: a.holds(),
         },
         shards,

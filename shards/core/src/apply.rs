@@ -12,6 +12,7 @@
 
 use bincode::{Decode, Encode};
 
+use crate::authorization;
 use crate::calendar::{half_month_of, Calendar, Day};
 use crate::command::{
     AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
@@ -67,6 +68,15 @@ pub enum Input {
         /// Its rules from this input on.
         rules: Rules,
     },
+    /// The region's `hold_expiry_days` (§12) for holds authorized from now on (logged at
+    /// start-up when the configuration changed). An input of its own, not a field of
+    /// [`Rules`], so that logs and snapshots written before holds existed still decode.
+    SetHoldExpiry {
+        /// The region whose rule changes.
+        region: RegionId,
+        /// Business days an open hold lives, `1 ..= HOLD_EXPIRY_DAYS_MAX`.
+        days: u16,
+    },
 }
 
 /// What the caller must do once the input's effects are durable.
@@ -114,7 +124,7 @@ impl Applied {
         Applied::new(Reply::Now(outcome), false, None)
     }
 
-    fn changed(outcome: Outcome) -> Applied {
+    pub(crate) fn changed(outcome: Outcome) -> Applied {
         Applied::new(Reply::Now(outcome), true, None)
     }
 
@@ -162,6 +172,10 @@ pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Inpu
                 state.rules.resize(index + 1, None);
             }
             state.rules[index] = Some(rules.clone());
+            Applied::new(Reply::Nothing, true, None)
+        }
+        Input::SetHoldExpiry { region, days } => {
+            state.holds.set_expiry_days(*region, *days);
             Applied::new(Reply::Nothing, true, None)
         }
     }
@@ -218,6 +232,11 @@ fn known_region_of(state: &ShardState, env: &Env<'_>, command: &Command) -> Opti
         Command::OpenAccount { profile, .. } => {
             local_profile(state, profile).map(|local| state.profiles[local].region)
         }
+        Command::AuthorizeIncrement { hold, .. }
+        | Command::Capture { hold, .. }
+        | Command::CaptureFinal { hold, .. }
+        | Command::Void { hold, .. }
+        | Command::ReadHold { hold } => authorization::region_of_hold(state, hold),
         _ => command
             .routing_id()
             .and_then(|id| local_account(state, id))
@@ -252,11 +271,38 @@ fn decide(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, command: &Comm
         Command::ReadAccount { account } => Applied::read(read_account(state, account)),
         Command::ReadCard { card } => Applied::read(read_card(state, env, now_ms, card)),
         Command::ReadProfile { profile } => Applied::read(read_profile(state, profile)),
+        Command::Authorize { card, amount_minor } => {
+            authorization::authorize(state, env, now_ms, card, amount_minor)
+        }
+        Command::AuthorizeIncrement { hold, amount_minor } => {
+            authorization::increment(state, env, now_ms, hold, amount_minor)
+        }
+        Command::Capture { hold, amount_minor } => {
+            authorization::capture(state, env, now_ms, hold, amount_minor, false)
+        }
+        Command::CaptureFinal { hold, amount_minor } => {
+            authorization::capture(state, env, now_ms, hold, amount_minor, true)
+        }
+        Command::Void { hold, amount_minor } => {
+            authorization::void(state, env, now_ms, hold, amount_minor)
+        }
+        Command::Refund { card, amount_minor } => {
+            authorization::refund(state, env, now_ms, card, amount_minor)
+        }
+        Command::ReadHold { hold } => {
+            Applied::read(authorization::read_hold(state, env, now_ms, hold))
+        }
+        Command::ReadBalanceDetail { account } => {
+            Applied::read(authorization::read_balance_detail(state, env, now_ms, account))
+        }
+        Command::ReadReleases { card } => {
+            Applied::read(authorization::read_releases(state, env, now_ms, card))
+        }
     }
 }
 
 /// Counts a declined command and returns its outcome.
-fn decline(
+pub(crate) fn decline(
     state: &mut ShardState,
     region: Option<RegionId>,
     reason: Reason,
@@ -311,7 +357,7 @@ fn prefetch_value<T>(value: &T) {
 }
 
 /// The local index of `id` if this shard owns it and it exists.
-fn local_account(state: &ShardState, id: AccountId) -> Option<usize> {
+pub(crate) fn local_account(state: &ShardState, id: AccountId) -> Option<usize> {
     local_index(state, id, state.accounts.len())
 }
 
@@ -438,13 +484,23 @@ fn pay(
         return decline(state, Some(region), Reason::CardBlocked, amount_minor);
     }
     card.window.roll_to(env.calendar.business_day(env.regions, region, now_ms));
+    // Due expiries first (§12): they release money and may give room back.
+    authorization::expire_account(state, env, now_ms, local);
+    let held_minor = state.holds.held_of(local as u32);
+    let account = &mut state.accounts[local];
+    let Instrument::Card(card) = &mut account.instrument else {
+        return decline(state, Some(region), Reason::UnknownCard, amount_minor);
+    };
     let spent_minor = card.window.spent_minor();
     if spent_minor + amount_minor > ceiling_of(card, &state.rules, region) {
         return decline(state, Some(region), Reason::CeilingExceeded, amount_minor);
     }
-    let Some(balance_minor) = account.balance_minor.checked_sub(amount_minor) else {
+    // Payments spend what is available: held money is reserved (§12).
+    let available_minor = account.balance_minor.saturating_sub(held_minor);
+    if available_minor < amount_minor {
         return decline(state, Some(region), Reason::InsufficientFunds, amount_minor);
-    };
+    }
+    let balance_minor = account.balance_minor - amount_minor;
     card.window.record(amount_minor);
     account.balance_minor = balance_minor;
     state.totals.balances_minor -= u128::from(amount_minor);
@@ -489,7 +545,11 @@ fn advance_savings(state: &mut ShardState, local: usize, half_month: i32) {
 }
 
 /// Takes `amount_minor` from account `local`, or says why not.
-fn debit(state: &mut ShardState, local: usize, amount_minor: u64) -> Result<u64, Reason> {
+pub(crate) fn debit(
+    state: &mut ShardState,
+    local: usize,
+    amount_minor: u64,
+) -> Result<u64, Reason> {
     let account = &mut state.accounts[local];
     let balance =
         account.balance_minor.checked_sub(amount_minor).ok_or(Reason::InsufficientFunds)?;
@@ -504,7 +564,11 @@ fn debit(state: &mut ShardState, local: usize, amount_minor: u64) -> Result<u64,
 }
 
 /// Adds `amount_minor` to account `local`, or says why not (it would overflow).
-fn credit(state: &mut ShardState, local: usize, amount_minor: u64) -> Result<u64, Reason> {
+pub(crate) fn credit(
+    state: &mut ShardState,
+    local: usize,
+    amount_minor: u64,
+) -> Result<u64, Reason> {
     let account = &mut state.accounts[local];
     let balance = account.balance_minor.checked_add(amount_minor).ok_or(Reason::InvalidAmount)?;
     account.balance_minor = balance;
@@ -532,7 +596,8 @@ fn transfer(
     // Funds are checked before the target exists: for a target on another shard only that
     // shard knows, and the order must not depend on where the target lives.
     touch_savings(state, env, now_ms, from_local);
-    if state.accounts[from_local].balance_minor < amount_minor {
+    authorization::expire_account(state, env, now_ms, from_local);
+    if authorization::available_of(state, from_local) < amount_minor {
         return decline(state, region, Reason::InsufficientFunds, amount_minor);
     }
     if shard_of(to, state.shards) != state.shard {
@@ -734,9 +799,10 @@ fn read_card(state: &ShardState, env: &mut Env<'_>, now_ms: i64, card_id: u64) -
     let Instrument::Card(card) = &entry.instrument else {
         return Outcome::Declined(Reason::UnknownCard);
     };
-    // A read does not change state: roll a copy of the window.
-    let mut window = card.window;
-    window.roll_to(env.calendar.business_day(env.regions, entry.region, now_ms));
+    // A read does not change state: roll a copy of the window (and expire copies of the
+    // holds due, §12).
+    let day = env.calendar.business_day(env.regions, entry.region, now_ms);
+    let window = authorization::window_as_of(state, local, &card.window, day);
     let ceiling_minor = ceiling_of(card, &state.rules, entry.region);
     let spent_7d_minor = window.spent_minor();
     Outcome::Card(CardView {
@@ -776,6 +842,7 @@ fn roll(state: &mut ShardState, region: RegionId, day: Day, start: u32, end: u32
             Instrument::Savings(_) => advance_savings(state, local, half_month),
         }
     }
+    authorization::expire_chunk(state, region, day, start, end as u32);
     if let Some(rolled) = state.rolled_day.get_mut(usize::from(region)) {
         *rolled = (*rolled).max(day);
     }

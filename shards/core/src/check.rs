@@ -9,9 +9,16 @@
 //! every retry of its command forever; a half-month of `i32::MIN` makes the first touch of
 //! the account walk 2^31 half-months.
 
+use std::collections::BTreeMap;
+
 use crate::calendar::Day;
 use crate::command::RegionId;
+use crate::holds::{
+    Hold, HoldStatus, HOLDS_PER_ACCOUNT_MAX, HOLDS_PER_SHARD_MAX, HOLD_EXPIRY_DAYS_MAX,
+    HOLD_EXPIRY_DAYS_MIN, HOLD_PIECES_MAX,
+};
 use crate::idempotency::Remembered;
+use crate::ids::global_of;
 use crate::limits::{
     AMOUNT_MAX_MINOR, DAY_MAX, DAY_MIN, HALF_MONTH_MAX, HALF_MONTH_MIN, SAVINGS_RATE_BP_MAX,
     SHARDS_MAX, SHARD_ENTRIES_MAX,
@@ -96,6 +103,22 @@ pub enum StateError {
         /// What it lacks.
         problem: &'static str,
     },
+    /// A hold (§12) breaks an invariant of the hold table.
+    #[error("hold {seq} is broken: {problem}")]
+    Hold {
+        /// The hold's sequence number on this shard.
+        seq: u64,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// An account's open holds break a limit or hold more than its balance.
+    #[error("account {account}'s holds are broken: {problem}")]
+    AccountHolds {
+        /// The account's local index.
+        account: usize,
+        /// What is wrong with them.
+        problem: &'static str,
+    },
 }
 
 fn out_of_range(what: &'static str, index: u64, value: impl Into<i128>) -> StateError {
@@ -117,7 +140,8 @@ impl ShardState {
             check_account(index, account)?;
         }
         self.check_transfers()?;
-        self.check_records()
+        self.check_records()?;
+        self.check_holds()
     }
 
     fn regions(&self) -> usize {
@@ -278,6 +302,94 @@ impl ShardState {
         }
         Ok(())
     }
+}
+
+impl ShardState {
+    fn check_holds(&self) -> Result<(), StateError> {
+        let holds = &self.holds;
+        if holds.len() > HOLDS_PER_SHARD_MAX {
+            return Err(StateError::Shape {
+                problem: format!("{} holds, beyond {HOLDS_PER_SHARD_MAX}", holds.len()),
+            });
+        }
+        for (region, &days) in holds.expiry_days().iter().enumerate() {
+            if region >= self.regions()
+                || !(HOLD_EXPIRY_DAYS_MIN..=HOLD_EXPIRY_DAYS_MAX).contains(&days)
+            {
+                return Err(out_of_range("the hold expiry days of region", region as u64, days));
+            }
+        }
+        let mut held_by_account: BTreeMap<u32, (u128, usize)> = BTreeMap::new();
+        for (&seq, hold) in holds.table() {
+            let broken = |problem: &'static str| Err(StateError::Hold { seq, problem });
+            if seq >= holds.next_seq() || global_of(seq, self.shard, self.shards).is_none() {
+                return broken("its sequence number was never given");
+            }
+            let account = hold.account as usize;
+            match self.accounts.get(account).map(|a| &a.instrument) {
+                Some(Instrument::Card(_)) => {}
+                _ => return broken("it holds money of no checking account of this shard"),
+            }
+            check_hold(hold).map_err(|problem| StateError::Hold { seq, problem })?;
+            if hold.status == HoldStatus::Pending {
+                let entry = held_by_account.entry(hold.account).or_default();
+                entry.0 += u128::from(hold.held_minor());
+                entry.1 += 1;
+            }
+        }
+        for (&account, &(held_minor, open)) in &held_by_account {
+            let broken =
+                |problem| Err(StateError::AccountHolds { account: account as usize, problem });
+            if open > HOLDS_PER_ACCOUNT_MAX {
+                return broken("more open holds than HOLDS_PER_ACCOUNT_MAX");
+            }
+            if held_minor > u128::from(self.accounts[account as usize].balance_minor) {
+                return broken("they hold more than its balance");
+            }
+        }
+        if !holds.indices_agree() {
+            return Err(StateError::Shape {
+                problem: "the hold table's indices disagree with it".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One hold's own invariants: its days, its amounts adding up, its pieces.
+fn check_hold(hold: &Hold) -> Result<(), &'static str> {
+    if !day_in_range(hold.business_day) || !day_in_range(hold.expires_day) {
+        return Err("a day out of range");
+    }
+    let lifetime = i64::from(hold.expires_day) - i64::from(hold.business_day);
+    if !(i64::from(HOLD_EXPIRY_DAYS_MIN)..=i64::from(HOLD_EXPIRY_DAYS_MAX)).contains(&lifetime) {
+        return Err("it expires outside the expiry days a region may have");
+    }
+    let held_minor: u128 = hold.pieces.iter().map(|p| u128::from(p.amount_minor)).sum();
+    let accounted = u128::from(hold.captured_minor) + u128::from(hold.released_minor) + held_minor;
+    if accounted != u128::from(hold.authorized_minor) {
+        return Err("captured, released and held do not add up to authorized");
+    }
+    match hold.status {
+        HoldStatus::Pending if hold.pieces.is_empty() => {
+            return Err("it is open and holds nothing")
+        }
+        HoldStatus::Closed | HoldStatus::Expired if !hold.pieces.is_empty() => {
+            return Err("it is closed and still holds money")
+        }
+        _ => {}
+    }
+    if hold.pieces.len() > HOLD_PIECES_MAX {
+        return Err("more pieces than HOLD_PIECES_MAX");
+    }
+    let mut previous = hold.business_day - 1;
+    for piece in &hold.pieces {
+        if piece.amount_minor == 0 || piece.day <= previous || !day_in_range(piece.day) {
+            return Err("its pieces are not of increasing days with money");
+        }
+        previous = piece.day;
+    }
+    Ok(())
 }
 
 fn check_account(index: usize, account: &Account) -> Result<(), StateError> {

@@ -2,7 +2,9 @@
 
 use bincode::{Decode, Encode};
 
-use crate::ids::{AccountId, CardId, ProfileId};
+use crate::calendar::Day;
+use crate::holds::HoldStatus;
+use crate::ids::{AccountId, CardId, HoldId, ProfileId};
 use crate::money;
 
 pub use crate::limits::COMMAND_ID_BYTES_MAX;
@@ -213,6 +215,66 @@ pub enum Command {
         /// The profile read.
         profile: ProfileId,
     },
+    /// Authorize a card payment to be settled later (§12): decided like [`Command::Pay`]
+    /// against the account's available money and the card's window, it places a hold
+    /// instead of debiting.
+    Authorize {
+        /// The card authorizing.
+        card: CardId,
+        /// The amount held, in minor units.
+        amount_minor: u64,
+    },
+    /// Hold more on an open hold, decided like a new authorization on the current day.
+    AuthorizeIncrement {
+        /// The hold incremented.
+        hold: HoldId,
+        /// The amount added, in minor units.
+        amount_minor: u64,
+    },
+    /// Debit part of what a hold holds; the rest stays held.
+    Capture {
+        /// The hold captured.
+        hold: HoldId,
+        /// The amount debited, at most what the hold holds, in minor units.
+        amount_minor: u64,
+    },
+    /// Debit part of what a hold holds and release the rest: the hold is closed.
+    CaptureFinal {
+        /// The hold captured.
+        hold: HoldId,
+        /// The amount debited, at most what the hold holds, in minor units.
+        amount_minor: u64,
+    },
+    /// Release part or all of what a hold holds (the merchant's reversal).
+    Void {
+        /// The hold voided.
+        hold: HoldId,
+        /// The amount released, or `None` for all it holds.
+        amount_minor: Option<u64>,
+    },
+    /// Credit a card's account (a merchant's refund), also when the card is blocked; it
+    /// gives no ceiling room back.
+    Refund {
+        /// The card refunded.
+        card: CardId,
+        /// The amount credited, in minor units.
+        amount_minor: u64,
+    },
+    /// Read a hold.
+    ReadHold {
+        /// The hold read.
+        hold: HoldId,
+    },
+    /// Read an account's balance, available money and holds.
+    ReadBalanceDetail {
+        /// The account read.
+        account: AccountId,
+    },
+    /// Read a card's release schedule: when ceiling room comes back.
+    ReadReleases {
+        /// The card read.
+        card: CardId,
+    },
 }
 
 impl Command {
@@ -222,9 +284,13 @@ impl Command {
             Command::Pay { amount_minor, .. }
             | Command::Transfer { amount_minor, .. }
             | Command::Deposit { amount_minor, .. }
-            | Command::SetCeiling { ceiling_minor: amount_minor, .. } => {
-                money::amount_is_valid(amount_minor)
-            }
+            | Command::SetCeiling { ceiling_minor: amount_minor, .. }
+            | Command::Authorize { amount_minor, .. }
+            | Command::AuthorizeIncrement { amount_minor, .. }
+            | Command::Capture { amount_minor, .. }
+            | Command::CaptureFinal { amount_minor, .. }
+            | Command::Void { amount_minor: Some(amount_minor), .. }
+            | Command::Refund { amount_minor, .. } => money::amount_is_valid(amount_minor),
             Command::OpenAccount { opening: Some(opening), .. } => {
                 money::amount_is_valid(opening.deposit_minor)
                     && money::amount_is_valid(opening.ceiling_minor)
@@ -240,7 +306,13 @@ impl Command {
             Command::Pay { amount_minor, .. }
             | Command::Transfer { amount_minor, .. }
             | Command::Deposit { amount_minor, .. }
-            | Command::SetCeiling { ceiling_minor: amount_minor, .. } => amount_minor,
+            | Command::SetCeiling { ceiling_minor: amount_minor, .. }
+            | Command::Authorize { amount_minor, .. }
+            | Command::AuthorizeIncrement { amount_minor, .. }
+            | Command::Capture { amount_minor, .. }
+            | Command::CaptureFinal { amount_minor, .. }
+            | Command::Void { amount_minor: Some(amount_minor), .. }
+            | Command::Refund { amount_minor, .. } => amount_minor,
             Command::OpenAccount { opening: Some(opening), .. } => opening.deposit_minor,
             _ => 0,
         }
@@ -248,7 +320,8 @@ impl Command {
 
     /// The id whose shard decides the command: the profile for an account opening or a
     /// profile read (accounts live with their profile), the card, the source account, the
-    /// account. `None` for a profile opening, which any shard may take.
+    /// account, the hold (a hold's id routes like an account's). `None` for a profile
+    /// opening, which any shard may take.
     pub fn routing_id(&self) -> Option<u64> {
         match *self {
             Command::OpenProfile { .. } => None,
@@ -261,7 +334,16 @@ impl Command {
             | Command::ReadCard { card: id }
             | Command::Transfer { from: id, .. }
             | Command::Deposit { account: id, .. }
-            | Command::ReadAccount { account: id } => Some(id),
+            | Command::ReadAccount { account: id }
+            | Command::Authorize { card: id, .. }
+            | Command::Refund { card: id, .. }
+            | Command::ReadBalanceDetail { account: id }
+            | Command::ReadReleases { card: id }
+            | Command::AuthorizeIncrement { hold: id, .. }
+            | Command::Capture { hold: id, .. }
+            | Command::CaptureFinal { hold: id, .. }
+            | Command::Void { hold: id, .. }
+            | Command::ReadHold { hold: id } => Some(id),
         }
     }
 
@@ -269,7 +351,12 @@ impl Command {
     pub fn is_read(&self) -> bool {
         matches!(
             self,
-            Command::ReadAccount { .. } | Command::ReadCard { .. } | Command::ReadProfile { .. }
+            Command::ReadAccount { .. }
+                | Command::ReadCard { .. }
+                | Command::ReadProfile { .. }
+                | Command::ReadHold { .. }
+                | Command::ReadBalanceDetail { .. }
+                | Command::ReadReleases { .. }
         )
     }
 }
@@ -324,11 +411,21 @@ pub enum Reason {
     /// enough, so it is a decline, never a panic. Not counted by reason in the shard's
     /// counters ([`Reason::COUNTED`]).
     ShardFull,
+    /// No hold has this id (or it closed long enough ago to be forgotten, §12).
+    UnknownHold,
+    /// The hold was captured in full, finally captured or voided.
+    HoldClosed,
+    /// The hold expired (a late clearing is posted as a payment).
+    HoldExpired,
+    /// A capture or void above what the hold holds.
+    ExceedsHold,
+    /// The account has [`crate::limits::HOLDS_PER_ACCOUNT_MAX`] open holds.
+    TooManyHolds,
 }
 
 impl Reason {
     /// Every reason, in the order of their index.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 16] = [
         Reason::UnknownRegion,
         Reason::UnknownProfile,
         Reason::UnknownAccount,
@@ -340,16 +437,21 @@ impl Reason {
         Reason::SameAccount,
         Reason::IdempotencyConflict,
         Reason::ShardFull,
+        Reason::UnknownHold,
+        Reason::HoldClosed,
+        Reason::HoldExpired,
+        Reason::ExceedsHold,
+        Reason::TooManyHolds,
     ];
 
-    /// How many reasons, from the first, a shard's counters count (and snapshot format 3
-    /// stores: `declined: [u64; 10]`). [`Reason::ShardFull`] came after and is not counted
-    /// in the state, so the format and every file written stay as they are.
+    /// How many reasons, from the first, snapshot format 3 stores in a region's counters
+    /// (`declined: [u64; 10]`); format 5 stores the later ones after the holds.
     pub const COUNTED: usize = 10;
 
-    /// Whether a shard's counters count this reason (see [`Reason::COUNTED`]).
+    /// Whether a shard's counters count this reason: every one but [`Reason::ShardFull`],
+    /// which came after format 3 and before format 5 and is counted by the engine alone.
     pub fn counted(self) -> bool {
-        self.index() < Reason::COUNTED
+        self != Reason::ShardFull
     }
 
     /// The upper-case word clients see.
@@ -366,6 +468,11 @@ impl Reason {
             Reason::SameAccount => "SAME_ACCOUNT",
             Reason::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             Reason::ShardFull => "SHARD_FULL",
+            Reason::UnknownHold => "UNKNOWN_HOLD",
+            Reason::HoldClosed => "HOLD_CLOSED",
+            Reason::HoldExpired => "HOLD_EXPIRED",
+            Reason::ExceedsHold => "EXCEEDS_HOLD",
+            Reason::TooManyHolds => "TOO_MANY_HOLDS",
         }
     }
 
@@ -437,6 +544,51 @@ pub struct ProfileView {
     pub accounts: Vec<AccountId>,
 }
 
+/// What a read of a hold returns (§12).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct HoldView {
+    /// The hold read.
+    pub hold: HoldId,
+    /// The card whose account it holds money of.
+    pub card: CardId,
+    /// Pending, closed or expired, as of the read.
+    pub status: HoldStatus,
+    /// Everything authorized on it.
+    pub authorized_minor: u64,
+    /// What captures debited.
+    pub captured_minor: u64,
+    /// What voids, a final capture's rest and expiry released.
+    pub released_minor: u64,
+    /// What it still holds.
+    pub held_minor: u64,
+    /// The business day of its authorization.
+    pub business_day: Day,
+    /// The business day at whose roll it expires if still open.
+    pub expires_day: Day,
+}
+
+/// What a read of an account's detail returns (§12).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct BalanceDetail {
+    /// The ledger balance.
+    pub balance_minor: u64,
+    /// `balance - held`: what payments, authorizations and transfers may spend.
+    pub available_minor: u64,
+    /// What the account's open holds hold.
+    pub held_minor: u64,
+    /// How many open holds it has.
+    pub open_holds: u32,
+}
+
+/// Ceiling room a card gets back on a business day (§12, `CARD.RELEASES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Release {
+    /// The business day on which the room comes back.
+    pub business_day: Day,
+    /// How much room comes back, in minor units.
+    pub amount_minor: u64,
+}
+
 /// The outcome of a command.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Outcome {
@@ -474,6 +626,45 @@ pub enum Outcome {
     Profile(ProfileView),
     /// The command was refused and changed no balance.
     Declined(Reason),
+    /// An authorization placed a hold.
+    Authorized {
+        /// The new hold's id.
+        hold: HoldId,
+        /// The account's available money after it, in minor units.
+        available_minor: u64,
+        /// The card's seven-day spending including it, in minor units.
+        spent_7d_minor: u64,
+    },
+    /// An increment added to a hold.
+    Incremented {
+        /// What the hold holds now.
+        held_minor: u64,
+        /// The account's available money after it.
+        available_minor: u64,
+        /// The card's seven-day spending including it.
+        spent_7d_minor: u64,
+    },
+    /// A capture debited the account.
+    Captured {
+        /// The account's balance after it.
+        balance_minor: u64,
+        /// What the hold still holds (0 after a final capture).
+        held_minor: u64,
+    },
+    /// A void released money.
+    Voided {
+        /// The account's available money after it.
+        available_minor: u64,
+        /// What the hold still holds.
+        held_minor: u64,
+    },
+    /// What [`Command::ReadHold`] found.
+    Hold(HoldView),
+    /// What [`Command::ReadBalanceDetail`] found.
+    BalanceDetail(BalanceDetail),
+    /// What [`Command::ReadReleases`] found: the days of the next seven on which room
+    /// comes back, in order.
+    Releases(Vec<Release>),
 }
 
 impl Outcome {

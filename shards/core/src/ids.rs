@@ -13,6 +13,9 @@ pub type ProfileId = u64;
 pub type AccountId = u64;
 /// A card id (equal to the id of the checking account it belongs to).
 pub type CardId = u64;
+/// A hold id (§12): dense per shard like an account id (the n-th hold of shard s is
+/// `n * S + s`), so it routes to the shard of the account it holds money of.
+pub type HoldId = u64;
 
 pub use crate::limits::SHARDS_MAX;
 

@@ -4,6 +4,7 @@
 //! - [`money`], [`ids`], [`command`]: the vocabulary (amounts, ids, commands, outcomes);
 //! - [`region`], [`calendar`]: regions and their business days in their own time zone;
 //! - [`window`], [`interest`]: the seven-day card window and the half-month savings rule;
+//! - [`holds`], [`authorization`]: card holds (§12), their table and the decisions on them;
 //! - [`state`], [`table`], [`apply`]: a shard's state (its big tables capturable at an
 //!   instant without stopping it) and the pure function that decides a command;
 //! - [`check`]: the state's invariants ([`state::ShardState::check`]), checked on every
@@ -19,9 +20,11 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod authorization;
 pub mod calendar;
 pub mod check;
 pub mod command;
+pub mod holds;
 pub mod idempotency;
 pub mod ids;
 pub mod interest;

@@ -42,6 +42,45 @@ pub const SHARD_ENTRIES_MAX: usize = (NO_ACCOUNT - 1) as usize;
 #[cfg(test)]
 pub const SHARD_ENTRIES_MAX: usize = 8;
 
+/// The most open holds (§12) one account may have: an authorization beyond it is declined
+/// `TOO_MANY_HOLDS`. A card issuer's cardholder has a handful open at a time (a hotel, a
+/// car rental, fuel); 32 leaves room for a busy card, and bounds what every command on the
+/// account walks to apply its due expiries. This crate's unit tests set it to 3.
+#[cfg(not(test))]
+pub const HOLDS_PER_ACCOUNT_MAX: usize = 32;
+/// See above: the limit in this crate's unit tests.
+#[cfg(test)]
+pub const HOLDS_PER_ACCOUNT_MAX: usize = 3;
+
+/// The most holds (open, and closed ones still remembered) one shard's hold table keeps:
+/// an authorization beyond it is declined `SHARD_FULL`, like an open on a full shard. An
+/// open hold costs about 310 bytes resident in the table and its indices (measured by the
+/// `rss` bench, `docs/BENCHMARKS.md` §3), so this is about 1.2 GB a shard at most. This
+/// crate's unit tests set it to 6.
+#[cfg(not(test))]
+pub const HOLDS_PER_SHARD_MAX: usize = 4_000_000;
+/// See above: the limit in this crate's unit tests.
+#[cfg(test)]
+pub const HOLDS_PER_SHARD_MAX: usize = 6;
+
+/// A region's `hold_expiry_days` when its configuration does not say (§12).
+pub const HOLD_EXPIRY_DAYS_DEFAULT: u16 = 7;
+/// The fewest business days a region may keep a hold open.
+pub const HOLD_EXPIRY_DAYS_MIN: u16 = 1;
+/// The most business days a region may keep a hold open (card networks allow up to 31
+/// days for hotels and car rentals).
+pub const HOLD_EXPIRY_DAYS_MAX: u16 = 45;
+
+/// Business days a closed or expired hold is remembered after its expiry day, so that a
+/// late capture or void gets `HOLD_CLOSED` or `HOLD_EXPIRED` (and `HOLD` reads it) rather
+/// than `UNKNOWN_HOLD`; from the roll of `expires_day + HOLD_KEPT_DAYS` on it is unknown.
+pub const HOLD_KEPT_DAYS: i32 = 7;
+
+/// The most pieces (amounts by the business day they were authorized on) a hold keeps:
+/// one per day of the card window, and one for everything authorized before it (whose
+/// day no longer matters: it left the window with its room).
+pub const HOLD_PIECES_MAX: usize = crate::window::WINDOW_DAYS + 1;
+
 /// Earliest and latest instants the engine accepts (years 1900 and 9000): clocks outside
 /// are clamped at ingress so that no date arithmetic can fail.
 pub const TIME_MIN_MS: i64 = -2_208_988_800_000;
@@ -72,5 +111,12 @@ const _: () = assert!(HALF_MONTH_MIN < HALF_MONTH_MAX && HALF_MONTH_MAX - HALF_M
 // Every instant the engine accepts has its day within the days a state may hold.
 const _: () = assert!(TIME_MIN_MS / 86_400_000 > DAY_MIN as i64);
 const _: () = assert!(TIME_MAX_MS / 86_400_000 < DAY_MAX as i64);
+const _: () = assert!(HOLDS_PER_ACCOUNT_MAX <= HOLDS_PER_SHARD_MAX);
+const _: () = assert!(HOLDS_PER_ACCOUNT_MAX <= u16::MAX as usize, "open holds count in a u16");
+const _: () =
+    assert!(HOLD_EXPIRY_DAYS_MIN >= 1 && HOLD_EXPIRY_DAYS_MIN <= HOLD_EXPIRY_DAYS_DEFAULT);
+const _: () = assert!(HOLD_EXPIRY_DAYS_DEFAULT <= HOLD_EXPIRY_DAYS_MAX);
+// A hold's last day, and the day it is forgotten, stay within the days a state may hold.
+const _: () = assert!(HOLD_KEPT_DAYS >= 1 && (HOLD_EXPIRY_DAYS_MAX as i32) + HOLD_KEPT_DAYS < 1000);
 // The counters count a prefix of the reasons (`Reason::COUNTED`).
 const _: () = assert!(Reason::COUNTED <= Reason::ALL.len());

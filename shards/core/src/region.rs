@@ -14,7 +14,9 @@ use crate::idempotency::{RETENTION_DAYS_DEFAULT, RETENTION_DAYS_MAX, RETENTION_D
 use crate::money;
 
 pub use crate::limits::REGIONS_MAX;
-use crate::limits::SAVINGS_RATE_BP_MAX;
+use crate::limits::{
+    HOLD_EXPIRY_DAYS_DEFAULT, HOLD_EXPIRY_DAYS_MAX, HOLD_EXPIRY_DAYS_MIN, SAVINGS_RATE_BP_MAX,
+};
 /// How far ahead a roll time is checked against daylight-saving transitions.
 pub const DST_CHECK_DAYS: i32 = 3653;
 
@@ -82,6 +84,17 @@ pub enum RegionError {
         /// The number given.
         days: u16,
     },
+    /// `hold_expiry_days` is outside `1 ..= 45`.
+    #[error(
+        "region `{region}`: hold_expiry_days must be {HOLD_EXPIRY_DAYS_MIN} ..= \
+         {HOLD_EXPIRY_DAYS_MAX} business days, not {days}"
+    )]
+    BadHoldExpiry {
+        /// The region's name.
+        region: String,
+        /// The number given.
+        days: u16,
+    },
     /// The table as a whole is wrong: no regions, too many, or a name twice.
     #[error("regions config: {0}")]
     Table(String),
@@ -116,6 +129,10 @@ pub struct Region {
     /// Business days a command id is remembered after its command (§6), `1 ..= 400`.
     /// Not one of the logged [`Rules`]: only lookups use it, and replay never looks up.
     pub idempotency_retention_days: u16,
+    /// Business days an open hold lives (§12), `1 ..= 45`, default 7: a hold placed on
+    /// day D expires at the roll of day `D + hold_expiry_days`. Logged into each shard's
+    /// state when it changes (`Input::SetHoldExpiry`), as it decides outcomes.
+    pub hold_expiry_days: u16,
 }
 
 /// The engine's regions, indexed by [`RegionId`].
@@ -141,6 +158,12 @@ struct RegionEntry {
     savings_rate_bp: u32,
     #[serde(default = "default_retention_days")]
     idempotency_retention_days: u16,
+    #[serde(default = "default_hold_expiry_days")]
+    hold_expiry_days: u16,
+}
+
+fn default_hold_expiry_days() -> u16 {
+    HOLD_EXPIRY_DAYS_DEFAULT
 }
 
 fn default_retention_days() -> u16 {
@@ -175,7 +198,8 @@ impl Regions {
 
     /// Parses a regions file: a list of `[[region]]` tables with `name`, `time_zone`,
     /// `roll_time` (`HH:MM`), `initial_deposit`, `default_card_ceiling`, `savings_rate_bp`
-    /// and, optionally, `idempotency_retention_days` (default 30).
+    /// and, optionally, `idempotency_retention_days` (default 30) and `hold_expiry_days`
+    /// (default 7).
     pub fn from_toml(text: &str) -> Result<Regions, RegionError> {
         let file: RegionsFile =
             toml::from_str(text).map_err(|e| RegionError::Toml(e.to_string()))?;
@@ -250,6 +274,10 @@ impl Region {
         if !(RETENTION_DAYS_MIN..=RETENTION_DAYS_MAX).contains(&retention_days) {
             return Err(RegionError::BadRetention { region: name, days: retention_days });
         }
+        let hold_expiry_days = entry.hold_expiry_days;
+        if !(HOLD_EXPIRY_DAYS_MIN..=HOLD_EXPIRY_DAYS_MAX).contains(&hold_expiry_days) {
+            return Err(RegionError::BadHoldExpiry { region: name, days: hold_expiry_days });
+        }
         Ok(Region {
             name,
             zone_name: entry.time_zone,
@@ -261,6 +289,7 @@ impl Region {
                 savings_rate_bp: entry.savings_rate_bp,
             },
             idempotency_retention_days: retention_days,
+            hold_expiry_days,
         })
     }
 
@@ -343,5 +372,18 @@ mod tests {
         let zero = one_region("Europe/Paris", "04:00")
             .replace("initial_deposit = 1", "initial_deposit = 0");
         assert!(matches!(Regions::from_toml(&zero), Err(RegionError::BadAmount { .. })));
+    }
+
+    #[test]
+    fn hold_expiry_days_default_to_seven_and_are_bounded() {
+        let regions = Regions::from_toml(&one_region("Europe/Paris", "04:00")).unwrap();
+        assert_eq!(regions.get(0).map(|r| r.hold_expiry_days), Some(HOLD_EXPIRY_DAYS_DEFAULT));
+        let ten = format!("{}hold_expiry_days = 10\n", one_region("Europe/Paris", "04:00"));
+        assert_eq!(Regions::from_toml(&ten).unwrap().get(0).unwrap().hold_expiry_days, 10);
+        for days in [0, HOLD_EXPIRY_DAYS_MAX + 1] {
+            let bad = format!("{}hold_expiry_days = {days}\n", one_region("Europe/Paris", "04:00"));
+            let error = Regions::from_toml(&bad).unwrap_err();
+            assert!(matches!(error, RegionError::BadHoldExpiry { .. }), "{error}");
+        }
     }
 }

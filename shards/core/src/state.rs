@@ -11,6 +11,7 @@ use bincode::{Decode, Encode};
 
 use crate::calendar::Day;
 use crate::command::{CardStatus, CommandId, Reason, RegionId};
+use crate::holds::Holds;
 use crate::idempotency::IdempotencyRecord;
 use crate::ids::{AccountId, ShardId};
 use crate::interest::Savings;
@@ -132,8 +133,7 @@ impl Totals {
 ///
 /// Encoded as its fields in order, with the first [`Reason::COUNTED`] entries of each
 /// array (the layout of snapshot format 3, `docs/SNAPSHOT_FORMAT.md`); the later entries
-/// are never counted by a shard (only the engine's own report fills them), so encoding
-/// loses nothing.
+/// (the hold reasons of §12) follow the holds in format 5, which writes them apart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RegionCounters {
     /// Profiles opened.
@@ -246,6 +246,8 @@ pub struct ShardState {
     /// checkpoints (the records live on disk beside the log); a snapshot lists the records
     /// of the shard as of its cut, and opening a restored engine writes them back.
     pub remembered: Vec<(CommandId, IdempotencyRecord)>,
+    /// Card holds (§12), their totals and each region's expiry rule.
+    pub holds: Holds,
 }
 
 impl ShardState {
@@ -266,6 +268,7 @@ impl ShardState {
             totals: Totals::default(),
             counters: vec![RegionCounters::default(); regions + 1],
             remembered: Vec::new(),
+            holds: Holds::default(),
         }
     }
 
@@ -335,6 +338,9 @@ impl ShardState {
             totals: self.totals,
             counters: self.counters.clone(),
             remembered: Vec::new(),
+            // Copied at the instant like the other small parts: holds are few beside the
+            // accounts (a capture's pause with many open is in `docs/BENCHMARKS.md`).
+            holds: self.holds.clone(),
         };
         StateCapture { rest: Box::new(rest) }
     }

@@ -62,6 +62,36 @@ impl Window {
         self.spent_by_day_minor.iter().sum()
     }
 
+    /// What the window counts of business day `day`: 0 for a day outside
+    /// `[self.day() - 6, self.day()]`.
+    pub fn spent_on_minor(&self, day: Day) -> u64 {
+        if self.holds_day(day) {
+            self.spent_by_day_minor[bucket(day)]
+        } else {
+            0
+        }
+    }
+
+    /// Whether business day `day` is inside the window.
+    pub fn holds_day(&self, day: Day) -> bool {
+        day <= self.day && i64::from(self.day) - i64::from(day) < WINDOW_DAYS as i64
+    }
+
+    /// Gives back `amount_minor` counted on business day `day` (a hold's amount released,
+    /// §12): only if `day` is still inside the window; a day that left it gave its room
+    /// back already. Returns what was given back.
+    pub fn release(&mut self, day: Day, amount_minor: u64) -> u64 {
+        if !self.holds_day(day) {
+            return 0;
+        }
+        let spent = &mut self.spent_by_day_minor[bucket(day)];
+        // Whatever is released was recorded on that day and not released before.
+        debug_assert!(*spent >= amount_minor, "released more than day {day} counted");
+        let given_minor = amount_minor.min(*spent);
+        *spent -= given_minor;
+        given_minor
+    }
+
     /// Counts `amount_minor` toward the window's latest day. The caller approved it
     /// against a ceiling of at most 10^15, so the bucket cannot overflow.
     pub fn record(&mut self, amount_minor: u64) {
@@ -91,6 +121,22 @@ mod tests {
         assert_eq!(window.spent_minor(), 5, "day 100 left the window");
         window.roll_to(110);
         assert_eq!(window.spent_minor(), 0);
+    }
+
+    #[test]
+    fn a_release_gives_room_back_only_for_a_day_inside_the_window() {
+        let mut window = Window::new(100);
+        window.record(40);
+        window.roll_to(103);
+        window.record(25);
+        assert_eq!(window.release(103, 10), 10);
+        assert_eq!(window.spent_on_minor(103), 15);
+        assert_eq!(window.release(100, 5), 5, "day 100 is inside [97, 103]");
+        window.roll_to(107);
+        assert_eq!(window.release(100, 5), 0, "day 100 left the window with its room");
+        assert_eq!(window.release(108, 5), 0, "a day after the window holds nothing");
+        assert_eq!(window.spent_minor(), 15);
+        assert_eq!(window.spent_on_minor(100), 0);
     }
 
     #[test]

@@ -1,0 +1,571 @@
+//! A shard's card holds (§12): the hold table, apart from the accounts so that an account
+//! without holds costs nothing more (`docs/BENCHMARKS.md`, memory per account).
+//!
+//! A hold reserves money on a checking account: `available = balance - held`. It keeps
+//! what it still holds as *pieces*, the amounts by the business day they were authorized
+//! on, because an amount released gives ceiling room back only if its day is still inside
+//! the card's window. Captures take the oldest pieces first, releases the newest first:
+//! what a merchant does not claim is what it authorized last, and giving that back first
+//! returns the most room a release may return.
+//!
+//! Hold ids are dense per shard like account ids: the n-th hold of shard s is
+//! `n * shards + s`, so replaying the log gives every hold its id again, and a hold's id
+//! routes its commands to its shard.
+//!
+//! Only [`Holds`]'s methods change the table; they keep its indices (open holds per
+//! account, holds by account, the shard's total held) in step with it. The indices are
+//! not encoded: decoding rebuilds them from the table.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bincode::de::Decoder;
+use bincode::enc::Encoder;
+use bincode::error::{DecodeError, EncodeError};
+use bincode::{Decode, Encode};
+
+use crate::calendar::Day;
+use crate::command::RegionId;
+use crate::window::Window;
+
+pub use crate::limits::{
+    HOLDS_PER_ACCOUNT_MAX, HOLDS_PER_SHARD_MAX, HOLD_EXPIRY_DAYS_DEFAULT, HOLD_EXPIRY_DAYS_MAX,
+    HOLD_EXPIRY_DAYS_MIN, HOLD_KEPT_DAYS, HOLD_PIECES_MAX,
+};
+
+/// Where a hold is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum HoldStatus {
+    /// It holds money (or may be incremented, captured or voided).
+    Pending,
+    /// Captured in full, finally captured, or voided: it holds nothing and takes nothing.
+    Closed,
+    /// It reached its expiry day open: what it held was released.
+    Expired,
+}
+
+impl HoldStatus {
+    /// The upper-case word clients see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Pending => "PENDING",
+            HoldStatus::Closed => "CLOSED",
+            HoldStatus::Expired => "EXPIRED",
+        }
+    }
+}
+
+/// Part of what a hold holds, by the business day it was authorized on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Piece {
+    /// The business day it was authorized on (and counted in the card's window).
+    pub day: Day,
+    /// The amount still held of it, in minor units; never 0 in a table.
+    pub amount_minor: u64,
+}
+
+/// One hold.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Hold {
+    /// Local index of the checking account whose money it holds (the card's).
+    pub account: u32,
+    /// Pending, closed or expired.
+    pub status: HoldStatus,
+    /// The business day of its authorization.
+    pub business_day: Day,
+    /// It expires at the roll of this business day if still open.
+    pub expires_day: Day,
+    /// Everything authorized on it (the authorization and its increments).
+    pub authorized_minor: u64,
+    /// What captures debited from it.
+    pub captured_minor: u64,
+    /// What voids, a final capture's rest and expiry released.
+    pub released_minor: u64,
+    /// What it still holds, oldest day first; empty once it is closed or expired.
+    pub pieces: Vec<Piece>,
+}
+
+impl Hold {
+    /// What it still holds: `authorized - captured - released`.
+    pub fn held_minor(&self) -> u64 {
+        // Pieces are each at most a balance and at most HOLD_PIECES_MAX of them; their sum
+        // is a part of one account's balance, which is a u64.
+        self.pieces.iter().map(|piece| piece.amount_minor).sum()
+    }
+
+    /// The business day from whose roll on the hold is forgotten (`UNKNOWN_HOLD`).
+    pub fn forgotten_day(&self) -> Day {
+        self.expires_day.saturating_add(HOLD_KEPT_DAYS)
+    }
+
+    /// Whether it is still open at business day `day` (not expired by then).
+    pub fn open_on(&self, day: Day) -> bool {
+        self.status == HoldStatus::Pending && day < self.expires_day
+    }
+
+    fn add(&mut self, day: Day, amount_minor: u64) {
+        match self.pieces.last_mut() {
+            Some(last) if last.day == day => last.amount_minor += amount_minor,
+            _ => self.pieces.push(Piece { day, amount_minor }),
+        }
+        // Pieces of days before the window no longer give room back: one piece holds them.
+        let window_start = day.saturating_sub(crate::window::WINDOW_DAYS as Day - 1);
+        while self.pieces.len() >= 2 && self.pieces[1].day < window_start {
+            let second = self.pieces.remove(1);
+            self.pieces[0].amount_minor += second.amount_minor;
+        }
+        debug_assert!(self.pieces.len() <= HOLD_PIECES_MAX);
+    }
+
+    /// Takes `amount_minor` (at most what it holds) from the oldest pieces.
+    fn take_oldest(&mut self, mut amount_minor: u64) {
+        while amount_minor > 0 {
+            let Some(first) = self.pieces.first_mut() else { return };
+            let taken = first.amount_minor.min(amount_minor);
+            first.amount_minor -= taken;
+            amount_minor -= taken;
+            if first.amount_minor == 0 {
+                self.pieces.remove(0);
+            }
+        }
+    }
+
+    /// Releases `amount_minor` (at most what it holds) from the newest pieces, giving the
+    /// card's window back what of it is still inside the window.
+    fn release_newest(&mut self, mut amount_minor: u64, mut window: Option<&mut Window>) {
+        self.released_minor += amount_minor;
+        while amount_minor > 0 {
+            let Some(last) = self.pieces.last_mut() else { return };
+            let taken = last.amount_minor.min(amount_minor);
+            if let Some(window) = window.as_deref_mut() {
+                window.release(last.day, taken);
+            }
+            last.amount_minor -= taken;
+            amount_minor -= taken;
+            if last.amount_minor == 0 {
+                self.pieces.pop();
+            }
+        }
+    }
+
+    /// Expires it if open and due at `day`: releases what it holds. Returns what it
+    /// released.
+    pub fn expire_if_due(&mut self, day: Day, window: Option<&mut Window>) -> u64 {
+        if self.status != HoldStatus::Pending || day < self.expires_day {
+            return 0;
+        }
+        let held_minor = self.held_minor();
+        self.release_newest(held_minor, window);
+        self.status = HoldStatus::Expired;
+        held_minor
+    }
+}
+
+/// The open holds of one account.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenHolds {
+    /// What they hold together.
+    pub held_minor: u64,
+    /// Their sequence numbers, oldest first (at most [`HOLDS_PER_ACCOUNT_MAX`]).
+    pub holds: Vec<u64>,
+    /// The earliest expiry day among them: before it, a command has nothing to expire.
+    pub next_expiry_day: Day,
+}
+
+/// The hold table of one shard, its totals and its regions' expiry rule.
+#[derive(Clone, Debug, Default)]
+pub struct Holds {
+    /// Every hold remembered, by sequence number (its id is `seq * shards + shard`).
+    table: BTreeMap<u64, Hold>,
+    /// The sequence number of the next hold.
+    next_seq: u64,
+    /// Each region's `hold_expiry_days` as of the latest `Input::SetHoldExpiry`; a region
+    /// without an entry uses [`HOLD_EXPIRY_DAYS_DEFAULT`].
+    expiry_days: Vec<u16>,
+    /// Debited by captures (§2).
+    captured_minor: u128,
+    /// Credited by card refunds (§2).
+    refunded_minor: u128,
+    // Indices, rebuilt from the table when decoded.
+    /// Accounts with open holds.
+    open: BTreeMap<u32, OpenHolds>,
+    /// Every remembered hold by (account, seq): the epoch finds a chunk's holds with it.
+    by_account: BTreeSet<(u32, u64)>,
+    /// What the open holds hold together.
+    held_minor: u128,
+}
+
+impl PartialEq for Holds {
+    /// The encoded parts only: the indices follow from them.
+    fn eq(&self, other: &Holds) -> bool {
+        self.table == other.table
+            && self.next_seq == other.next_seq
+            && self.expiry_days == other.expiry_days
+            && self.captured_minor == other.captured_minor
+            && self.refunded_minor == other.refunded_minor
+    }
+}
+
+impl Eq for Holds {}
+
+impl Holds {
+    /// A table from its encoded parts, its indices built.
+    pub fn from_parts(
+        table: BTreeMap<u64, Hold>,
+        next_seq: u64,
+        expiry_days: Vec<u16>,
+        captured_minor: u128,
+        refunded_minor: u128,
+    ) -> Holds {
+        let mut holds = Holds {
+            table,
+            next_seq,
+            expiry_days,
+            captured_minor,
+            refunded_minor,
+            ..Holds::default()
+        };
+        holds.rebuild_indices();
+        holds
+    }
+
+    fn rebuild_indices(&mut self) {
+        self.open.clear();
+        self.by_account.clear();
+        self.held_minor = 0;
+        for (&seq, hold) in &self.table {
+            self.by_account.insert((hold.account, seq));
+            if hold.status == HoldStatus::Pending {
+                let open = self.open.entry(hold.account).or_insert_with(|| OpenHolds {
+                    next_expiry_day: hold.expires_day,
+                    ..OpenHolds::default()
+                });
+                let held_minor = hold.held_minor();
+                open.held_minor = open.held_minor.saturating_add(held_minor);
+                open.holds.push(seq);
+                open.next_expiry_day = open.next_expiry_day.min(hold.expires_day);
+                self.held_minor = self.held_minor.saturating_add(u128::from(held_minor));
+            }
+        }
+    }
+
+    /// Whether the indices are those the table gives (checked by `ShardState::check`).
+    pub fn indices_agree(&self) -> bool {
+        let mut rebuilt = self.clone();
+        rebuilt.rebuild_indices();
+        rebuilt.open == self.open
+            && rebuilt.by_account == self.by_account
+            && rebuilt.held_minor == self.held_minor
+    }
+
+    /// Every remembered hold, by sequence number.
+    pub fn table(&self) -> &BTreeMap<u64, Hold> {
+        &self.table
+    }
+
+    /// The hold with sequence number `seq`, if remembered.
+    pub fn get(&self, seq: u64) -> Option<&Hold> {
+        self.table.get(&seq)
+    }
+
+    /// The sequence number the next hold gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Each region's expiry rule as set (see [`Holds::expiry_days_of`]).
+    pub fn expiry_days(&self) -> &[u16] {
+        &self.expiry_days
+    }
+
+    /// `hold_expiry_days` of `region`.
+    pub fn expiry_days_of(&self, region: RegionId) -> u16 {
+        self.expiry_days.get(usize::from(region)).copied().unwrap_or(HOLD_EXPIRY_DAYS_DEFAULT)
+    }
+
+    /// Sets `hold_expiry_days` of `region` (for holds authorized from now on).
+    pub fn set_expiry_days(&mut self, region: RegionId, days: u16) {
+        let index = usize::from(region);
+        if self.expiry_days.len() <= index {
+            self.expiry_days.resize(index + 1, HOLD_EXPIRY_DAYS_DEFAULT);
+        }
+        self.expiry_days[index] = days;
+    }
+
+    /// Debited by captures.
+    pub fn captured_minor(&self) -> u128 {
+        self.captured_minor
+    }
+
+    /// Credited by card refunds.
+    pub fn refunded_minor(&self) -> u128 {
+        self.refunded_minor
+    }
+
+    /// Counts a refund credited (the balance is the caller's).
+    pub fn record_refund(&mut self, amount_minor: u64) {
+        self.refunded_minor += u128::from(amount_minor);
+    }
+
+    /// What every open hold of the shard holds together.
+    pub fn held_minor(&self) -> u128 {
+        self.held_minor
+    }
+
+    /// The accounts with open holds, and those holds.
+    pub fn open(&self) -> &BTreeMap<u32, OpenHolds> {
+        &self.open
+    }
+
+    /// The open holds of account `local`, if it has any.
+    pub fn open_of(&self, local: u32) -> Option<&OpenHolds> {
+        self.open.get(&local)
+    }
+
+    /// What the open holds of account `local` hold.
+    pub fn held_of(&self, local: u32) -> u64 {
+        self.open.get(&local).map_or(0, |open| open.held_minor)
+    }
+
+    /// How many holds are remembered (open or closed).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Places a new hold of `amount_minor` on account `local` on business day `day`,
+    /// expiring at the roll of `expires_day`. The caller checked the limits and the money.
+    pub fn place(&mut self, local: u32, day: Day, expires_day: Day, amount_minor: u64) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let hold = Hold {
+            account: local,
+            status: HoldStatus::Pending,
+            business_day: day,
+            expires_day,
+            authorized_minor: amount_minor,
+            captured_minor: 0,
+            released_minor: 0,
+            pieces: vec![Piece { day, amount_minor }],
+        };
+        self.table.insert(seq, hold);
+        self.by_account.insert((local, seq));
+        let open = self
+            .open
+            .entry(local)
+            .or_insert_with(|| OpenHolds { next_expiry_day: expires_day, ..OpenHolds::default() });
+        open.holds.push(seq);
+        open.held_minor += amount_minor;
+        open.next_expiry_day = open.next_expiry_day.min(expires_day);
+        self.held_minor += u128::from(amount_minor);
+        seq
+    }
+
+    /// Adds `amount_minor` authorized on `day` to open hold `seq`. The caller checked it
+    /// is open and that `authorized_minor` does not overflow.
+    pub fn increment(&mut self, seq: u64, day: Day, amount_minor: u64) {
+        let Some(hold) = self.table.get_mut(&seq) else { return };
+        hold.authorized_minor += amount_minor;
+        hold.add(day, amount_minor);
+        if let Some(open) = self.open.get_mut(&hold.account) {
+            open.held_minor += amount_minor;
+        }
+        self.held_minor += u128::from(amount_minor);
+    }
+
+    /// Captures `amount_minor` (at most what it holds) of open hold `seq`; a `last` capture
+    /// also releases the rest. Closes the hold when it holds nothing more. The caller
+    /// debits the balance.
+    pub fn capture(
+        &mut self,
+        seq: u64,
+        amount_minor: u64,
+        last: bool,
+        window: Option<&mut Window>,
+    ) {
+        let Some(hold) = self.table.get_mut(&seq) else { return };
+        let before_minor = hold.held_minor();
+        hold.take_oldest(amount_minor);
+        hold.captured_minor += amount_minor;
+        if last {
+            let rest_minor = hold.held_minor();
+            hold.release_newest(rest_minor, window);
+        }
+        self.captured_minor += u128::from(amount_minor);
+        self.after_change(seq, before_minor);
+    }
+
+    /// Releases `amount_minor` (at most what it holds) of open hold `seq` (a void);
+    /// closes the hold when it holds nothing more.
+    pub fn void(&mut self, seq: u64, amount_minor: u64, window: Option<&mut Window>) {
+        let Some(hold) = self.table.get_mut(&seq) else { return };
+        let before_minor = hold.held_minor();
+        hold.release_newest(amount_minor, window);
+        self.after_change(seq, before_minor);
+    }
+
+    /// Expires the open holds of account `local` due at `day`, releasing what they hold.
+    /// A no-op before the account's earliest expiry day, and when done already.
+    pub fn expire_due(&mut self, local: u32, day: Day, mut window: Option<&mut Window>) {
+        let Some(open) = self.open.get(&local) else { return };
+        if day < open.next_expiry_day {
+            return;
+        }
+        let due: Vec<u64> = open
+            .holds
+            .iter()
+            .copied()
+            .filter(|seq| self.table.get(seq).is_some_and(|hold| hold.expires_day <= day))
+            .collect();
+        for seq in due {
+            let Some(hold) = self.table.get_mut(&seq) else { continue };
+            let before_minor = hold.held_minor();
+            hold.expire_if_due(day, window.as_deref_mut());
+            self.after_change(seq, before_minor);
+        }
+    }
+
+    /// Brings the indices in step with hold `seq`, which held `before_minor`.
+    fn after_change(&mut self, seq: u64, before_minor: u64) {
+        let Some(hold) = self.table.get_mut(&seq) else { return };
+        let after_minor = hold.held_minor();
+        let released_minor = before_minor - after_minor;
+        if after_minor == 0 && hold.status == HoldStatus::Pending {
+            hold.status = HoldStatus::Closed;
+        }
+        let closed = hold.status != HoldStatus::Pending;
+        if closed {
+            hold.pieces = Vec::new();
+        }
+        self.held_minor -= u128::from(released_minor);
+        let account = hold.account;
+        let Some(open) = self.open.get_mut(&account) else { return };
+        open.held_minor -= released_minor;
+        if closed {
+            open.holds.retain(|&open_seq| open_seq != seq);
+            if open.holds.is_empty() {
+                self.open.remove(&account);
+                return;
+            }
+            let table = &self.table;
+            open.next_expiry_day = open
+                .holds
+                .iter()
+                .filter_map(|seq| table.get(seq).map(|hold| hold.expires_day))
+                .min()
+                .unwrap_or(Day::MAX);
+        }
+    }
+
+    /// The open holds of accounts `start .. end`, for an epoch's chunk.
+    pub fn accounts_in(&self, start: u32, end: u32) -> Vec<u32> {
+        self.open.range(start..end).map(|(&local, _)| local).collect()
+    }
+
+    /// Forgets the closed holds of accounts `start .. end` that `is_forgotten` says are
+    /// past their keeping at business day `day`.
+    pub fn forget(&mut self, start: u32, end: u32, mut is_forgotten: impl FnMut(&Hold) -> bool) {
+        let end_key = (end, 0);
+        let table = &self.table;
+        let forgotten: Vec<(u32, u64)> = self
+            .by_account
+            .range((start, 0)..end_key)
+            .copied()
+            .filter(|(_, seq)| {
+                table.get(seq).is_some_and(|h| h.status != HoldStatus::Pending && is_forgotten(h))
+            })
+            .collect();
+        for key in forgotten {
+            self.by_account.remove(&key);
+            self.table.remove(&key.1);
+        }
+    }
+}
+
+impl Encode for Holds {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.table.encode(encoder)?;
+        self.next_seq.encode(encoder)?;
+        self.expiry_days.encode(encoder)?;
+        self.captured_minor.encode(encoder)?;
+        self.refunded_minor.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Holds {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Holds, DecodeError> {
+        let table = BTreeMap::decode(decoder)?;
+        let next_seq = u64::decode(decoder)?;
+        let expiry_days = Vec::decode(decoder)?;
+        let captured_minor = u128::decode(decoder)?;
+        let refunded_minor = u128::decode(decoder)?;
+        Ok(Holds::from_parts(table, next_seq, expiry_days, captured_minor, refunded_minor))
+    }
+}
+
+bincode::impl_borrow_decode!(Holds);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_take_the_oldest_pieces_and_releases_the_newest() {
+        let mut window = Window::new(100);
+        let mut holds = Holds::default();
+        window.record(100);
+        let seq = holds.place(3, 100, 107, 100);
+        window.roll_to(104);
+        window.record(50);
+        holds.increment(seq, 104, 50);
+        assert_eq!(holds.held_of(3), 150);
+        window.roll_to(108);
+        // Day 100 left the window [102, 108]; day 104 is inside it.
+        holds.capture(seq, 120, true, Some(&mut window));
+        let hold = holds.get(seq).unwrap();
+        assert_eq!((hold.captured_minor, hold.released_minor), (120, 30));
+        assert_eq!(hold.status, HoldStatus::Closed);
+        assert_eq!(window.spent_minor(), 20, "the 30 released were day 104's");
+        assert_eq!(holds.held_of(3), 0);
+        assert!(holds.open_of(3).is_none());
+        assert!(holds.indices_agree());
+    }
+
+    #[test]
+    fn expiry_is_lazy_idempotent_and_keeps_the_indices() {
+        let mut holds = Holds::default();
+        let first = holds.place(1, 10, 17, 40);
+        let second = holds.place(1, 12, 19, 60);
+        holds.expire_due(1, 16, None);
+        assert_eq!(holds.held_of(1), 100);
+        holds.expire_due(1, 17, None);
+        holds.expire_due(1, 17, None);
+        assert_eq!(holds.get(first).unwrap().status, HoldStatus::Expired);
+        assert_eq!(holds.get(first).unwrap().released_minor, 40);
+        assert_eq!(holds.held_of(1), 60);
+        assert_eq!(holds.open_of(1).unwrap().next_expiry_day, 19);
+        assert_eq!(holds.get(second).unwrap().status, HoldStatus::Pending);
+        assert_eq!(holds.held_minor(), 60);
+        assert!(holds.indices_agree());
+        let encoded = bincode::encode_to_vec(&holds, bincode::config::standard()).unwrap();
+        let (decoded, _): (Holds, usize) =
+            bincode::decode_from_slice(&encoded, bincode::config::standard()).unwrap();
+        assert_eq!(decoded, holds);
+        assert!(decoded.indices_agree() && decoded.held_of(1) == 60);
+    }
+
+    #[test]
+    fn pieces_before_the_window_merge_into_one() {
+        let mut holds = Holds::default();
+        let seq = holds.place(0, 0, 45, 1);
+        for day in 1..40 {
+            holds.increment(seq, day, 1);
+            assert!(holds.get(seq).unwrap().pieces.len() <= HOLD_PIECES_MAX);
+        }
+        assert_eq!(holds.held_of(0), 40);
+        assert_eq!(holds.get(seq).unwrap().held_minor(), 40);
+    }
+}
