@@ -40,6 +40,10 @@ pub const MANUAL_CLOCK_MAX_MS: i64 = 7_258_118_400_000 - 1;
 /// month-end closing, a long weekend), far shorter than the years a wrong clock can jump.
 pub const CLOCK_JUMP_DAYS_MAX: i64 = 40;
 
+/// The most change-stream entries one read visits: a read holds a RocksDB iterator and
+/// decodes whole batches, so it is bounded like any batch of work.
+pub const STREAM_READ_ENTRIES_MAX: usize = 65_536;
+
 /// Commands per submission while populating.
 pub const POPULATE_CHUNK: u64 = 65_536;
 

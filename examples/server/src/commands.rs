@@ -47,6 +47,10 @@ pub enum Local {
     BatchRun(String),
     /// Per region, the last completed epoch.
     BatchStatus,
+    /// The change stream (`streams`).
+    XRead(crate::streams::XRead),
+    XRange(crate::streams::XRange),
+    StreamsInfo,
 }
 
 impl Action {
@@ -98,6 +102,9 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
         b"SNAPSHOT" => arity(rest, 0, 0).map(|_| Action::Local(Local::Snapshot)),
         b"BATCH.RUN" => batch_run(rest, regions),
         b"BATCH.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::BatchStatus)),
+        b"XREAD" => streams_command(crate::streams::parse_xread(rest).map(Some), Local::XRead),
+        b"XRANGE" => streams_command(crate::streams::parse_xrange(rest), Local::XRange),
+        b"STREAMS.INFO" => arity(rest, 0, 0).map(|_| Action::Local(Local::StreamsInfo)),
         _ => {
             return Action::Error(format!(
                 "ERR unknown command '{}'",
@@ -272,6 +279,15 @@ fn batch_run(rest: &[&[u8]], regions: &Regions) -> Parsed {
             "unknown region '{}'",
             printable(rest[0], CLIENT_INPUT_ECHO_BYTES_MAX)
         ))),
+    }
+}
+
+/// A stream command parsed by `streams`: `None` is a wrong arity.
+fn streams_command<T>(parsed: Result<Option<T>, String>, local: fn(T) -> Local) -> Parsed {
+    match parsed {
+        Ok(Some(command)) => Ok(Action::Local(local(command))),
+        Ok(None) => Err(Malformed::Arity),
+        Err(text) => Err(Malformed::Other(text)),
     }
 }
 

@@ -30,6 +30,7 @@ pub mod options;
 pub mod slots;
 pub mod snapshot_dir;
 pub mod stats;
+pub mod streams;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -94,6 +95,8 @@ struct Shared {
     budget: Arc<Budget>,
     limits: ConnectionLimits,
     slots: Arc<Slots>,
+    /// Stream replies being read or written (`streams::STREAM_REPLIES_IN_FLIGHT_MAX`).
+    stream_replies: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -128,6 +131,7 @@ pub async fn run(
         budget: Arc::new(Budget::default()),
         limits: config.limits,
         slots: slots.clone(),
+        stream_replies: Arc::new(Semaphore::new(streams::STREAM_REPLIES_IN_FLIGHT_MAX)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = config.metrics.map(|listener| {
@@ -223,7 +227,7 @@ fn admit(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let connection = Connection::new(stream, shared.clone(), slot, eviction);
+    let connection = Connection::new(stream, shared.clone(), slot, eviction, shutdown.clone());
     let shutdown = shutdown.clone();
     tasks.spawn(connection.run(shutdown));
 }

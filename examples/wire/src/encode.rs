@@ -70,6 +70,22 @@ impl Encoder<'_> {
         }
     }
 
+    /// A bulk string of `n`'s decimal digits (stream entries carry numbers as strings),
+    /// formatted on the stack.
+    pub fn bulk_decimal(&mut self, n: i128) {
+        let (digits, at) = decimal(n);
+        self.bulk(&digits[at..]);
+    }
+
+    /// A null array: `*-1` in RESP2 (what Redis answers an `XREAD` that timed out), `_`
+    /// in RESP3.
+    pub fn null_array(&mut self) {
+        match self.protocol {
+            Protocol::Resp2 => self.out.extend_from_slice(b"*-1\r\n"),
+            Protocol::Resp3 => self.out.extend_from_slice(b"_\r\n"),
+        }
+    }
+
     /// The header of an array of `len` elements; the caller writes them next.
     pub fn array(&mut self, len: usize) {
         self.decimal_line(b'*', len as i128);

@@ -268,6 +268,20 @@ fn replies_round_trip() {
     assert_eq!(parse_value(&out[..used - 1]), Ok(None));
 }
 
+#[test]
+fn stream_replies_write_numbers_as_strings_and_a_timeout_as_a_null_array() {
+    for (protocol, null) in [(Protocol::Resp2, &b"*-1\r\n"[..]), (Protocol::Resp3, b"_\r\n")] {
+        let mut out = Vec::new();
+        let mut encoder = Encoder { out: &mut out, protocol };
+        encoder.bulk_decimal(-42);
+        encoder.bulk_decimal(i128::from(u64::MAX));
+        encoder.null_array();
+        let mut expected = b"$3\r\n-42\r\n$20\r\n18446744073709551615\r\n".to_vec();
+        expected.extend_from_slice(null);
+        assert_eq!(out, expected, "{protocol:?}");
+    }
+}
+
 /// A one-connection server that reads one request, checks it, writes `reply` a byte at a
 /// time (so the client must reassemble it), then closes.
 fn one_shot_server(expected: &'static [u8], reply: &'static [u8]) -> std::net::SocketAddr {
