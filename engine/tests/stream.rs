@@ -82,7 +82,7 @@ fn every_durable_entry_in_shard_order_with_the_balances_the_replies_gave() {
     // Acknowledged means durable, and a reader waiting on the shard is woken.
     assert!(watch.has_changed().unwrap(), "the pay's batch moved the shard's durable end");
     let too_much = engine.run(Command::Pay { card: a, amount_minor: 10_000_000 }).unwrap();
-    assert_eq!(too_much, Outcome::Declined(Reason::InsufficientFunds));
+    assert_eq!(too_much, Outcome::Declined(Reason::CeilingExceeded));
     let moved = engine.run(Command::Transfer { from: a, to: b, amount_minor: 700 }).unwrap();
     let Outcome::Done { balance_minor: after_transfer } = moved else { panic!("{moved:?}") };
 
@@ -105,7 +105,7 @@ fn every_durable_entry_in_shard_order_with_the_balances_the_replies_gave() {
         (paid.to_string(), "2500")
     );
     let declined = source.iter().find(|(_, f)| f["outcome"] == "DECLINED").unwrap();
-    assert_eq!(declined.1["reason"], "INSUFFICIENT_FUNDS", "declines are entries too");
+    assert_eq!(declined.1["reason"], "CEILING_EXCEEDED", "declines are entries too");
     let debit = only(&source, "TRANSFER_DEBIT");
     assert_eq!((debit["from"].clone(), debit["to"].clone()), (a.to_string(), b.to_string()));
     assert_eq!(debit["outcome"], "PENDING");

@@ -127,6 +127,14 @@ impl Ledger {
         Ok(())
     }
 
+    /// Moves `shard`'s cursor past entry `id` without applying it (only counting).
+    pub fn skip(&mut self, shard: usize, id: Cursor) -> anyhow::Result<()> {
+        let ledger = self.shards.get_mut(shard).context("an entry of a stream not followed")?;
+        ledger.cursor = ledger.cursor.max(id);
+        self.applied += 1;
+        Ok(())
+    }
+
     /// Applies entry `id` of `shard`'s stream, unless the cursor is past it already (an
     /// entry delivered again). Returns whether it was applied.
     pub fn apply(&mut self, shard: usize, id: Cursor, fields: &Fields<'_>) -> anyhow::Result<bool> {

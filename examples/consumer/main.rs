@@ -49,8 +49,8 @@ struct ConsumerArgs {
     #[command(flatten)]
     server: ServerAddress,
     /// The ledger file: cursors and balances, read at start, written atomically.
-    #[arg(long, value_name = "FILE")]
-    ledger: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "count_only")]
+    ledger: Option<PathBuf>,
     /// Entries asked for per stream and read (the server caps it).
     #[arg(long, default_value_t = 1000, value_parser = number::<usize>)]
     count: usize,
@@ -66,6 +66,10 @@ struct ConsumerArgs {
     /// At exit, print every balance as `account balance` on stdout.
     #[arg(long)]
     dump: bool,
+    /// Apply nothing and keep no file: only read, count and move the cursors (measures
+    /// reading the streams; with --catch-up, from the start to the end).
+    #[arg(long, conflicts_with_all = ["ledger", "dump"])]
+    count_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -84,14 +88,20 @@ fn run() -> anyhow::Result<()> {
     let stop = stop_on_signal()?;
     let mut client = connect(&args, token.as_deref(), &stop)?;
     let shards = stream_ends(&mut client)?.len();
-    let mut ledger = match Ledger::load(&args.ledger)? {
+    let loaded = match &args.ledger {
+        Some(path) => Ledger::load(path)?,
+        None => None,
+    };
+    let mut ledger = match loaded {
         Some(ledger) if ledger.shards.len() == shards => ledger,
-        Some(ledger) => bail!(
-            "{} follows {} streams, the server has {shards}",
-            args.ledger.display(),
-            ledger.shards.len()
-        ),
+        Some(ledger) => {
+            bail!("the ledger follows {} streams, the server has {shards}", ledger.shards.len())
+        }
         None => Ledger::new(shards),
+    };
+    let save = |ledger: &Ledger| match &args.ledger {
+        Some(path) => ledger.save(path),
+        None => Ok(()),
     };
     let targets = if args.catch_up { Some(stream_ends(&mut client)?) } else { None };
     let mut progress = Progress::new(ledger.applied);
@@ -110,17 +120,17 @@ fn run() -> anyhow::Result<()> {
                 client = connect(&args, token.as_deref(), &stop)?;
             }
             Err(ReadError::Other(error)) => {
-                ledger.save(&args.ledger)?;
+                save(&ledger)?;
                 return Err(error);
             }
         }
         if saved.elapsed() >= Duration::from_millis(args.save_every_ms) {
-            ledger.save(&args.ledger)?;
+            save(&ledger)?;
             saved = Instant::now();
         }
         progress.report_every(PROGRESS_INTERVAL, ledger.applied);
     }
-    ledger.save(&args.ledger)?;
+    save(&ledger)?;
     progress.report(ledger.applied);
     if args.dump {
         for (account, balance) in &ledger.balances {
@@ -176,7 +186,7 @@ fn read_once(
             .and_then(|shard| shard.parse().ok())
             .ok_or_else(|| malformed("a stream name"))?;
         for entry in entries {
-            progress.saw(apply_entry(ledger, shard, entry)?);
+            progress.saw(apply_entry(ledger, shard, entry, args.count_only)?);
         }
     }
     Ok(())
@@ -186,8 +196,14 @@ fn malformed(what: &str) -> anyhow::Error {
     anyhow::anyhow!("XREAD's reply is not what Redis sends: {what}")
 }
 
-/// Applies one `[id, [field, value, ...]]`; returns its time.
-fn apply_entry(ledger: &mut Ledger, shard: usize, entry: &Value) -> anyhow::Result<i64> {
+/// Applies one `[id, [field, value, ...]]` (or with `count_only` only moves past it);
+/// returns its time.
+fn apply_entry(
+    ledger: &mut Ledger,
+    shard: usize,
+    entry: &Value,
+    count_only: bool,
+) -> anyhow::Result<i64> {
     let Value::Array(pair) = entry else { return Err(malformed("an entry")) };
     let [Value::Bulk(id), Value::Array(values)] = pair.as_slice() else {
         return Err(malformed("an entry's id and fields"));
@@ -201,7 +217,11 @@ fn apply_entry(ledger: &mut Ledger, shard: usize, entry: &Value) -> anyhow::Resu
         fields.push((std::str::from_utf8(name)?, std::str::from_utf8(value)?));
     }
     let ts_ms = fields.iter().find(|(name, _)| *name == "ts").and_then(|(_, ts)| ts.parse().ok());
-    ledger.apply(shard, id, &fields)?;
+    if count_only {
+        ledger.skip(shard, id)?;
+    } else {
+        ledger.apply(shard, id, &fields)?;
+    }
     Ok(ts_ms.unwrap_or(0))
 }
 

@@ -121,7 +121,9 @@ pub fn kind(input: &Input) -> &'static str {
 pub fn fields(entry: &Entry, out: &mut Vec<Field>) {
     let mut push = |name: &'static str, value: FieldValue| out.push(Field { name, value });
     push(name::KIND, FieldValue::Word(kind(&entry.input)));
-    push(name::TS, FieldValue::Signed(entry.ts_ms));
+    // The rules a new data directory logs first carry no time yet (a shard's clock starts
+    // at `i64::MIN`): shown as 0, so that a consumer reading Unix times gets one.
+    push(name::TS, FieldValue::Signed(entry.ts_ms.max(0)));
     match &entry.input {
         Input::Client(request) => {
             if let Some(id) = &request.command_id {
