@@ -111,7 +111,7 @@ pub fn parse_xread(rest: &[&[u8]]) -> Result<XRead, Refusal> {
         at += 2;
     }
     let names = &rest[at + 1..];
-    if names.is_empty() || names.len() % 2 != 0 {
+    if names.is_empty() || !names.len().is_multiple_of(2) {
         return Err("Unbalanced 'xread' list of streams: for each stream key an ID or '$' must \
                     be specified."
             .into());
