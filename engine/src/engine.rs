@@ -56,6 +56,8 @@ pub struct Engine {
     store: Option<Arc<Store>>,
     /// How far each shard's log is durable; the change stream reads up to its synced mark.
     marks: Arc<DurableMarks>,
+    /// The batches the change stream decoded last.
+    pub(crate) stream_decoded: crate::stream::DecodedBatches,
     /// Cuts are taken one at a time: two interleaved would deadlock on their barriers.
     /// Taken after `capture_lock` where both are needed.
     cut_lock: Mutex<()>,
@@ -211,6 +213,7 @@ impl Engine {
             writer,
             store,
             marks,
+            stream_decoded: Default::default(),
             cut_lock: Mutex::new(()),
             capture_lock: Arc::new(Mutex::new(())),
             snapshotting: std::sync::atomic::AtomicBool::new(false),

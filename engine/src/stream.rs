@@ -13,6 +13,7 @@
 //! decided in [`fields`](mod@fields), the one mapping from logged inputs to field/value
 //! pairs.
 
+mod decoded;
 pub mod fields;
 
 use std::fmt;
@@ -20,12 +21,13 @@ use std::fmt;
 use tokio::sync::watch;
 
 use plafond_shards::ids::ShardId;
-use plafond_shards::log::{decode_batch, entry_count, log_key};
+use plafond_shards::log::{entry_count, log_key};
 use plafond_shards::store::{Store, StoreError};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
 pub use crate::limits::STREAM_READ_ENTRIES_MAX;
+pub(crate) use decoded::DecodedBatches;
 pub use fields::{Field, FieldValue};
 
 /// An entry's id: its batch in the shard's log and its index in the batch.
@@ -170,7 +172,7 @@ impl Engine {
         let to_seq = durable.min(end.batch_seq.saturating_add(1));
         let mut fields = Vec::new();
         let visited = store.read_log_raw(shard, start.batch_seq, to_seq, |seq, value| {
-            let entries = decode_batch(shard, seq, value).map_err(StoreError::from)?;
+            let entries = self.stream_decoded.get(shard, seq, value).map_err(StoreError::from)?;
             let skip = if seq == start.batch_seq { start.index.saturating_sub(1) } else { 0 };
             let skip = usize::try_from(skip).unwrap_or(usize::MAX);
             for (at, entry) in entries.iter().enumerate().skip(skip) {

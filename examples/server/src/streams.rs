@@ -238,8 +238,10 @@ async fn resolve(
     engine: &Arc<Engine>,
     streams: &[(ShardId, After)],
 ) -> Result<Vec<(ShardId, StreamStart)>, EngineError> {
+    // Only `$` reads the store; other ids need no trip to the blocking pool.
+    let reads_store = streams.iter().any(|(_, after)| *after == After::Last);
     let (engine, streams) = (engine.clone(), streams.to_vec());
-    blocking(move || {
+    let resolve = move || {
         let mut starts = Vec::with_capacity(streams.len());
         for (shard, after) in streams {
             let start = match after {
@@ -258,8 +260,12 @@ async fn resolve(
             starts.push((shard, start));
         }
         Ok(starts)
-    })
-    .await
+    };
+    if reads_store {
+        blocking(resolve).await
+    } else {
+        resolve()
+    }
 }
 
 /// Runs `read` on the blocking pool.

@@ -57,6 +57,9 @@ impl Encoder<'_> {
 
     /// `$len\r\nbytes\r\n`.
     pub fn bulk(&mut self, bytes: &[u8]) {
+        // Room for the header, the bytes and the CRLF at once: a stream entry is twenty
+        // bulk strings, each otherwise three capacity checks.
+        self.out.reserve(bytes.len() + 24);
         self.decimal_line(b'$', bytes.len() as i128);
         self.out.extend_from_slice(bytes);
         self.out.extend_from_slice(b"\r\n");
@@ -108,6 +111,16 @@ impl Encoder<'_> {
     /// `<marker><n>\r\n`, formatted on the stack: every reply has one or more, and a
     /// `to_string` each would be an allocation per number.
     fn decimal_line(&mut self, marker: u8, n: i128) {
+        // Most numbers written are lengths and small ids: one or two digits, no division.
+        if let Ok(small @ 0..=99) = u8::try_from(n) {
+            let (tens, ones) = (small / 10, small % 10);
+            if tens == 0 {
+                self.out.extend_from_slice(&[marker, b'0' + ones, b'\r', b'\n']);
+            } else {
+                self.out.extend_from_slice(&[marker, b'0' + tens, b'0' + ones, b'\r', b'\n']);
+            }
+            return;
+        }
         let (digits, at) = decimal(n);
         self.line(marker, &digits[at..]);
     }

@@ -116,7 +116,7 @@ fn too_many_inline_words_is_too_large() {
 
 #[test]
 fn integers_of_every_width_encode_as_their_decimal_text() {
-    for n in [0, 7, -7, 10, 19_900, i128::from(i64::MIN), i128::from(i64::MAX)] {
+    for n in [0, 7, 9, -7, 10, 42, 99, 100, 19_900, i128::from(i64::MIN), i128::from(i64::MAX)] {
         let mut out = Vec::new();
         Encoder { out: &mut out, protocol: Protocol::Resp2 }.integer(n);
         assert_eq!(out, format!(":{n}\r\n").into_bytes());
