@@ -31,6 +31,7 @@ use clap::Parser;
 
 use plafond_examples::connect::ServerAddress;
 use plafond_server::options::number;
+use plafond_server::streams::STREAM_REPLY_ENTRIES_MAX;
 use plafond_wire::{Client, Value};
 
 use crate::ledger::{Cursor, Ledger};
@@ -52,11 +53,15 @@ struct ConsumerArgs {
     #[arg(long, value_name = "FILE", required_unless_present = "count_only")]
     ledger: Option<PathBuf>,
     /// Entries asked for per stream and read (the server caps it).
-    #[arg(long, default_value_t = 1000, value_parser = number::<usize>)]
+    #[arg(long, default_value_t = 2000, value_parser = number::<usize>)]
     count: usize,
     /// How long one `XREAD BLOCK` waits for new entries.
     #[arg(long, default_value_t = 1000, value_parser = number::<u64>)]
     block_ms: u64,
+    /// While it keeps up, wait this long after a read that was not full before the next:
+    /// fewer, larger reads cost the server and the consumer less, for this much lag.
+    #[arg(long, default_value_t = 10, value_parser = number::<u64>)]
+    pause_ms: u64,
     /// How often the ledger is saved while following (and always at exit).
     #[arg(long, default_value_t = 1000, value_parser = number::<u64>)]
     save_every_ms: u64,
@@ -114,7 +119,13 @@ fn run() -> anyhow::Result<()> {
             }
         }
         match read_once(&mut client, &args, &mut ledger, &mut progress) {
-            Ok(()) => {}
+            Ok(full) => {
+                if !full && targets.is_none() {
+                    std::thread::sleep(Duration::from_millis(args.pause_ms));
+                }
+            }
+            // A signal interrupted the read: the loop stops.
+            Err(ReadError::Connection(_)) if stop.load(Ordering::Relaxed) => break,
             Err(ReadError::Connection(error)) => {
                 eprintln!("consumer: {error}; reconnecting");
                 client = connect(&args, token.as_deref(), &stop)?;
@@ -154,13 +165,14 @@ impl From<anyhow::Error> for ReadError {
     }
 }
 
-/// One `XREAD BLOCK` over every stream, its entries applied.
+/// One `XREAD BLOCK` over every stream, its entries applied; whether some stream gave as
+/// many as were asked for (more are waiting).
 fn read_once(
     client: &mut Client,
     args: &ConsumerArgs,
     ledger: &mut Ledger,
     progress: &mut Progress,
-) -> Result<(), ReadError> {
+) -> Result<bool, ReadError> {
     let shards = ledger.shards.len();
     let mut command: Vec<String> = vec!["XREAD".into(), "COUNT".into(), args.count.to_string()];
     command.extend(["BLOCK".into(), args.block_ms.to_string(), "STREAMS".into()]);
@@ -168,13 +180,14 @@ fn read_once(
     command.extend(ledger.shards.iter().map(|shard| shard.cursor.to_string()));
     let reply = client.call(&command).map_err(ReadError::Connection)?;
     let streams = match reply {
-        Value::Nil => return Ok(()),
+        Value::Nil => return Ok(false),
         Value::Array(streams) => streams,
         Value::Error(error) => {
             return Err(anyhow::anyhow!("the server refused XREAD: {error}").into())
         }
         other => return Err(anyhow::anyhow!("XREAD answered {other:?}").into()),
     };
+    let mut full = false;
     for stream in streams {
         let Value::Array(pair) = stream else { return Err(malformed("a stream").into()) };
         let [Value::Bulk(name), Value::Array(entries)] = pair.as_slice() else {
@@ -185,11 +198,13 @@ fn read_once(
             .strip_prefix("changes:")
             .and_then(|shard| shard.parse().ok())
             .ok_or_else(|| malformed("a stream name"))?;
+        // The server caps each stream's part of a reply: that many is full too.
+        full |= entries.len() >= args.count.min(STREAM_REPLY_ENTRIES_MAX / shards.max(1));
         for entry in entries {
             progress.saw(apply_entry(ledger, shard, entry, args.count_only)?);
         }
     }
-    Ok(())
+    Ok(full)
 }
 
 fn malformed(what: &str) -> anyhow::Error {
