@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what plafond needs on a fresh Debian machine: libclang for the rocksdb crate's
 # bindings, a C++ compiler for RocksDB itself, redis-tools for the demo and the peers,
-# and Python's prometheus_client for the metrics test.
+# Python's prometheus_client for the metrics test and redis-py for the stream tests.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
 
@@ -23,6 +23,12 @@ if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
     echo "setup: installing prometheus_client (pip)" >&2
     python3 -m pip install -q prometheus_client >/dev/null 2>&1 \
         || python3 -m pip install -q --break-system-packages prometheus_client >/dev/null
+fi
+# redis-py, a real Redis client library: examples/tests/streams.rs drives its xread/xrange.
+if ! python3 -c "import redis" >/dev/null 2>&1; then
+    echo "setup: installing redis (pip)" >&2
+    python3 -m pip install -q redis >/dev/null 2>&1 \
+        || python3 -m pip install -q --break-system-packages redis >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is needed (https://rustup.rs)" >&2; exit 1; }
 

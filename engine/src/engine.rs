@@ -54,6 +54,10 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     writer: Option<Writer>,
     store: Option<Arc<Store>>,
+    /// How far each shard's log is durable; the change stream reads up to its synced mark.
+    marks: Arc<DurableMarks>,
+    /// The batches the change stream decoded last.
+    pub(crate) stream_decoded: crate::stream::DecodedBatches,
     /// Cuts are taken one at a time: two interleaved would deadlock on their barriers.
     /// Taken after `capture_lock` where both are needed.
     cut_lock: Mutex<()>,
@@ -208,6 +212,8 @@ impl Engine {
             threads,
             writer,
             store,
+            marks,
+            stream_decoded: Default::default(),
             cut_lock: Mutex::new(()),
             capture_lock: Arc::new(Mutex::new(())),
             snapshotting: std::sync::atomic::AtomicBool::new(false),
@@ -445,6 +451,11 @@ impl Engine {
     /// The RocksDB store, when durable.
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
+    }
+
+    /// How far each shard's log is durable.
+    pub(crate) fn marks(&self) -> &DurableMarks {
+        &self.marks
     }
 
     /// Command ids submitted and not yet durable.

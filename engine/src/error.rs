@@ -79,6 +79,22 @@ pub enum EngineError {
     /// copies of the whole engine onto the disk and the shards' capture steps.
     #[error("a snapshot is already being written; try again once it is done")]
     SnapshotInProgress,
+    /// A change-stream read started before the first batch retention kept.
+    #[error("TRIMMED {first}")]
+    StreamTrimmed {
+        /// The shard whose stream it is.
+        shard: plafond_shards::ids::ShardId,
+        /// The id of the first entry retained.
+        first: crate::stream::StreamId,
+    },
+    /// A change stream of a shard there is not.
+    #[error("no stream of shard {shard}: the streams are changes:0 .. changes:{}", shards - 1)]
+    NoSuchStream {
+        /// The shard asked for.
+        shard: plafond_shards::ids::ShardId,
+        /// How many shards there are.
+        shards: u16,
+    },
     /// Populating did not get the dense ids it relies on (card ids `0 .. N`).
     #[error("populate expected id {expected} but got {got:?}: the engine was not empty")]
     Populate {

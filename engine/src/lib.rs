@@ -84,6 +84,7 @@ mod populate;
 mod report;
 mod retention;
 mod snapshot;
+pub mod stream;
 mod time_guard;
 
 pub use checkpoint::{

@@ -40,9 +40,19 @@ pub const MANUAL_CLOCK_MAX_MS: i64 = 7_258_118_400_000 - 1;
 /// month-end closing, a long weekend), far shorter than the years a wrong clock can jump.
 pub const CLOCK_JUMP_DAYS_MAX: i64 = 40;
 
+/// The most change-stream entries one read visits: a read holds a RocksDB iterator and
+/// decodes whole batches, so it is bounded like any batch of work.
+pub const STREAM_READ_ENTRIES_MAX: usize = 65_536;
+
+/// The most decoded entries the change stream keeps for readers that follow (about 180
+/// bytes each, so some 24 MiB): two batches of a full combined submission.
+pub const STREAM_DECODED_ENTRIES_MAX: usize = 131_072;
+
 /// Commands per submission while populating.
 pub const POPULATE_CHUNK: u64 = 65_536;
 
+// A read of the most entries fits what is kept decoded.
+const _: () = assert!(STREAM_READ_ENTRIES_MAX <= STREAM_DECODED_ENTRIES_MAX);
 const _: () = assert!(CHECKPOINTS_KEPT >= 2, "a damaged newest checkpoint falls back");
 const _: () = assert!(MANUAL_CLOCK_MIN_MS < ManualClock::SERVER_START_MS);
 const _: () = assert!(ManualClock::SERVER_START_MS < MANUAL_CLOCK_MAX_MS);

@@ -40,6 +40,9 @@ commands:
   stats                                   the table
   stats-json                              the same as JSON
   clock-set <unix_ms> | clock-advance <ms> (server started with --clock manual)
+  streams-info                            each shard's change stream: first and last id
+  xread [COUNT n] [BLOCK ms] STREAMS changes:<shard> ... <id> ...
+  xrange changes:<shard> <start|-> <end|+> [COUNT n]
   anything else is sent as typed, e.g. `cli CARD.BLOCK 3`
 ";
 
@@ -72,6 +75,7 @@ fn command_of(words: &[String]) -> Vec<String> {
         "capture-final" => "CAPTURE.FINAL",
         "balance-detail" => "BALANCE.DETAIL",
         "releases" => "CARD.RELEASES",
+        "streams-info" => "STREAMS.INFO",
         other => return words_upper_first(other, rest),
     };
     let mut args = vec![name.to_string()];

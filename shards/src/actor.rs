@@ -282,8 +282,9 @@ pub fn run(mut setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
         setup.router.send_internal(shard_of(pending.to, setup.shards), mail);
     }
     let shard = setup.shard;
-    // What recovery read is on disk: durable.
+    // What recovery read is on disk: durable (and what the change stream may show).
     setup.marks.advance(shard, next_seq);
+    setup.marks.advance_synced(shard, next_seq);
     let remembered = RememberedIds::new(setup.ids.clone());
     let mut actor = Actor {
         setup,

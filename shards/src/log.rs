@@ -139,6 +139,13 @@ impl BatchEncoder {
     }
 }
 
+/// How many entries a batch value says it holds, read from its header alone (the change
+/// stream's last id), or `None` if the value is shorter than a header.
+pub fn entry_count(bytes: &[u8]) -> Option<u32> {
+    let count = bytes.get(1..HEADER_BYTES)?;
+    Some(u32::from_le_bytes([count[0], count[1], count[2], count[3]]))
+}
+
 /// Decodes a batch value, refusing anything malformed.
 pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>, LogError> {
     let corrupt = |problem: String| LogError::Corrupt { shard, seq, problem };
@@ -199,6 +206,8 @@ mod tests {
         let bytes = encoder.finish();
         let entries = decode_batch(0, 0, &bytes).unwrap();
         assert_eq!(entries.len(), times.len());
+        assert_eq!(entry_count(&bytes), Some(times.len() as u32));
+        assert_eq!(entry_count(&bytes[..3]), None);
         assert_eq!(entries[0].input, pay);
         assert_eq!(entries[0].outcome, Some(Outcome::Declined(Reason::CardBlocked)));
         assert_eq!(entries[1].input, credit);

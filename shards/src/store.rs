@@ -18,6 +18,7 @@ use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
     WriteOptions, DB,
 };
+use tokio::sync::watch;
 
 use crate::calendar::Day;
 use crate::command::{CommandId, RegionId};
@@ -585,15 +586,25 @@ fn ids_options(horizons: &Arc<IdsHorizons>) -> Options {
 /// Per shard, the first log batch not yet known durable: every batch before it is. The
 /// writer moves it forward after each group commit; shards read it to forget what they
 /// kept for batches in flight, checkpoints to know what they may rely on.
+///
+/// Beside it, per shard, the first batch a machine crash could still take away: what the
+/// change stream (§13) may show, since an entry shown and then lost would be reissued
+/// under the same id with other content. In `sync` it moves with the first (the group was
+/// fsynced); in `async` only once the WAL syncer has fsynced the batches. It is a
+/// [`watch`] channel, so readers waiting for new entries wake on it without polling.
 pub struct DurableMarks {
     next_seqs: Vec<AtomicU64>,
+    synced: Vec<watch::Sender<u64>>,
 }
 
 impl DurableMarks {
     /// Marks for `shards` shards, each starting at its next free batch sequence number
     /// (what recovery found on disk is durable).
     pub fn new(shards: u16) -> DurableMarks {
-        DurableMarks { next_seqs: (0..shards).map(|_| AtomicU64::new(0)).collect() }
+        DurableMarks {
+            next_seqs: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            synced: (0..shards).map(|_| watch::Sender::new(0)).collect(),
+        }
     }
 
     /// Every batch of `shard` before `next_seq` is durable.
@@ -603,9 +614,37 @@ impl DurableMarks {
         }
     }
 
+    /// Every batch of `shard` before `next_seq` survives a machine crash too (fsynced).
+    pub fn advance_synced(&self, shard: ShardId, next_seq: u64) {
+        if let Some(mark) = self.synced.get(usize::from(shard)) {
+            mark.send_if_modified(|synced| {
+                let moved = next_seq > *synced;
+                *synced = (*synced).max(next_seq);
+                moved
+            });
+        }
+    }
+
     /// The first batch of `shard` not known durable.
     pub fn next_seq(&self, shard: ShardId) -> u64 {
         self.next_seqs.get(usize::from(shard)).map_or(0, |mark| mark.load(Ordering::Acquire))
+    }
+
+    /// The first batch of `shard` a machine crash could still lose.
+    pub fn synced_next_seq(&self, shard: ShardId) -> u64 {
+        self.synced.get(usize::from(shard)).map_or(0, |mark| *mark.borrow())
+    }
+
+    /// A receiver that sees [`DurableMarks::synced_next_seq`] of `shard` move, or `None`
+    /// for a shard there is not.
+    pub fn watch_synced(&self, shard: ShardId) -> Option<watch::Receiver<u64>> {
+        self.synced.get(usize::from(shard)).map(watch::Sender::subscribe)
+    }
+
+    /// Every shard's durable mark now, for the `async` syncer to publish as synced once
+    /// its fsync (which covers everything written before it) returns.
+    fn snapshot(&self) -> Vec<u64> {
+        self.next_seqs.iter().map(|mark| mark.load(Ordering::Acquire)).collect()
     }
 }
 
@@ -691,12 +730,13 @@ impl Writer {
     ) -> std::io::Result<Writer> {
         let sync = durability == Durability::Sync;
         let (writer_store, writer_health) = (store.clone(), health.clone());
-        let handle = std::thread::Builder::new()
-            .name("plafond-writer".into())
-            .spawn(move || write_loop(&writer_store, sync, &jobs, &writer_health, &marks))?;
+        let handle = std::thread::Builder::new().name("plafond-writer".into()).spawn({
+            let marks = marks.clone();
+            move || write_loop(&writer_store, sync, &jobs, &writer_health, &marks)
+        })?;
         let stop_syncer = Arc::new(AtomicBool::new(false));
         let syncer = if durability == Durability::Async {
-            Some(start_syncer(store.clone(), health.clone(), stop_syncer.clone())?)
+            Some(start_syncer(store.clone(), health.clone(), stop_syncer.clone(), marks.clone())?)
         } else {
             None
         };
@@ -765,16 +805,22 @@ fn start_syncer(
     store: Arc<Store>,
     health: Arc<StorageHealth>,
     stop: Arc<AtomicBool>,
+    marks: Arc<DurableMarks>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("plafond-wal-sync".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(ASYNC_SYNC_INTERVAL);
+            // Read before the fsync, both cover only what it makes durable.
+            let durable = marks.snapshot();
             let written = store.db.latest_sequence_number();
             if let Err(error) = store.sync_wal() {
                 health.fail(error);
                 return;
             }
             store.watermark.publish(written);
+            for (shard, next_seq) in durable.into_iter().enumerate() {
+                marks.advance_synced(shard as ShardId, next_seq);
+            }
         }
     })
 }
@@ -845,6 +891,9 @@ fn write_loop<R: Release>(
         for job in &group {
             if job.value.is_some() {
                 marks.advance(job.shard, job.seq + 1);
+                if sync {
+                    marks.advance_synced(job.shard, job.seq + 1);
+                }
             }
         }
         for job in group.drain(..) {

@@ -47,6 +47,10 @@ pub enum Local {
     BatchRun(String),
     /// Per region, the last completed epoch.
     BatchStatus,
+    /// The change stream (`streams`).
+    XRead(crate::streams::XRead),
+    XRange(crate::streams::XRange),
+    StreamsInfo,
 }
 
 impl Action {
@@ -99,6 +103,9 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
         b"BATCH.RUN" => batch_run(rest, regions),
         b"BATCH.STATUS" => arity(rest, 0, 0).map(|_| Action::Local(Local::BatchStatus)),
         hold if crate::holds::is_hold_command(hold) => crate::holds::parse(hold, rest),
+        b"XREAD" => streams_command(crate::streams::parse_xread(rest).map(Some), Local::XRead),
+        b"XRANGE" => streams_command(crate::streams::parse_xrange(rest), Local::XRange),
+        b"STREAMS.INFO" => arity(rest, 0, 0).map(|_| Action::Local(Local::StreamsInfo)),
         _ => {
             return Action::Error(format!(
                 "ERR unknown command '{}'",
@@ -273,6 +280,15 @@ fn batch_run(rest: &[&[u8]], regions: &Regions) -> Parsed {
             "unknown region '{}'",
             printable(rest[0], CLIENT_INPUT_ECHO_BYTES_MAX)
         ))),
+    }
+}
+
+/// A stream command parsed by `streams`: `None` is a wrong arity.
+fn streams_command<T>(parsed: Result<Option<T>, String>, local: fn(T) -> Local) -> Parsed {
+    match parsed {
+        Ok(Some(command)) => Ok(Action::Local(local(command))),
+        Ok(None) => Err(Malformed::Arity),
+        Err(text) => Err(Malformed::Other(text)),
     }
 }
 

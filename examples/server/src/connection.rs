@@ -30,6 +30,7 @@ use crate::commands::{self, Action, Local};
 use crate::epochs;
 use crate::slots::{Eviction, Slot};
 use crate::stats;
+use crate::streams;
 use crate::Shared;
 
 use crate::limits::{
@@ -116,6 +117,8 @@ pub(crate) struct Connection {
     refusals_before_auth: u32,
     /// Set after too many of them: nothing more is read or parsed.
     muted: bool,
+    /// The server's shutdown, for an `XREAD BLOCK` to return at.
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Why a connection's timer closes it.
@@ -130,6 +133,7 @@ impl Connection {
         server: Arc<Shared>,
         slot: Slot,
         eviction: Eviction,
+        shutdown: watch::Receiver<bool>,
     ) -> Connection {
         let authenticated = server.token.is_none();
         let now = Instant::now();
@@ -161,6 +165,7 @@ impl Connection {
             auth_failures: 0,
             refusals_before_auth: 0,
             muted: false,
+            shutdown,
         }
     }
 
@@ -596,6 +601,28 @@ impl Connection {
             Local::BatchStatus => {
                 let status = self.server.engine.epoch_status();
                 self.ready(|e| epochs::render_status(e, &status));
+            }
+            Local::XRead(_) | Local::XRange(_) | Local::StreamsInfo => {
+                // What the client acknowledged before is durable and in the stream.
+                self.drain().await?;
+                let (engine, protocol) = (&self.server.engine, self.protocol);
+                let replies = &self.server.stream_replies;
+                let reply = match local {
+                    Local::XRead(read) => {
+                        streams::xread(engine, read, protocol, replies, &mut self.shutdown).await
+                    }
+                    Local::XRange(range) => streams::xrange(engine, range, protocol, replies).await,
+                    _ => streams::info(engine, protocol).await,
+                };
+                match reply {
+                    Ok((bytes, permit)) => {
+                        self.ready(|e| e.out.extend_from_slice(&bytes));
+                        // Written out now, while the reply still holds its permit.
+                        self.drain().await?;
+                        drop(permit);
+                    }
+                    Err(error) => self.ready(|e| streams::render_error(e, &error)),
+                }
             }
         }
         Ok(())

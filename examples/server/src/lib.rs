@@ -31,6 +31,7 @@ pub mod options;
 pub mod slots;
 pub mod snapshot_dir;
 pub mod stats;
+pub mod streams;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -95,6 +96,8 @@ struct Shared {
     budget: Arc<Budget>,
     limits: ConnectionLimits,
     slots: Arc<Slots>,
+    /// Stream replies being read or written (`streams::STREAM_REPLIES_IN_FLIGHT_MAX`).
+    stream_replies: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -129,6 +132,7 @@ pub async fn run(
         budget: Arc::new(Budget::default()),
         limits: config.limits,
         slots: slots.clone(),
+        stream_replies: Arc::new(Semaphore::new(streams::STREAM_REPLIES_IN_FLIGHT_MAX)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = config.metrics.map(|listener| {
@@ -224,7 +228,7 @@ fn admit(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let connection = Connection::new(stream, shared.clone(), slot, eviction);
+    let connection = Connection::new(stream, shared.clone(), slot, eviction, shutdown.clone());
     let shutdown = shutdown.clone();
     tasks.spawn(connection.run(shutdown));
 }

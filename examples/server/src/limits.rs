@@ -189,6 +189,22 @@ const _: () = assert!("AUTHORIZE.INCREMENT".len() <= COMMAND_NAME_BYTES_MAX);
 /// a 60 KB argument must not come back as a 180 KB error.
 pub const CLIENT_INPUT_ECHO_BYTES_MAX: usize = 64;
 
+// The change stream (`streams`).
+
+/// The most entries one `XREAD` or `XRANGE` reply carries, its streams together (each gets
+/// an equal part). `COUNT` asks for fewer, never more; without `COUNT` a reply stops here and
+/// the client reads on from its last id, as a stream consumer does anyway.
+pub const STREAM_REPLY_ENTRIES_MAX: usize = 8192;
+
+/// The bytes past which a stream reply takes no more entries (an entry is some 200 bytes,
+/// 1 KiB at most, so a full reply of small entries fits).
+pub const STREAM_REPLY_BYTES_MAX: usize = 4 << 20;
+
+/// Stream replies being read or written at once, all connections together: one that waits
+/// (`BLOCK`) holds none, one whose client does not read holds one until the write timeout.
+/// With [`STREAM_REPLY_BYTES_MAX`] it bounds what stream readers can make the server hold.
+pub const STREAM_REPLIES_IN_FLIGHT_MAX: usize = 16;
+
 // How they relate.
 
 // An interactive client's floor fits in one of its batches, and an anonymous batch is no
@@ -211,6 +227,11 @@ const _: () = assert!(OUTPUT_FLUSH_BYTES * CONNECTIONS_MAX / 4 <= BUFFERED_BYTES
 const _: () = assert!(plafond_wire::FRAME_BYTES_MAX + READ_CHUNK_BYTES <= READ_BUFFER_BYTES_MAX);
 // Every connection slot can be given a descriptor beside those the server keeps.
 const _: () = assert!(DESCRIPTORS_RESERVED < CONNECTIONS_MAX as u64);
+
+// Replies of stream readers, even all at their largest, stay a part of the buffer budget,
+// and one read never asks the engine for more than it reads at once.
+const _: () = assert!(STREAM_REPLY_BYTES_MAX * STREAM_REPLIES_IN_FLIGHT_MAX <= BUFFERED_BYTES_MAX);
+const _: () = assert!(STREAM_REPLY_ENTRIES_MAX <= plafond::stream::STREAM_READ_ENTRIES_MAX);
 
 /// The most commands the server holds parsed and unanswered, all connections together:
 /// the shared pool plus every connection's floor. What a flood of clients can queue.

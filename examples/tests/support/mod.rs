@@ -65,6 +65,15 @@ impl Server {
         Server::try_start_full(args, &[], None)
     }
 
+    /// Starts the server on `port` (a restart where its clients wait for it).
+    pub fn start_at(port: u16, args: &[&str]) -> Server {
+        let port = port.to_string();
+        let args: Vec<&str> =
+            ["--port", port.as_str()].into_iter().chain(args.iter().copied()).collect();
+        Server::try_start_on(&args, &[], None)
+            .unwrap_or_else(|(status, stderr)| panic!("server exited: {status:?}: {stderr}"))
+    }
+
     /// [`Server::try_start`] with these environment variables set.
     pub fn try_start_with_env(
         args: &[&str],
@@ -81,6 +90,16 @@ impl Server {
     }
 
     fn try_start_full(
+        args: &[&str],
+        env: &[(&str, &str)],
+        descriptors: Option<u64>,
+    ) -> Result<Server, (Option<ExitStatus>, String)> {
+        let args: Vec<&str> = ["--port", "0"].into_iter().chain(args.iter().copied()).collect();
+        Server::try_start_on(&args, env, descriptors)
+    }
+
+    /// Starts the server with exactly `args` (a `--port` among them).
+    fn try_start_on(
         args: &[&str],
         env: &[(&str, &str)],
         descriptors: Option<u64>,
@@ -102,7 +121,6 @@ impl Server {
             }
         }
         let mut child = command
-            .args(["--port", "0"])
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -188,6 +206,27 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback port free now, for a server that must come back on the same one.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    listener.local_addr().expect("an address").port()
+}
+
+/// Runs a Python script of `tests/scripts` with `args`; panics with its output unless it
+/// succeeds, and returns its stdout.
+pub fn python_script(script: &str, args: &[&str]) -> String {
+    let path = format!("{}/tests/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("python3").arg(&path).args(args).output().expect("python3 runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed: {}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
 }
 
 fn raw_at(addr: SocketAddr) -> Raw {

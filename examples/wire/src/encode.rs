@@ -57,6 +57,9 @@ impl Encoder<'_> {
 
     /// `$len\r\nbytes\r\n`.
     pub fn bulk(&mut self, bytes: &[u8]) {
+        // Room for the header, the bytes and the CRLF at once: a stream entry is twenty
+        // bulk strings, each otherwise three capacity checks.
+        self.out.reserve(bytes.len() + 24);
         self.decimal_line(b'$', bytes.len() as i128);
         self.out.extend_from_slice(bytes);
         self.out.extend_from_slice(b"\r\n");
@@ -66,6 +69,22 @@ impl Encoder<'_> {
     pub fn nil(&mut self) {
         match self.protocol {
             Protocol::Resp2 => self.out.extend_from_slice(b"$-1\r\n"),
+            Protocol::Resp3 => self.out.extend_from_slice(b"_\r\n"),
+        }
+    }
+
+    /// A bulk string of `n`'s decimal digits (stream entries carry numbers as strings),
+    /// formatted on the stack.
+    pub fn bulk_decimal(&mut self, n: i128) {
+        let (digits, at) = decimal(n);
+        self.bulk(&digits[at..]);
+    }
+
+    /// A null array: `*-1` in RESP2 (what Redis answers an `XREAD` that timed out), `_`
+    /// in RESP3.
+    pub fn null_array(&mut self) {
+        match self.protocol {
+            Protocol::Resp2 => self.out.extend_from_slice(b"*-1\r\n"),
             Protocol::Resp3 => self.out.extend_from_slice(b"_\r\n"),
         }
     }
@@ -92,6 +111,16 @@ impl Encoder<'_> {
     /// `<marker><n>\r\n`, formatted on the stack: every reply has one or more, and a
     /// `to_string` each would be an allocation per number.
     fn decimal_line(&mut self, marker: u8, n: i128) {
+        // Most numbers written are lengths and small ids: one or two digits, no division.
+        if let Ok(small @ 0..=99) = u8::try_from(n) {
+            let (tens, ones) = (small / 10, small % 10);
+            if tens == 0 {
+                self.out.extend_from_slice(&[marker, b'0' + ones, b'\r', b'\n']);
+            } else {
+                self.out.extend_from_slice(&[marker, b'0' + tens, b'0' + ones, b'\r', b'\n']);
+            }
+            return;
+        }
         let (digits, at) = decimal(n);
         self.line(marker, &digits[at..]);
     }

@@ -116,7 +116,7 @@ fn too_many_inline_words_is_too_large() {
 
 #[test]
 fn integers_of_every_width_encode_as_their_decimal_text() {
-    for n in [0, 7, -7, 10, 19_900, i128::from(i64::MIN), i128::from(i64::MAX)] {
+    for n in [0, 7, 9, -7, 10, 42, 99, 100, 19_900, i128::from(i64::MIN), i128::from(i64::MAX)] {
         let mut out = Vec::new();
         Encoder { out: &mut out, protocol: Protocol::Resp2 }.integer(n);
         assert_eq!(out, format!(":{n}\r\n").into_bytes());
@@ -266,6 +266,20 @@ fn replies_round_trip() {
     assert_eq!(error, Value::Error("bad  thing".into()));
     assert_eq!(used + rest, out.len());
     assert_eq!(parse_value(&out[..used - 1]), Ok(None));
+}
+
+#[test]
+fn stream_replies_write_numbers_as_strings_and_a_timeout_as_a_null_array() {
+    for (protocol, null) in [(Protocol::Resp2, &b"*-1\r\n"[..]), (Protocol::Resp3, b"_\r\n")] {
+        let mut out = Vec::new();
+        let mut encoder = Encoder { out: &mut out, protocol };
+        encoder.bulk_decimal(-42);
+        encoder.bulk_decimal(i128::from(u64::MAX));
+        encoder.null_array();
+        let mut expected = b"$3\r\n-42\r\n$20\r\n18446744073709551615\r\n".to_vec();
+        expected.extend_from_slice(null);
+        assert_eq!(out, expected, "{protocol:?}");
+    }
 }
 
 /// A one-connection server that reads one request, checks it, writes `reply` a byte at a

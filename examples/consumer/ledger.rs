@@ -1,0 +1,262 @@
+//! What the consumer rebuilds from the change stream alone, and its file.
+//!
+//! Per account its balance; per shard the cursor (the last entry applied) and what the
+//! stream's entries leave for later ones to use: each region's opening deposit (`RULES`),
+//! each profile's region (`OPEN_PROFILE`), and the transfers to other shards still waiting
+//! for their settle (the n-th `PENDING` debit of a shard's log is its transfer n), so that a
+//! refund can be given back. The cursors and the balances are saved together, atomically
+//! (write a temporary file, fsync it, rename it over the old one, fsync the directory), so
+//! a restart resumes exactly where the saved balances stand: entries delivered again after
+//! the cursor were not applied, entries at or before it are skipped.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+use plafond::stream::fields::name;
+
+/// The file's format version.
+const LEDGER_FORMAT_VERSION: u32 = 1;
+
+/// An entry id, `<batch>-<index>`, ordered as the stream orders them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cursor {
+    pub batch: u64,
+    pub index: u64,
+}
+
+impl Cursor {
+    pub fn parse(text: &str) -> anyhow::Result<Cursor> {
+        let (batch, index) = text.split_once('-').context("an id is <batch>-<index>")?;
+        Ok(Cursor { batch: batch.parse()?, index: index.parse()? })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.batch, self.index)
+    }
+}
+
+/// One shard's part of the ledger.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ShardLedger {
+    /// The last entry applied (`0-0`: none).
+    pub cursor: Cursor,
+    /// Each region's opening deposit, from the shard's last `RULES` entry for it.
+    initial_deposits: BTreeMap<u64, u64>,
+    /// The region of each profile opened on the shard.
+    profile_regions: BTreeMap<u64, u64>,
+    /// The shard's next transfer sequence number: how many `PENDING` debits it logged.
+    next_transfer: u64,
+    /// Debits waiting for their settle: transfer → (from, amount).
+    pending: BTreeMap<u64, (u64, u64)>,
+}
+
+/// Everything the consumer keeps.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Ledger {
+    version: u32,
+    pub shards: Vec<ShardLedger>,
+    pub balances: BTreeMap<u64, u64>,
+    /// Entries applied since the ledger began.
+    pub applied: u64,
+}
+
+/// One entry's fields, as the stream sends them.
+pub type Fields<'a> = [(&'a str, &'a str)];
+
+fn field<'a>(fields: &Fields<'a>, wanted: &str) -> Option<&'a str> {
+    fields.iter().find(|(name, _)| *name == wanted).map(|(_, value)| *value)
+}
+
+fn number(fields: &Fields<'_>, wanted: &str) -> anyhow::Result<u64> {
+    let text = field(fields, wanted).with_context(|| format!("no field `{wanted}`"))?;
+    text.parse().with_context(|| format!("field `{wanted}` is {text:?}"))
+}
+
+impl Ledger {
+    /// An empty ledger for `shards` streams.
+    pub fn new(shards: usize) -> Ledger {
+        Ledger {
+            version: LEDGER_FORMAT_VERSION,
+            shards: vec![ShardLedger::default(); shards],
+            balances: BTreeMap::new(),
+            applied: 0,
+        }
+    }
+
+    /// The ledger saved at `path`, or `None` if there is no file.
+    pub fn load(path: &Path) -> anyhow::Result<Option<Ledger>> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+        };
+        let ledger: Ledger = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a consumer's ledger", path.display()))?;
+        if ledger.version != LEDGER_FORMAT_VERSION {
+            bail!(
+                "{} has format version {}, not {LEDGER_FORMAT_VERSION}",
+                path.display(),
+                ledger.version
+            );
+        }
+        Ok(Some(ledger))
+    }
+
+    /// Saves the ledger at `path`, atomically: a crash leaves the old file or the new one.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let temporary = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temporary)
+            .with_context(|| format!("creating {}", temporary.display()))?;
+        file.write_all(&serde_json::to_vec(self)?)?;
+        file.sync_all().with_context(|| format!("fsyncing {}", temporary.display()))?;
+        drop(file);
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))?;
+        // The rename itself is durable once the directory is.
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Moves `shard`'s cursor past entry `id` without applying it (only counting).
+    pub fn skip(&mut self, shard: usize, id: Cursor) -> anyhow::Result<()> {
+        let ledger = self.shards.get_mut(shard).context("an entry of a stream not followed")?;
+        ledger.cursor = ledger.cursor.max(id);
+        self.applied += 1;
+        Ok(())
+    }
+
+    /// Applies entry `id` of `shard`'s stream, unless the cursor is past it already (an
+    /// entry delivered again). Returns whether it was applied.
+    pub fn apply(&mut self, shard: usize, id: Cursor, fields: &Fields<'_>) -> anyhow::Result<bool> {
+        let Some(ledger) = self.shards.get_mut(shard) else {
+            bail!("an entry of stream changes:{shard}, which the ledger does not follow");
+        };
+        if id <= ledger.cursor {
+            return Ok(false);
+        }
+        apply_entry(ledger, &mut self.balances, fields)
+            .with_context(|| format!("entry {id} of changes:{shard}: {fields:?}"))?;
+        ledger.cursor = id;
+        self.applied += 1;
+        Ok(true)
+    }
+}
+
+/// What one entry does to the balances (and to what later entries need).
+fn apply_entry(
+    ledger: &mut ShardLedger,
+    balances: &mut BTreeMap<u64, u64>,
+    fields: &Fields<'_>,
+) -> anyhow::Result<()> {
+    let kind = field(fields, name::KIND).context("no kind")?;
+    let outcome = field(fields, name::OUTCOME).unwrap_or_default();
+    if kind == "RULES" {
+        let region = number(fields, name::REGION)?;
+        ledger.initial_deposits.insert(region, number(fields, name::INITIAL_DEPOSIT)?);
+        return Ok(());
+    }
+    match (kind, outcome) {
+        ("OPEN_PROFILE", "DONE") => {
+            let profile = number(fields, name::PROFILE)?;
+            ledger.profile_regions.insert(profile, number(fields, name::REGION)?);
+        }
+        ("OPEN_ACCOUNT", "DONE") => {
+            let account = number(fields, name::ACCOUNT)?;
+            let balance = match field(fields, name::BALANCE) {
+                Some(_) => number(fields, name::BALANCE)?,
+                // Opened on its region's terms.
+                None => {
+                    let profile = number(fields, name::PROFILE)?;
+                    let region = ledger.profile_regions.get(&profile).context("unknown profile")?;
+                    *ledger.initial_deposits.get(region).context("no RULES for the region")?
+                }
+            };
+            balances.insert(account, balance);
+        }
+        ("TRANSFER_DEBIT", "PENDING") => {
+            let (from, amount) = (number(fields, name::FROM)?, number(fields, name::AMOUNT)?);
+            let balance = balances.get_mut(&from).context("a debit of an unknown account")?;
+            *balance = balance.checked_sub(amount).context("a debit below zero")?;
+            ledger.pending.insert(ledger.next_transfer, (from, amount));
+            ledger.next_transfer += 1;
+        }
+        ("TRANSFER_SETTLE", outcome) => {
+            let transfer = number(fields, name::TRANSFER)?;
+            let (from, amount) = ledger.pending.remove(&transfer).context("an unknown transfer")?;
+            if outcome == "DECLINED" {
+                // The target refused the credit: the source got its money back.
+                *balances.entry(from).or_default() += amount;
+            }
+        }
+        _ => {}
+    }
+    if outcome != "DONE" && outcome != "APPROVED" {
+        return Ok(());
+    }
+    // A transfer within one shard credited its target in the same entry.
+    if kind == "TRANSFER_DEBIT" {
+        let (to, amount) = (number(fields, name::TO)?, number(fields, name::AMOUNT)?);
+        *balances.entry(to).or_default() += amount;
+    }
+    if let (Some(_), Some(_)) = (field(fields, name::ACCOUNT), field(fields, name::BALANCE)) {
+        balances.insert(number(fields, name::ACCOUNT)?, number(fields, name::BALANCE)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(pairs: &'a [(&'a str, &'a str)]) -> &'a Fields<'a> {
+        pairs
+    }
+
+    #[test]
+    fn balances_follow_openings_payments_and_a_refunded_transfer() {
+        let mut ledger = Ledger::new(2);
+        let id = |index| Cursor { batch: 0, index };
+        let rules = [("kind", "RULES"), ("region", "0"), ("initial_deposit", "100000")];
+        assert!(ledger.apply(0, id(1), entry(&rules)).unwrap());
+        let profile =
+            [("kind", "OPEN_PROFILE"), ("region", "0"), ("profile", "0"), ("outcome", "DONE")];
+        ledger.apply(0, id(2), entry(&profile)).unwrap();
+        let open =
+            [("kind", "OPEN_ACCOUNT"), ("profile", "0"), ("account", "0"), ("outcome", "DONE")];
+        ledger.apply(0, id(3), entry(&open)).unwrap();
+        assert_eq!(ledger.balances[&0], 100_000);
+        let pay =
+            [("kind", "PAY"), ("outcome", "APPROVED"), ("account", "0"), ("balance", "99000")];
+        ledger.apply(0, id(4), entry(&pay)).unwrap();
+        // Delivered again: skipped.
+        assert!(!ledger.apply(0, id(4), entry(&pay)).unwrap());
+        let debit = [
+            ("kind", "TRANSFER_DEBIT"),
+            ("from", "0"),
+            ("to", "9"),
+            ("amount", "500"),
+            ("outcome", "PENDING"),
+        ];
+        ledger.apply(0, id(5), entry(&debit)).unwrap();
+        assert_eq!(ledger.balances[&0], 98_500);
+        let settle = [("kind", "TRANSFER_SETTLE"), ("transfer", "0"), ("outcome", "DECLINED")];
+        ledger.apply(0, id(6), entry(&settle)).unwrap();
+        assert_eq!(ledger.balances[&0], 99_000);
+        assert_eq!(ledger.applied, 6);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.json");
+        ledger.save(&path).unwrap();
+        let loaded = Ledger::load(&path).unwrap().unwrap();
+        assert_eq!((loaded.balances, loaded.shards[0].cursor), (ledger.balances, id(6)));
+    }
+}

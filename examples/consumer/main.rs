@@ -1,0 +1,343 @@
+//! plafond's example change-stream consumer (SPEC §13): follows every shard's stream with
+//! `XREAD BLOCK`, rebuilds each account's balance from the entries alone, and keeps its
+//! cursors with the balances in one file, so that it resumes where it stopped.
+//!
+//! ```text
+//! # follow for ever (reconnecting when the server restarts), saving every second:
+//! cargo run --release --example consumer -- --port 7379 --ledger ledger.json
+//! # read up to the last entry there is now, then print `account balance` lines:
+//! cargo run --release --example consumer -- --port 7379 --ledger ledger.json --catch-up --dump
+//! ```
+//!
+//! Every few seconds, and at exit, it writes one line on stderr:
+//! `consumer applied=N entries_per_s=R lag_ms=L` (the age of the newest entry applied).
+//! What the stream does not carry it cannot rebuild: savings interest (posted in epochs)
+//! is not itemized in the log, so a savings account's balance is exact only as of its last
+//! entry that carries one.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod ledger;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+use plafond_examples::connect::ServerAddress;
+use plafond_server::options::number;
+use plafond_server::streams::STREAM_REPLY_ENTRIES_MAX;
+use plafond_wire::{Client, Value};
+
+use crate::ledger::{Cursor, Ledger};
+
+/// How long the consumer waits for a reply beyond its `BLOCK`.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts to reach a server that is away.
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(2);
+/// How often the progress line is written.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// plafond consumer: follow the change stream and rebuild the balances.
+#[derive(Debug, Parser)]
+#[command(name = "consumer")]
+struct ConsumerArgs {
+    #[command(flatten)]
+    server: ServerAddress,
+    /// The ledger file: cursors and balances, read at start, written atomically.
+    #[arg(long, value_name = "FILE", required_unless_present = "count_only")]
+    ledger: Option<PathBuf>,
+    /// Entries asked for per stream and read (the server caps it).
+    #[arg(long, default_value_t = 2000, value_parser = number::<usize>)]
+    count: usize,
+    /// How long one `XREAD BLOCK` waits for new entries.
+    #[arg(long, default_value_t = 1000, value_parser = number::<u64>)]
+    block_ms: u64,
+    /// While it keeps up, wait this long after a read that was not full before the next:
+    /// fewer, larger reads cost the server and the consumer less, for this much lag.
+    #[arg(long, default_value_t = 10, value_parser = number::<u64>)]
+    pause_ms: u64,
+    /// How often the ledger is saved while following (and always at exit).
+    #[arg(long, default_value_t = 1000, value_parser = number::<u64>)]
+    save_every_ms: u64,
+    /// Read up to the last entry each stream has when it starts, save, and exit.
+    #[arg(long)]
+    catch_up: bool,
+    /// At exit, print every balance as `account balance` on stdout.
+    #[arg(long)]
+    dump: bool,
+    /// Apply nothing and keep no file: only read, count and move the cursors (measures
+    /// reading the streams; with --catch-up, from the start to the end).
+    #[arg(long, conflicts_with_all = ["ledger", "dump"])]
+    count_only: bool,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("consumer: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = ConsumerArgs::parse();
+    let token = args.server.token()?;
+    let stop = stop_on_signal()?;
+    let mut client = connect(&args, token.as_deref(), &stop)?;
+    let shards = stream_ends(&mut client)?.len();
+    let loaded = match &args.ledger {
+        Some(path) => Ledger::load(path)?,
+        None => None,
+    };
+    let mut ledger = match loaded {
+        Some(ledger) if ledger.shards.len() == shards => ledger,
+        Some(ledger) => {
+            bail!("the ledger follows {} streams, the server has {shards}", ledger.shards.len())
+        }
+        None => Ledger::new(shards),
+    };
+    let save = |ledger: &Ledger| match &args.ledger {
+        Some(path) => ledger.save(path),
+        None => Ok(()),
+    };
+    let targets = if args.catch_up { Some(stream_ends(&mut client)?) } else { None };
+    let mut progress = Progress::new(ledger.applied);
+    let mut saved = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(targets) = &targets {
+            let behind = ledger.shards.iter().zip(targets).any(|(s, end)| s.cursor < *end);
+            if !behind {
+                break;
+            }
+        }
+        match read_once(&mut client, &args, &mut ledger, &mut progress) {
+            Ok(full) => {
+                if !full && targets.is_none() {
+                    std::thread::sleep(Duration::from_millis(args.pause_ms));
+                }
+            }
+            // A signal interrupted the read: the loop stops.
+            Err(ReadError::Connection(_)) if stop.load(Ordering::Relaxed) => break,
+            Err(ReadError::Connection(error)) => {
+                eprintln!("consumer: {error}; reconnecting");
+                client = connect(&args, token.as_deref(), &stop)?;
+            }
+            Err(ReadError::Other(error)) => {
+                save(&ledger)?;
+                return Err(error);
+            }
+        }
+        if saved.elapsed() >= Duration::from_millis(args.save_every_ms) {
+            save(&ledger)?;
+            saved = Instant::now();
+        }
+        progress.report_every(PROGRESS_INTERVAL, ledger.applied);
+    }
+    save(&ledger)?;
+    progress.report(ledger.applied);
+    if args.dump {
+        for (account, balance) in &ledger.balances {
+            println!("{account} {balance}");
+        }
+    }
+    Ok(())
+}
+
+/// Why one read did not go through.
+enum ReadError {
+    /// The server is away (restarting): connect again and resume.
+    Connection(plafond_wire::ClientError),
+    /// A refusal or an entry the ledger cannot apply: stop.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ReadError {
+    fn from(error: anyhow::Error) -> ReadError {
+        ReadError::Other(error)
+    }
+}
+
+/// One `XREAD BLOCK` over every stream, its entries applied; whether some stream gave as
+/// many as were asked for (more are waiting).
+fn read_once(
+    client: &mut Client,
+    args: &ConsumerArgs,
+    ledger: &mut Ledger,
+    progress: &mut Progress,
+) -> Result<bool, ReadError> {
+    let shards = ledger.shards.len();
+    let mut command: Vec<String> = vec!["XREAD".into(), "COUNT".into(), args.count.to_string()];
+    command.extend(["BLOCK".into(), args.block_ms.to_string(), "STREAMS".into()]);
+    command.extend((0..shards).map(|shard| format!("changes:{shard}")));
+    command.extend(ledger.shards.iter().map(|shard| shard.cursor.to_string()));
+    let reply = client.call(&command).map_err(ReadError::Connection)?;
+    let streams = match reply {
+        Value::Nil => return Ok(false),
+        Value::Array(streams) => streams,
+        Value::Error(error) => {
+            return Err(anyhow::anyhow!("the server refused XREAD: {error}").into())
+        }
+        other => return Err(anyhow::anyhow!("XREAD answered {other:?}").into()),
+    };
+    let mut full = false;
+    for stream in streams {
+        let Value::Array(pair) = stream else { return Err(malformed("a stream").into()) };
+        let [Value::Bulk(name), Value::Array(entries)] = pair.as_slice() else {
+            return Err(malformed("a stream's name and entries").into());
+        };
+        let name = String::from_utf8_lossy(name);
+        let shard: usize = name
+            .strip_prefix("changes:")
+            .and_then(|shard| shard.parse().ok())
+            .ok_or_else(|| malformed("a stream name"))?;
+        // The server caps each stream's part of a reply: that many is full too.
+        full |= entries.len() >= args.count.min(STREAM_REPLY_ENTRIES_MAX / shards.max(1));
+        for entry in entries {
+            progress.saw(apply_entry(ledger, shard, entry, args.count_only)?);
+        }
+    }
+    Ok(full)
+}
+
+fn malformed(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("XREAD's reply is not what Redis sends: {what}")
+}
+
+/// Applies one `[id, [field, value, ...]]` (or with `count_only` only moves past it);
+/// returns its time.
+fn apply_entry(
+    ledger: &mut Ledger,
+    shard: usize,
+    entry: &Value,
+    count_only: bool,
+) -> anyhow::Result<i64> {
+    let Value::Array(pair) = entry else { return Err(malformed("an entry")) };
+    let [Value::Bulk(id), Value::Array(values)] = pair.as_slice() else {
+        return Err(malformed("an entry's id and fields"));
+    };
+    let id = Cursor::parse(std::str::from_utf8(id)?)?;
+    let mut fields = Vec::with_capacity(values.len() / 2);
+    for pair in values.chunks(2) {
+        let [Value::Bulk(name), Value::Bulk(value)] = pair else {
+            return Err(malformed("a field"));
+        };
+        fields.push((std::str::from_utf8(name)?, std::str::from_utf8(value)?));
+    }
+    let ts_ms = fields.iter().find(|(name, _)| *name == "ts").and_then(|(_, ts)| ts.parse().ok());
+    if count_only {
+        ledger.skip(shard, id)?;
+    } else {
+        ledger.apply(shard, id, &fields)?;
+    }
+    Ok(ts_ms.unwrap_or(0))
+}
+
+/// The last id of every stream, from `STREAMS.INFO`.
+fn stream_ends(client: &mut Client) -> anyhow::Result<Vec<Cursor>> {
+    let Value::Array(streams) = client.call(&["STREAMS.INFO"])? else {
+        bail!("STREAMS.INFO did not answer an array");
+    };
+    let mut ends = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let Value::Array(pairs) = stream else { bail!("STREAMS.INFO: a stream is not a map") };
+        let last = pairs.chunks(2).find_map(|pair| match pair {
+            [Value::Bulk(key), Value::Bulk(value)] if key == b"last_id" => Some(value.clone()),
+            _ => None,
+        });
+        let last = last.context("STREAMS.INFO: a stream without last_id")?;
+        ends.push(Cursor::parse(&String::from_utf8_lossy(&last))?);
+    }
+    Ok(ends)
+}
+
+/// Connects, waiting (longer each time, up to [`RECONNECT_PAUSE_MAX`]) while the server is
+/// away, until it answers or a signal stops the consumer.
+fn connect(args: &ConsumerArgs, token: Option<&str>, stop: &AtomicBool) -> anyhow::Result<Client> {
+    let timeout = REPLY_TIMEOUT + Duration::from_millis(args.block_ms);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let attempt = Client::connect(args.server.addr(), timeout).and_then(|mut client| {
+            if let Some(token) = token {
+                client.auth(token)?;
+            }
+            Ok(client)
+        });
+        match attempt {
+            Ok(client) => return Ok(client),
+            Err(plafond_wire::ClientError::AuthRefused(error)) => bail!("AUTH refused: {error}"),
+            Err(error) if stop.load(Ordering::Relaxed) => return Err(error.into()),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
+            }
+        }
+    }
+}
+
+/// A flag SIGTERM and SIGINT set, so that the consumer saves its ledger and stops.
+fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let (mut terminate, mut interrupt) = runtime.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
+    let flag = stop.clone();
+    std::thread::Builder::new().name("consumer-signals".into()).spawn(move || {
+        runtime.block_on(async {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        });
+        flag.store(true, Ordering::Relaxed);
+    })?;
+    Ok(stop)
+}
+
+/// The progress line: entries applied, their rate, and the age of the newest.
+struct Progress {
+    started: Instant,
+    applied_at_start: u64,
+    last_report: Instant,
+    newest_ts_ms: i64,
+}
+
+impl Progress {
+    fn new(applied: u64) -> Progress {
+        let now = Instant::now();
+        Progress { started: now, applied_at_start: applied, last_report: now, newest_ts_ms: 0 }
+    }
+
+    fn saw(&mut self, ts_ms: i64) {
+        self.newest_ts_ms = self.newest_ts_ms.max(ts_ms);
+    }
+
+    fn report_every(&mut self, interval: Duration, applied: u64) {
+        if self.last_report.elapsed() >= interval {
+            self.report(applied);
+        }
+    }
+
+    fn report(&mut self, applied: u64) {
+        self.last_report = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let rate = (applied - self.applied_at_start) as f64 / secs;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let lag_ms = if self.newest_ts_ms > 0 { now_ms - self.newest_ts_ms } else { 0 };
+        eprintln!("consumer applied={applied} entries_per_s={rate:.0} lag_ms={lag_ms}");
+    }
+}
