@@ -59,7 +59,7 @@ pub use clock::{
 pub use config::EngineConfig;
 pub use engine::Engine;
 pub use error::EngineError;
-pub use report::{Audit, RegionStats, ShardStats, Stats};
+pub use report::{Audit, RegionStats, ShardStats, Stats, StorageStats};
 pub use retention::{
     Archive, LogRetention, Retained, ARCHIVE_DIR_DEFAULT, LOG_RETENTION_DAYS_DEFAULT,
 };
@@ -68,10 +68,13 @@ pub use time_guard::{ClockGuardReport, ClockJump, TimeGuard, CLOCK_JUMP_DAYS_MAX
 pub use plafond_batch::{BatchError, EpochReport, RegionEpochs};
 pub use plafond_mac::{MacKey, MacKeyError, MAC_KEY_BYTES_MIN};
 pub use plafond_shards::command::{
-    AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
+    AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Kind, Opening, Outcome,
     ProfileView, Reason, RegionId, Request,
 };
 pub use plafond_shards::health::Health;
+pub use plafond_shards::histogram::Buckets;
+pub use plafond_shards::outcomes::CommandCounts;
+pub use plafond_shards::store::StoreSizes;
 pub use plafond_shards::ids::{AccountId, CardId, ProfileId, ShardId, SHARDS_MAX};
 /// The most commands one shard decides in one batch (and one log write).
 pub use plafond_shards::limits::BATCH_COMMANDS_MAX;

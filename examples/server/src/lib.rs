@@ -27,6 +27,7 @@ pub mod limits;
 pub mod metrics;
 pub mod open;
 pub mod options;
+mod page;
 pub mod slots;
 pub mod snapshot_dir;
 pub mod stats;
