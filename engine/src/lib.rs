@@ -73,16 +73,16 @@ pub use plafond_shards::command::{
 };
 pub use plafond_shards::health::Health;
 pub use plafond_shards::histogram::Buckets;
-pub use plafond_shards::outcomes::CommandCounts;
-pub use plafond_shards::store::StoreSizes;
 pub use plafond_shards::ids::{AccountId, CardId, ProfileId, ShardId, SHARDS_MAX};
 /// The most commands one shard decides in one batch (and one log write).
 pub use plafond_shards::limits::BATCH_COMMANDS_MAX;
 pub use plafond_shards::money::AMOUNT_MAX_MINOR;
+pub use plafond_shards::outcomes::CommandCounts;
 pub use plafond_shards::region::{Region, RegionError, Regions, Rules};
 pub use plafond_shards::reply::{Stopped, Ticket};
 pub use plafond_shards::state::RegionCounters;
 pub use plafond_shards::store::Durability;
+pub use plafond_shards::store::StoreSizes;
 pub use plafond_snapshots::{Progress, RestoreReport, SnapshotError, SnapshotReport};
 
 /// Lower-level pieces, for the batch service, snapshots and tools.

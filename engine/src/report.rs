@@ -8,9 +8,9 @@ use plafond_shards::calendar::Calendar;
 use plafond_shards::command::Reason;
 use plafond_shards::histogram::Buckets;
 use plafond_shards::outcomes::CommandCounts;
-use plafond_shards::store::StoreSizes;
 use plafond_shards::region::Regions;
 use plafond_shards::state::{Instrument, RegionCounters, ShardState, Totals};
+use plafond_shards::store::StoreSizes;
 
 use crate::engine::Engine;
 use crate::error::EngineError;

@@ -95,7 +95,8 @@ pub(crate) fn retain_log(
             let segments = archive::archive_range_keyed(store, shard, start, end, dir, key)
                 .map_err(|e| e.to_string())?;
             retained.segments += segments.len() as u64;
-            retained.segment_bytes += segments.iter().map(|segment| segment.file_bytes).sum::<u64>();
+            retained.segment_bytes +=
+                segments.iter().map(|segment| segment.file_bytes).sum::<u64>();
         }
         store.delete_log_range(shard, start, end).map_err(|e| e.to_string())?;
         // The range's files are reclaimed by compacting it away now, not some day.

@@ -237,7 +237,10 @@ fn durable_traffic_moves_the_command_counters_and_every_histogram() {
     assert!(histogram("plafond_wal_fsync_seconds") > fsyncs, "sync: each group waits for one");
     assert!(histogram("plafond_group_commit_batches") > 0.0);
     let inf = |name: &str| exact(&after, name, "histogram", &[("le", "+Inf")]);
-    assert_eq!(inf("plafond_group_commit_seconds_bucket"), histogram("plafond_group_commit_seconds"));
+    assert_eq!(
+        inf("plafond_group_commit_seconds_bucket"),
+        histogram("plafond_group_commit_seconds")
+    );
     let fsync_s = value(&after, "plafond_wal_fsync_seconds_sum", "histogram", &[]);
     assert!(fsync_s > 0.0 && fsync_s < 60.0, "{fsync_s} s of fsync");
     for shard in ["0", "1"] {

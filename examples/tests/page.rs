@@ -27,7 +27,9 @@ fn chromium() -> PathBuf {
         .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
-            panic!("chromium is not installed: run scripts/setup.sh (it installs Debian's chromium)")
+            panic!(
+                "chromium is not installed: run scripts/setup.sh (it installs Debian's chromium)"
+            )
         })
 }
 
@@ -107,7 +109,7 @@ fn load(server: &InProcess, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u6
             pipe.query::<()>(&mut redis).expect("the pays are answered");
             pays += 64;
             rounds += 1;
-            if rounds % 200 == 0 {
+            if rounds.is_multiple_of(200) {
                 redis::cmd("BATCH.RUN").arg("eu-west").query::<redis::Value>(&mut redis).ok();
             }
             // Leaves the machine's other core some room: the browser runs beside it.

@@ -24,7 +24,10 @@ pub const DURATION_BUCKETS: usize = 32;
 
 impl<const N: usize, const UNIT: u64> Default for Log2Histogram<N, UNIT> {
     fn default() -> Self {
-        Log2Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0) }
+        Log2Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
     }
 }
 

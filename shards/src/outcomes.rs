@@ -73,9 +73,10 @@ impl OutcomeCounters {
 
     /// The counts so far.
     pub fn snapshot(&self) -> CommandCounts {
-        let counts = self.counts.each_ref().map(|slots| {
-            slots.each_ref().map(|count| count.load(Ordering::Relaxed))
-        });
+        let counts = self
+            .counts
+            .each_ref()
+            .map(|slots| slots.each_ref().map(|count| count.load(Ordering::Relaxed)));
         CommandCounts { counts }
     }
 }

@@ -95,6 +95,8 @@ struct Shared {
     budget: Arc<Budget>,
     limits: ConnectionLimits,
     slots: Arc<Slots>,
+    /// Requests on the metrics port taking a cut now (`limits::HTTP_CUTS_IN_FLIGHT_MAX`).
+    http_cuts: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -129,6 +131,7 @@ pub async fn run(
         budget: Arc::new(Budget::default()),
         limits: config.limits,
         slots: slots.clone(),
+        http_cuts: Arc::new(Semaphore::new(crate::limits::HTTP_CUTS_IN_FLIGHT_MAX)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = config.metrics.map(|listener| {

@@ -28,10 +28,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use plafond::{Buckets, CommandCounts, Health, Kind, Reason, RegionCounters, Stats, StorageStats};
 
+use crate::limits::HTTP_CUTS_IN_FLIGHT_MAX;
 use crate::Shared;
 
 /// What Prometheus is told the body is.
@@ -76,11 +77,17 @@ pub(crate) async fn serve(
 /// One scrape: the engine's numbers are gathered off the async threads (a cut of every
 /// shard), then rendered.
 async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Response {
+    let Some(permit) = cut_permit(&shared) else {
+        return busy();
+    };
     let gauges = shared.server_gauges();
     let engine = shared.engine.clone();
-    let gathered = tokio::task::spawn_blocking(move || match engine.health() {
-        Health::Ok => engine.stats().map(Some).map_err(|e| e.to_string()),
-        Health::Failed { .. } => Ok(None),
+    let gathered = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        match engine.health() {
+            Health::Ok => engine.stats().map(Some).map_err(|e| e.to_string()),
+            Health::Failed { .. } => Ok(None),
+        }
     })
     .await;
     let stats = match gathered {
@@ -94,6 +101,17 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
         Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
+}
+
+/// One of the [`HTTP_CUTS_IN_FLIGHT_MAX`] requests that may take a cut at once, or `None`.
+pub(crate) fn cut_permit(shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    shared.http_cuts.clone().try_acquire_owned().ok()
+}
+
+/// The answer past [`HTTP_CUTS_IN_FLIGHT_MAX`].
+pub(crate) fn busy() -> Response {
+    let text = format!("busy: {HTTP_CUTS_IN_FLIGHT_MAX} requests are being answered; retry");
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], text).into_response()
 }
 
 /// The exposition of `stats` (none while the storage has failed) and the server's gauges.

@@ -4,7 +4,7 @@
 //! bank's admin network has no internet, so nothing is fetched from elsewhere, and the
 //! `Content-Security-Policy` tells the browser to refuse anything that is not ours. The
 //! page polls `GET /stats.json` (what `STATS JSON` answers) once a second and keeps the
-//! last [`SAMPLES_KEPT`] samples in the browser for its charts: the server keeps nothing
+//! last `PAGE_SAMPLES_KEPT` samples in the browser for its charts: the server keeps nothing
 //! per viewer, and a page left open costs one `STATS` a second.
 
 use std::sync::Arc;
@@ -17,9 +17,7 @@ use axum::Router;
 
 use crate::Shared;
 
-/// Samples the page keeps for its charts: ten minutes at one a second. The script reads
-/// it from the page (`data-samples`), so this is the one place it is set.
-pub const SAMPLES_KEPT: usize = 600;
+use crate::limits::PAGE_SAMPLES_KEPT;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const PAGE_JS: &str = include_str!("page/page.js");
@@ -38,9 +36,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/stats.json", get(stats_json))
 }
 
-/// The page, with the number of samples it keeps filled in.
+/// The page, with the number of samples it keeps filled in: the script reads it from the
+/// page (`data-samples`), so the limit is set in one place.
 fn index() -> String {
-    INDEX_HTML.replace("{{SAMPLES_KEPT}}", &SAMPLES_KEPT.to_string())
+    INDEX_HTML.replace("{{SAMPLES_KEPT}}", &PAGE_SAMPLES_KEPT.to_string())
 }
 
 fn asset(content_type: &'static str, body: impl IntoResponse) -> Response {
@@ -51,7 +50,11 @@ fn asset(content_type: &'static str, body: impl IntoResponse) -> Response {
 /// `STATS JSON`, for the page: the same numbers from the same code, off the async threads
 /// (a consistent cut of every shard).
 async fn stats_json(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(permit) = crate::metrics::cut_permit(&shared) else {
+        return crate::metrics::busy();
+    };
     let rendered = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         crate::stats::render(&shared.engine, &shared.sampler, true)
     })
     .await;
@@ -73,7 +76,7 @@ mod tests {
     #[test]
     fn the_page_names_only_its_own_assets() {
         let page = index();
-        assert!(page.contains(&format!("data-samples=\"{SAMPLES_KEPT}\"")), "{page}");
+        assert!(page.contains(&format!("data-samples=\"{PAGE_SAMPLES_KEPT}\"")), "{page}");
         for text in [page.as_str(), PAGE_JS, PAGE_CSS] {
             // The one address is SVG's namespace, a name that is never fetched.
             let text = text.replace("\"http://www.w3.org/2000/svg\"", "");
