@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # What watching the server costs (docs/BENCHMARKS.md §4): one fresh server with 1M cards
-# (sync, manual clock, --metrics-port), then redis-benchmark -P 64, 2M pays; with
-# `observed`, a scraper GETs /metrics every second and the live page is open in headless
-# Chromium (it fetches /stats.json, a STATS cut, every second) for the whole run.
-# usage: scripts/observed_ab.sh SERVER_BINARY PORT none|observed
+# (sync, manual clock, --metrics-port), then redis-benchmark -P 64, 2M pays, while:
+#   none     nothing watches;
+#   scraped  a scraper GETs /metrics every second and another /stats.json every second
+#            (what an open live page asks of the server);
+#   page     the scraper, and the live page open in headless Chromium on this machine
+#            (it fetches /stats.json every second and draws; the browser's own CPU too).
+# usage: scripts/observed_ab.sh SERVER_BINARY PORT none|scraped|page
 #   prints "<mode> rb=<redis-benchmark pays/s>"
 set -u
 BIN=$1; PORT=$2; MODE=$3; METRICS=$((PORT + 2000)); DIR=/tmp/bench/observed-$PORT
@@ -13,9 +16,15 @@ $BIN --port $PORT --data-dir $DIR --durability sync --clock manual --populate 10
 SP=$!
 for i in $(seq 1 120); do grep -q listening $DIR.server.log && break; sleep 0.5; done
 WATCHERS=()
-if [ "$MODE" = observed ]; then
+if [ "$MODE" != none ]; then
     (while true; do curl -s -o /dev/null localhost:$METRICS/metrics; sleep 1; done) &
     WATCHERS+=($!)
+fi
+if [ "$MODE" = scraped ]; then
+    (while true; do curl -s -o /dev/null localhost:$METRICS/stats.json; sleep 1; done) &
+    WATCHERS+=($!)
+fi
+if [ "$MODE" = page ]; then
     # Stays open (remote debugging keeps it running) and polls in real time.
     chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-sync \
         --disable-background-networking --disable-component-update \
