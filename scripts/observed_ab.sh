@@ -9,8 +9,9 @@
 # usage: scripts/observed_ab.sh SERVER_BINARY PORT none|scraped|page
 #   prints "<mode> rb=<redis-benchmark pays/s>"
 set -u
-BIN=$1; PORT=$2; MODE=$3; METRICS=$((PORT + 2000)); DIR=/tmp/bench/observed-$PORT
-rm -rf $DIR $DIR.profile; mkdir -p /tmp/bench
+BIN=$1; PORT=$2; MODE=$3; METRICS=$((PORT + 2000)); BENCH=${BENCH_DIR:-/tmp/bench}
+DIR=$BENCH/observed-$PORT
+rm -rf $DIR $DIR.profile; mkdir -p $BENCH
 $BIN --port $PORT --data-dir $DIR --durability sync --clock manual --populate 1000000 \
     --metrics-port $METRICS > $DIR.server.log 2>&1 &
 SP=$!
