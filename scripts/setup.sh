@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what plafond needs on a fresh Debian machine: libclang for the rocksdb crate's
 # bindings, a C++ compiler for RocksDB itself, redis-tools for the demo and the peers,
-# Python's prometheus_client for the metrics test and redis-py for the stream tests.
+# Python's prometheus_client for the metrics test, redis-py for the stream tests and
+# Debian's chromium (headless) for the live page's test.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
 
@@ -16,6 +17,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
     $sudo_if_needed apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Large, so alone and without what it merely recommends: examples/tests/page.rs drives it
+# headless (no display, no sound, no fonts beyond its own dependencies needed).
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing chromium" >&2
+    sudo_if_needed=""
+    [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
+    $sudo_if_needed apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq --no-install-recommends \
+        chromium >/dev/null
 fi
 # The Prometheus project's Python client: its strict OpenMetrics parser reads /metrics in
 # examples/tests/metrics.rs.

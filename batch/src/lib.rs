@@ -93,6 +93,8 @@ pub struct RegionEpochs {
     pub last_day: Option<Day>,
     /// The report of the last epoch this process ran for the region.
     pub last_report: Option<EpochReport>,
+    /// Epochs this process completed for the region (a catch-up counts each day).
+    pub completed: u64,
 }
 
 /// The service. Epochs run one at a time; their status is readable at any moment.
@@ -121,7 +123,7 @@ impl<H: EpochHost> BatchService<H> {
         let mut regions = Vec::with_capacity(count);
         for region in 0..count as RegionId {
             let last_day = host.last_epoch(region)?;
-            regions.push(RegionEpochs { last_day, last_report: None });
+            regions.push(RegionEpochs { last_day, last_report: None, completed: 0 });
         }
         Ok(BatchService {
             host,
@@ -173,6 +175,7 @@ impl<H: EpochHost> BatchService<H> {
                 epochs.last_day = Some(report.day);
             }
             epochs.last_report = Some(report.clone());
+            epochs.completed += 1;
         }
         Ok(())
     }

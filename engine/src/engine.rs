@@ -15,6 +15,7 @@ use plafond_shards::command::{Command, Outcome, Reason, RegionId, Request};
 use plafond_shards::health::{Health, StorageHealth};
 use plafond_shards::idempotency::expiry_day;
 use plafond_shards::ids::{shard_of, ShardId};
+use plafond_shards::outcomes::OutcomeCounters;
 use plafond_shards::region::Regions;
 use plafond_shards::remembered::{Claims, IdsHome};
 use plafond_shards::reply::{Collector, Stopped, Ticket};
@@ -45,8 +46,10 @@ pub struct Engine {
     claims: Arc<Claims>,
     /// Where idempotency records live once durable.
     pub(crate) ids: IdsHome,
-    /// Declines decided at ingress (invalid amounts, unknown regions, id conflicts).
-    pub(crate) ingress_declines: [AtomicU64; Reason::ALL.len()],
+    /// Declines decided at ingress (unknown regions, id conflicts), by kind and reason.
+    pub(crate) ingress_declines: OutcomeCounters,
+    /// Bytes of archive segments written since start (by retention, after checkpoints).
+    pub(crate) archived_bytes: Arc<AtomicU64>,
     next_profile_shard: AtomicU64,
     /// Set by the writer on the first failed write: nothing is acknowledged after it.
     health: Arc<StorageHealth>,
@@ -205,7 +208,8 @@ impl Engine {
             router,
             claims,
             ids,
-            ingress_declines: Default::default(),
+            ingress_declines: OutcomeCounters::default(),
+            archived_bytes: Arc::new(AtomicU64::new(0)),
             next_profile_shard: AtomicU64::new(0),
             health,
             metrics,
@@ -299,8 +303,9 @@ impl Engine {
             match self.admit(&request) {
                 Ok(shard) => per_shard[usize::from(shard)].push((index as u32, request)),
                 Err(reason) => {
-                    self.ingress_declines[reason.index()].fetch_add(1, Ordering::Relaxed);
-                    declined.push((index as u32, Outcome::Declined(reason)));
+                    let outcome = Outcome::Declined(reason);
+                    self.ingress_declines.count(request.command.kind(), &outcome);
+                    declined.push((index as u32, outcome));
                 }
             }
         }
@@ -448,6 +453,11 @@ impl Engine {
         self.router.ingress.iter().map(|sender| sender.len()).collect()
     }
 
+    /// Mail waiting in each shard's internal mailbox: transfer legs, epoch chunks, cuts.
+    pub fn internal_depths(&self) -> Vec<usize> {
+        self.router.internal.iter().map(|sender| sender.len()).collect()
+    }
+
     /// The RocksDB store, when durable.
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
@@ -510,13 +520,16 @@ impl Engine {
         let (shards, retention, clock) =
             (self.shards, self.log_retention.clone(), self.clock.clone());
         let key = self.mac_key.clone();
+        let archived_bytes = self.archived_bytes.clone();
         let regions = self.regions.len() as RegionId;
         let mut horizons_compacted = Vec::new();
         Box::new(move |data_dir| {
             let now_ms = clock.now_ms();
             match retention::retain_log(&store, data_dir, shards, &retention, now_ms, key.as_ref())
             {
-                Ok(_) => {}
+                Ok(retained) => {
+                    archived_bytes.fetch_add(retained.segment_bytes, Ordering::Relaxed);
+                }
                 Err(error) => eprintln!(
                     "plafond: log retention failed ({error}); retried after the next checkpoint"
                 ),

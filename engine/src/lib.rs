@@ -98,7 +98,7 @@ pub use clock::{
 pub use config::EngineConfig;
 pub use engine::Engine;
 pub use error::{CheckpointError, EngineError};
-pub use report::{Audit, RegionStats, ShardStats, Stats};
+pub use report::{Audit, RegionStats, ShardStats, Stats, StorageStats};
 pub use retention::{
     Archive, LogRetention, Retained, ARCHIVE_DIR_DEFAULT, LOG_RETENTION_DAYS_DEFAULT,
 };
@@ -108,9 +108,10 @@ pub use plafond_batch::{BatchError, EpochReport, RegionEpochs};
 pub use plafond_mac::{MacKey, MacKeyError, MAC_KEY_BYTES_MIN};
 pub use plafond_shards::command::{
     AccountKind, AccountView, BalanceDetail, CardStatus, CardView, Command, CommandId, HoldView,
-    Opening, Outcome, ProfileView, Reason, RegionId, Release, Request,
+    Kind, Opening, Outcome, ProfileView, Reason, RegionId, Release, Request,
 };
 pub use plafond_shards::health::Health;
+pub use plafond_shards::histogram::Buckets;
 pub use plafond_shards::holds::{
     HoldStatus, HOLDS_PER_ACCOUNT_MAX, HOLDS_PER_SHARD_MAX, HOLD_EXPIRY_DAYS_DEFAULT,
     HOLD_EXPIRY_DAYS_MAX, HOLD_KEPT_DAYS,
@@ -119,10 +120,12 @@ pub use plafond_shards::ids::{AccountId, CardId, HoldId, ProfileId, ShardId, SHA
 /// The most commands one shard decides in one batch (and one log write).
 pub use plafond_shards::limits::BATCH_COMMANDS_MAX;
 pub use plafond_shards::money::AMOUNT_MAX_MINOR;
+pub use plafond_shards::outcomes::CommandCounts;
 pub use plafond_shards::region::{Region, RegionError, Regions, Rules};
 pub use plafond_shards::reply::{Stopped, Ticket};
 pub use plafond_shards::state::RegionCounters;
 pub use plafond_shards::store::Durability;
+pub use plafond_shards::store::StoreSizes;
 pub use plafond_snapshots::{Progress, RestoreReport, SnapshotError, SnapshotReport};
 
 /// Lower-level pieces, for the batch service, snapshots and tools.

@@ -6,8 +6,11 @@ use std::sync::atomic::Ordering;
 use plafond_shards::apply::ceiling_of;
 use plafond_shards::calendar::Calendar;
 use plafond_shards::command::Reason;
+use plafond_shards::histogram::Buckets;
+use plafond_shards::outcomes::CommandCounts;
 use plafond_shards::region::Regions;
 use plafond_shards::state::{Instrument, RegionCounters, ShardState, Totals};
+use plafond_shards::store::StoreSizes;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -83,6 +86,8 @@ pub struct ShardStats {
     pub accounts: u64,
     /// Submissions waiting in the shard's ingress mailbox.
     pub queue_depth: usize,
+    /// Mail waiting in the shard's internal mailbox (transfer legs, epoch chunks, cuts).
+    pub internal_depth: usize,
     /// Client commands handled since start.
     pub commands: u64,
     /// Batches that held client commands, since start: `commands / batches` is the mean
@@ -98,6 +103,28 @@ pub struct ShardStats {
     pub service_us_p99: u64,
     /// See [`ShardStats::service_us_p50`].
     pub service_us_p999: u64,
+    /// Batch service times since start, by power-of-two µs bucket; the sum in ns.
+    pub service: Buckets,
+    /// Client commands per batch since start, by power-of-two bucket.
+    pub batch_commands: Buckets,
+}
+
+/// What the store and its group-commit writer report (a durable engine only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Shard batches per group commit, by power-of-two bucket.
+    pub group_batches: Buckets,
+    /// Group commit times (gathered to released), by power-of-two µs bucket; sum in ns.
+    pub group_commit: Buckets,
+    /// WAL fsync waits, by power-of-two µs bucket; sum in ns (see
+    /// [`plafond_shards::store::WriterMetrics::wal_sync`]).
+    pub wal_sync: Buckets,
+    /// Changelog bytes written since start.
+    pub log_written_bytes: u64,
+    /// Archive segment bytes written since start.
+    pub archived_bytes: u64,
+    /// What RocksDB holds: table bytes, remembered ids on disk (an estimate).
+    pub sizes: StoreSizes,
 }
 
 /// Everything the pretty dump shows.
@@ -118,6 +145,13 @@ pub struct Stats {
     pub remembered_in_memory: u64,
     /// Command ids submitted and not yet durable, claimed across shards.
     pub ids_in_flight: u64,
+    /// Commands answered since start, by kind and outcome: the shards' and the declines
+    /// at the door.
+    pub commands: CommandCounts,
+    /// Per region, by id: epochs this process completed.
+    pub epochs_completed: Vec<u64>,
+    /// The store's and the writer's figures; `None` with durability `none`.
+    pub storage: Option<StorageStats>,
     /// What the last checkpoint did.
     pub checkpoint: crate::CheckpointReport,
     /// What the guard against jumps of the host's clock refused (how many, and the one
@@ -219,9 +253,12 @@ impl Engine {
         let mut regions: Vec<(String, RegionStats)> =
             self.regions().iter().map(|r| (r.name.clone(), RegionStats::default())).collect();
         let mut unattributed = RegionCounters::default();
-        for (reason, count) in Reason::ALL.iter().zip(&self.ingress_declines) {
-            unattributed.declined[reason.index()] += count.load(Ordering::Relaxed);
+        let mut commands = self.ingress_declines.snapshot();
+        for reason in Reason::ALL {
+            unattributed.declined[reason.index()] += commands.declined_for(reason);
         }
+        let queue_depths = self.queue_depths();
+        let internal_depths = self.internal_depths();
         let mut shards = Vec::new();
         for (shard, cut) in cuts.iter().enumerate() {
             for (region, stats) in regions.iter_mut().enumerate() {
@@ -239,16 +276,22 @@ impl Engine {
             }
             unattributed.add(&cut.counters[region_count]);
             let metrics = &self.metrics[shard];
+            commands.add(&metrics.outcomes.snapshot());
+            let service = metrics.service.snapshot();
+            let batch_commands = metrics.batch_commands.snapshot();
             shards.push(ShardStats {
                 accounts: cut.accounts,
-                queue_depth: self.queue_depths()[shard],
-                commands: metrics.commands.load(Ordering::Relaxed),
-                batches: metrics.batches.load(Ordering::Relaxed),
+                queue_depth: queue_depths[shard],
+                internal_depth: internal_depths[shard],
+                commands: batch_commands.sum,
+                batches: batch_commands.count(),
                 inline_batches: metrics.inline_batches.load(Ordering::Relaxed),
-                busy_ns: metrics.busy_ns.load(Ordering::Relaxed),
-                service_us_p50: metrics.service_us_quantile(0.5),
-                service_us_p99: metrics.service_us_quantile(0.99),
-                service_us_p999: metrics.service_us_quantile(0.999),
+                busy_ns: service.sum,
+                service_us_p50: service.quantile_bound(0.5),
+                service_us_p99: service.quantile_bound(0.99),
+                service_us_p999: service.quantile_bound(0.999),
+                service,
+                batch_commands,
             });
         }
         let mut total = RegionStats::default();
@@ -272,8 +315,26 @@ impl Engine {
             shards,
             remembered_in_memory,
             ids_in_flight: self.ids_in_flight() as u64,
+            commands,
+            epochs_completed: self.batch.status().iter().map(|epochs| epochs.completed).collect(),
+            storage: self.storage_stats(),
             checkpoint: self.checkpoint_report(),
             clock_guard: self.clock().guard().map(crate::TimeGuard::report),
+        })
+    }
+}
+
+impl Engine {
+    fn storage_stats(&self) -> Option<StorageStats> {
+        let store = self.store()?;
+        let writer = store.writer_metrics();
+        Some(StorageStats {
+            group_batches: writer.group_batches.snapshot(),
+            group_commit: writer.group_commit.snapshot(),
+            wal_sync: writer.wal_sync.snapshot(),
+            log_written_bytes: store.log_bytes_written(),
+            archived_bytes: self.archived_bytes.load(Ordering::Relaxed),
+            sizes: store.sizes(),
         })
     }
 }

@@ -63,6 +63,8 @@ pub struct Retained {
     pub batches: u64,
     /// Segment files written.
     pub segments: u64,
+    /// Bytes of the segment files written.
+    pub segment_bytes: u64,
 }
 
 /// Moves every shard's batches older than retention and before the oldest kept checkpoint
@@ -93,6 +95,8 @@ pub(crate) fn retain_log(
             let segments = archive::archive_range_keyed(store, shard, start, end, dir, key)
                 .map_err(|e| e.to_string())?;
             retained.segments += segments.len() as u64;
+            retained.segment_bytes +=
+                segments.iter().map(|segment| segment.file_bytes).sum::<u64>();
         }
         store.delete_log_range(shard, start, end).map_err(|e| e.to_string())?;
         // The range's files are reclaimed by compacting it away now, not some day.

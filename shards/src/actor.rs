@@ -23,10 +23,12 @@ use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
 use crate::calendar::{Calendar, Day};
-use crate::command::{CommandId, Outcome, RegionId, Request};
+use crate::command::{CommandId, Kind, Outcome, RegionId, Request};
+use crate::histogram::{DurationHistogram, Log2Histogram};
 use crate::idempotency::{self, expiry_day, retention_of, IdempotencyRecord, Verdict};
 use crate::ids::{shard_of, ShardId};
 use crate::log::{BatchEncoder, Entry};
+use crate::outcomes::{OutcomeCounters, OutcomeTally};
 use crate::region::Regions;
 use crate::remembered::{Claims, IdsHome, RememberedIds};
 use crate::reply::{Collector, Slot};
@@ -111,18 +113,21 @@ impl Router {
     }
 }
 
-/// Counters a shard publishes for the pretty dump.
+/// Counters a shard publishes for the pretty dump and `/metrics`.
 #[derive(Default)]
 pub struct ShardMetrics {
-    /// Client commands handled.
-    pub commands: AtomicU64,
-    /// Batches that held client commands (not those of transfer legs, epoch chunks or
-    /// cuts alone), so that commands per batch is the mean batch size a client sees.
-    pub batches: AtomicU64,
+    /// Client commands per batch, of the batches that held client commands (not those of
+    /// transfer legs, epoch chunks or cuts alone): its sum is the commands handled, its
+    /// count the batches, so commands per batch is the mean batch size a client sees.
+    pub batch_commands: Log2Histogram<BATCH_BUCKETS, 1>,
     /// Of those, the batches a submitter applied on its own thread ([`ShardCell::try_apply`]).
     pub inline_batches: AtomicU64,
-    /// Time spent handling batches, from the first mail to the flush, in nanoseconds.
-    pub busy_ns: AtomicU64,
+    /// Batch service times, of every batch (epoch chunks too), from the first mail to the
+    /// flush: its sum is the time the shard spent handling batches.
+    pub service: DurationHistogram,
+    /// Client commands answered, by kind and outcome (retries answered from their record
+    /// included; a cross-shard transfer once it settles).
+    pub outcomes: OutcomeCounters,
     /// Accounts the shard holds, as of its last batch.
     pub accounts: AtomicU64,
     /// Profiles the shard holds, as of its last batch (sizes a capture's buffers).
@@ -138,42 +143,13 @@ pub struct ShardMetrics {
     pub capture_step_max_cpu_ns: AtomicU64,
     /// Idempotency records of the shard's batches in flight, as of its last batch.
     pub remembered_in_memory: AtomicU64,
-    /// Batch service times, of every batch (epoch chunks too): bucket `i` counts batches
-    /// that took less than `2^i` µs (and at least `2^(i-1)` µs); the last bucket takes
-    /// everything longer.
-    pub service_us_log2: [AtomicU64; SERVICE_BUCKETS],
 }
 
-/// Buckets of [`ShardMetrics::service_us_log2`]: up to about 2^31 µs (36 minutes).
-pub const SERVICE_BUCKETS: usize = 32;
+/// Buckets of [`ShardMetrics::batch_commands`]: the last one, from 2^13, holds batches of
+/// [`BATCH_COMMANDS_MAX`].
+pub const BATCH_BUCKETS: usize = 15;
 
-impl ShardMetrics {
-    fn record_service(&self, elapsed_ns: u64) {
-        let micros = elapsed_ns / 1_000;
-        let bucket = (u64::BITS - micros.leading_zeros()) as usize;
-        self.service_us_log2[bucket.min(SERVICE_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The batch service time below which a `quantile` of batches fell, in µs: the upper
-    /// bound of its power-of-two bucket (so within a factor of two), 0 before any batch.
-    pub fn service_us_quantile(&self, quantile: f64) -> u64 {
-        let counts: Vec<u64> =
-            self.service_us_log2.iter().map(|count| count.load(Ordering::Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let rank = ((total as f64) * quantile).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (bucket, count) in counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return 1u64 << bucket;
-            }
-        }
-        1u64 << (SERVICE_BUCKETS - 1)
-    }
-}
+const _: () = assert!(BATCH_COMMANDS_MAX < 1 << BATCH_BUCKETS);
 
 /// What a shard does once its batch is durable.
 pub struct ShardRelease {
@@ -486,17 +462,14 @@ impl Actor {
         let stop = batch.stop;
         let metrics = self.setup.metrics.clone();
         if batch.commands > 0 {
-            metrics.commands.fetch_add(batch.commands as u64, Ordering::Relaxed);
-            metrics.batches.fetch_add(1, Ordering::Relaxed);
+            metrics.batch_commands.record(batch.commands as u64);
         }
         self.flush(batch);
         self.capture_step();
         metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
         metrics.profiles.store(self.state.profiles.len() as u64, Ordering::Relaxed);
         metrics.remembered_in_memory.store(self.remembered.unwritten() as u64, Ordering::Relaxed);
-        let elapsed_ns = started.elapsed().as_nanos() as u64;
-        metrics.busy_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
-        metrics.record_service(elapsed_ns);
+        metrics.service.record(started.elapsed().as_nanos() as u64);
         stop
     }
 
@@ -527,6 +500,7 @@ impl Actor {
                 }
                 if let Reply::Settled { seq, outcome } = reply {
                     for slot in self.parked.remove(&seq).unwrap_or_default() {
+                        self.setup.metrics.outcomes.count(Kind::Transfer, &outcome);
                         batch.fills.push((slot.collector, vec![(slot.index, outcome.clone())]));
                     }
                 }
@@ -575,6 +549,7 @@ impl Actor {
             prefetch(&self.state, ahead);
         }
         let mut position = 0;
+        let mut tally = OutcomeTally::default();
         while let Some((index, request)) = items.next() {
             // Nearly every command misses the cache: start the miss of a later one.
             if let Some((_, ahead)) = items.as_slice().get(PREFETCH_AHEAD - 1) {
@@ -582,6 +557,7 @@ impl Actor {
             }
             let found = prefetched.get(position);
             position += 1;
+            let kind = request.command.kind();
             let reply =
                 match keyed_id(&request).map(|id| (id, self.verdict(ts_ms, &request, found))) {
                     Some((id, Some(Verdict::New))) => {
@@ -602,7 +578,10 @@ impl Actor {
                     None => self.apply_request(ts_ms, request, batch),
                 };
             match reply {
-                Reply::Now(outcome) => outcomes.push((index, outcome)),
+                Reply::Now(outcome) => {
+                    tally.count(kind, &outcome);
+                    outcomes.push((index, outcome));
+                }
                 Reply::Parked { seq } => {
                     let slot = Slot { collector: collector.clone(), index };
                     self.parked.entry(seq).or_default().push(slot);
@@ -610,6 +589,7 @@ impl Actor {
                 Reply::Nothing | Reply::Settled { .. } | Reply::Recorded(_) => {}
             }
         }
+        self.setup.metrics.outcomes.add(&tally);
         batch.fills.push((collector, outcomes));
     }
 
@@ -765,24 +745,4 @@ impl Actor {
 /// A request's command id, if it is one that is remembered (reads ignore theirs).
 fn keyed_id(request: &Request) -> Option<&CommandId> {
     request.command_id.as_ref().filter(|_| !request.command.is_read())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn service_time_quantiles_come_from_power_of_two_buckets() {
-        let metrics = ShardMetrics::default();
-        assert_eq!(metrics.service_us_quantile(0.5), 0, "no batch yet");
-        for _ in 0..98 {
-            metrics.record_service(3_000); // 3 µs: below 4
-        }
-        metrics.record_service(900_000); // 900 µs: below 1024
-        metrics.record_service(5_000_000_000_000); // beyond the last bucket
-        assert_eq!(metrics.service_us_quantile(0.5), 4);
-        assert_eq!(metrics.service_us_quantile(0.98), 4);
-        assert_eq!(metrics.service_us_quantile(0.99), 1_024);
-        assert_eq!(metrics.service_us_quantile(1.0), 1 << (SERVICE_BUCKETS - 1));
-    }
 }

@@ -10,6 +10,8 @@
 //! - [`watermark`], [`health`]: the acknowledged-write witness kept outside the WAL, and
 //!   whether the storage still takes writes;
 //! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together;
+//! - [`histogram`], [`outcomes`]: what the shards and the writer count for `/metrics`
+//!   (power-of-two histograms, answers by kind and outcome);
 //! - [`limits`]: the runtime's limits, and how they relate to the core's.
 //!
 //! The core's modules are re-exported under their old paths (`plafond_shards::money`,
@@ -28,8 +30,10 @@ pub use plafond_core::{
 pub mod actor;
 pub mod archive;
 pub mod health;
+pub mod histogram;
 pub mod limits;
 pub mod log;
+pub mod outcomes;
 pub mod remembered;
 pub mod reply;
 pub mod store;

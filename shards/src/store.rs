@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::compaction_filter::Decision;
@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::calendar::Day;
 use crate::command::{CommandId, RegionId};
 use crate::health::StorageHealth;
+use crate::histogram::{DurationHistogram, Log2Histogram};
 use crate::idempotency::{expiry_fields, IdempotencyRecord, RecordError};
 use crate::ids::ShardId;
 use crate::log::{decode_batch, log_key, parse_log_key, Entry, LogError};
@@ -228,7 +229,40 @@ pub struct Store {
     /// log volume.
     log_bytes: AtomicU64,
     watermark: Arc<Watermark>,
+    writer_metrics: WriterMetrics,
 }
+
+/// What the group-commit writer (and the `async` mode's syncer) measure, for `/metrics`.
+#[derive(Default)]
+pub struct WriterMetrics {
+    /// Shard batches per group commit.
+    pub group_batches: Log2Histogram<GROUP_BUCKETS, 1>,
+    /// Time from a group gathered to its replies released: its RocksDB write (and WAL
+    /// fsync in `sync`), the durable marks, the releases.
+    pub group_commit: DurationHistogram,
+    /// Each wait for a WAL fsync: in `sync` the group's RocksDB write, which appends and
+    /// fsyncs in one call (RocksDB times the two apart only with its statistics on, which
+    /// cost every write); in `async` the syncer's fsync.
+    pub wal_sync: DurationHistogram,
+}
+
+/// What [`Store::sizes`] reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreSizes {
+    /// Live table files of the default column family: the log, epoch records, metadata.
+    pub log_table_bytes: u64,
+    /// Live table files of the idempotency records.
+    pub ids_table_bytes: u64,
+    /// RocksDB's estimate of the idempotency records on disk (an estimate: overwritten
+    /// and expired records may count until compacted).
+    pub ids_estimate: u64,
+}
+
+/// Buckets of [`WriterMetrics::group_batches`]: the last one, from 2^8, holds groups of
+/// [`GROUP_BATCHES_MAX`].
+pub const GROUP_BUCKETS: usize = 10;
+
+const _: () = assert!(GROUP_BATCHES_MAX < 1 << GROUP_BUCKETS);
 
 impl Store {
     /// Opens (or creates) the data directory for `shards` shards.
@@ -266,7 +300,13 @@ impl Store {
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone());
         let db = DB::open_cf_descriptors(&options, dir, [default, ids])?;
         let watermark = Arc::new(Watermark::new(check_watermark(&db, dir)?));
-        let store = Store { db, ids_horizons, log_bytes: AtomicU64::new(0), watermark };
+        let store = Store {
+            db,
+            ids_horizons,
+            log_bytes: AtomicU64::new(0),
+            watermark,
+            writer_metrics: WriterMetrics::default(),
+        };
         store.check_meta(shards)?;
         Ok(store)
     }
@@ -424,6 +464,27 @@ impl Store {
     /// Changelog bytes written since the store was opened.
     pub fn log_bytes_written(&self) -> u64 {
         self.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// What the writer measured since the store was opened.
+    pub fn writer_metrics(&self) -> &WriterMetrics {
+        &self.writer_metrics
+    }
+
+    /// RocksDB's own counts of what the store holds, read from memory (no file is
+    /// touched); what is still only in the memtables and the WAL is not in the sizes.
+    pub fn sizes(&self) -> StoreSizes {
+        let int = |value: Result<Option<u64>, rocksdb::Error>| value.ok().flatten().unwrap_or(0);
+        const TABLES: &str = "rocksdb.live-sst-files-size";
+        let log_table_bytes = int(self.db.property_int_value(TABLES));
+        let Ok(ids) = self.ids_family() else {
+            return StoreSizes { log_table_bytes, ..StoreSizes::default() };
+        };
+        StoreSizes {
+            log_table_bytes,
+            ids_table_bytes: int(self.db.property_int_value_cf(ids, TABLES)),
+            ids_estimate: int(self.db.property_int_value_cf(ids, "rocksdb.estimate-num-keys")),
+        }
     }
 
     /// The last business day whose epoch completed in `region`.
@@ -813,10 +874,12 @@ fn start_syncer(
             // Read before the fsync, both cover only what it makes durable.
             let durable = marks.snapshot();
             let written = store.db.latest_sequence_number();
+            let started = Instant::now();
             if let Err(error) = store.sync_wal() {
                 health.fail(error);
                 return;
             }
+            store.writer_metrics.wal_sync.record(started.elapsed().as_nanos() as u64);
             store.watermark.publish(written);
             for (shard, next_seq) in durable.into_iter().enumerate() {
                 marks.advance_synced(shard as ShardId, next_seq);
@@ -854,6 +917,9 @@ fn write_loop<R: Release>(
             group.clear();
             continue;
         }
+        let started = Instant::now();
+        let metrics = &store.writer_metrics;
+        metrics.group_batches.record(group.len() as u64);
         let mut batch = WriteBatch::default();
         let mut log_bytes = 0;
         for job in &group {
@@ -878,12 +944,14 @@ fn write_loop<R: Release>(
             batch.put_cf(ids, id.as_bytes(), record);
         }
         if !batch.is_empty() {
+            let writing = Instant::now();
             if let Err(error) = store.write(batch, sync) {
                 health.fail(error);
                 group.clear();
                 continue;
             }
             if sync {
+                metrics.wal_sync.record(writing.elapsed().as_nanos() as u64);
                 store.publish_written();
             }
         }
@@ -899,6 +967,7 @@ fn write_loop<R: Release>(
         for job in group.drain(..) {
             job.release.release();
         }
+        metrics.group_commit.record(started.elapsed().as_nanos() as u64);
     }
 }
 

@@ -737,20 +737,8 @@ impl Connection {
     async fn stats(&self, json: bool) -> Result<String, LocalError> {
         let server = self.server.clone();
         // A consistent cut blocks until every shard pauses: not on the async workers.
-        tokio::task::spawn_blocking(move || {
-            let health = server.engine.health();
-            if health != Health::Ok {
-                return Ok(stats::failed(&health, json));
-            }
-            let stats = server.engine.stats()?;
-            let rates = server.sampler.rates(&stats);
-            Ok(if json {
-                stats::json(&stats, &rates, &health)
-            } else {
-                stats::table(&stats, &rates, &health)
-            })
-        })
-        .await?
+        let rendered = move || stats::render(&server.engine, &server.sampler, json);
+        Ok(tokio::task::spawn_blocking(rendered).await??)
     }
 }
 

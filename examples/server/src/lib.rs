@@ -28,6 +28,7 @@ pub mod limits;
 pub mod metrics;
 pub mod open;
 pub mod options;
+mod page;
 pub mod slots;
 pub mod snapshot_dir;
 pub mod stats;
@@ -98,6 +99,8 @@ struct Shared {
     slots: Arc<Slots>,
     /// Stream replies being read or written (`streams::STREAM_REPLIES_IN_FLIGHT_MAX`).
     stream_replies: Arc<Semaphore>,
+    /// Requests on the metrics port taking a cut now (`limits::HTTP_CUTS_IN_FLIGHT_MAX`).
+    http_cuts: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -133,6 +136,7 @@ pub async fn run(
         limits: config.limits,
         slots: slots.clone(),
         stream_replies: Arc::new(Semaphore::new(streams::STREAM_REPLIES_IN_FLIGHT_MAX)),
+        http_cuts: Arc::new(Semaphore::new(crate::limits::HTTP_CUTS_IN_FLIGHT_MAX)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = config.metrics.map(|listener| {

@@ -178,6 +178,16 @@ pub const IO_THREADS_MAX: usize = 256;
 /// The most `--checkpoint-log-mb`: a checkpoint at least every TiB of log.
 pub const CHECKPOINT_LOG_MB_MAX: u64 = 1 << 20;
 
+// The metrics port (`metrics`, `page`).
+
+/// The most `/metrics` scrapes and `/stats.json` reads being answered at once: each takes
+/// a consistent cut of every shard (one at a time, `Engine::cut`), so more would only
+/// queue; past it a request gets `503` at once.
+pub const HTTP_CUTS_IN_FLIGHT_MAX: usize = 4;
+
+/// Samples the live page keeps in the browser for its charts: ten minutes at one a second.
+pub const PAGE_SAMPLES_KEPT: usize = 600;
+
 // The command table (`commands`).
 
 /// The longest command name (`AUTHORIZE.INCREMENT`, §12, has 19 bytes); a longer one is

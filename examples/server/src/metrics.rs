@@ -1,10 +1,13 @@
-//! `--metrics-port`: `GET /metrics` in the Prometheus (OpenMetrics) text format (SPEC §15).
+//! `--metrics-port`: `GET /metrics` in the Prometheus (OpenMetrics) text format (SPEC §15),
+//! and beside it the live page ([`crate::page`]).
 //!
 //! Pull, not push: a scrape reads what the engine and the server already count (the
-//! `STATS` numbers, the shards' queues, the budget) and renders them, so keeping metrics
-//! costs the command path nothing. The families are built afresh on every scrape with
-//! `prometheus-client`, which owns the format (names, `_total`, units, escaping, `# EOF`).
-//! Money is in minor units (`_minor`), kept as a float gauge where it can pass `u64`.
+//! `STATS` numbers, the shards' queues, the budget, the power-of-two histograms the shards
+//! and the writer keep where they measure) and renders them, so keeping metrics costs the
+//! command path nothing it did not already pay. The families are built afresh on every
+//! scrape with `prometheus-client`, which owns the format (names, `_total`, units,
+//! escaping, `# EOF`). Money is in minor units (`_minor`), kept as a float gauge where it
+//! can pass `u64`.
 //!
 //! While the storage has failed, only `plafond_storage_healthy 0` is served, as `STATS`
 //! shows no numbers then: what is in memory was not all made durable.
@@ -18,15 +21,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use plafond::{Health, Reason, RegionCounters, Stats};
+use plafond::{Buckets, CommandCounts, Health, Kind, Reason, RegionCounters, Stats, StorageStats};
 
+use crate::limits::HTTP_CUTS_IN_FLIGHT_MAX;
 use crate::Shared;
 
 /// What Prometheus is told the body is.
@@ -57,7 +63,8 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = Router::new().route("/metrics", get(scrape)).with_state(shared);
+    let app = Router::new().route("/metrics", get(scrape)).merge(crate::page::routes());
+    let app = app.with_state(shared);
     let stopped = async move {
         // Closed (the server is gone) counts as stopped too.
         let _ = shutdown.wait_for(|stopping| *stopping).await;
@@ -70,11 +77,17 @@ pub(crate) async fn serve(
 /// One scrape: the engine's numbers are gathered off the async threads (a cut of every
 /// shard), then rendered.
 async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Response {
+    let Some(permit) = cut_permit(&shared) else {
+        return busy();
+    };
     let gauges = shared.server_gauges();
     let engine = shared.engine.clone();
-    let gathered = tokio::task::spawn_blocking(move || match engine.health() {
-        Health::Ok => engine.stats().map(Some).map_err(|e| e.to_string()),
-        Health::Failed { .. } => Ok(None),
+    let gathered = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        match engine.health() {
+            Health::Ok => engine.stats().map(Some).map_err(|e| e.to_string()),
+            Health::Failed { .. } => Ok(None),
+        }
     })
     .await;
     let stats = match gathered {
@@ -88,6 +101,17 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
         Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
+}
+
+/// One of the [`HTTP_CUTS_IN_FLIGHT_MAX`] requests that may take a cut at once, or `None`.
+pub(crate) fn cut_permit(shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    shared.http_cuts.clone().try_acquire_owned().ok()
+}
+
+/// The answer past [`HTTP_CUTS_IN_FLIGHT_MAX`].
+pub(crate) fn busy() -> Response {
+    let text = format!("busy: {HTTP_CUTS_IN_FLIGHT_MAX} requests are being answered; retry");
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], text).into_response()
 }
 
 /// The exposition of `stats` (none while the storage has failed) and the server's gauges.
@@ -136,11 +160,14 @@ fn single(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, v
     }
 }
 
-/// An unlabelled counter at `count`.
-fn total(registry: &mut Registry, name: &str, help: &str, count: u64) {
+/// An unlabelled counter at `count`, with `unit` appended to its name if given.
+fn total(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, count: u64) {
     let counter: Counter = Counter::default();
     counter.inc_by(count);
-    registry.register(name, help, counter);
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, counter),
+        None => registry.register(name, help, counter),
+    }
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -198,40 +225,14 @@ fn engine_families(registry: &mut Registry, stats: &Stats, now: SystemTime) {
     let holds = if stats.audit.holds() { 1.0 } else { 0.0 };
     single(registry, "conservation_holds", "1 while the money adds up (§2)", None, holds);
 
-    let shard_accounts = gauge(registry, "shard_accounts", "Accounts a shard holds");
-    let queue = gauge(registry, "shard_queue_depth", "Submissions waiting in a shard's mailbox");
-    let commands = counter(registry, "shard_commands", "Commands a shard decided");
-    let batches = counter(registry, "shard_batches", "Batches a shard decided");
-    let inline = counter(registry, "shard_inline_batches", "Batches decided on the submitter");
-    let busy = gauge_with_unit(
-        registry,
-        "shard_busy",
-        "Time a shard spent deciding since it started",
-        Unit::Seconds,
-    );
-    let service = gauge_with_unit(
-        registry,
-        "shard_service_time",
-        "A batch's service time on its shard, by quantile (recent batches)",
-        Unit::Seconds,
-    );
-    for (index, shard) in stats.shards.iter().enumerate() {
-        let id = index.to_string();
-        let of = labels(&[("shard", &id)]);
-        shard_accounts.get_or_create(&of).set(shard.accounts as f64);
-        queue.get_or_create(&of).set(shard.queue_depth as f64);
-        commands.get_or_create(&of).inc_by(shard.commands);
-        batches.get_or_create(&of).inc_by(shard.batches);
-        inline.get_or_create(&of).inc_by(shard.inline_batches);
-        busy.get_or_create(&of).set(shard.busy_ns as f64 / 1e9);
-        for (quantile, micros) in [
-            ("0.5", shard.service_us_p50),
-            ("0.99", shard.service_us_p99),
-            ("0.999", shard.service_us_p999),
-        ] {
-            let of = labels(&[("shard", &id), ("quantile", quantile)]);
-            service.get_or_create(&of).set(micros as f64 / 1e6);
-        }
+    shard_families(registry, stats);
+    command_families(registry, &stats.commands);
+    let epochs = counter(registry, "epochs_completed", "Epochs completed since start, by region");
+    for ((name, _), completed) in stats.regions.iter().zip(&stats.epochs_completed) {
+        epochs.get_or_create(&labels(&[("region", name)])).inc_by(*completed);
+    }
+    if let Some(storage) = &stats.storage {
+        storage_families(registry, storage);
     }
 
     let remembered = stats.remembered_in_memory as f64;
@@ -246,7 +247,8 @@ fn engine_families(registry: &mut Registry, stats: &Stats, now: SystemTime) {
     single(registry, "ids_in_flight", "Command ids claimed by batches in flight", None, claimed);
 
     let checkpoint = &stats.checkpoint;
-    total(registry, "checkpoints_written", "Checkpoints written since start", checkpoint.written);
+    let help = "Checkpoints written since start";
+    total(registry, "checkpoints_written", help, None, checkpoint.written);
     if let Some(completed_ms) = checkpoint.completed_ms {
         let age_s = (crate::stats::unix_ms(now) as f64 - completed_ms as f64) / 1e3;
         let seconds = Some(Unit::Seconds);
@@ -282,7 +284,139 @@ fn engine_families(registry: &mut Registry, stats: &Stats, now: SystemTime) {
 
     if let Some(guard) = &stats.clock_guard {
         let help = "Host clock jumps the time guard refused";
-        total(registry, "clock_jumps_refused", help, guard.jumps_refused);
+        total(registry, "clock_jumps_refused", help, None, guard.jumps_refused);
+    }
+}
+
+fn shard_families(registry: &mut Registry, stats: &Stats) {
+    let shard_accounts = gauge(registry, "shard_accounts", "Accounts a shard holds");
+    let queue = gauge(registry, "shard_queue_depth", "Submissions waiting in a shard's mailbox");
+    let help = "Mail waiting in a shard's internal mailbox (transfer legs, epoch chunks, cuts)";
+    let internal = gauge(registry, "shard_internal_queue_depth", help);
+    let inline = counter(registry, "shard_inline_batches", "Batches decided on the submitter");
+    let mut service = Histograms::default();
+    let mut sizes = Histograms::default();
+    for (index, shard) in stats.shards.iter().enumerate() {
+        let id = index.to_string();
+        let of = labels(&[("shard", &id)]);
+        shard_accounts.get_or_create(&of).set(shard.accounts as f64);
+        queue.get_or_create(&of).set(shard.queue_depth as f64);
+        internal.get_or_create(&of).set(shard.internal_depth as f64);
+        inline.get_or_create(&of).inc_by(shard.inline_batches);
+        service.0.push((of.clone(), Exported::seconds(&shard.service)));
+        sizes.0.push((of, Exported::counts(&shard.batch_commands)));
+    }
+    let help = "A batch's service time on its shard, from its first command to its flush";
+    registry.register_with_unit("shard_service_time", help, Unit::Seconds, service);
+    let help = "Client commands per batch (sum: commands decided; count: batches)";
+    registry.register("shard_batch_commands", help, sizes);
+}
+
+/// Answers by kind (`done` or `declined`), and declines by kind and reason where any.
+fn command_families(registry: &mut Registry, commands: &CommandCounts) {
+    let help = "Commands answered, by kind and outcome (retries answered from their record \
+                included)";
+    let answered = counter(registry, "commands", help);
+    let help = "Commands declined, by kind and reason (a pair appears once it occurs)";
+    let declined = counter(registry, "command_declines", help);
+    for kind in Kind::ALL {
+        let of = |outcome| labels(&[("kind", kind.as_str()), ("outcome", outcome)]);
+        answered.get_or_create(&of("done")).inc_by(commands.done(kind));
+        let mut declines = 0;
+        for reason in Reason::ALL {
+            let count = commands.declined(kind, reason);
+            if count > 0 {
+                let of = labels(&[("kind", kind.as_str()), ("reason", reason.as_str())]);
+                declined.get_or_create(&of).inc_by(count);
+                declines += count;
+            }
+        }
+        answered.get_or_create(&of("declined")).inc_by(declines);
+    }
+}
+
+fn storage_families(registry: &mut Registry, storage: &StorageStats) {
+    let seconds = |buckets: &Buckets| Histograms(vec![(Vec::new(), Exported::seconds(buckets))]);
+    let help = "A group commit, from gathering the shards' batches to releasing their replies";
+    let group_commit = seconds(&storage.group_commit);
+    registry.register_with_unit("group_commit", help, Unit::Seconds, group_commit);
+    let help = "Shard batches per group commit (one RocksDB write, one fsync)";
+    let sizes = Histograms(vec![(Vec::new(), Exported::counts(&storage.group_batches))]);
+    registry.register("group_commit_batches", help, sizes);
+    let help = "A wait for the WAL fsync: in sync the group's write (append and fsync), in \
+                async the syncer's fsync";
+    registry.register_with_unit("wal_fsync", help, Unit::Seconds, seconds(&storage.wal_sync));
+    let bytes = Some(Unit::Bytes);
+    let help = "Changelog bytes written since start";
+    total(registry, "log_written", help, bytes.clone(), storage.log_written_bytes);
+    let help = "Archive segment bytes written since start (log retention)";
+    total(registry, "archive_written", help, bytes, storage.archived_bytes);
+    let tables = gauge_with_unit(
+        registry,
+        "store_tables",
+        "Live RocksDB table files, by column family",
+        Unit::Bytes,
+    );
+    let sizes = &storage.sizes;
+    tables.get_or_create(&labels(&[("family", "log")])).set(sizes.log_table_bytes as f64);
+    tables.get_or_create(&labels(&[("family", "ids")])).set(sizes.ids_table_bytes as f64);
+    let help = "Command-id records on disk (RocksDB's estimate)";
+    single(registry, "remembered_ids_on_disk", help, None, sizes.ids_estimate as f64);
+}
+
+/// Histograms counted already (the shards' and the writer's power-of-two buckets), one
+/// per label set; an empty label set is the family's one unlabelled histogram.
+#[derive(Debug, Default)]
+struct Histograms(Vec<(Labels, Exported)>);
+
+/// One histogram as the format wants it: per-bucket counts by upper bound, the last +Inf.
+#[derive(Debug)]
+struct Exported {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Exported {
+    fn with(buckets: &Buckets, sum: f64, bound: impl Fn(usize) -> f64) -> Exported {
+        let last = buckets.counts.len().saturating_sub(1);
+        let buckets = buckets.counts.iter().enumerate().map(|(index, &count)| {
+            (if index == last { f64::INFINITY } else { bound(index) }, count)
+        });
+        let buckets: Vec<(f64, u64)> = buckets.collect();
+        Exported { sum, count: buckets.iter().map(|(_, count)| count).sum(), buckets }
+    }
+
+    /// Durations bucketed by power-of-two µs (below `2^i` µs), summed in ns.
+    fn seconds(buckets: &Buckets) -> Exported {
+        let sum = buckets.sum as f64 / 1e9;
+        Exported::with(buckets, sum, |index| (1u64 << index) as f64 / 1e6)
+    }
+
+    /// Whole numbers below `2^i`: at most `2^i - 1`.
+    fn counts(buckets: &Buckets) -> Exported {
+        Exported::with(buckets, buckets.sum as f64, |index| ((1u64 << index) - 1) as f64)
+    }
+
+    fn encode(&self, encoder: &mut MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+}
+
+impl EncodeMetric for Histograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, histogram) in &self.0 {
+            if labels.is_empty() {
+                histogram.encode(&mut encoder)?;
+            } else {
+                histogram.encode(&mut encoder.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -296,8 +430,9 @@ fn server_families(registry: &mut Registry, server: &ServerGauges) {
     let buffered = server.buffered_bytes as f64;
     single(registry, "buffered", "Bytes in connection buffers", Some(Unit::Bytes), buffered);
     let (submissions, requests) = server.submissions;
-    total(registry, "submissions", "Combined submissions sent to the engine", submissions);
-    total(registry, "submitted_requests", "Requests the submissions carried", requests);
+    let help = "Combined submissions sent to the engine";
+    total(registry, "submissions", help, None, submissions);
+    total(registry, "submitted_requests", "Requests the submissions carried", None, requests);
 }
 
 /// Where the metrics are served, for the start-up line.

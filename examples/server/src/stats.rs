@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use plafond::{ClockGuardReport, ClockJump, Health, Reason, RegionStats, Stats};
+use plafond::{
+    Buckets, ClockGuardReport, ClockJump, Engine, EngineError, Health, Kind, Reason, RegionStats,
+    Stats, StorageStats,
+};
 
 /// Remembers the previous sample, so commands/s covers the time since the last `STATS`
 /// (or since start), which is what an operator polling it wants.
@@ -40,6 +43,18 @@ impl Sampler {
         *last = (now, stats.shards.iter().map(|s| s.commands).collect());
         rates
     }
+}
+
+/// What `STATS` (or `STATS JSON`) answers now: the table or the JSON, or the health alone
+/// once the storage failed. Takes a consistent cut of every shard: not for an async worker.
+pub fn render(engine: &Engine, sampler: &Sampler, json: bool) -> Result<String, EngineError> {
+    let health = engine.health();
+    if health != Health::Ok {
+        return Ok(failed(&health, json));
+    }
+    let stats = engine.stats()?;
+    let rates = sampler.rates(&stats);
+    Ok(if json { self::json(&stats, &rates, &health) } else { table(&stats, &rates, &health) })
 }
 
 /// The civil date of a day number (days since 1970-01-01), e.g. `2027-01-04`: the
@@ -341,10 +356,11 @@ struct AuditJson {
 }
 
 #[derive(Serialize)]
-struct ShardJson {
+struct ShardJson<'a> {
     shard: usize,
     accounts: u64,
     queue_depth: usize,
+    internal_depth: usize,
     commands: u64,
     batches: u64,
     inline_batches: u64,
@@ -354,6 +370,52 @@ struct ShardJson {
     service_us_p50: u64,
     service_us_p99: u64,
     service_us_p999: u64,
+    /// Batches by service time: entry `i` counts those below `2^i` µs (the last, longer
+    /// too), so a reader can take quantiles of any interval from two samples.
+    service_us_buckets: &'a [u64],
+}
+
+/// One kind's answers.
+#[derive(Serialize)]
+struct AnsweredJson {
+    done: u64,
+    declined: u64,
+}
+
+/// The store and its group-commit writer (a durable engine only).
+#[derive(Serialize)]
+struct StorageJson {
+    log_written_bytes: u64,
+    archived_bytes: u64,
+    log_table_bytes: u64,
+    ids_table_bytes: u64,
+    remembered_on_disk_estimate: u64,
+    group_commits: u64,
+    mean_group_batches: f64,
+    group_commit_us_p50: u64,
+    group_commit_us_p99: u64,
+    wal_fsync_us_p50: u64,
+    wal_fsync_us_p99: u64,
+}
+
+impl StorageJson {
+    fn of(storage: &StorageStats) -> StorageJson {
+        let groups = &storage.group_batches;
+        let us = |buckets: &Buckets, quantile| buckets.quantile_bound(quantile);
+        StorageJson {
+            log_written_bytes: storage.log_written_bytes,
+            archived_bytes: storage.archived_bytes,
+            log_table_bytes: storage.sizes.log_table_bytes,
+            ids_table_bytes: storage.sizes.ids_table_bytes,
+            remembered_on_disk_estimate: storage.sizes.ids_estimate,
+            group_commits: groups.count(),
+            mean_group_batches: rounded(per_batch(groups.sum, groups.count()), 2),
+            group_commit_us_p50: us(&storage.group_commit, 0.5),
+            group_commit_us_p99: us(&storage.group_commit, 0.99),
+            wal_fsync_us_p50: us(&storage.wal_sync, 0.5),
+            wal_fsync_us_p99: us(&storage.wal_sync, 0.99),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -401,13 +463,21 @@ impl ClockGuardJson {
 #[derive(Serialize)]
 struct StatsJson<'a> {
     health: HealthJson<'a>,
+    /// When the numbers were taken (the server's clock): rates between two answers are
+    /// per this clock's seconds, whoever computes them.
+    unix_ms: u128,
     regions: Ordered<&'a str, RegionJson>,
     total: RegionJson,
     unattributed_declined: u64,
     audit: AuditJson,
-    shards: Vec<ShardJson>,
+    shards: Vec<ShardJson<'a>>,
     remembered_in_memory: u64,
     ids_in_flight: u64,
+    /// By kind, as `/metrics` labels them.
+    commands: Ordered<&'static str, AnsweredJson>,
+    /// Per region: epochs this process completed.
+    epochs_completed: Ordered<&'a str, u64>,
+    storage: Option<StorageJson>,
     checkpoint: CheckpointJson<'a>,
     clock_guard: Option<ClockGuardJson>,
 }
@@ -420,9 +490,11 @@ fn rounded(value: f64, decimals: i32) -> f64 {
 }
 
 /// The JSON for machines:
-/// `{"health":{...},"regions":{name:{...}},"total":{...},"audit":{...},"shards":[...],
-/// ...,"clock_guard":{"jumps_refused":N,"refused":null|{"host_ms","guarded_ms","ahead_ms"}}}`
-/// (`clock_guard` is `null` with a manual clock).
+/// `{"health":{...},"unix_ms":N,"regions":{name:{...}},"total":{...},"audit":{...},
+/// "shards":[...],...,"commands":{kind:{"done","declined"}},"epochs_completed":{region:N},
+/// "storage":null|{...},"checkpoint":{...},
+/// "clock_guard":{"jumps_refused":N,"refused":null|{"host_ms","guarded_ms","ahead_ms"}}}`
+/// (`clock_guard` is `null` with a manual clock, `storage` with durability `none`).
 pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
     let a = &stats.audit;
     let shards = stats
@@ -433,6 +505,7 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
             shard,
             accounts: s.accounts,
             queue_depth: s.queue_depth,
+            internal_depth: s.internal_depth,
             commands: s.commands,
             batches: s.batches,
             inline_batches: s.inline_batches,
@@ -442,11 +515,26 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
             service_us_p50: s.service_us_p50,
             service_us_p99: s.service_us_p99,
             service_us_p999: s.service_us_p999,
+            service_us_buckets: &s.service.counts,
         })
+        .collect();
+    let commands = Kind::ALL
+        .iter()
+        .map(|&kind| {
+            let declined = Reason::ALL.iter().map(|&r| stats.commands.declined(kind, r)).sum();
+            (kind.as_str(), AnsweredJson { done: stats.commands.done(kind), declined })
+        })
+        .collect();
+    let epochs_completed = stats
+        .regions
+        .iter()
+        .zip(&stats.epochs_completed)
+        .map(|((name, _), completed)| (name.as_str(), *completed))
         .collect();
     let c = &stats.checkpoint;
     to_json(&StatsJson {
         health: HealthJson::of(health),
+        unix_ms: unix_ms(std::time::SystemTime::now()),
         regions: Ordered(
             stats.regions.iter().map(|(name, s)| (name.as_str(), RegionJson::of(s))).collect(),
         ),
@@ -467,6 +555,9 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
         shards,
         remembered_in_memory: stats.remembered_in_memory,
         ids_in_flight: stats.ids_in_flight,
+        commands: Ordered(commands),
+        epochs_completed: Ordered(epochs_completed),
+        storage: stats.storage.as_ref().map(StorageJson::of),
         checkpoint: CheckpointJson {
             written: c.written,
             completed_ms: c.completed_ms,

@@ -359,6 +359,135 @@ impl Command {
                 | Command::ReadReleases { .. }
         )
     }
+
+    /// What kind of command it is, for counters.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Command::OpenProfile { .. } => Kind::OpenProfile,
+            Command::OpenAccount { .. } => Kind::OpenAccount,
+            Command::Pay { .. } => Kind::Pay,
+            Command::Transfer { .. } => Kind::Transfer,
+            Command::Deposit { .. } => Kind::Deposit,
+            Command::SetCeiling { .. } => Kind::SetCeiling,
+            Command::Block { .. } => Kind::Block,
+            Command::Unblock { .. } => Kind::Unblock,
+            Command::ReadAccount { .. } => Kind::ReadAccount,
+            Command::ReadCard { .. } => Kind::ReadCard,
+            Command::ReadProfile { .. } => Kind::ReadProfile,
+            Command::Authorize { .. } => Kind::Authorize,
+            Command::AuthorizeIncrement { .. } => Kind::AuthorizeIncrement,
+            Command::Capture { .. } => Kind::Capture,
+            Command::CaptureFinal { .. } => Kind::CaptureFinal,
+            Command::Void { .. } => Kind::Void,
+            Command::Refund { .. } => Kind::Refund,
+            Command::ReadHold { .. } => Kind::ReadHold,
+            Command::ReadBalanceDetail { .. } => Kind::ReadBalanceDetail,
+            Command::ReadReleases { .. } => Kind::ReadReleases,
+        }
+    }
+}
+
+/// The kinds of [`Command`], one per variant, for counting commands by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// [`Command::OpenProfile`].
+    OpenProfile,
+    /// [`Command::OpenAccount`].
+    OpenAccount,
+    /// [`Command::Pay`].
+    Pay,
+    /// [`Command::Transfer`].
+    Transfer,
+    /// [`Command::Deposit`].
+    Deposit,
+    /// [`Command::SetCeiling`].
+    SetCeiling,
+    /// [`Command::Block`].
+    Block,
+    /// [`Command::Unblock`].
+    Unblock,
+    /// [`Command::ReadAccount`].
+    ReadAccount,
+    /// [`Command::ReadCard`].
+    ReadCard,
+    /// [`Command::ReadProfile`].
+    ReadProfile,
+    /// [`Command::Authorize`].
+    Authorize,
+    /// [`Command::AuthorizeIncrement`].
+    AuthorizeIncrement,
+    /// [`Command::Capture`].
+    Capture,
+    /// [`Command::CaptureFinal`].
+    CaptureFinal,
+    /// [`Command::Void`].
+    Void,
+    /// [`Command::Refund`].
+    Refund,
+    /// [`Command::ReadHold`].
+    ReadHold,
+    /// [`Command::ReadBalanceDetail`].
+    ReadBalanceDetail,
+    /// [`Command::ReadReleases`].
+    ReadReleases,
+}
+
+impl Kind {
+    /// Every kind, in the order of their index.
+    pub const ALL: [Kind; 20] = [
+        Kind::OpenProfile,
+        Kind::OpenAccount,
+        Kind::Pay,
+        Kind::Transfer,
+        Kind::Deposit,
+        Kind::SetCeiling,
+        Kind::Block,
+        Kind::Unblock,
+        Kind::ReadAccount,
+        Kind::ReadCard,
+        Kind::ReadProfile,
+        Kind::Authorize,
+        Kind::AuthorizeIncrement,
+        Kind::Capture,
+        Kind::CaptureFinal,
+        Kind::Void,
+        Kind::Refund,
+        Kind::ReadHold,
+        Kind::ReadBalanceDetail,
+        Kind::ReadReleases,
+    ];
+
+    /// The lower-case name metrics label it with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::OpenProfile => "open_profile",
+            Kind::OpenAccount => "open_account",
+            Kind::Pay => "pay",
+            Kind::Transfer => "transfer",
+            Kind::Deposit => "deposit",
+            Kind::SetCeiling => "set_ceiling",
+            Kind::Block => "block",
+            Kind::Unblock => "unblock",
+            Kind::ReadAccount => "read_account",
+            Kind::ReadCard => "read_card",
+            Kind::ReadProfile => "read_profile",
+            Kind::Authorize => "authorize",
+            Kind::AuthorizeIncrement => "authorize_increment",
+            Kind::Capture => "capture",
+            Kind::CaptureFinal => "capture_final",
+            Kind::Void => "void",
+            Kind::Refund => "refund",
+            Kind::ReadHold => "read_hold",
+            Kind::ReadBalanceDetail => "read_balance_detail",
+            Kind::ReadReleases => "read_releases",
+        }
+    }
+
+    /// Position in [`Kind::ALL`], for counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// A command with its optional idempotency key.
