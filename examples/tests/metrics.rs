@@ -148,6 +148,24 @@ fn metrics_count_what_was_done_in_the_exposition_format() {
     assert_eq!(value(&after, "plafond_declines_total", "counter", &unknown), 1.0);
     assert_eq!(value(&after, "plafond_balances_minor", "gauge", &eu), 100.0 * 20_000.0 - 18_000.0);
     assert_eq!(value(&after, "plafond_conservation_holds", "gauge", &[]), 1.0);
+    assert_eq!(value(&after, "plafond_open_holds", "gauge", &eu), 0.0);
+
+    // Two holds on card 5 (§12): 1_500 and 2_500 held, one of them then voided in part.
+    let authorize = |redis: &mut redis::Connection, amount: u64| -> u64 {
+        let reply: Vec<redis::Value> =
+            redis::cmd("AUTHORIZE").arg(5).arg(amount).query(redis).expect("a reply");
+        match &reply[1] {
+            redis::Value::Int(hold) => u64::try_from(*hold).expect("a hold id"),
+            other => panic!("a hold id, not {other:?}"),
+        }
+    };
+    let first = authorize(&mut redis, 1_500);
+    authorize(&mut redis, 2_500);
+    let _: redis::Value = redis::cmd("VOID").arg(first).arg(500).query(&mut redis).expect("void");
+    let held = scrape(metrics);
+    assert_eq!(value(&held, "plafond_open_holds", "gauge", &eu), 2.0);
+    assert_eq!(value(&held, "plafond_held_minor", "gauge", &eu), 3_500.0);
+    assert_eq!(value(&held, "plafond_holds_expiring", "gauge", &eu), 0.0);
     let commands = sum(&after, "plafond_shard_batch_commands_sum");
     let commands_before = sum(&before, "plafond_shard_batch_commands_sum");
     assert!(commands - commands_before >= 6.0, "{commands_before} then {commands}");

@@ -206,8 +206,14 @@ fn engine_families(registry: &mut Registry, stats: &Stats, now: SystemTime) {
         region(name, &region_stats.counters);
     }
     region("unattributed", &stats.unattributed);
+    let held = gauge(registry, "held_minor", "Money held by open card holds (§12, minor units)");
+    let open_holds = gauge(registry, "open_holds", "Open card holds, by region");
+    let expiring = gauge(registry, "holds_expiring", "Open holds that expire at the next roll");
     for (name, region_stats) in &stats.regions {
         let of = labels(&[("region", name)]);
+        held.get_or_create(&of).set(region_stats.held_minor as f64);
+        open_holds.get_or_create(&of).set(region_stats.open_holds as f64);
+        expiring.get_or_create(&of).set(region_stats.holds_expiring as f64);
         near.get_or_create(&of).set(region_stats.cards_near_ceiling as f64);
         if let Some(day) = region_stats.rolled_day {
             rolled.get_or_create(&of).set(f64::from(day));
