@@ -54,6 +54,12 @@ pub struct ShardLedger {
     next_transfer: u64,
     /// Debits waiting for their settle: transfer → (from, amount).
     pending: BTreeMap<u64, (u64, u64)>,
+    /// The account of each card hold (§12) that may still be captured: a `CAPTURE` entry
+    /// names its hold, and the `AUTHORIZE` entry that placed it names the card. A hold
+    /// is forgotten once a capture or void leaves it holding nothing; one that expires
+    /// stays (expiry is not an entry of the stream).
+    #[serde(default)]
+    holds: BTreeMap<u64, u64>,
 }
 
 /// Everything the consumer keeps.
@@ -198,7 +204,20 @@ fn apply_entry(
                 *balances.entry(from).or_default() += amount;
             }
         }
+        ("AUTHORIZE", "APPROVED") if field(fields, name::CARD).is_some() => {
+            ledger.holds.insert(number(fields, name::HOLD)?, number(fields, name::CARD)?);
+        }
+        ("CAPTURE", "DONE") => {
+            let hold = number(fields, name::HOLD)?;
+            let account = *ledger.holds.get(&hold).context("a capture of an unknown hold")?;
+            balances.insert(account, number(fields, name::BALANCE)?);
+        }
         _ => {}
+    }
+    if matches!((kind, outcome), ("CAPTURE" | "VOID", "DONE"))
+        && field(fields, name::HELD) == Some("0")
+    {
+        ledger.holds.remove(&number(fields, name::HOLD)?);
     }
     if outcome != "DONE" && outcome != "APPROVED" {
         return Ok(());
@@ -258,5 +277,56 @@ mod tests {
         ledger.save(&path).unwrap();
         let loaded = Ledger::load(&path).unwrap().unwrap();
         assert_eq!((loaded.balances, loaded.shards[0].cursor), (ledger.balances, id(6)));
+    }
+
+    #[test]
+    fn a_capture_debits_the_account_its_authorization_named() {
+        let mut ledger = Ledger::new(1);
+        ledger.balances.insert(4, 20_000);
+        let id = |index| Cursor { batch: 1, index };
+        let authorize = [
+            ("kind", "AUTHORIZE"),
+            ("card", "4"),
+            ("amount", "900"),
+            ("outcome", "APPROVED"),
+            ("hold", "12"),
+            ("account", "4"),
+            ("available", "19100"),
+        ];
+        ledger.apply(0, id(1), entry(&authorize)).unwrap();
+        assert_eq!(ledger.balances[&4], 20_000, "a hold does not move the ledger balance");
+        let capture = [
+            ("kind", "CAPTURE"),
+            ("hold", "12"),
+            ("amount", "300"),
+            ("final", "0"),
+            ("outcome", "DONE"),
+            ("balance", "19700"),
+            ("held", "600"),
+        ];
+        ledger.apply(0, id(2), entry(&capture)).unwrap();
+        assert_eq!(ledger.balances[&4], 19_700);
+        let last = [
+            ("kind", "CAPTURE"),
+            ("hold", "12"),
+            ("amount", "600"),
+            ("final", "1"),
+            ("outcome", "DONE"),
+            ("balance", "19100"),
+            ("held", "0"),
+        ];
+        ledger.apply(0, id(3), entry(&last)).unwrap();
+        assert_eq!(ledger.balances[&4], 19_100);
+        assert!(ledger.shards[0].holds.is_empty(), "a hold holding nothing is forgotten");
+        let refund = [
+            ("kind", "REFUND"),
+            ("card", "4"),
+            ("amount", "100"),
+            ("outcome", "DONE"),
+            ("account", "4"),
+            ("balance", "19200"),
+        ];
+        ledger.apply(0, id(4), entry(&refund)).unwrap();
+        assert_eq!(ledger.balances[&4], 19_200);
     }
 }

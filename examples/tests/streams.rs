@@ -120,25 +120,58 @@ fn load(port: u16, stop: Arc<AtomicBool>, seed: u64) -> std::thread::JoinHandle<
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
+            // Holds placed and not yet captured or voided (§12): the stream names a
+            // capture's hold only, so the consumer must map it to its authorization's card.
+            let mut holds: Vec<u64> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let mut batch = Vec::new();
-                for _ in 0..32 {
+                let mut authorizations = Vec::new();
+                for position in 0..32 {
                     let (a, b) = (rng.below(ACCOUNTS), rng.below(ACCOUNTS));
                     let amount = (1 + rng.below(3_000)).to_string();
-                    let command: Vec<String> = match rng.below(10) {
+                    let command: Vec<String> = match rng.below(14) {
                         0..=1 => vec!["DEPOSIT".into(), a.to_string(), amount],
                         2..=5 => vec!["PAY".into(), a.to_string(), amount],
                         6 => vec!["TRANSFER".into(), a.to_string(), NOBODY.to_string(), amount],
-                        _ => vec!["TRANSFER".into(), a.to_string(), b.to_string(), amount],
+                        7..=9 => vec!["TRANSFER".into(), a.to_string(), b.to_string(), amount],
+                        10 => {
+                            authorizations.push(position);
+                            vec!["AUTHORIZE".into(), a.to_string(), amount]
+                        }
+                        11 => vec!["REFUND".into(), a.to_string(), amount],
+                        // A part, or the rest and final; a capture above what is held is
+                        // declined, which the stream shows too.
+                        _ => match holds.pop() {
+                            Some(hold) if rng.below(2) == 0 => {
+                                holds.push(hold);
+                                let part = (1 + rng.below(500)).to_string();
+                                vec!["CAPTURE".into(), hold.to_string(), part]
+                            }
+                            Some(hold) => {
+                                let part = rng.below(3_000).to_string();
+                                vec!["CAPTURE.FINAL".into(), hold.to_string(), part]
+                            }
+                            None => vec!["PAY".into(), a.to_string(), amount],
+                        },
                     };
                     plafond_wire::encode_command(&mut batch, &command);
                 }
                 if client.send(&batch).is_err() {
                     break;
                 }
-                let replies = (0..32).map(|_| client.read()).take_while(Result::is_ok).count();
-                answered += replies as u64;
-                if replies < 32 {
+                let replies: Vec<Value> =
+                    (0..32).map(|_| client.read()).take_while(Result::is_ok).flatten().collect();
+                answered += replies.len() as u64;
+                for &position in &authorizations {
+                    if let Some(Value::Array(reply)) = replies.get(position) {
+                        if let [Value::Simple(word), Value::Integer(hold), ..] = reply.as_slice() {
+                            if word == "APPROVED" {
+                                holds.extend(u64::try_from(*hold).ok());
+                            }
+                        }
+                    }
+                }
+                if replies.len() < 32 {
                     break;
                 }
             }
