@@ -18,8 +18,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod ledger;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +32,7 @@ use plafond_server::options::number;
 use plafond_server::streams::STREAM_REPLY_ENTRIES_MAX;
 use plafond_wire::{Client, Value};
 
-use crate::ledger::{Cursor, Ledger};
+use plafond_examples::ledger::{Cursor, Ledger};
 
 /// How long the consumer waits for a reply beyond its `BLOCK`.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,4 +1,5 @@
-//! What the consumer rebuilds from the change stream alone, and its file.
+//! What the example consumer (`examples/consumer`) rebuilds from the change stream alone,
+//! and its file.
 //!
 //! Per account its balance; per shard the cursor (the last entry applied) and what the
 //! stream's entries leave for later ones to use: each region's opening deposit (`RULES`),
