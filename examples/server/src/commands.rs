@@ -387,16 +387,19 @@ pub fn render_declined(encoder: &mut Encoder<'_>, reason: Reason) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use plafond_wire::{parse_value, Protocol, Value};
 
-    fn parse_words(line: &str) -> Action {
+    /// A command line split at spaces, parsed with the built-in regions (also used by
+    /// the hold commands' tests).
+    pub(crate) fn parse_words(line: &str) -> Action {
         let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
         parse(&args, &Regions::builtin())
     }
 
-    fn rendered(outcome: Outcome) -> Value {
+    /// The RESP2 reply `outcome` is rendered as, read back.
+    pub(crate) fn rendered(outcome: Outcome) -> Value {
         let mut out = Vec::new();
         let mut encoder = Encoder { out: &mut out, protocol: Protocol::Resp2 };
         render_outcome(&mut encoder, &outcome);

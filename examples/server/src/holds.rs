@@ -143,23 +143,10 @@ fn render_releases(encoder: &mut Encoder<'_>, releases: &[Release]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::{parse as parse_args, render_outcome, Action};
-    use plafond::{CommandId, HoldStatus, Reason, Regions, Request};
-    use plafond_wire::{parse_value, Protocol, Value};
-
-    fn parse_words(line: &str) -> Action {
-        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
-        parse_args(&args, &Regions::builtin())
-    }
-
-    fn rendered(outcome: Outcome) -> Value {
-        let mut out = Vec::new();
-        let mut encoder = Encoder { out: &mut out, protocol: Protocol::Resp2 };
-        render_outcome(&mut encoder, &outcome);
-        let (value, used) = parse_value(&out).expect("valid").expect("complete");
-        assert_eq!(used, out.len());
-        value
-    }
+    use crate::commands::tests::{parse_words, rendered};
+    use crate::commands::Action;
+    use plafond::{CommandId, HoldStatus, Reason, Request};
+    use plafond_wire::Value;
 
     #[test]
     fn hold_commands_become_engine_requests() {
