@@ -156,6 +156,7 @@ fn the_live_page_shows_the_numbers_moving_in_chromium() {
     number(&first, "payments-rate", "data-value"); // a number: pays in the last interval
     assert!(first.contains("<td>eu-west</td>") && first.contains("<td>TOTAL</td>"), "{first}");
     assert!(first.contains("CEILING_EXCEEDED"), "the declines table: {first}");
+    assert!(first.contains("<th>open holds</th>"), "the holds of §12 per region: {first}");
 
     // The second load also saves the screenshot, from the same run.
     let screenshot = std::env::var_os("PLAFOND_PAGE_SCREENSHOT")

@@ -48,10 +48,11 @@ function renderDump(stats) {
   const regions = regionRows(stats);
   fillTable(document.getElementById("regions"),
     ["region", "profiles", "checking", "savings", "balances", "approved", "approved volume",
-      "near ceiling", "rolled day", "epochs"],
+      "near ceiling", "held", "open holds", "expiring", "rolled day", "epochs"],
     regions.map(([name, r]) => [name, r.profiles, r.accounts.CHECKING, r.accounts.SAVINGS,
       r.balances_minor, r.payments_approved.count, r.payments_approved.volume_minor,
-      r.cards_near_ceiling, r.rolled_day ?? "none", stats.epochs_completed[name] ?? ""]));
+      r.cards_near_ceiling, r.held_minor, r.open_holds, r.holds_expiring,
+      r.rolled_day ?? "none", stats.epochs_completed[name] ?? ""]));
   const reasons = Object.keys(stats.total.declined);
   fillTable(document.getElementById("declines"), ["reason", ...regions.map(([name]) => name)],
     reasons.map((reason) => [reason, ...regions.map(([, r]) => {
@@ -60,7 +61,8 @@ function renderDump(stats) {
     })]));
   const audit = stats.audit;
   const audited = document.getElementById("audit");
-  audited.textContent = `in flight ${number(audit.in_flight_minor)}, conservation ` +
+  audited.textContent = `in flight ${number(audit.in_flight_minor)}, held ` +
+    `${number(audit.held_minor)}, conservation ` +
     `${audit.holds ? "ok" : "BROKEN"} (balances ${number(audit.balances_minor)}, initial ` +
     `${number(audit.initial_deposits_minor)} + deposits ${number(audit.deposits_minor)} + ` +
     `interest ${number(audit.interest_minor)} - card payments ` +
