@@ -693,9 +693,10 @@ fn crash_under_load(durability: Durability, kills: u64) {
         tally.kills_under_load, tally.kills_in_recovery, tally.acked, tally.retried
     );
     // Checkpoints were taken (and so loaded, and killed in) across the runs: their file
-    // names count up. At least a second one: written by a child that had loaded the first.
-    // (Not more: the checkpointer runs at nice 19, and on a machine busy with other work
-    // it took two in one CI run, with every outcome still exact.)
+    // names count up from generation 0. At least a second one (generation 1): written by a
+    // child that had loaded the first. (Not more: the checkpointer runs at nice 19, and on
+    // a machine busy with other work it took only two in a whole run, generations 0 and 1,
+    // with every outcome still exact.)
     let newest = std::fs::read_dir(dir.join("checkpoints"))
         .unwrap()
         .filter_map(|entry| {
@@ -703,7 +704,7 @@ fn crash_under_load(durability: Durability, kills: u64) {
         })
         .max();
     println!("{durability:?}: newest checkpoint generation {newest:?}");
-    assert!(newest.is_some_and(|generation| generation >= 2), "checkpoints: {newest:?}");
+    assert!(newest.is_some_and(|generation| generation >= 1), "checkpoints: {newest:?}");
     let leftovers = std::fs::read_dir(dir.join("checkpoints")).unwrap().count();
     assert!(
         leftovers <= plafond::CHECKPOINTS_KEPT + 1,
