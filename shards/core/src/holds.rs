@@ -15,8 +15,15 @@
 //! Only [`Holds`]'s methods change the table; they keep its indices (open holds per
 //! account, holds by account, the shard's total held) in step with it. The indices are
 //! not encoded: decoding rebuilds them from the table.
+//!
+//! The table and its indices are persistent maps (`imbl`'s B-trees): a clone shares
+//! every node and costs O(1), and a change copies only the path it touches while the
+//! node is shared. A checkpoint's capture clones them at its instant, so it pauses the
+//! shard no longer with 2M holds than with none (`docs/DECISIONS.md`, card holds).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+
+use imbl::{OrdMap, OrdSet};
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -175,7 +182,7 @@ pub struct OpenHolds {
 #[derive(Clone, Debug, Default)]
 pub struct Holds {
     /// Every hold remembered, by sequence number (its id is `seq * shards + shard`).
-    table: BTreeMap<u64, Hold>,
+    table: OrdMap<u64, Hold>,
     /// The sequence number of the next hold.
     next_seq: u64,
     /// Each region's `hold_expiry_days` as of the latest `Input::SetHoldExpiry`; a region
@@ -187,9 +194,9 @@ pub struct Holds {
     refunded_minor: u128,
     // Indices, rebuilt from the table when decoded.
     /// Accounts with open holds.
-    open: BTreeMap<u32, OpenHolds>,
+    open: OrdMap<u32, OpenHolds>,
     /// Every remembered hold by (account, seq): the epoch finds a chunk's holds with it.
-    by_account: BTreeSet<(u32, u64)>,
+    by_account: OrdSet<(u32, u64)>,
     /// What the open holds hold together.
     held_minor: u128,
 }
@@ -210,7 +217,7 @@ impl Eq for Holds {}
 impl Holds {
     /// A table from its encoded parts, its indices built.
     pub fn from_parts(
-        table: BTreeMap<u64, Hold>,
+        table: OrdMap<u64, Hold>,
         next_seq: u64,
         expiry_days: Vec<u16>,
         captured_minor: u128,
@@ -257,8 +264,17 @@ impl Holds {
             && rebuilt.held_minor == self.held_minor
     }
 
+    /// Whether `other` shares every map of this one, root and all: a clone since which
+    /// neither changed. What a capture costs follows from it.
+    #[cfg(test)]
+    fn shares_with(&self, other: &Holds) -> bool {
+        self.table.ptr_eq(&other.table)
+            && self.open.ptr_eq(&other.open)
+            && self.by_account.ptr_eq(&other.by_account)
+    }
+
     /// Every remembered hold, by sequence number.
-    pub fn table(&self) -> &BTreeMap<u64, Hold> {
+    pub fn table(&self) -> &OrdMap<u64, Hold> {
         &self.table
     }
 
@@ -312,7 +328,7 @@ impl Holds {
     }
 
     /// The accounts with open holds, and those holds.
-    pub fn open(&self) -> &BTreeMap<u32, OpenHolds> {
+    pub fn open(&self) -> &OrdMap<u32, OpenHolds> {
         &self.open
     }
 
@@ -487,7 +503,13 @@ impl Holds {
 
 impl Encode for Holds {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
-        self.table.encode(encoder)?;
+        // As bincode encodes a `BTreeMap` (format 5 was written from one): the length,
+        // then each entry in key order.
+        (self.table.len() as u64).encode(encoder)?;
+        for (seq, hold) in &self.table {
+            seq.encode(encoder)?;
+            hold.encode(encoder)?;
+        }
         self.next_seq.encode(encoder)?;
         self.expiry_days.encode(encoder)?;
         self.captured_minor.encode(encoder)?;
@@ -497,7 +519,10 @@ impl Encode for Holds {
 
 impl<Context> Decode<Context> for Holds {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Holds, DecodeError> {
-        let table = BTreeMap::decode(decoder)?;
+        // Decoded as the `BTreeMap` it was encoded as (its length claimed against the
+        // decoder's limit), then moved into the persistent map.
+        let table: OrdMap<u64, Hold> =
+            BTreeMap::<u64, Hold>::decode(decoder)?.into_iter().collect();
         let next_seq = u64::decode(decoder)?;
         let expiry_days = Vec::decode(decoder)?;
         let captured_minor = u128::decode(decoder)?;
@@ -511,6 +536,32 @@ bincode::impl_borrow_decode!(Holds);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ShardState;
+
+    #[test]
+    fn a_capture_shares_the_hold_table_and_a_later_change_leaves_it_as_captured() {
+        const HOLDS: u32 = 200_000;
+        let mut state = ShardState::new(0, 1, 1);
+        for account in 0..HOLDS {
+            state.holds.place(account, 10, 17, 100);
+        }
+        let capture = state.begin_capture();
+        let Ok(captured) = state.finish_capture(capture) else {
+            panic!("a state without accounts is captured at once");
+        };
+        // Nothing was copied: the capture holds the same roots, whatever the hold count.
+        assert!(captured.holds.shares_with(&state.holds), "the capture copied the holds");
+        assert_eq!(captured.holds, state.holds);
+
+        state.holds.void(0, 100, None);
+        assert!(!captured.holds.shares_with(&state.holds));
+        assert_eq!(state.holds.get(0).map(|hold| hold.status), Some(HoldStatus::Closed));
+        assert_eq!(captured.holds.get(0).map(|hold| hold.status), Some(HoldStatus::Pending));
+        assert_eq!(state.holds.held_minor(), u128::from(HOLDS - 1) * 100);
+        assert_eq!(captured.holds.held_minor(), u128::from(HOLDS) * 100);
+        assert!(captured.holds.open_of(0).is_some() && state.holds.open_of(0).is_none());
+        assert!(captured.holds.indices_agree() && state.holds.indices_agree());
+    }
 
     #[test]
     fn captures_take_the_oldest_pieces_and_releases_the_newest() {
@@ -551,6 +602,17 @@ mod tests {
         assert_eq!(holds.held_minor(), 60);
         assert!(holds.indices_agree());
         let encoded = bincode::encode_to_vec(&holds, bincode::config::standard()).unwrap();
+        // The bytes format 5 wrote from a `BTreeMap` table, field by field.
+        let table: BTreeMap<u64, Hold> =
+            holds.table().iter().map(|(&seq, hold)| (seq, hold.clone())).collect();
+        let parts = (
+            table,
+            holds.next_seq(),
+            holds.expiry_days().to_vec(),
+            holds.captured_minor(),
+            holds.refunded_minor(),
+        );
+        assert_eq!(encoded, bincode::encode_to_vec(&parts, bincode::config::standard()).unwrap());
         let (decoded, _): (Holds, usize) =
             bincode::decode_from_slice(&encoded, bincode::config::standard()).unwrap();
         assert_eq!(decoded, holds);

@@ -338,8 +338,8 @@ impl ShardState {
             totals: self.totals,
             counters: self.counters.clone(),
             remembered: Vec::new(),
-            // Copied at the instant like the other small parts: holds are few beside the
-            // accounts (a capture's pause with many open is in `docs/BENCHMARKS.md`).
+            // Shared at the instant, not copied: the hold table is persistent maps whose
+            // clone is O(1); the shard's later changes copy the paths they touch.
             holds: self.holds.clone(),
         };
         StateCapture { rest: Box::new(rest) }
