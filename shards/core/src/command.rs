@@ -281,27 +281,26 @@ impl Command {
     /// Whether every amount the command carries is `1 ..= 10^15` (§1).
     pub fn amounts_are_valid(&self) -> bool {
         match *self {
-            Command::Pay { amount_minor, .. }
-            | Command::Transfer { amount_minor, .. }
-            | Command::Deposit { amount_minor, .. }
-            | Command::SetCeiling { ceiling_minor: amount_minor, .. }
-            | Command::Authorize { amount_minor, .. }
-            | Command::AuthorizeIncrement { amount_minor, .. }
-            | Command::Capture { amount_minor, .. }
-            | Command::CaptureFinal { amount_minor, .. }
-            | Command::Void { amount_minor: Some(amount_minor), .. }
-            | Command::Refund { amount_minor, .. } => money::amount_is_valid(amount_minor),
             Command::OpenAccount { opening: Some(opening), .. } => {
                 money::amount_is_valid(opening.deposit_minor)
                     && money::amount_is_valid(opening.ceiling_minor)
             }
-            _ => true,
+            _ => self.moved_minor().is_none_or(money::amount_is_valid),
         }
     }
 
     /// The amount a decline of the command counts as its volume: the payment's, the
     /// transfer's, the deposit's, the new ceiling's, or an opening deposit; 0 otherwise.
     pub fn amount_minor(&self) -> u64 {
+        match *self {
+            Command::OpenAccount { opening: Some(opening), .. } => opening.deposit_minor,
+            _ => self.moved_minor().unwrap_or(0),
+        }
+    }
+
+    /// The one amount a command moves, holds, releases or sets (a new ceiling), if it
+    /// names one; an opening's two amounts are its own case.
+    fn moved_minor(&self) -> Option<u64> {
         match *self {
             Command::Pay { amount_minor, .. }
             | Command::Transfer { amount_minor, .. }
@@ -312,9 +311,8 @@ impl Command {
             | Command::Capture { amount_minor, .. }
             | Command::CaptureFinal { amount_minor, .. }
             | Command::Void { amount_minor: Some(amount_minor), .. }
-            | Command::Refund { amount_minor, .. } => amount_minor,
-            Command::OpenAccount { opening: Some(opening), .. } => opening.deposit_minor,
-            _ => 0,
+            | Command::Refund { amount_minor, .. } => Some(amount_minor),
+            _ => None,
         }
     }
 
