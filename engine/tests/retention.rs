@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use plafond::internals::store::IDS_COLUMN_FAMILY;
 use plafond::{
-    AccountKind, Command, CommandId, Durability, Engine, EngineConfig, ManualClock, Outcome,
-    Reason, Regions, Request,
+    Command, CommandId, Durability, Engine, EngineConfig, ManualClock, Outcome, Reason, Regions,
+    Request,
 };
 
 /// 2027-01-04T12:00:00Z, a Monday: business day 2027-01-04 in both regions.
@@ -52,19 +52,6 @@ fn config(dir: &Path, clock: &Arc<ManualClock>) -> EngineConfig {
 }
 
 /// A checking account in `region`; its id is its card's.
-fn open_checking(engine: &Engine, region: &str) -> u64 {
-    let region = engine.region_id(region).unwrap();
-    let Outcome::ProfileOpened { profile } = engine.run(Command::OpenProfile { region }).unwrap()
-    else {
-        panic!("a profile opens")
-    };
-    let kind = AccountKind::Checking;
-    match engine.run(Command::OpenAccount { profile, kind, opening: None }).unwrap() {
-        Outcome::AccountOpened { account, .. } => account,
-        other => panic!("an account opens: {other:?}"),
-    }
-}
-
 fn balance(engine: &Engine, account: u64) -> u64 {
     match engine.run(Command::ReadAccount { account }).unwrap() {
         Outcome::Account(view) => view.balance_minor,
@@ -89,8 +76,8 @@ fn a_retry_gets_its_outcome_across_restarts_until_retention_ends() {
     let (eu, us);
     {
         let engine = Engine::open(config(dir.path(), &clock)).unwrap();
-        eu = open_checking(&engine, "eu-west");
-        us = open_checking(&engine, "us-east");
+        eu = support::open_checking(&engine, "eu-west");
+        us = support::open_checking(&engine, "us-east");
         engine.run_due_epochs().unwrap();
         let approved = Outcome::Approved { balance_minor: 99_000, spent_7d_minor: 1_000 };
         assert_eq!(engine.execute(pay(eu, 1_000, "eu-1")).unwrap(), approved);
@@ -127,7 +114,7 @@ fn an_id_used_on_one_shard_conflicts_on_another_in_flight_durable_and_after_rest
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START_MS));
     let engine = Engine::open(config(dir.path(), &clock)).unwrap();
-    let accounts: Vec<u64> = (0..4).map(|_| open_checking(&engine, "us-east")).collect();
+    let accounts: Vec<u64> = (0..4).map(|_| support::open_checking(&engine, "us-east")).collect();
     let (a, b) = (accounts[0], *accounts.iter().find(|&&id| id % 2 != accounts[0] % 2).unwrap());
     let id = CommandId::new("shared-id").unwrap();
     // In one submission: both in flight at once, on two shards.
@@ -154,7 +141,7 @@ fn remembered_ids_live_on_disk_not_in_memory_and_compaction_drops_expired_ones()
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START_MS));
     let engine = Engine::open(config(dir.path(), &clock)).unwrap();
-    let card = open_checking(&engine, "eu-west");
+    let card = support::open_checking(&engine, "eu-west");
     engine.run(Command::Deposit { account: card, amount_minor: 1_000_000_000 }).unwrap();
     engine.run(Command::SetCeiling { card, ceiling_minor: 1_000_000_000 }).unwrap();
     let ids = 20_000u64;
@@ -197,7 +184,7 @@ fn in_memory_engines_expire_ids_with_the_epochs() {
         .with_epoch_poll(None);
     assert_eq!(config.durability, Durability::None);
     let engine = Engine::open(config).unwrap();
-    let card = open_checking(&engine, "eu-west");
+    let card = support::open_checking(&engine, "eu-west");
     engine.run_due_epochs().unwrap();
     for i in 0..100 {
         engine.execute(pay(card, 1, &format!("m-{i}"))).unwrap();

@@ -2,13 +2,15 @@
 //! order, with the fields §13 lists and the balances the replies gave; a wake-up when new
 //! entries are durable; and a refusal for a start that retention deleted.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use plafond::stream::{FieldValue, StreamId, StreamStart};
 use plafond::{
-    AccountKind, Archive, Command, CommandId, Engine, EngineConfig, EngineError, LogRetention,
-    ManualClock, Outcome, Reason, Request,
+    Archive, Command, CommandId, Engine, EngineConfig, EngineError, LogRetention, ManualClock,
+    Outcome, Reason, Request,
 };
 
 /// 2027-01-04T12:00:00Z.
@@ -40,19 +42,6 @@ fn read(engine: &Engine, shard: u16, start: StreamStart, count: usize) -> Vec<En
     entries
 }
 
-fn open_checking(engine: &Engine) -> u64 {
-    let region = engine.region_id("eu-west").unwrap();
-    let Outcome::ProfileOpened { profile } = engine.run(Command::OpenProfile { region }).unwrap()
-    else {
-        panic!("a profile opens")
-    };
-    let kind = AccountKind::Checking;
-    match engine.run(Command::OpenAccount { profile, kind, opening: None }).unwrap() {
-        Outcome::AccountOpened { account, .. } => account,
-        other => panic!("an account opens: {other:?}"),
-    }
-}
-
 /// The one entry of `kind` in `entries`.
 fn only<'a>(entries: &'a [Entry], kind: &str) -> &'a HashMap<&'static str, String> {
     let found: Vec<_> = entries.iter().filter(|(_, f)| f["kind"] == kind).collect();
@@ -67,7 +56,8 @@ fn every_durable_entry_in_shard_order_with_the_balances_the_replies_gave() {
     let config = EngineConfig::durable(dir.path()).with_shards(2).with_clock(clock.clone());
     let engine = Engine::open(config.with_epoch_poll(None)).unwrap();
     // Profiles go round the shards: the two accounts live on different shards.
-    let (a, b) = (open_checking(&engine), open_checking(&engine));
+    let (a, b) =
+        (support::open_checking(&engine, "eu-west"), support::open_checking(&engine, "eu-west"));
     let (shard_a, shard_b) = ((a % 2) as u16, (b % 2) as u16);
     assert_ne!(shard_a, shard_b);
     let mut watch = engine.stream_watch(shard_a).unwrap();
@@ -142,7 +132,7 @@ fn a_start_that_retention_deleted_is_refused_with_the_first_id_retained() {
         .with_epoch_poll(None)
         .with_log_retention(retention);
     let engine = Engine::open(config).unwrap();
-    let card = open_checking(&engine);
+    let card = support::open_checking(&engine, "eu-west");
     // Retention keeps the log after the oldest kept checkpoint: a few checkpoints, each after
     // new entries, move it on.
     for round in 0..3 {

@@ -54,3 +54,19 @@ pub fn watchdog(test: &'static str, limit: Duration) -> Watchdog {
     });
     Watchdog { _disarm: disarm }
 }
+
+/// Opens a profile in `region` and a checking account in it, on its region's terms;
+/// returns the account (its card has the same id).
+pub fn open_checking(engine: &plafond::Engine, region: &str) -> u64 {
+    use plafond::{AccountKind, Command, Outcome};
+    let region = engine.region_id(region).expect("a built-in region");
+    let Outcome::ProfileOpened { profile } = engine.run(Command::OpenProfile { region }).unwrap()
+    else {
+        panic!("a profile opens")
+    };
+    let kind = AccountKind::Checking;
+    match engine.run(Command::OpenAccount { profile, kind, opening: None }).unwrap() {
+        Outcome::AccountOpened { account, .. } => account,
+        other => panic!("an account opens: {other:?}"),
+    }
+}
