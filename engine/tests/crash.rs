@@ -62,6 +62,13 @@ const KILLS_FROM_SPAWN_EVERY: u64 = 4;
 /// A kill from the spawn comes this long after it.
 const KILL_DELAY_MS_MIN: u64 = 5;
 const KILL_DELAY_MS_MAX: u64 = 100;
+/// One kill in this many (among those under load) waits until the child has written a
+/// checkpoint of its own, so that every run has children that load a checkpoint written
+/// by a child that had loaded one, whatever the machine's load (the checkpointer runs at
+/// nice 19: on a busy machine a child killed at a random instant may never write one).
+const KILL_AFTER_CHECKPOINT_AT: u64 = 1;
+/// How long a child may take to write its checkpoint.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A kill under load comes this long after the child's engine is open.
 const LOAD_DELAY_MS_MIN: u64 = 20;
 const LOAD_DELAY_MS_MAX: u64 = 300;
@@ -605,6 +612,16 @@ fn spawn_child(dir: &Path, iteration: u64, seed: u64) -> std::process::Child {
 }
 
 /// Fails the test, with the child's stderr, if the child ended before being killed.
+/// The generation of the newest checkpoint file in `dir`, if any.
+fn newest_checkpoint(dir: &Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir.join("checkpoints")).ok()?;
+    entries
+        .filter_map(|entry| {
+            entry.ok()?.file_name().to_str().and_then(plafond_snapshots::generation_of)
+        })
+        .max()
+}
+
 fn assert_alive(dir: &Path, iteration: u64, child: &mut std::process::Child) {
     if let Some(status) = child.try_wait().unwrap() {
         let stderr_path = dir.join(format!("child-{iteration}.stderr"));
@@ -654,6 +671,18 @@ fn crash_under_load(durability: Durability, kills: u64) {
                 assert!(spawned.elapsed() < CHILD_OPEN_TIMEOUT, "child {iteration} never opened");
                 std::thread::sleep(Duration::from_millis(1));
             }
+            if iteration % KILLS_FROM_SPAWN_EVERY == KILL_AFTER_CHECKPOINT_AT {
+                let before = newest_checkpoint(dir);
+                let opened = Instant::now();
+                while newest_checkpoint(dir) <= before {
+                    assert_alive(dir, iteration, &mut child);
+                    assert!(
+                        opened.elapsed() < CHECKPOINT_TIMEOUT,
+                        "child {iteration} wrote no checkpoint in {CHECKPOINT_TIMEOUT:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             let delay = rng.between(LOAD_DELAY_MS_MIN, LOAD_DELAY_MS_MAX);
             std::thread::sleep(Duration::from_millis(delay));
         }
@@ -694,15 +723,8 @@ fn crash_under_load(durability: Durability, kills: u64) {
     );
     // Checkpoints were taken (and so loaded, and killed in) across the runs: their file
     // names count up from generation 0. At least a second one (generation 1): written by a
-    // child that had loaded the first. (Not more: the checkpointer runs at nice 19, and on
-    // a machine busy with other work it took only two in a whole run, generations 0 and 1,
-    // with every outcome still exact.)
-    let newest = std::fs::read_dir(dir.join("checkpoints"))
-        .unwrap()
-        .filter_map(|entry| {
-            entry.ok()?.file_name().to_str().and_then(plafond_snapshots::generation_of)
-        })
-        .max();
+    // child that had loaded the first (the kills after a checkpoint make sure of it).
+    let newest = newest_checkpoint(dir);
     println!("{durability:?}: newest checkpoint generation {newest:?}");
     assert!(newest.is_some_and(|generation| generation >= 1), "checkpoints: {newest:?}");
     let leftovers = std::fs::read_dir(dir.join("checkpoints")).unwrap().count();

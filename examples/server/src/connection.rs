@@ -25,7 +25,7 @@ use plafond::{Engine, Health, Request};
 use plafond_wire::{Encoder, Frame, Protocol, ProtocolError, RequestParser};
 
 use crate::budget::Share;
-use crate::combiner::{Answer, Pending};
+use crate::combiner::{Answer, Lane, Pending};
 use crate::commands::{self, Action, Local};
 use crate::epochs;
 use crate::slots::{Eviction, Slot};
@@ -119,6 +119,9 @@ pub(crate) struct Connection {
     muted: bool,
     /// The server's shutdown, for an `XREAD BLOCK` to return at.
     shutdown: watch::Receiver<bool>,
+    /// Whether the last read filled all the room it had: the client had sent more than
+    /// one chunk, so it is ahead of its replies (see `lane`).
+    last_read_filled: bool,
 }
 
 /// Why a connection's timer closes it.
@@ -166,6 +169,7 @@ impl Connection {
             refusals_before_auth: 0,
             muted: false,
             shutdown,
+            last_read_filled: false,
         }
     }
 
@@ -260,7 +264,7 @@ impl Connection {
                     // Gone (reset): nobody will read the replies, so the batches not yet
                     // handed to the engine are dropped with their answers' receivers.
                     Err(_) => return,
-                    Ok(_) => {}
+                    Ok(read) => self.last_read_filled = read >= READ_CHUNK_BYTES,
                 },
                 _ = shutdown.changed(), if !stopping => stopping = true,
                 _ = &mut self.eviction, if anonymous => {
@@ -453,11 +457,30 @@ impl Connection {
         if self.building.replies.is_empty() {
             return;
         }
-        let pending =
-            (!self.requests.is_empty()).then(|| self.server.combiner.submit(&mut self.requests));
+        let pending = (!self.requests.is_empty()).then(|| {
+            let lane = self.lane();
+            self.server.combiner.submit(&mut self.requests, lane)
+        });
         let batch = std::mem::replace(&mut self.building, self.spare.pop().unwrap_or_default());
         let commands = batch.replies.len();
         self.in_flight.push_back(InFlight { batch, protocol: self.protocol, pending, commands });
+    }
+
+    /// The combiner's lane for the batch being sealed: fresh when the client waits for it
+    /// (nothing else of this connection waits on the engine, and the client has sent
+    /// nothing beyond it), backlogged when the client is ahead of its replies: earlier
+    /// batches still wait, complete requests wait in the input after this batch, or the
+    /// last read filled its chunk (more waits in the socket). A client that reads every
+    /// reply before it sends more is always fresh; one that pipelines without reading
+    /// falls behind the fresh ones until its buffers fill and it stalls.
+    fn lane(&self) -> Lane {
+        let earlier_waiting = self.in_flight.iter().any(|batch| batch.pending.is_some());
+        let input_ahead = self.parsed < self.input.len() && !self.parser_wants_more;
+        if earlier_waiting || input_ahead || self.last_read_filled {
+            Lane::Backlogged
+        } else {
+            Lane::Fresh
+        }
     }
 
     /// Encodes the replies of the oldest batch in flight, whose engine answer is `answer`.

@@ -129,6 +129,21 @@ pub const CONNECTION_BUFFER_FLOOR_BYTES: usize = 128 << 10;
 /// in RocksDB, however many connections pipeline at once.
 pub const COMBINED_REQUESTS_MAX: usize = 65_536;
 
+/// The most commands handed to the engine and not yet answered; the rest waits in the
+/// combiner, where a fresh connection's batch passes the backlogged ones. At the server's
+/// 0.5–1M pays/s it is a few milliseconds of work: the most a fresh batch waits behind
+/// others (plus the group commit it joins), and still several group commits' worth, so
+/// the writer always has the next batch ready.
+pub const ENGINE_COMMANDS_IN_FLIGHT_MAX: usize = 4096;
+const _: () = assert!(ENGINE_COMMANDS_IN_FLIGHT_MAX <= COMBINED_REQUESTS_MAX);
+const _: () = assert!(ENGINE_COMMANDS_IN_FLIGHT_MAX >= CONNECTION_COMMANDS_FLOOR);
+
+/// The most of [`ENGINE_COMMANDS_IN_FLIGHT_MAX`] backlogged batches may take: the rest is
+/// kept for fresh ones, which then go to the engine at once.
+pub const BACKLOGGED_COMMANDS_IN_ENGINE_MAX: usize = ENGINE_COMMANDS_IN_FLIGHT_MAX * 3 / 4;
+const _: () = assert!(BACKLOGGED_COMMANDS_IN_ENGINE_MAX < ENGINE_COMMANDS_IN_FLIGHT_MAX);
+const _: () = assert!(BACKLOGGED_COMMANDS_IN_ENGINE_MAX >= CONNECTION_COMMANDS_FLOOR);
+
 // Descriptors and accept back-off (`descriptors`).
 
 /// Descriptors kept for what the engine and the server open after start-up (RocksDB's
