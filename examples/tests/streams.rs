@@ -19,7 +19,10 @@ use support::{example_binary, free_port, python_script, InProcess, Server};
 fn redis_py_reads_the_streams_as_redis_streams() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let server = InProcess::start(&["--durability", "sync", "--data-dir", data, "--shards", "2"]);
+    // The manual clock, so that no epoch falls due and logs entries while a `BLOCK` on
+    // `$` is expected to time out.
+    let args = ["--durability", "sync", "--data-dir", data, "--shards", "2", "--clock", "manual"];
+    let server = InProcess::start(&args);
     let out = python_script("streams_redis_py.py", &[&server.addr.port().to_string(), "follow"]);
     for check in ["xread from 0", "xrange", "block timeout", "block wake-up", "several streams"] {
         for protocol in [2, 3] {
