@@ -16,18 +16,18 @@
 //! whole batches: a connection's own commands stay in order, even with several of its
 //! batches in flight; commands of different connections were never ordered.
 //!
-//! Who goes first when the engine is busy: a batch from a connection with nothing else
-//! waiting on the engine (a client that reads its replies before it sends more: a
-//! terminal, a payment gateway's request, `redis-benchmark -P 64`) goes in the *fresh*
-//! lane; a batch sent while the same connection's earlier ones still wait goes in the
-//! *backlogged* lane. Every submission takes the fresh lane first (the sparse-flow rule
+//! Who goes first when the engine is busy: a batch from a client that keeps up with its
+//! replies (a terminal, a payment gateway sending requests as they come, `redis-benchmark
+//! -P 64`: below the per-connection floor of queued commands, nothing more waiting in its
+//! input) goes in the *fresh* lane; a batch from a client ahead of its replies goes in the
+//! *backlogged* lane (the connection decides which, `Connection::lane`). Every submission takes the fresh lane first (the sparse-flow rule
 //! of FQ-CoDel), and the engine holds at most [`ENGINE_COMMANDS_IN_FLIGHT_MAX`] commands
 //! at a time, so that what waits, waits here, where a fresh batch can pass it. Without
 //! the two, 500 clients that pipeline without reading kept 64k commands queued in the
-//! shards' mailboxes, and a well-behaved client's p50 was 1.9 s (issue 15). A backlogged
-//! batch never passes a fresh one of its own connection: a connection has a fresh batch
-//! only when nothing of its own waits, and a submission takes backlogged batches only
-//! once it has taken every fresh one.
+//! shards' mailboxes, and a well-behaved client's p50 was 1.9 s (issue 15). A
+//! connection's batches stay in order: it sends a fresh batch only while no batch of its
+//! own waits in the backlogged lane, and a submission takes backlogged batches only once
+//! it has taken every fresh one.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -132,17 +132,11 @@ impl Gathering {
             0 => (Vec::new(), Vec::new()),
             fresh => self.fresh.take(fresh, true),
         };
-        if self.fresh.is_empty() {
-            let room = room.backlogged.saturating_sub(requests.len());
-            if room > 0 {
-                let (more_requests, more_parts) = self.backlogged.take(room, parts.is_empty());
-                let offset = requests.len();
-                requests.extend(more_requests);
-                parts.extend(more_parts.into_iter().map(|part| Part {
-                    range: part.range.start + offset..part.range.end + offset,
-                    answer: part.answer,
-                }));
-            }
+        // Backlogged batches only in a submission without fresh ones: while clients that
+        // keep up with their replies have work, they get the engine (shared with what is
+        // already in it), not what a fixed split would leave them.
+        if parts.is_empty() && room.backlogged > 0 {
+            (requests, parts) = self.backlogged.take(room.backlogged, true);
         }
         if parts.is_empty() && !(self.fresh.is_empty() && self.backlogged.is_empty()) {
             return None;
@@ -568,7 +562,7 @@ mod tests {
             (Backlogged, 110, 2),
             (Fresh, 210, 1),
         ]);
-        // Room for the fresh ones and not the first backlogged: the fresh ones alone.
+        // The fresh ones first, alone.
         let (requests, parts) = gathering.take(Room { fresh: 5, backlogged: 5 }).expect("room");
         assert_eq!(accounts(&requests, &parts), vec![vec![200, 201], vec![210]]);
         assert!(gathering.flushing, "the backlogged ones wait for the next flush");
@@ -607,6 +601,12 @@ mod tests {
         let mut gathering = gathering_of(&[(Backlogged, 0, 1), (Fresh, 10, 2)]);
         let (requests, parts) = gathering.take(busy).expect("room for the fresh one");
         assert_eq!(accounts(&requests, &parts), vec![vec![10, 11]]);
+        // And with room for both, a submission with fresh batches takes no backlogged one.
+        let mut both = gathering_of(&[(Backlogged, 0, 1), (Fresh, 10, 2)]);
+        let (requests, parts) = both.take(Room::left(0)).expect("room");
+        assert_eq!(accounts(&requests, &parts), vec![vec![10, 11]]);
+        let (requests, parts) = both.take(Room::left(0)).expect("room");
+        assert_eq!(accounts(&requests, &parts), vec![vec![0]]);
         // With the engine full, nothing goes.
         assert!(gathering.take(Room::left(ENGINE_COMMANDS_IN_FLIGHT_MAX)).is_none());
         let (requests, parts) = gathering.take(Room::left(0)).expect("room again");

@@ -35,8 +35,9 @@ use crate::Shared;
 
 use crate::limits::{
     ANONYMOUS_BATCH_COMMANDS_MAX, AUTH_FAILURES_MAX, AUTH_FAILURE_DELAY, BUDGET_RETRY,
-    IN_FLIGHT_BATCHES_MAX, KEPT_COMMANDS_CAPACITY, OUTPUT_FLUSH_BYTES, PIPELINE_COMMANDS_MAX,
-    READ_BUFFER_BYTES_MAX, READ_CHUNK_BYTES, REFUSALS_BEFORE_AUTH_MAX, YIELD_AFTER_COMMANDS,
+    CONNECTION_COMMANDS_FLOOR, IN_FLIGHT_BATCHES_MAX, KEPT_COMMANDS_CAPACITY, OUTPUT_FLUSH_BYTES,
+    PIPELINE_COMMANDS_MAX, READ_BUFFER_BYTES_MAX, READ_CHUNK_BYTES, REFUSALS_BEFORE_AUTH_MAX,
+    YIELD_AFTER_COMMANDS,
 };
 
 /// A reply waiting for its turn in the batch.
@@ -66,6 +67,8 @@ struct InFlight {
     pending: Option<Pending>,
     /// Its commands, given back to the budget once answered.
     commands: usize,
+    /// The combiner's lane it went in (see `lane`).
+    lane: Lane,
 }
 
 /// One client connection.
@@ -457,26 +460,34 @@ impl Connection {
         if self.building.replies.is_empty() {
             return;
         }
-        let pending = (!self.requests.is_empty()).then(|| {
-            let lane = self.lane();
-            self.server.combiner.submit(&mut self.requests, lane)
-        });
+        let commands = self.building.replies.len();
+        let lane = self.lane(commands);
+        let pending = (!self.requests.is_empty())
+            .then(|| self.server.combiner.submit(&mut self.requests, lane));
         let batch = std::mem::replace(&mut self.building, self.spare.pop().unwrap_or_default());
-        let commands = batch.replies.len();
-        self.in_flight.push_back(InFlight { batch, protocol: self.protocol, pending, commands });
+        let in_flight = InFlight { batch, protocol: self.protocol, pending, commands, lane };
+        self.in_flight.push_back(in_flight);
     }
 
-    /// The combiner's lane for the batch being sealed: fresh when the client waits for it
-    /// (nothing else of this connection waits on the engine, and the client has sent
-    /// nothing beyond it), backlogged when the client is ahead of its replies: earlier
-    /// batches still wait, complete requests wait in the input after this batch, or the
-    /// last read filled its chunk (more waits in the socket). A client that reads every
-    /// reply before it sends more is always fresh; one that pipelines without reading
-    /// falls behind the fresh ones until its buffers fill and it stalls.
-    fn lane(&self) -> Lane {
-        let earlier_waiting = self.in_flight.iter().any(|batch| batch.pending.is_some());
+    /// The combiner's lane for the batch of `commands` being sealed: fresh when the client
+    /// keeps up with its replies, backlogged when it is ahead of them: complete requests
+    /// wait in the input after this batch, the last read filled its chunk (more waits in
+    /// the socket), an earlier batch of its own waits in the backlogged lane (a fresh one
+    /// must not pass it), or its commands waiting on the engine would pass the floor every
+    /// connection may always have queued. A client that reads its replies as they come,
+    /// however it pipelines below the floor (a terminal, `redis-benchmark -P 64`, a gateway
+    /// sending requests as they arrive), is fresh; one that pipelines without reading falls
+    /// behind the fresh ones until its buffers fill and it stalls.
+    fn lane(&self, commands: usize) -> Lane {
+        let waiting = self.in_flight.iter().filter(|batch| batch.pending.is_some());
+        let (mut waiting_commands, mut earlier_backlogged) = (0, false);
+        for batch in waiting {
+            waiting_commands += batch.commands;
+            earlier_backlogged |= batch.lane == Lane::Backlogged;
+        }
         let input_ahead = self.parsed < self.input.len() && !self.parser_wants_more;
-        if earlier_waiting || input_ahead || self.last_read_filled {
+        let over_floor = waiting_commands + commands > CONNECTION_COMMANDS_FLOOR;
+        if input_ahead || self.last_read_filled || earlier_backlogged || over_floor {
             Lane::Backlogged
         } else {
             Lane::Fresh
