@@ -32,7 +32,7 @@ use plafond_shards::region::Regions;
 use plafond_shards::store::StoreError;
 
 pub use crate::limits::EPOCH_DUTY_PERCENT;
-pub use crate::limits::ROLL_CHUNK_ACCOUNTS;
+pub use crate::limits::{ROLL_CHUNK_ACCOUNTS, ROLL_CHUNK_ACCOUNTS_MIN, ROLL_CHUNK_HOLDS};
 /// How often the scheduler looks at the clock.
 pub const SCHEDULER_POLL: Duration = Duration::from_millis(200);
 
@@ -46,6 +46,11 @@ pub trait EpochHost: Send + Sync + 'static {
     fn shard_count(&self) -> u16;
     /// Accounts shard `shard` holds now.
     fn accounts(&self, shard: ShardId) -> u64;
+    /// Holds in shard `shard`'s hold table now (open, and closed ones kept): its chunks
+    /// cover fewer accounts when they are many ([`chunk_accounts`]).
+    fn holds(&self, _shard: ShardId) -> u64 {
+        0
+    }
     /// Queues `input` on `shard`; `done` hears once it is durable.
     fn send(&self, shard: ShardId, input: Input, done: Sender<()>);
     /// The longest epoch chunk any shard applied since the last call, and resets it.
@@ -255,25 +260,26 @@ impl<H: EpochHost> BatchService<H> {
         self.host.take_pause_max();
         let shards = self.host.shard_count();
         let sizes: Vec<u64> = (0..shards).map(|shard| self.host.accounts(shard)).collect();
-        let chunks = sizes
-            .iter()
-            .map(|&size| size.div_ceil(u64::from(ROLL_CHUNK_ACCOUNTS)))
-            .max()
-            .unwrap_or(0);
+        let steps: Vec<u64> = (0..shards)
+            .zip(&sizes)
+            .map(|(shard, &size)| chunk_accounts(size, self.host.holds(shard)))
+            .collect();
+        // Where each shard's next chunk starts; a shard is done once it reaches its size
+        // (a shard without accounts still gets one empty chunk, which rolls its day).
+        let mut starts: Vec<Option<u64>> = vec![Some(0); sizes.len()];
         // One chunk per shard in flight: each shard interleaves it with its commands, and
         // the shards work in parallel.
-        for chunk in 0..chunks.max(1) {
+        while starts.iter().any(Option::is_some) {
             // An epoch over millions of accounts has hundreds of chunks: a stop must not
             // wait for all of them (the epoch is not recorded and runs again).
             self.check_running()?;
             let round = Instant::now();
             let mut waiting: Vec<Receiver<()>> = Vec::new();
-            for (shard, &size) in sizes.iter().enumerate() {
-                let start = chunk * u64::from(ROLL_CHUNK_ACCOUNTS);
-                if start >= size && !(chunk == 0 && size == 0) {
-                    continue;
-                }
-                let end = (start + u64::from(ROLL_CHUNK_ACCOUNTS)).min(size);
+            for (shard, next) in starts.iter_mut().enumerate() {
+                let Some(start) = *next else { continue };
+                let (size, step) = (sizes[shard], steps[shard]);
+                let end = (start + step).min(size);
+                *next = (end < size).then_some(end);
                 let (done_tx, done_rx) = bounded(1);
                 let input = Input::Roll { region, day, start: start as u32, end: end as u32 };
                 self.host.send(shard as ShardId, input, done_tx);
@@ -296,6 +302,19 @@ impl<H: EpochHost> BatchService<H> {
             max_pause: self.host.take_pause_max(),
         })
     }
+}
+
+/// Accounts one chunk of a shard with `accounts` accounts and `holds` holds covers:
+/// [`ROLL_CHUNK_ACCOUNTS`], fewer where the holds are dense enough that a chunk would
+/// hold more than [`ROLL_CHUNK_HOLDS`] of them on average, never fewer than
+/// [`ROLL_CHUNK_ACCOUNTS_MIN`].
+pub fn chunk_accounts(accounts: u64, holds: u64) -> u64 {
+    let full = u64::from(ROLL_CHUNK_ACCOUNTS);
+    let by_holds = match holds {
+        0 => full,
+        holds => accounts.saturating_mul(ROLL_CHUNK_HOLDS) / holds,
+    };
+    by_holds.clamp(u64::from(ROLL_CHUNK_ACCOUNTS_MIN), full)
 }
 
 /// A thread that runs due epochs as the clock passes each region's roll time.

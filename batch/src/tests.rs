@@ -173,3 +173,82 @@ fn dropping_the_scheduler_stops_a_long_catch_up_promptly() {
         "a stopped service runs nothing"
     );
 }
+
+#[test]
+fn chunks_cover_fewer_accounts_where_holds_are_dense() {
+    let full = u64::from(ROLL_CHUNK_ACCOUNTS);
+    assert_eq!(chunk_accounts(10_000_000, 0), full, "no holds: full chunks");
+    // One hold in a hundred accounts: a full chunk holds 164 of them, under the budget.
+    assert_eq!(chunk_accounts(1_000_000, 10_000), full);
+    // One in ten: a chunk of 2,560 accounts holds the budget's 256.
+    assert_eq!(chunk_accounts(1_000_000, 100_000), 2_560);
+    // Ten holds an account: never fewer than the floor.
+    assert_eq!(chunk_accounts(1_000, 10_000), u64::from(ROLL_CHUNK_ACCOUNTS_MIN));
+    assert_eq!(chunk_accounts(0, 0), full);
+}
+
+/// A host of two shards, one with holds, that records the chunks it is sent.
+struct ChunkHost {
+    regions: Regions,
+    sizes: [u64; 2],
+    holds: [u64; 2],
+    sent: Mutex<Vec<(ShardId, u32, u32)>>,
+}
+
+impl EpochHost for ChunkHost {
+    fn regions(&self) -> &Regions {
+        &self.regions
+    }
+    fn now_ms(&self) -> i64 {
+        NOON_MS
+    }
+    fn shard_count(&self) -> u16 {
+        2
+    }
+    fn accounts(&self, shard: ShardId) -> u64 {
+        self.sizes[usize::from(shard)]
+    }
+    fn holds(&self, shard: ShardId) -> u64 {
+        self.holds[usize::from(shard)]
+    }
+    fn send(&self, shard: ShardId, input: Input, done: Sender<()>) {
+        if let Input::Roll { start, end, .. } = input {
+            lock(&self.sent).push((shard, start, end));
+        }
+        let _ = done.send(());
+    }
+    fn take_pause_max(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn last_epoch(&self, _region: RegionId) -> Result<Option<Day>, StoreError> {
+        Ok(None)
+    }
+    fn record_epoch(&self, _region: RegionId, _day: Day) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_epoch_chunks_each_shard_by_its_own_holds_and_covers_every_account_once() {
+    let host = ChunkHost {
+        regions: Regions::builtin(),
+        sizes: [40_000, 20_000],
+        holds: [4_000, 0],
+        sent: Mutex::new(Vec::new()),
+    };
+    let service = BatchService::new(host).expect("opens");
+    service.run_now("eu-west").expect("the epoch runs");
+    let sent = lock(&service.host().sent).clone();
+    for (shard, size, step) in [(0, 40_000, 2_560), (1, 20_000, u64::from(ROLL_CHUNK_ACCOUNTS))] {
+        let chunks: Vec<(u32, u32)> =
+            sent.iter().filter(|c| c.0 == shard).map(|&(_, start, end)| (start, end)).collect();
+        let mut next = 0;
+        for &(start, end) in &chunks {
+            assert_eq!(start, next, "shard {shard}: chunks follow each other");
+            assert!(u64::from(end - start) <= step, "shard {shard}: a chunk of {}", end - start);
+            next = end;
+        }
+        assert_eq!(u64::from(next), size, "shard {shard}: every account once");
+        assert_eq!(chunks.len() as u64, size.div_ceil(step), "shard {shard}");
+    }
+}

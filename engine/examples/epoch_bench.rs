@@ -4,7 +4,12 @@
 //! ```sh
 //! PLAFOND_CARDS=10000000 cargo run --release -p plafond --example epoch_bench
 //! PLAFOND_CARDS=1000000 PLAFOND_DURABILITY=sync cargo run --release -p plafond --example epoch_bench
+//! PLAFOND_CARDS=10000000 PLAFOND_HOLDS=1000000 cargo run --release -p plafond --example epoch_bench
 //! ```
+//!
+//! With `PLAFOND_HOLDS=N`, N cards authorize a hold each after the quiet phase and the
+//! clock moves past their expiry (§12), so the epoch of the measured phase also expires
+//! a day's holds (those the load does not touch first: a touched card expires its own).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -124,6 +129,28 @@ fn paced(
     })
 }
 
+/// How many days past their authorization the holds are when the epoch runs: one more
+/// than the default `hold_expiry_days`.
+const HOLD_AGE_DAYS: i64 = 8;
+
+/// Authorizes a hold of one minor unit on each of the cards `0..holds`: how many were
+/// approved.
+fn authorize_holds(engine: &Engine, holds: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut approved = 0;
+    let mut card = 0;
+    while card < holds {
+        let end = (card + BATCH as u64).min(holds);
+        let requests: Vec<Request> = (card..end)
+            .map(|card| Request::new(Command::Authorize { card, amount_minor: 1 }))
+            .collect();
+        let outcomes = engine.submit(requests)?.wait()?;
+        approved +=
+            outcomes.iter().filter(|o| matches!(o, Outcome::Authorized { .. })).count() as u64;
+        card = end;
+    }
+    Ok(approved)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted.get(((sorted.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0)
 }
@@ -183,7 +210,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let quiet_p99 = report("without epoch", quiet);
 
+    let holds: u64 = env_or("PLAFOND_HOLDS", 0);
+    if holds > 0 {
+        let approved = authorize_holds(&engine, holds.min(cards))?;
+        // Past `hold_expiry_days` (7 by default): they expire at the next roll.
+        clock.advance(HOLD_AGE_DAYS * DAY_MS);
+        println!("{approved} of {holds} holds authorized; clock moved {HOLD_AGE_DAYS} days on");
+    }
+    let open_before = engine.stats()?.total.open_holds;
+
     running.store(true, Ordering::Relaxed);
+    let phase_started = Instant::now();
     let (during, epoch) = std::thread::scope(|scope| {
         let load = scope.spawn(|| paced(&engine, &clock, cards, rate, &running, 13));
         std::thread::sleep(Duration::from_millis(500));
@@ -195,10 +232,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let epoch = epoch?;
     println!(
-        "epoch over {} accounts: {:?}, longest shard pause {:?}",
-        epoch.accounts, epoch.duration, epoch.max_pause
+        "epoch over {} accounts: {:?}, longest shard pause {:?} (the phase: {:?})",
+        epoch.accounts,
+        epoch.duration,
+        epoch.max_pause,
+        phase_started.elapsed()
     );
     let during_p99 = report("with epoch", during);
+    let open_after = engine.stats()?.total.open_holds;
+    if holds > 0 {
+        println!("open holds: {open_before} before the phase, {open_after} after");
+    }
     let audit = engine.audit()?;
     println!(
         "summary cards={cards} p99_quiet_us={quiet_p99} p99_epoch_us={during_p99} added_p99_us={} \

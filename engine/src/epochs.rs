@@ -56,6 +56,10 @@ impl EpochHost for EngineHost {
         self.metrics.get(usize::from(shard)).map_or(0, |m| m.accounts.load(Ordering::Relaxed))
     }
 
+    fn holds(&self, shard: ShardId) -> u64 {
+        self.metrics.get(usize::from(shard)).map_or(0, |m| m.holds.load(Ordering::Relaxed))
+    }
+
     fn send(&self, shard: ShardId, input: Input, done: Sender<()>) {
         let mail = Mail::Input { ts_ms: self.clock.now_ms(), input, done: Some(done) };
         self.router.send_internal(shard, mail);

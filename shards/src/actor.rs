@@ -132,6 +132,9 @@ pub struct ShardMetrics {
     pub accounts: AtomicU64,
     /// Profiles the shard holds, as of its last batch (sizes a capture's buffers).
     pub profiles: AtomicU64,
+    /// Holds in the shard's hold table (open, and closed ones kept), as of its last batch:
+    /// an epoch sizes its chunks by them.
+    pub holds: AtomicU64,
     /// The longest single epoch chunk applied since the batch service last reset it.
     pub roll_pause_max_ns: AtomicU64,
     /// The longest single step of a capture (checkpoint or snapshot) since the last
@@ -245,6 +248,7 @@ pub fn run(mut setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
         }
     };
     setup.metrics.accounts.store(state.accounts.len() as u64, Ordering::Relaxed);
+    setup.metrics.holds.store(state.holds.table().len() as u64, Ordering::Relaxed);
     // Credits whose settle never made it to disk: send them again. The target answers a
     // credit it has seen with the same settle, so this is exactly-once.
     for (&seq, pending) in &state.pending {
@@ -468,6 +472,7 @@ impl Actor {
         self.capture_step();
         metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
         metrics.profiles.store(self.state.profiles.len() as u64, Ordering::Relaxed);
+        metrics.holds.store(self.state.holds.table().len() as u64, Ordering::Relaxed);
         metrics.remembered_in_memory.store(self.remembered.unwritten() as u64, Ordering::Relaxed);
         metrics.service.record(started.elapsed().as_nanos() as u64);
         stop
