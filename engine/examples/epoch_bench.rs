@@ -8,8 +8,9 @@
 //! ```
 //!
 //! With `PLAFOND_HOLDS=N`, N cards authorize a hold each after the quiet phase and the
-//! clock moves past their expiry (§12), so the epoch of the measured phase also expires
-//! a day's holds (those the load does not touch first: a touched card expires its own).
+//! clock moves to the day they expire (§12), so the epoch of the measured phase also
+//! expires a day's holds (those the load does not touch first: a touched card expires its
+//! own).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -129,9 +130,8 @@ fn paced(
     })
 }
 
-/// How many days past their authorization the holds are when the epoch runs: one more
-/// than the default `hold_expiry_days`.
-const HOLD_AGE_DAYS: i64 = 8;
+/// The default `hold_expiry_days` of the built-in regions (§12).
+const HOLD_EXPIRY_DAYS: i64 = 7;
 
 /// Authorizes a hold of one minor unit on each of the cards `0..holds`: how many were
 /// approved.
@@ -213,9 +213,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let holds: u64 = env_or("PLAFOND_HOLDS", 0);
     if holds > 0 {
         let approved = authorize_holds(&engine, holds.min(cards))?;
-        // Past `hold_expiry_days` (7 by default): they expire at the next roll.
-        clock.advance(HOLD_AGE_DAYS * DAY_MS);
-        println!("{approved} of {holds} holds authorized; clock moved {HOLD_AGE_DAYS} days on");
+        // Authorized on day D, they expire at the roll of D + `hold_expiry_days` (7 by
+        // default): the epochs of the days before run now, unmeasured, so that the
+        // measured one is the day's expiry alone.
+        clock.advance((HOLD_EXPIRY_DAYS - 1) * DAY_MS);
+        engine.run_due_epochs()?;
+        clock.advance(DAY_MS);
+        println!(
+            "{approved} of {holds} holds authorized; the epochs of the {} days after run; \
+             the next one expires them",
+            HOLD_EXPIRY_DAYS - 1
+        );
     }
     let open_before = engine.stats()?.total.open_holds;
 
