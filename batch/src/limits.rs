@@ -8,9 +8,9 @@ use plafond_shards::limits::EXPIRE_RECORDS_PER_CALL_MAX;
 pub const ROLL_CHUNK_ACCOUNTS: u32 = 16_384;
 
 /// Holds one epoch chunk covers on average: a chunk of a shard with holds covers fewer
-/// accounts, so that its expiries too fit about a millisecond. Measured: a chunk of
-/// 16,384 accounts of which 10 % had an open hold paused its shard 4.4 ms under load
-/// (about 2.7 µs an expiry, on the persistent maps of the hold table).
+/// accounts, so that its expiries too fit about a millisecond. Measured (`expiry_bench`):
+/// a chunk of 16,384 accounts of which one in five had a hold to expire paused its shard
+/// 12.6–14 ms (about 4 µs an expiry, on the persistent maps of the hold table).
 pub const ROLL_CHUNK_HOLDS: u64 = 256;
 
 /// The fewest accounts a chunk covers, however dense the holds: an epoch over 10M
