@@ -83,6 +83,15 @@ pub struct StreamBounds {
     pub next_batch: u64,
 }
 
+/// The batches a reader may read now: `first_batch .. next_batch` (none when equal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSpan {
+    /// The first batch retained.
+    pub first_batch: u64,
+    /// The first batch not shown yet: every batch before it is durable.
+    pub next_batch: u64,
+}
+
 /// What a read visited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamRead {
@@ -107,7 +116,7 @@ impl From<StoreError> for Stop {
 }
 
 /// The refusal of a start before `log_start`, the first batch retained.
-fn trimmed(shard: ShardId, log_start: u64) -> EngineError {
+pub fn trimmed(shard: ShardId, log_start: u64) -> EngineError {
     EngineError::StreamTrimmed { shard, first: StreamId { batch_seq: log_start, index: 1 } }
 }
 
@@ -140,6 +149,14 @@ impl Engine {
             }
         };
         Ok(StreamBounds { first, last, next_batch })
+    }
+
+    /// Which batches of `shard` are retained and durable, without reading any: what a
+    /// reader that keeps batches it read (the server's encoded entries) checks first.
+    pub fn stream_span(&self, shard: ShardId) -> Result<StreamSpan, EngineError> {
+        let store = self.stream_store(shard)?;
+        let next_batch = self.marks().synced_next_seq(shard);
+        Ok(StreamSpan { first_batch: store.log_start(shard)?, next_batch })
     }
 
     /// Gives `visit` the durable entries of `shard` from `start` up to `end` (inclusive),

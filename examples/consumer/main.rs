@@ -30,7 +30,7 @@ use clap::Parser;
 use plafond_examples::connect::ServerAddress;
 use plafond_server::options::number;
 use plafond_server::streams::STREAM_REPLY_ENTRIES_MAX;
-use plafond_wire::{Client, Value};
+use plafond_wire::{Client, Token, Tokens, Value};
 
 use plafond_examples::ledger::{Cursor, Ledger};
 
@@ -164,7 +164,8 @@ impl From<anyhow::Error> for ReadError {
 }
 
 /// One `XREAD BLOCK` over every stream, its entries applied; whether some stream gave as
-/// many as were asked for (more are waiting).
+/// many as were asked for (more are waiting). The reply is read in place: no value and
+/// no allocation per entry, only the field list reused from entry to entry.
 fn read_once(
     client: &mut Client,
     args: &ConsumerArgs,
@@ -176,30 +177,36 @@ fn read_once(
     command.extend(["BLOCK".into(), args.block_ms.to_string(), "STREAMS".into()]);
     command.extend((0..shards).map(|shard| format!("changes:{shard}")));
     command.extend(ledger.shards.iter().map(|shard| shard.cursor.to_string()));
-    let reply = client.call(&command).map_err(ReadError::Connection)?;
-    let streams = match reply {
-        Value::Nil => return Ok(false),
-        Value::Array(streams) => streams,
-        Value::Error(error) => {
-            return Err(anyhow::anyhow!("the server refused XREAD: {error}").into())
+    client.send_command(&command).map_err(ReadError::Connection)?;
+    let reply = client.read_raw().map_err(ReadError::Connection)?;
+    let mut tokens = Tokens::new(reply);
+    let streams = match tokens.next_token().map_err(wire)? {
+        Token::Nil => return Ok(false),
+        Token::Array(streams) => streams,
+        Token::Error(error) => {
+            let error = String::from_utf8_lossy(error);
+            return Err(anyhow::anyhow!("the server refused XREAD: {error}").into());
         }
         other => return Err(anyhow::anyhow!("XREAD answered {other:?}").into()),
     };
     let mut full = false;
-    for stream in streams {
-        let Value::Array(pair) = stream else { return Err(malformed("a stream").into()) };
-        let [Value::Bulk(name), Value::Array(entries)] = pair.as_slice() else {
+    let mut fields = Vec::with_capacity(32);
+    for _ in 0..streams {
+        if tokens.array().map_err(wire)? != 2 {
             return Err(malformed("a stream's name and entries").into());
-        };
-        let name = String::from_utf8_lossy(name);
+        }
+        let name =
+            std::str::from_utf8(tokens.bulk().map_err(wire)?).map_err(anyhow::Error::from)?;
         let shard: usize = name
             .strip_prefix("changes:")
             .and_then(|shard| shard.parse().ok())
             .ok_or_else(|| malformed("a stream name"))?;
+        let entries = tokens.array().map_err(wire)?;
         // The server caps each stream's part of a reply: that many is full too.
-        full |= entries.len() >= args.count.min(STREAM_REPLY_ENTRIES_MAX / shards.max(1));
-        for entry in entries {
-            progress.saw(apply_entry(ledger, shard, entry, args.count_only)?);
+        full |= entries >= args.count.min(STREAM_REPLY_ENTRIES_MAX / shards.max(1));
+        for _ in 0..entries {
+            let ts_ms = apply_entry(ledger, shard, &mut tokens, &mut fields, args.count_only)?;
+            progress.saw(ts_ms);
         }
     }
     Ok(full)
@@ -209,33 +216,44 @@ fn malformed(what: &str) -> anyhow::Error {
     anyhow::anyhow!("XREAD's reply is not what Redis sends: {what}")
 }
 
-/// Applies one `[id, [field, value, ...]]` (or with `count_only` only moves past it);
-/// returns its time.
-fn apply_entry(
+fn wire(error: plafond_wire::ProtocolError) -> ReadError {
+    ReadError::Other(anyhow::anyhow!("XREAD's reply: {error}"))
+}
+
+/// Applies the next `[id, [field, value, ...]]` of `tokens` (or with `count_only` only
+/// moves past it), reading its fields into `fields`; returns its time.
+fn apply_entry<'a>(
     ledger: &mut Ledger,
     shard: usize,
-    entry: &Value,
+    tokens: &mut Tokens<'a>,
+    fields: &mut Vec<(&'a str, &'a str)>,
     count_only: bool,
-) -> anyhow::Result<i64> {
-    let Value::Array(pair) = entry else { return Err(malformed("an entry")) };
-    let [Value::Bulk(id), Value::Array(values)] = pair.as_slice() else {
-        return Err(malformed("an entry's id and fields"));
-    };
-    let id = Cursor::parse(std::str::from_utf8(id)?)?;
-    let mut fields = Vec::with_capacity(values.len() / 2);
-    for pair in values.chunks(2) {
-        let [Value::Bulk(name), Value::Bulk(value)] = pair else {
-            return Err(malformed("a field"));
-        };
-        fields.push((std::str::from_utf8(name)?, std::str::from_utf8(value)?));
+) -> Result<i64, ReadError> {
+    if tokens.array().map_err(wire)? != 2 {
+        return Err(malformed("an entry's id and fields").into());
+    }
+    let id = Cursor::parse(text(tokens.bulk().map_err(wire)?)?)?;
+    let values = tokens.array().map_err(wire)?;
+    if values % 2 != 0 {
+        return Err(malformed("a field without its value").into());
+    }
+    fields.clear();
+    for _ in 0..values / 2 {
+        let name = text(tokens.bulk().map_err(wire)?)?;
+        fields.push((name, text(tokens.bulk().map_err(wire)?)?));
     }
     let ts_ms = fields.iter().find(|(name, _)| *name == "ts").and_then(|(_, ts)| ts.parse().ok());
     if count_only {
         ledger.skip(shard, id)?;
     } else {
-        ledger.apply(shard, id, &fields)?;
+        ledger.apply(shard, id, fields)?;
     }
     Ok(ts_ms.unwrap_or(0))
+}
+
+/// A field's name or value as text (the server sends ASCII).
+fn text(bytes: &[u8]) -> anyhow::Result<&str> {
+    Ok(std::str::from_utf8(bytes)?)
 }
 
 /// The last id of every stream, from `STREAMS.INFO`.

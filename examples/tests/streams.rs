@@ -103,6 +103,129 @@ fn redis_cli_xread_and_xrange_work_unchanged() {
     assert!(refused.contains("no stream of shard 7"), "{refused}");
 }
 
+/// The ids of an `XRANGE`'s entries, or of an `XREAD`'s first stream's.
+fn entry_ids(reply: &Value, xread: bool) -> Vec<(u64, u64)> {
+    let entries = match (reply, xread) {
+        (Value::Nil, _) => Vec::new(),
+        (Value::Array(streams), true) => match streams.first() {
+            Some(Value::Array(stream)) => match stream.get(1) {
+                Some(Value::Array(entries)) => entries.clone(),
+                _ => panic!("an XREAD stream: {stream:?}"),
+            },
+            _ => panic!("XREAD's streams: {streams:?}"),
+        },
+        (Value::Array(entries), false) => entries.clone(),
+        (other, _) => panic!("not stream entries: {other:?}"),
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let Value::Array(pair) = entry else { panic!("an entry: {entry:?}") };
+            let Some(Value::Bulk(id)) = pair.first() else { panic!("an id: {pair:?}") };
+            let (batch, index) = std::str::from_utf8(id).unwrap().split_once('-').unwrap();
+            (batch.parse().unwrap(), index.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn reads_of_any_size_from_any_id_give_each_entry_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // Batches of thousands of entries: each is encoded and kept in several pieces.
+    let args = ["--durability", "sync", "--data-dir", data, "--shards", "1", "--populate", "2500"];
+    let server = InProcess::start(&args);
+    let mut raw = server.raw();
+    wait_until_quiet(&mut raw, &["changes:0"]);
+    let all = entry_ids(&raw.call(&["XRANGE", "changes:0", "-", "+", "COUNT", "8000"]), false);
+    assert!(all.len() > 5_000, "{} entries", all.len());
+    assert!(all.windows(2).all(|pair| pair[0] < pair[1]), "in order, each once");
+    let biggest = all.iter().map(|&(_, index)| index).max().unwrap();
+    assert!(biggest > 2 * 1024, "a batch of several pieces: {biggest} entries");
+    for count in [1, 333, 1024, 1500] {
+        let (mut read, mut cursor) = (Vec::new(), "0-0".to_string());
+        loop {
+            let reply =
+                raw.call(&["XREAD", "COUNT", &count.to_string(), "STREAMS", "changes:0", &cursor]);
+            let ids = entry_ids(&reply, true);
+            let Some(&(batch, index)) = ids.last() else { break };
+            assert!(ids.len() <= count);
+            cursor = format!("{batch}-{index}");
+            read.extend(ids);
+        }
+        assert!(read == all, "COUNT {count}: {} entries read, {} there", read.len(), all.len());
+    }
+    for &(batch, index) in all.iter().step_by(511) {
+        let from = format!("{batch}-{index}");
+        let range = entry_ids(&raw.call(&["XRANGE", "changes:0", &from, "+", "COUNT", "5"]), false);
+        let at = all.iter().position(|&id| id == (batch, index)).unwrap();
+        assert!(range == all[at..(at + 5).min(all.len())], "from {from}: {range:?}");
+    }
+}
+
+/// Waits until `streams` get no entry for half a second: the epochs a fresh server catches
+/// up on log entries for a while after it starts.
+fn wait_until_quiet(raw: &mut support::Raw, streams: &[&str]) {
+    let mut quiet = vec!["XREAD", "BLOCK", "500", "STREAMS"];
+    quiet.extend(streams);
+    quiet.extend(streams.iter().map(|_| "$"));
+    while raw.call(&quiet) != Value::Nil {}
+}
+
+/// `plafond_stream_blocked_readers` from `GET /metrics` at `addr`.
+fn blocked_readers(addr: std::net::SocketAddr) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
+    let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).expect("sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response");
+    let line = response
+        .lines()
+        .find(|line| line.starts_with("plafond_stream_blocked_readers "))
+        .unwrap_or_else(|| panic!("no blocked readers gauge in {response}"));
+    line.rsplit(' ').next().and_then(|value| value.parse().ok()).expect("a number")
+}
+
+/// Polls the gauge until it reads `wanted`; how long that took.
+fn wait_for_blocked(addr: std::net::SocketAddr, wanted: f64) -> Duration {
+    let started = Instant::now();
+    while blocked_readers(addr) != wanted {
+        assert!(started.elapsed() < Duration::from_secs(20), "never {wanted} blocked readers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_blocked_reader_that_hangs_up_stops_waiting_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = ["--durability", "sync", "--data-dir", data, "--shards", "2", "--metrics-port", "0"];
+    let server = InProcess::start(&args);
+    let metrics = server.metrics_addr.expect("metrics served");
+    assert_eq!(blocked_readers(metrics), 0.0);
+    wait_until_quiet(&mut server.raw(), &["changes:0", "changes:1"]);
+    let block = ["XREAD", "BLOCK", "60000", "STREAMS", "changes:0", "changes:1", "$", "$"];
+    let mut reader = server.raw();
+    reader.send_command(&block);
+    wait_for_blocked(metrics, 1.0);
+    // Closed by the client: the wait ends long before its 60 s.
+    drop(reader);
+    let noticed = wait_for_blocked(metrics, 0.0);
+    assert!(noticed < Duration::from_secs(10), "noticed after {noticed:?}");
+    // A reader that stays is still woken by a new entry, and its connection goes on.
+    let mut reader = server.raw();
+    reader.send_command(&block);
+    wait_for_blocked(metrics, 1.0);
+    server.raw().call(&["PROFILE.OPEN", "eu-west"]);
+    let Some(Value::Array(streams)) = reader.read() else { panic!("the entry wakes it") };
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(reader.call(&["PING"]), Value::Simple("PONG".into()));
+    assert_eq!(blocked_readers(metrics), 0.0);
+}
+
 /// Accounts the load moves money between: checking accounts on both shards.
 const ACCOUNTS: u64 = 24;
 /// On the second shard (odd) and never opened: a transfer to it is refunded.

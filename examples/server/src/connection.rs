@@ -605,14 +605,23 @@ impl Connection {
             Local::XRead(_) | Local::XRange(_) | Local::StreamsInfo => {
                 // What the client acknowledged before is durable and in the stream.
                 self.drain().await?;
-                let (engine, protocol) = (&self.server.engine, self.protocol);
-                let replies = &self.server.stream_replies;
+                let reader = streams::Reader {
+                    engine: &self.server.engine,
+                    streams: &self.server.streams,
+                    protocol: self.protocol,
+                    replies: &self.server.stream_replies,
+                    socket: &self.stream,
+                };
                 let reply = match local {
                     Local::XRead(read) => {
-                        streams::xread(engine, read, protocol, replies, &mut self.shutdown).await
+                        match streams::xread(reader, read, &mut self.shutdown).await {
+                            Some(reply) => reply,
+                            // Nobody reads the reply: the connection ends here.
+                            None => return Err(std::io::ErrorKind::ConnectionAborted.into()),
+                        }
                     }
-                    Local::XRange(range) => streams::xrange(engine, range, protocol, replies).await,
-                    _ => streams::info(engine, protocol).await,
+                    Local::XRange(range) => streams::xrange(reader, range).await,
+                    _ => streams::info(&self.server.engine, self.protocol).await,
                 };
                 match reply {
                     Ok((bytes, permit)) => {

@@ -80,6 +80,13 @@ impl Encoder<'_> {
         self.bulk(&digits[at..]);
     }
 
+    /// A bulk string of `n`'s decimal digits: stream entries carry most of their numbers
+    /// so, formatted two digits a step from a table (`itoa`).
+    pub fn bulk_u64(&mut self, n: u64) {
+        let mut digits = itoa::Buffer::new();
+        self.bulk(digits.format(n).as_bytes());
+    }
+
     /// A null array: `*-1` in RESP2 (what Redis answers an `XREAD` that timed out), `_`
     /// in RESP3.
     pub fn null_array(&mut self) {
