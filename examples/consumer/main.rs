@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Every few seconds, and at exit, it writes one line on stderr:
-//! `consumer applied=N entries_per_s=R lag_ms=L` (the age of the newest entry applied).
+//! `consumer applied=N entries_per_s=R lag_ms=L` (the age of the newest entry applied; 0
+//! once a read waited out its `BLOCK`: nothing is behind).
 //! What the stream does not carry it cannot rebuild: savings interest (posted in epochs)
 //! is not itemized in the log, so a savings account's balance is exact only as of its last
 //! entry that carries one.
@@ -38,8 +39,6 @@ use plafond_examples::ledger::{Cursor, Ledger};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest pause between two attempts to reach a server that is away.
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(2);
-/// How often the progress line is written.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// plafond consumer: follow the change stream and rebuild the balances.
 #[derive(Debug, Parser)]
@@ -66,6 +65,13 @@ struct ConsumerArgs {
     /// Read up to the last entry each stream has when it starts, save, and exit.
     #[arg(long)]
     catch_up: bool,
+    /// Without a ledger to resume from, start after the last entry each stream has now
+    /// (`$`) instead of at the first retained: follow what happens from now on.
+    #[arg(long, conflicts_with = "catch_up")]
+    from_end: bool,
+    /// How often the progress line is written on stderr.
+    #[arg(long, default_value_t = 5000, value_parser = number::<u64>)]
+    progress_every_ms: u64,
     /// At exit, print every balance as `account balance` on stdout.
     #[arg(long)]
     dump: bool,
@@ -100,7 +106,16 @@ fn run() -> anyhow::Result<()> {
         Some(ledger) => {
             bail!("the ledger follows {} streams, the server has {shards}", ledger.shards.len())
         }
-        None => Ledger::new(shards),
+        None => {
+            let mut ledger = Ledger::new(shards);
+            if args.from_end {
+                let ends = stream_ends(&mut client)?;
+                for (shard, end) in ledger.shards.iter_mut().zip(ends) {
+                    shard.cursor = end;
+                }
+            }
+            ledger
+        }
     };
     let save = |ledger: &Ledger| match &args.ledger {
         Some(path) => ledger.save(path),
@@ -137,7 +152,7 @@ fn run() -> anyhow::Result<()> {
             save(&ledger)?;
             saved = Instant::now();
         }
-        progress.report_every(PROGRESS_INTERVAL, ledger.applied);
+        progress.report_every(Duration::from_millis(args.progress_every_ms), ledger.applied);
     }
     save(&ledger)?;
     progress.report(ledger.applied);
@@ -181,7 +196,10 @@ fn read_once(
     let reply = client.read_raw().map_err(ReadError::Connection)?;
     let mut tokens = Tokens::new(reply);
     let streams = match tokens.next_token().map_err(wire)? {
-        Token::Nil => return Ok(false),
+        Token::Nil => {
+            progress.caught_up();
+            return Ok(false);
+        }
         Token::Array(streams) => streams,
         Token::Error(error) => {
             let error = String::from_utf8_lossy(error);
@@ -328,16 +346,29 @@ struct Progress {
     applied_at_start: u64,
     last_report: Instant,
     newest_ts_ms: i64,
+    /// Whether the last read waited out its `BLOCK` without an entry: nothing is behind.
+    caught_up: bool,
 }
 
 impl Progress {
     fn new(applied: u64) -> Progress {
         let now = Instant::now();
-        Progress { started: now, applied_at_start: applied, last_report: now, newest_ts_ms: 0 }
+        Progress {
+            started: now,
+            applied_at_start: applied,
+            last_report: now,
+            newest_ts_ms: 0,
+            caught_up: false,
+        }
     }
 
     fn saw(&mut self, ts_ms: i64) {
         self.newest_ts_ms = self.newest_ts_ms.max(ts_ms);
+        self.caught_up = false;
+    }
+
+    fn caught_up(&mut self) {
+        self.caught_up = true;
     }
 
     fn report_every(&mut self, interval: Duration, applied: u64) {
@@ -353,7 +384,8 @@ impl Progress {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let lag_ms = if self.newest_ts_ms > 0 { now_ms - self.newest_ts_ms } else { 0 };
+        let behind = self.newest_ts_ms > 0 && !self.caught_up;
+        let lag_ms = if behind { now_ms - self.newest_ts_ms } else { 0 };
         eprintln!("consumer applied={applied} entries_per_s={rate:.0} lag_ms={lag_ms}");
     }
 }

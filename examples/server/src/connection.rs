@@ -529,6 +529,17 @@ impl Connection {
         self.write_out().await
     }
 
+    /// Writes `bytes` with the write timeout of [`Connection::write_out`], past every reply
+    /// encoded so far (which must have been written: nothing may overtake them).
+    async fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        debug_assert!(self.out.is_empty() && self.in_flight.is_empty());
+        let timeout = self.server.limits.write_timeout;
+        match tokio::time::timeout(timeout, self.stream.write_all(bytes)).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
     /// Writes the replies encoded so far. A client that accepts none of them within the
     /// write timeout is dropped: it stopped reading, and its replies would only pile up.
     async fn write_out(&mut self) -> std::io::Result<()> {
@@ -625,9 +636,9 @@ impl Connection {
                 };
                 match reply {
                     Ok((bytes, permit)) => {
-                        self.ready(|e| e.out.extend_from_slice(&bytes));
-                        // Written out now, while the reply still holds its permit.
-                        self.drain().await?;
+                        // Everything before it is written (drained above): written out now
+                        // as it is, without a copy into the batch, while it holds its permit.
+                        self.write_bytes(&bytes).await?;
                         drop(permit);
                     }
                     Err(error) => self.ready(|e| streams::render_error(e, &error)),

@@ -401,32 +401,35 @@ async fn read_streams(
         let entries = count.map_or(entries, |count| count.min(entries));
         let limit = Limit { entries, bytes: STREAM_REPLY_BYTES_MAX / parts };
         let mut found = Vec::new();
-        let mut out = Vec::new();
+        let mut total = 0;
         for (shard, start) in starts {
-            let from = out.len();
-            let read =
-                streams.encoded.read(&engine, shard, start, StreamId::MAX, limit, &mut out)?;
+            let mut taken = Vec::new();
+            let (read, bytes) =
+                streams.encoded.read(&engine, shard, start, StreamId::MAX, limit, &mut taken)?;
             if read > 0 {
-                found.push((shard, read, from..out.len()));
+                total += bytes;
+                found.push((shard, read, taken));
             }
         }
         if found.is_empty() {
             return Ok(None);
         }
-        let mut reply = Vec::with_capacity(out.len() + 64 * found.len());
+        let mut reply = Vec::with_capacity(total + 64 * found.len());
         let mut encoder = Encoder { out: &mut reply, protocol };
         // RESP3 clients get the map Redis 7 sends them; RESP2 ones an array of pairs.
         match protocol {
             Protocol::Resp2 => encoder.array(found.len()),
             Protocol::Resp3 => encoder.map(found.len()),
         }
-        for (shard, read, entries) in found {
+        for (shard, read, taken) in found {
             if protocol == Protocol::Resp2 {
                 encoder.array(2);
             }
             encoder.bulk(format!("{STREAM_PREFIX}{shard}").as_bytes());
             encoder.array(read);
-            encoder.out.extend_from_slice(&out[entries]);
+            for taken in &taken {
+                encoder.out.extend_from_slice(taken.bytes());
+            }
         }
         Ok(Some(reply))
     })
@@ -439,21 +442,23 @@ pub async fn xrange(reader: Reader<'_>, range: XRange) -> Reply {
     let (engine, streams, protocol) =
         (reader.engine.clone(), reader.streams.clone(), reader.protocol);
     let reply = blocking(move || {
-        let mut entries = Vec::new();
         let max = STREAM_REPLY_ENTRIES_MAX;
         let limit = Limit {
             entries: range.count.map_or(max, |count| count.min(max)),
             bytes: STREAM_REPLY_BYTES_MAX,
         };
-        let read = match range.end {
+        let mut taken = Vec::new();
+        let (read, bytes) = match range.end {
             Some(end) => {
-                streams.encoded.read(&engine, range.shard, range.start, end, limit, &mut entries)?
+                streams.encoded.read(&engine, range.shard, range.start, end, limit, &mut taken)?
             }
-            None => 0,
+            None => (0, 0),
         };
-        let mut out = Vec::with_capacity(entries.len() + 16);
+        let mut out = Vec::with_capacity(bytes + 16);
         Encoder { out: &mut out, protocol }.array(read);
-        out.extend_from_slice(&entries);
+        for taken in &taken {
+            out.extend_from_slice(taken.bytes());
+        }
         Ok(out)
     })
     .await?;
