@@ -12,9 +12,8 @@
 //! Every few seconds, and at exit, it writes one line on stderr:
 //! `consumer applied=N entries_per_s=R lag_ms=L` (the age of the newest entry applied; 0
 //! once a read waited out its `BLOCK`: nothing is behind).
-//! What the stream does not carry it cannot rebuild: savings interest (posted in epochs)
-//! is not itemized in the log, so a savings account's balance is exact only as of its last
-//! entry that carries one.
+//! Every balance change is an entry: savings interest an epoch posts comes as `INTEREST`
+//! entries with the balance after, so savings accounts are exact too.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

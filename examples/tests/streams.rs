@@ -379,3 +379,100 @@ fn the_consumer_rebuilds_every_balance_through_load_and_restarts() {
     let moved = expected.values().any(|&balance| balance != 100_000);
     assert!(moved, "the load changed balances: {expected:?}");
 }
+
+/// The kinds of every entry of `changes:<shard>`.
+fn kinds(raw: &mut support::Raw, shard: u16) -> Vec<String> {
+    let stream = format!("changes:{shard}");
+    let Value::Array(entries) = raw.call(&["XRANGE", &stream, "-", "+", "COUNT", "8000"]) else {
+        panic!("XRANGE replies an array")
+    };
+    entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Value::Array(pair) => match pair.get(1) {
+                Some(Value::Array(fields)) => match fields.get(1) {
+                    Some(Value::Bulk(kind)) => Some(String::from_utf8_lossy(kind).into_owned()),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_epochs_interest_and_expiries_are_entries_and_the_consumer_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ledger = dir.path().join("ledger.json");
+    let (data, ledger) = (data.to_str().unwrap(), ledger.to_str().unwrap());
+    let args = ["--durability", "sync", "--data-dir", data, "--shards", "2", "--clock", "manual"];
+    let server = InProcess::start(&args);
+    let mut raw = server.raw();
+    let (mut accounts, mut before) = (Vec::new(), BTreeMap::new());
+    for index in 0..8 {
+        let Value::Integer(profile) = raw.call(&["PROFILE.OPEN", "eu-west"]) else { panic!() };
+        let profile = profile.to_string();
+        let Value::Array(card) = raw.call(&["ACCOUNT.OPEN", &profile, "CHECKING"]) else {
+            panic!("an account")
+        };
+        let Value::Array(savings) = raw.call(&["ACCOUNT.OPEN", &profile, "SAVINGS"]) else {
+            panic!("an account")
+        };
+        let [Value::Integer(card), ..] = card[..] else { panic!("{card:?}") };
+        let [Value::Integer(savings), ..] = savings[..] else { panic!("{savings:?}") };
+        let amount = (50_000 + 7_919 * index).to_string();
+        let Value::Array(done) = raw.call(&["DEPOSIT", &savings.to_string(), &amount]) else {
+            panic!("a deposit")
+        };
+        let Value::Integer(deposited) = done[1] else { panic!("{done:?}") };
+        before.insert(savings, deposited);
+        // A hold left open expires at the epoch of its seventh business day.
+        let Value::Array(hold) = raw.call(&["AUTHORIZE", &card.to_string(), "3000"]) else {
+            panic!("a hold")
+        };
+        assert_eq!(hold[0], Value::Simple("APPROVED".into()), "{hold:?}");
+        accounts.extend([card, savings]);
+    }
+    // The manual clock starts on 2027-01-04: past the next 1 January, when the year's
+    // interest is posted (§5), and long past the holds' expiry.
+    let days = (370 * 86_400_000i64).to_string();
+    assert_eq!(raw.call(&["CLOCK.ADVANCE", &days]), Value::Simple("OK".into()));
+    assert!(matches!(raw.call(&["BATCH.RUN", "eu-west"]), Value::Array(_)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = Vec::new();
+        for shard in 0..2 {
+            seen.extend(kinds(&mut raw, shard));
+        }
+        let count = |kind: &str| seen.iter().filter(|seen| *seen == kind).count();
+        // One per savings account and one per hold, once the epochs reached them.
+        if (count("INTEREST"), count("EXPIRE")) == (8, 8) {
+            break;
+        }
+        assert!(count("INTEREST") <= 8 && count("EXPIRE") <= 8, "{seen:?}");
+        assert!(Instant::now() < deadline, "the epochs never posted it all: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_until_quiet(&mut raw, &["changes:0", "changes:1"]);
+    let output = consumer(server.addr.port(), ledger, &["--catch-up", "--dump"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rebuilt: BTreeMap<i64, i64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let (account, balance) = line.split_once(' ').unwrap();
+            (account.parse().unwrap(), balance.parse().unwrap())
+        })
+        .collect();
+    let mut expected = BTreeMap::new();
+    for &account in &accounts {
+        let Value::Integer(balance) = raw.call(&["BALANCE", &account.to_string()]) else {
+            panic!("a balance")
+        };
+        expected.insert(account, balance);
+    }
+    assert_eq!(rebuilt, expected, "the stream alone gives the server's balances");
+    let paid = before.iter().filter(|&(account, &balance)| expected[account] > balance).count();
+    assert_eq!(paid, 8, "every savings account earned interest: {expected:?} {before:?}");
+}
