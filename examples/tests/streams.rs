@@ -402,7 +402,7 @@ fn kinds(raw: &mut support::Raw, shard: u16) -> Vec<String> {
 }
 
 #[test]
-fn an_epochs_interest_and_expiries_are_entries_and_the_consumer_stays_exact() {
+fn an_epochs_interest_expiries_and_end_are_entries_and_the_consumer_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let ledger = dir.path().join("ledger.json");
@@ -456,6 +456,12 @@ fn an_epochs_interest_and_expiries_are_entries_and_the_consumer_stays_exact() {
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_until_quiet(&mut raw, &["changes:0", "changes:1"]);
+    for shard in 0..2 {
+        // Each shard's stream ends its epochs' rolls with the epoch's end.
+        let seen = kinds(&mut raw, shard);
+        let last = |kind: &str| seen.iter().rposition(|seen| seen == kind);
+        assert!(last("EPOCH") > last("ROLL"), "shard {shard}: {seen:?}");
+    }
     let output = consumer(server.addr.port(), ledger, &["--catch-up", "--dump"]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let rebuilt: BTreeMap<i64, i64> = String::from_utf8_lossy(&output.stdout)

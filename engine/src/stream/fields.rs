@@ -8,7 +8,8 @@
 //! then `reason` for a decline, or for an entry whose logged outcome carries a balance
 //! `account` and its `balance` after (and `spent_7d` for a card payment).
 //!
-//! A roll (an epoch's chunk) is followed by one entry per savings account it paid interest
+//! An epoch shows on each shard as its `ROLL` chunks, then `EPOCH` (`region`, `day`) once
+//! every chunk of every shard is durable. A roll is followed by one entry per savings account it paid interest
 //! to (`INTEREST`: `region`, `amount`, `account` and its `balance` after) and per card hold
 //! it expired (`EXPIRE`: `hold`, `card`, the `amount` released; no balance moves).
 //!
@@ -137,6 +138,7 @@ pub fn kind(input: &Input) -> &'static str {
         Input::Roll { .. } => "ROLL",
         Input::SetRules { .. } => "RULES",
         Input::SetHoldExpiry { .. } => "HOLD_EXPIRY",
+        Input::Epoch { .. } => "EPOCH",
     }
 }
 
@@ -226,6 +228,10 @@ fn entry_fields(entry: &Entry, out: &mut Vec<Field>) {
         Input::SetHoldExpiry { region, days } => {
             push(name::REGION, FieldValue::Number(u64::from(*region)));
             push(name::DAYS, FieldValue::Number(u64::from(*days)));
+        }
+        Input::Epoch { region, day } => {
+            push(name::REGION, FieldValue::Number(u64::from(*region)));
+            push(name::DAY, FieldValue::Signed(i64::from(*day)));
         }
     }
     outcome_fields(entry, &mut push);
@@ -324,7 +330,8 @@ fn balance_account(input: &Input) -> Option<u64> {
         Input::Settle { .. }
         | Input::Roll { .. }
         | Input::SetRules { .. }
-        | Input::SetHoldExpiry { .. } => None,
+        | Input::SetHoldExpiry { .. }
+        | Input::Epoch { .. } => None,
     }
 }
 

@@ -77,6 +77,15 @@ pub enum Input {
         /// Business days an open hold lives, `1 ..= HOLD_EXPIRY_DAYS_MAX`.
         days: u16,
     },
+    /// The end of `region`'s epoch to `day`: every chunk of it was durable on every shard.
+    /// Changes nothing; logged so that a change-stream reader sees the epoch end after its
+    /// last roll, in the shard's order (§13's `EPOCH`). Last, so that older logs decode.
+    Epoch {
+        /// The region whose epoch completed.
+        region: RegionId,
+        /// The business day it rolled to.
+        day: Day,
+    },
 }
 
 /// What the caller must do once the input's effects are durable.
@@ -184,6 +193,8 @@ pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Inpu
             state.holds.set_expiry_days(*region, *days);
             Applied::new(Reply::Nothing, true, None)
         }
+        // Logged as a mark (so "changed"): replaying it changes nothing either.
+        Input::Epoch { .. } => Applied::new(Reply::Nothing, true, None),
     }
 }
 
