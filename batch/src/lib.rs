@@ -255,6 +255,23 @@ impl<H: EpochHost> BatchService<H> {
         }
     }
 
+    /// Has every shard log the end of `region`'s epoch to `day` (`Input::Epoch`, the
+    /// change stream's `EPOCH`), after all its chunks, and waits until they are durable.
+    /// An epoch run again after a crash logs it again: the stream is at least once.
+    fn mark_end(&self, region: RegionId, day: Day) -> Result<(), BatchError> {
+        let waiting: Vec<Receiver<()>> = (0..self.host.shard_count())
+            .map(|shard| {
+                let (done_tx, done_rx) = bounded(1);
+                self.host.send(shard, Input::Epoch { region, day }, done_tx);
+                done_rx
+            })
+            .collect();
+        for done in waiting {
+            done.recv().map_err(|_| BatchError::Stopped)?;
+        }
+        Ok(())
+    }
+
     fn run_epoch(&self, region: RegionId, day: Day) -> Result<EpochReport, BatchError> {
         let started = Instant::now();
         self.host.take_pause_max();
@@ -292,6 +309,7 @@ impl<H: EpochHost> BatchService<H> {
             // low-traffic window, a payment has milliseconds.
             std::thread::sleep(round.elapsed() * (100 - EPOCH_DUTY_PERCENT) / EPOCH_DUTY_PERCENT);
         }
+        self.mark_end(region, day)?;
         // Step 3 of §4, compacting what expired, has nothing to do: idempotency records of
         // money-moving commands are kept without time limit (§6).
         Ok(EpochReport {

@@ -8,7 +8,9 @@
 //! the writer moves it after each group commit (the `async` syncer after each fsync).
 //!
 //! Entry ids are `<batch_seq>-<index>`: the batch's sequence number in the shard's log and
-//! the entry's position in it counted from 1, increasing in the shard's order. Counted from
+//! the entry's position in it counted from 1, increasing in the shard's order (a roll's
+//! logged entry counts as itself and the `INTEREST` and `EXPIRE` entries after it,
+//! [`fields::parts`]). Counted from
 //! 1 so that `0-0` lies before every entry, as in Redis: "after `0-0`" is "from the start". What an entry says is
 //! decided in [`fields`](mod@fields), the one mapping from logged inputs to field/value
 //! pairs.
@@ -21,7 +23,7 @@ use std::fmt;
 use tokio::sync::watch;
 
 use plafond_shards::ids::ShardId;
-use plafond_shards::log::{entry_count, log_key};
+use plafond_shards::log::log_key;
 use plafond_shards::store::{Store, StoreError};
 
 use crate::engine::Engine;
@@ -83,6 +85,15 @@ pub struct StreamBounds {
     pub next_batch: u64,
 }
 
+/// The batches a reader may read now: `first_batch .. next_batch` (none when equal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSpan {
+    /// The first batch retained.
+    pub first_batch: u64,
+    /// The first batch not shown yet: every batch before it is durable.
+    pub next_batch: u64,
+}
+
 /// What a read visited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamRead {
@@ -107,7 +118,7 @@ impl From<StoreError> for Stop {
 }
 
 /// The refusal of a start before `log_start`, the first batch retained.
-fn trimmed(shard: ShardId, log_start: u64) -> EngineError {
+pub fn trimmed(shard: ShardId, log_start: u64) -> EngineError {
     EngineError::StreamTrimmed { shard, first: StreamId { batch_seq: log_start, index: 1 } }
 }
 
@@ -134,12 +145,28 @@ impl Engine {
             None => None,
             Some(seq) => {
                 let value = store.db().get(log_key(shard, seq)).map_err(StoreError::from)?;
-                // A batch is written with at least one entry.
-                let count = value.as_deref().and_then(entry_count).filter(|&count| count > 0);
-                count.map(|count| StreamId { batch_seq: seq, index: u64::from(count) })
+                // A batch is written with at least one entry; a roll's entry may give more
+                // than one stream entry, so the batch is decoded (and kept) to count them.
+                match value {
+                    None => None,
+                    Some(value) => {
+                        let entries = self.stream_decoded.get(shard, seq, &value);
+                        let entries = entries.map_err(StoreError::from)?;
+                        let count: usize = entries.iter().map(fields::parts).sum();
+                        (count > 0).then_some(StreamId { batch_seq: seq, index: count as u64 })
+                    }
+                }
             }
         };
         Ok(StreamBounds { first, last, next_batch })
+    }
+
+    /// Which batches of `shard` are retained and durable, without reading any: what a
+    /// reader that keeps batches it read (the server's encoded entries) checks first.
+    pub fn stream_span(&self, shard: ShardId) -> Result<StreamSpan, EngineError> {
+        let store = self.stream_store(shard)?;
+        let next_batch = self.marks().synced_next_seq(shard);
+        Ok(StreamSpan { first_batch: store.log_start(shard)?, next_batch })
     }
 
     /// Gives `visit` the durable entries of `shard` from `start` up to `end` (inclusive),
@@ -173,18 +200,31 @@ impl Engine {
         let mut fields = Vec::new();
         let visited = store.read_log_raw(shard, start.batch_seq, to_seq, |seq, value| {
             let entries = self.stream_decoded.get(shard, seq, value).map_err(StoreError::from)?;
-            let skip = if seq == start.batch_seq { start.index.saturating_sub(1) } else { 0 };
-            let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-            for (at, entry) in entries.iter().enumerate().skip(skip) {
-                let id = StreamId { batch_seq: seq, index: at as u64 + 1 };
-                if id > end {
-                    return Err(Stop::Enough);
+            // The stream's index of the first entry wanted in this batch, from 1.
+            let first = if seq == start.batch_seq { start.index.max(1) } else { 1 };
+            // The stream's index of the last part visited or skipped.
+            let mut index = 0u64;
+            for entry in entries.iter() {
+                let parts = fields::parts(entry);
+                if index + (parts as u64) < first {
+                    index += parts as u64;
+                    continue;
                 }
-                fields.clear();
-                fields::fields(entry, &mut fields);
-                read.entries += 1;
-                if !visit(id, &fields) || read.entries >= count {
-                    return Err(Stop::Enough);
+                for part in 0..parts {
+                    index += 1;
+                    if index < first {
+                        continue;
+                    }
+                    let id = StreamId { batch_seq: seq, index };
+                    if id > end {
+                        return Err(Stop::Enough);
+                    }
+                    fields.clear();
+                    fields::fields(entry, part, &mut fields);
+                    read.entries += 1;
+                    if !visit(id, &fields) || read.entries >= count {
+                        return Err(Stop::Enough);
+                    }
                 }
             }
             Ok(())

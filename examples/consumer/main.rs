@@ -10,10 +10,10 @@
 //! ```
 //!
 //! Every few seconds, and at exit, it writes one line on stderr:
-//! `consumer applied=N entries_per_s=R lag_ms=L` (the age of the newest entry applied).
-//! What the stream does not carry it cannot rebuild: savings interest (posted in epochs)
-//! is not itemized in the log, so a savings account's balance is exact only as of its last
-//! entry that carries one.
+//! `consumer applied=N entries_per_s=R lag_ms=L` (the age of the newest entry applied; 0
+//! once a read waited out its `BLOCK`: nothing is behind).
+//! Every balance change is an entry: savings interest an epoch posts comes as `INTEREST`
+//! entries with the balance after, so savings accounts are exact too.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,7 +30,7 @@ use clap::Parser;
 use plafond_examples::connect::ServerAddress;
 use plafond_server::options::number;
 use plafond_server::streams::STREAM_REPLY_ENTRIES_MAX;
-use plafond_wire::{Client, Value};
+use plafond_wire::{Client, Token, Tokens, Value};
 
 use plafond_examples::ledger::{Cursor, Ledger};
 
@@ -38,8 +38,6 @@ use plafond_examples::ledger::{Cursor, Ledger};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest pause between two attempts to reach a server that is away.
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(2);
-/// How often the progress line is written.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// plafond consumer: follow the change stream and rebuild the balances.
 #[derive(Debug, Parser)]
@@ -66,6 +64,13 @@ struct ConsumerArgs {
     /// Read up to the last entry each stream has when it starts, save, and exit.
     #[arg(long)]
     catch_up: bool,
+    /// Without a ledger to resume from, start after the last entry each stream has now
+    /// (`$`) instead of at the first retained: follow what happens from now on.
+    #[arg(long, conflicts_with = "catch_up")]
+    from_end: bool,
+    /// How often the progress line is written on stderr.
+    #[arg(long, default_value_t = 5000, value_parser = number::<u64>)]
+    progress_every_ms: u64,
     /// At exit, print every balance as `account balance` on stdout.
     #[arg(long)]
     dump: bool,
@@ -100,7 +105,16 @@ fn run() -> anyhow::Result<()> {
         Some(ledger) => {
             bail!("the ledger follows {} streams, the server has {shards}", ledger.shards.len())
         }
-        None => Ledger::new(shards),
+        None => {
+            let mut ledger = Ledger::new(shards);
+            if args.from_end {
+                let ends = stream_ends(&mut client)?;
+                for (shard, end) in ledger.shards.iter_mut().zip(ends) {
+                    shard.cursor = end;
+                }
+            }
+            ledger
+        }
     };
     let save = |ledger: &Ledger| match &args.ledger {
         Some(path) => ledger.save(path),
@@ -137,7 +151,7 @@ fn run() -> anyhow::Result<()> {
             save(&ledger)?;
             saved = Instant::now();
         }
-        progress.report_every(PROGRESS_INTERVAL, ledger.applied);
+        progress.report_every(Duration::from_millis(args.progress_every_ms), ledger.applied);
     }
     save(&ledger)?;
     progress.report(ledger.applied);
@@ -164,7 +178,8 @@ impl From<anyhow::Error> for ReadError {
 }
 
 /// One `XREAD BLOCK` over every stream, its entries applied; whether some stream gave as
-/// many as were asked for (more are waiting).
+/// many as were asked for (more are waiting). The reply is read in place: no value and
+/// no allocation per entry, only the field list reused from entry to entry.
 fn read_once(
     client: &mut Client,
     args: &ConsumerArgs,
@@ -176,30 +191,39 @@ fn read_once(
     command.extend(["BLOCK".into(), args.block_ms.to_string(), "STREAMS".into()]);
     command.extend((0..shards).map(|shard| format!("changes:{shard}")));
     command.extend(ledger.shards.iter().map(|shard| shard.cursor.to_string()));
-    let reply = client.call(&command).map_err(ReadError::Connection)?;
-    let streams = match reply {
-        Value::Nil => return Ok(false),
-        Value::Array(streams) => streams,
-        Value::Error(error) => {
-            return Err(anyhow::anyhow!("the server refused XREAD: {error}").into())
+    client.send_command(&command).map_err(ReadError::Connection)?;
+    let reply = client.read_raw().map_err(ReadError::Connection)?;
+    let mut tokens = Tokens::new(reply);
+    let streams = match tokens.next_token().map_err(wire)? {
+        Token::Nil => {
+            progress.caught_up();
+            return Ok(false);
+        }
+        Token::Array(streams) => streams,
+        Token::Error(error) => {
+            let error = String::from_utf8_lossy(error);
+            return Err(anyhow::anyhow!("the server refused XREAD: {error}").into());
         }
         other => return Err(anyhow::anyhow!("XREAD answered {other:?}").into()),
     };
     let mut full = false;
-    for stream in streams {
-        let Value::Array(pair) = stream else { return Err(malformed("a stream").into()) };
-        let [Value::Bulk(name), Value::Array(entries)] = pair.as_slice() else {
+    let mut fields = Vec::with_capacity(32);
+    for _ in 0..streams {
+        if tokens.array().map_err(wire)? != 2 {
             return Err(malformed("a stream's name and entries").into());
-        };
-        let name = String::from_utf8_lossy(name);
+        }
+        let name =
+            std::str::from_utf8(tokens.bulk().map_err(wire)?).map_err(anyhow::Error::from)?;
         let shard: usize = name
             .strip_prefix("changes:")
             .and_then(|shard| shard.parse().ok())
             .ok_or_else(|| malformed("a stream name"))?;
+        let entries = tokens.array().map_err(wire)?;
         // The server caps each stream's part of a reply: that many is full too.
-        full |= entries.len() >= args.count.min(STREAM_REPLY_ENTRIES_MAX / shards.max(1));
-        for entry in entries {
-            progress.saw(apply_entry(ledger, shard, entry, args.count_only)?);
+        full |= entries >= args.count.min(STREAM_REPLY_ENTRIES_MAX / shards.max(1));
+        for _ in 0..entries {
+            let ts_ms = apply_entry(ledger, shard, &mut tokens, &mut fields, args.count_only)?;
+            progress.saw(ts_ms);
         }
     }
     Ok(full)
@@ -209,33 +233,44 @@ fn malformed(what: &str) -> anyhow::Error {
     anyhow::anyhow!("XREAD's reply is not what Redis sends: {what}")
 }
 
-/// Applies one `[id, [field, value, ...]]` (or with `count_only` only moves past it);
-/// returns its time.
-fn apply_entry(
+fn wire(error: plafond_wire::ProtocolError) -> ReadError {
+    ReadError::Other(anyhow::anyhow!("XREAD's reply: {error}"))
+}
+
+/// Applies the next `[id, [field, value, ...]]` of `tokens` (or with `count_only` only
+/// moves past it), reading its fields into `fields`; returns its time.
+fn apply_entry<'a>(
     ledger: &mut Ledger,
     shard: usize,
-    entry: &Value,
+    tokens: &mut Tokens<'a>,
+    fields: &mut Vec<(&'a str, &'a str)>,
     count_only: bool,
-) -> anyhow::Result<i64> {
-    let Value::Array(pair) = entry else { return Err(malformed("an entry")) };
-    let [Value::Bulk(id), Value::Array(values)] = pair.as_slice() else {
-        return Err(malformed("an entry's id and fields"));
-    };
-    let id = Cursor::parse(std::str::from_utf8(id)?)?;
-    let mut fields = Vec::with_capacity(values.len() / 2);
-    for pair in values.chunks(2) {
-        let [Value::Bulk(name), Value::Bulk(value)] = pair else {
-            return Err(malformed("a field"));
-        };
-        fields.push((std::str::from_utf8(name)?, std::str::from_utf8(value)?));
+) -> Result<i64, ReadError> {
+    if tokens.array().map_err(wire)? != 2 {
+        return Err(malformed("an entry's id and fields").into());
+    }
+    let id = Cursor::parse(text(tokens.bulk().map_err(wire)?)?)?;
+    let values = tokens.array().map_err(wire)?;
+    if values % 2 != 0 {
+        return Err(malformed("a field without its value").into());
+    }
+    fields.clear();
+    for _ in 0..values / 2 {
+        let name = text(tokens.bulk().map_err(wire)?)?;
+        fields.push((name, text(tokens.bulk().map_err(wire)?)?));
     }
     let ts_ms = fields.iter().find(|(name, _)| *name == "ts").and_then(|(_, ts)| ts.parse().ok());
     if count_only {
         ledger.skip(shard, id)?;
     } else {
-        ledger.apply(shard, id, &fields)?;
+        ledger.apply(shard, id, fields)?;
     }
     Ok(ts_ms.unwrap_or(0))
+}
+
+/// A field's name or value as text (the server sends ASCII).
+fn text(bytes: &[u8]) -> anyhow::Result<&str> {
+    Ok(std::str::from_utf8(bytes)?)
 }
 
 /// The last id of every stream, from `STREAMS.INFO`.
@@ -310,16 +345,29 @@ struct Progress {
     applied_at_start: u64,
     last_report: Instant,
     newest_ts_ms: i64,
+    /// Whether the last read waited out its `BLOCK` without an entry: nothing is behind.
+    caught_up: bool,
 }
 
 impl Progress {
     fn new(applied: u64) -> Progress {
         let now = Instant::now();
-        Progress { started: now, applied_at_start: applied, last_report: now, newest_ts_ms: 0 }
+        Progress {
+            started: now,
+            applied_at_start: applied,
+            last_report: now,
+            newest_ts_ms: 0,
+            caught_up: false,
+        }
     }
 
     fn saw(&mut self, ts_ms: i64) {
         self.newest_ts_ms = self.newest_ts_ms.max(ts_ms);
+        self.caught_up = false;
+    }
+
+    fn caught_up(&mut self) {
+        self.caught_up = true;
     }
 
     fn report_every(&mut self, interval: Duration, applied: u64) {
@@ -335,7 +383,8 @@ impl Progress {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let lag_ms = if self.newest_ts_ms > 0 { now_ms - self.newest_ts_ms } else { 0 };
+        let behind = self.newest_ts_ms > 0 && !self.caught_up;
+        let lag_ms = if behind { now_ms - self.newest_ts_ms } else { 0 };
         eprintln!("consumer applied={applied} entries_per_s={rate:.0} lag_ms={lag_ms}");
     }
 }

@@ -1,7 +1,8 @@
 //! What the example consumer (`examples/consumer`) rebuilds from the change stream alone,
 //! and its file.
 //!
-//! Per account its balance; per shard the cursor (the last entry applied) and what the
+//! Per account its balance (savings interest included: an epoch's `INTEREST` entries
+//! carry the balance after); per shard the cursor (the last entry applied) and what the
 //! stream's entries leave for later ones to use: each region's opening deposit (`RULES`),
 //! each profile's region (`OPEN_PROFILE`), and the transfers to other shards still waiting
 //! for their settle (the n-th `PENDING` debit of a shard's log is its transfer n), so that a
@@ -57,8 +58,8 @@ pub struct ShardLedger {
     pending: BTreeMap<u64, (u64, u64)>,
     /// The account of each card hold (§12) that may still be captured: a `CAPTURE` entry
     /// names its hold, and the `AUTHORIZE` entry that placed it names the card. A hold
-    /// is forgotten once a capture or void leaves it holding nothing; one that expires
-    /// stays (expiry is not an entry of the stream).
+    /// is forgotten once a capture or void leaves it holding nothing, or an epoch expires
+    /// it (`EXPIRE`); one that expires lazily, at a command on its card, stays.
     #[serde(default)]
     holds: BTreeMap<u64, u64>,
 }
@@ -207,6 +208,9 @@ fn apply_entry(
         }
         ("AUTHORIZE", "APPROVED") if field(fields, name::CARD).is_some() => {
             ledger.holds.insert(number(fields, name::HOLD)?, number(fields, name::CARD)?);
+        }
+        ("EXPIRE", "DONE") => {
+            ledger.holds.remove(&number(fields, name::HOLD)?);
         }
         ("CAPTURE", "DONE") => {
             let hold = number(fields, name::HOLD)?;

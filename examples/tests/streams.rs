@@ -109,6 +109,129 @@ fn redis_cli_xread_and_xrange_work_unchanged() {
     assert!(refused.contains("no stream of shard 7"), "{refused}");
 }
 
+/// The ids of an `XRANGE`'s entries, or of an `XREAD`'s first stream's.
+fn entry_ids(reply: &Value, xread: bool) -> Vec<(u64, u64)> {
+    let entries = match (reply, xread) {
+        (Value::Nil, _) => Vec::new(),
+        (Value::Array(streams), true) => match streams.first() {
+            Some(Value::Array(stream)) => match stream.get(1) {
+                Some(Value::Array(entries)) => entries.clone(),
+                _ => panic!("an XREAD stream: {stream:?}"),
+            },
+            _ => panic!("XREAD's streams: {streams:?}"),
+        },
+        (Value::Array(entries), false) => entries.clone(),
+        (other, _) => panic!("not stream entries: {other:?}"),
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let Value::Array(pair) = entry else { panic!("an entry: {entry:?}") };
+            let Some(Value::Bulk(id)) = pair.first() else { panic!("an id: {pair:?}") };
+            let (batch, index) = std::str::from_utf8(id).unwrap().split_once('-').unwrap();
+            (batch.parse().unwrap(), index.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn reads_of_any_size_from_any_id_give_each_entry_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // Batches of thousands of entries: each is encoded and kept in several pieces.
+    let args = ["--durability", "sync", "--data-dir", data, "--shards", "1", "--populate", "2500"];
+    let server = InProcess::start(&args);
+    let mut raw = server.raw();
+    wait_until_quiet(&mut raw, &["changes:0"]);
+    let all = entry_ids(&raw.call(&["XRANGE", "changes:0", "-", "+", "COUNT", "8000"]), false);
+    assert!(all.len() > 5_000, "{} entries", all.len());
+    assert!(all.windows(2).all(|pair| pair[0] < pair[1]), "in order, each once");
+    let biggest = all.iter().map(|&(_, index)| index).max().unwrap();
+    assert!(biggest > 2 * 1024, "a batch of several pieces: {biggest} entries");
+    for count in [1, 333, 1024, 1500] {
+        let (mut read, mut cursor) = (Vec::new(), "0-0".to_string());
+        loop {
+            let reply =
+                raw.call(&["XREAD", "COUNT", &count.to_string(), "STREAMS", "changes:0", &cursor]);
+            let ids = entry_ids(&reply, true);
+            let Some(&(batch, index)) = ids.last() else { break };
+            assert!(ids.len() <= count);
+            cursor = format!("{batch}-{index}");
+            read.extend(ids);
+        }
+        assert!(read == all, "COUNT {count}: {} entries read, {} there", read.len(), all.len());
+    }
+    for &(batch, index) in all.iter().step_by(511) {
+        let from = format!("{batch}-{index}");
+        let range = entry_ids(&raw.call(&["XRANGE", "changes:0", &from, "+", "COUNT", "5"]), false);
+        let at = all.iter().position(|&id| id == (batch, index)).unwrap();
+        assert!(range == all[at..(at + 5).min(all.len())], "from {from}: {range:?}");
+    }
+}
+
+/// Waits until `streams` get no entry for half a second: the epochs a fresh server catches
+/// up on log entries for a while after it starts.
+fn wait_until_quiet(raw: &mut support::Raw, streams: &[&str]) {
+    let mut quiet = vec!["XREAD", "BLOCK", "500", "STREAMS"];
+    quiet.extend(streams);
+    quiet.extend(streams.iter().map(|_| "$"));
+    while raw.call(&quiet) != Value::Nil {}
+}
+
+/// `plafond_stream_blocked_readers` from `GET /metrics` at `addr`.
+fn blocked_readers(addr: std::net::SocketAddr) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
+    let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).expect("sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response");
+    let line = response
+        .lines()
+        .find(|line| line.starts_with("plafond_stream_blocked_readers "))
+        .unwrap_or_else(|| panic!("no blocked readers gauge in {response}"));
+    line.rsplit(' ').next().and_then(|value| value.parse().ok()).expect("a number")
+}
+
+/// Polls the gauge until it reads `wanted`; how long that took.
+fn wait_for_blocked(addr: std::net::SocketAddr, wanted: f64) -> Duration {
+    let started = Instant::now();
+    while blocked_readers(addr) != wanted {
+        assert!(started.elapsed() < Duration::from_secs(20), "never {wanted} blocked readers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_blocked_reader_that_hangs_up_stops_waiting_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = ["--durability", "sync", "--data-dir", data, "--shards", "2", "--metrics-port", "0"];
+    let server = InProcess::start(&args);
+    let metrics = server.metrics_addr.expect("metrics served");
+    assert_eq!(blocked_readers(metrics), 0.0);
+    wait_until_quiet(&mut server.raw(), &["changes:0", "changes:1"]);
+    let block = ["XREAD", "BLOCK", "60000", "STREAMS", "changes:0", "changes:1", "$", "$"];
+    let mut reader = server.raw();
+    reader.send_command(&block);
+    wait_for_blocked(metrics, 1.0);
+    // Closed by the client: the wait ends long before its 60 s.
+    drop(reader);
+    let noticed = wait_for_blocked(metrics, 0.0);
+    assert!(noticed < Duration::from_secs(10), "noticed after {noticed:?}");
+    // A reader that stays is still woken by a new entry, and its connection goes on.
+    let mut reader = server.raw();
+    reader.send_command(&block);
+    wait_for_blocked(metrics, 1.0);
+    server.raw().call(&["PROFILE.OPEN", "eu-west"]);
+    let Some(Value::Array(streams)) = reader.read() else { panic!("the entry wakes it") };
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(reader.call(&["PING"]), Value::Simple("PONG".into()));
+    assert_eq!(blocked_readers(metrics), 0.0);
+}
+
 /// Accounts the load moves money between: checking accounts on both shards.
 const ACCOUNTS: u64 = 24;
 /// On the second shard (odd) and never opened: a transfer to it is refunded.
@@ -261,4 +384,107 @@ fn the_consumer_rebuilds_every_balance_through_load_and_restarts() {
     assert_eq!(rebuilt, expected, "the stream alone gives the server's balances");
     let moved = expected.values().any(|&balance| balance != 100_000);
     assert!(moved, "the load changed balances: {expected:?}");
+}
+
+/// The kinds of every entry of `changes:<shard>`.
+fn kinds(raw: &mut support::Raw, shard: u16) -> Vec<String> {
+    let stream = format!("changes:{shard}");
+    let Value::Array(entries) = raw.call(&["XRANGE", &stream, "-", "+", "COUNT", "8000"]) else {
+        panic!("XRANGE replies an array")
+    };
+    entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Value::Array(pair) => match pair.get(1) {
+                Some(Value::Array(fields)) => match fields.get(1) {
+                    Some(Value::Bulk(kind)) => Some(String::from_utf8_lossy(kind).into_owned()),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_epochs_interest_expiries_and_end_are_entries_and_the_consumer_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ledger = dir.path().join("ledger.json");
+    let (data, ledger) = (data.to_str().unwrap(), ledger.to_str().unwrap());
+    let args = ["--durability", "sync", "--data-dir", data, "--shards", "2", "--clock", "manual"];
+    let server = InProcess::start(&args);
+    let mut raw = server.raw();
+    let (mut accounts, mut before) = (Vec::new(), BTreeMap::new());
+    for index in 0..8 {
+        let Value::Integer(profile) = raw.call(&["PROFILE.OPEN", "eu-west"]) else { panic!() };
+        let profile = profile.to_string();
+        let Value::Array(card) = raw.call(&["ACCOUNT.OPEN", &profile, "CHECKING"]) else {
+            panic!("an account")
+        };
+        let Value::Array(savings) = raw.call(&["ACCOUNT.OPEN", &profile, "SAVINGS"]) else {
+            panic!("an account")
+        };
+        let [Value::Integer(card), ..] = card[..] else { panic!("{card:?}") };
+        let [Value::Integer(savings), ..] = savings[..] else { panic!("{savings:?}") };
+        let amount = (50_000 + 7_919 * index).to_string();
+        let Value::Array(done) = raw.call(&["DEPOSIT", &savings.to_string(), &amount]) else {
+            panic!("a deposit")
+        };
+        let Value::Integer(deposited) = done[1] else { panic!("{done:?}") };
+        before.insert(savings, deposited);
+        // A hold left open expires at the epoch of its seventh business day.
+        let Value::Array(hold) = raw.call(&["AUTHORIZE", &card.to_string(), "3000"]) else {
+            panic!("a hold")
+        };
+        assert_eq!(hold[0], Value::Simple("APPROVED".into()), "{hold:?}");
+        accounts.extend([card, savings]);
+    }
+    // The manual clock starts on 2027-01-04: past the next 1 January, when the year's
+    // interest is posted (§5), and long past the holds' expiry.
+    let days = (370 * 86_400_000i64).to_string();
+    assert_eq!(raw.call(&["CLOCK.ADVANCE", &days]), Value::Simple("OK".into()));
+    assert!(matches!(raw.call(&["BATCH.RUN", "eu-west"]), Value::Array(_)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = Vec::new();
+        for shard in 0..2 {
+            seen.extend(kinds(&mut raw, shard));
+        }
+        let count = |kind: &str| seen.iter().filter(|seen| *seen == kind).count();
+        // One per savings account and one per hold, once the epochs reached them.
+        if (count("INTEREST"), count("EXPIRE")) == (8, 8) {
+            break;
+        }
+        assert!(count("INTEREST") <= 8 && count("EXPIRE") <= 8, "{seen:?}");
+        assert!(Instant::now() < deadline, "the epochs never posted it all: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_until_quiet(&mut raw, &["changes:0", "changes:1"]);
+    for shard in 0..2 {
+        // Each shard's stream ends its epochs' rolls with the epoch's end.
+        let seen = kinds(&mut raw, shard);
+        let last = |kind: &str| seen.iter().rposition(|seen| seen == kind);
+        assert!(last("EPOCH") > last("ROLL"), "shard {shard}: {seen:?}");
+    }
+    let output = consumer(server.addr.port(), ledger, &["--catch-up", "--dump"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rebuilt: BTreeMap<i64, i64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let (account, balance) = line.split_once(' ').unwrap();
+            (account.parse().unwrap(), balance.parse().unwrap())
+        })
+        .collect();
+    let mut expected = BTreeMap::new();
+    for &account in &accounts {
+        let Value::Integer(balance) = raw.call(&["BALANCE", &account.to_string()]) else {
+            panic!("a balance")
+        };
+        expected.insert(account, balance);
+    }
+    assert_eq!(rebuilt, expected, "the stream alone gives the server's balances");
+    let paid = before.iter().filter(|&(account, &balance)| expected[account] > balance).count();
+    assert_eq!(paid, 8, "every savings account earned interest: {expected:?} {before:?}");
 }

@@ -35,6 +35,13 @@ pub const ENTRY_BYTES_MAX: usize = 1 << 20;
 /// [`crate::remembered::RememberedIds::expire`]: an epoch chunk's worth, so expiry never pauses a shard long.
 pub const EXPIRE_RECORDS_PER_CALL_MAX: usize = 16_384;
 
+/// The most accounts one logged roll covers: a shard cuts an epoch's chunk into rolls of
+/// at most this many, so that the interest one roll logs stays bounded.
+pub const ROLL_ENTRY_ACCOUNTS_MAX: u32 = 16_384;
+
+/// The most open holds of the accounts one logged roll covers (it may expire them all).
+pub const ROLL_ENTRY_HOLDS_MAX: usize = 16_384;
+
 /// The most shard batches one group commit takes.
 pub const GROUP_BATCHES_MAX: usize = 256;
 
@@ -48,5 +55,15 @@ const _: () = assert!(CAPTURE_STEP_ENTRIES.is_multiple_of(CAPTURE_SLICE_ENTRIES)
 const _: () = assert!(GROUP_BATCHES_MAX >= SHARDS_MAX as usize);
 // Any entry a decoder accepts fits one group write and one archive record.
 const _: () = assert!(ENTRY_BYTES_MAX <= GROUP_BYTES_MAX && ENTRY_BYTES_MAX <= VALUE_BYTES_MAX);
+// What a roll logs at most (an interest and an expiry per account or hold, each decoded
+// into 24 bytes, which the decoder's limit counts) is an entry the decoder accepts; and an
+// account's holds fit one roll, so that a cut always moves on.
+const _: () = assert!(
+    ROLL_ENTRY_ACCOUNTS_MAX as usize * std::mem::size_of::<crate::command::Posted>()
+        + ROLL_ENTRY_HOLDS_MAX * std::mem::size_of::<crate::command::ExpiredHold>()
+        + 4096
+        <= ENTRY_BYTES_MAX
+);
+const _: () = assert!(crate::holds::HOLDS_PER_ACCOUNT_MAX <= ROLL_ENTRY_HOLDS_MAX);
 // An entry holds a command with its id.
 const _: () = assert!(COMMAND_ID_BYTES_MAX < ENTRY_BYTES_MAX);

@@ -139,8 +139,8 @@ impl BatchEncoder {
     }
 }
 
-/// How many entries a batch value says it holds, read from its header alone (the change
-/// stream's last id), or `None` if the value is shorter than a header.
+/// How many entries a batch value says it holds, read from its header alone, or `None` if
+/// the value is shorter than a header.
 pub fn entry_count(bytes: &[u8]) -> Option<u32> {
     let count = bytes.get(1..HEADER_BYTES)?;
     Some(u32::from_le_bytes([count[0], count[1], count[2], count[3]]))

@@ -8,6 +8,11 @@
 //! then `reason` for a decline, or for an entry whose logged outcome carries a balance
 //! `account` and its `balance` after (and `spent_7d` for a card payment).
 //!
+//! An epoch shows on each shard as its `ROLL` chunks, then `EPOCH` (`region`, `day`) once
+//! every chunk of every shard is durable. A roll is followed by one entry per savings account it paid interest
+//! to (`INTEREST`: `region`, `amount`, `account` and its `balance` after) and per card hold
+//! it expired (`EXPIRE`: `hold`, `card`, the `amount` released; no balance moves).
+//!
 //! A balance the log does not carry is not invented: a cross-shard debit (`PENDING`) says
 //! `from` and `amount`; a transfer within one shard says the source's balance, and the
 //! target gained `amount`; a settle that refunds (`DECLINED`) gives back the amount of
@@ -16,7 +21,7 @@
 //! last `RULES` entry of its region on that shard.
 
 use plafond_shards::apply::Input;
-use plafond_shards::command::{AccountKind, Command, CommandId, Outcome};
+use plafond_shards::command::{AccountKind, Command, CommandId, Outcome, Rolled};
 use plafond_shards::log::Entry;
 
 /// Field names.
@@ -133,11 +138,61 @@ pub fn kind(input: &Input) -> &'static str {
         Input::Roll { .. } => "ROLL",
         Input::SetRules { .. } => "RULES",
         Input::SetHoldExpiry { .. } => "HOLD_EXPIRY",
+        Input::Epoch { .. } => "EPOCH",
     }
 }
 
-/// Appends `entry`'s fields to `out`.
-pub fn fields(entry: &Entry, out: &mut Vec<Field>) {
+/// How many stream entries logged `entry` gives: one, and for a roll one more per
+/// interest it posted (`INTEREST`) and per hold it expired (`EXPIRE`), right after it.
+pub fn parts(entry: &Entry) -> usize {
+    match &entry.outcome {
+        Some(Outcome::Rolled(rolled)) => 1 + rolled.interest.len() + rolled.expired.len(),
+        _ => 1,
+    }
+}
+
+/// Appends the fields of part `part` (below [`parts`]) of `entry` to `out`: part 0 is the
+/// entry itself.
+pub fn fields(entry: &Entry, part: usize, out: &mut Vec<Field>) {
+    match (&entry.outcome, part) {
+        (_, 0) => entry_fields(entry, out),
+        (Some(Outcome::Rolled(rolled)), part) => rolled_fields(entry, rolled, part - 1, out),
+        // Past the entry's parts: nothing (the caller counts with `parts`).
+        (_, _) => {}
+    }
+}
+
+/// `INTEREST` or `EXPIRE`: the `at`-th thing a roll changed, at the roll's time.
+fn rolled_fields(entry: &Entry, rolled: &Rolled, at: usize, out: &mut Vec<Field>) {
+    let mut push = |name: &'static str, value: FieldValue| out.push(Field { name, value });
+    let number = FieldValue::Number;
+    let ts = FieldValue::Signed(entry.ts_ms.max(0));
+    let region = match entry.input {
+        Input::Roll { region, .. } => Some(number(u64::from(region))),
+        _ => None,
+    };
+    if let Some(posted) = rolled.interest.get(at) {
+        push(name::KIND, FieldValue::Word("INTEREST"));
+        push(name::TS, ts);
+        region.into_iter().for_each(|region| push(name::REGION, region));
+        push(name::AMOUNT, number(posted.amount_minor));
+        push(name::OUTCOME, FieldValue::Word("DONE"));
+        push(name::ACCOUNT, number(posted.account));
+        push(name::BALANCE, number(posted.balance_minor));
+    } else if let Some(expired) =
+        at.checked_sub(rolled.interest.len()).and_then(|at| rolled.expired.get(at))
+    {
+        push(name::KIND, FieldValue::Word("EXPIRE"));
+        push(name::TS, ts);
+        push(name::HOLD, number(expired.hold));
+        push(name::CARD, number(expired.card));
+        push(name::AMOUNT, number(expired.released_minor));
+        push(name::OUTCOME, FieldValue::Word("DONE"));
+    }
+}
+
+/// Appends the fields of `entry` itself.
+fn entry_fields(entry: &Entry, out: &mut Vec<Field>) {
     let mut push = |name: &'static str, value: FieldValue| out.push(Field { name, value });
     push(name::KIND, FieldValue::Word(kind(&entry.input)));
     // The rules a new data directory logs first carry no time yet (a shard's clock starts
@@ -173,6 +228,10 @@ pub fn fields(entry: &Entry, out: &mut Vec<Field>) {
         Input::SetHoldExpiry { region, days } => {
             push(name::REGION, FieldValue::Number(u64::from(*region)));
             push(name::DAYS, FieldValue::Number(u64::from(*days)));
+        }
+        Input::Epoch { region, day } => {
+            push(name::REGION, FieldValue::Number(u64::from(*region)));
+            push(name::DAY, FieldValue::Signed(i64::from(*day)));
         }
     }
     outcome_fields(entry, &mut push);
@@ -271,7 +330,8 @@ fn balance_account(input: &Input) -> Option<u64> {
         Input::Settle { .. }
         | Input::Roll { .. }
         | Input::SetRules { .. }
-        | Input::SetHoldExpiry { .. } => None,
+        | Input::SetHoldExpiry { .. }
+        | Input::Epoch { .. } => None,
     }
 }
 
@@ -347,7 +407,9 @@ fn outcome_fields(entry: &Entry, push: &mut impl FnMut(&'static str, FieldValue)
             push(name::AVAILABLE, FieldValue::Number(*available_minor));
             push(name::HELD, FieldValue::Number(*held_minor));
         }
-        Outcome::Updated
+        // The roll's own entry says it is done; what it changed follows it ([`parts`]).
+        Outcome::Rolled(_)
+        | Outcome::Updated
         | Outcome::Account(_)
         | Outcome::Card(_)
         | Outcome::Profile(_)
@@ -370,7 +432,7 @@ mod tests {
 
     fn rendered(input: Input, outcome: Option<Outcome>) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        fields(&Entry { ts_ms: 1_800_000_000_000, input, outcome }, &mut out);
+        fields(&Entry { ts_ms: 1_800_000_000_000, input, outcome }, 0, &mut out);
         out.into_iter()
             .map(|field| {
                 let value = match field.value {
@@ -451,6 +513,58 @@ mod tests {
         let regions = rendered(Input::Client(Request::new(regions)), opened);
         assert!(!regions.iter().any(|(name, _)| *name == "balance" || *name == "amount"));
         assert!(regions.contains(&("account", "6".to_string())));
+    }
+
+    #[test]
+    fn a_roll_is_followed_by_its_interest_and_its_expiries() {
+        use plafond_shards::command::{ExpiredHold, Posted};
+        let roll = Input::Roll { region: 1, day: 20_000, start: 0, end: 16 };
+        let rolled = Rolled {
+            interest: vec![Posted { account: 3, amount_minor: 41, balance_minor: 100_041 }],
+            expired: vec![ExpiredHold { hold: 18, card: 2, released_minor: 900 }],
+        };
+        let entry = Entry { ts_ms: 5, input: roll.clone(), outcome: Some(Outcome::Rolled(rolled)) };
+        assert_eq!(parts(&entry), 3);
+        let part = |at| {
+            let mut out = Vec::new();
+            fields(&entry, at, &mut out);
+            out.into_iter()
+                .map(|field| match field.value {
+                    FieldValue::Number(n) => (field.name, n.to_string()),
+                    FieldValue::Signed(n) => (field.name, n.to_string()),
+                    FieldValue::Word(word) => (field.name, word.to_string()),
+                    FieldValue::Id(id) => (field.name, id.as_str().to_string()),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(part(0)[0], ("kind", "ROLL".to_string()));
+        assert_eq!(part(0).last(), Some(&("outcome", "DONE".to_string())));
+        assert_eq!(
+            part(1),
+            pairs(&[
+                ("kind", "INTEREST"),
+                ("ts", "5"),
+                ("region", "1"),
+                ("amount", "41"),
+                ("outcome", "DONE"),
+                ("account", "3"),
+                ("balance", "100041"),
+            ])
+        );
+        assert_eq!(
+            part(2),
+            pairs(&[
+                ("kind", "EXPIRE"),
+                ("ts", "5"),
+                ("hold", "18"),
+                ("card", "2"),
+                ("amount", "900"),
+                ("outcome", "DONE"),
+            ])
+        );
+        assert!(part(3).is_empty());
+        // A roll that changed nothing is logged without an outcome: one entry, as before.
+        assert_eq!(parts(&Entry { ts_ms: 5, input: roll, outcome: None }), 1);
     }
 
     #[test]

@@ -563,6 +563,17 @@ impl Connection {
         self.write_out().await
     }
 
+    /// Writes `bytes` with the write timeout of [`Connection::write_out`], past every reply
+    /// encoded so far (which must have been written: nothing may overtake them).
+    async fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        debug_assert!(self.out.is_empty() && self.in_flight.is_empty());
+        let timeout = self.server.limits.write_timeout;
+        match tokio::time::timeout(timeout, self.stream.write_all(bytes)).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
     /// Writes the replies encoded so far. A client that accepts none of them within the
     /// write timeout is dropped: it stopped reading, and its replies would only pile up.
     async fn write_out(&mut self) -> std::io::Result<()> {
@@ -639,20 +650,29 @@ impl Connection {
             Local::XRead(_) | Local::XRange(_) | Local::StreamsInfo => {
                 // What the client acknowledged before is durable and in the stream.
                 self.drain().await?;
-                let (engine, protocol) = (&self.server.engine, self.protocol);
-                let replies = &self.server.stream_replies;
+                let reader = streams::Reader {
+                    engine: &self.server.engine,
+                    streams: &self.server.streams,
+                    protocol: self.protocol,
+                    replies: &self.server.stream_replies,
+                    socket: &self.stream,
+                };
                 let reply = match local {
                     Local::XRead(read) => {
-                        streams::xread(engine, read, protocol, replies, &mut self.shutdown).await
+                        match streams::xread(reader, read, &mut self.shutdown).await {
+                            Some(reply) => reply,
+                            // Nobody reads the reply: the connection ends here.
+                            None => return Err(std::io::ErrorKind::ConnectionAborted.into()),
+                        }
                     }
-                    Local::XRange(range) => streams::xrange(engine, range, protocol, replies).await,
-                    _ => streams::info(engine, protocol).await,
+                    Local::XRange(range) => streams::xrange(reader, range).await,
+                    _ => streams::info(&self.server.engine, self.protocol).await,
                 };
                 match reply {
                     Ok((bytes, permit)) => {
-                        self.ready(|e| e.out.extend_from_slice(&bytes));
-                        // Written out now, while the reply still holds its permit.
-                        self.drain().await?;
+                        // Everything before it is written (drained above): written out now
+                        // as it is, without a copy into the batch, while it holds its permit.
+                        self.write_bytes(&bytes).await?;
                         drop(permit);
                     }
                     Err(error) => self.ready(|e| streams::render_error(e, &error)),

@@ -99,6 +99,8 @@ struct Shared {
     slots: Arc<Slots>,
     /// Stream replies being read or written (`streams::STREAM_REPLIES_IN_FLIGHT_MAX`).
     stream_replies: Arc<Semaphore>,
+    /// The stream commands' encoded entries and blocked readers.
+    streams: Arc<streams::Streams>,
     /// Requests on the metrics port taking a cut now (`limits::HTTP_CUTS_IN_FLIGHT_MAX`).
     http_cuts: Arc<Semaphore>,
 }
@@ -111,6 +113,7 @@ impl Shared {
             queued_commands: self.budget.pooled(),
             buffered_bytes: self.budget.buffered(),
             submissions: self.combiner.counts(),
+            stream_blocked_readers: self.streams.blocked.count(),
         }
     }
 }
@@ -136,6 +139,7 @@ pub async fn run(
         limits: config.limits,
         slots: slots.clone(),
         stream_replies: Arc::new(Semaphore::new(streams::STREAM_REPLIES_IN_FLIGHT_MAX)),
+        streams: Arc::default(),
         http_cuts: Arc::new(Semaphore::new(crate::limits::HTTP_CUTS_IN_FLIGHT_MAX)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -230,6 +230,15 @@ pub const STREAM_REPLY_BYTES_MAX: usize = 4 << 20;
 /// With [`STREAM_REPLY_BYTES_MAX`] it bounds what stream readers can make the server hold.
 pub const STREAM_REPLIES_IN_FLIGHT_MAX: usize = 16;
 
+/// Entries of one batch encoded and kept together (`streams::encoded`): a read of a few
+/// entries of a big batch (tens of thousands) encodes only the pieces it takes.
+pub const STREAM_PIECE_ENTRIES: usize = 1024;
+
+/// The bytes of encoded stream entries kept for every reader (some 250 bytes an entry, so
+/// about 260,000 entries): the last batches of every shard, for followers at their tails,
+/// and a catch-up's pieces as it goes.
+pub const STREAM_ENCODED_BYTES_MAX: usize = 64 << 20;
+
 // How they relate.
 
 // An interactive client's floor fits in one of its batches, and an anonymous batch is no
@@ -257,6 +266,9 @@ const _: () = assert!(DESCRIPTORS_RESERVED < CONNECTIONS_MAX as u64);
 // and one read never asks the engine for more than it reads at once.
 const _: () = assert!(STREAM_REPLY_BYTES_MAX * STREAM_REPLIES_IN_FLIGHT_MAX <= BUFFERED_BYTES_MAX);
 const _: () = assert!(STREAM_REPLY_ENTRIES_MAX <= plafond::stream::STREAM_READ_ENTRIES_MAX);
+const _: () = assert!(STREAM_PIECE_ENTRIES <= plafond::stream::STREAM_READ_ENTRIES_MAX);
+// A piece of the largest entries (1 KiB) is kept.
+const _: () = assert!(STREAM_PIECE_ENTRIES * 1024 <= STREAM_ENCODED_BYTES_MAX);
 
 /// The most commands the server holds parsed and unanswered, all connections together:
 /// the shared pool plus every connection's floor. What a flood of clients can queue.

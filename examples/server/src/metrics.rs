@@ -55,6 +55,8 @@ pub struct ServerGauges {
     pub buffered_bytes: usize,
     /// Combined submissions sent to the engine, and the requests they carried.
     pub submissions: (u64, u64),
+    /// `XREAD BLOCK`s waiting for entries.
+    pub stream_blocked_readers: usize,
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` turns true.
@@ -439,6 +441,9 @@ fn server_families(registry: &mut Registry, server: &ServerGauges) {
     let help = "Combined submissions sent to the engine";
     total(registry, "submissions", help, None, submissions);
     total(registry, "submitted_requests", "Requests the submissions carried", None, requests);
+    let blocked = server.stream_blocked_readers as f64;
+    let help = "XREAD BLOCKs waiting for entries";
+    single(registry, "stream_blocked_readers", help, None, blocked);
 }
 
 /// Where the metrics are served, for the start-up line.

@@ -2,25 +2,34 @@
 //! the streams `changes:<shard>`, with Redis's argument syntax and reply shapes, so that any
 //! Redis client's stream consumer works unchanged.
 //!
-//! Reading runs on the blocking pool (it iterates RocksDB and decodes batches, never on a
-//! shard's thread nor an I/O thread); `BLOCK` waits on the engine's durable marks, woken by
-//! the writer, not by polling. A reply holds at most [`STREAM_REPLY_ENTRIES_MAX`] entries
+//! Reading runs on the blocking pool (it reads RocksDB and decodes batches, never on a
+//! shard's thread nor an I/O thread), through the entries already encoded for any reader
+//! ([`encoded`]); `BLOCK` waits on the engine's durable marks, woken by the writer, not by
+//! polling, and on the client's socket, so that a reader that hangs up stops waiting at
+//! once (counted in [`BlockedReaders`]). A reply holds at most [`STREAM_REPLY_ENTRIES_MAX`] entries
 //! and about [`STREAM_REPLY_BYTES_MAX`] bytes (`COUNT` asks for fewer, never more; without
 //! `COUNT` the cap applies and the client reads on from the last id, as it does anyway), and
 //! at most [`STREAM_REPLIES_IN_FLIGHT_MAX`] are being read or written at once, so readers
 //! that never read their sockets cannot grow the server's memory.
 
+mod encoded;
+
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use plafond::stream::{Field, FieldValue, StreamId, StreamStart};
+use plafond::stream::{StreamId, StreamStart};
 use plafond::{Engine, EngineError, ShardId};
 use plafond_wire::{Encoder, Protocol};
+
+use encoded::{encode_id, Limit};
+pub use encoded::{EncodedEntries, PIECE_ENTRIES, STREAM_ENCODED_BYTES_MAX};
 
 pub use crate::limits::{
     STREAM_REPLIES_IN_FLIGHT_MAX, STREAM_REPLY_BYTES_MAX, STREAM_REPLY_ENTRIES_MAX,
@@ -171,60 +180,136 @@ fn predecessor(id: StreamId) -> Option<StreamId> {
 /// error it gets.
 pub type Reply = Result<(Vec<u8>, Option<OwnedSemaphorePermit>), EngineError>;
 
-/// How much of a reply one stream may fill.
-#[derive(Clone, Copy)]
-struct Limit {
-    entries: usize,
-    bytes: usize,
-}
-
 /// The reply bytes of an engine error (`-ERR TRIMMED <first_id>`, ...).
 pub fn render_error(encoder: &mut Encoder<'_>, error: &EngineError) {
     encoder.error(&format!("ERR {error}"));
 }
 
+/// What the stream commands share, server-wide.
+#[derive(Default)]
+pub struct Streams {
+    /// Entries encoded once for every reader.
+    pub encoded: EncodedEntries,
+    /// `XREAD BLOCK`s waiting now.
+    pub blocked: BlockedReaders,
+}
+
+/// How many `XREAD BLOCK`s wait for entries now (`/metrics`: a reader that hung up while
+/// waiting leaves the count at once).
+#[derive(Default)]
+pub struct BlockedReaders(AtomicUsize);
+
+impl BlockedReaders {
+    /// The readers waiting now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one waiting reader until the guard is dropped.
+    fn enter(&self) -> BlockedGuard<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        BlockedGuard(self)
+    }
+}
+
+struct BlockedGuard<'a>(&'a BlockedReaders);
+
+impl Drop for BlockedGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection's side of a stream command.
+pub struct Reader<'a> {
+    pub engine: &'a Arc<Engine>,
+    pub streams: &'a Arc<Streams>,
+    pub protocol: Protocol,
+    /// Stream replies being read or written, server-wide.
+    pub replies: &'a Arc<Semaphore>,
+    /// Its client's socket: a wait ends when the client hangs up.
+    pub socket: &'a TcpStream,
+}
+
 /// Answers an `XREAD`: at once if any stream has entries after its id, else after waiting
-/// up to `BLOCK` for one (nil if none came, or `shutdown` fired).
+/// up to `BLOCK` for one (nil if none came, or `shutdown` fired). `None` if the client hung
+/// up while it waited: nobody is left to answer.
 pub async fn xread(
-    engine: &Arc<Engine>,
+    reader: Reader<'_>,
     read: XRead,
-    protocol: Protocol,
-    replies: &Arc<Semaphore>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Reply {
+) -> Option<Reply> {
+    let Reader { engine, protocol, replies, .. } = reader;
     let mut watches = Vec::with_capacity(read.streams.len());
     for &(shard, _) in &read.streams {
-        let mut watch = engine.stream_watch(shard)?;
+        let mut watch = match engine.stream_watch(shard) {
+            Ok(watch) => watch,
+            Err(error) => return Some(Err(error)),
+        };
         // Subscribed before the first read: a batch made durable after it wakes the wait.
         watch.mark_unchanged();
         watches.push(watch);
     }
-    let starts = resolve(engine, &read.streams).await?;
+    let starts = match resolve(engine, &read.streams).await {
+        Ok(starts) => starts,
+        Err(error) => return Some(Err(error)),
+    };
     let deadline =
         read.block.filter(|block| !block.is_zero()).map(|b| tokio::time::Instant::now() + b);
+    // Requests the client pipelined behind the `XREAD` make its socket readable for good:
+    // then only the end of the wait notices a hang-up.
+    let mut watch_socket = true;
     loop {
         let permit = replies.clone().acquire_owned().await.ok();
-        if let Some(reply) = read_streams(engine, &starts, read.count, protocol).await? {
-            return Ok((reply, permit));
+        match read_streams(engine, reader.streams, &starts, read.count, protocol).await {
+            Ok(Some(reply)) => return Some(Ok((reply, permit))),
+            Ok(None) => {}
+            Err(error) => return Some(Err(error)),
         }
         drop(permit);
         if read.block.is_none() || *shutdown.borrow() {
-            return Ok((null(protocol), None));
+            return Some(Ok((null(protocol), None)));
         }
+        let _blocked = reader.streams.blocked.enter();
         let woken = async {
-            tokio::select! {
-                woken = any_changed(&mut watches) => woken,
-                _ = shutdown.changed() => false,
+            loop {
+                tokio::select! {
+                    woken = any_changed(&mut watches) => return Wake::Entries(woken),
+                    _ = shutdown.changed() => return Wake::Entries(false),
+                    gone = hung_up(reader.socket), if watch_socket => match gone {
+                        true => return Wake::HungUp,
+                        false => watch_socket = false,
+                    },
+                }
             }
         };
         let woken = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, woken).await.unwrap_or(false),
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, woken).await.unwrap_or(Wake::Entries(false))
+            }
             None => woken.await,
         };
-        if !woken {
-            return Ok((null(protocol), None));
+        match woken {
+            Wake::Entries(true) => {}
+            Wake::Entries(false) => return Some(Ok((null(protocol), None))),
+            Wake::HungUp => return None,
         }
     }
+}
+
+/// What ended a wait.
+enum Wake {
+    /// New entries (true), or the deadline, the shutdown or the engine's end (false).
+    Entries(bool),
+    /// The client closed its connection or it broke.
+    HungUp,
+}
+
+/// Waits until `socket` is readable: true if the client hung up (end of stream or an
+/// error), false if it sent more requests (left unread for the connection's loop).
+async fn hung_up(socket: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(socket.peek(&mut byte).await, Ok(read) if read > 0)
 }
 
 fn null(protocol: Protocol) -> Vec<u8> {
@@ -302,119 +387,78 @@ async fn any_changed(watches: &mut [watch::Receiver<u64>]) -> bool {
 /// stream has an entry.
 async fn read_streams(
     engine: &Arc<Engine>,
+    streams: &Arc<Streams>,
     starts: &[(ShardId, StreamStart)],
     count: Option<usize>,
     protocol: Protocol,
 ) -> Result<Option<Vec<u8>>, EngineError> {
-    let (engine, starts) = (engine.clone(), starts.to_vec());
+    let (engine, streams, starts) = (engine.clone(), streams.clone(), starts.to_vec());
     blocking(move || {
         // Each stream gets an equal part of the reply, so a busy shard cannot starve the
         // others of a reader that follows them all.
-        let streams = starts.len().max(1);
-        let entries = (STREAM_REPLY_ENTRIES_MAX / streams).max(1);
+        let parts = starts.len().max(1);
+        let entries = (STREAM_REPLY_ENTRIES_MAX / parts).max(1);
         let entries = count.map_or(entries, |count| count.min(entries));
-        let limit = Limit { entries, bytes: STREAM_REPLY_BYTES_MAX / streams };
+        let limit = Limit { entries, bytes: STREAM_REPLY_BYTES_MAX / parts };
         let mut found = Vec::new();
+        let mut total = 0;
         for (shard, start) in starts {
-            let mut out = Vec::new();
-            let mut encoder = Encoder { out: &mut out, protocol };
-            let read = read_entries(&engine, shard, start, StreamId::MAX, limit, &mut encoder)?;
+            let mut taken = Vec::new();
+            let (read, bytes) =
+                streams.encoded.read(&engine, shard, start, StreamId::MAX, limit, &mut taken)?;
             if read > 0 {
-                found.push((shard, read, out));
+                total += bytes;
+                found.push((shard, read, taken));
             }
         }
         if found.is_empty() {
             return Ok(None);
         }
-        let mut out = Vec::new();
-        let mut encoder = Encoder { out: &mut out, protocol };
+        let mut reply = Vec::with_capacity(total + 64 * found.len());
+        let mut encoder = Encoder { out: &mut reply, protocol };
         // RESP3 clients get the map Redis 7 sends them; RESP2 ones an array of pairs.
         match protocol {
             Protocol::Resp2 => encoder.array(found.len()),
             Protocol::Resp3 => encoder.map(found.len()),
         }
-        for (shard, read, entries) in found {
+        for (shard, read, taken) in found {
             if protocol == Protocol::Resp2 {
                 encoder.array(2);
             }
             encoder.bulk(format!("{STREAM_PREFIX}{shard}").as_bytes());
             encoder.array(read);
-            encoder.out.extend_from_slice(&entries);
+            for taken in &taken {
+                encoder.out.extend_from_slice(taken.bytes());
+            }
         }
-        Ok(Some(out))
+        Ok(Some(reply))
     })
     .await
 }
 
-/// Encodes the entries of one read (each `[id, [field, value, ...]]`), at most `limit`
-/// (its bytes overshot by one entry at most), and returns how many.
-fn read_entries(
-    engine: &Engine,
-    shard: ShardId,
-    start: StreamStart,
-    end: StreamId,
-    limit: Limit,
-    encoder: &mut Encoder<'_>,
-) -> Result<usize, EngineError> {
-    let read = engine.stream_read(shard, start, end, limit.entries, |id, fields| {
-        encode_entry(encoder, id, fields);
-        encoder.out.len() < limit.bytes
-    })?;
-    Ok(read.entries)
-}
-
-/// `[id, [field, value, ...]]`, every value a bulk string as Redis stores them.
-fn encode_entry(encoder: &mut Encoder<'_>, id: StreamId, fields: &[Field]) {
-    encoder.array(2);
-    encode_id(encoder, id);
-    encoder.array(fields.len() * 2);
-    for field in fields {
-        encoder.bulk(field.name.as_bytes());
-        match &field.value {
-            FieldValue::Number(n) => encoder.bulk_decimal(i128::from(*n)),
-            FieldValue::Signed(n) => encoder.bulk_decimal(i128::from(*n)),
-            FieldValue::Word(word) => encoder.bulk(word.as_bytes()),
-            FieldValue::Id(id) => encoder.bulk(id.as_bytes()),
-        }
-    }
-}
-
-/// `<batch>-<index>` as a bulk string, formatted on the stack: every entry has one.
-fn encode_id(encoder: &mut Encoder<'_>, id: StreamId) {
-    use std::io::Write as _;
-    // Two u64s of at most 20 digits each and the dash.
-    let mut text = [0u8; 41];
-    let mut cursor = std::io::Cursor::new(&mut text[..]);
-    // The buffer holds the longest id, so the write cannot fail.
-    let _ = write!(cursor, "{}-{}", id.batch_seq, id.index);
-    let len = cursor.position() as usize;
-    encoder.bulk(&text[..len]);
-}
-
 /// Answers an `XRANGE`: the entries from start to end, at most the count.
-pub async fn xrange(
-    engine: &Arc<Engine>,
-    range: XRange,
-    protocol: Protocol,
-    replies: &Arc<Semaphore>,
-) -> Reply {
-    let permit = replies.clone().acquire_owned().await.ok();
-    let engine = engine.clone();
+pub async fn xrange(reader: Reader<'_>, range: XRange) -> Reply {
+    let permit = reader.replies.clone().acquire_owned().await.ok();
+    let (engine, streams, protocol) =
+        (reader.engine.clone(), reader.streams.clone(), reader.protocol);
     let reply = blocking(move || {
-        let mut entries = Vec::new();
         let max = STREAM_REPLY_ENTRIES_MAX;
         let limit = Limit {
             entries: range.count.map_or(max, |count| count.min(max)),
             bytes: STREAM_REPLY_BYTES_MAX,
         };
-        let mut encoder = Encoder { out: &mut entries, protocol };
-        let read = match range.end {
-            Some(end) => read_entries(&engine, range.shard, range.start, end, limit, &mut encoder)?,
-            None => 0,
+        let mut taken = Vec::new();
+        let (read, bytes) = match range.end {
+            Some(end) => {
+                streams.encoded.read(&engine, range.shard, range.start, end, limit, &mut taken)?
+            }
+            None => (0, 0),
         };
-        let mut out = Vec::with_capacity(entries.len() + 16);
+        let mut out = Vec::with_capacity(bytes + 16);
         Encoder { out: &mut out, protocol }.array(read);
-        out.extend_from_slice(&entries);
+        for taken in &taken {
+            out.extend_from_slice(taken.bytes());
+        }
         Ok(out)
     })
     .await?;

@@ -88,6 +88,18 @@ impl Client {
         }
     }
 
+    /// Reads the next reply's bytes, to be read in place ([`crate::Tokens`]): a big reply
+    /// costs no [`Value`] per element.
+    pub fn read_raw(&mut self) -> Result<&[u8], ClientError> {
+        let len = loop {
+            if let Some(len) = self.replies.next_reply_len()? {
+                break len;
+            }
+            self.replies.fill(&mut self.stream)?;
+        };
+        Ok(self.replies.take_raw(len))
+    }
+
     /// Sends a command and reads its reply.
     pub fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Value, ClientError> {
         self.send_command(args)?;

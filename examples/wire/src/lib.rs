@@ -2,8 +2,9 @@
 //!
 //! This crate alone knows RESP bytes. The server reads requests with [`RequestParser`] and
 //! writes replies with [`Encoder`]; clients write commands with [`encode_command`] and
-//! read replies with [`ReplyReader`] (over [`parse_value`]), through [`Client`] (blocking:
-//! the cli, the tests) or [`AsyncClient`] (tokio: the load generator, the attack tool).
+//! read replies with [`ReplyReader`] (over [`parse_value`], or in place with [`Tokens`]),
+//! through [`Client`] (blocking: the cli, the tests, the stream consumer) or
+//! [`AsyncClient`] (tokio: the load generator, the attack tool).
 //!
 //! ```
 //! use plafond_wire::{encode_command, parse_value, Value};
@@ -28,7 +29,10 @@ pub use async_client::AsyncClient;
 pub use client::{Client, ClientError};
 pub use encode::{encode_command, Encoder, Protocol, ERROR_BYTES_MAX};
 pub use reader::{ReplyReader, READ_CHUNK_BYTES};
-pub use reply::{parse_value, Value, REPLY_ARRAY_LEN_MAX, REPLY_BULK_BYTES_MAX, REPLY_DEPTH_MAX};
+pub use reply::{
+    parse_token, parse_value, reply_len, Token, Tokens, Value, REPLY_ARRAY_LEN_MAX,
+    REPLY_BULK_BYTES_MAX, REPLY_DEPTH_MAX,
+};
 pub use request::{
     parse_i64, Args, Frame, ProtocolError, RequestParser, Step, FRAME_ARGS_MAX, FRAME_BYTES_MAX,
     HEADER_BYTES_MAX, INLINE_BYTES_MAX, SKIP_ARGS_MAX, SKIP_BULK_BYTES_MAX,

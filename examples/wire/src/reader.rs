@@ -5,7 +5,7 @@ use std::io::Read;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::client::ClientError;
-use crate::reply::{parse_value, Value};
+use crate::reply::{parse_value, reply_len, Value};
 
 /// Bytes read per `read` call: a load generator's deep pipelines (64 commands on each of
 /// 16 connections) read many replies per call; one allocation per connection.
@@ -41,6 +41,20 @@ impl ReplyReader {
         };
         self.start += used;
         Ok(Some(value))
+    }
+
+    /// The length of the next complete reply already read, if any (its bytes are then
+    /// [`ReplyReader::take_raw`]'s).
+    pub fn next_reply_len(&self) -> Result<Option<usize>, ClientError> {
+        Ok(reply_len(&self.buffer[self.start..])?)
+    }
+
+    /// The next reply's bytes, `len` of them as [`ReplyReader::next_reply_len`] said, for
+    /// reading in place ([`crate::Tokens`]).
+    pub fn take_raw(&mut self, len: usize) -> &[u8] {
+        let start = self.start;
+        self.start += len;
+        &self.buffer[start..start + len]
     }
 
     /// Reads once from a blocking `stream`.

@@ -23,6 +23,138 @@ pub const REPLY_ARRAY_LEN_MAX: usize = 1024 * 1024;
 /// How deeply reply arrays may nest.
 pub const REPLY_DEPTH_MAX: usize = 8;
 
+/// One element of a reply, borrowed from the bytes it was read from: what a client that
+/// reads big replies (a stream consumer) walks through without building [`Value`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token<'a> {
+    Simple(&'a [u8]),
+    Error(&'a [u8]),
+    Integer(i64),
+    Bulk(&'a [u8]),
+    Nil,
+    /// The header of an array (a RESP3 map: twice its pairs) of this many elements, which
+    /// follow.
+    Array(usize),
+}
+
+/// Reads the element at the start of `input`: the token and the bytes it used, or `None`
+/// if it is not complete yet (an array's header is complete without its elements).
+pub fn parse_token(input: &[u8]) -> Result<Option<(Token<'_>, usize)>, ProtocolError> {
+    let Some(&marker) = input.first() else {
+        return Ok(None);
+    };
+    let Some(end) = input.windows(2).position(|pair| pair == b"\r\n") else {
+        return Ok(None);
+    };
+    // `end` is 0 when the input starts with CRLF: no marker, an empty line.
+    let line = input.get(1..end).unwrap_or_default();
+    let after = end + 2;
+    let token = match marker {
+        b'+' => Token::Simple(line),
+        b'-' => Token::Error(line),
+        b':' => Token::Integer(parse_i64(line).ok_or(ProtocolError("invalid integer"))?),
+        // A RESP3 big number (an integer past i64) reads as its digits, as RESP2 sends it.
+        b'(' => Token::Bulk(line),
+        b'_' => Token::Nil,
+        b'$' => {
+            let len = parse_i64(line).ok_or(ProtocolError("invalid bulk length"))?;
+            if len < 0 {
+                return Ok(Some((Token::Nil, after)));
+            }
+            let len = len as usize;
+            if len > REPLY_BULK_BYTES_MAX {
+                return Err(ProtocolError("bulk reply too large"));
+            }
+            let Some(body) = input.get(after..after + len + 2) else {
+                return Ok(None);
+            };
+            return Ok(Some((Token::Bulk(&body[..len]), after + len + 2)));
+        }
+        b'*' | b'%' => {
+            let len = parse_i64(line).ok_or(ProtocolError("invalid array length"))?;
+            if len < 0 {
+                return Ok(Some((Token::Nil, after)));
+            }
+            let elements = if marker == b'%' { len.saturating_mul(2) } else { len };
+            let elements = usize::try_from(elements).unwrap_or(usize::MAX);
+            if elements > REPLY_ARRAY_LEN_MAX {
+                return Err(ProtocolError("reply array too long"));
+            }
+            Token::Array(elements)
+        }
+        _ => return Err(ProtocolError("unknown reply type")),
+    };
+    Ok(Some((token, after)))
+}
+
+/// The length of the complete reply at the start of `input`, or `None` if it is not
+/// complete yet; checked against the same limits as [`parse_value`], nothing allocated.
+pub fn reply_len(input: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    // Elements still to read at each open depth.
+    let mut open = [0usize; REPLY_DEPTH_MAX + 2];
+    let (mut depth, mut at) = (0, 0);
+    open[0] = 1;
+    loop {
+        let Some((token, used)) = parse_token(&input[at..])? else { return Ok(None) };
+        at += used;
+        open[depth] -= 1;
+        if let Token::Array(len) = token {
+            if len > 0 {
+                if depth + 1 > REPLY_DEPTH_MAX {
+                    return Err(ProtocolError("reply nested too deeply"));
+                }
+                depth += 1;
+                open[depth] = len;
+            }
+        }
+        while open[depth] == 0 {
+            if depth == 0 {
+                return Ok(Some(at));
+            }
+            depth -= 1;
+        }
+    }
+}
+
+/// Walks a complete reply (see [`reply_len`]) token by token.
+#[derive(Debug)]
+pub struct Tokens<'a> {
+    input: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Tokens<'a> {
+    /// The tokens of `reply`.
+    pub fn new(reply: &'a [u8]) -> Tokens<'a> {
+        Tokens { input: reply, at: 0 }
+    }
+
+    /// The next token; an error if the reply ends before it.
+    pub fn next_token(&mut self) -> Result<Token<'a>, ProtocolError> {
+        let input: &'a [u8] = self.input;
+        let (token, used) =
+            parse_token(&input[self.at..])?.ok_or(ProtocolError("the reply ended early"))?;
+        self.at += used;
+        Ok(token)
+    }
+
+    /// The next token, which must be an array's header: its length.
+    pub fn array(&mut self) -> Result<usize, ProtocolError> {
+        match self.next_token()? {
+            Token::Array(len) => Ok(len),
+            _ => Err(ProtocolError("an array was expected")),
+        }
+    }
+
+    /// The next token, which must be a bulk string.
+    pub fn bulk(&mut self) -> Result<&'a [u8], ProtocolError> {
+        match self.next_token()? {
+            Token::Bulk(bytes) => Ok(bytes),
+            _ => Err(ProtocolError("a bulk string was expected")),
+        }
+    }
+}
+
 /// Reads one reply from the start of `input`: the value and the bytes it used, or `None`
 /// if it is not complete yet.
 pub fn parse_value(input: &[u8]) -> Result<Option<(Value, usize)>, ProtocolError> {
@@ -33,49 +165,16 @@ fn parse_value_at(input: &[u8], depth: usize) -> Result<Option<(Value, usize)>, 
     if depth > REPLY_DEPTH_MAX {
         return Err(ProtocolError("reply nested too deeply"));
     }
-    let Some(&marker) = input.first() else {
-        return Ok(None);
-    };
-    let Some(end) = input.windows(2).position(|pair| pair == b"\r\n") else {
-        return Ok(None);
-    };
-    // `end` is 0 when the input starts with CRLF: no marker, an empty line.
-    let line = input.get(1..end).unwrap_or_default();
-    let text = || String::from_utf8_lossy(line).into_owned();
-    let after = end + 2;
-    let value = match marker {
-        b'+' => Value::Simple(text()),
-        b'-' => Value::Error(text()),
-        b':' => Value::Integer(parse_i64(line).ok_or(ProtocolError("invalid integer"))?),
-        // A RESP3 big number (an integer past i64) reads as its digits, as RESP2 sends it.
-        b'(' => Value::Bulk(line.to_vec()),
-        b'_' => Value::Nil,
-        b'$' => {
-            let len = parse_i64(line).ok_or(ProtocolError("invalid bulk length"))?;
-            if len < 0 {
-                return Ok(Some((Value::Nil, after)));
-            }
-            let len = len as usize;
-            if len > REPLY_BULK_BYTES_MAX {
-                return Err(ProtocolError("bulk reply too large"));
-            }
-            let Some(body) = input.get(after..after + len + 2) else {
-                return Ok(None);
-            };
-            return Ok(Some((Value::Bulk(body[..len].to_vec()), after + len + 2)));
-        }
-        b'*' | b'%' => {
-            let len = parse_i64(line).ok_or(ProtocolError("invalid array length"))?;
-            if len < 0 {
-                return Ok(Some((Value::Nil, after)));
-            }
-            let elements = if marker == b'%' { len.saturating_mul(2) } else { len };
-            let elements = usize::try_from(elements).unwrap_or(usize::MAX);
-            if elements > REPLY_ARRAY_LEN_MAX {
-                return Err(ProtocolError("reply array too long"));
-            }
+    let Some((token, mut at)) = parse_token(input)? else { return Ok(None) };
+    let text = |line: &[u8]| String::from_utf8_lossy(line).into_owned();
+    let value = match token {
+        Token::Simple(line) => Value::Simple(text(line)),
+        Token::Error(line) => Value::Error(text(line)),
+        Token::Integer(n) => Value::Integer(n),
+        Token::Bulk(bytes) => Value::Bulk(bytes.to_vec()),
+        Token::Nil => Value::Nil,
+        Token::Array(elements) => {
             let mut items = Vec::with_capacity(elements.min(1024));
-            let mut at = after;
             for _ in 0..elements {
                 let Some((item, used)) = parse_value_at(&input[at..], depth + 1)? else {
                     return Ok(None);
@@ -83,11 +182,10 @@ fn parse_value_at(input: &[u8], depth: usize) -> Result<Option<(Value, usize)>, 
                 items.push(item);
                 at += used;
             }
-            return Ok(Some((Value::Array(items), at)));
+            Value::Array(items)
         }
-        _ => return Err(ProtocolError("unknown reply type")),
     };
-    Ok(Some((value, after)))
+    Ok(Some((value, at)))
 }
 
 impl fmt::Display for Value {

@@ -15,8 +15,8 @@ use bincode::{Decode, Encode};
 use crate::authorization;
 use crate::calendar::{half_month_of, Calendar, Day};
 use crate::command::{
-    AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome,
-    ProfileView, Reason, RegionId, Request,
+    AccountKind, AccountView, CardStatus, CardView, Command, CommandId, Opening, Outcome, Posted,
+    ProfileView, Reason, RegionId, Request, Rolled,
 };
 use crate::idempotency::{IdempotencyRecord, Remembered};
 use crate::ids::{global_of, local_of, shard_of, AccountId, ProfileId, ShardId};
@@ -76,6 +76,15 @@ pub enum Input {
         region: RegionId,
         /// Business days an open hold lives, `1 ..= HOLD_EXPIRY_DAYS_MAX`.
         days: u16,
+    },
+    /// The end of `region`'s epoch to `day`: every chunk of it was durable on every shard.
+    /// Changes nothing; logged so that a change-stream reader sees the epoch end after its
+    /// last roll, in the shard's order (§13's `EPOCH`). Last, so that older logs decode.
+    Epoch {
+        /// The region whose epoch completed.
+        region: RegionId,
+        /// The business day it rolled to.
+        day: Day,
     },
 }
 
@@ -163,8 +172,14 @@ pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Inpu
         }
         Input::Settle { seq, refused } => apply_settle(state, env, *seq, *refused),
         Input::Roll { region, day, start, end } => {
-            roll(state, *region, *day, *start, *end);
-            Applied::new(Reply::Nothing, true, None)
+            let rolled = roll(state, *region, *day, *start, *end);
+            // Logged with what it changed, for the change stream; a roll that changed no
+            // balance and no hold logs nothing more, as rolls did before (§13).
+            let reply = match rolled.is_empty() {
+                true => Reply::Nothing,
+                false => Reply::Recorded(Outcome::Rolled(rolled)),
+            };
+            Applied::new(reply, true, None)
         }
         Input::SetRules { region, rules } => {
             let index = usize::from(*region);
@@ -178,6 +193,8 @@ pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Inpu
             state.holds.set_expiry_days(*region, *days);
             Applied::new(Reply::Nothing, true, None)
         }
+        // Logged as a mark (so "changed"): replaying it changes nothing either.
+        Input::Epoch { .. } => Applied::new(Reply::Nothing, true, None),
     }
 }
 
@@ -525,15 +542,16 @@ fn touch_savings(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, local: 
     advance_savings(state, local, half_month_of(day));
 }
 
-fn advance_savings(state: &mut ShardState, local: usize, half_month: i32) {
+/// Posts the interest savings account `local` earned up to `half_month`; returns it.
+fn advance_savings(state: &mut ShardState, local: usize, half_month: i32) -> u64 {
     let region = state.accounts[local].region;
     let rate_bp = state.rules_of(region).map_or(0, |r| r.savings_rate_bp);
     let account = &mut state.accounts[local];
     let Instrument::Savings(savings) = &mut account.instrument else {
-        return;
+        return 0;
     };
     if savings.half_month() >= half_month {
-        return;
+        return 0;
     }
     let posted_minor = savings.advance_to(half_month, account.balance_minor, rate_bp);
     if posted_minor > 0 {
@@ -542,6 +560,7 @@ fn advance_savings(state: &mut ShardState, local: usize, half_month: i32) {
         state.totals.interest_minor += u128::from(posted_minor);
         state.counters_of(Some(region)).balances_minor += u128::from(posted_minor);
     }
+    posted_minor
 }
 
 /// Takes `amount_minor` from account `local`, or says why not.
@@ -829,23 +848,37 @@ fn read_profile(state: &ShardState, profile: u64) -> Outcome {
     Outcome::Profile(ProfileView { profile, region: entry.region, accounts })
 }
 
-/// Rolls accounts `start .. end` of `region` to `day`: card windows and savings interest.
-fn roll(state: &mut ShardState, region: RegionId, day: Day, start: u32, end: u32) {
+/// Rolls accounts `start .. end` of `region` to `day`: card windows, savings interest and
+/// hold expiry; returns the interest posted and the holds expired.
+fn roll(state: &mut ShardState, region: RegionId, day: Day, start: u32, end: u32) -> Rolled {
     let end = (end as usize).min(state.accounts.len());
     let half_month = half_month_of(day);
+    let mut rolled = Rolled::default();
     for local in (start as usize)..end {
         if state.accounts[local].region != region {
             continue;
         }
         match &mut state.accounts[local].instrument {
             Instrument::Card(card) => card.window.roll_to(day),
-            Instrument::Savings(_) => advance_savings(state, local, half_month),
+            Instrument::Savings(_) => {
+                let posted_minor = advance_savings(state, local, half_month);
+                if posted_minor > 0 {
+                    let account = global_of(local as u64, state.shard, state.shards);
+                    rolled.interest.push(Posted {
+                        account: account.unwrap_or(u64::MAX),
+                        amount_minor: posted_minor,
+                        balance_minor: state.accounts[local].balance_minor,
+                    });
+                }
+            }
         }
     }
-    authorization::expire_chunk(state, region, day, start, end as u32);
+    let range = (start, end as u32);
+    authorization::expire_chunk(state, region, day, range, &mut rolled.expired);
     if let Some(rolled) = state.rolled_day.get_mut(usize::from(region)) {
         *rolled = (*rolled).max(day);
     }
+    rolled
 }
 
 #[cfg(test)]

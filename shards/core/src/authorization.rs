@@ -9,7 +9,9 @@
 
 use crate::apply::{ceiling_of, credit, debit, decline, local_account, Applied, Env};
 use crate::calendar::Day;
-use crate::command::{BalanceDetail, CardStatus, HoldView, Outcome, Reason, RegionId, Release};
+use crate::command::{
+    BalanceDetail, CardStatus, ExpiredHold, HoldView, Outcome, Reason, RegionId, Release,
+};
 use crate::holds::{Hold, HoldStatus, HOLDS_PER_ACCOUNT_MAX, HOLDS_PER_SHARD_MAX};
 use crate::ids::{global_of, local_of, shard_of, CardId, HoldId};
 use crate::state::{Account, Instrument, ShardState};
@@ -54,11 +56,16 @@ pub(crate) fn region_of_hold(state: &ShardState, hold: HoldId) -> Option<RegionI
 /// Brings account `local`'s card window and holds to business day `day`: rolls the
 /// window, then expires the holds due (releasing into the rolled window).
 fn bring_to(state: &mut ShardState, local: usize, day: Day) {
+    bring_to_telling(state, local, day, |_, _| {});
+}
+
+/// [`bring_to`], telling `expired` each hold it expires (sequence number, released).
+fn bring_to_telling(state: &mut ShardState, local: usize, day: Day, expired: impl FnMut(u64, u64)) {
     let mut window = window_in(&mut state.accounts, local);
     if let Some(window) = window.as_deref_mut() {
         window.roll_to(day);
     }
-    state.holds.expire_due(local as u32, day, window);
+    state.holds.expire_due(local as u32, day, window, expired);
 }
 
 /// Applies account `local`'s due expiries as of `now_ms` (every command spending the
@@ -80,12 +87,17 @@ pub(crate) fn expire_chunk(
     state: &mut ShardState,
     region: RegionId,
     day: Day,
-    start: u32,
-    end: u32,
+    (start, end): (u32, u32),
+    expired: &mut Vec<ExpiredHold>,
 ) {
+    let (shard, shards) = (state.shard, state.shards);
     for local in state.holds.accounts_in(start, end) {
         if state.accounts.get(local as usize).is_some_and(|a| a.region == region) {
-            bring_to(state, local as usize, day);
+            let card = global_of(u64::from(local), shard, shards).unwrap_or(u64::MAX);
+            bring_to_telling(state, local as usize, day, |seq, released_minor| {
+                let hold = global_of(seq, shard, shards).unwrap_or(u64::MAX);
+                expired.push(ExpiredHold { hold, card, released_minor });
+            });
         }
     }
     let accounts = &state.accounts;

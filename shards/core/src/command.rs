@@ -792,6 +792,50 @@ pub enum Outcome {
     /// What [`Command::ReadReleases`] found: the days of the next seven on which room
     /// comes back, in order.
     Releases(Vec<Release>),
+    /// What an epoch's chunk (`Input::Roll`) changed, logged with it for the change stream
+    /// (§13: its `INTEREST` and `EXPIRE` entries); never a client's answer. Last, so that
+    /// the outcomes written before it decode as they were.
+    Rolled(Rolled),
+}
+
+/// What one roll changed: the interest it posted and the holds it expired, in account
+/// order. Bounded by the roll's range (`ROLL_ENTRY_ACCOUNTS_MAX` accounts and
+/// `ROLL_ENTRY_HOLDS_MAX` open holds, where the shard cuts an epoch's chunk).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Rolled {
+    /// Savings interest posted, one per account that earned some.
+    pub interest: Vec<Posted>,
+    /// Card holds that expired.
+    pub expired: Vec<ExpiredHold>,
+}
+
+impl Rolled {
+    /// Whether it changed no balance and no hold.
+    pub fn is_empty(&self) -> bool {
+        self.interest.is_empty() && self.expired.is_empty()
+    }
+}
+
+/// Interest posted to a savings account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Posted {
+    /// The savings account.
+    pub account: AccountId,
+    /// The interest, in minor units.
+    pub amount_minor: u64,
+    /// The account's balance after it.
+    pub balance_minor: u64,
+}
+
+/// A card hold that expired (§12): what it held is released, no balance moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ExpiredHold {
+    /// The hold.
+    pub hold: HoldId,
+    /// Its card (and account).
+    pub card: CardId,
+    /// What it held and released, in minor units.
+    pub released_minor: u64,
 }
 
 impl Outcome {

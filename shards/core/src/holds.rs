@@ -425,7 +425,14 @@ impl Holds {
 
     /// Expires the open holds of account `local` due at `day`, releasing what they hold.
     /// A no-op before the account's earliest expiry day, and when done already.
-    pub fn expire_due(&mut self, local: u32, day: Day, mut window: Option<&mut Window>) {
+    /// `expired` hears each hold expired: its sequence number and what it released.
+    pub fn expire_due(
+        &mut self,
+        local: u32,
+        day: Day,
+        mut window: Option<&mut Window>,
+        mut expired: impl FnMut(u64, u64),
+    ) {
         let Some(open) = self.open.get(&local) else { return };
         if day < open.next_expiry_day {
             return;
@@ -439,9 +446,26 @@ impl Holds {
         for seq in due {
             let Some(hold) = self.table.get_mut(&seq) else { continue };
             let before_minor = hold.held_minor();
-            hold.expire_if_due(day, window.as_deref_mut());
+            if hold.status == HoldStatus::Pending && day >= hold.expires_day {
+                expired(seq, hold.expire_if_due(day, window.as_deref_mut()));
+            }
             self.after_change(seq, before_minor);
         }
+    }
+
+    /// The end of the first accounts of `start .. end` whose open holds number at most
+    /// `holds_max` together (at least one account more than `start`, whose holds are at
+    /// most [`HOLDS_PER_ACCOUNT_MAX`]): where an epoch's chunk is cut so that what one roll
+    /// logs stays bounded.
+    pub fn open_holds_cut(&self, start: u32, end: u32, holds_max: usize) -> u32 {
+        let mut holds = 0;
+        for (&local, open) in self.open.range(start..end) {
+            holds += open.holds.len();
+            if holds > holds_max {
+                return local.max(start + 1);
+            }
+        }
+        end
     }
 
     /// Brings the indices in step with hold `seq`, which held `before_minor`.
@@ -586,14 +610,30 @@ mod tests {
     }
 
     #[test]
+    fn a_roll_is_cut_where_the_open_holds_pass_the_bound() {
+        let mut holds = Holds::default();
+        // Accounts 2 and 5 have two open holds each, account 9 one.
+        for account in [2, 2, 5, 5, 9] {
+            holds.place(account, 10, 17, 1);
+        }
+        assert_eq!(holds.open_holds_cut(0, 16, 5), 16, "all five fit");
+        assert_eq!(holds.open_holds_cut(0, 16, 4), 9, "account 9 would be the fifth");
+        assert_eq!(holds.open_holds_cut(0, 16, 3), 5);
+        assert_eq!(holds.open_holds_cut(5, 16, 1), 6, "at least one account moves on");
+        assert_eq!(holds.open_holds_cut(10, 16, 0), 16, "no holds there");
+    }
+
+    #[test]
     fn expiry_is_lazy_idempotent_and_keeps_the_indices() {
         let mut holds = Holds::default();
         let first = holds.place(1, 10, 17, 40);
         let second = holds.place(1, 12, 19, 60);
-        holds.expire_due(1, 16, None);
+        let mut expired = Vec::new();
+        holds.expire_due(1, 16, None, |seq, released| expired.push((seq, released)));
         assert_eq!(holds.held_of(1), 100);
-        holds.expire_due(1, 17, None);
-        holds.expire_due(1, 17, None);
+        holds.expire_due(1, 17, None, |seq, released| expired.push((seq, released)));
+        holds.expire_due(1, 17, None, |seq, released| expired.push((seq, released)));
+        assert_eq!(expired, [(first, 40)], "each expiry told once, with what it released");
         assert_eq!(holds.get(first).unwrap().status, HoldStatus::Expired);
         assert_eq!(holds.get(first).unwrap().released_minor, 40);
         assert_eq!(holds.held_of(1), 60);
