@@ -5,5 +5,6 @@
 
 pub mod connect;
 pub mod faultproxy;
+pub mod jepsen;
 pub mod ledger;
 pub mod sample;
