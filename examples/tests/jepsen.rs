@@ -51,6 +51,24 @@ fn one_node_under_kill_pause_and_cuts_loses_and_doubles_nothing() {
     assert_eq!(report.unavailable_ms.len(), report.faults, "every fault was followed by an ack");
 }
 
+#[test]
+fn a_node_that_forgets_on_kill_is_caught() {
+    // `--durability none` keeps everything in memory: a kill -9 loses every acknowledged
+    // write, which the checker must see in a real history too.
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let mut config = RunConfig::short(support::server_binary(), root.path().to_path_buf());
+    config.durability = "none".into();
+    config.faults = 3;
+    config.kinds = vec![FaultKind::Kill];
+    let outcome = run(&config).unwrap_or_else(|error| panic!("the run stopped: {error}"));
+    let report = &outcome.report;
+    eprintln!("jepsen, durability none: {report}");
+    let lost = |v: &Violation| {
+        matches!(v, Violation::RetryChanged { .. } | Violation::MissingBalance { .. })
+    };
+    assert!(report.violations.iter().any(lost), "a forgetful node passed: {report}");
+}
+
 // ---------------------------------------------------------------------------------------
 // The checker on fabricated histories.
 

@@ -58,6 +58,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     binary: PathBuf,
     shards: u16,
+    durability: String,
 }
 
 /// A free port on `ip` now (the node binds it next, and again after each restart).
@@ -74,6 +75,7 @@ impl Cluster {
         root: &std::path::Path,
         count: usize,
         shards: u16,
+        durability: &str,
     ) -> Result<Cluster, NodeError> {
         if count == 0 || count > NODES_MAX {
             return Err(NodeError::Count(count));
@@ -92,7 +94,7 @@ impl Cluster {
             };
             nodes.push(Node { spec, child: None, paused: false });
         }
-        let mut cluster = Cluster { nodes, binary, shards };
+        let mut cluster = Cluster { nodes, binary, shards, durability: durability.to_owned() };
         for index in 0..count {
             cluster.restart(index)?;
         }
@@ -126,7 +128,7 @@ impl Cluster {
             .args(["--bind", &spec.ip.to_string(), "--port", &spec.port.to_string()])
             .arg("--data-dir")
             .arg(&spec.data_dir)
-            .args(["--durability", "sync", "--shards", &self.shards.to_string()])
+            .args(["--durability", &self.durability, "--shards", &self.shards.to_string()])
             .args(["--snapshot-dir"])
             .arg(spec.data_dir.with_extension("snapshots"))
             .args(self.cluster_args(&spec))
