@@ -273,6 +273,59 @@ fn check_final_balances(
     }
 }
 
+/// One account's applied effects, indexed for [`check_windows`]: by completion (with
+/// running sums: what surely preceded an op is a prefix) and by invocation (what may
+/// have overlapped it is a short run, no effect lasting longer than `longest_us`).
+struct Timeline {
+    /// (completion, sum of the deltas of this and every earlier-completed effect).
+    completed: Vec<(u64, i64)>,
+    by_invoke: Vec<Effect>,
+    longest_us: u64,
+    /// Effects resolved at the end (`info`): they may fall anywhere after their invocation.
+    late: Vec<Effect>,
+}
+
+impl Timeline {
+    fn new(effects: &[Effect]) -> Timeline {
+        let (late, mut timed): (Vec<Effect>, Vec<Effect>) =
+            effects.iter().partition(|e| e.complete_us == u64::MAX);
+        timed.sort_by_key(|e| e.complete_us);
+        let mut sum = 0;
+        let completed = timed
+            .iter()
+            .map(|e| {
+                sum += e.delta;
+                (e.complete_us, sum)
+            })
+            .collect();
+        let longest_us = timed.iter().map(|e| e.complete_us - e.invoke_us).max().unwrap_or(0);
+        timed.sort_by_key(|e| e.invoke_us);
+        Timeline { completed, by_invoke: timed, longest_us, late }
+    }
+
+    /// The least and the most the account's balance can have moved, by the effects of
+    /// other ops, for an op invoked at `invoke_us` and answered at `complete_us`.
+    fn bounds(&self, op: usize, invoke_us: u64, complete_us: u64) -> (i64, i64) {
+        let before = self.completed.partition_point(|&(at, _)| at < invoke_us);
+        let must = if before == 0 { 0 } else { self.completed[before - 1].1 };
+        let (mut low, mut high) = (must, must);
+        let first = self.by_invoke.partition_point(|e| e.invoke_us + self.longest_us < invoke_us);
+        let overlapping = self.by_invoke[first..]
+            .iter()
+            .take_while(|e| e.invoke_us < complete_us)
+            .filter(|e| e.complete_us >= invoke_us);
+        let late = self.late.iter().filter(|e| e.invoke_us < complete_us);
+        for effect in overlapping.chain(late).filter(|e| e.op != op) {
+            if effect.delta < 0 {
+                low += effect.delta;
+            } else {
+                high += effect.delta;
+            }
+        }
+        (low, high)
+    }
+}
+
 /// Every balance a reply reported must be the initial one plus the op's own effect, plus
 /// every effect acknowledged before the op was sent, plus some of the effects that
 /// overlapped it (those not yet acknowledged when it was answered).
@@ -283,6 +336,8 @@ fn check_windows(
     last: &FinalState,
     violations: &mut Vec<Violation>,
 ) {
+    let timelines: BTreeMap<Account, Timeline> =
+        effects.iter().map(|(&account, effects)| (account, Timeline::new(effects))).collect();
     for (index, op) in ops.iter().enumerate() {
         let Outcome::Ok { balance } = op.outcome else {
             continue;
@@ -295,22 +350,10 @@ fn check_windows(
             continue;
         };
         let own: i64 = op.kind.effects().iter().find(|(a, _)| *a == account).map_or(0, |e| e.1);
-        let (mut low, mut high) = (initial + own, initial + own);
-        for effect in effects.get(&account).map_or(&[][..], Vec::as_slice) {
-            if effect.op == index {
-                continue;
-            }
-            if effect.complete_us < op.invoke_us {
-                low += effect.delta;
-                high += effect.delta;
-            } else if effect.invoke_us < op.complete_us {
-                if effect.delta < 0 {
-                    low += effect.delta;
-                } else {
-                    high += effect.delta;
-                }
-            }
-        }
+        let (low, high) = timelines
+            .get(&account)
+            .map_or((0, 0), |timeline| timeline.bounds(index, op.invoke_us, op.complete_us));
+        let (low, high) = (initial + own + low, initial + own + high);
         if !(low..=high).contains(&balance) && !ambiguous.contains(&account) {
             violations.push(Violation::OutOfOrder {
                 at: describe(op),
@@ -421,6 +464,57 @@ impl fmt::Display for Report {
                     write!(f, "\n  {violation:?}")?;
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Rng;
+
+    /// The bounds by a scan of every effect: what [`Timeline::bounds`] must equal.
+    fn scanned(effects: &[Effect], op: usize, invoke_us: u64, complete_us: u64) -> (i64, i64) {
+        let (mut low, mut high) = (0, 0);
+        for effect in effects.iter().filter(|e| e.op != op) {
+            if effect.complete_us < invoke_us {
+                low += effect.delta;
+                high += effect.delta;
+            } else if effect.invoke_us < complete_us {
+                if effect.delta < 0 {
+                    low += effect.delta;
+                } else {
+                    high += effect.delta;
+                }
+            }
+        }
+        (low, high)
+    }
+
+    #[test]
+    fn the_indexed_timeline_bounds_equal_a_full_scan() {
+        let mut rng = Rng::new(5);
+        for _ in 0..50 {
+            let effects: Vec<Effect> = (0..200)
+                .map(|op| {
+                    let invoke_us = rng.below(10_000);
+                    let complete_us = match rng.below(20) {
+                        0 => u64::MAX,
+                        1 => invoke_us + rng.below(3_000),
+                        _ => invoke_us + rng.below(50),
+                    };
+                    let delta = rng.below(1_000) as i64 - 500;
+                    Effect { op, delta, invoke_us, complete_us }
+                })
+                .collect();
+            let timeline = Timeline::new(&effects);
+            for effect in effects.iter().filter(|e| e.complete_us != u64::MAX) {
+                let (op, invoke, complete) = (effect.op, effect.invoke_us, effect.complete_us);
+                assert_eq!(
+                    timeline.bounds(op, invoke, complete),
+                    scanned(&effects, op, invoke, complete)
+                );
             }
         }
     }

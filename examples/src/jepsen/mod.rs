@@ -108,6 +108,8 @@ pub enum HarnessError {
     Setup(String),
     #[error("the cluster did not serve within {HEALED_TIMEOUT:?}: {0}")]
     NotServing(String),
+    #[error("a client thread panicked: its history is lost, the run cannot be checked")]
+    ClientPanicked,
     #[error("writing the history: {0}")]
     History(std::io::Error),
 }
@@ -155,25 +157,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, HarnessError> {
 
     let origin = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let shared_accounts = Arc::new(accounts.clone());
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis());
-    let workers: Vec<_> = (0..config.clients)
-        .map(|process| {
-            let worker = Worker {
-                process: process as u32,
-                session: Session::new(routes.clone(), process),
-                accounts: shared_accounts.clone(),
-                rng: Rng::new(config.seed ^ (process as u64 + 1).wrapping_mul(0x9e37_79b9)),
-                nonce,
-                think: config.think,
-                origin,
-            };
-            let stop = stop.clone();
-            std::thread::spawn(move || worker.run(&stop))
-        })
-        .collect();
+    let workers = spawn_clients(config, &routes, &accounts, origin, &stop);
     let mut nemesis = Nemesis {
         cluster: &mut cluster,
         proxies: &proxies,
@@ -182,55 +166,101 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, HarnessError> {
         origin,
         pacing: config.pacing,
     };
-    let mut faults = Vec::with_capacity(config.faults);
-    let mut failure = None;
-    for index in 0..config.faults {
-        match nemesis.fault(config.kinds[index % config.kinds.len()]) {
-            Ok(record) => faults.push(record),
-            Err(error) => {
-                failure = Some(error);
-                break;
-            }
-        }
-    }
+    let faults = inject_faults(config, &mut nemesis);
     // Let the clients see the service whole again for a moment before they stop.
     std::thread::sleep(config.pacing.rest_max);
     stop.store(true, Ordering::Relaxed);
-    let mut ops: Vec<Op> = workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect();
-    ops.sort_by_key(|op| op.invoke_us);
-    if let Some(error) = failure {
-        return Err(error.into());
-    }
+    let ops = collect(workers)?;
+    let faults = faults?;
 
     cluster.heal()?;
     if let Some(partitioner) = &partitioner {
         partitioner.heal()?;
     }
     wait_until_served(&mut session)?;
+    let nodes: Vec<(u32, SocketAddr)> =
+        cluster.nodes.iter().map(|n| (n.spec.id, n.spec.addr())).collect();
     let last = FinalState {
         initial,
         retries: resend_writes(&mut session, &ops),
         balances: read_balances(&mut session, &accounts)?,
-        audits: cluster.addrs().iter().zip(1..).filter_map(|(&a, id)| audit(a, id)).collect(),
-        digests: cluster.addrs().iter().zip(1..).map(|(&a, id)| (id, digests(a))).collect(),
+        audits: nodes.iter().filter_map(|&(id, addr)| audit(addr, id)).collect(),
+        digests: nodes.iter().map(|&(id, addr)| (id, digests(addr))).collect(),
     };
     let report = checker::check(&ops, &faults, &last);
     let history = config.root.join("history.jsonl");
     history::write_jsonl(&history, &ops, &faults).map_err(HarnessError::History)?;
-    let shards = u64::from(config.shards.max(1));
-    let cross_shard_transfers = ops
-        .iter()
-        .filter(|op| op.is_ok())
-        .filter(|op| matches!(op.kind, OpKind::Transfer { from, to, .. } if from % shards != to % shards))
-        .count();
     Ok(RunOutcome {
         report,
+        cross_shard_transfers: cross_shard_transfers(&ops, config.shards),
         faults,
         accounts,
-        cross_shard_transfers,
         history,
         took: started.elapsed(),
     })
+}
+
+/// One thread per client process, each running until `stop`.
+fn spawn_clients(
+    config: &RunConfig,
+    routes: &Routes,
+    accounts: &[Account],
+    origin: Instant,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Op>>> {
+    let accounts = Arc::new(accounts.to_vec());
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    (0..config.clients)
+        .map(|process| {
+            let worker = Worker {
+                process: process as u32,
+                session: Session::new(routes.clone(), process),
+                accounts: accounts.clone(),
+                rng: Rng::new(config.seed ^ (process as u64 + 1).wrapping_mul(0x9e37_79b9)),
+                nonce,
+                think: config.think,
+                origin,
+            };
+            let stop = stop.clone();
+            std::thread::spawn(move || worker.run(&stop))
+        })
+        .collect()
+}
+
+/// The configured faults, kinds in turn; stops at the first the nemesis cannot inject
+/// (or heal).
+fn inject_faults(
+    config: &RunConfig,
+    nemesis: &mut Nemesis<'_>,
+) -> Result<Vec<FaultRecord>, HarnessError> {
+    let mut faults = Vec::with_capacity(config.faults);
+    for index in 0..config.faults {
+        faults.push(nemesis.fault(config.kinds[index % config.kinds.len()])?);
+    }
+    Ok(faults)
+}
+
+/// Every client's operations, in invocation order. A client that panicked lost its
+/// history, so the run cannot be checked.
+fn collect(workers: Vec<std::thread::JoinHandle<Vec<Op>>>) -> Result<Vec<Op>, HarnessError> {
+    let mut ops = Vec::new();
+    for worker in workers {
+        ops.extend(worker.join().map_err(|_| HarnessError::ClientPanicked)?);
+    }
+    ops.sort_by_key(|op| op.invoke_us);
+    Ok(ops)
+}
+
+/// Acknowledged transfers between accounts on different shards (`id % shards`).
+fn cross_shard_transfers(ops: &[Op], shards: u16) -> usize {
+    let shards = u64::from(shards.max(1));
+    let crosses = |op: &&Op| match op.kind {
+        OpKind::Transfer { from, to, .. } => from % shards != to % shards,
+        _ => false,
+    };
+    ops.iter().filter(|op| op.is_ok()).filter(crosses).count()
 }
 
 fn validate(config: &RunConfig) -> Result<(), HarnessError> {
