@@ -105,13 +105,12 @@ fn command(line: &str, control: &Control) -> String {
             control.set_refusing(on == "on");
             "OK".into()
         }
-        (Some("profile"), Some(name)) => match Profile::named(name) {
-            Ok(profile) => {
-                control.set_profile(profile);
-                "OK".into()
+        (Some("profile"), Some(name)) => {
+            match Profile::named(name).and_then(|profile| control.set_profile(profile)) {
+                Ok(()) => "OK".into(),
+                Err(error) => format!("ERR {error}"),
             }
-            Err(error) => format!("ERR {error}"),
-        },
+        }
         (Some("stats"), None) => {
             let c = &control.counters;
             let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);

@@ -166,3 +166,18 @@ fn discarded_segments_never_arrive() {
     assert_eq!(counters.bytes_up.load(Ordering::Relaxed), 0);
     assert!(counters.segments_lost.load(Ordering::Relaxed) >= 1);
 }
+
+#[test]
+fn a_profile_changed_at_run_time_applies_to_open_connections() {
+    let proxy = proxy(Profile::none());
+    let stream = connect(&proxy);
+    assert_eq!(round_trip(&stream, b"fast"), b"fast");
+    let rtt = Duration::from_millis(80);
+    proxy.control().set_profile(Profile { rtt, ..Profile::none() }).expect("a valid profile");
+    let started = Instant::now();
+    assert_eq!(round_trip(&stream, b"slow"), b"slow");
+    assert!(started.elapsed() >= rtt, "the new profile's delay was not applied");
+    let refused = proxy.control().set_profile(Profile { loss: 2.0, ..Profile::none() });
+    assert!(refused.is_err(), "a loss above 1 was accepted");
+    assert_eq!(proxy.control().profile().rtt, rtt, "a refused profile replaced the good one");
+}

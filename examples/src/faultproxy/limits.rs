@@ -19,6 +19,8 @@ pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RETRANSMIT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
 /// The largest delay, jitter or retransmission timeout a profile may ask for.
 pub const DELAY_MAX: Duration = Duration::from_secs(60);
+/// The longest mean lifetime of a connection under random cuts.
+pub const CUT_MEAN_MAX: Duration = Duration::from_secs(24 * 3600);
 /// The bytes of one control command line (the binary's control socket).
 pub const CONTROL_LINE_BYTES_MAX: usize = 256;
 /// How often the accept loop checks whether it should stop.

@@ -75,9 +75,12 @@ impl Control {
         self.profile.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
-    /// Changes the profile for every byte read from now on, on every connection.
-    pub fn set_profile(&self, profile: Profile) {
-        *self.profile.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(profile);
+    /// Changes the profile for every byte read from now on, on every connection (a
+    /// profile out of range is refused, and the one in force stays).
+    pub fn set_profile(&self, profile: Profile) -> Result<(), ProfileError> {
+        let profile = Arc::new(profile.validated()?);
+        *self.profile.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = profile;
+        Ok(())
     }
 
     /// Resets every open connection now (both sides see a reset, as when a middlebox
@@ -107,12 +110,15 @@ pub struct Proxy {
 
 impl Proxy {
     /// Listens on `listen` (port 0: any) and carries every connection to `upstream`
-    /// through `profile`, on a runtime of its own (two threads).
+    /// through `profile` (refused if out of range), on a runtime of its own (two threads).
     pub fn start(
         listen: SocketAddr,
         upstream: SocketAddr,
         profile: Profile,
     ) -> std::io::Result<Proxy> {
+        let profile = profile
+            .validated()
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("faultproxy")

@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::limits::{DELAY_MAX, RETRANSMIT_TIMEOUT_MIN};
+use super::limits::{CUT_MEAN_MAX, DELAY_MAX, RETRANSMIT_TIMEOUT_MIN};
 
 /// What happens to a lost segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +118,8 @@ impl Profile {
         if self.up_bytes_per_s == Some(0) || self.down_bytes_per_s == Some(0) {
             return refuse("a bandwidth cap is at least one byte a second");
         }
-        if self.cut_mean.is_some_and(|mean| mean.is_zero()) {
-            return refuse("a random cut's mean lifetime is above zero");
+        if self.cut_mean.is_some_and(|mean| mean.is_zero() || mean > CUT_MEAN_MAX) {
+            return refuse("a random cut's mean lifetime is above zero and at most a day");
         }
         Ok(self)
     }
