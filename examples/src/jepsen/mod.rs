@@ -185,7 +185,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, HarnessError> {
         retries: resend_writes(&mut session, &ops),
         balances: read_balances(&mut session, &accounts)?,
         audits: nodes.iter().filter_map(|&(id, addr)| audit(addr, id)).collect(),
-        digests: nodes.iter().map(|&(id, addr)| (id, digests(addr))).collect(),
+        digests: settled_digests(&nodes),
     };
     let report = checker::check(&ops, &faults, &last);
     let history = config.root.join("history.jsonl");
@@ -198,6 +198,23 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, HarnessError> {
         history,
         took: started.elapsed(),
     })
+}
+
+/// Every node's digests, read again until they agree or [`HEALED_TIMEOUT`] passes: a
+/// follower healed a moment ago may still be applying what it missed.
+fn settled_digests(nodes: &[(u32, SocketAddr)]) -> Vec<(u32, Vec<String>)> {
+    let deadline = Instant::now() + HEALED_TIMEOUT;
+    loop {
+        let read: Vec<(u32, Vec<String>)> =
+            nodes.iter().map(|&(id, addr)| (id, digests(addr))).collect();
+        let reported: Vec<&Vec<String>> =
+            read.iter().map(|(_, d)| d).filter(|d| !d.is_empty()).collect();
+        let agree = reported.windows(2).all(|pair| pair[0] == pair[1]);
+        if agree || Instant::now() >= deadline {
+            return read;
+        }
+        std::thread::sleep(WAIT_STEP);
+    }
 }
 
 /// One thread per client process, each running until `stop`.
