@@ -264,23 +264,29 @@ fn the_checker_times_the_service_after_each_fault() {
 // ---------------------------------------------------------------------------------------
 // Partitions with nftables, on their own: a TCP pair between two loopback aliases.
 
-const LEFT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 21);
-const RIGHT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 22);
+/// Two loopback addresses of this test alone: a rule between them drops nothing of another
+/// run on the same machine (the rules match addresses, not ports). `test` tells apart the
+/// tests of this process, which run at the same time.
+fn addresses(test: u8) -> (Ipv4Addr, Ipv4Addr) {
+    let pid = std::process::id();
+    let (high, low) = (100 + (pid % 100) as u8, (pid / 100 % 250) as u8);
+    (Ipv4Addr::new(127, high, low, 2 * test + 1), Ipv4Addr::new(127, high, low, 2 * test + 2))
+}
 
-/// A connection from `LEFT` to `RIGHT`: (left's end, right's end).
-fn tcp_pair() -> (TcpStream, TcpStream) {
-    let listener = std::net::TcpListener::bind((RIGHT, 0)).expect("binds .22");
+/// A connection from `left` to `right`: (left's end, right's end).
+fn tcp_pair(left_ip: Ipv4Addr, right_ip: Ipv4Addr) -> (TcpStream, TcpStream) {
+    let listener = std::net::TcpListener::bind((right_ip, 0)).expect("binds the right address");
     let target = listener.local_addr().expect("an address");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let left = runtime.block_on(async {
         let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-        socket.bind(SocketAddr::from((LEFT, 0))).expect("binds .21");
+        socket.bind(SocketAddr::from((left_ip, 0))).expect("binds the left address");
         socket.connect(target).await.expect("connects")
     });
     let left = left.into_std().expect("a std stream");
     left.set_nonblocking(false).expect("blocking");
     let (right, peer) = listener.accept().expect("accepts");
-    assert_eq!(peer.ip(), LEFT);
+    assert_eq!(peer.ip(), left_ip);
     (left, right)
 }
 
@@ -299,11 +305,12 @@ fn tables() -> String {
 
 #[test]
 fn a_one_way_partition_stops_one_direction_and_healing_restores_it() {
-    let (left, right) = tcp_pair();
+    let (left_ip, right_ip) = addresses(0);
+    let (left, right) = tcp_pair(left_ip, right_ip);
     (&left).write_all(b"a").expect("writes");
     assert!(arrives(&right, b'a', Duration::from_secs(5)), "no traffic before the partition");
     let partitioner = Partitioner::new().expect("nft works (root)");
-    partitioner.drop_one_way(LEFT, RIGHT).expect("a rule");
+    partitioner.drop_one_way(left_ip, right_ip).expect("a rule");
     (&left).write_all(b"b").expect("writes into the send buffer");
     assert!(!arrives(&right, b'b', Duration::from_millis(700)), "crossed a one-way partition");
     (&right).write_all(b"c").expect("writes");
@@ -319,12 +326,13 @@ fn a_one_way_partition_stops_one_direction_and_healing_restores_it() {
 
 #[test]
 fn a_split_stops_both_directions_and_its_table_goes_even_on_panic() {
-    let (left, right) = tcp_pair();
+    let (left_ip, right_ip) = addresses(1);
+    let (left, right) = tcp_pair(left_ip, right_ip);
     let mut table = String::new();
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let partitioner = Partitioner::new().expect("nft works (root)");
         table = partitioner.table().to_owned();
-        partitioner.split(&[LEFT], &[RIGHT]).expect("rules");
+        partitioner.split(&[left_ip], &[right_ip]).expect("rules");
         (&left).write_all(b"x").expect("writes");
         (&right).write_all(b"y").expect("writes");
         assert!(!arrives(&right, b'x', Duration::from_millis(500)), "left reached right");
