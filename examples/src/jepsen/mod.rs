@@ -33,7 +33,10 @@ use checker::{Audit, FinalState, Report};
 use client::{micros_since, Answer, Routes, Session, WAIT_STEP};
 use cluster::{Cluster, NodeError};
 use history::{Account, FaultRecord, Op, OpKind, Outcome};
-use limits::*;
+use limits::{
+    ACCOUNTS_MAX, CLIENTS_MAX, CONNECT_TIMEOUT, FAULTS_MAX, HEALED_TIMEOUT, OPS_PER_CLIENT_MAX,
+    OP_DEADLINE, RESEND_PIPELINE,
+};
 use nemesis::{FaultKind, Nemesis, NemesisError, Pacing};
 use partition::{PartitionError, Partitioner};
 
