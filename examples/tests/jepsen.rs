@@ -23,8 +23,10 @@ fn env_number(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|text| text.parse().ok())
 }
 
+/// One node by default: kill -9, pause and cut in turn. With `PLAFOND_JEPSEN_NODES=3` the
+/// partitions (one-way, one node against the rest) join them.
 #[test]
-fn one_node_under_kill_pause_and_cuts_loses_and_doubles_nothing() {
+fn faults_lose_and_double_nothing() {
     let root = tempfile::tempdir().expect("a temporary directory");
     let mut config = RunConfig::short(support::server_binary(), root.path().to_path_buf());
     config.faults = env_number("PLAFOND_JEPSEN_FAULTS").unwrap_or(config.faults);

@@ -96,6 +96,8 @@ pub struct Report {
     pub faults: usize,
     /// Per fault: from its start to the first acknowledgement of an attempt sent after it.
     pub unavailable_ms: Vec<u64>,
+    /// The same, by the fault's kind.
+    pub unavailable_ms_by_kind: BTreeMap<String, Vec<u64>>,
     /// The longest time with no acknowledgement at all.
     pub longest_gap_ms: u64,
     /// Whether at least two replicas' digests were compared.
@@ -425,7 +427,13 @@ fn time_faults(ops: &[Op], faults: &[FaultRecord], report: &mut Report) {
             .map(|&(_, complete)| complete)
             .min();
         if let Some(complete) = first {
-            report.unavailable_ms.push((complete - fault.start_us) / 1000);
+            let unavailable_ms = (complete - fault.start_us) / 1000;
+            report.unavailable_ms.push(unavailable_ms);
+            report
+                .unavailable_ms_by_kind
+                .entry(fault.kind.clone())
+                .or_default()
+                .push(unavailable_ms);
         }
     }
     report.longest_gap_ms =
@@ -456,6 +464,15 @@ impl fmt::Display for Report {
             self.longest_gap_ms,
             self.digests_compared
         )?;
+        for (kind, values) in &self.unavailable_ms_by_kind {
+            let max = values.iter().copied().max().unwrap_or(0);
+            let (p50, p99) = (percentile(values, 0.5), percentile(values, 0.99));
+            writeln!(
+                f,
+                "  {kind}: {} faults, p50 {p50} ms, p99 {p99} ms, max {max} ms",
+                values.len()
+            )?;
+        }
         match self.violations.len() {
             0 => write!(f, "no violation"),
             n => {
