@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what plafond needs on a fresh Debian machine: libclang for the rocksdb crate's
 # bindings, a C++ compiler for RocksDB itself, redis-tools for the demo and the peers,
-# Python's prometheus_client for the metrics test, redis-py for the stream tests and
-# Debian's chromium (headless) for the live page's test.
+# Python's prometheus_client for the metrics test, redis-py for the stream tests,
+# Debian's chromium (headless) for the live page's test and nftables for the Jepsen test's
+# partitions (examples/src/jepsen/partition.rs; its rules need root).
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
 
@@ -11,6 +12,7 @@ dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 dpkg -s clang >/dev/null 2>&1 || missing+=(clang)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+dpkg -s nftables >/dev/null 2>&1 || missing+=(nftables)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2
     sudo_if_needed=""

@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 
 use plafond::Durability;
 use plafond_examples::connect::ServerAddress;
+use plafond_examples::faultproxy::Profile;
 use plafond_server::options::{in_range, number};
 
 /// The most connections, threads and pipeline depth accepted: all stay within reason.
@@ -78,6 +79,11 @@ pub struct LoadgenArgs {
     /// Open loop: payments per second over all connections (server only).
     #[arg(long, value_name = "OPS_PER_S", allow_negative_numbers = true, value_parser = rate)]
     pub rate: Option<f64>,
+    /// Server: the payments' connections go through an in-process fault proxy of this
+    /// network profile (none, lan, fibre, 4g, 3g, 2g: docs/BENCHMARKS.md), so latency and
+    /// throughput are what clients on that network see. The checks go direct.
+    #[arg(long, value_name = "PROFILE", value_parser = |name: &str| Profile::named(name))]
+    pub network: Option<Profile>,
     /// Embedded: the engine's data directory (needed unless --durability none).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

@@ -22,7 +22,8 @@
 //! The last line is one machine-parsable summary:
 //! `summary target=... ops=... secs=... ops_per_s=... p50_us=... p99_us=... p999_us=...
 //! approved=... declined=... conservation=ok rate=... ids=...` (`rate=0`: no rate limit;
-//! `ids=unique`: every payment carried a command id of its own).
+//! `ids=unique`: every payment carried a command id of its own; `network=4g`: through an
+//! in-process fault proxy of that profile, `network=direct` without).
 
 /// Every allocation goes through mimalloc: commands and replies are allocated
 /// on the I/O threads and freed on the writer's, which glibc's malloc makes costly
@@ -75,7 +76,11 @@ fn run() -> anyhow::Result<bool> {
         run_nonce: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64),
+        network: args.network.as_ref().map(|profile| profile.name.clone()),
     };
+    if workload.network.is_some() && args.target != Target::Server {
+        bail!("--network works with --target server only");
+    }
     if workload.rate_per_s.is_some() && args.target != Target::Server {
         bail!("--rate works with --target server only");
     }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::bail;
 
 use plafond::{CommandId, Opening};
+use plafond_examples::faultproxy::{Profile, Proxy};
 use plafond_examples::sample::Zipf;
 use plafond_wire::{encode_command, AsyncClient, Value};
 
@@ -28,6 +29,12 @@ pub fn server_target(
     let addr = args.server.addr();
     let (connections, pipeline) = (args.connections, args.pipeline);
     let token = args.server.token()?;
+    // Kept until the run ends: dropping it closes the connections through it.
+    let proxy = match &args.network {
+        Some(profile) => Some(network_proxy(&addr, profile)?),
+        None => None,
+    };
+    let paying_addr = proxy.as_ref().map_or(addr.clone(), |proxy| proxy.addr().to_string());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut control = AsyncClient::connect(&addr, token.as_deref()).await?;
@@ -44,7 +51,7 @@ pub fn server_target(
         let ticker = crate::progress(shared.clone(), measured_from);
         let mut tasks = Vec::new();
         for index in 0..connections {
-            let conn = AsyncClient::connect(&addr, token.as_deref()).await?;
+            let conn = AsyncClient::connect(&paying_addr, token.as_deref()).await?;
             let picker = Picker::new(&shared.workload, &zipf, index);
             let shared = shared.clone();
             let hold_flow = args.flow == Flow::Hold;
@@ -73,6 +80,18 @@ pub fn server_target(
         let conservation = server_conservation(&mut control, shared.workload.cards, &tally).await?;
         Ok((tally, secs, conservation))
     })
+}
+
+/// A fault proxy of `profile` in this process, in front of the server at `addr`.
+fn network_proxy(addr: &str, profile: &Profile) -> anyhow::Result<Proxy> {
+    use std::net::ToSocketAddrs as _;
+    let Some(upstream) = addr.to_socket_addrs()?.next() else {
+        bail!("{addr} names no address");
+    };
+    let listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+    let proxy = Proxy::start(listen, upstream, profile.clone())?;
+    eprintln!("loadgen: through a fault proxy, {profile}");
+    Ok(proxy)
 }
 
 /// Checks that the server holds the §11 population: card N-1 exists, card N does not.

@@ -136,7 +136,7 @@ pub fn report(
     println!(
         "summary target={target} ops={ops} secs={secs:.3} ops_per_s={ops_per_s:.0} p50_us={} \
          p99_us={} p999_us={} approved={} declined={} insufficient_funds={} \
-         ceiling_exceeded={} errors={} conservation={} rate={} ids={}",
+         ceiling_exceeded={} errors={} conservation={} rate={} ids={} network={}",
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
@@ -147,7 +147,8 @@ pub fn report(
         tally.errors,
         if conservation.starts_with("ok") { "ok" } else { "FAILED" },
         workload.rate_per_s.unwrap_or(0.0),
-        if workload.ids { "unique" } else { "none" }
+        if workload.ids { "unique" } else { "none" },
+        workload.network.as_deref().unwrap_or("direct")
     );
 }
 

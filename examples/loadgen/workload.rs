@@ -27,6 +27,8 @@ pub struct Workload {
     pub ids: bool,
     /// The run's start (Unix ms), part of every command id.
     pub run_nonce: u64,
+    /// `--network`: the profile of the fault proxy the connections go through.
+    pub network: Option<String>,
 }
 
 /// What all workers share: progress counters and the day-advance schedule.

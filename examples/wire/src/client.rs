@@ -58,6 +58,21 @@ impl Client {
         Ok(Client { stream, replies: ReplyReader::new() })
     }
 
+    /// Connects to `addr`, waiting at most `connect_timeout` (a node behind a partition
+    /// never answers the handshake); every read waits at most `reply_timeout`.
+    pub fn connect_within(
+        addr: std::net::SocketAddr,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect_timeout(&addr, connect_timeout)
+            .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+        stream.set_read_timeout(Some(reply_timeout))?;
+        stream.set_write_timeout(Some(reply_timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Client { stream, replies: ReplyReader::new() })
+    }
+
     /// Sends `AUTH token`; an error reply is [`ClientError::AuthRefused`].
     pub fn auth(&mut self, token: &str) -> Result<(), ClientError> {
         match self.call(&["AUTH", token])? {
