@@ -30,7 +30,8 @@ pub fn server_target(
     let token = args.server.token()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut control = AsyncClient::connect(&addr, token.as_deref()).await?;
+        // In a cluster, every connection goes to the leader (SPEC §14).
+        let (mut control, addr) = AsyncClient::connect_leader(&addr, token.as_deref()).await?;
         check_population(&mut control, shared.workload.cards).await?;
         let clock_works = !matches!(control.call(&["CLOCK.ADVANCE", "0"]).await?, Value::Error(_));
         if !clock_works {

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod open;
 pub mod options;
 mod page;
+pub mod rejoin;
 pub mod slots;
 pub mod snapshot_dir;
 pub mod stats;
@@ -111,6 +112,7 @@ impl Shared {
             queued_commands: self.budget.pooled(),
             buffered_bytes: self.budget.buffered(),
             submissions: self.combiner.counts(),
+            replica: self.engine.replication().map(|status| status.view()),
         }
     }
 }

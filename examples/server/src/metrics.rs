@@ -55,6 +55,8 @@ pub struct ServerGauges {
     pub buffered_bytes: usize,
     /// Combined submissions sent to the engine, and the requests they carried.
     pub submissions: (u64, u64),
+    /// A replica's role, term and progress (SPEC §14); `None` on a single node.
+    pub replica: Option<plafond::RoleView>,
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` turns true.
@@ -439,6 +441,18 @@ fn server_families(registry: &mut Registry, server: &ServerGauges) {
     let help = "Combined submissions sent to the engine";
     total(registry, "submissions", help, None, submissions);
     total(registry, "submitted_requests", "Requests the submissions carried", None, requests);
+    if let Some(view) = &server.replica {
+        let role = gauge(registry, "replication_role", "1 for this replica's Raft role");
+        for name in [plafond::Role::Leader, plafond::Role::Follower, plafond::Role::Candidate] {
+            let value = if name == view.role { 1.0 } else { 0.0 };
+            role.get_or_create(&labels(&[("role", name.as_str())])).set(value);
+        }
+        single(registry, "replication_term", "The replica's Raft term", None, view.term as f64);
+        let applied = view.applied as f64;
+        single(registry, "replication_applied_index", "Last Raft entry applied", None, applied);
+        let lag = view.commit.saturating_sub(view.applied) as f64;
+        single(registry, "replication_lag_entries", "Committed entries not yet applied", None, lag);
+    }
 }
 
 /// Where the metrics are served, for the start-up line.
