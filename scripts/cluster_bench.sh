@@ -19,8 +19,10 @@ for i in $(seq 1 240); do
   [ $up = 3 ] && break; sleep 0.5
 done
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+# Per thread name, the CPU ticks of process $1.
+threads() { for t in /proc/$1/task/*; do echo "$(cat $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
 for ids in ${IDS:-none unique}; do
-  before=(); for p in "${PIDS[@]}"; do before+=($(cpu $p)); done
+  before=(); for k in 0 1 2; do before+=($(cpu ${PIDS[$k]})); threads ${PIDS[$k]} > $DIR/t$k.before; done
   $LOADGEN --target server --port $BASE --cards $CARDS --ops $OPS --connections $CONNS \
     --pipeline 64 --ids $ids > $DIR/lg.log 2>&1
   rate=$(grep summary $DIR/lg.log | grep -o 'ops_per_s=[0-9]*' | cut -d= -f2)
@@ -31,6 +33,10 @@ for ids in ${IDS:-none unique}; do
     line="$line node$((k+1))=$us"; total=$(awk -v t=$total -v u=$us 'BEGIN {print t+u}')
   done
   echo "$line total=$total"
+  for k in 0 1 2; do
+    threads ${PIDS[$k]} > $DIR/t$k.after
+    echo "  node$((k+1)) by thread:" $(join $DIR/t$k.before $DIR/t$k.after | awk -v ops=$OPS '{d=($3-$2)*10000/ops; if (d>0.01) printf "%s=%.2f ", $1, d}')
+  done
   grep summary $DIR/lg.log
 done
 for p in "${PIDS[@]}"; do kill $p; done; wait 2>/dev/null; rm -rf $DIR
