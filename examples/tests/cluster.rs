@@ -22,6 +22,8 @@ struct Cluster {
     members: String,
     addrs: Vec<String>,
     nodes: Vec<Option<Server>>,
+    /// Members stopped by SIGSTOP: a connection to one would wait for its reply.
+    paused: Vec<usize>,
 }
 
 impl Cluster {
@@ -35,7 +37,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let addrs = ports.iter().map(|(port, _)| format!("127.0.0.1:{port}")).collect();
-        let mut cluster = Cluster { dir, members, addrs, nodes: Vec::new() };
+        let mut cluster = Cluster { dir, members, addrs, nodes: Vec::new(), paused: Vec::new() };
         for index in 0..size {
             let node = cluster.spawn(index);
             cluster.nodes.push(Some(node));
@@ -72,7 +74,7 @@ impl Cluster {
         let deadline = Instant::now() + ELECTION_BOUND;
         loop {
             for index in 0..self.nodes.len() {
-                if self.nodes[index].is_none() {
+                if self.nodes[index].is_none() || self.paused.contains(&index) {
                     continue;
                 }
                 let Ok(mut client) =
@@ -96,6 +98,18 @@ impl Cluster {
         node.child.wait().expect("reaped");
     }
 
+    fn signal(&mut self, index: usize, signal: i32) {
+        let node = self.nodes[index].as_ref().expect("a running node");
+        let pid = i32::try_from(node.child.id()).expect("a pid fits i32");
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal delivered");
+        if signal == libc::SIGSTOP {
+            self.paused.push(index);
+        } else {
+            self.paused.retain(|&paused| paused != index);
+        }
+    }
+
     fn restart(&mut self, index: usize) {
         let node = self.spawn(index);
         self.nodes[index] = Some(node);
@@ -106,12 +120,13 @@ impl Cluster {
     fn converged(&self) -> Vec<String> {
         let deadline = Instant::now() + CONVERGE_BOUND;
         loop {
-            let digests: Vec<Vec<String>> = (0..self.nodes.len())
-                .filter(|&index| self.nodes[index].is_some())
-                .map(|index| digests(&mut self.client(index)))
+            // A member restarting in place answers nothing for a moment: not yet agreed.
+            let digests: Option<Vec<Vec<String>>> = (0..self.nodes.len())
+                .filter(|&index| self.nodes[index].is_some() && !self.paused.contains(&index))
+                .map(|index| digests(self.addrs[index].as_str()))
                 .collect();
-            if digests.windows(2).all(|pair| pair[0] == pair[1]) {
-                return digests[0].clone();
+            if let Some(agreed) = digests.as_ref().filter(|d| d.windows(2).all(|p| p[0] == p[1])) {
+                return agreed[0].clone();
             }
             assert!(Instant::now() < deadline, "the replicas never agreed: {digests:?}");
             std::thread::sleep(Duration::from_millis(50));
@@ -119,17 +134,15 @@ impl Cluster {
     }
 }
 
-fn digests(client: &mut Client) -> Vec<String> {
-    let Value::Bulk(text) = client.call(&["STATS", "JSON"]).expect("STATS JSON") else {
-        panic!("STATS JSON is a bulk string");
-    };
+/// The member's digest per shard, or `None` if it does not answer them now.
+fn digests(addr: &str) -> Option<Vec<String>> {
+    let mut client = Client::connect(addr, Duration::from_secs(10)).ok()?;
+    let Ok(Value::Bulk(text)) = client.call(&["STATS", "JSON"]) else { return None };
     let json: serde_json::Value = serde_json::from_slice(&text).expect("JSON");
-    json["shards"]
-        .as_array()
-        .expect("shards")
-        .iter()
-        .map(|shard| shard["digest"].as_str().expect("a digest").to_owned())
-        .collect()
+    let shards = json["shards"].as_array().expect("shards");
+    Some(
+        shards.iter().map(|shard| shard["digest"].as_str().expect("a digest").to_owned()).collect(),
+    )
 }
 
 fn call(client: &mut Client, args: &[&str]) -> Value {
@@ -242,4 +255,35 @@ fn three_replicas_replicate_fail_over_and_catch_up() {
     cluster.restart(follower);
     cluster.converged();
     println!("whole test {:?}", started.elapsed());
+}
+
+#[test]
+fn a_paused_leader_steps_down_restarts_in_place_and_rejoins() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let mut client = cluster.client(leader);
+    let account = open_account(&mut client);
+    let deposit = ["DEPOSIT", &account.to_string(), "300", "before-pause"];
+    let acknowledged = call(&mut client, &deposit);
+    drop(client);
+    let pid = cluster.nodes[leader].as_ref().expect("running").child.id();
+    cluster.signal(leader, libc::SIGSTOP);
+    let paused_at = Instant::now();
+    let new_leader = cluster.leader();
+    println!("failover: new leader serving {:?} after SIGSTOP of the leader", paused_at.elapsed());
+    assert_ne!(new_leader, leader);
+    let mut client = cluster.client(new_leader);
+    assert_eq!(call(&mut client, &deposit), acknowledged, "the retry gets the same outcome");
+    let later = call(&mut client, &["DEPOSIT", &account.to_string(), "1", "during-pause"]);
+    assert!(matches!(later, Value::Array(_)), "{later:?}");
+    drop(client);
+    // Woken, it hears of the new term, steps down and restarts itself in place.
+    cluster.signal(leader, libc::SIGCONT);
+    cluster.converged();
+    let node = cluster.nodes[leader].as_mut().expect("running");
+    assert_eq!(node.child.id(), pid, "the same process");
+    assert!(node.child.try_wait().expect("waitable").is_none(), "still running");
+    let Value::Array(role) = call(&mut cluster.client(leader), &["ROLE"]) else { panic!() };
+    assert_eq!(role[0], bulk("follower"));
+    assert_eq!(role[2], bulk(&cluster.addrs[new_leader]));
 }

@@ -386,11 +386,10 @@ impl<R: Release> Driver<R> {
     /// shards their new batches.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
         let Some(last) = entries.last().map(|entry| entry.index) else { return Ok(()) };
-        let ids = self.store.ids_family().map_err(DiskError::from)?;
-        let mut batch = WriteBatch::default();
-        let mut log_bytes = 0u64;
+        // First which entries are this leader's own proposals and which are decoded, then
+        // one write of all of them.
         let mut released = Vec::new();
-        let mut followed: Vec<(ShardId, u64)> = Vec::new();
+        let mut decoded = Vec::new();
         for entry in &entries {
             // Proposals of this node that an entry of another leader replaced are dropped
             // unacknowledged (their clients retry by command id).
@@ -403,29 +402,40 @@ impl<R: Release> Driver<R> {
                 continue;
             }
             let own = self.pending.front().is_some_and(|p| p.index == entry.index);
-            if let (true, Some(proposal)) = (own, self.pending.pop_front()) {
-                for job in &proposal.jobs {
-                    if let Some(value) = &job.value {
-                        batch.put(log_key(job.shard, job.seq), value);
-                        log_bytes += value.len() as u64;
-                    }
-                    for (id, record) in &job.records {
-                        batch.put_cf(ids, id.as_bytes(), record);
-                    }
+            match (own, self.pending.pop_front()) {
+                (true, Some(proposal)) => released.push(proposal),
+                (false, Some(proposal)) => {
+                    self.pending.push_front(proposal);
+                    decoded.extend(group::decode(&entry.data)?);
                 }
-                released.push(proposal);
-                continue;
+                (_, None) => decoded.extend(group::decode(&entry.data)?),
             }
-            for written in group::decode(&entry.data)? {
-                if !written.value.is_empty() {
-                    batch.put(log_key(written.shard, written.seq), &written.value);
-                    log_bytes += written.value.len() as u64;
-                    followed.push((written.shard, written.seq));
-                }
-                for (id, record) in &written.records {
-                    batch.put_cf(ids, id.as_bytes(), record);
-                }
+        }
+        let ids = self.store.ids_family().map_err(DiskError::from)?;
+        let mut batch = WriteBatch::default();
+        let mut log_bytes = 0u64;
+        let mut records: Vec<(&[u8], &[u8])> = Vec::new();
+        for job in released.iter().flat_map(|proposal| &proposal.jobs) {
+            if let Some(value) = &job.value {
+                batch.put(log_key(job.shard, job.seq), value);
+                log_bytes += value.len() as u64;
             }
+            records.extend(job.records.iter().map(|(id, r)| (id.as_bytes(), r.as_slice())));
+        }
+        let mut followed: Vec<(ShardId, u64)> = Vec::new();
+        for written in &decoded {
+            if !written.value.is_empty() {
+                batch.put(log_key(written.shard, written.seq), &written.value);
+                log_bytes += written.value.len() as u64;
+                followed.push((written.shard, written.seq));
+            }
+            records.extend(written.records.iter().map(|(id, r)| (id.as_bytes(), r.as_slice())));
+        }
+        // In key order, as the single node's writer puts them (each memtable insert starts
+        // where the previous ended); stable, so of two records of one id the later wins.
+        records.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, record) in records {
+            batch.put_cf(ids, id, record);
         }
         self.disk.put_applied(&mut batch, last)?;
         // Not fsynced: every entry applied here is in the Raft log, fsynced on a majority;
