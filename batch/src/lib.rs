@@ -59,6 +59,11 @@ pub trait EpochHost: Send + Sync + 'static {
     fn last_epoch(&self, region: RegionId) -> Result<Option<Day>, StoreError>;
     /// Records durably that `region`'s epoch for `day` completed.
     fn record_epoch(&self, region: RegionId, day: Day) -> Result<(), StoreError>;
+    /// Whether this node may run epochs: a replica's follower does not (SPEC §14, epochs
+    /// run on the leader only; its shards replay the leader's rolls).
+    fn leads(&self) -> bool {
+        true
+    }
 }
 
 /// Why an epoch did not complete.
@@ -192,6 +197,9 @@ impl<H: EpochHost> BatchService<H> {
     /// one that is a day behind waiting. A stop ([`BatchService::stop`]) ends the run at
     /// the next chunk; the epochs completed so far are recorded.
     pub fn run_due(&self) -> Result<Vec<EpochReport>, BatchError> {
+        if !self.host.leads() {
+            return Ok(Vec::new());
+        }
         let _one_run = lock(&self.running);
         let now_ms = self.host.now_ms();
         let regions = self.host.regions();

@@ -42,6 +42,26 @@ pub struct EngineConfig {
     /// written carries its MAC, and every one read (restore, checkpoint load) must. `None`
     /// writes and reads the files without a MAC.
     pub mac_key: Option<MacKey>,
+    /// One replica of a cluster (SPEC §14), or `None` for a single node.
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// What a replica needs beyond a single node's settings.
+#[derive(Clone)]
+pub struct ReplicationConfig {
+    /// This node and every member.
+    pub cluster: plafond_replication::Cluster,
+    /// Called once if this node led and lost its lead: its shards may hold batches that
+    /// never committed, so the node must rebuild from its checkpoint and the committed log.
+    /// The server restarts itself in place; by default the engine only stops acknowledging.
+    pub on_deposed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl ReplicationConfig {
+    /// A replica of `cluster` that, once deposed, acknowledges nothing more.
+    pub fn new(cluster: plafond_replication::Cluster) -> ReplicationConfig {
+        ReplicationConfig { cluster, on_deposed: Arc::new(|| {}) }
+    }
 }
 
 impl EngineConfig {
@@ -58,6 +78,7 @@ impl EngineConfig {
             checkpoints: CheckpointPolicy::default(),
             log_retention: LogRetention::default(),
             mac_key: None,
+            replication: None,
         }
     }
 
@@ -119,6 +140,12 @@ impl EngineConfig {
         self
     }
 
+    /// As one replica of a cluster.
+    pub fn with_replication(mut self, replication: ReplicationConfig) -> EngineConfig {
+        self.replication = Some(replication);
+        self
+    }
+
     /// With these regions.
     pub fn with_regions(mut self, regions: Regions) -> EngineConfig {
         self.regions = regions;
@@ -132,6 +159,13 @@ impl EngineConfig {
         if self.durability != Durability::None && self.data_dir.is_none() {
             return Err(EngineError::Config(
                 "durability sync and async need a data directory".into(),
+            ));
+        }
+        if self.replication.is_some() && self.durability != Durability::Sync {
+            return Err(EngineError::Config(
+                "a replica needs durability sync: its leader answers once a majority has \
+                 fsynced the batch"
+                    .into(),
             ));
         }
         Ok(())

@@ -31,8 +31,10 @@ use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::epochs::EngineHost;
 use crate::error::EngineError;
+use crate::replica::ReplicaHost;
 use crate::retention::{self, LogRetention};
 use plafond_mac::MacKey;
+use plafond_replication::{Replica, ReplicaSetup, ReplicaStatus};
 
 /// A running engine. Dropping it stops the shards after they have handled everything
 /// submitted before.
@@ -81,6 +83,9 @@ pub struct Engine {
     cells: Vec<Arc<ShardCell>>,
     pub(crate) batch: Arc<BatchService<EngineHost>>,
     scheduler: Option<Scheduler>,
+    /// A replica's Raft writer, in the single node's writer's place (SPEC §14).
+    replica: Option<Replica>,
+    replica_status: Option<Arc<ReplicaStatus>>,
 }
 
 impl Engine {
@@ -142,10 +147,30 @@ impl Engine {
             receivers.push((ingress_rx, internal_rx));
         }
         let router = Arc::new(Router { ingress, internal });
-        let (writer, job_sender) = match &store {
-            Some(store) => {
+        let (mut replica, mut writer, mut job_sender) = (None, None, None);
+        match (&store, &config.replication) {
+            (Some(store), Some(replication)) => {
                 let (jobs_tx, jobs_rx) = bounded(INGRESS_MAILS_MAX);
-                let writer = Writer::start(
+                let host = ReplicaHost {
+                    router: router.clone(),
+                    shards,
+                    clock: config.clock.clone(),
+                    on_deposed: replication.on_deposed.clone(),
+                };
+                let setup = ReplicaSetup {
+                    store: store.clone(),
+                    cluster: replication.cluster.clone(),
+                    jobs: jobs_rx,
+                    health: health.clone(),
+                    marks: marks.clone(),
+                    host: Arc::new(host),
+                };
+                replica = Some(Replica::start(setup)?);
+                job_sender = Some(jobs_tx);
+            }
+            (Some(store), None) => {
+                let (jobs_tx, jobs_rx) = bounded(INGRESS_MAILS_MAX);
+                let started = Writer::start(
                     store.clone(),
                     config.durability,
                     jobs_rx,
@@ -153,10 +178,11 @@ impl Engine {
                     marks.clone(),
                 )
                 .map_err(|error| EngineError::Thread { what: "writer", error })?;
-                (Some(writer), Some(jobs_tx))
+                (writer, job_sender) = (Some(started), Some(jobs_tx));
             }
-            None => (None, None),
-        };
+            (None, _) => {}
+        }
+        let replica_status = replica.as_ref().map(|replica| replica.status().clone());
         let regions = Arc::new(config.regions);
         let (ready_tx, ready_rx) = unbounded();
         let mut threads = Vec::new();
@@ -177,6 +203,8 @@ impl Engine {
                 writer: job_sender.clone(),
                 router: router.clone(),
                 metrics: shard_metrics,
+                replicated: replica.is_some(),
+                health: health.clone(),
             };
             let mailboxes = Mailboxes { ingress: ingress_rx, internal: internal_rx };
             let ready = ready_tx.clone();
@@ -196,6 +224,7 @@ impl Engine {
             metrics: metrics.clone(),
             store: store.clone(),
             memory: Mutex::new(vec![None; regions.len()]),
+            replica: replica_status.clone(),
         };
         let batch = Arc::new(BatchService::new(host)?);
         let mut engine = Engine {
@@ -228,6 +257,8 @@ impl Engine {
             data_dir: data_dir.clone(),
             mac_key: config.mac_key,
             cells: Vec::new(),
+            replica,
+            replica_status,
         };
         let cells = (0..shards)
             .enumerate()
@@ -283,6 +314,9 @@ impl Engine {
     pub fn submit(&self, requests: Vec<Request>) -> Result<Ticket, EngineError> {
         if let Some(reason) = self.health.reason() {
             return Err(EngineError::Storage(reason.to_string()));
+        }
+        if let Some(refusal) = self.replica_status.as_ref().and_then(|status| status.refusal()) {
+            return Err(EngineError::NotLeader(refusal));
         }
         let ts_ms = self.clock.now_ms();
         let (collector, ticket) = Collector::new(requests.len());
@@ -458,6 +492,18 @@ impl Engine {
         self.router.internal.iter().map(|sender| sender.len()).collect()
     }
 
+    /// A replica's role, term and leader (SPEC §14); `None` on a single node.
+    pub fn replication(&self) -> Option<&Arc<ReplicaStatus>> {
+        self.replica_status.as_ref()
+    }
+
+    /// Each shard's state digest, taken at one consistent cut: equal on every replica
+    /// that applied the same batches (SPEC §14). It encodes every shard's whole state, so
+    /// it pauses the shards for about as long as a checkpoint's copy would take.
+    pub fn digests(&self) -> Result<Vec<u64>, EngineError> {
+        self.cut(plafond_shards::digest::state_digest)
+    }
+
     /// The RocksDB store, when durable.
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
@@ -571,6 +617,9 @@ impl Drop for Engine {
         // Every shard dropped its job sender: the writer drains and ends.
         if let Some(writer) = self.writer.take() {
             writer.join();
+        }
+        if let Some(replica) = self.replica.take() {
+            replica.join();
         }
     }
 }

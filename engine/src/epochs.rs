@@ -29,6 +29,8 @@ pub(crate) struct EngineHost {
     pub store: Option<Arc<Store>>,
     /// Without a store (durability `none`), completed epochs are remembered in memory.
     pub memory: std::sync::Mutex<Vec<Option<Day>>>,
+    /// A replica's status: only its leader runs epochs.
+    pub replica: Option<Arc<plafond_replication::ReplicaStatus>>,
 }
 
 impl EngineHost {
@@ -42,6 +44,10 @@ impl EngineHost {
 impl EpochHost for EngineHost {
     fn regions(&self) -> &Regions {
         &self.regions
+    }
+
+    fn leads(&self) -> bool {
+        self.replica.as_ref().is_none_or(|status| status.serving())
     }
 
     fn now_ms(&self) -> i64 {

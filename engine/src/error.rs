@@ -17,6 +17,13 @@ pub enum EngineError {
     /// The configuration does not fit what was asked (what is wrong, in words).
     #[error("configuration: {0}")]
     Config(String),
+    /// A replica that does not lead decides nothing: `READONLY leader HOST:PORT`, or
+    /// `CLUSTERDOWN no leader` during an election (SPEC §14).
+    #[error("{0}")]
+    NotLeader(String),
+    /// The replica could not start.
+    #[error(transparent)]
+    Replica(#[from] plafond_replication::ReplicaError),
     /// The engine stopped, or was stopping, before answering.
     #[error(transparent)]
     Stopped(Stopped),

@@ -81,6 +81,7 @@ mod epochs;
 mod error;
 mod limits;
 mod populate;
+mod replica;
 mod report;
 mod retention;
 mod snapshot;
@@ -95,9 +96,11 @@ pub use clock::{
     Clock, ClockMoveError, ManualClock, SystemClock, CLOCK_MOVE_DAYS_MAX, DAY_MS,
     MANUAL_CLOCK_MAX_MS, MANUAL_CLOCK_MIN_MS,
 };
-pub use config::EngineConfig;
+pub use config::{EngineConfig, ReplicationConfig};
 pub use engine::Engine;
 pub use error::{CheckpointError, EngineError};
+pub use plafond_replication::limits::ELECTION_WAIT;
+pub use plafond_replication::{Cluster, ClusterError, Member, ReplicaStatus, Role, RoleView};
 pub use report::{Audit, RegionStats, ShardStats, Stats, StorageStats};
 pub use retention::{
     Archive, LogRetention, Retained, ARCHIVE_DIR_DEFAULT, LOG_RETENTION_DAYS_DEFAULT,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{CommandFactory as _, Parser};
 
 use plafond_examples::connect::ServerAddress;
-use plafond_wire::{Client, Value};
+use plafond_wire::{leader, Client, Value};
 
 /// How long the client waits for the server to answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,6 +103,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sends `command` to `addr`, and follows a cluster's leader (SPEC §14): on `-READONLY
+/// leader HOST:PORT` it sends it there, on `-CLUSTERDOWN` it waits out the election.
+fn call_leader(mut addr: String, token: Option<&str>, command: &[String]) -> anyhow::Result<Value> {
+    let (mut hops, mut waits) = (0, 0);
+    loop {
+        let mut client = Client::connect(&addr, REPLY_TIMEOUT)?;
+        if let Some(token) = token {
+            client.auth(token)?;
+        }
+        let reply = client.call(command)?;
+        if let Some(leader) = leader::redirect(&reply).filter(|_| hops < leader::LEADER_HOPS_MAX) {
+            hops += 1;
+            addr = leader.to_owned();
+            continue;
+        }
+        if leader::no_leader(&reply) && waits < leader::ELECTION_RETRIES_MAX {
+            waits += 1;
+            std::thread::sleep(leader::ELECTION_RETRY_INTERVAL);
+            continue;
+        }
+        return Ok(reply);
+    }
+}
+
 fn run() -> anyhow::Result<ExitCode> {
     let args = CliArgs::parse();
     if args.command.is_empty() {
@@ -110,11 +134,7 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let token = args.server.token()?;
-    let mut client = Client::connect(args.server.addr(), REPLY_TIMEOUT)?;
-    if let Some(token) = &token {
-        client.auth(token)?;
-    }
-    let reply = client.call(&command_of(&args.command))?;
+    let reply = call_leader(args.server.addr(), token.as_deref(), &command_of(&args.command))?;
     println!("{reply}");
     Ok(match reply {
         Value::Error(_) => ExitCode::FAILURE,

@@ -34,10 +34,12 @@ pub fn server_target(
         Some(profile) => Some(network_proxy(&addr, profile)?),
         None => None,
     };
-    let paying_addr = proxy.as_ref().map_or(addr.clone(), |proxy| proxy.addr().to_string());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut control = AsyncClient::connect(&addr, token.as_deref()).await?;
+        // In a cluster, every connection goes to the leader (SPEC §14); through a network
+        // profile, to the proxy in front of the address given (point it at the leader).
+        let (mut control, leader) = AsyncClient::connect_leader(&addr, token.as_deref()).await?;
+        let paying_addr = proxy.as_ref().map_or(leader, |proxy| proxy.addr().to_string());
         check_population(&mut control, shared.workload.cards).await?;
         let clock_works = !matches!(control.call(&["CLOCK.ADVANCE", "0"]).await?, Value::Error(_));
         if !clock_works {

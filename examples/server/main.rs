@@ -38,9 +38,9 @@ fn run() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
-        let listener = TcpListener::bind((args.bind, args.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+        let addr = args.listen_addr()?;
+        let listener =
+            TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         if let Some(port) = args.metrics_port {

@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use crate::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
 use crate::calendar::{Calendar, Day};
 use crate::command::{CommandId, Kind, Outcome, RegionId, Request};
+use crate::health::StorageHealth;
 use crate::histogram::{DurationHistogram, Log2Histogram};
 use crate::idempotency::{self, expiry_day, retention_of, IdempotencyRecord, Verdict};
 use crate::ids::{shard_of, ShardId};
@@ -92,6 +93,15 @@ pub enum Mail {
     },
     /// Wakes the shard to copy the next step of a capture in progress.
     CaptureStep,
+    /// A replica's follower (SPEC §14): batches of this shard were committed and written to
+    /// its log; replay them through `apply`, checking every outcome against the leader's.
+    Follow,
+    /// A replica takes the lead: replay what is committed, then start deciding (log the
+    /// configured rules, resend unsettled credits) and tell `done` the shard's latest time.
+    Lead {
+        /// Told the latest time the shard's state was stamped with, once it decides.
+        done: Sender<i64>,
+    },
     /// Ends the loop once everything before it is handled.
     Stop,
 }
@@ -216,6 +226,11 @@ pub struct ShardSetup {
     pub router: Arc<Router>,
     /// Where the shard publishes its counters.
     pub metrics: Arc<ShardMetrics>,
+    /// A replica's shard: it starts as a follower, deciding nothing and logging nothing
+    /// until [`Mail::Lead`]; its batches come from the leader's log ([`Mail::Follow`]).
+    pub replicated: bool,
+    /// Where a follower reports a replayed outcome that differs from the leader's.
+    pub health: Arc<StorageHealth>,
 }
 
 /// The receiving ends of a shard's mailboxes, which only its thread reads.
@@ -250,18 +265,6 @@ pub fn run(mut setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
     };
     setup.metrics.accounts.store(state.accounts.len() as u64, Ordering::Relaxed);
     setup.metrics.holds.store(state.holds.table().len() as u64, Ordering::Relaxed);
-    // Credits whose settle never made it to disk: send them again. The target answers a
-    // credit it has seen with the same settle, so this is exactly-once.
-    for (&seq, pending) in &state.pending {
-        let input = Input::Credit {
-            origin: setup.shard,
-            seq,
-            to: pending.to,
-            amount_minor: pending.amount_minor,
-        };
-        let mail = Mail::Input { ts_ms: pending.ts_ms, input, done: None };
-        setup.router.send_internal(shard_of(pending.to, setup.shards), mail);
-    }
     let shard = setup.shard;
     // What recovery read is on disk: durable (and what the change stream may show).
     setup.marks.advance(shard, next_seq);
@@ -276,7 +279,11 @@ pub fn run(mut setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
         remembered,
         capture: None,
     };
-    actor.adopt_rules();
+    // A follower decides nothing: the leader did both, in the log it follows.
+    if !actor.setup.replicated {
+        actor.resend_credits();
+        actor.adopt_rules();
+    }
     let cell = Arc::new(ShardCell { actor: Mutex::new(actor) });
     let _ = ready.send((shard, Ok(cell.clone())));
     cell.serve(&mailboxes);
@@ -439,6 +446,47 @@ struct Batch {
 }
 
 impl Actor {
+    /// Credits whose settle never made it to disk: sent again. The target answers a credit
+    /// it has seen with the same settle, so this is exactly-once.
+    fn resend_credits(&self) {
+        let setup = &self.setup;
+        for (&seq, pending) in &self.state.pending {
+            let input = Input::Credit {
+                origin: setup.shard,
+                seq,
+                to: pending.to,
+                amount_minor: pending.amount_minor,
+            };
+            let mail = Mail::Input { ts_ms: pending.ts_ms, input, done: None };
+            setup.router.send_internal(shard_of(pending.to, setup.shards), mail);
+        }
+    }
+
+    /// A follower's replay of the batches committed since the last one: the same
+    /// `apply`, every outcome checked against the one the leader logged.
+    fn follow(&mut self) {
+        let Some(store) = self.setup.store.clone() else { return };
+        let (regions, shard) = (self.setup.regions.clone(), self.setup.shard);
+        match recover(&store, &regions, &mut self.state, &mut self.calendar, self.next_seq) {
+            Ok(next_seq) => self.next_seq = next_seq,
+            Err(error) => {
+                // A replica that cannot reproduce the leader's outcomes must not lead: it
+                // acknowledges nothing from here on, and says why.
+                eprintln!("plafond: shard {shard}: following the leader's log: {error}");
+                self.setup.health.fail(format!("shard {shard} diverged from the leader: {error}"));
+            }
+        }
+    }
+
+    /// Takes the lead: everything committed is replayed, then this shard decides.
+    fn lead(&mut self, done: Sender<i64>) {
+        self.follow();
+        self.setup.replicated = false;
+        self.resend_credits();
+        self.adopt_rules();
+        let _ = done.send(self.state.clock_ms);
+    }
+
     /// Logs the configured rules (and hold expiry, §12) of every region whose rules changed
     /// since the log was written (or were never set), so they apply from here on, and on
     /// every replay.
@@ -535,6 +583,9 @@ impl Actor {
 
     fn handle(&mut self, mail: Mail, batch: &mut Batch) {
         match mail {
+            // A follower decides nothing (its node refuses clients, its batch service does not
+            // run): dropped, the mail's collector and waiter hear that nothing was decided.
+            Mail::Requests { .. } | Mail::Input { .. } if self.setup.replicated => {}
             Mail::Requests { ts_ms, items, collector } => {
                 self.handle_requests(ts_ms, items, collector, batch);
             }
@@ -568,6 +619,14 @@ impl Actor {
                 self.capture = Some(CaptureInProgress { capture, position: self.next_seq, reply });
             }
             Mail::CaptureStep => {}
+            Mail::Follow => {
+                self.flush(std::mem::take(batch));
+                self.follow();
+            }
+            Mail::Lead { done } => {
+                self.flush(std::mem::take(batch));
+                self.lead(done);
+            }
             Mail::Stop => batch.stop = true,
         }
     }

@@ -7,6 +7,7 @@
 //!   log, and the ids in flight);
 //! - [`log`], [`store`]: the on-disk changelog and the RocksDB group-commit writer;
 //! - [`archive`]: checksummed segment files of old log batches, and their replay;
+//! - [`digest`]: a shard's state digest, equal on replicas that applied the same batches;
 //! - [`watermark`], [`health`]: the acknowledged-write witness kept outside the WAL, and
 //!   whether the storage still takes writes;
 //! - [`reply`], [`actor`]: how outcomes travel back, and the loop that ties it together;
@@ -29,6 +30,7 @@ pub use plafond_core::{
 
 pub mod actor;
 pub mod archive;
+pub mod digest;
 pub mod health;
 pub mod histogram;
 pub mod limits;

@@ -56,6 +56,10 @@ pub const STORE_FORMAT_VERSION: u32 = 2;
 /// The column family of idempotency records: key the command id's bytes, value
 /// [`IdempotencyRecord::encode`].
 pub const IDS_COLUMN_FAMILY: &str = "ids";
+/// The column family of a replica's Raft log, hard state and applied index (written by
+/// `plafond-replication` alone; empty on a single node). In the same RocksDB as the log,
+/// so one WAL fsync makes a Raft entry and everything before it durable together.
+pub const RAFT_COLUMN_FAMILY: &str = "raft";
 /// Bloom filter bits per remembered id: nearly every command id is new, and a lookup
 /// that the filters answer "absent" reads no block (about 1 % false positives at 10).
 const IDS_BLOOM_BITS_PER_KEY: f64 = 10.0;
@@ -298,7 +302,8 @@ impl Store {
         // the database's for its family).
         let default =
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone());
-        let db = DB::open_cf_descriptors(&options, dir, [default, ids])?;
+        let raft = ColumnFamilyDescriptor::new(RAFT_COLUMN_FAMILY, Options::default());
+        let db = DB::open_cf_descriptors(&options, dir, [default, ids, raft])?;
         let watermark = Arc::new(Watermark::new(check_watermark(&db, dir)?));
         let store = Store {
             db,
@@ -457,8 +462,20 @@ impl Store {
         self.ids_horizons.get(usize::from(region)).map_or(Day::MIN, |h| h.load(Ordering::Relaxed))
     }
 
-    fn ids_family(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+    /// The column family of idempotency records.
+    pub fn ids_family(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db.cf_handle(IDS_COLUMN_FAMILY).ok_or(StoreError::Meta("no ids column family"))
+    }
+
+    /// The column family of a replica's Raft state ([`RAFT_COLUMN_FAMILY`]).
+    pub fn raft_family(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(RAFT_COLUMN_FAMILY).ok_or(StoreError::Meta("no raft column family"))
+    }
+
+    /// Counts `bytes` of changelog written by a replica's apply (checkpoints are also
+    /// taken by log volume).
+    pub fn add_log_bytes(&self, bytes: u64) {
+        self.log_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Changelog bytes written since the store was opened.
@@ -522,7 +539,7 @@ impl Store {
 
     /// Publishes, as acknowledged, every write RocksDB has applied so far. Only for writes
     /// already durable: after a synced write, or with the sequence read before a WAL sync.
-    fn publish_written(&self) {
+    pub fn publish_written(&self) {
         self.watermark.publish(self.db.latest_sequence_number());
     }
 

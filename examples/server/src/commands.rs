@@ -51,9 +51,34 @@ pub enum Local {
     XRead(crate::streams::XRead),
     XRange(crate::streams::XRange),
     StreamsInfo,
+    /// `ROLE`: `[leader|follower|candidate, term, leader HOST:PORT]` (SPEC §14).
+    Role,
 }
 
 impl Action {
+    /// Whether a replica that does not lead answers it itself (SPEC §14); every other
+    /// request gets `-READONLY leader HOST:PORT` or `-CLUSTERDOWN no leader` there. A
+    /// malformed request keeps its own error; `QUIT` and `CONFIG GET` concern only the
+    /// connection.
+    pub fn allowed_on_follower(&self) -> bool {
+        matches!(
+            self,
+            Action::Error(_)
+                | Action::Local(
+                    Local::Ping(_)
+                        | Local::Auth(_)
+                        | Local::Hello { .. }
+                        | Local::Quit
+                        | Local::ConfigGet(_)
+                        | Local::Role
+                        | Local::Stats { .. }
+                        | Local::XRead(_)
+                        | Local::XRange(_)
+                        | Local::StreamsInfo
+                )
+        )
+    }
+
     /// Whether the request may run before a successful `AUTH`.
     pub fn allowed_before_auth(&self) -> bool {
         matches!(
@@ -106,6 +131,7 @@ pub fn parse(args: &[&[u8]], regions: &Regions) -> Action {
         b"XREAD" => streams_command(crate::streams::parse_xread(rest).map(Some), Local::XRead),
         b"XRANGE" => streams_command(crate::streams::parse_xrange(rest), Local::XRange),
         b"STREAMS.INFO" => arity(rest, 0, 0).map(|_| Action::Local(Local::StreamsInfo)),
+        b"ROLE" => arity(rest, 0, 0).map(|_| Action::Local(Local::Role)),
         _ => {
             return Action::Error(format!(
                 "ERR unknown command '{}'",

@@ -396,6 +396,8 @@ impl Connection {
         self.requests.reserve(actions.len());
         // Once per read: the health only ever goes from ok to failed.
         let storage_failed = storage_failure(&self.server.engine);
+        // Likewise once per read: a replica that does not lead refuses what it cannot decide.
+        let refusal = self.server.engine.replication().and_then(|status| status.refusal());
         let mut unanswered = actions.len();
         for action in actions.drain(..) {
             if self.closing || self.muted {
@@ -419,6 +421,10 @@ impl Connection {
             }
             let exempt = matches!(action, Action::Local(Local::Quit | Local::Stats { .. }));
             if let Some(error) = storage_failed.as_ref().filter(|_| !exempt) {
+                self.ready(|e| e.error(error));
+                continue;
+            }
+            if let Some(error) = refusal.as_ref().filter(|_| !action.allowed_on_follower()) {
                 self.ready(|e| e.error(error));
                 continue;
             }
@@ -523,6 +529,10 @@ impl Connection {
                 Reply::Engine => match (outcomes.next(), &storage_failed) {
                     (Some(outcome), _) => commands::render_outcome(&mut encoder, outcome),
                     (None, Some(error)) => encoder.error(error),
+                    // A replica that lost its lead between the read and the submission.
+                    (None, None) if failure.is_some_and(is_replica_refusal) => {
+                        encoder.error(failure.unwrap_or_default())
+                    }
                     (None, None) => {
                         encoder.error(&format!("ERR engine: {}", failure.unwrap_or("no outcome")))
                     }
@@ -642,6 +652,10 @@ impl Connection {
                     Ok(reply) => self.ready(|e| e.out.extend_from_slice(&reply)),
                     Err(error) => self.ready(|e| e.error(&format!("ERR batch: {error}"))),
                 }
+            }
+            Local::Role => {
+                let view = self.server.engine.replication().map(|status| status.view());
+                self.ready(|e| render_role(e, view.as_ref()));
             }
             Local::BatchStatus => {
                 let status = self.server.engine.epoch_status();
@@ -819,6 +833,29 @@ fn storage_failure(engine: &Engine) -> Option<String> {
         "ERR STORAGE {reason}; nothing more is acknowledged: free space or fix the disk, then \
          restart the server (acknowledged outcomes are kept)"
     ))
+}
+
+/// Whether an engine's refusal is a replica's `READONLY` or `CLUSTERDOWN` (sent as is).
+fn is_replica_refusal(text: &str) -> bool {
+    text.starts_with("READONLY ") || text.starts_with("CLUSTERDOWN ")
+}
+
+/// `ROLE` (SPEC §14): `[role, term, leader HOST:PORT]`, the leader nil while none is known.
+/// A single node leads itself in term 0.
+fn render_role(e: &mut plafond_wire::Encoder<'_>, view: Option<&plafond::RoleView>) {
+    e.array(3);
+    let Some(view) = view else {
+        e.bulk(b"leader");
+        e.integer(0);
+        e.nil();
+        return;
+    };
+    e.bulk(view.role.as_str().as_bytes());
+    e.integer(i128::from(view.term));
+    match view.leader {
+        Some(leader) => e.bulk(leader.to_string().as_bytes()),
+        None => e.nil(),
+    }
 }
 
 /// The engine's answer to `pending`, or `None` at once if there is nothing to wait for.

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod open;
 pub mod options;
 mod page;
+pub mod rejoin;
 pub mod slots;
 pub mod snapshot_dir;
 pub mod stats;
@@ -114,6 +115,7 @@ impl Shared {
             buffered_bytes: self.budget.buffered(),
             submissions: self.combiner.counts(),
             stream_blocked_readers: self.streams.blocked.count(),
+            replica: self.engine.replication().map(|status| status.view()),
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct ServerGauges {
     pub submissions: (u64, u64),
     /// `XREAD BLOCK`s waiting for entries.
     pub stream_blocked_readers: usize,
+    /// A replica's role, term and progress (SPEC §14); `None` on a single node.
+    pub replica: Option<plafond::RoleView>,
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` turns true.
@@ -444,6 +446,18 @@ fn server_families(registry: &mut Registry, server: &ServerGauges) {
     let blocked = server.stream_blocked_readers as f64;
     let help = "XREAD BLOCKs waiting for entries";
     single(registry, "stream_blocked_readers", help, None, blocked);
+    if let Some(view) = &server.replica {
+        let role = gauge(registry, "replication_role", "1 for this replica's Raft role");
+        for name in [plafond::Role::Leader, plafond::Role::Follower, plafond::Role::Candidate] {
+            let value = if name == view.role { 1.0 } else { 0.0 };
+            role.get_or_create(&labels(&[("role", name.as_str())])).set(value);
+        }
+        single(registry, "replication_term", "The replica's Raft term", None, view.term as f64);
+        let applied = view.applied as f64;
+        single(registry, "replication_applied_index", "Last Raft entry applied", None, applied);
+        let lag = view.commit.saturating_sub(view.applied) as f64;
+        single(registry, "replication_lag_entries", "Committed entries not yet applied", None, lag);
+    }
 }
 
 /// Where the metrics are served, for the start-up line.

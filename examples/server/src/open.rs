@@ -51,7 +51,7 @@ pub fn open(args: &ServerArgs) -> Result<(Arc<Engine>, ServerConfig), OpenError>
         args.token_file.as_deref(),
         access::token_from_env()?,
     )?;
-    access::check_bind(args.bind, token.is_some(), args.allow_no_token)?;
+    access::check_bind(args.listen_addr()?.ip(), token.is_some(), args.allow_no_token)?;
     let restore = args.restore()?;
     let clock = ServerClock::new(args.clock == ClockKind::Manual);
     let config = engine_config(args, &clock)?;
@@ -60,7 +60,10 @@ pub fn open(args: &ServerArgs) -> Result<(Arc<Engine>, ServerConfig), OpenError>
         None => Engine::open(config).map_err(OpenError::Engine)?,
     };
     if let Some(accounts) = args.populate.filter(|&accounts| accounts > 0) {
-        populate(&engine, accounts)?;
+        // In a cluster, the leader populates and the followers replay what it logged.
+        if leads_once_elected(&engine) {
+            populate(&engine, accounts)?;
+        }
     }
     let settings = ServerConfig {
         clock,
@@ -74,6 +77,13 @@ pub fn open(args: &ServerArgs) -> Result<(Arc<Engine>, ServerConfig), OpenError>
 
 fn engine_config(args: &ServerArgs, clock: &ServerClock) -> Result<EngineConfig, OpenError> {
     let mut config = EngineConfig::in_memory().with_durability(args.durability);
+    if let Some(cluster) = args.cluster()? {
+        let replication = plafond::ReplicationConfig {
+            cluster,
+            on_deposed: std::sync::Arc::new(crate::rejoin::restart_in_place),
+        };
+        config = config.with_replication(replication);
+    }
     if args.durability != Durability::None {
         config.data_dir = Some(args.data_dir.clone());
     }
@@ -131,6 +141,25 @@ fn restore_engine(restore: &Restore, config: EngineConfig) -> Result<Engine, Ope
         report.seconds
     );
     Ok(engine)
+}
+
+/// Whether this node is the one to populate: a single node always; a replica once the
+/// cluster has a leader, if it is that leader (the others skip, and replay its log).
+fn leads_once_elected(engine: &Engine) -> bool {
+    let Some(status) = engine.replication() else { return true };
+    let deadline = std::time::Instant::now() + plafond::ELECTION_WAIT;
+    while std::time::Instant::now() < deadline {
+        if status.serving() {
+            return true;
+        }
+        if status.view().leader_id.is_some_and(|id| id != status.cluster().node_id) {
+            eprintln!("server: --populate: the leader populates, this replica follows");
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!("server: --populate: no leader after {:?}; not populated", plafond::ELECTION_WAIT);
+    false
 }
 
 fn populate(engine: &Engine, accounts: u64) -> Result<(), OpenError> {

@@ -152,6 +152,14 @@ pub struct ServerArgs {
           allow_negative_numbers = true,
           value_parser = in_range::<usize>(1, limits::CONNECTIONS_MAX as u64))]
     pub max_connections: usize,
+    /// This replica's id in --cluster (SPEC §14).
+    #[arg(long, value_name = "ID", requires = "cluster", value_parser = number::<u64>)]
+    pub node_id: Option<u64>,
+    /// Every member of the cluster, this one included: ID=HOST:PORT:RAFT_PORT,... The node
+    /// serves RESP on its own HOST:PORT (which replace --bind and --port) and Raft on
+    /// HOST:RAFT_PORT.
+    #[arg(long, value_name = "MEMBERS", requires = "node_id")]
+    pub cluster: Option<String>,
 }
 
 /// `--clock`.
@@ -177,6 +185,12 @@ pub enum FlagsError {
     RestoreLogWithoutRestore,
     #[error("--restore fills the data directory from a snapshot: drop --populate")]
     RestoreWithPopulate,
+    #[error(transparent)]
+    Cluster(#[from] plafond::ClusterError),
+    #[error("a replica needs --durability sync: its leader answers once a majority fsynced")]
+    ClusterDurability,
+    #[error("--restore builds a single node's data directory: restore, then start the replica")]
+    ClusterRestore,
 }
 
 /// `--restore` and `--restore-log-from`.
@@ -214,6 +228,29 @@ impl ServerArgs {
             (ArchiveKind::Keep, None) => plafond::Archive::InDataDir,
         };
         Ok(LogRetention { days: self.log_retention_days, archive })
+    }
+
+    /// `--node-id` and `--cluster`: the cluster this node is a member of, if any.
+    pub fn cluster(&self) -> Result<Option<plafond::Cluster>, FlagsError> {
+        let (Some(node_id), Some(members)) = (self.node_id, &self.cluster) else {
+            return Ok(None);
+        };
+        if self.durability != Durability::Sync {
+            return Err(FlagsError::ClusterDurability);
+        }
+        if self.restore.is_some() {
+            return Err(FlagsError::ClusterRestore);
+        }
+        Ok(Some(plafond::Cluster::parse(node_id, members)?))
+    }
+
+    /// Where RESP is served: this member's HOST:PORT in a cluster, --bind and --port
+    /// otherwise.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, FlagsError> {
+        Ok(match self.cluster()? {
+            Some(cluster) => cluster.me().client_addr(),
+            None => std::net::SocketAddr::new(self.bind, self.port),
+        })
     }
 
     /// `--restore` and `--restore-log-from`.

@@ -54,7 +54,35 @@ pub fn render(engine: &Engine, sampler: &Sampler, json: bool) -> Result<String, 
     }
     let stats = engine.stats()?;
     let rates = sampler.rates(&stats);
-    Ok(if json { self::json(&stats, &rates, &health) } else { table(&stats, &rates, &health) })
+    if !json {
+        return Ok(table(&stats, &rates, &health));
+    }
+    // The digests cost a pass over every shard's state: only the JSON, which the replicas'
+    // checkers read, shows them.
+    let replica = Replica {
+        view: engine.replication().map(|status| status.view()),
+        digests: engine.digests()?,
+    };
+    Ok(self::json(&stats, &rates, &health, &replica))
+}
+
+/// What `STATS JSON` adds about replication (SPEC §14).
+pub struct Replica {
+    /// The replica's role, term and leader; `None` on a single node.
+    pub view: Option<plafond::RoleView>,
+    /// Each shard's state digest.
+    pub digests: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct ReplicationJson {
+    node_id: u64,
+    role: &'static str,
+    term: u64,
+    leader: Option<String>,
+    serving: bool,
+    applied_index: u64,
+    commit_index: u64,
 }
 
 /// The civil date of a day number (days since 1970-01-01), e.g. `2027-01-04`: the
@@ -373,6 +401,8 @@ struct ShardJson<'a> {
     /// Batches by service time: entry `i` counts those below `2^i` µs (the last, longer
     /// too), so a reader can take quantiles of any interval from two samples.
     service_us_buckets: &'a [u64],
+    /// The shard's state digest (16 hex digits): equal on every replica once healed.
+    digest: Option<String>,
 }
 
 /// One kind's answers.
@@ -480,6 +510,8 @@ struct StatsJson<'a> {
     storage: Option<StorageJson>,
     checkpoint: CheckpointJson<'a>,
     clock_guard: Option<ClockGuardJson>,
+    /// `null` on a single node.
+    replication: Option<ReplicationJson>,
 }
 
 /// `value` rounded to `decimals` places: rates and means are estimates, and their last
@@ -492,10 +524,11 @@ fn rounded(value: f64, decimals: i32) -> f64 {
 /// The JSON for machines:
 /// `{"health":{...},"unix_ms":N,"regions":{name:{...}},"total":{...},"audit":{...},
 /// "shards":[...],...,"commands":{kind:{"done","declined"}},"epochs_completed":{region:N},
-/// "storage":null|{...},"checkpoint":{...},
+/// "storage":null|{...},"checkpoint":{...},"replication":null|{"node_id","role","term",
+/// "leader","serving","applied_index","commit_index"}, each shard with its "digest",
 /// "clock_guard":{"jumps_refused":N,"refused":null|{"host_ms","guarded_ms","ahead_ms"}}}`
 /// (`clock_guard` is `null` with a manual clock, `storage` with durability `none`).
-pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
+pub fn json(stats: &Stats, rates: &[f64], health: &Health, replica: &Replica) -> String {
     let a = &stats.audit;
     let shards = stats
         .shards
@@ -516,6 +549,7 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
             service_us_p99: s.service_us_p99,
             service_us_p999: s.service_us_p999,
             service_us_buckets: &s.service.counts,
+            digest: replica.digests.get(shard).map(|digest| format!("{digest:016x}")),
         })
         .collect();
     let commands = Kind::ALL
@@ -568,6 +602,15 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health) -> String {
             error: c.last_error.as_deref(),
         },
         clock_guard: stats.clock_guard.as_ref().map(ClockGuardJson::of),
+        replication: replica.view.as_ref().map(|view| ReplicationJson {
+            node_id: view.node_id,
+            role: view.role.as_str(),
+            term: view.term,
+            leader: view.leader.map(|leader| leader.to_string()),
+            serving: view.serving,
+            applied_index: view.applied,
+            commit_index: view.commit,
+        }),
     })
 }
 

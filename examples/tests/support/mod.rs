@@ -74,6 +74,13 @@ impl Server {
             .unwrap_or_else(|(status, stderr)| panic!("server exited: {status:?}: {stderr}"))
     }
 
+    /// Starts the server with exactly `args` (its address among them, as a cluster member's
+    /// `--cluster` gives it).
+    pub fn start_exact(args: &[&str]) -> Server {
+        Server::try_start_on(args, &[], None)
+            .unwrap_or_else(|(status, stderr)| panic!("server exited: {status:?}: {stderr}"))
+    }
+
     /// [`Server::try_start`] with these environment variables set.
     pub fn try_start_with_env(
         args: &[&str],

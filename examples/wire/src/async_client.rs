@@ -33,6 +33,37 @@ impl AsyncClient {
         Ok(client)
     }
 
+    /// Connects to the leader of the cluster `addr` is a member of (or to `addr` itself, a
+    /// single node or the leader): asks `ROLE` and moves to the member it names, waiting
+    /// out an election. Returns the client and the address it is connected to.
+    pub async fn connect_leader(
+        addr: &str,
+        token: Option<&str>,
+    ) -> Result<(AsyncClient, String), ClientError> {
+        let mut addr = addr.to_owned();
+        let (mut hops, mut waits) = (0, 0);
+        loop {
+            let mut client = AsyncClient::connect(&addr, token).await?;
+            let role = client.call(&["ROLE"]).await?;
+            if let Value::Array(fields) = &role {
+                let no_leader_yet = fields.get(2) == Some(&Value::Nil)
+                    && fields.first() != Some(&Value::Bulk(b"leader".to_vec()));
+                if no_leader_yet && waits < crate::leader::ELECTION_RETRIES_MAX {
+                    waits += 1;
+                    tokio::time::sleep(crate::leader::ELECTION_RETRY_INTERVAL).await;
+                    continue;
+                }
+            }
+            match crate::leader::leader_elsewhere(&role) {
+                Some(leader) if leader != addr && hops < crate::leader::LEADER_HOPS_MAX => {
+                    hops += 1;
+                    addr = leader;
+                }
+                _ => return Ok((client, addr)),
+            }
+        }
+    }
+
     /// Sends bytes already encoded (a pipeline of [`encode_command`]s).
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         Ok(self.stream.write_all(bytes).await?)

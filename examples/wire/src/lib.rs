@@ -21,6 +21,7 @@ mod client;
 mod encode;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod leader;
 mod reader;
 mod reply;
 mod request;

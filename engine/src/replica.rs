@@ -1,0 +1,48 @@
+//! The engine's side of a replica (SPEC §14): what the Raft writer asks of the shards.
+
+use std::sync::Arc;
+
+use crossbeam_channel::bounded;
+
+use plafond_replication::Host;
+use plafond_shards::actor::{Mail, Router};
+use plafond_shards::ids::ShardId;
+
+use crate::clock::Clock;
+
+/// The handles the replica's writer holds: shared with the engine, never the engine.
+pub(crate) struct ReplicaHost {
+    pub router: Arc<Router>,
+    pub shards: u16,
+    pub clock: Arc<dyn Clock>,
+    pub on_deposed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Host for ReplicaHost {
+    fn follow(&self, shard: ShardId) {
+        self.router.send_internal(shard, Mail::Follow);
+    }
+
+    fn lead(&self) {
+        // Every shard is told before any takes the lead, so a credit one resends reaches
+        // the target after the target's own `Lead` (its internal mailbox is in order).
+        let (done_tx, done_rx) = bounded(usize::from(self.shards));
+        for shard in 0..self.shards {
+            self.router.send_internal(shard, Mail::Lead { done: done_tx.clone() });
+        }
+        drop(done_tx);
+        // Time stamped from now on never goes behind what the log holds (each shard's
+        // `apply` also keeps its own time from going backwards).
+        if let Some(latest_ms) = done_rx.iter().max().filter(|&ms| ms != i64::MIN) {
+            self.clock.resume_from(latest_ms);
+        }
+    }
+
+    fn deposed(&self) {
+        eprintln!(
+            "plafond: this replica lost its lead; it acknowledges nothing more and must be \
+             rebuilt from its checkpoint and the committed log"
+        );
+        (self.on_deposed)();
+    }
+}

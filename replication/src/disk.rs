@@ -1,0 +1,361 @@
+//! The Raft log, hard state and applied index of a replica, in the `raft` column family of
+//! the engine's own RocksDB (so one WAL fsync makes an entry durable with everything
+//! before it), behind raft-rs's [`Storage`] trait.
+//!
+//! Keys: `E` + index (u64 big-endian) → the entry (protobuf); `H` → the hard state; `C` →
+//! the configuration; `F` → the first index kept and the term of the one before it (both
+//! u64 little-endian); `A` → the last index applied to the changelog (u64 little-endian),
+//! written in the same RocksDB write as what it applied. Only the entries' terms live in
+//! memory (8 bytes an entry); entries are read back from RocksDB when a follower needs them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use plafond_shards::store::{Store, StoreError};
+
+const ENTRY_PREFIX: u8 = b'E';
+const HARD_STATE_KEY: &[u8] = b"H";
+const CONF_STATE_KEY: &[u8] = b"C";
+const FIRST_KEY: &[u8] = b"F";
+const APPLIED_KEY: &[u8] = b"A";
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut key = [ENTRY_PREFIX; 9];
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Why the Raft state on disk could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// RocksDB failed.
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A record of the Raft state does not decode.
+    #[error("the Raft state on disk is corrupt ({0}): the data directory is damaged")]
+    Corrupt(&'static str),
+    /// The entries kept are not contiguous.
+    #[error("the Raft log on disk has a hole at index {0}: the data directory is damaged")]
+    Hole(u64),
+}
+
+struct Kept {
+    hard: HardState,
+    conf: ConfState,
+    /// The first index whose entry is kept.
+    first: u64,
+    /// The term of the entry before `first` (kept for matching, SPEC of raft's `term`).
+    before_term: u64,
+    /// The term of each kept entry, from `first` on.
+    terms: VecDeque<u64>,
+}
+
+impl Kept {
+    fn last(&self) -> u64 {
+        self.first + self.terms.len() as u64 - 1
+    }
+}
+
+/// The Raft state of one replica.
+#[derive(Clone)]
+pub struct RaftDisk {
+    store: Arc<Store>,
+    kept: Arc<RwLock<Kept>>,
+}
+
+impl RaftDisk {
+    /// Opens the Raft state in `store`, a new one with `voters` as its members if there is
+    /// none yet, and returns it with the last index applied to the changelog.
+    pub fn open(store: Arc<Store>, voters: &[u64]) -> Result<(RaftDisk, u64), DiskError> {
+        let family = store.raft_family()?;
+        let db = store.db();
+        let hard = match db.get_cf(family, HARD_STATE_KEY)? {
+            Some(bytes) => {
+                HardState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("hard state"))?
+            }
+            None => HardState::default(),
+        };
+        let conf = match db.get_cf(family, CONF_STATE_KEY)? {
+            Some(bytes) => {
+                ConfState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("members"))?
+            }
+            None => {
+                let conf = ConfState::from((voters.to_vec(), vec![]));
+                let bytes = conf.write_to_bytes().map_err(|_| DiskError::Corrupt("members"))?;
+                let mut batch = WriteBatch::default();
+                batch.put_cf(family, CONF_STATE_KEY, bytes);
+                store.write(batch, true)?;
+                conf
+            }
+        };
+        let (first, before_term) = match db.get_cf(family, FIRST_KEY)? {
+            Some(bytes) if bytes.len() == 16 => (u64_at(&bytes, 0), u64_at(&bytes, 8)),
+            Some(_) => return Err(DiskError::Corrupt("first index")),
+            None => (1, 0),
+        };
+        let mut terms = VecDeque::new();
+        let start = entry_key(first);
+        for item in db.iterator_cf(family, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item?;
+            if key.first() != Some(&ENTRY_PREFIX) || key.len() != 9 {
+                break;
+            }
+            let index = u64::from_be_bytes(key[1..].try_into().map_err(|_| DiskError::Hole(0))?);
+            if index != first + terms.len() as u64 {
+                return Err(DiskError::Hole(first + terms.len() as u64));
+            }
+            let entry = Entry::parse_from_bytes(&value).map_err(|_| DiskError::Corrupt("entry"))?;
+            terms.push_back(entry.term);
+        }
+        let applied = match db.get_cf(family, APPLIED_KEY)? {
+            Some(bytes) if bytes.len() == 8 => u64_at(&bytes, 0),
+            Some(_) => return Err(DiskError::Corrupt("applied index")),
+            None => 0,
+        };
+        // Both are written unsynced, the commit first: a crash keeps the applied index at or
+        // below it. Were it above, applying again is harmless (the same keys, the same
+        // values; shards replay from their own position), which raft-rs insists on.
+        let applied = applied.min(hard.commit);
+        let kept = Kept { hard, conf, first, before_term, terms };
+        Ok((RaftDisk { store, kept: Arc::new(RwLock::new(kept)) }, applied))
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Kept> {
+        // Nothing panics while holding it; if something did, the terms are whole.
+        self.kept.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Kept> {
+        self.kept.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends `entries` (replacing any kept from the first one's index on) and records
+    /// `hard`, in one RocksDB write, fsynced when `sync`.
+    pub fn append(
+        &self,
+        entries: &[Entry],
+        hard: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), DiskError> {
+        let family = self.store.raft_family()?;
+        let mut batch = WriteBatch::default();
+        let mut kept = self.write();
+        if let Some(first) = entries.first() {
+            if first.index < kept.first {
+                return Err(DiskError::Hole(first.index));
+            }
+            if first.index <= kept.last() {
+                batch.delete_range_cf(family, entry_key(first.index), entry_key(u64::MAX));
+            }
+            for entry in entries {
+                let bytes = entry.write_to_bytes().map_err(|_| DiskError::Corrupt("entry"))?;
+                batch.put_cf(family, entry_key(entry.index), bytes);
+            }
+        }
+        if let Some(hard) = hard {
+            let bytes = hard.write_to_bytes().map_err(|_| DiskError::Corrupt("hard state"))?;
+            batch.put_cf(family, HARD_STATE_KEY, bytes);
+        }
+        self.store.write(batch, sync)?;
+        if let Some(first) = entries.first() {
+            let keep = (first.index - kept.first) as usize;
+            kept.terms.truncate(keep);
+            kept.terms.extend(entries.iter().map(|entry| entry.term));
+        }
+        if let Some(hard) = hard {
+            kept.hard = hard.clone();
+        }
+        Ok(())
+    }
+
+    /// Records the commit index (not fsynced: a lost one is learnt again from the leader).
+    pub fn set_commit(&self, commit: u64) -> Result<(), DiskError> {
+        let mut kept = self.write();
+        kept.hard.commit = commit;
+        let bytes = kept.hard.write_to_bytes().map_err(|_| DiskError::Corrupt("hard state"))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.store.raft_family()?, HARD_STATE_KEY, bytes);
+        self.store.write(batch, false)?;
+        Ok(())
+    }
+
+    /// Adds to `batch` that everything up to `index` is applied.
+    pub fn put_applied(&self, batch: &mut WriteBatch, index: u64) -> Result<(), DiskError> {
+        batch.put_cf(self.store.raft_family()?, APPLIED_KEY, index.to_le_bytes());
+        Ok(())
+    }
+
+    /// Drops the entries before `first` (never past the last one kept).
+    pub fn compact(&self, first: u64) -> Result<(), DiskError> {
+        let mut kept = self.write();
+        let first = first.min(kept.last());
+        if first <= kept.first {
+            return Ok(());
+        }
+        let dropped = (first - kept.first) as usize;
+        let before_term = kept.terms[dropped - 1];
+        let family = self.store.raft_family()?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(family, entry_key(kept.first), entry_key(first));
+        let mut position = [0u8; 16];
+        position[..8].copy_from_slice(&first.to_le_bytes());
+        position[8..].copy_from_slice(&before_term.to_le_bytes());
+        batch.put_cf(family, FIRST_KEY, position);
+        self.store.write(batch, false)?;
+        kept.terms.drain(..dropped);
+        kept.first = first;
+        kept.before_term = before_term;
+        Ok(())
+    }
+
+    /// The first index kept.
+    pub fn first_kept(&self) -> u64 {
+        self.read().first
+    }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+fn store_error(error: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(error.to_string().into()))
+}
+
+impl Storage for RaftDisk {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let kept = self.read();
+        Ok(RaftState::new(kept.hard.clone(), kept.conf.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let (first, last) = {
+            let kept = self.read();
+            (kept.first, kept.last())
+        };
+        if low < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > last + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let family = self.store.raft_family().map_err(store_error)?;
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(entry_key(high));
+        let mut iterator = self.store.db().raw_iterator_cf_opt(family, options);
+        iterator.seek(entry_key(low));
+        let mut entries = Vec::new();
+        let mut size = 0u64;
+        while let Some(value) = iterator.value() {
+            let entry = Entry::parse_from_bytes(value).map_err(store_error)?;
+            size += value.len() as u64;
+            // At least one entry, whatever its size (raft-rs's contract).
+            if !entries.is_empty() && size > max_size {
+                break;
+            }
+            if entry.index != low + entries.len() as u64 {
+                return Err(store_error(DiskError::Hole(low + entries.len() as u64)));
+            }
+            entries.push(entry);
+            iterator.next();
+        }
+        iterator.status().map_err(store_error)?;
+        if entries.is_empty() && low < high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let kept = self.read();
+        if index + 1 == kept.first {
+            return Ok(kept.before_term);
+        }
+        if index < kept.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        kept.terms
+            .get((index - kept.first) as usize)
+            .copied()
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read().first)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read().last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A follower behind the kept log is rebuilt from a checkpoint by its operator
+        // (docs/DECISIONS.md, replication): the leader keeps asking meanwhile.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: vec![index as u8; 3].into(), ..Entry::default() }
+    }
+
+    #[test]
+    fn the_log_survives_a_reopen_and_keeps_its_terms_across_truncation_and_compaction() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Arc::new(Store::open(dir.path(), 1).expect("the store opens"));
+        let (disk, applied) = RaftDisk::open(store.clone(), &[1, 2, 3]).expect("opens");
+        assert_eq!(applied, 0);
+        assert_eq!((disk.first_index().unwrap(), disk.last_index().unwrap()), (1, 0));
+        let state = disk.initial_state().expect("a state");
+        assert_eq!(state.conf_state.voters, [1, 2, 3]);
+        let entries: Vec<Entry> = (1..=10).map(|index| entry(index, 1)).collect();
+        let hard = HardState { term: 1, vote: 2, commit: 4, ..HardState::default() };
+        disk.append(&entries, Some(&hard), true).expect("appended");
+        // A new leader's entries replace the tail from index 8 on.
+        disk.append(&[entry(8, 2), entry(9, 2)], None, true).expect("replaced");
+        assert_eq!(disk.last_index().unwrap(), 9);
+        assert_eq!(disk.term(8).unwrap(), 2);
+        assert_eq!(disk.term(7).unwrap(), 1);
+        let context = GetEntriesContext::empty(false);
+        let read = disk.entries(6, 10, None, context).expect("read");
+        assert_eq!(
+            read.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            [(6, 1), (7, 1), (8, 2), (9, 2)]
+        );
+        let one = disk.entries(6, 10, Some(0), GetEntriesContext::empty(false)).expect("read");
+        assert_eq!(one.len(), 1, "at least one entry, whatever the size limit");
+        let mut batch = WriteBatch::default();
+        disk.put_applied(&mut batch, 4).expect("put");
+        store.write(batch, true).expect("written");
+        disk.compact(4).expect("compacted");
+        assert!(matches!(disk.term(2), Err(raft::Error::Store(StorageError::Compacted))));
+        assert_eq!(disk.term(3).unwrap(), 1, "the term before the first kept entry is kept");
+        drop(disk);
+        let (disk, applied) = RaftDisk::open(store, &[1, 2, 3]).expect("reopens");
+        assert_eq!(applied, 4);
+        assert_eq!((disk.first_index().unwrap(), disk.last_index().unwrap()), (4, 9));
+        assert_eq!(disk.term(9).unwrap(), 2);
+        assert_eq!(disk.initial_state().unwrap().hard_state.vote, 2);
+    }
+}
