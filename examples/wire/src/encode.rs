@@ -72,7 +72,7 @@ impl Encoder<'_> {
 
     /// A bulk string of `n`'s decimal digits (stream entries carry numbers as strings),
     /// formatted on the stack, two digits a step from a table (`itoa`): a stream entry has
-    /// a dozen numbers, and dividing by ten for each digit was a third of serving one.
+    /// a dozen numbers, and decimal formatting was a third of serving one.
     pub fn bulk_decimal(&mut self, n: impl itoa::Integer) {
         let mut digits = itoa::Buffer::new();
         self.bulk(digits.format(n).as_bytes());
