@@ -20,10 +20,10 @@
 //! replies (a terminal, a payment gateway sending requests as they come, `redis-benchmark
 //! -P 64`: below the per-connection floor of queued commands, nothing more waiting in its
 //! input) goes in the *fresh* lane; a batch from a client ahead of its replies goes in the
-//! *backlogged* lane (the connection decides which, `Connection::lane`). Every submission takes the fresh lane first (the sparse-flow rule
-//! of FQ-CoDel), and the engine holds at most [`ENGINE_COMMANDS_IN_FLIGHT_MAX`] commands
-//! at a time, so that what waits, waits here, where a fresh batch can pass it. Without
-//! the two, 500 clients that pipeline without reading kept 64k commands queued in the
+//! *backlogged* lane (the connection decides which, `Connection::lane`). Every submission
+//! takes the fresh lane first and never mixes the two (the sparse-flow rule of FQ-CoDel),
+//! and the engine holds at most [`ENGINE_COMMANDS_IN_FLIGHT_MAX`] commands at a time, so
+//! that what waits, waits here, where a fresh batch can pass it. Without the lanes, 500 clients that pipeline without reading kept 64k commands queued in the
 //! shards' mailboxes, and a well-behaved client's p50 was 1.9 s (issue 15). A
 //! connection's batches stay in order: it sends a fresh batch only while no batch of its
 //! own waits in the backlogged lane, and a submission takes backlogged batches only once
@@ -66,9 +66,9 @@ struct Part {
 /// Which lane a batch waits in; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
-    /// Nothing else of its connection waits on the engine.
+    /// Its client keeps up with its replies.
     Fresh,
-    /// Sent while earlier batches of its connection still wait.
+    /// Its client is ahead of its replies.
     Backlogged,
 }
 
