@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 
 use plafond::{
     Command, Durability, Engine, EngineConfig, ManualClock, Opening, Outcome, Reason, Request,
-    Ticket,
+    Ticket, DAY_MS,
 };
 
 /// Commands per submission of the paced load.
 const BATCH: usize = 1024;
-const DAY_MS: i64 = 86_400_000;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|text| text.parse().ok()).unwrap_or(default)
@@ -130,9 +129,6 @@ fn paced(
     })
 }
 
-/// The default `hold_expiry_days` of the built-in regions (§12).
-const HOLD_EXPIRY_DAYS: i64 = 7;
-
 /// Authorizes a hold of one minor unit on each of the cards `0..holds`: how many were
 /// approved.
 fn authorize_holds(engine: &Engine, holds: u64) -> Result<u64, Box<dyn std::error::Error>> {
@@ -213,16 +209,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let holds: u64 = env_or("PLAFOND_HOLDS", 0);
     if holds > 0 {
         let approved = authorize_holds(&engine, holds.min(cards))?;
-        // Authorized on day D, they expire at the roll of D + `hold_expiry_days` (7 by
-        // default): the epochs of the days before run now, unmeasured, so that the
-        // measured one is the day's expiry alone.
-        clock.advance((HOLD_EXPIRY_DAYS - 1) * DAY_MS);
+        // Authorized on day D, they expire at the roll of D + the region's
+        // `hold_expiry_days`: the epochs of the days before run now, unmeasured, so that
+        // the measured one is the day's expiry alone.
+        let expiry_days = i64::from(engine.regions().get(0).ok_or("no region 0")?.hold_expiry_days);
+        clock.advance((expiry_days - 1) * DAY_MS);
         engine.run_due_epochs()?;
         clock.advance(DAY_MS);
         println!(
             "{approved} of {holds} holds authorized; the epochs of the {} days after run; \
              the next one expires them",
-            HOLD_EXPIRY_DAYS - 1
+            expiry_days - 1
         );
     }
     let open_before = engine.stats()?.total.open_holds;
