@@ -80,25 +80,22 @@ struct Queue {
 }
 
 impl Queue {
-    /// The whole parts from the front whose requests fit `room` (at least one if
-    /// `at_least_one`), with their requests; the rest stays, in order.
-    fn take(&mut self, room: usize, at_least_one: bool) -> (Vec<Request>, Vec<Part>) {
-        let fitting = self.parts.iter().position(|part| part.range.end > room);
-        let fitting = match fitting {
-            None => self.parts.len(),
-            Some(0) if at_least_one => 1,
-            Some(index) => index,
-        };
+    /// The whole parts from the front whose requests fit `room` (at least one), with their
+    /// requests; the rest stays, in order.
+    fn take(&mut self, room: usize) -> (Vec<Request>, Vec<Part>) {
+        let fitting = self
+            .parts
+            .iter()
+            .position(|part| part.range.end > room)
+            .map_or(self.parts.len(), |index| index.max(1));
         if fitting == self.parts.len() {
             // The next gathering will likely be as large: spare it the regrowing.
             let capacity = self.requests.len();
             let requests = std::mem::replace(&mut self.requests, Vec::with_capacity(capacity));
             return (requests, std::mem::take(&mut self.parts));
         }
-        let Some(taken_requests) = fitting.checked_sub(1).map(|last| self.parts[last].range.end)
-        else {
-            return (Vec::new(), Vec::new());
-        };
+        // Some parts stay, so `fitting` is at least one and within them.
+        let taken_requests = self.parts[fitting - 1].range.end;
         let rest_parts = self.parts.split_off(fitting);
         let rest_requests = self.requests.split_off(taken_requests);
         let parts = std::mem::replace(&mut self.parts, rest_parts);
@@ -130,13 +127,13 @@ impl Gathering {
     fn take(&mut self, room: Room) -> Option<(Vec<Request>, Vec<Part>)> {
         let (mut requests, mut parts) = match room.fresh {
             0 => (Vec::new(), Vec::new()),
-            fresh => self.fresh.take(fresh, true),
+            fresh => self.fresh.take(fresh),
         };
         // Backlogged batches only in a submission without fresh ones: while clients that
         // keep up with their replies have work, they get the engine (shared with what is
         // already in it), not what a fixed split would leave them.
         if parts.is_empty() && room.backlogged > 0 {
-            (requests, parts) = self.backlogged.take(room.backlogged, true);
+            (requests, parts) = self.backlogged.take(room.backlogged);
         }
         if parts.is_empty() && !(self.fresh.is_empty() && self.backlogged.is_empty()) {
             return None;
