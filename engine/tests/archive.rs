@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use plafond::internals::archive::{self, ArchiveError, ReplayLimit};
 use plafond::internals::state::ShardState;
 use plafond::internals::store::Store;
-use plafond::{AccountKind, Command, CommandId, Engine, EngineConfig, ManualClock, Outcome};
+use plafond::{AccountKind, Command, CommandId, Engine, EngineConfig, ManualClock};
 use plafond::{Clock, Regions, Request};
 use support::Rng;
 
@@ -28,15 +28,9 @@ fn populate(engine: &Engine, profiles: usize) -> (Vec<u64>, Vec<u64>) {
     let (mut accounts, mut cards) = (Vec::new(), Vec::new());
     let regions = [engine.region_id("eu-west").unwrap(), engine.region_id("us-east").unwrap()];
     for index in 0..profiles {
-        let region = regions[index % 2];
-        let Outcome::ProfileOpened { profile } =
-            engine.run(Command::OpenProfile { region }).unwrap()
-        else {
-            panic!("a profile")
-        };
+        let profile = support::open_profile(engine, regions[index % 2]);
         for kind in [AccountKind::Checking, AccountKind::Savings] {
-            let opened = engine.run(Command::OpenAccount { profile, kind, opening: None });
-            let Outcome::AccountOpened { account, card } = opened.unwrap() else { panic!() };
+            let (account, card) = support::open_account(engine, profile, kind);
             accounts.push(account);
             cards.extend(card);
         }

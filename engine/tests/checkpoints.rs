@@ -32,19 +32,11 @@ fn on_request() -> CheckpointPolicy {
 
 /// `count` checking accounts (ids spread over the shards).
 fn open_accounts(engine: &Engine, count: usize) -> Vec<u64> {
-    let mut accounts = Vec::new();
-    for _ in 0..count {
-        let Outcome::ProfileOpened { profile } =
-            engine.run(Command::OpenProfile { region: 0 }).unwrap()
-        else {
-            panic!("a profile opens")
-        };
-        let kind = AccountKind::Checking;
-        let opened = engine.run(Command::OpenAccount { profile, kind, opening: None }).unwrap();
-        let Outcome::AccountOpened { account, .. } = opened else { panic!("{opened:?}") };
-        accounts.push(account);
-    }
-    accounts
+    let open = || {
+        let profile = support::open_profile(engine, 0);
+        support::open_account(engine, profile, AccountKind::Checking).0
+    };
+    (0..count).map(|_| open()).collect()
 }
 
 /// Payments, deposits and cross-shard transfers among `accounts`.

@@ -4,6 +4,8 @@
 //! or left as it was while the content changed behind recomputed checksums, naming the
 //! file and leaving nothing behind.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,18 +43,13 @@ fn config(dir: &Path, key: Option<MacKey>) -> EngineConfig {
 
 /// Four checking accounts with some payments; returns the cards.
 fn busy(engine: &Engine) -> Vec<u64> {
-    let mut cards = Vec::new();
-    for _ in 0..4 {
-        let Outcome::ProfileOpened { profile } =
-            engine.run(Command::OpenProfile { region: 0 }).unwrap()
-        else {
-            panic!("a profile opens")
-        };
-        let kind = AccountKind::Checking;
-        let opened = engine.run(Command::OpenAccount { profile, kind, opening: None }).unwrap();
-        let Outcome::AccountOpened { card: Some(card), .. } = opened else { panic!("{opened:?}") };
-        cards.push(card);
-    }
+    let cards: Vec<u64> = (0..4)
+        .map(|_| {
+            let profile = support::open_profile(engine, 0);
+            let (account, card) = support::open_account(engine, profile, AccountKind::Checking);
+            card.unwrap_or_else(|| panic!("checking account {account} has a card"))
+        })
+        .collect();
     for (index, &card) in cards.iter().enumerate() {
         engine.run(Command::Pay { card, amount_minor: 100 * (index as u64 + 1) }).unwrap();
     }

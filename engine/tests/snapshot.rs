@@ -40,14 +40,9 @@ fn config(dir: &Path, shards: u16, clock: &Arc<ManualClock>) -> EngineConfig {
 }
 
 fn open_account(engine: &Engine, world: &mut World, profile: u64, kind: AccountKind) {
-    let opened = engine.run(Command::OpenAccount { profile, kind, opening: None });
-    match opened.unwrap() {
-        Outcome::AccountOpened { account, card } => {
-            world.accounts.push(account);
-            world.cards.extend(card);
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    let (account, card) = support::open_account(engine, profile, kind);
+    world.accounts.push(account);
+    world.cards.extend(card);
 }
 
 /// `profiles` profiles over both built-in regions, each with a checking and a savings
@@ -56,12 +51,7 @@ fn populate(engine: &Engine, profiles: usize) -> World {
     let mut world = World::default();
     let regions = [engine.region_id("eu-west").unwrap(), engine.region_id("us-east").unwrap()];
     for index in 0..profiles {
-        let region = regions[index % 2];
-        let Outcome::ProfileOpened { profile } =
-            engine.run(Command::OpenProfile { region }).unwrap()
-        else {
-            panic!("profile")
-        };
+        let profile = support::open_profile(engine, regions[index % 2]);
         world.profiles.push(profile);
         open_account(engine, &mut world, profile, AccountKind::Checking);
         open_account(engine, &mut world, profile, AccountKind::Savings);

@@ -55,18 +55,33 @@ pub fn watchdog(test: &'static str, limit: Duration) -> Watchdog {
     Watchdog { _disarm: disarm }
 }
 
+/// Opens a profile in `region`; returns it.
+pub fn open_profile(engine: &plafond::Engine, region: plafond::RegionId) -> u64 {
+    use plafond::{Command, Outcome};
+    match engine.run(Command::OpenProfile { region }).unwrap() {
+        Outcome::ProfileOpened { profile } => profile,
+        other => panic!("a profile opens: {other:?}"),
+    }
+}
+
+/// Opens an account of `kind` in `profile`, on its region's terms; returns the account and
+/// its card (a checking account's has the account's id).
+pub fn open_account(
+    engine: &plafond::Engine,
+    profile: u64,
+    kind: plafond::AccountKind,
+) -> (u64, Option<u64>) {
+    use plafond::{Command, Outcome};
+    match engine.run(Command::OpenAccount { profile, kind, opening: None }).unwrap() {
+        Outcome::AccountOpened { account, card } => (account, card),
+        other => panic!("an account opens: {other:?}"),
+    }
+}
+
 /// Opens a profile in `region` and a checking account in it, on its region's terms;
 /// returns the account (its card has the same id).
 pub fn open_checking(engine: &plafond::Engine, region: &str) -> u64 {
-    use plafond::{AccountKind, Command, Outcome};
     let region = engine.region_id(region).expect("a built-in region");
-    let Outcome::ProfileOpened { profile } = engine.run(Command::OpenProfile { region }).unwrap()
-    else {
-        panic!("a profile opens")
-    };
-    let kind = AccountKind::Checking;
-    match engine.run(Command::OpenAccount { profile, kind, opening: None }).unwrap() {
-        Outcome::AccountOpened { account, .. } => account,
-        other => panic!("an account opens: {other:?}"),
-    }
+    let profile = open_profile(engine, region);
+    open_account(engine, profile, plafond::AccountKind::Checking).0
 }
