@@ -76,27 +76,10 @@ pub const HEADER_SHARD_BYTES: usize = 24;
 pub const CRC_BYTES: usize = 4;
 /// Bytes of the trailer.
 pub const TRAILER_BYTES: usize = 20;
-/// Payload bytes per chunk this build writes: large enough that the per-chunk CRC costs
-/// nothing, small enough that progress moves and a flipped bit is located to 1 MiB.
-pub const CHUNK_BYTES: u32 = 1 << 20;
-/// The smallest chunk a reader accepts (tests write small chunks to cover many of them).
-pub const CHUNK_BYTES_MIN: u32 = 16;
-/// The largest chunk a reader accepts.
-pub const CHUNK_BYTES_MAX: u32 = 64 << 20;
-/// The most regions a snapshot may name.
-pub const REGIONS_MAX: u16 = 4096;
-/// The largest encoded shard state a reader accepts (1 TiB), whatever the file size.
-pub const STATE_BYTES_MAX: u64 = 1 << 40;
-/// Bounds what decoding may allocate: bincode counts the in-memory size of what it
-/// decodes against a limit, and no value of `ShardState` takes more than 16 times its
-/// encoded size in memory (the worst case is a `u128` of zero: one byte, sixteen in
-/// memory). So a corrupt length can never make decoding allocate more than this many
-/// times the section's bytes, which the file size already bounds.
-const DECODED_BYTES_PER_ENCODED_BYTE_MAX: usize = 16;
-/// Bytes written between two fsyncs of a snapshot or checkpoint file being written.
-const SYNC_EVERY_BYTES: u64 = 8 << 20;
-/// Buffer of the file reader and writer.
-const IO_BUFFER_BYTES: usize = 1 << 20;
+pub use crate::limits::{
+    CHUNK_BYTES, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, REGIONS_MAX, STATE_BYTES_MAX,
+};
+use crate::limits::{DECODED_BYTES_PER_ENCODED_BYTE_MAX, IO_BUFFER_BYTES, SYNC_EVERY_BYTES};
 
 /// What the header says about one shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

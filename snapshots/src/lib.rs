@@ -43,6 +43,7 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 pub mod progress;
 pub mod restore;
 mod tables;

@@ -22,8 +22,7 @@ use crate::error::SnapshotError;
 use crate::format::{self, Checked};
 use crate::progress::Progress;
 
-/// Log bytes copied per RocksDB write while restoring the log after a snapshot.
-const COPY_BATCH_BYTES_MAX: usize = 16 << 20;
+use crate::limits::{COPY_BATCH_BYTES_MAX, COPY_RECORDS_PER_WRITE};
 
 /// What a restore did.
 #[derive(Clone, Debug, PartialEq)]
@@ -266,9 +265,6 @@ fn copy_log(
     }
     Ok(copied)
 }
-
-/// Idempotency records copied per write while restoring a source's records.
-const COPY_RECORDS_PER_WRITE: usize = 65_536;
 
 /// Copies every idempotency record of `source` into `target` (those of the commands of
 /// the log copied after the snapshot; older ones the snapshot carries too).

@@ -16,12 +16,7 @@ use plafond_shards::interest::Savings;
 use plafond_shards::state::{Account, Card, Instrument, Profile};
 use plafond_shards::window::{Window, WINDOW_DAYS};
 
-/// Entries per block this build writes: blocks of about 2.5 MB of accounts, so two cores
-/// share a table of 10M accounts in 153 blocks evenly, and the index costs 8 bytes per
-/// 65,536 entries.
-pub const BLOCK_ENTRIES: u32 = 1 << 16;
-/// The largest block a reader accepts, in entries.
-pub const BLOCK_ENTRIES_MAX: u32 = 1 << 24;
+pub use crate::limits::{BLOCK_ENTRIES, BLOCK_ENTRIES_MAX};
 /// Bytes of a table's fixed header: `entries` (u64) and `block_entries` (u32).
 pub const TABLE_HEADER_BYTES: usize = 12;
 /// Bytes of one entry of the block index (the end of a block, u64).
