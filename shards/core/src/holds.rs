@@ -165,6 +165,30 @@ impl Hold {
         self.status = HoldStatus::Expired;
         held_minor
     }
+
+    /// Closes it if a change left it pending and holding nothing, and says what the
+    /// indices must learn of the change (it held `before_minor` before).
+    fn settle(&mut self, before_minor: u64) -> Changed {
+        let after_minor = self.held_minor();
+        if after_minor == 0 && self.status == HoldStatus::Pending {
+            self.status = HoldStatus::Closed;
+        }
+        let closed = self.status != HoldStatus::Pending;
+        if closed {
+            self.pieces = Vec::new();
+        }
+        Changed { account: self.account, released_minor: before_minor - after_minor, closed }
+    }
+}
+
+/// What a change of one hold means for the indices (see [`Holds::after_change`]).
+#[derive(Clone, Copy)]
+struct Changed {
+    account: u32,
+    /// What it holds less than before the change.
+    released_minor: u64,
+    /// Whether it is no longer pending.
+    closed: bool,
 }
 
 /// The open holds of one account.
@@ -410,8 +434,9 @@ impl Holds {
             let rest_minor = hold.held_minor();
             hold.release_newest(rest_minor, window);
         }
+        let changed = hold.settle(before_minor);
         self.captured_minor += u128::from(amount_minor);
-        self.after_change(seq, before_minor);
+        self.after_change(seq, changed);
     }
 
     /// Releases `amount_minor` (at most what it holds) of open hold `seq` (a void);
@@ -420,7 +445,8 @@ impl Holds {
         let Some(hold) = self.table.get_mut(&seq) else { return };
         let before_minor = hold.held_minor();
         hold.release_newest(amount_minor, window);
-        self.after_change(seq, before_minor);
+        let changed = hold.settle(before_minor);
+        self.after_change(seq, changed);
     }
 
     /// Expires the open holds of account `local` due at `day`, releasing what they hold.
@@ -449,7 +475,8 @@ impl Holds {
             if hold.status == HoldStatus::Pending && day >= hold.expires_day {
                 expired(seq, hold.expire_if_due(day, window.as_deref_mut()));
             }
-            self.after_change(seq, before_minor);
+            let changed = hold.settle(before_minor);
+            self.after_change(seq, changed);
         }
     }
 
@@ -468,26 +495,16 @@ impl Holds {
         end
     }
 
-    /// Brings the indices in step with hold `seq`, which held `before_minor`.
-    fn after_change(&mut self, seq: u64, before_minor: u64) {
-        let Some(hold) = self.table.get_mut(&seq) else { return };
-        let after_minor = hold.held_minor();
-        let released_minor = before_minor - after_minor;
-        if after_minor == 0 && hold.status == HoldStatus::Pending {
-            hold.status = HoldStatus::Closed;
-        }
-        let closed = hold.status != HoldStatus::Pending;
-        if closed {
-            hold.pieces = Vec::new();
-        }
-        self.held_minor -= u128::from(released_minor);
-        let account = hold.account;
-        let Some(open) = self.open.get_mut(&account) else { return };
-        open.held_minor -= released_minor;
-        if closed {
+    /// Brings the indices in step with hold `seq` after the change [`Hold::settle`]
+    /// described: the hold was found once, by the change itself.
+    fn after_change(&mut self, seq: u64, changed: Changed) {
+        self.held_minor -= u128::from(changed.released_minor);
+        let Some(open) = self.open.get_mut(&changed.account) else { return };
+        open.held_minor -= changed.released_minor;
+        if changed.closed {
             open.holds.retain(|&open_seq| open_seq != seq);
             if open.holds.is_empty() {
-                self.open.remove(&account);
+                self.open.remove(&changed.account);
                 return;
             }
             let table = &self.table;
