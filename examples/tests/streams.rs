@@ -20,9 +20,11 @@ fn redis_py_reads_the_streams_as_redis_streams() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     // The manual clock, so that no epoch falls due and logs entries while a `BLOCK` on
-    // `$` is expected to time out.
+    // `$` is expected to time out; the epochs a fresh server runs at its start are let
+    // finish first.
     let args = ["--durability", "sync", "--data-dir", data, "--shards", "2", "--clock", "manual"];
     let server = InProcess::start(&args);
+    wait_until_quiet(&mut server.raw(), &["changes:0", "changes:1"]);
     let out = python_script("streams_redis_py.py", &[&server.addr.port().to_string(), "follow"]);
     for check in ["xread from 0", "xrange", "block timeout", "block wake-up", "several streams"] {
         for protocol in [2, 3] {
@@ -77,10 +79,13 @@ fn redis_cli_xread_and_xrange_work_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     // The manual clock: with the host's, a region's epoch that falls due during the test
-    // logs `ROLL` entries, and `$` below would see one (it did, at 02:36 UTC).
+    // logs `ROLL` entries, and `$` below would see one (it did, at 02:36 UTC). The epochs
+    // a fresh server runs at its start are let finish first (on a busy machine the second
+    // region's ended after the pay below, and `$` saw its `EPOCH` entry).
     let args = ["--durability", "sync", "--data-dir", data, "--shards", "1", "--clock", "manual"];
     let server = InProcess::start(&args);
     let mut raw = server.raw();
+    wait_until_quiet(&mut raw, &["changes:0"]);
     raw.call(&["PROFILE.OPEN", "eu-west"]);
     raw.call(&["ACCOUNT.OPEN", "0", "CHECKING"]);
     raw.call(&["PAY", "0", "42", "cli-pay"]);
@@ -169,9 +174,22 @@ fn reads_of_any_size_from_any_id_give_each_entry_once_in_order() {
     }
 }
 
-/// Waits until `streams` get no entry for half a second: the epochs a fresh server catches
-/// up on log entries for a while after it starts.
+/// Waits until every region's first epoch has completed (a fresh server runs them at its
+/// start, also on the manual clock), then until `streams` get no entry for half a second:
+/// the epochs log entries for a while after the server starts.
 fn wait_until_quiet(raw: &mut support::Raw, streams: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let Value::Bulk(json) = raw.call(&["STATS", "JSON"]) else { panic!("STATS JSON") };
+        let stats: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+        let regions = stats["regions"].as_object().expect("regions");
+        let completed = &stats["epochs_completed"];
+        if regions.keys().all(|region| completed[region].as_u64() >= Some(1)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first epochs never completed: {completed}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut quiet = vec!["XREAD", "BLOCK", "500", "STREAMS"];
     quiet.extend(streams);
     quiet.extend(streams.iter().map(|_| "$"));
