@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use super::history::{Account, FaultRecord, Op, OpKind, Outcome};
+use super::history::{target, Account, FaultRecord, Op, OpKind, Outcome};
 
 /// One node's audit from `STATS JSON` (SPEC §2: both sides of the equation).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,8 +96,11 @@ pub struct Report {
     pub faults: usize,
     /// Per fault: from its start to the first acknowledgement of an attempt sent after it.
     pub unavailable_ms: Vec<u64>,
-    /// The same, by the fault's kind.
+    /// The same, by the fault's kind and whom it hit (`kill on the leader`).
     pub unavailable_ms_by_kind: BTreeMap<String, Vec<u64>>,
+    /// The same for the faults that hit the leader: how long the clients waited for a
+    /// leader to serve again (a new one, or the old one back).
+    pub failover_ms: Vec<u64>,
     /// The longest time with no acknowledgement at all.
     pub longest_gap_ms: u64,
     /// Whether at least two replicas' digests were compared.
@@ -111,6 +114,14 @@ impl Report {
 
     pub fn unavailable_p99_ms(&self) -> u64 {
         percentile(&self.unavailable_ms, 0.99)
+    }
+
+    pub fn failover_max_ms(&self) -> u64 {
+        self.failover_ms.iter().copied().max().unwrap_or(0)
+    }
+
+    pub fn failover_p99_ms(&self) -> u64 {
+        percentile(&self.failover_ms, 0.99)
     }
 }
 
@@ -429,11 +440,14 @@ fn time_faults(ops: &[Op], faults: &[FaultRecord], report: &mut Report) {
         if let Some(complete) = first {
             let unavailable_ms = (complete - fault.start_us) / 1000;
             report.unavailable_ms.push(unavailable_ms);
-            report
-                .unavailable_ms_by_kind
-                .entry(fault.kind.clone())
-                .or_default()
-                .push(unavailable_ms);
+            let kind = match fault.target.as_str() {
+                target::ALL => fault.kind.clone(),
+                hit => format!("{} on the {hit}", fault.kind),
+            };
+            report.unavailable_ms_by_kind.entry(kind).or_default().push(unavailable_ms);
+            if fault.target == target::LEADER {
+                report.failover_ms.push(unavailable_ms);
+            }
         }
     }
     report.longest_gap_ms =
@@ -463,6 +477,14 @@ impl fmt::Display for Report {
             self.unavailable_ms.len(),
             self.longest_gap_ms,
             self.digests_compared
+        )?;
+        writeln!(
+            f,
+            "failover (a fault on the leader to the next acknowledgement): max {} ms, p99 {} ms \
+             (over {})",
+            self.failover_max_ms(),
+            self.failover_p99_ms(),
+            self.failover_ms.len()
         )?;
         for (kind, values) in &self.unavailable_ms_by_kind {
             let max = values.iter().copied().max().unwrap_or(0);

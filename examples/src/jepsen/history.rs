@@ -118,8 +118,22 @@ pub struct FaultRecord {
     pub kind: String,
     /// The nodes it hit (their ids).
     pub nodes: Vec<u32>,
+    /// Whom it hit: the leader, a follower, `unknown` (no leader at the time) or `all`
+    /// (`nemesis::target`).
+    pub target: String,
+    /// When it was in force (the process gone, the rules installed, the link slowed).
     pub start_us: u64,
     pub healed_us: u64,
+}
+
+/// Whom a fault hit, as recorded (and as the checker groups the failover times).
+pub mod target {
+    pub const LEADER: &str = "leader";
+    pub const FOLLOWER: &str = "follower";
+    /// No node said it led (an election outlasted `limits::LEADER_WAIT`).
+    pub const UNKNOWN: &str = "unknown";
+    /// Every node (the clients' connections to all of them).
+    pub const ALL: &str = "all";
 }
 
 /// Writes `ops` and `faults` as JSON lines, for a person to read after a failed run.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Nodes a run may have (1 today; 3 once replication lands; 5 at most, SPEC §14).
+/// Nodes a run may have (1 or 3; 5 at most, SPEC §14).
 pub const NODES_MAX: usize = 5;
 /// Client processes a run may have.
 pub const CLIENTS_MAX: usize = 64;
@@ -27,8 +27,15 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(20);
 pub const HEALED_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commands sent in one pipelined round when every write is re-sent at the end.
 pub const RESEND_PIPELINE: usize = 256;
+/// How long the nemesis waits for a node to say it leads before a fault meant for the
+/// leader (or a follower) is injected on a node drawn at random: an election after the
+/// previous fault takes 1-2 s (engine/replication's `ELECTION_TICKS`), a slow one longer.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How long the nemesis's `ROLE` may take to connect and to be answered.
+pub const ROLE_TIMEOUT: Duration = Duration::from_millis(300);
 /// The most leader redirections (`-READONLY leader ...`) followed for one attempt.
 pub const REDIRECTS_MAX: u32 = 8;
 
 const _: () = assert!(CONNECT_TIMEOUT.as_millis() <= REPLY_TIMEOUT.as_millis());
 const _: () = assert!(REPLY_TIMEOUT.as_millis() < OP_DEADLINE.as_millis());
+const _: () = assert!(ROLE_TIMEOUT.as_millis() < LEADER_WAIT.as_millis());

@@ -1,14 +1,15 @@
 //! A Jepsen-style test of plafond (issue 14, item 5): clients send `DEPOSIT`, `PAY`,
 //! `TRANSFER` (across shards too) and `BALANCE`, each write with a unique command id,
 //! recording the history; a nemesis kills (-9) and restarts nodes, pauses them, cuts the
-//! clients' connections at fault proxies and partitions nodes with nftables; once healed,
+//! clients' connections at fault proxies, partitions nodes with nftables, and slows or
+//! cuts the Raft links between them at fault proxies on their Raft ports; once healed,
 //! every write is re-sent with its id, the balances, audits and digests are read, and the
 //! [`checker`] says whether anything acknowledged was lost or doubled, any balance went
 //! below zero or out of order, money was made or lost, or replicas disagree.
 //!
-//! [`run`] does all of it for a [`RunConfig`]: one node today (the server as main has it),
-//! three (127.0.0.11-13, `--node-id`/`--cluster`, SPEC §14) once replication lands.
-//! docs/JEPSEN.md says how to run the short and the long run.
+//! [`run`] does all of it for a [`RunConfig`]: three nodes (127.0.0.11-13,
+//! `--node-id`/`--cluster`, SPEC §14), or one (no `--cluster`: the single node's own
+//! writer and recovery). docs/JEPSEN.md says how to run the CI run and the long one.
 
 pub mod checker;
 pub mod client;
@@ -31,7 +32,7 @@ use crate::faultproxy::{Profile, Proxy};
 use crate::sample::Rng;
 use checker::{Audit, FinalState, Report};
 use client::{micros_since, Answer, Routes, Session, WAIT_STEP};
-use cluster::{Cluster, NodeError};
+use cluster::{Cluster, NodeError, RaftLinks};
 use history::{Account, FaultRecord, Op, OpKind, Outcome};
 use limits::{
     ACCOUNTS_MAX, CLIENTS_MAX, CONNECT_TIMEOUT, FAULTS_MAX, HEALED_TIMEOUT, OPS_PER_CLIENT_MAX,
@@ -47,7 +48,7 @@ pub struct RunConfig {
     pub server_binary: PathBuf,
     /// Data directories, node logs and `history.jsonl` go here.
     pub root: PathBuf,
-    /// 1, or 3 (once replication lands).
+    /// 1, or 3.
     pub nodes: usize,
     pub shards: u16,
     /// The nodes' `--durability`: `sync` for the test; `none` (memory only) shows the
@@ -61,6 +62,8 @@ pub struct RunConfig {
     /// Clients reach each node through a fault proxy of this profile (needed for
     /// [`FaultKind::CutClients`]).
     pub proxy: Option<Profile>,
+    /// What [`FaultKind::SlowLinks`] makes of a node's Raft links for the hold.
+    pub slow_link: Profile,
     /// Each client's pause between two operations.
     pub think: Duration,
     pub pacing: Pacing,
@@ -68,20 +71,21 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// The CI run: one node, 32 faults (kill -9, pause, cut connections in turn), a few
-    /// seconds of rest between them at most; well under a minute on two cores.
-    pub fn short(server_binary: PathBuf, root: PathBuf) -> RunConfig {
+    /// The CI run: three nodes, 42 faults (every kind of [`FaultKind::ALL`] six times,
+    /// on the leader and on a follower in turn), about a minute on two cores.
+    pub fn three_nodes(server_binary: PathBuf, root: PathBuf) -> RunConfig {
         RunConfig {
             server_binary,
             root,
-            nodes: 1,
+            nodes: 3,
             shards: 2,
             durability: "sync".into(),
             clients: 6,
             accounts: 12,
-            faults: 32,
-            kinds: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::CutClients],
+            faults: 42,
+            kinds: FaultKind::ALL.to_vec(),
             proxy: Some(Profile::none()),
+            slow_link: slow_link(),
             think: Duration::from_millis(5),
             pacing: Pacing {
                 hold_min: Duration::from_millis(50),
@@ -92,6 +96,25 @@ impl RunConfig {
             seed: 14,
         }
     }
+
+    /// One node without `--cluster` (its own writer, its own recovery from its log after
+    /// a kill -9, nothing to catch up from): kill -9, pause and cut in turn, 15 faults.
+    pub fn one_node(server_binary: PathBuf, root: PathBuf) -> RunConfig {
+        RunConfig {
+            nodes: 1,
+            faults: 15,
+            kinds: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::CutClients],
+            ..RunConfig::three_nodes(server_binary, root)
+        }
+    }
+}
+
+/// The profile of a slowed Raft link: the harshest named one (`2g`: 800 ms of round trip,
+/// 150 ms of jitter, 1 % of segments a retransmission late, about 32 KB/s each way), so
+/// that a slowed leader's heartbeats arrive late and its appends queue behind the cap.
+fn slow_link() -> Profile {
+    // A name of PROFILE_NAMES: the fallback is never taken.
+    Profile::named("2g").unwrap_or_else(|_| Profile::none())
 }
 
 /// What stopped a run before its check (a violation is no error: it is in the report).
@@ -133,15 +156,20 @@ pub struct RunOutcome {
 pub fn run(config: &RunConfig) -> Result<RunOutcome, HarnessError> {
     validate(config)?;
     let started = Instant::now();
+    let raft_links = match config.kinds.iter().any(|kind| kind.needs_raft_links()) {
+        true => RaftLinks::Proxied,
+        false => RaftLinks::Direct,
+    };
+    let needs_partitions = config.kinds.iter().any(|kind| kind.needs_nftables());
+    let partitioner = if needs_partitions { Some(Partitioner::new()?) } else { None };
     let mut cluster = Cluster::start(
         config.server_binary.clone(),
         &config.root,
         config.nodes,
         config.shards,
         &config.durability,
+        raft_links,
     )?;
-    let needs_partitions = config.kinds.iter().any(|kind| kind.needs_peers());
-    let partitioner = if needs_partitions { Some(Partitioner::new()?) } else { None };
     let proxies = start_proxies(config, &cluster)?;
     let routes = Routes {
         nodes: cluster.addrs(),
@@ -168,6 +196,8 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, HarnessError> {
         rng: Rng::new(config.seed),
         origin,
         pacing: config.pacing,
+        slow_link: config.slow_link.clone(),
+        injected: BTreeMap::new(),
     };
     let faults = inject_faults(config, &mut nemesis);
     // Let the clients see the service whole again for a moment before they stop.
@@ -295,7 +325,10 @@ fn validate(config: &RunConfig) -> Result<(), HarnessError> {
         return refuse("faults: at most FAULTS_MAX, of at least one kind");
     }
     if config.nodes < 2 && config.kinds.iter().any(|kind| kind.needs_peers()) {
-        return refuse("a partition needs at least two nodes");
+        return refuse("a partition or a Raft link's fault needs at least two nodes");
+    }
+    if config.slow_link.clone().validated().is_err() {
+        return refuse("slow_link: a profile out of range");
     }
     if config.proxy.is_none() && config.kinds.contains(&FaultKind::CutClients) {
         return refuse("cutting clients' connections needs the fault proxy (proxy: Some)");

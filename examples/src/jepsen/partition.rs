@@ -47,33 +47,28 @@ impl Partitioner {
 
     /// Drops every packet `from` sends to `to`.
     pub fn drop_one_way(&self, from: Ipv4Addr, to: Ipv4Addr) -> Result<(), PartitionError> {
-        let (from, to) = (from.to_string(), to.to_string());
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            &self.table,
-            CHAIN,
-            "ip",
-            "saddr",
-            &from,
-            "ip",
-            "daddr",
-            &to,
-            "drop",
-        ])
+        self.drop_all(&[(from, to)])
     }
 
     /// Cuts every address of `side` from every address of `other`, both ways (a
     /// majority/minority split: `side` the minority, `other` the rest).
     pub fn split(&self, side: &[Ipv4Addr], other: &[Ipv4Addr]) -> Result<(), PartitionError> {
-        for &a in side {
-            for &b in other {
-                self.drop_one_way(a, b)?;
-                self.drop_one_way(b, a)?;
-            }
-        }
-        Ok(())
+        let pairs: Vec<(Ipv4Addr, Ipv4Addr)> =
+            side.iter().flat_map(|&a| other.iter().flat_map(move |&b| [(a, b), (b, a)])).collect();
+        self.drop_all(&pairs)
+    }
+
+    /// Drops every packet from each pair's first address to its second: every rule in
+    /// one `nft -f` transaction, so that a split is in force all at once (rule by rule,
+    /// it would be a run of one-way partitions, each an `nft` process apart).
+    fn drop_all(&self, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> Result<(), PartitionError> {
+        let script: String = pairs
+            .iter()
+            .map(|(from, to)| {
+                format!("add rule inet {} {CHAIN} ip saddr {from} ip daddr {to} drop\n", self.table)
+            })
+            .collect();
+        nft_script(&script)
     }
 
     /// Removes every rule: the network is whole again.
@@ -115,6 +110,33 @@ fn remove_stale_tables() -> Result<(), PartitionError> {
 
 fn nft(args: &[&str]) -> Result<(), PartitionError> {
     run_nft(args).map(drop)
+}
+
+/// Runs `script` (nft's own syntax, one command a line) as one transaction.
+fn nft_script(script: &str) -> Result<(), PartitionError> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(PartitionError::Spawn)?;
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(script.as_bytes()),
+        None => Ok(()),
+    };
+    let output = child.wait_with_output().map_err(PartitionError::Spawn)?;
+    if let Err(error) = written {
+        return Err(PartitionError::Spawn(error));
+    }
+    if !output.status.success() {
+        return Err(PartitionError::Refused {
+            args: vec!["-f".into(), "-".into(), script.trim().to_owned()],
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn run_nft(args: &[&str]) -> Result<String, PartitionError> {
