@@ -338,10 +338,12 @@ impl Snapshots {
     }
 
     /// Transfers that ended since the last call: finished ones, and those whose follower
-    /// pulled nothing for [`SNAPSHOT_IDLE_TIMEOUT`] (failed; raft-rs offers again).
+    /// pulled nothing for [`SNAPSHOT_IDLE_TIMEOUT`] (failed; raft-rs offers again). A
+    /// snapshot no longer offered (older than [`SNAPSHOT_REUSE_AGE`]) and no longer
+    /// pulled is removed, so that its hard link does not keep an old checkpoint's disk.
     pub fn take_reports(&self) -> Vec<(u64, SnapshotStatus)> {
         let mut offers = self.lock();
-        let Offers { transfers, reports, .. } = &mut *offers;
+        let Offers { transfers, reports, ready, .. } = &mut *offers;
         transfers.retain(|transfer| {
             let silent = transfer.last_pull.elapsed() >= SNAPSHOT_IDLE_TIMEOUT;
             if silent {
@@ -349,6 +351,13 @@ impl Snapshots {
             }
             !silent
         });
+        let stale = ready.as_ref().is_some_and(|ready| {
+            ready.made.elapsed() >= SNAPSHOT_REUSE_AGE
+                && !transfers.iter().any(|transfer| transfer.id == ready.descriptor.id)
+        });
+        if let Some(old) = ready.take_if(|_| stale) {
+            let _ = std::fs::remove_dir_all(&old.dir);
+        }
         std::mem::take(reports)
     }
 
