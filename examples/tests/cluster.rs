@@ -432,3 +432,39 @@ fn a_follower_behind_the_kept_log_or_emptied_catches_up_from_a_snapshot() {
     cluster.converged();
     println!("whole test {:?}", started.elapsed());
 }
+
+#[test]
+fn a_follower_killed_at_any_instant_of_its_catch_up_restarts_cleanly_and_converges() {
+    let mut cluster = Cluster::start_with(3, &["--checkpoint-interval-s", "1"], &[SMALL_RAFT_LOG]);
+    let leader = cluster.leader();
+    let follower = (0..3).find(|&index| index != leader).expect("a follower");
+    let mut client = cluster.client(leader);
+    let accounts: Vec<i64> = (0..2).map(|_| open_account(&mut client)).collect();
+    for account in &accounts {
+        call(&mut client, &["DEPOSIT", &account.to_string(), "1000000"]);
+    }
+    drop(client);
+    cluster.kill(follower);
+    std::fs::remove_dir_all(cluster.data_dir(follower)).expect("its data removed");
+    // Each round the leader moves past its log again, so the follower needs a snapshot
+    // again, and is killed -9 a little later each time: before the snapshot comes, while
+    // it is pulled or installed, while it restarts, or while it follows.
+    let staging = cluster.data_dir(follower).join("raft-snapshot-in");
+    let mut killed_while_staged = 0;
+    for round in 0..8u64 {
+        let prefix = format!("round{round}");
+        writes(&mut cluster.client(leader), &accounts, &prefix, 600);
+        cluster.restart(follower);
+        std::thread::sleep(Duration::from_millis(20 + 40 * round));
+        killed_while_staged += usize::from(staging.exists());
+        cluster.kill(follower);
+    }
+    println!(
+        "killed with a snapshot staged (pulled, not yet installed) {killed_while_staged} times"
+    );
+    writes(&mut cluster.client(leader), &accounts, "last", 600);
+    cluster.restart(follower);
+    cluster.converged();
+    let installed = replication_counter(&cluster.addrs[follower], "snapshots_installed");
+    assert!(installed >= 1, "it caught up through snapshots: {installed}");
+}
