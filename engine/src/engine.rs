@@ -111,7 +111,14 @@ impl Engine {
                     what: "creating the data directory",
                     error,
                 })?;
-                Some(Arc::new(Store::open(dir, shards)?))
+                let store = Arc::new(Store::open(dir, shards)?);
+                if config.replication.is_some() {
+                    // A snapshot's install that a stop interrupted is completed before the
+                    // checkpoint is read: it replaces the checkpoint and the changelog.
+                    plafond_replication::finish_pending(&store)
+                        .map_err(plafond_replication::ReplicaError::from)?;
+                }
+                Some(store)
             }
             None => None,
         };

@@ -15,6 +15,8 @@ pub(crate) struct ReplicaHost {
     pub router: Arc<Router>,
     pub shards: u16,
     pub clock: Arc<dyn Clock>,
+    /// Restarts the node in place (a deposed leader, or a follower that was sent a
+    /// snapshot): it rebuilds from what is on disk.
     pub on_deposed: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -42,6 +44,14 @@ impl Host for ReplicaHost {
         eprintln!(
             "plafond: this replica lost its lead; it acknowledges nothing more and must be \
              rebuilt from its checkpoint and the committed log"
+        );
+        (self.on_deposed)();
+    }
+
+    fn restart(&self) {
+        eprintln!(
+            "plafond: this replica was sent a snapshot; it restarts to rebuild its shards from \
+             the checkpoint and changelog now on disk"
         );
         (self.on_deposed)();
     }

@@ -2,7 +2,8 @@
 //! leader's writes reach the followers with equal state digests; followers answer
 //! `-READONLY leader HOST:PORT` and `ROLE`; `kill -9` of the leader gives a new leader,
 //! which keeps every acknowledged outcome and answers a retry by id with the same outcome;
-//! killed replicas restart and catch up.
+//! killed replicas restart and catch up; a replica further behind than the leader's log
+//! (stopped, or emptied) catches up from a snapshot.
 
 mod support;
 
@@ -24,10 +25,18 @@ struct Cluster {
     nodes: Vec<Option<Server>>,
     /// Members stopped by SIGSTOP: a connection to one would wait for its reply.
     paused: Vec<usize>,
+    /// Flags every member gets besides its own.
+    args: Vec<String>,
+    /// Environment variables every member gets.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[], &[])
+    }
+
+    fn start_with(size: usize, args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("a temp dir");
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let members = ports
@@ -37,7 +46,15 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let addrs = ports.iter().map(|(port, _)| format!("127.0.0.1:{port}")).collect();
-        let mut cluster = Cluster { dir, members, addrs, nodes: Vec::new(), paused: Vec::new() };
+        let mut cluster = Cluster {
+            dir,
+            members,
+            addrs,
+            nodes: Vec::new(),
+            paused: Vec::new(),
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+        };
         for index in 0..size {
             let node = cluster.spawn(index);
             cluster.nodes.push(Some(node));
@@ -45,13 +62,17 @@ impl Cluster {
         cluster
     }
 
+    fn data_dir(&self, index: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("node{}", index + 1))
+    }
+
     fn spawn(&self, index: usize) -> Server {
-        let data = self.dir.path().join(format!("node{}", index + 1));
+        let data = self.data_dir(index);
         let id = (index + 1).to_string();
         let data = data.to_str().expect("a UTF-8 path");
         let snapshots = self.dir.path().join(format!("snapshots{}", index + 1));
         let snapshots = snapshots.to_str().expect("a UTF-8 path");
-        Server::start_exact(&[
+        let mut args = vec![
             "--node-id",
             &id,
             "--cluster",
@@ -62,7 +83,11 @@ impl Cluster {
             snapshots,
             "--shards",
             "2",
-        ])
+        ];
+        args.extend(self.args.iter().map(String::as_str));
+        let env: Vec<(&str, &str)> =
+            self.env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+        Server::start_exact_with_env(&args, &env)
     }
 
     fn client(&self, index: usize) -> Client {
@@ -134,11 +159,22 @@ impl Cluster {
     }
 }
 
-/// The member's digest per shard, or `None` if it does not answer them now.
-fn digests(addr: &str) -> Option<Vec<String>> {
+/// The member's `STATS JSON`, or `None` if it does not answer now.
+fn stats(addr: &str) -> Option<serde_json::Value> {
     let mut client = Client::connect(addr, Duration::from_secs(10)).ok()?;
     let Ok(Value::Bulk(text)) = client.call(&["STATS", "JSON"]) else { return None };
-    let json: serde_json::Value = serde_json::from_slice(&text).expect("JSON");
+    Some(serde_json::from_slice(&text).expect("JSON"))
+}
+
+/// A counter of the member's `replication` section in `STATS JSON`.
+fn replication_counter(addr: &str, name: &str) -> u64 {
+    let json = stats(addr).expect("the member answers STATS");
+    json["replication"][name].as_u64().unwrap_or_else(|| panic!("replication.{name}: {json}"))
+}
+
+/// The member's digest per shard, or `None` if it does not answer them now.
+fn digests(addr: &str) -> Option<Vec<String>> {
+    let json = stats(addr)?;
     let shards = json["shards"].as_array().expect("shards");
     Some(
         shards.iter().map(|shard| shard["digest"].as_str().expect("a digest").to_owned()).collect(),
@@ -286,4 +322,149 @@ fn a_paused_leader_steps_down_restarts_in_place_and_rejoins() {
     let Value::Array(role) = call(&mut cluster.client(leader), &["ROLE"]) else { panic!() };
     assert_eq!(role[0], bulk("follower"));
     assert_eq!(role[2], bulk(&cluster.addrs[new_leader]));
+}
+
+/// The Raft log's hidden bound (`plafond_replication::limits::LOG_ENTRIES_MAX_ENV`): 512
+/// entries at most, 256 kept, so that a follower stopped for some hundreds of commands is
+/// behind what the leader keeps.
+const SMALL_RAFT_LOG: (&str, &str) = ("PLAFOND_RAFT_LOG_ENTRIES_MAX", "512");
+/// Commands sent while a follower is down: each is an entry of its own (one client, one
+/// at a time), well past the 512 the leader keeps at most.
+const COMMANDS_WHILE_DOWN: usize = 1200;
+
+/// `count` payments and transfers with command ids `{prefix}-N` on the leader: the
+/// acknowledged commands and their replies.
+fn writes(
+    client: &mut Client,
+    accounts: &[i64],
+    prefix: &str,
+    count: usize,
+) -> Vec<(Vec<String>, Value)> {
+    (0..count)
+        .map(|round| {
+            let (from, to) =
+                (accounts[round % 2].to_string(), accounts[(round + 1) % 2].to_string());
+            let id = format!("{prefix}-{round}");
+            let command: Vec<String> = if round % 3 == 0 {
+                vec!["TRANSFER".into(), from, to, "7".into(), id]
+            } else {
+                vec!["PAY".into(), from, "3".into(), id]
+            };
+            let reply = client.call(&command).expect("a reply");
+            assert!(matches!(&reply, Value::Array(_)), "{command:?}: {reply:?}");
+            (command, reply)
+        })
+        .collect()
+}
+
+#[test]
+fn a_follower_behind_the_kept_log_or_emptied_catches_up_from_a_snapshot() {
+    let started = Instant::now();
+    // Checkpoints every second while the log grows: the snapshot carries one.
+    let mut cluster = Cluster::start_with(3, &["--checkpoint-interval-s", "1"], &[SMALL_RAFT_LOG]);
+    let leader = cluster.leader();
+    let follower = (0..3).find(|&index| index != leader).expect("a follower");
+    let mut client = cluster.client(leader);
+    let accounts: Vec<i64> = (0..2).map(|_| open_account(&mut client)).collect();
+    let mut acknowledged = Vec::new();
+    for (round, account) in accounts.iter().enumerate() {
+        let command: Vec<String> =
+            vec!["DEPOSIT".into(), account.to_string(), "1000000".into(), format!("fund-{round}")];
+        let reply = client.call(&command).expect("a reply");
+        acknowledged.push((command, reply));
+    }
+    drop(client);
+    cluster.converged();
+    assert_eq!(replication_counter(&cluster.addrs[follower], "snapshots_installed"), 0);
+
+    // Stopped while the leader runs far past the log it keeps: it can only catch up from
+    // a snapshot.
+    cluster.kill(follower);
+    acknowledged.extend(writes(&mut cluster.client(leader), &accounts, "lag", COMMANDS_WHILE_DOWN));
+    // A checkpoint of the leader's after most of them, so the snapshot's log file is short.
+    std::thread::sleep(Duration::from_millis(1500));
+    let restarted = Instant::now();
+    cluster.restart(follower);
+    let lagging = cluster.converged();
+    println!("a lagging follower caught up from a snapshot in {:?}", restarted.elapsed());
+    let addr = cluster.addrs[follower].clone();
+    assert_eq!(replication_counter(&addr, "snapshots_installed"), 1, "through a snapshot");
+    assert!(replication_counter(&cluster.addrs[leader], "snapshots_sent") >= 1);
+
+    // Emptied (a new machine with the same member id): a snapshot again.
+    cluster.kill(follower);
+    std::fs::remove_dir_all(cluster.data_dir(follower)).expect("its data removed");
+    acknowledged.extend(writes(&mut cluster.client(leader), &accounts, "new", COMMANDS_WHILE_DOWN));
+    let restarted = Instant::now();
+    cluster.restart(follower);
+    let renewed = cluster.converged();
+    println!("an emptied follower caught up from a snapshot in {:?}", restarted.elapsed());
+    assert_ne!(renewed, lagging, "the writes made while it was gone are in it");
+    // The count lives in the data directory, which was emptied: this is its first.
+    assert_eq!(replication_counter(&addr, "snapshots_installed"), 1, "through a snapshot");
+
+    // It takes the lead (the others are killed in turn until it does): every acknowledged
+    // command retried on it by id answers what the first leader answered.
+    let mut client = cluster.client(leader);
+    let balances: Vec<Value> =
+        accounts.iter().map(|a| call(&mut client, &["BALANCE", &a.to_string()])).collect();
+    drop(client);
+    let mut current = cluster.leader();
+    for _ in 0..10 {
+        if current == follower {
+            break;
+        }
+        cluster.kill(current);
+        let next = cluster.leader();
+        cluster.restart(current);
+        cluster.converged();
+        current = next;
+    }
+    assert_eq!(current, follower, "the follower that installed snapshots never led");
+    let mut client = cluster.client(follower);
+    for (command, reply) in &acknowledged {
+        assert_eq!(&client.call(command).expect("a reply"), reply, "retry of {command:?}");
+    }
+    let after: Vec<Value> =
+        accounts.iter().map(|a| call(&mut client, &["BALANCE", &a.to_string()])).collect();
+    assert_eq!(after, balances, "no acknowledged outcome lost, none applied twice");
+    drop(client);
+    cluster.converged();
+    println!("whole test {:?}", started.elapsed());
+}
+
+#[test]
+fn a_follower_killed_at_any_instant_of_its_catch_up_restarts_cleanly_and_converges() {
+    let mut cluster = Cluster::start_with(3, &["--checkpoint-interval-s", "1"], &[SMALL_RAFT_LOG]);
+    let leader = cluster.leader();
+    let follower = (0..3).find(|&index| index != leader).expect("a follower");
+    let mut client = cluster.client(leader);
+    let accounts: Vec<i64> = (0..2).map(|_| open_account(&mut client)).collect();
+    for account in &accounts {
+        call(&mut client, &["DEPOSIT", &account.to_string(), "1000000"]);
+    }
+    drop(client);
+    cluster.kill(follower);
+    std::fs::remove_dir_all(cluster.data_dir(follower)).expect("its data removed");
+    // Each round the leader moves past its log again, so the follower needs a snapshot
+    // again, and is killed -9 a little later each time: before the snapshot comes, while
+    // it is pulled or installed, while it restarts, or while it follows.
+    let staging = cluster.data_dir(follower).join("raft-snapshot-in");
+    let mut killed_while_staged = 0;
+    for round in 0..8u64 {
+        let prefix = format!("round{round}");
+        writes(&mut cluster.client(leader), &accounts, &prefix, 600);
+        cluster.restart(follower);
+        std::thread::sleep(Duration::from_millis(20 + 40 * round));
+        killed_while_staged += usize::from(staging.exists());
+        cluster.kill(follower);
+    }
+    println!(
+        "killed with a snapshot staged (pulled, not yet installed) {killed_while_staged} times"
+    );
+    writes(&mut cluster.client(leader), &accounts, "last", 600);
+    cluster.restart(follower);
+    cluster.converged();
+    let installed = replication_counter(&cluster.addrs[follower], "snapshots_installed");
+    assert!(installed >= 1, "it caught up through snapshots: {installed}");
 }

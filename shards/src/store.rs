@@ -616,7 +616,7 @@ impl Store {
 }
 
 /// Key of the first retained batch of `shard`'s log (a little-endian `u64`).
-fn log_start_key(shard: ShardId) -> [u8; 14] {
+pub fn log_start_key(shard: ShardId) -> [u8; 14] {
     let mut key = *b"M/log_start/\0\0";
     key[12..].copy_from_slice(&shard.to_be_bytes());
     key

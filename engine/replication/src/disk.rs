@@ -5,8 +5,11 @@
 //! Keys: `E` + index (u64 big-endian) → the entry (protobuf); `H` → the hard state; `C` →
 //! the configuration; `F` → the first index kept and the term of the one before it (both
 //! u64 little-endian); `A` → the last index applied to the changelog (u64 little-endian),
-//! written in the same RocksDB write as what it applied. Only the entries' terms live in
-//! memory (8 bytes an entry); entries are read back from RocksDB when a follower needs them.
+//! written in the same RocksDB write as what it applied; `I` → a snapshot being installed
+//! (its index and term, u64 little-endian, and its configuration), present from the moment
+//! its files are on disk until the install is complete; `S` → how many snapshots this
+//! replica installed (u64 little-endian). Only the entries' terms live in memory (8 bytes
+//! an entry); entries are read back from RocksDB when a follower needs them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -14,15 +17,19 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode, SnapshotWithThreadMode, WriteBatch, DB};
 
 use plafond_shards::store::{Store, StoreError};
+
+use crate::snapshot::Snapshots;
 
 const ENTRY_PREFIX: u8 = b'E';
 const HARD_STATE_KEY: &[u8] = b"H";
 const CONF_STATE_KEY: &[u8] = b"C";
 const FIRST_KEY: &[u8] = b"F";
 const APPLIED_KEY: &[u8] = b"A";
+const INSTALLING_KEY: &[u8] = b"I";
+const INSTALLS_KEY: &[u8] = b"S";
 
 fn entry_key(index: u64) -> [u8; 9] {
     let mut key = [ENTRY_PREFIX; 9];
@@ -69,6 +76,18 @@ impl Kept {
 pub struct RaftDisk {
     store: Arc<Store>,
     kept: Arc<RwLock<Kept>>,
+    snapshots: Option<Arc<Snapshots>>,
+}
+
+/// A snapshot being installed: where the replica will stand once it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Installing {
+    /// The snapshot's Raft index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The members.
+    pub conf: ConfState,
 }
 
 impl RaftDisk {
@@ -125,7 +144,14 @@ impl RaftDisk {
         // values; shards replay from their own position), which raft-rs insists on.
         let applied = applied.min(hard.commit);
         let kept = Kept { hard, conf, first, before_term, terms };
-        Ok((RaftDisk { store, kept: Arc::new(RwLock::new(kept)) }, applied))
+        let disk = RaftDisk { store, kept: Arc::new(RwLock::new(kept)), snapshots: None };
+        Ok((disk, applied))
+    }
+
+    /// The same state, answering raft-rs's asks for a snapshot from `snapshots`.
+    pub fn with_snapshots(mut self, snapshots: Arc<Snapshots>) -> RaftDisk {
+        self.snapshots = Some(snapshots);
+        self
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Kept> {
@@ -222,6 +248,109 @@ impl RaftDisk {
     }
 }
 
+/// The last index applied in `view` of `store`, with its term and the members: where a
+/// snapshot of that view stands. `None` while nothing is applied.
+pub fn applied_point(
+    store: &Store,
+    view: &SnapshotWithThreadMode<'_, DB>,
+) -> Result<Option<(u64, u64, ConfState)>, DiskError> {
+    let family = store.raft_family()?;
+    let index = match view.get_cf(family, APPLIED_KEY)? {
+        Some(bytes) if bytes.len() == 8 => u64_at(&bytes, 0),
+        Some(_) => return Err(DiskError::Corrupt("applied index")),
+        None => return Ok(None),
+    };
+    if index == 0 {
+        return Ok(None);
+    }
+    let term = match view.get_cf(family, entry_key(index))? {
+        Some(bytes) => {
+            Entry::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("entry"))?.term
+        }
+        None => match view.get_cf(family, FIRST_KEY)? {
+            // Compacted up to it: the term before the first kept entry is kept.
+            Some(bytes) if bytes.len() == 16 && u64_at(&bytes, 0) == index + 1 => u64_at(&bytes, 8),
+            _ => return Err(DiskError::Hole(index)),
+        },
+    };
+    let conf = match view.get_cf(family, CONF_STATE_KEY)? {
+        Some(bytes) => {
+            ConfState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("members"))?
+        }
+        None => return Err(DiskError::Corrupt("members")),
+    };
+    Ok(Some((index, term, conf)))
+}
+
+/// Records, fsynced, that a snapshot whose files are on disk is being installed.
+pub fn put_installing(store: &Store, installing: &Installing) -> Result<(), DiskError> {
+    let mut value = Vec::new();
+    value.extend_from_slice(&installing.index.to_le_bytes());
+    value.extend_from_slice(&installing.term.to_le_bytes());
+    value.extend(installing.conf.write_to_bytes().map_err(|_| DiskError::Corrupt("members"))?);
+    let mut batch = WriteBatch::default();
+    batch.put_cf(store.raft_family()?, INSTALLING_KEY, value);
+    store.write(batch, true)?;
+    Ok(())
+}
+
+/// The snapshot being installed, if an install was interrupted.
+pub fn installing(store: &Store) -> Result<Option<Installing>, DiskError> {
+    let Some(value) = store.db().get_cf(store.raft_family()?, INSTALLING_KEY)? else {
+        return Ok(None);
+    };
+    if value.len() < 16 {
+        return Err(DiskError::Corrupt("snapshot being installed"));
+    }
+    let conf =
+        ConfState::parse_from_bytes(&value[16..]).map_err(|_| DiskError::Corrupt("members"))?;
+    Ok(Some(Installing { index: u64_at(&value, 0), term: u64_at(&value, 8), conf }))
+}
+
+/// How many snapshots this replica installed.
+pub fn installs(store: &Store) -> Result<u64, DiskError> {
+    match store.db().get_cf(store.raft_family()?, INSTALLS_KEY)? {
+        Some(bytes) if bytes.len() == 8 => Ok(u64_at(&bytes, 0)),
+        Some(_) => Err(DiskError::Corrupt("snapshots installed")),
+        None => Ok(0),
+    }
+}
+
+/// Makes the Raft state stand at the installed snapshot, in one fsynced write: no entry
+/// kept, the first one expected after the snapshot's index, that index applied and
+/// committed (the term and vote stay, or move to the snapshot's term), the snapshot's
+/// members, one more install counted and the install's record gone.
+pub fn stand_at_snapshot(store: &Store, installing: &Installing) -> Result<(), DiskError> {
+    let family = store.raft_family()?;
+    let mut hard = match store.db().get_cf(family, HARD_STATE_KEY)? {
+        Some(bytes) => {
+            HardState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("hard state"))?
+        }
+        None => HardState::default(),
+    };
+    if installing.term > hard.term {
+        hard.term = installing.term;
+        hard.vote = 0;
+    }
+    hard.commit = installing.index;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(family, entry_key(0), entry_key(u64::MAX));
+    batch.delete_cf(family, entry_key(u64::MAX));
+    let mut position = [0u8; 16];
+    position[..8].copy_from_slice(&(installing.index + 1).to_le_bytes());
+    position[8..].copy_from_slice(&installing.term.to_le_bytes());
+    batch.put_cf(family, FIRST_KEY, position);
+    batch.put_cf(family, APPLIED_KEY, installing.index.to_le_bytes());
+    let hard = hard.write_to_bytes().map_err(|_| DiskError::Corrupt("hard state"))?;
+    batch.put_cf(family, HARD_STATE_KEY, hard);
+    let conf = installing.conf.write_to_bytes().map_err(|_| DiskError::Corrupt("members"))?;
+    batch.put_cf(family, CONF_STATE_KEY, conf);
+    batch.put_cf(family, INSTALLS_KEY, (installs(store)? + 1).to_le_bytes());
+    batch.delete_cf(family, INSTALLING_KEY);
+    store.write(batch, true)?;
+    Ok(())
+}
+
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     let mut word = [0u8; 8];
     word.copy_from_slice(&bytes[at..at + 8]);
@@ -305,10 +434,14 @@ impl Storage for RaftDisk {
         Ok(self.read().last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // A follower behind the kept log is rebuilt from a checkpoint by its operator
-        // (docs/DECISIONS.md, replication): the leader keeps asking meanwhile.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // raft-rs takes any other error for a fatal one: "temporarily unavailable" (while
+        // one is made) is the only refusal, and it asks again at the next heartbeat.
+        let first_kept = self.first_kept();
+        self.snapshots
+            .as_ref()
+            .and_then(|snapshots| snapshots.offer(request_index, to, first_kept))
+            .ok_or(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
     }
 }
 

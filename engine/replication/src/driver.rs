@@ -5,7 +5,8 @@
 //! has it applies it (the changelog keys and the idempotency records, one RocksDB write)
 //! and releases the replies. On a follower it applies committed entries the same way and
 //! hands each shard its new batches, which the shard replays through `apply`, checking
-//! every outcome (`Mail::Follow`).
+//! every outcome (`Mail::Follow`). A follower sent a snapshot (it was further behind than
+//! the leader's log) installs it here and restarts (`crate::install`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Select};
-use raft::prelude::{Entry, EntryType, Message};
-use raft::{Config, RawNode, StateRole};
+use raft::prelude::{Entry, EntryType, Message, MessageType};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 use rocksdb::WriteBatch;
 
 use plafond_shards::health::StorageHealth;
@@ -25,13 +26,14 @@ use plafond_shards::store::{GROUP_BATCHES_MAX, GROUP_BYTES_MAX};
 use plafond_shards::watermark::Persister;
 
 use crate::cluster::Cluster;
-use crate::disk::{DiskError, RaftDisk};
+use crate::disk::{self, DiskError, RaftDisk};
 use crate::group::{self, carries_data, GroupError};
+use crate::install::{self, InstallError};
 use crate::limits::{
-    APPENDS_IN_FLIGHT_MAX, APPEND_BYTES_MAX, COMPACT_EVERY_ENTRIES, ELECTION_TICKS,
-    HEARTBEAT_TICKS, INBOX_MESSAGES_MAX, LOG_ENTRIES_KEPT, LOG_ENTRIES_MAX,
-    PROPOSALS_IN_FLIGHT_MAX, TICK,
+    LogBounds, APPENDS_IN_FLIGHT_MAX, APPEND_BYTES_MAX, COMPACT_EVERY_ENTRIES, ELECTION_TICKS,
+    HEARTBEAT_TICKS, INBOX_MESSAGES_MAX, PROPOSALS_IN_FLIGHT_MAX, TICK,
 };
+use crate::snapshot::Snapshots;
 use crate::status::{ReplicaStatus, Role};
 use crate::transport::Transport;
 
@@ -46,6 +48,11 @@ pub trait Host: Send + Sync + 'static {
     /// This node led and lost its lead: its shards may hold batches that never committed,
     /// so it must rebuild from its checkpoint and the committed log (restart).
     fn deposed(&self);
+    /// This node was sent a snapshot and installed it (or failed to, its old state
+    /// whole): its shards must be rebuilt from the checkpoint and changelog on disk
+    /// (restart), after which it follows the leader's log from the snapshot on (or is
+    /// offered one again).
+    fn restart(&self);
 }
 
 /// Why the replica could not start or stopped.
@@ -68,12 +75,9 @@ pub enum ReplicaError {
         /// Why.
         error: std::io::Error,
     },
-    /// A follower was sent a snapshot, which this build cannot install.
-    #[error(
-        "the leader sent a snapshot: this replica is behind the log the leader keeps; \
-         rebuild it from a copy of a replica's snapshot (--restore)"
-    )]
-    Snapshot,
+    /// A snapshot's install a stop interrupted could not be completed.
+    #[error(transparent)]
+    Install(#[from] InstallError),
 }
 
 /// Everything the replica needs.
@@ -105,6 +109,10 @@ impl Replica {
     pub fn start<R: Release>(setup: ReplicaSetup<R>) -> Result<Replica, ReplicaError> {
         let status = Arc::new(ReplicaStatus::new(setup.cluster.clone()));
         let (disk, applied) = RaftDisk::open(setup.store.clone(), &setup.cluster.voters())?;
+        let snapshots = Arc::new(Snapshots::new(setup.store.clone()));
+        let disk = disk.with_snapshots(snapshots.clone());
+        let installed = disk::installs(&setup.store)?;
+        status.set_snapshots(installed, 0);
         let config = Config {
             id: setup.cluster.node_id,
             election_tick: ELECTION_TICKS,
@@ -122,7 +130,7 @@ impl Replica {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&config, disk.clone(), &logger)?;
         let (inbox_tx, inbox) = bounded(INBOX_MESSAGES_MAX);
-        let transport = Transport::start(&setup.cluster, inbox_tx)
+        let transport = Transport::start(&setup.cluster, inbox_tx, snapshots.clone())
             .map_err(|error| ReplicaError::Io { what: "the Raft port", error })?;
         let persister_health = setup.health.clone();
         let persister = Persister::start(setup.store.watermark().clone(), move |error| {
@@ -146,6 +154,10 @@ impl Replica {
             was_leader: false,
             lead_index: None,
             promoted: false,
+            snapshots,
+            bounds: LogBounds::from_env(),
+            installed,
+            stopped: false,
         };
         status.set_progress(applied, applied);
         let handle = std::thread::Builder::new()
@@ -198,6 +210,13 @@ struct Driver<R> {
     /// Whether this node's shards were told to lead (they may then hold batches that are
     /// not committed yet).
     promoted: bool,
+    /// The snapshots this node makes for followers when it leads.
+    snapshots: Arc<Snapshots>,
+    bounds: LogBounds,
+    /// Snapshots installed over this replica's life.
+    installed: u64,
+    /// Set once this node restarts (a snapshot came): the writer takes nothing more.
+    stopped: bool,
 }
 
 impl<R: Release> Driver<R> {
@@ -214,10 +233,9 @@ impl<R: Release> Driver<R> {
             match select.select_timeout(timeout) {
                 Ok(operation) if operation.index() == from_peers => {
                     if let Ok(message) = operation.recv(&inbox) {
-                        let _ = self.raw.step(message);
+                        self.step(message);
                         for message in inbox.try_iter().take(INBOX_MESSAGES_MAX) {
-                            // A message raft-rs refuses (a stale or foreign one) is dropped.
-                            let _ = self.raw.step(message);
+                            self.step(message);
                         }
                     }
                 }
@@ -233,6 +251,7 @@ impl<R: Release> Driver<R> {
             if Instant::now() >= next_tick {
                 self.raw.tick();
                 next_tick = Instant::now() + TICK;
+                self.report_snapshots();
             }
             if let Err(error) = self.on_ready() {
                 eprintln!("plafond: replica {}: {error}", self.status.cluster().node_id);
@@ -241,7 +260,39 @@ impl<R: Release> Driver<R> {
                 self.pending.clear();
                 return;
             }
+            if self.stopped {
+                return;
+            }
         }
+    }
+
+    /// Steps a peer's message into raft-rs; one it refuses (a stale or foreign one) is
+    /// dropped.
+    fn step(&mut self, mut message: Message) {
+        if message.get_msg_type() == MessageType::MsgHeartbeat {
+            // A leader that remembers this node further along than its log holds (its data
+            // directory was emptied, a new machine under the same member id) sends a commit
+            // index past it, which raft-rs takes for a broken invariant and panics on. The
+            // commit is capped at what this node holds (never a change for a node whose log
+            // is whole: the leader sends at most what it matched); the replies then tell the
+            // leader where it stands, and it sends a snapshot.
+            message.commit = message.commit.min(self.raw.raft.raft_log.last_index());
+        }
+        let _ = self.raw.step(message);
+    }
+
+    /// Tells raft-rs which followers finished pulling their snapshot (it then sends them
+    /// the log after it) and which went silent (it offers them one again).
+    fn report_snapshots(&mut self) {
+        for (peer, status) in self.snapshots.take_reports() {
+            let finished = status == SnapshotStatus::Finish;
+            eprintln!(
+                "plafond: raft: follower {peer} {} its snapshot",
+                if finished { "pulled" } else { "stopped pulling" }
+            );
+            self.raw.report_snapshot(peer, status);
+        }
+        self.status.set_snapshots(self.installed, self.snapshots.sent());
     }
 
     /// Gathers a group from `first` and what else is queued, like the single node's
@@ -297,7 +348,8 @@ impl<R: Release> Driver<R> {
         // then overlap.
         self.send(ready.take_messages());
         if !ready.snapshot().is_empty() {
-            return Err(ReplicaError::Snapshot);
+            self.install(ready.snapshot());
+            return Ok(());
         }
         self.apply(ready.take_committed_entries())?;
         if !ready.entries().is_empty() || ready.hs().is_some() {
@@ -359,6 +411,35 @@ impl<R: Release> Driver<R> {
                 self.host.deposed();
             }
         }
+    }
+
+    /// Installs the snapshot the leader sent (this follower is further behind than its
+    /// log), then restarts the node, whether the install succeeded or not: its shards are
+    /// rebuilt from what is on disk, and raft-rs starts from the snapshot's index, or (if
+    /// the install failed) is offered a snapshot again. Nothing of this node was ever
+    /// acknowledged from a state it replaces: it is a follower.
+    fn install(&mut self, snapshot: &raft::prelude::Snapshot) {
+        let leader = self.raw.raft.leader_id;
+        let index = snapshot.get_metadata().index;
+        let node = self.status.cluster().node_id;
+        eprintln!(
+            "plafond: replica {node}: installing the snapshot at index {index} from {leader}"
+        );
+        let started = Instant::now();
+        match install::install(&self.store, self.status.cluster(), leader, snapshot) {
+            Ok(()) => eprintln!(
+                "plafond: replica {node}: snapshot at index {index} installed in {:.2} s; restarting",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(error) => eprintln!(
+                "plafond: replica {node}: the snapshot at index {index} could not be installed \
+                 ({error}); restarting to be offered one again"
+            ),
+        }
+        self.stopped = true;
+        self.status.set_deposed();
+        self.pending.clear();
+        self.host.restart();
     }
 
     /// Once the new leader has applied everything committed before its term, its shards
@@ -470,18 +551,23 @@ impl<R: Release> Driver<R> {
     }
 
     /// Drops applied entries of the Raft log that no follower still needs (the changelog
-    /// holds their batches), keeping [`LOG_ENTRIES_KEPT`] and at most [`LOG_ENTRIES_MAX`].
+    /// holds their batches), keeping `bounds.kept` and at most `bounds.max`
+    /// ([`crate::limits::LOG_ENTRIES_KEPT`], [`crate::limits::LOG_ENTRIES_MAX`]): a
+    /// follower further behind is sent a snapshot, and the log after the snapshot is kept
+    /// (within the bound) while a follower pulls it.
     fn compact(&mut self) -> Result<(), ReplicaError> {
         if self.applied < self.compacted_at + COMPACT_EVERY_ENTRIES {
             return Ok(());
         }
         self.compacted_at = self.applied;
-        let mut first = self.applied.saturating_sub(LOG_ENTRIES_KEPT);
+        let mut first = self.applied.saturating_sub(self.bounds.kept);
         if self.raw.raft.state == StateRole::Leader {
             let me = self.status.cluster().node_id;
             let needed = self.raw.raft.prs().iter().filter(|(id, _)| **id != me);
-            if let Some(behind) = needed.map(|(_, progress)| progress.matched + 1).min() {
-                first = first.min(behind).max(self.applied.saturating_sub(LOG_ENTRIES_MAX));
+            let behind = needed.map(|(_, progress)| progress.matched + 1).min();
+            let pulling = self.snapshots.needed_from();
+            if let Some(needed) = behind.into_iter().chain(pulling).min() {
+                first = first.min(needed).max(self.applied.saturating_sub(self.bounds.max));
             }
         }
         if first > self.disk.first_kept() {

@@ -67,6 +67,77 @@ pub const LOG_ENTRIES_MAX: u64 = 65_536;
 /// Entries applied between two compactions of the Raft log.
 pub const COMPACT_EVERY_ENTRIES: u64 = 256;
 
+/// The hidden environment variable that lowers [`LOG_ENTRIES_MAX`] (and with it the kept
+/// tail, to half of it) so that a test reaches a follower behind the log in seconds; read
+/// once at start, clamped to [`LOG_ENTRIES_MAX_FLOOR`]`..=`[`LOG_ENTRIES_MAX`].
+pub const LOG_ENTRIES_MAX_ENV: &str = "PLAFOND_RAFT_LOG_ENTRIES_MAX";
+
+/// The smallest [`LOG_ENTRIES_MAX_ENV`] accepted: two compactions' worth.
+pub const LOG_ENTRIES_MAX_FLOOR: u64 = 2 * COMPACT_EVERY_ENTRIES;
+
+/// How many entries of the Raft log are kept: behind the applied index, and at most
+/// behind it while a follower still needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBounds {
+    /// Kept behind the applied index on every replica.
+    pub kept: u64,
+    /// Kept at most; a follower further behind is sent a snapshot.
+    pub max: u64,
+}
+
+impl LogBounds {
+    /// [`LOG_ENTRIES_KEPT`] and [`LOG_ENTRIES_MAX`], or what [`LOG_ENTRIES_MAX_ENV`] asks.
+    pub fn from_env() -> LogBounds {
+        let asked = std::env::var(LOG_ENTRIES_MAX_ENV).ok().and_then(|text| text.parse().ok());
+        LogBounds::with_max(asked)
+    }
+
+    /// The bounds for a maximum of `max` entries (clamped), the defaults for `None`.
+    pub fn with_max(max: Option<u64>) -> LogBounds {
+        match max {
+            None => LogBounds { kept: LOG_ENTRIES_KEPT, max: LOG_ENTRIES_MAX },
+            Some(max) => {
+                let max = max.clamp(LOG_ENTRIES_MAX_FLOOR, LOG_ENTRIES_MAX);
+                LogBounds { kept: LOG_ENTRIES_KEPT.min(max / 2), max }
+            }
+        }
+    }
+}
+
+/// The most bytes one pull of a snapshot's file carries (one request, one reply).
+pub const SNAPSHOT_CHUNK_BYTES: u32 = 4 << 20;
+
+/// The most files a snapshot has (the checkpoint and the log after it).
+pub const SNAPSHOT_FILES_MAX: usize = 2;
+
+/// The largest snapshot file a follower accepts: a checkpoint of 10M accounts is some
+/// hundreds of MB; past this the descriptor is refused rather than the disk filled.
+pub const SNAPSHOT_FILE_BYTES_MAX: u64 = 64 << 30;
+
+/// How many times a follower asks again for one chunk (each time on a new connection)
+/// before it gives up the transfer and restarts, to be offered a snapshot again.
+pub const SNAPSHOT_PULL_ATTEMPTS: u32 = 8;
+
+/// The pause before asking again for a chunk that failed.
+pub const SNAPSHOT_PULL_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a read or a write of a snapshot pull may block.
+pub const SNAPSHOT_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a leader waits for a follower it offered a snapshot to pull its next chunk
+/// before it reports the transfer failed to Raft (which offers it again).
+pub const SNAPSHOT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a prepared snapshot is offered to new followers before a fresher one is made
+/// (a follower installing an old one would find the log past it compacted).
+pub const SNAPSHOT_REUSE_AGE: Duration = Duration::from_secs(60);
+
+/// The most bytes of records one RocksDB write of an install carries.
+pub const INSTALL_BATCH_BYTES: usize = 8 << 20;
+
+/// The largest key of a record in a snapshot's log file (a log key or a command id).
+pub const SNAPSHOT_KEY_BYTES_MAX: usize = 256;
+
 /// How long a node waits for the cluster to elect a leader before `--populate` gives up.
 pub const ELECTION_WAIT: Duration = Duration::from_secs(30);
 
@@ -77,3 +148,32 @@ const _: () = assert!(GROUP_BYTES_MAX * 2 <= FRAME_BYTES_MAX);
 const _: () = assert!(HEARTBEAT_TICKS < ELECTION_TICKS);
 const _: () = assert!(LOG_ENTRIES_KEPT < LOG_ENTRIES_MAX);
 const _: () = assert!(COMPACT_EVERY_ENTRIES <= LOG_ENTRIES_KEPT);
+// A pull's reply (the chunk and its header) fits in a frame.
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize * 2 <= FRAME_BYTES_MAX);
+const _: () = assert!(LOG_ENTRIES_MAX_FLOOR <= LOG_ENTRIES_MAX);
+const _: () = assert!(SNAPSHOT_IO_TIMEOUT.as_millis() < SNAPSHOT_IDLE_TIMEOUT.as_millis());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_bounds_a_test_asks_for_are_clamped_and_keep_half() {
+        assert_eq!(
+            LogBounds::with_max(None),
+            LogBounds { kept: LOG_ENTRIES_KEPT, max: LOG_ENTRIES_MAX }
+        );
+        assert_eq!(LogBounds::with_max(Some(1000)), LogBounds { kept: 500, max: 1000 });
+        assert_eq!(
+            LogBounds::with_max(Some(1)).max,
+            LOG_ENTRIES_MAX_FLOOR,
+            "never below the floor"
+        );
+        assert_eq!(
+            LogBounds::with_max(Some(u64::MAX)).max,
+            LOG_ENTRIES_MAX,
+            "never above the default"
+        );
+        assert_eq!(LogBounds::with_max(Some(u64::MAX)).kept, LOG_ENTRIES_KEPT);
+    }
+}

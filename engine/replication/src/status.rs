@@ -43,6 +43,10 @@ pub struct ReplicaStatus {
     deposed: AtomicBool,
     applied: AtomicU64,
     commit: AtomicU64,
+    /// Snapshots this replica installed, over its whole life (kept on disk).
+    snapshots_installed: AtomicU64,
+    /// Snapshots offered to followers since this process started.
+    snapshots_sent: AtomicU64,
 }
 
 /// A consistent reading of [`ReplicaStatus`].
@@ -64,6 +68,10 @@ pub struct RoleView {
     pub applied: u64,
     /// The last Raft index known committed.
     pub commit: u64,
+    /// Snapshots this replica installed, over its whole life.
+    pub snapshots_installed: u64,
+    /// Snapshots offered to followers since this process started.
+    pub snapshots_sent: u64,
 }
 
 impl ReplicaStatus {
@@ -78,6 +86,8 @@ impl ReplicaStatus {
             deposed: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             commit: AtomicU64::new(0),
+            snapshots_installed: AtomicU64::new(0),
+            snapshots_sent: AtomicU64::new(0),
         }
     }
 
@@ -113,6 +123,8 @@ impl ReplicaStatus {
             serving: self.serving(),
             applied: self.applied.load(Ordering::Relaxed),
             commit: self.commit.load(Ordering::Relaxed),
+            snapshots_installed: self.snapshots_installed.load(Ordering::Relaxed),
+            snapshots_sent: self.snapshots_sent.load(Ordering::Relaxed),
         }
     }
 
@@ -146,6 +158,11 @@ impl ReplicaStatus {
     pub(crate) fn set_progress(&self, applied: u64, commit: u64) {
         self.applied.store(applied, Ordering::Relaxed);
         self.commit.store(commit, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_snapshots(&self, installed: u64, sent: u64) {
+        self.snapshots_installed.store(installed, Ordering::Relaxed);
+        self.snapshots_sent.store(sent, Ordering::Relaxed);
     }
 
     pub(crate) fn set_serving(&self, serving: bool) {

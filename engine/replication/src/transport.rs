@@ -5,6 +5,9 @@
 //!
 //! Nothing here retries a message: Raft sends again whatever was lost, so a full outbox,
 //! a failed connection or a write that times out drops messages and moves on.
+//!
+//! The same listener serves the pulls of a snapshot's files ([`crate::pull`]): such a
+//! connection starts with [`PULL_HELLO`] where a frame's length would be.
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +25,8 @@ use crate::limits::{
     CONNECTIONS_MAX, CONNECT_TIMEOUT, FRAME_BYTES_MAX, OUTBOX_MESSAGES_MAX, RECONNECT_INTERVAL,
     SEND_TIMEOUT,
 };
+use crate::pull::{self, PULL_HELLO};
+use crate::snapshot::Snapshots;
 
 /// The sending side, per peer, and the threads behind it.
 pub struct Transport {
@@ -34,7 +39,11 @@ pub struct Transport {
 impl Transport {
     /// Listens on this node's Raft address (bound before it returns, so a peer can connect
     /// at once) and starts a sender per peer; received messages go to `inbox`.
-    pub fn start(cluster: &Cluster, inbox: Sender<Message>) -> std::io::Result<Transport> {
+    pub fn start(
+        cluster: &Cluster,
+        inbox: Sender<Message>,
+        snapshots: Arc<Snapshots>,
+    ) -> std::io::Result<Transport> {
         let me = cluster.me().clone();
         let listener = TcpListener::bind(me.raft_addr())?;
         let listen_addr = listener.local_addr()?;
@@ -43,7 +52,7 @@ impl Transport {
         let mut threads = Vec::new();
         threads.push(std::thread::Builder::new().name("plafond-raft-listen".into()).spawn({
             let stop = stop.clone();
-            move || listen(listener, me.id, members, inbox, stop)
+            move || listen(listener, me.id, members, inbox, snapshots, stop)
         })?);
         let mut outboxes = Vec::new();
         for peer in cluster.peers() {
@@ -93,6 +102,7 @@ fn listen(
     me: u64,
     members: Vec<u64>,
     inbox: Sender<Message>,
+    snapshots: Arc<Snapshots>,
     stop: Arc<AtomicBool>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
@@ -107,9 +117,10 @@ fn listen(
         open.fetch_add(1, Ordering::AcqRel);
         let (inbox, members, stop, open) =
             (inbox.clone(), members.clone(), stop.clone(), open.clone());
+        let snapshots = snapshots.clone();
         let spawned =
             std::thread::Builder::new().name("plafond-raft-from".into()).spawn(move || {
-                receive(stream, me, &members, &inbox, &stop);
+                receive(stream, me, &members, &inbox, &snapshots, &stop);
                 open.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
@@ -118,12 +129,14 @@ fn listen(
     }
 }
 
-/// Reads frames until the peer closes, sends garbage, or the node stops.
+/// Reads frames until the peer closes, sends garbage, or the node stops; or serves a
+/// snapshot's pulls, if that is what the connection asks first.
 fn receive(
     stream: TcpStream,
     me: u64,
     members: &[u64],
     inbox: &Sender<Message>,
+    snapshots: &Snapshots,
     stop: &AtomicBool,
 ) {
     // A timeout, so that a silent peer does not keep the thread past a stop.
@@ -132,6 +145,7 @@ fn receive(
     }
     let mut reader = BufReader::with_capacity(1 << 16, stream);
     let mut frame = Vec::new();
+    let mut first = true;
     while !stop.load(Ordering::Acquire) {
         let mut length = [0u8; 4];
         match reader.read_exact(&mut length) {
@@ -139,7 +153,20 @@ fn receive(
             Err(error) if is_timeout(&error) => continue,
             Err(_) => return,
         }
-        let length = u32::from_le_bytes(length) as usize;
+        let length = u32::from_le_bytes(length);
+        if first && length == PULL_HELLO {
+            let mut peer = [0u8; 8];
+            if read_whole(&mut reader, &mut peer, stop).is_err() {
+                return;
+            }
+            let peer = u64::from_le_bytes(peer);
+            if members.contains(&peer) && peer != me {
+                pull::serve(reader, peer, snapshots, stop);
+            }
+            return;
+        }
+        first = false;
+        let length = length as usize;
         if length > FRAME_BYTES_MAX {
             return;
         }
@@ -228,7 +255,7 @@ fn write_frame(
 }
 
 /// A connection to `to` from address `from` (any port).
-fn connect(from: std::net::IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) fn connect(from: std::net::IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let domain = socket2::Domain::for_address(to);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.bind(&SocketAddr::new(from, 0).into())?;

@@ -457,6 +457,10 @@ fn server_families(registry: &mut Registry, server: &ServerGauges) {
         single(registry, "replication_applied_index", "Last Raft entry applied", None, applied);
         let lag = view.commit.saturating_sub(view.applied) as f64;
         single(registry, "replication_lag_entries", "Committed entries not yet applied", None, lag);
+        let help = "Raft snapshots this replica installed (it was behind the leader's log)";
+        total(registry, "replication_snapshots_installed", help, None, view.snapshots_installed);
+        let help = "Raft snapshots offered to followers behind this leader's log";
+        total(registry, "replication_snapshots_sent", help, None, view.snapshots_sent);
     }
 }
 

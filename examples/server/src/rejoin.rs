@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt as _;
 /// Replaces this process with a fresh start of the same program and flags. Returns only if
 /// that fails, after which the process exits: a supervisor restarts it.
 pub fn restart_in_place() {
-    eprintln!("server: lost the lead; restarting in place to rejoin as a follower");
+    eprintln!("server: restarting in place to rejoin as a follower");
     let program = std::env::current_exe();
     let error = match program {
         // Every descriptor the server opened (RocksDB's files and lock, the listeners) is

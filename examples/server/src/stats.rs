@@ -83,6 +83,8 @@ struct ReplicationJson {
     serving: bool,
     applied_index: u64,
     commit_index: u64,
+    snapshots_installed: u64,
+    snapshots_sent: u64,
 }
 
 /// The civil date of a day number (days since 1970-01-01), e.g. `2027-01-04`: the
@@ -525,7 +527,7 @@ fn rounded(value: f64, decimals: i32) -> f64 {
 /// `{"health":{...},"unix_ms":N,"regions":{name:{...}},"total":{...},"audit":{...},
 /// "shards":[...],...,"commands":{kind:{"done","declined"}},"epochs_completed":{region:N},
 /// "storage":null|{...},"checkpoint":{...},"replication":null|{"node_id","role","term",
-/// "leader","serving","applied_index","commit_index"}, each shard with its "digest",
+/// "leader","serving","applied_index","commit_index","snapshots_installed","snapshots_sent"}, each shard with its "digest",
 /// "clock_guard":{"jumps_refused":N,"refused":null|{"host_ms","guarded_ms","ahead_ms"}}}`
 /// (`clock_guard` is `null` with a manual clock, `storage` with durability `none`).
 pub fn json(stats: &Stats, rates: &[f64], health: &Health, replica: &Replica) -> String {
@@ -610,6 +612,8 @@ pub fn json(stats: &Stats, rates: &[f64], health: &Health, replica: &Replica) ->
             serving: view.serving,
             applied_index: view.applied,
             commit_index: view.commit,
+            snapshots_installed: view.snapshots_installed,
+            snapshots_sent: view.snapshots_sent,
         }),
     })
 }

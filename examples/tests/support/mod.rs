@@ -89,6 +89,12 @@ impl Server {
         Server::try_start_full(args, env, None)
     }
 
+    /// [`Server::start_exact`] with these environment variables set.
+    pub fn start_exact_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::try_start_on(args, env, None)
+            .unwrap_or_else(|(status, stderr)| panic!("server exited: {status:?}: {stderr}"))
+    }
+
     /// Starts the server with its descriptor limit (soft and hard: `ulimit -n`) at
     /// `descriptors`, as an operator's shell might.
     pub fn start_with_descriptors(args: &[&str], descriptors: u64) -> Server {
