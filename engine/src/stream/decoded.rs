@@ -75,7 +75,7 @@ mod tests {
         let mut encoder = BatchEncoder::new();
         for card in 0..entries as u64 {
             let pay = Input::Client(Request::new(Command::Pay { card, amount_minor: 1 }));
-            encoder.push(0, &pay, None);
+            encoder.push(0, &pay, None, &Default::default());
         }
         encoder.finish()
     }
