@@ -28,7 +28,7 @@ const OPENING: Opening = Opening::REFERENCE;
 fn populated(regions: &Regions, calendar: &mut Calendar, cards: u64) -> ShardState {
     let region = regions.id_of("eu-west").unwrap_or(0);
     let mut state = ShardState::new(0, 1, regions.len());
-    let mut env = Env { regions, calendar };
+    let mut env = Env::new(regions, calendar);
     // What a shard logs at start-up: the configured rules of every region.
     for (region_id, region) in (0..regions.len() as u16).filter_map(|r| Some((r, regions.get(r)?)))
     {
@@ -57,7 +57,7 @@ fn main() {
     let regions = Regions::builtin();
     let mut calendar = Calendar::new(&regions);
     let populated = populated(&regions, &mut calendar, cards);
-    let mut env = Env { regions: &regions, calendar: &mut calendar };
+    let mut env = Env::new(&regions, &mut calendar);
     let workload = Workload::new(cards, Skew::Uniform);
     let mut rng = SplitMix(11);
     let pays = cards * PAYS_PER_CARD;

@@ -150,10 +150,9 @@ impl Engine {
                 match value {
                     None => None,
                     Some(value) => {
-                        let entries = self.stream_decoded.get(shard, seq, &value);
-                        let entries = entries.map_err(StoreError::from)?;
-                        let count: usize = entries.iter().map(fields::parts).sum();
-                        (count > 0).then_some(StreamId { batch_seq: seq, index: count as u64 })
+                        let batch = self.stream_decoded.get(shard, seq, &value);
+                        let count = batch.map_err(StoreError::from)?.parts;
+                        (count > 0).then_some(StreamId { batch_seq: seq, index: count })
                     }
                 }
             }
@@ -199,18 +198,13 @@ impl Engine {
         let to_seq = durable.min(end.batch_seq.saturating_add(1));
         let mut fields = Vec::new();
         let visited = store.read_log_raw(shard, start.batch_seq, to_seq, |seq, value| {
-            let entries = self.stream_decoded.get(shard, seq, value).map_err(StoreError::from)?;
+            let batch = self.stream_decoded.get(shard, seq, value).map_err(StoreError::from)?;
             // The stream's index of the first entry wanted in this batch, from 1.
             let first = if seq == start.batch_seq { start.index.max(1) } else { 1 };
-            // The stream's index of the last part visited or skipped.
-            let mut index = 0u64;
-            for entry in entries.iter() {
-                let parts = fields::parts(entry);
-                if index + (parts as u64) < first {
-                    index += parts as u64;
-                    continue;
-                }
-                for part in 0..parts {
+            // The entry holding it, and the stream's index of the last part before it.
+            let (at, mut index) = batch.locate(first);
+            for entry in &batch.entries[at..] {
+                for part in 0..fields::parts(entry) {
                     index += 1;
                     if index < first {
                         continue;

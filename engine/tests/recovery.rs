@@ -64,7 +64,7 @@ fn a_log_that_replays_differently_is_refused() {
         account: 12_345,
         amount_minor: 5,
     }));
-    encoder.push(0, &input, Some(&Outcome::Done { balance_minor: 5 }));
+    encoder.push(0, &input, Some(&Outcome::Done { balance_minor: 5 }), &Default::default());
     let store = Store::open(dir.path(), 2).unwrap();
     let next = store.read_log(0, 0, |_, _| Ok(())).unwrap();
     store.db().put(log_key(0, next), encoder.finish()).unwrap();

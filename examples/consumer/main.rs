@@ -1,19 +1,20 @@
 //! plafond's example change-stream consumer (SPEC §13): follows every shard's stream with
-//! `XREAD BLOCK`, rebuilds each account's balance from the entries alone, and keeps its
-//! cursors with the balances in one file, so that it resumes where it stopped.
+//! `XREAD BLOCK`, rebuilds each account's balance and what its holds hold from the entries
+//! alone, and keeps its cursors with them in one file, so that it resumes where it stopped.
 //!
 //! ```text
 //! # follow for ever (reconnecting when the server restarts), saving every second:
 //! cargo run --release --example consumer -- --port 7379 --ledger ledger.json
-//! # read up to the last entry there is now, then print `account balance` lines:
+//! # read up to the last entry there is now, then print `account balance held` lines:
 //! cargo run --release --example consumer -- --port 7379 --ledger ledger.json --catch-up --dump
 //! ```
 //!
 //! Every few seconds, and at exit, it writes one line on stderr:
 //! `consumer applied=N entries_per_s=R lag_ms=L` (the age of the newest entry applied; 0
 //! once a read waited out its `BLOCK`: nothing is behind).
-//! Every balance change is an entry: savings interest an epoch posts comes as `INTEREST`
-//! entries with the balance after, so savings accounts are exact too.
+//! Every balance change is an entry: savings interest comes as `INTEREST` entries with the
+//! balance after (an epoch's, or one a command applied first), and a hold's expiry as an
+//! `EXPIRE` entry, so savings accounts and held money are exact too.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -71,7 +72,7 @@ struct ConsumerArgs {
     /// How often the progress line is written on stderr.
     #[arg(long, default_value_t = 5000, value_parser = number::<u64>)]
     progress_every_ms: u64,
-    /// At exit, print every balance as `account balance` on stdout.
+    /// At exit, print every account as `account balance held` on stdout.
     #[arg(long)]
     dump: bool,
     /// Apply nothing and keep no file: only read, count and move the cursors (measures
@@ -156,8 +157,9 @@ fn run() -> anyhow::Result<()> {
     save(&ledger)?;
     progress.report(ledger.applied);
     if args.dump {
+        let held = ledger.held();
         for (account, balance) in &ledger.balances {
-            println!("{account} {balance}");
+            println!("{account} {balance} {}", held.get(account).copied().unwrap_or(0));
         }
     }
     Ok(())

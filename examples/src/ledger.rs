@@ -1,8 +1,9 @@
 //! What the example consumer (`examples/consumer`) rebuilds from the change stream alone,
 //! and its file.
 //!
-//! Per account its balance (savings interest included: an epoch's `INTEREST` entries
-//! carry the balance after); per shard the cursor (the last entry applied) and what the
+//! Per account its balance (savings interest included: `INTEREST` entries, of an epoch or
+//! applied lazily before a command, carry the balance after) and what its open holds hold;
+//! per shard the cursor (the last entry applied) and what the
 //! stream's entries leave for later ones to use: each region's opening deposit (`RULES`),
 //! each profile's region (`OPEN_PROFILE`), and the transfers to other shards still waiting
 //! for their settle (the n-th `PENDING` debit of a shard's log is its transfer n), so that a
@@ -20,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use plafond::stream::fields::name;
 
-/// The file's format version.
-const LEDGER_FORMAT_VERSION: u32 = 1;
+/// The file's format version (2: what each hold holds).
+const LEDGER_FORMAT_VERSION: u32 = 2;
 
 /// An entry id, `<batch>-<index>`, ordered as the stream orders them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,12 +57,20 @@ pub struct ShardLedger {
     next_transfer: u64,
     /// Debits waiting for their settle: transfer → (from, amount).
     pending: BTreeMap<u64, (u64, u64)>,
-    /// The account of each card hold (§12) that may still be captured: a `CAPTURE` entry
-    /// names its hold, and the `AUTHORIZE` entry that placed it names the card. A hold
-    /// is forgotten once a capture or void leaves it holding nothing, or an epoch expires
-    /// it (`EXPIRE`); one that expires lazily, at a command on its card, stays.
-    #[serde(default)]
-    holds: BTreeMap<u64, u64>,
+    /// Each card hold (§12) that still holds money: a `CAPTURE` entry names its hold, and
+    /// the `AUTHORIZE` entry that placed it names the card. A hold is forgotten once a
+    /// capture or void leaves it holding nothing, or it expires (`EXPIRE`, of an epoch or
+    /// applied lazily before a command on its card).
+    holds: BTreeMap<u64, OpenHold>,
+}
+
+/// A hold that still holds money.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OpenHold {
+    /// Its card's account.
+    account: u64,
+    /// What it holds.
+    held: u64,
 }
 
 /// Everything the consumer keeps.
@@ -133,6 +142,15 @@ impl Ledger {
         // The rename itself is durable once the directory is.
         std::fs::File::open(dir)?.sync_all()?;
         Ok(())
+    }
+
+    /// What the open holds of each account hold together (accounts without any left out).
+    pub fn held(&self) -> BTreeMap<u64, u64> {
+        let mut held = BTreeMap::new();
+        for hold in self.shards.iter().flat_map(|shard| shard.holds.values()) {
+            *held.entry(hold.account).or_default() += hold.held;
+        }
+        held
     }
 
     /// Moves `shard`'s cursor past entry `id` without applying it (only counting).
@@ -207,22 +225,29 @@ fn apply_entry(
             }
         }
         ("AUTHORIZE", "APPROVED") if field(fields, name::CARD).is_some() => {
-            ledger.holds.insert(number(fields, name::HOLD)?, number(fields, name::CARD)?);
+            let (account, held) = (number(fields, name::CARD)?, number(fields, name::AMOUNT)?);
+            ledger.holds.insert(number(fields, name::HOLD)?, OpenHold { account, held });
         }
         ("EXPIRE", "DONE") => {
             ledger.holds.remove(&number(fields, name::HOLD)?);
         }
         ("CAPTURE", "DONE") => {
             let hold = number(fields, name::HOLD)?;
-            let account = *ledger.holds.get(&hold).context("a capture of an unknown hold")?;
+            let account = ledger.holds.get(&hold).context("a capture of an unknown hold")?.account;
             balances.insert(account, number(fields, name::BALANCE)?);
         }
         _ => {}
     }
-    if matches!((kind, outcome), ("CAPTURE" | "VOID", "DONE"))
-        && field(fields, name::HELD) == Some("0")
-    {
-        ledger.holds.remove(&number(fields, name::HOLD)?);
+    // An increment, a capture or a void says what the hold holds after it.
+    if matches!((kind, outcome), ("AUTHORIZE", "APPROVED") | ("CAPTURE" | "VOID", "DONE")) {
+        if let Some(held) = field(fields, name::HELD) {
+            let hold = number(fields, name::HOLD)?;
+            let open = ledger.holds.get_mut(&hold).context("a change of an unknown hold")?;
+            open.held = held.parse().with_context(|| format!("field `held` is {held:?}"))?;
+            if open.held == 0 {
+                ledger.holds.remove(&hold);
+            }
+        }
     }
     if outcome != "DONE" && outcome != "APPROVED" {
         return Ok(());
@@ -284,6 +309,143 @@ mod tests {
         assert_eq!((loaded.balances, loaded.shards[0].cursor), (ledger.balances, id(6)));
     }
 
+    /// Every entry of every stream of `engine`, applied to a new ledger in order.
+    fn rebuilt_from(engine: &plafond::Engine) -> Ledger {
+        use plafond::stream::{FieldValue, StreamId, StreamStart, STREAM_READ_ENTRIES_MAX};
+        let mut ledger = Ledger::new(usize::from(engine.shards()));
+        for shard in 0..engine.shards() {
+            let mut start = StreamStart::Retained;
+            loop {
+                let mut read = Vec::new();
+                let visit = |id: StreamId, fields: &[plafond::stream::Field]| {
+                    let text: Vec<(&'static str, String)> = fields
+                        .iter()
+                        .map(|field| {
+                            let value = match &field.value {
+                                FieldValue::Number(n) => n.to_string(),
+                                FieldValue::Signed(n) => n.to_string(),
+                                FieldValue::Word(word) => word.to_string(),
+                                FieldValue::Id(id) => id.as_str().to_string(),
+                            };
+                            (field.name, value)
+                        })
+                        .collect();
+                    read.push((id, text));
+                    true
+                };
+                let max = STREAM_READ_ENTRIES_MAX;
+                engine.stream_read(shard, start, StreamId::MAX, max, visit).unwrap();
+                let Some(&(last, _)) = read.last() else { break };
+                for (id, text) in &read {
+                    let pairs: Vec<(&str, &str)> =
+                        text.iter().map(|(name, value)| (*name, value.as_str())).collect();
+                    let cursor = Cursor { batch: id.batch_seq, index: id.index };
+                    assert!(ledger.apply(usize::from(shard), cursor, &pairs).unwrap());
+                }
+                start = StreamStart::At(last.successor().unwrap());
+            }
+        }
+        ledger
+    }
+
+    #[test]
+    fn the_ledger_rebuilt_from_the_streams_is_the_engine_through_lazy_and_eager_changes() {
+        use plafond::{AccountKind, Command, Engine, EngineConfig, ManualClock, Outcome};
+        const DAY_MS: i64 = 86_400_000;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = std::sync::Arc::new(ManualClock::new(ManualClock::SERVER_START_MS));
+        // Epochs only when the test says: between them, commands apply what is due lazily.
+        let config = EngineConfig::durable(dir.path())
+            .with_shards(2)
+            .with_clock(clock.clone())
+            .with_epoch_poll(None);
+        let engine = Engine::open(config.clone()).unwrap();
+        let mut accounts = Vec::new();
+        for index in 0..6u64 {
+            let region = (index % 2) as plafond::RegionId;
+            let Ok(Outcome::ProfileOpened { profile }) =
+                engine.run(Command::OpenProfile { region })
+            else {
+                panic!("a profile")
+            };
+            for kind in [AccountKind::Checking, AccountKind::Savings] {
+                let open = Command::OpenAccount { profile, kind, opening: None };
+                let Ok(Outcome::AccountOpened { account, .. }) = engine.run(open) else {
+                    panic!("an account")
+                };
+                accounts.push((account, kind));
+            }
+        }
+        let cards: Vec<u64> = accounts
+            .iter()
+            .filter(|(_, kind)| *kind == AccountKind::Checking)
+            .map(|(account, _)| *account)
+            .collect();
+        let mut rng = crate::sample::Rng::new(13);
+        let mut holds = Vec::new();
+        for _ in 0..600 {
+            let any = accounts[rng.below(accounts.len() as u64) as usize].0;
+            let card = cards[rng.below(cards.len() as u64) as usize];
+            let amount_minor = 1 + rng.below(4_000);
+            let hold = |rng: &mut crate::sample::Rng, holds: &[u64]| match holds {
+                [] => u64::MAX,
+                _ => holds[rng.below(holds.len() as u64) as usize],
+            };
+            let command = match rng.below(20) {
+                0..=2 => Command::Deposit { account: any, amount_minor },
+                3..=5 => Command::Pay { card, amount_minor },
+                6..=8 => Command::Transfer { from: any, to: card, amount_minor },
+                // On the second shard and never opened: refunded.
+                9 => Command::Transfer { from: any, to: 1_000_001, amount_minor },
+                10..=11 => Command::Authorize { card, amount_minor },
+                12 => Command::AuthorizeIncrement { hold: hold(&mut rng, &holds), amount_minor },
+                13 => Command::Capture {
+                    hold: hold(&mut rng, &holds),
+                    amount_minor: amount_minor / 4,
+                },
+                14 => Command::CaptureFinal {
+                    hold: hold(&mut rng, &holds),
+                    amount_minor: amount_minor / 8,
+                },
+                15 => Command::Void { hold: hold(&mut rng, &holds), amount_minor: None },
+                16 => Command::Refund { card, amount_minor },
+                17 => {
+                    // Hours to weeks: holds fall due, half-months and years pass.
+                    clock.advance((1 + rng.below(20 * 24)) as i64 * DAY_MS / 24);
+                    continue;
+                }
+                18 if rng.below(4) == 0 => {
+                    engine.run_due_epochs().unwrap();
+                    continue;
+                }
+                _ => {
+                    let to = accounts[rng.below(accounts.len() as u64) as usize].0;
+                    Command::Transfer { from: any, to, amount_minor }
+                }
+            };
+            if let Ok(Outcome::Authorized { hold, .. }) = engine.run(command) {
+                holds.push(hold);
+            }
+        }
+        // What is due is applied eagerly now, so that the state (what the stream shows)
+        // is what a read shows; what commands applied lazily before stays theirs.
+        engine.run_due_epochs().unwrap();
+        // Reopened, the log replays to the same state, lazy changes checked like outcomes.
+        drop(engine);
+        let engine = Engine::open(config).unwrap();
+        let ledger = rebuilt_from(&engine);
+        let held = ledger.held();
+        for (account, _) in &accounts {
+            let Ok(Outcome::BalanceDetail(detail)) =
+                engine.run(Command::ReadBalanceDetail { account: *account })
+            else {
+                panic!("a detail")
+            };
+            let rebuilt = (ledger.balances[account], held.get(account).copied().unwrap_or(0));
+            assert_eq!(rebuilt, (detail.balance_minor, detail.held_minor), "account {account}");
+        }
+    }
+
     #[test]
     fn a_capture_debits_the_account_its_authorization_named() {
         let mut ledger = Ledger::new(1);
@@ -320,6 +482,7 @@ mod tests {
             ("balance", "19100"),
             ("held", "0"),
         ];
+        assert_eq!(ledger.held(), BTreeMap::from([(4, 600)]));
         ledger.apply(0, id(3), entry(&last)).unwrap();
         assert_eq!(ledger.balances[&4], 19_100);
         assert!(ledger.shards[0].holds.is_empty(), "a hold holding nothing is forgotten");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use plafond_examples::sample::Rng;
 use plafond_wire::{Client, Value};
-use support::{example_binary, free_port, python_script, InProcess, Server};
+use support::{example_binary, free_port, python_script, simple, InProcess, Server};
 
 #[test]
 fn redis_py_reads_the_streams_as_redis_streams() {
@@ -382,26 +382,40 @@ fn the_consumer_rebuilds_every_balance_through_load_and_restarts() {
     // SAFETY: kill(2) with a pid we spawned and have not waited for.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert!(second.wait().unwrap().success(), "the consumer stops cleanly");
-    let output = consumer(port, ledger, &["--catch-up", "--dump"]).output().unwrap();
+    let rebuilt = rebuilt(consumer(port, ledger, &["--catch-up", "--dump"]));
+    let accounts: Vec<i64> = (0..ACCOUNTS as i64).collect();
+    let expected = on_the_server(&mut server.raw(), &accounts);
+    assert_eq!(rebuilt, expected, "the stream alone gives the server's balances and holds");
+    let moved = expected.values().any(|&(balance, _)| balance != 100_000);
+    assert!(moved, "the load changed balances: {expected:?}");
+}
+
+/// What the consumer `command` (with `--dump`) rebuilt: account → (balance, held).
+fn rebuilt(mut command: Command) -> BTreeMap<i64, (i64, i64)> {
+    let output = command.output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let rebuilt: BTreeMap<u64, i64> = String::from_utf8_lossy(&output.stdout)
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| {
-            let (account, balance) = line.split_once(' ').unwrap();
-            (account.parse().unwrap(), balance.parse().unwrap())
+            let columns: Vec<i64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+            let [account, balance, held] = columns[..] else { panic!("a dump line: {line}") };
+            (account, (balance, held))
         })
-        .collect();
-    let mut raw = server.raw();
-    let mut expected = BTreeMap::new();
-    for account in 0..ACCOUNTS {
-        let Value::Integer(balance) = raw.call(&["BALANCE", &account.to_string()]) else {
-            panic!("a balance")
+        .collect()
+}
+
+/// What the server says of `accounts`: account → (balance, held), by `BALANCE.DETAIL`.
+fn on_the_server(raw: &mut support::Raw, accounts: &[i64]) -> BTreeMap<i64, (i64, i64)> {
+    let mut seen = BTreeMap::new();
+    for &account in accounts {
+        let detail = raw.call(&["BALANCE.DETAIL", &account.to_string()]);
+        let Value::Array(detail) = &detail else { panic!("a detail: {detail:?}") };
+        let [Value::Integer(balance), _, Value::Integer(held), _] = detail[..] else {
+            panic!("[balance, available, held, open_holds]: {detail:?}")
         };
-        expected.insert(account, balance);
+        seen.insert(account, (balance, held));
     }
-    assert_eq!(rebuilt, expected, "the stream alone gives the server's balances");
-    let moved = expected.values().any(|&balance| balance != 100_000);
-    assert!(moved, "the load changed balances: {expected:?}");
+    seen
 }
 
 /// The kinds of every entry of `changes:<shard>`.
@@ -486,23 +500,113 @@ fn an_epochs_interest_expiries_and_end_are_entries_and_the_consumer_stays_exact(
         let last = |kind: &str| seen.iter().rposition(|seen| seen == kind);
         assert!(last("EPOCH") > last("ROLL"), "shard {shard}: {seen:?}");
     }
-    let output = consumer(server.addr.port(), ledger, &["--catch-up", "--dump"]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let rebuilt: BTreeMap<i64, i64> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            let (account, balance) = line.split_once(' ').unwrap();
-            (account.parse().unwrap(), balance.parse().unwrap())
-        })
-        .collect();
-    let mut expected = BTreeMap::new();
-    for &account in &accounts {
-        let Value::Integer(balance) = raw.call(&["BALANCE", &account.to_string()]) else {
-            panic!("a balance")
-        };
-        expected.insert(account, balance);
-    }
-    assert_eq!(rebuilt, expected, "the stream alone gives the server's balances");
-    let paid = before.iter().filter(|&(account, &balance)| expected[account] > balance).count();
+    let rebuilt = rebuilt(consumer(server.addr.port(), ledger, &["--catch-up", "--dump"]));
+    let expected = on_the_server(&mut raw, &accounts);
+    assert_eq!(rebuilt, expected, "the stream alone gives the server's balances and holds");
+    let paid = before.iter().filter(|&(account, &balance)| expected[account].0 > balance).count();
     assert_eq!(paid, 8, "every savings account earned interest: {expected:?} {before:?}");
+}
+
+/// The id an `ACCOUNT.OPEN` reply names.
+fn opened(reply: Value) -> i64 {
+    match reply {
+        Value::Array(account) => match account[..] {
+            [Value::Integer(account), ..] => account,
+            _ => panic!("an account: {account:?}"),
+        },
+        other => panic!("an account: {other:?}"),
+    }
+}
+
+/// The hold an approved `AUTHORIZE` placed.
+fn placed(reply: Value) -> String {
+    match reply {
+        Value::Array(hold) => match &hold[..] {
+            [Value::Simple(approved), Value::Integer(hold), ..] if approved == "APPROVED" => {
+                hold.to_string()
+            }
+            _ => panic!("a hold: {hold:?}"),
+        },
+        other => panic!("a hold: {other:?}"),
+    }
+}
+
+#[test]
+fn what_commands_apply_lazily_is_in_the_stream_and_the_consumer_stays_exact() {
+    use plafond_server::clock::ServerClock;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.json");
+    let ledger = ledger.to_str().unwrap();
+    // No epoch runs (no scheduler, no BATCH.RUN): every interest posting and expiry below is
+    // applied lazily, by the command that first touches its account after the clock moved.
+    let clock = Arc::new(plafond::ManualClock::new(plafond::ManualClock::SERVER_START_MS));
+    let config = plafond::EngineConfig::durable(dir.path().join("data"))
+        .with_shards(2)
+        .with_clock(clock.clone())
+        .with_epoch_poll(None);
+    let engine = Arc::new(plafond::Engine::open(config).expect("the engine opens"));
+    let settings = plafond_server::ServerConfig {
+        clock: ServerClock::Manual(clock),
+        token: None,
+        snapshots: plafond_server::snapshot_dir::SnapshotDir::new(dir.path().join("snap"), 1),
+        limits: {
+            use clap::Parser as _;
+            let args = plafond_server::options::ServerArgs::try_parse_from(["server"]);
+            args.expect("the default flags").limits()
+        },
+        metrics: None,
+    };
+    let server = InProcess::serve(engine, settings, 1, None);
+    let mut raw = server.raw();
+    let mut call = |args: &[&str]| raw.call(args);
+    // Profiles go round the shards: p0's accounts live on shard 0, p1's on shard 1.
+    let (p0, p1) = (call(&["PROFILE.OPEN", "eu-west"]), call(&["PROFILE.OPEN", "eu-west"]));
+    let (Value::Integer(p0), Value::Integer(p1)) = (p0, p1) else { panic!("two profiles") };
+    let (p0, p1) = (p0.to_string(), p1.to_string());
+    let card0 = opened(call(&["ACCOUNT.OPEN", &p0, "CHECKING"]));
+    let savings0 = opened(call(&["ACCOUNT.OPEN", &p0, "SAVINGS"]));
+    let savings0b = opened(call(&["ACCOUNT.OPEN", &p0, "SAVINGS"]));
+    let card1 = opened(call(&["ACCOUNT.OPEN", &p1, "CHECKING"]));
+    let savings1 = opened(call(&["ACCOUNT.OPEN", &p1, "SAVINGS"]));
+    let accounts = [card0, savings0, savings0b, card1, savings1];
+    assert_eq!(accounts.map(|account| account % 2), [0, 0, 0, 1, 1]);
+    let (card0, card1) = (card0.to_string(), card1.to_string());
+    placed(call(&["AUTHORIZE", &card0, "3000"]));
+    let second = placed(call(&["AUTHORIZE", &card0, "2000"]));
+    assert!(matches!(call(&["CAPTURE", &second, "500"]), Value::Array(_)));
+    let third = placed(call(&["AUTHORIZE", &card1, "1000"]));
+    let before = on_the_server(&mut raw, &accounts);
+    let mut call = |args: &[&str]| raw.call(args);
+    // Past every hold's expiry (seven business days), not past their keeping.
+    let days = (10 * 86_400_000i64).to_string();
+    assert_eq!(call(&["CLOCK.ADVANCE", &days]), Value::Simple("OK".into()));
+    // A payment expires its card's two holds first; a capture of an expired hold is
+    // declined, and expires it (and the other holds of its card) all the same.
+    assert!(matches!(call(&["PAY", &card0, "100"]), Value::Array(_)));
+    let late = call(&["CAPTURE", &third, "100"]);
+    assert_eq!(late, Value::Array(vec![simple("DECLINED"), simple("HOLD_EXPIRED")]));
+    // A debit to another shard (PENDING: no balance) posts its source's interest first; a
+    // transfer within a shard its target's, which its entry's balance (the source's) does
+    // not say; a credit from another shard its target's.
+    // Past the next 1 January: the year's interest is due (§5).
+    let days = (360 * 86_400_000i64).to_string();
+    assert_eq!(call(&["CLOCK.ADVANCE", &days]), Value::Simple("OK".into()));
+    let (s0, s0b, s1) = (savings0.to_string(), savings0b.to_string(), savings1.to_string());
+    assert!(matches!(call(&["TRANSFER", &s0, &card1, "1000"]), Value::Array(_)));
+    assert!(matches!(call(&["TRANSFER", &card0, &s0b, "500"]), Value::Array(_)));
+    assert!(matches!(call(&["TRANSFER", &card0, &s1, "700"]), Value::Array(_)));
+
+    let seen: Vec<String> = (0..2).flat_map(|shard| kinds(&mut raw, shard)).collect();
+    let count = |kind: &str| seen.iter().filter(|seen| *seen == kind).count();
+    assert_eq!(count("ROLL"), 0, "no epoch ran: {seen:?}");
+    assert_eq!((count("EXPIRE"), count("INTEREST")), (3, 3), "{seen:?}");
+    let rebuilt = rebuilt(consumer(server.addr.port(), ledger, &["--catch-up", "--dump"]));
+    let expected = on_the_server(&mut raw, &accounts);
+    assert_eq!(rebuilt, expected, "the stream alone gives the server's balances and holds");
+    assert!(expected.values().all(|&(_, held)| held == 0), "every hold expired: {expected:?}");
+    // Each savings account got more than the transfers moved: its interest.
+    for (savings, moved) in [(savings0, -1_000), (savings0b, 500), (savings1, 700)] {
+        let (now, then) = (expected[&savings].0, before[&savings].0);
+        assert!(now > then + moved, "interest on {savings}: {then} then, {now} now");
+    }
 }

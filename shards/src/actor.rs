@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
-use crate::apply::{apply, prefetch, Env, Input, Reply, PREFETCH_AHEAD};
+use crate::apply::{apply, prefetch, Applied, Env, Input, Reply, PREFETCH_AHEAD};
 use crate::calendar::{Calendar, Day};
 use crate::command::{CommandId, Kind, Outcome, RegionId, Request};
 use crate::health::StorageHealth;
@@ -380,21 +380,26 @@ pub fn replay_batch(
     entries: &[Entry],
 ) -> Result<(), StoreError> {
     for entry in entries {
-        let mut env = Env { regions, calendar: &mut *calendar };
+        let mut env = Env::new(regions, &mut *calendar);
         let applied = apply(state, &mut env, entry.ts_ms, &entry.input);
-        if !applied.changed || !replayed_as_logged(entry, applied.logged_outcome()) {
-            let detail = format!("logged {:?}, replayed {:?}", entry.outcome, applied.reply);
+        if !applied.changed || !replayed_as_logged(entry, &applied) {
+            let detail = format!(
+                "logged {:?} and {:?}, replayed {:?} and {:?}",
+                entry.outcome, entry.lazy, applied.reply, applied.lazy
+            );
             return Err(StoreError::Diverged { shard: state.shard, seq, detail });
         }
     }
     Ok(())
 }
 
-/// Whether a replayed outcome is the logged one. A roll logged by a build before rolls
-/// recorded what they changed has no outcome: what it replays to is what it did.
-fn replayed_as_logged(entry: &Entry, replayed: Option<&Outcome>) -> bool {
+/// Whether a replayed outcome and lazy changes are the logged ones. A roll logged by a
+/// build before rolls recorded what they changed has no outcome, and an entry of a build
+/// before lazy changes were logged has none of them: what it replays to is what it did.
+fn replayed_as_logged(entry: &Entry, replayed: &Applied) -> bool {
     let unrecorded_roll = matches!(entry.input, Input::Roll { .. }) && entry.outcome.is_none();
-    unrecorded_roll || replayed == entry.outcome.as_ref()
+    let outcome = unrecorded_roll || replayed.logged_outcome() == entry.outcome.as_ref();
+    outcome && entry.lazy.as_ref().is_none_or(|lazy| *lazy == replayed.lazy)
 }
 
 /// CPU time the calling thread has used, in nanoseconds (0 where it cannot be read).
@@ -741,11 +746,11 @@ impl Actor {
     }
 
     fn apply_one(&mut self, ts_ms: i64, input: &Input, batch: &mut Batch) -> Reply {
-        let mut env = Env { regions: &self.setup.regions, calendar: &mut self.calendar };
+        let mut env = Env::new(&self.setup.regions, &mut self.calendar);
         let applied = apply(&mut self.state, &mut env, ts_ms, input);
         // Durability `none` writes no log: encoding it would be thrown away.
         if applied.changed && self.setup.durability != Durability::None {
-            batch.encoder.push(ts_ms, input, applied.logged_outcome());
+            batch.encoder.push(ts_ms, input, applied.logged_outcome(), &applied.lazy);
         }
         if let Some((shard, input)) = applied.message {
             let mail = Mail::Input { ts_ms: self.state.clock_ms, input, done: None };

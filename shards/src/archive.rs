@@ -1351,7 +1351,8 @@ mod tests {
         let mut encoder = BatchEncoder::new();
         for index in 0..=(seq % 3) {
             let pay = Input::Client(Request::new(Command::Pay { card: seq, amount_minor: 1 }));
-            encoder.push(START_MS + (seq * 3 + index) as i64 * 1000, &pay, Some(&Outcome::Updated));
+            let ts_ms = START_MS + (seq * 3 + index) as i64 * 1000;
+            encoder.push(ts_ms, &pay, Some(&Outcome::Updated), &Default::default());
         }
         encoder.finish()
     }

@@ -65,5 +65,8 @@ const _: () = assert!(
         <= ENTRY_BYTES_MAX
 );
 const _: () = assert!(crate::holds::HOLDS_PER_ACCOUNT_MAX <= ROLL_ENTRY_HOLDS_MAX);
+// What a command logs lazily (the interest of the two accounts a transfer touches, the
+// expiry of every hold of the account it spends from) is less than a roll may log.
+const _: () = assert!(2 <= ROLL_ENTRY_ACCOUNTS_MAX);
 // An entry holds a command with its id.
 const _: () = assert!(COMMAND_ID_BYTES_MAX < ENTRY_BYTES_MAX);

@@ -3,10 +3,15 @@
 //! Key: `b'L'`, shard (u16 big-endian), batch sequence number (u64 big-endian), so one
 //! shard's batches sort in order. Value: format version (u8), entry count (u32
 //! little-endian), then the entries, each bincode 2 (standard config: little-endian,
-//! varints) of `{ ts: i64, input: Input, outcome: Option<Outcome> }`. In version 2 `ts` is
-//! the entry's time minus the previous entry's (the first entry's minus 0, wrapping): the
-//! entries of a batch mostly share one time, so it takes one byte instead of nine, and an
-//! entry of a payment shrinks by about a third. Version 1 (`ts` absolute) is still read.
+//! varints) of `{ ts: i64, input: Input, logged }`. Since version 2 `ts` is the entry's
+//! time minus the previous entry's (the first entry's minus 0, wrapping): the entries of a
+//! batch mostly share one time, so it takes one byte instead of nine, and an entry of a
+//! payment shrinks by about a third. `logged` is a tag byte, then the outcome if its bit 0
+//! is set, then what the input changed lazily ([`crate::apply::Applied::lazy`], a
+//! `Rolled`) if its bit 1 is set (version 3): an entry without lazy changes is the
+//! `Option<Outcome>` versions 1 and 2 wrote, byte for byte, so logging them costs the
+//! other entries nothing. Versions 1 (`ts` absolute) and 2 (no lazy changes logged) are
+//! still read.
 //!
 //! The log is the source of truth: replaying a shard's entries through
 //! [`crate::apply::apply`] rebuilds its state, and each replayed outcome must equal the
@@ -14,14 +19,24 @@
 
 use bincode::{Decode, Encode};
 
+use bincode::de::Decoder;
+use bincode::enc::Encoder;
+use bincode::error::{DecodeError, EncodeError};
+
 use crate::apply::Input;
-use crate::command::Outcome;
+use crate::command::{Outcome, Rolled};
 use crate::ids::ShardId;
 
-/// Version of the value format this build writes.
-pub const LOG_FORMAT_VERSION: u8 = 2;
-/// The earlier version, with absolute times; still read.
+/// Version of the value format this build writes: lazy changes logged.
+pub const LOG_FORMAT_VERSION: u8 = 3;
+/// The version before, with relative times and no lazy changes logged; still read.
+const LOG_FORMAT_VERSION_RELATIVE_TIMES: u8 = 2;
+/// The first version, with absolute times; still read.
 const LOG_FORMAT_VERSION_ABSOLUTE_TIMES: u8 = 1;
+/// Bit of an entry's tag byte: an outcome follows.
+const TAG_OUTCOME: u8 = 1;
+/// Bit of an entry's tag byte: lazy changes follow (version 3 only).
+const TAG_LAZY: u8 = 2;
 /// Prefix byte of log keys.
 pub const LOG_KEY_PREFIX: u8 = b'L';
 /// Bytes of a log key.
@@ -44,22 +59,80 @@ pub struct Entry {
     pub input: Input,
     /// Its outcome ([`crate::apply::Applied::logged_outcome`]); replay must reproduce it.
     pub outcome: Option<Outcome>,
+    /// What it changed lazily ([`crate::apply::Applied::lazy`]; replay must reproduce it),
+    /// or `None` in a batch of a version that did not log it (replay takes what it does).
+    pub lazy: Option<Rolled>,
 }
 
-/// An entry as encoded: `ts` is relative in version 2, absolute in version 1.
+/// An entry as encoded: `ts` is relative since version 2, absolute in version 1.
 #[derive(Encode)]
 struct EntryRef<'a> {
     ts: i64,
     input: &'a Input,
-    outcome: Option<&'a Outcome>,
+    logged: LoggedRef<'a>,
 }
 
 #[derive(Decode)]
 struct EncodedEntry {
     ts: i64,
     input: Input,
-    outcome: Option<Outcome>,
+    logged: Logged,
 }
+
+/// An entry's outcome and lazy changes, to encode: the tag, then each that is there.
+struct LoggedRef<'a> {
+    outcome: Option<&'a Outcome>,
+    lazy: &'a Rolled,
+}
+
+impl<'a> LoggedRef<'a> {
+    /// An outcome without lazy changes.
+    #[cfg(test)]
+    fn plain(outcome: Option<&'a Outcome>) -> LoggedRef<'a> {
+        static NOTHING: Rolled = Rolled { interest: Vec::new(), expired: Vec::new() };
+        LoggedRef { outcome, lazy: &NOTHING }
+    }
+}
+
+impl Encode for LoggedRef<'_> {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        let lazy = !self.lazy.is_empty();
+        let tag = u8::from(self.outcome.is_some()) * TAG_OUTCOME + u8::from(lazy) * TAG_LAZY;
+        tag.encode(encoder)?;
+        if let Some(outcome) = self.outcome {
+            outcome.encode(encoder)?;
+        }
+        if lazy {
+            self.lazy.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// An entry's outcome and lazy changes, decoded (`lazy` is `None` without its tag bit).
+struct Logged {
+    outcome: Option<Outcome>,
+    lazy: Option<Rolled>,
+}
+
+impl<Context> Decode<Context> for Logged {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Logged, DecodeError> {
+        let tag = u8::decode(decoder)?;
+        if tag & !(TAG_OUTCOME | TAG_LAZY) != 0 {
+            return Err(DecodeError::OtherString(format!("entry tag {tag} is not one written")));
+        }
+        let outcome = match tag & TAG_OUTCOME {
+            0 => None,
+            _ => Some(Outcome::decode(decoder)?),
+        };
+        let lazy = match tag & TAG_LAZY {
+            0 => None,
+            _ => Some(Rolled::decode(decoder)?),
+        };
+        Ok(Logged { outcome, lazy })
+    }
+}
+bincode::impl_borrow_decode!(Logged);
 
 /// Why a log value could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -118,9 +191,10 @@ impl BatchEncoder {
         BatchEncoder { bytes, count: 0, last_ts_ms: 0 }
     }
 
-    /// Appends an entry.
-    pub fn push(&mut self, ts_ms: i64, input: &Input, outcome: Option<&Outcome>) {
-        let entry = EntryRef { ts: ts_ms.wrapping_sub(self.last_ts_ms), input, outcome };
+    /// Appends an entry: the input, its outcome and what it changed lazily.
+    pub fn push(&mut self, ts_ms: i64, input: &Input, outcome: Option<&Outcome>, lazy: &Rolled) {
+        let logged = LoggedRef { outcome, lazy };
+        let entry = EntryRef { ts: ts_ms.wrapping_sub(self.last_ts_ms), input, logged };
         self.last_ts_ms = ts_ms;
         // Writing into a Vec cannot fail.
         let _ = bincode::encode_into_std_write(&entry, &mut self.bytes, config());
@@ -152,13 +226,14 @@ pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>
     if bytes.len() < HEADER_BYTES {
         return Err(corrupt(format!("{} bytes is shorter than the header", bytes.len())));
     }
-    let relative_times = match bytes[0] {
-        LOG_FORMAT_VERSION => true,
-        LOG_FORMAT_VERSION_ABSOLUTE_TIMES => false,
+    let (relative_times, lazy_logged) = match bytes[0] {
+        LOG_FORMAT_VERSION => (true, true),
+        LOG_FORMAT_VERSION_RELATIVE_TIMES => (true, false),
+        LOG_FORMAT_VERSION_ABSOLUTE_TIMES => (false, false),
         other => {
             return Err(corrupt(format!(
                 "format version {other} is not one this build reads \
-                 ({LOG_FORMAT_VERSION_ABSOLUTE_TIMES} or {LOG_FORMAT_VERSION})"
+                 ({LOG_FORMAT_VERSION_ABSOLUTE_TIMES} to {LOG_FORMAT_VERSION})"
             )))
         }
     };
@@ -173,7 +248,15 @@ pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>
                 .map_err(|e| corrupt(format!("entry {index}: {e}")))?;
         let ts_ms = if relative_times { last_ts_ms.wrapping_add(entry.ts) } else { entry.ts };
         last_ts_ms = ts_ms;
-        entries.push(Entry { ts_ms, input: entry.input, outcome: entry.outcome });
+        let Logged { outcome, lazy } = entry.logged;
+        let lazy = match (lazy_logged, lazy) {
+            (true, lazy) => Some(lazy.unwrap_or_default()),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(corrupt(format!("entry {index}: lazy changes in version {}", bytes[0])))
+            }
+        };
+        entries.push(Entry { ts_ms, input: entry.input, outcome, lazy });
         offset += used;
     }
     if offset != bytes.len() {
@@ -198,9 +281,10 @@ mod tests {
         let times = [1_800_000_000_000, 1_800_000_000_000, -5, i64::MAX, i64::MIN, 10];
         for (index, ts_ms) in times.into_iter().enumerate() {
             if index % 2 == 0 {
-                encoder.push(ts_ms, &pay, Some(&Outcome::Declined(Reason::CardBlocked)));
+                let declined = Outcome::Declined(Reason::CardBlocked);
+                encoder.push(ts_ms, &pay, Some(&declined), &Rolled::default());
             } else {
-                encoder.push(ts_ms, &credit, None);
+                encoder.push(ts_ms, &credit, None, &Rolled::default());
             }
         }
         let bytes = encoder.finish();
@@ -211,6 +295,7 @@ mod tests {
         assert_eq!(entries[0].input, pay);
         assert_eq!(entries[0].outcome, Some(Outcome::Declined(Reason::CardBlocked)));
         assert_eq!(entries[1].input, credit);
+        assert!(entries.iter().all(|entry| entry.lazy == Some(Rolled::default())));
         let decoded_times: Vec<i64> = entries.iter().map(|entry| entry.ts_ms).collect();
         assert_eq!(decoded_times, times, "times survive any difference, even wrapping ones");
         assert!(decode_batch(0, 0, &bytes[..bytes.len() - 1]).is_err());
@@ -228,12 +313,80 @@ mod tests {
         let mut bytes = vec![LOG_FORMAT_VERSION_ABSOLUTE_TIMES];
         bytes.extend_from_slice(&2u32.to_le_bytes());
         for ts in [1_000, 900] {
-            let entry = EntryRef { ts, input: &pay, outcome: None };
+            let entry = EntryRef { ts, input: &pay, logged: LoggedRef::plain(None) };
             bincode::encode_into_std_write(&entry, &mut bytes, config()).unwrap();
         }
         let entries = decode_batch(0, 0, &bytes).unwrap();
         let times: Vec<i64> = entries.iter().map(|entry| entry.ts_ms).collect();
         assert_eq!(times, [1_000, 900]);
+        assert!(entries.iter().all(|entry| entry.lazy.is_none()), "not logged then");
+    }
+
+    /// A version 2 value, as the build before lazy changes wrote it: `Option<Outcome>`.
+    fn version_two(entries: &[(i64, &Input, Option<&Outcome>)]) -> Vec<u8> {
+        #[derive(Encode)]
+        struct Version2<'a> {
+            ts: i64,
+            input: &'a Input,
+            outcome: Option<&'a Outcome>,
+        }
+        let mut bytes = vec![LOG_FORMAT_VERSION_RELATIVE_TIMES];
+        bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for &(ts, input, outcome) in entries {
+            let entry = Version2 { ts, input, outcome };
+            bincode::encode_into_std_write(&entry, &mut bytes, config()).unwrap();
+        }
+        bytes
+    }
+
+    #[test]
+    fn lazy_changes_round_trip_and_version_two_values_read_as_before() {
+        use crate::command::{ExpiredHold, Posted};
+        let pay = Input::Client(Request::new(Command::Pay { card: 3, amount_minor: 50 }));
+        let approved = Outcome::Approved { balance_minor: 950, spent_7d_minor: 50 };
+        let lazy = Rolled {
+            interest: vec![Posted { account: 5, amount_minor: 7, balance_minor: 1_007 }],
+            expired: vec![ExpiredHold { hold: 9, card: 3, released_minor: 400 }],
+        };
+        let mut encoder = BatchEncoder::new();
+        encoder.push(10, &pay, Some(&approved), &lazy);
+        encoder.push(10, &pay, None, &lazy);
+        encoder.push(10, &pay, Some(&approved), &Rolled::default());
+        let entries = decode_batch(0, 0, &encoder.finish()).unwrap();
+        let logged: Vec<_> = entries.iter().map(|e| (e.outcome.clone(), e.lazy.clone())).collect();
+        assert_eq!(
+            logged,
+            [
+                (Some(approved.clone()), Some(lazy.clone())),
+                (None, Some(lazy)),
+                (Some(approved.clone()), Some(Rolled::default())),
+            ]
+        );
+        // The same entry without lazy changes is the same bytes as version 2 wrote.
+        let mut encoder = BatchEncoder::new();
+        encoder.push(10, &pay, Some(&approved), &Rolled::default());
+        let current = encoder.finish();
+        let old = version_two(&[(10, &pay, Some(&approved))]);
+        assert_eq!(current[1..], old[1..]);
+        let entries = decode_batch(0, 0, &old).unwrap();
+        assert_eq!(
+            (entries[0].outcome.as_ref(), entries[0].lazy.as_ref()),
+            (Some(&approved), None)
+        );
+        // A tag no build writes is refused (an entry without outcome ends with its tag);
+        // so is a lazy change in a version 2 value.
+        let mut encoder = BatchEncoder::new();
+        encoder.push(10, &pay, None, &Rolled::default());
+        let mut bad_tag = encoder.finish();
+        assert_eq!(bad_tag.last(), Some(&0));
+        *bad_tag.last_mut().unwrap() = 4;
+        assert!(decode_batch(0, 0, &bad_tag).unwrap_err().to_string().contains("tag 4"));
+        let mut with_lazy = BatchEncoder::new();
+        let expired = vec![ExpiredHold { hold: 1, card: 3, released_minor: 2 }];
+        with_lazy.push(10, &pay, None, &Rolled { interest: Vec::new(), expired });
+        let mut with_lazy = with_lazy.finish();
+        with_lazy[0] = LOG_FORMAT_VERSION_RELATIVE_TIMES;
+        assert!(decode_batch(0, 0, &with_lazy).unwrap_err().to_string().contains("lazy"));
     }
 
     #[test]
@@ -242,7 +395,7 @@ mod tests {
         let approved = Outcome::Approved { balance_minor: 15_001, spent_7d_minor: 4_999 };
         let mut encoder = BatchEncoder::new();
         for _ in 0..100 {
-            encoder.push(1_800_000_000_000, &pay, Some(&approved));
+            encoder.push(1_800_000_000_000, &pay, Some(&approved), &Rolled::default());
         }
         let bytes = encoder.finish();
         // Per entry: time 1, input and command tags 2, card 5, amount 3, no id 1, outcome

@@ -1002,7 +1002,12 @@ mod tests {
     fn batch_value(seq: u64) -> Vec<u8> {
         let mut encoder = BatchEncoder::new();
         let pay = Input::Client(Request::new(Command::Pay { card: seq, amount_minor: 1 }));
-        encoder.push(1_800_000_000_000 + seq as i64, &pay, Some(&Outcome::Updated));
+        encoder.push(
+            1_800_000_000_000 + seq as i64,
+            &pay,
+            Some(&Outcome::Updated),
+            &Default::default(),
+        );
         encoder.finish()
     }
 

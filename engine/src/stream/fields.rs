@@ -9,9 +9,15 @@
 //! `account` and its `balance` after (and `spent_7d` for a card payment).
 //!
 //! An epoch shows on each shard as its `ROLL` chunks, then `EPOCH` (`region`, `day`) once
-//! every chunk of every shard is durable. A roll is followed by one entry per savings account it paid interest
-//! to (`INTEREST`: `region`, `amount`, `account` and its `balance` after) and per card hold
-//! it expired (`EXPIRE`: `hold`, `card`, the `amount` released; no balance moves).
+//! every chunk of every shard is durable. A roll is followed by one entry per savings
+//! account it paid interest to (`INTEREST`: `region`, `amount`, `account` and its
+//! `balance` after) and per card hold it expired (`EXPIRE`: `hold`, `card`, the `amount`
+//! released; no balance moves). What a command applied lazily before deciding, on an
+//! account the epoch had not reached yet (§5, §12), comes the same way right before the
+//! command's own entry, without `region`: the interest due on a savings account it
+//! touches, the holds due on the account it spends from; a consumer that applies the
+//! entries in order is exact through both (the `balance` of a command's entry already
+//! includes its lazy interest; a `PENDING` debit's does not say one).
 //!
 //! A balance the log does not carry is not invented: a cross-shard debit (`PENDING`) says
 //! `from` and `amount`; a transfer within one shard says the source's balance, and the
@@ -142,45 +148,68 @@ pub fn kind(input: &Input) -> &'static str {
     }
 }
 
-/// How many stream entries logged `entry` gives: one, and for a roll one more per
-/// interest it posted (`INTEREST`) and per hold it expired (`EXPIRE`), right after it.
+/// How many stream entries logged `entry` gives: one, then for a roll one more per
+/// interest it posted (`INTEREST`) and per hold it expired (`EXPIRE`), right after it; and
+/// before it one per interest and expiry it applied lazily ([`Entry::lazy`]).
 pub fn parts(entry: &Entry) -> usize {
-    match &entry.outcome {
-        Some(Outcome::Rolled(rolled)) => 1 + rolled.interest.len() + rolled.expired.len(),
-        _ => 1,
-    }
+    let rolled = match &entry.outcome {
+        Some(Outcome::Rolled(rolled)) => changes(rolled),
+        _ => 0,
+    };
+    lazy_parts(entry) + 1 + rolled
 }
 
-/// Appends the fields of part `part` (below [`parts`]) of `entry` to `out`: part 0 is the
-/// entry itself.
+/// How many entries `changed` gives.
+fn changes(changed: &Rolled) -> usize {
+    changed.interest.len() + changed.expired.len()
+}
+
+/// How many entries the lazy changes of `entry` give, before its own.
+fn lazy_parts(entry: &Entry) -> usize {
+    entry.lazy.as_ref().map_or(0, changes)
+}
+
+/// Appends the fields of part `part` (below [`parts`]) of `entry` to `out`: the lazy
+/// changes first, then the entry itself, then what its roll changed.
 pub fn fields(entry: &Entry, part: usize, out: &mut Vec<Field>) {
-    match (&entry.outcome, part) {
-        (_, 0) => entry_fields(entry, out),
-        (Some(Outcome::Rolled(rolled)), part) => rolled_fields(entry, rolled, part - 1, out),
+    let lazy = lazy_parts(entry);
+    match (entry.lazy.as_ref(), &entry.outcome, part.checked_sub(lazy)) {
+        (Some(changed), _, None) => changed_fields(entry, changed, None, part, out),
+        (_, _, Some(0)) => entry_fields(entry, out),
+        (_, Some(Outcome::Rolled(rolled)), Some(after)) => {
+            let region = match entry.input {
+                Input::Roll { region, .. } => Some(u64::from(region)),
+                _ => None,
+            };
+            changed_fields(entry, rolled, region, after - 1, out);
+        }
         // Past the entry's parts: nothing (the caller counts with `parts`).
-        (_, _) => {}
+        (_, _, _) => {}
     }
 }
 
-/// `INTEREST` or `EXPIRE`: the `at`-th thing a roll changed, at the roll's time.
-fn rolled_fields(entry: &Entry, rolled: &Rolled, at: usize, out: &mut Vec<Field>) {
+/// `INTEREST` or `EXPIRE`: the `at`-th thing `changed` holds, at the entry's time (with
+/// the `region` of a roll).
+fn changed_fields(
+    entry: &Entry,
+    changed: &Rolled,
+    region: Option<u64>,
+    at: usize,
+    out: &mut Vec<Field>,
+) {
     let mut push = |name: &'static str, value: FieldValue| out.push(Field { name, value });
     let number = FieldValue::Number;
     let ts = FieldValue::Signed(entry.ts_ms.max(0));
-    let region = match entry.input {
-        Input::Roll { region, .. } => Some(number(u64::from(region))),
-        _ => None,
-    };
-    if let Some(posted) = rolled.interest.get(at) {
+    if let Some(posted) = changed.interest.get(at) {
         push(name::KIND, FieldValue::Word("INTEREST"));
         push(name::TS, ts);
-        region.into_iter().for_each(|region| push(name::REGION, region));
+        region.into_iter().for_each(|region| push(name::REGION, number(region)));
         push(name::AMOUNT, number(posted.amount_minor));
         push(name::OUTCOME, FieldValue::Word("DONE"));
         push(name::ACCOUNT, number(posted.account));
         push(name::BALANCE, number(posted.balance_minor));
     } else if let Some(expired) =
-        at.checked_sub(rolled.interest.len()).and_then(|at| rolled.expired.get(at))
+        at.checked_sub(changed.interest.len()).and_then(|at| changed.expired.get(at))
     {
         push(name::KIND, FieldValue::Word("EXPIRE"));
         push(name::TS, ts);
@@ -432,7 +461,8 @@ mod tests {
 
     fn rendered(input: Input, outcome: Option<Outcome>) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        fields(&Entry { ts_ms: 1_800_000_000_000, input, outcome }, 0, &mut out);
+        let entry = Entry { ts_ms: 1_800_000_000_000, input, outcome, lazy: None };
+        fields(&entry, 0, &mut out);
         out.into_iter()
             .map(|field| {
                 let value = match field.value {
@@ -523,7 +553,8 @@ mod tests {
             interest: vec![Posted { account: 3, amount_minor: 41, balance_minor: 100_041 }],
             expired: vec![ExpiredHold { hold: 18, card: 2, released_minor: 900 }],
         };
-        let entry = Entry { ts_ms: 5, input: roll.clone(), outcome: Some(Outcome::Rolled(rolled)) };
+        let outcome = Some(Outcome::Rolled(rolled));
+        let entry = Entry { ts_ms: 5, input: roll.clone(), outcome, lazy: Some(Rolled::default()) };
         assert_eq!(parts(&entry), 3);
         let part = |at| {
             let mut out = Vec::new();
@@ -564,7 +595,48 @@ mod tests {
         );
         assert!(part(3).is_empty());
         // A roll that changed nothing is logged without an outcome: one entry, as before.
-        assert_eq!(parts(&Entry { ts_ms: 5, input: roll, outcome: None }), 1);
+        assert_eq!(parts(&Entry { ts_ms: 5, input: roll, outcome: None, lazy: None }), 1);
+    }
+
+    #[test]
+    fn what_a_command_changed_lazily_comes_right_before_it() {
+        use plafond_shards::command::{ExpiredHold, Posted};
+        let debit = Command::Transfer { from: 3, to: 8, amount_minor: 500 };
+        let lazy = Rolled {
+            interest: vec![Posted { account: 3, amount_minor: 41, balance_minor: 100_041 }],
+            expired: vec![ExpiredHold { hold: 18, card: 3, released_minor: 900 }],
+        };
+        let input = Input::Client(Request::new(debit));
+        let entry = Entry { ts_ms: 5, input, outcome: None, lazy: Some(lazy) };
+        assert_eq!(parts(&entry), 3);
+        let part = |at| {
+            let mut out = Vec::new();
+            fields(&entry, at, &mut out);
+            out.into_iter()
+                .map(|field| match field.value {
+                    FieldValue::Number(n) => (field.name, n.to_string()),
+                    FieldValue::Signed(n) => (field.name, n.to_string()),
+                    FieldValue::Word(word) => (field.name, word.to_string()),
+                    FieldValue::Id(id) => (field.name, id.as_str().to_string()),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            part(0),
+            pairs(&[
+                ("kind", "INTEREST"),
+                ("ts", "5"),
+                ("amount", "41"),
+                ("outcome", "DONE"),
+                ("account", "3"),
+                ("balance", "100041"),
+            ])
+        );
+        assert_eq!(part(1)[0], ("kind", "EXPIRE".to_string()));
+        assert_eq!(part(1)[2..4], pairs(&[("hold", "18"), ("card", "3")])[..]);
+        assert_eq!(part(2)[0], ("kind", "TRANSFER_DEBIT".to_string()));
+        assert_eq!(part(2).last(), Some(&("outcome", "PENDING".to_string())));
+        assert!(part(3).is_empty());
     }
 
     #[test]

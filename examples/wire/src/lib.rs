@@ -31,7 +31,7 @@ pub use client::{Client, ClientError};
 pub use encode::{encode_command, Encoder, Protocol, ERROR_BYTES_MAX};
 pub use reader::{ReplyReader, READ_CHUNK_BYTES};
 pub use reply::{
-    parse_token, parse_value, reply_len, Token, Tokens, Value, REPLY_ARRAY_LEN_MAX,
+    parse_token, parse_value, reply_len, ReplyScan, Token, Tokens, Value, REPLY_ARRAY_LEN_MAX,
     REPLY_BULK_BYTES_MAX, REPLY_DEPTH_MAX,
 };
 pub use request::{

@@ -5,7 +5,7 @@ use std::io::Read;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::client::ClientError;
-use crate::reply::{parse_value, reply_len, Value};
+use crate::reply::{parse_value, ReplyScan, Value};
 
 /// Bytes read per `read` call: a load generator's deep pipelines (64 commands on each of
 /// 16 connections) read many replies per call; one allocation per connection.
@@ -20,11 +20,14 @@ pub struct ReplyReader {
     /// pipeline's replies are not moved once per reply).
     start: usize,
     chunk: Vec<u8>,
+    /// How far the next reply (from `start`) has been scanned for its end.
+    scan: ReplyScan,
 }
 
 impl Default for ReplyReader {
     fn default() -> ReplyReader {
-        ReplyReader { buffer: Vec::new(), start: 0, chunk: vec![0; READ_CHUNK_BYTES] }
+        let chunk = vec![0; READ_CHUNK_BYTES];
+        ReplyReader { buffer: Vec::new(), start: 0, chunk, scan: ReplyScan::default() }
     }
 }
 
@@ -40,13 +43,15 @@ impl ReplyReader {
             return Ok(None);
         };
         self.start += used;
+        self.scan.reset();
         Ok(Some(value))
     }
 
     /// The length of the next complete reply already read, if any (its bytes are then
-    /// [`ReplyReader::take_raw`]'s).
-    pub fn next_reply_len(&self) -> Result<Option<usize>, ClientError> {
-        Ok(reply_len(&self.buffer[self.start..])?)
+    /// [`ReplyReader::take_raw`]'s). A reply still arriving is scanned on from where the
+    /// last call stopped.
+    pub fn next_reply_len(&mut self) -> Result<Option<usize>, ClientError> {
+        Ok(self.scan.resume(&self.buffer[self.start..])?)
     }
 
     /// The next reply's bytes, `len` of them as [`ReplyReader::next_reply_len`] said, for
@@ -54,6 +59,7 @@ impl ReplyReader {
     pub fn take_raw(&mut self, len: usize) -> &[u8] {
         let start = self.start;
         self.start += len;
+        self.scan.reset();
         &self.buffer[start..start + len]
     }
 

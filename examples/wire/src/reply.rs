@@ -90,29 +90,62 @@ pub fn parse_token(input: &[u8]) -> Result<Option<(Token<'_>, usize)>, ProtocolE
 /// The length of the complete reply at the start of `input`, or `None` if it is not
 /// complete yet; checked against the same limits as [`parse_value`], nothing allocated.
 pub fn reply_len(input: &[u8]) -> Result<Option<usize>, ProtocolError> {
-    // Elements still to read at each open depth.
-    let mut open = [0usize; REPLY_DEPTH_MAX + 2];
-    let (mut depth, mut at) = (0, 0);
-    open[0] = 1;
-    loop {
-        let Some((token, used)) = parse_token(&input[at..])? else { return Ok(None) };
-        at += used;
-        open[depth] -= 1;
-        if let Token::Array(len) = token {
-            if len > 0 {
-                if depth + 1 > REPLY_DEPTH_MAX {
-                    return Err(ProtocolError("reply nested too deeply"));
+    ReplyScan::default().resume(input)
+}
+
+/// A [`reply_len`] that stops where the bytes end and goes on from there when more
+/// arrive, so that a reply read in many pieces is scanned once, not once per piece (a
+/// consumer's 2 MB `XREAD` reply came in eight 256 KiB reads, each scanned from the start).
+#[derive(Clone, Debug)]
+pub struct ReplyScan {
+    /// Elements still to read at each open depth.
+    open: [usize; REPLY_DEPTH_MAX + 2],
+    depth: usize,
+    /// Where the next token starts: the bytes before it are scanned.
+    at: usize,
+}
+
+impl Default for ReplyScan {
+    fn default() -> ReplyScan {
+        let mut open = [0; REPLY_DEPTH_MAX + 2];
+        open[0] = 1;
+        ReplyScan { open, depth: 0, at: 0 }
+    }
+}
+
+impl ReplyScan {
+    /// Scans on through `input` (what was scanned before, unchanged, and more after it):
+    /// the length of the complete reply at its start, or `None` while it is not complete.
+    /// Once it gave a length, the scan is of the next reply only after [`ReplyScan::reset`].
+    pub fn resume(&mut self, input: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        if self.depth == 0 && self.open[0] == 0 {
+            return Ok(Some(self.at));
+        }
+        loop {
+            let Some((token, used)) = parse_token(&input[self.at..])? else { return Ok(None) };
+            self.at += used;
+            self.open[self.depth] -= 1;
+            if let Token::Array(len) = token {
+                if len > 0 {
+                    if self.depth + 1 > REPLY_DEPTH_MAX {
+                        return Err(ProtocolError("reply nested too deeply"));
+                    }
+                    self.depth += 1;
+                    self.open[self.depth] = len;
                 }
-                depth += 1;
-                open[depth] = len;
+            }
+            while self.open[self.depth] == 0 {
+                if self.depth == 0 {
+                    return Ok(Some(self.at));
+                }
+                self.depth -= 1;
             }
         }
-        while open[depth] == 0 {
-            if depth == 0 {
-                return Ok(Some(at));
-            }
-            depth -= 1;
-        }
+    }
+
+    /// Ready for the reply after the one scanned.
+    pub fn reset(&mut self) {
+        *self = ReplyScan::default();
     }
 }
 

@@ -269,6 +269,20 @@ fn a_stream_reply_reads_in_place_token_by_token() {
     for cut in 0..whole {
         assert_eq!(reply_len(&out[..cut]), Ok(None), "cut at {cut}");
     }
+    // Scanned as it arrives, each scan going on where the last stopped: the same length.
+    for step in [1, 3, 7, 64] {
+        let (mut scan, mut end) = (ReplyScan::default(), 0);
+        let len = loop {
+            end = (end + step).min(out.len());
+            if let Some(len) = scan.resume(&out[..end]).unwrap() {
+                break len;
+            }
+        };
+        assert_eq!(len, whole, "in pieces of {step}");
+        assert_eq!(scan.resume(&out), Ok(Some(whole)), "asked again, the same");
+        scan.reset();
+        assert_eq!(scan.resume(&out[whole..]), Ok(Some(b"+next\r\n".len())), "the next one");
+    }
     let mut tokens = Tokens::new(&out[..whole]);
     assert_eq!(tokens.array(), Ok(2), "a map of one pair is two elements");
     assert_eq!(tokens.bulk(), Ok(&b"changes:0"[..]));

@@ -122,11 +122,16 @@ pub struct Applied {
     pub message: Option<(ShardId, Input)>,
     /// A command id's record, made or completed by this input, to write with its batch.
     pub remember: Option<(CommandId, IdempotencyRecord)>,
+    /// What a command changed lazily before deciding, which its outcome does not say: the
+    /// savings interest due on the accounts it touched and the holds due on the account it
+    /// spends from (§5, §12). Logged with the input, so that the change stream shows them
+    /// as `INTEREST` and `EXPIRE` entries before it (§13); replay must find them again.
+    pub lazy: Rolled,
 }
 
 impl Applied {
     fn new(reply: Reply, changed: bool, message: Option<(ShardId, Input)>) -> Applied {
-        Applied { reply, changed, message, remember: None }
+        Applied { reply, changed, message, remember: None, lazy: Rolled::default() }
     }
 
     fn read(outcome: Outcome) -> Applied {
@@ -152,12 +157,22 @@ impl Applied {
     }
 }
 
-/// What `apply` reads besides the state.
+/// What `apply` reads besides the state, and where it notes what it changed lazily.
 pub struct Env<'a> {
     /// The engine's regions: their zones and roll times give each input's business day.
     pub regions: &'a Regions,
     /// This shard's cache of each region's current business day.
     pub calendar: &'a mut Calendar,
+    /// What the input being applied changed lazily so far ([`Applied::lazy`]); empty
+    /// between inputs.
+    pub(crate) lazy: Rolled,
+}
+
+impl<'a> Env<'a> {
+    /// The environment of a shard's inputs under `regions`, with its `calendar`.
+    pub fn new(regions: &'a Regions, calendar: &'a mut Calendar) -> Env<'a> {
+        Env { regions, calendar, lazy: Rolled::default() }
+    }
 }
 
 /// Applies `input`, stamped `ts_ms` at ingress, to `state`.
@@ -165,6 +180,15 @@ pub fn apply(state: &mut ShardState, env: &mut Env<'_>, ts_ms: i64, input: &Inpu
     // A shard's time never goes backwards, whatever order stamps arrive in.
     let now_ms = state.clock_ms.max(ts_ms);
     state.clock_ms = now_ms;
+    env.lazy = Rolled::default();
+    let mut applied = decide_input(state, env, now_ms, input);
+    // Only a changed (so logged) input may have changed something lazily.
+    debug_assert!(applied.changed || env.lazy.is_empty(), "{input:?}");
+    applied.lazy = std::mem::take(&mut env.lazy);
+    applied
+}
+
+fn decide_input(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, input: &Input) -> Applied {
     match input {
         Input::Client(request) => apply_request(state, env, now_ms, request),
         Input::Credit { origin, seq, to, amount_minor } => {
@@ -532,14 +556,27 @@ fn pay(
     })
 }
 
-/// Brings a savings account's interest up to `now_ms`, crediting any posting.
+/// Brings a savings account's interest up to `now_ms`, crediting any posting, which it
+/// notes in `env.lazy` (the command's outcome does not say it).
 fn touch_savings(state: &mut ShardState, env: &mut Env<'_>, now_ms: i64, local: usize) {
     let region = state.accounts[local].region;
     if !matches!(state.accounts[local].instrument, Instrument::Savings(_)) {
         return;
     }
     let day = env.calendar.business_day(env.regions, region, now_ms);
-    advance_savings(state, local, half_month_of(day));
+    let posted_minor = advance_savings(state, local, half_month_of(day));
+    if posted_minor > 0 {
+        env.lazy.interest.push(posted(state, local, posted_minor));
+    }
+}
+
+/// `posted_minor` of interest just posted to savings account `local`, as logged.
+fn posted(state: &ShardState, local: usize, posted_minor: u64) -> Posted {
+    Posted {
+        account: global_of(local as u64, state.shard, state.shards).unwrap_or(u64::MAX),
+        amount_minor: posted_minor,
+        balance_minor: state.accounts[local].balance_minor,
+    }
 }
 
 /// Posts the interest savings account `local` earned up to `half_month`; returns it.
@@ -863,12 +900,7 @@ fn roll(state: &mut ShardState, region: RegionId, day: Day, start: u32, end: u32
             Instrument::Savings(_) => {
                 let posted_minor = advance_savings(state, local, half_month);
                 if posted_minor > 0 {
-                    let account = global_of(local as u64, state.shard, state.shards);
-                    rolled.interest.push(Posted {
-                        account: account.unwrap_or(u64::MAX),
-                        amount_minor: posted_minor,
-                        balance_minor: state.accounts[local].balance_minor,
-                    });
+                    rolled.interest.push(posted(state, local, posted_minor));
                 }
             }
         }
@@ -892,7 +924,7 @@ mod tests {
         let mut state = ShardState::new(0, 1, regions.len());
         let mut calendar = Calendar::new(&regions);
         let rules = regions.get(region).unwrap().rules.clone();
-        let mut env = Env { regions: &regions, calendar: &mut calendar };
+        let mut env = Env::new(&regions, &mut calendar);
         apply(&mut state, &mut env, 0, &Input::SetRules { region, rules });
         (regions, region, state, calendar)
     }
@@ -900,7 +932,7 @@ mod tests {
     #[test]
     fn prefetch_is_only_a_hint() {
         let (regions, region, mut state, mut calendar) = eu_west_shard();
-        let mut env = Env { regions: &regions, calendar: &mut calendar };
+        let mut env = Env::new(&regions, &mut calendar);
         let open = Request::new(Command::OpenProfile { region });
         apply(&mut state, &mut env, 0, &Input::Client(open));
         let kind = AccountKind::Checking;
@@ -916,10 +948,35 @@ mod tests {
     }
 
     #[test]
+    fn interest_a_command_posts_first_is_told_with_its_balance_after() {
+        let (regions, region, mut state, mut calendar) = eu_west_shard();
+        let mut env = Env::new(&regions, &mut calendar);
+        let start_ms = 1_799_064_000_000; // 2027-01-04T12:00Z
+        let mut client = |state: &mut ShardState, ts_ms: i64, command: Command| {
+            apply(state, &mut env, ts_ms, &Input::Client(Request::new(command)))
+        };
+        client(&mut state, start_ms, Command::OpenProfile { region });
+        let kind = AccountKind::Savings;
+        let open = Command::OpenAccount { profile: 0, kind, opening: None };
+        assert!(client(&mut state, start_ms, open).lazy.is_empty());
+        let opened_minor = state.accounts[0].balance_minor;
+        // Past the next 1 January: the year's interest is due at the account's next command.
+        let later_ms = start_ms + 370 * 86_400_000;
+        let deposit = Command::Deposit { account: 0, amount_minor: 1 };
+        let applied = client(&mut state, later_ms, deposit.clone());
+        let [posted] = applied.lazy.interest[..] else { panic!("{:?}", applied.lazy) };
+        assert!(posted.amount_minor > 0 && applied.lazy.expired.is_empty());
+        assert_eq!((posted.account, posted.balance_minor), (0, opened_minor + posted.amount_minor));
+        let done = Outcome::Done { balance_minor: posted.balance_minor + 1 };
+        assert_eq!(applied.reply, Reply::Now(done));
+        assert!(client(&mut state, later_ms, deposit).lazy.is_empty(), "posted once");
+    }
+
+    #[test]
     fn a_full_shard_declines_opens_and_changes_nothing() {
         // SHARD_ENTRIES_MAX is 8 in this crate's tests (crate::limits).
         let (regions, region, mut state, mut calendar) = eu_west_shard();
-        let mut env = Env { regions: &regions, calendar: &mut calendar };
+        let mut env = Env::new(&regions, &mut calendar);
         let mut client = |state: &mut ShardState, command: Command| {
             apply(state, &mut env, 0, &Input::Client(Request::new(command))).reply
         };

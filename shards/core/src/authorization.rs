@@ -54,18 +54,20 @@ pub(crate) fn region_of_hold(state: &ShardState, hold: HoldId) -> Option<RegionI
 }
 
 /// Brings account `local`'s card window and holds to business day `day`: rolls the
-/// window, then expires the holds due (releasing into the rolled window).
-fn bring_to(state: &mut ShardState, local: usize, day: Day) {
-    bring_to_telling(state, local, day, |_, _| {});
-}
-
-/// [`bring_to`], telling `expired` each hold it expires (sequence number, released).
-fn bring_to_telling(state: &mut ShardState, local: usize, day: Day, expired: impl FnMut(u64, u64)) {
+/// window, then expires the holds due (releasing into the rolled window), each noted in
+/// `expired` as logged: lazily for a command ([`Env`]'s part of [`Applied::lazy`]),
+/// eagerly for an epoch's roll.
+fn bring_to(state: &mut ShardState, local: usize, day: Day, expired: &mut Vec<ExpiredHold>) {
+    let (shard, shards) = (state.shard, state.shards);
+    let card = global_of(local as u64, shard, shards).unwrap_or(u64::MAX);
     let mut window = window_in(&mut state.accounts, local);
     if let Some(window) = window.as_deref_mut() {
         window.roll_to(day);
     }
-    state.holds.expire_due(local as u32, day, window, expired);
+    state.holds.expire_due(local as u32, day, window, |seq, released_minor| {
+        let hold = global_of(seq, shard, shards).unwrap_or(u64::MAX);
+        expired.push(ExpiredHold { hold, card, released_minor });
+    });
 }
 
 /// Applies account `local`'s due expiries as of `now_ms` (every command spending the
@@ -76,7 +78,7 @@ pub(crate) fn expire_account(state: &mut ShardState, env: &mut Env<'_>, now_ms: 
     let region = state.accounts[local].region;
     let day = env.calendar.business_day(env.regions, region, now_ms);
     if day >= next_expiry_day {
-        bring_to(state, local, day);
+        bring_to(state, local, day, &mut env.lazy.expired);
     }
 }
 
@@ -90,14 +92,9 @@ pub(crate) fn expire_chunk(
     (start, end): (u32, u32),
     expired: &mut Vec<ExpiredHold>,
 ) {
-    let (shard, shards) = (state.shard, state.shards);
     for local in state.holds.accounts_in(start, end) {
         if state.accounts.get(local as usize).is_some_and(|a| a.region == region) {
-            let card = global_of(u64::from(local), shard, shards).unwrap_or(u64::MAX);
-            bring_to_telling(state, local as usize, day, |seq, released_minor| {
-                let hold = global_of(seq, shard, shards).unwrap_or(u64::MAX);
-                expired.push(ExpiredHold { hold, card, released_minor });
-            });
+            bring_to(state, local as usize, day, expired);
         }
     }
     let accounts = &state.accounts;
@@ -114,8 +111,14 @@ pub(crate) fn available_of(state: &ShardState, local: usize) -> u64 {
 }
 
 /// The card window of account `local` and its ceiling, once the account is brought to
-/// `day`; `Err` with the decline when the card is missing or blocked.
-fn active_card(state: &mut ShardState, local: usize, day: Day) -> Result<(u64, u64), Reason> {
+/// `day` (the holds it expires noted in `expired`); `Err` with the decline when the card
+/// is missing or blocked.
+fn active_card(
+    state: &mut ShardState,
+    local: usize,
+    day: Day,
+    expired: &mut Vec<ExpiredHold>,
+) -> Result<(u64, u64), Reason> {
     let region = state.accounts[local].region;
     let Instrument::Card(card) = &state.accounts[local].instrument else {
         return Err(Reason::UnknownCard);
@@ -123,7 +126,7 @@ fn active_card(state: &mut ShardState, local: usize, day: Day) -> Result<(u64, u
     if card.status == CardStatus::Blocked {
         return Err(Reason::CardBlocked);
     }
-    bring_to(state, local, day);
+    bring_to(state, local, day, expired);
     let Instrument::Card(card) = &state.accounts[local].instrument else {
         return Err(Reason::UnknownCard);
     };
@@ -135,11 +138,12 @@ fn active_card(state: &mut ShardState, local: usize, day: Day) -> Result<(u64, u
 /// spending including it.
 fn decide_hold(
     state: &mut ShardState,
+    env: &mut Env<'_>,
     local: usize,
     day: Day,
     amount_minor: u64,
 ) -> Result<u64, Reason> {
-    let (spent_minor, ceiling_minor) = active_card(state, local, day)?;
+    let (spent_minor, ceiling_minor) = active_card(state, local, day, &mut env.lazy.expired)?;
     if spent_minor + amount_minor > ceiling_minor {
         return Err(Reason::CeilingExceeded);
     }
@@ -178,7 +182,7 @@ pub(crate) fn authorize(
     };
     let region = state.accounts[local].region;
     let day = env.calendar.business_day(env.regions, region, now_ms);
-    let spent_7d_minor = match decide_hold(state, local, day, amount_minor) {
+    let spent_7d_minor = match decide_hold(state, env, local, day, amount_minor) {
         Ok(spent_minor) => spent_minor,
         Err(reason) => return decline(state, Some(region), reason, amount_minor),
     };
@@ -198,8 +202,8 @@ pub(crate) fn authorize(
 }
 
 /// The hold of `found` once its account is brought to today, if it is still pending.
-fn pending(state: &mut ShardState, found: &Found) -> Result<u64, Reason> {
-    bring_to(state, found.local, found.day);
+fn pending(state: &mut ShardState, env: &mut Env<'_>, found: &Found) -> Result<u64, Reason> {
+    bring_to(state, found.local, found.day, &mut env.lazy.expired);
     let hold = state.holds.get(found.seq).ok_or(Reason::UnknownHold)?;
     match hold.status {
         HoldStatus::Pending => Ok(hold.held_minor()),
@@ -221,11 +225,11 @@ pub(crate) fn increment(
         Err(reason) => return decline(state, region_of_hold(state, hold), reason, amount_minor),
     };
     let region = Some(found.region);
-    let decided = pending(state, &found).and_then(|held_minor| {
+    let decided = pending(state, env, &found).and_then(|held_minor| {
         let authorized_minor = state.holds.get(found.seq).map_or(0, |h| h.authorized_minor);
         // A hold's totals are u64: an increment that would overflow them is refused.
         authorized_minor.checked_add(amount_minor).ok_or(Reason::InvalidAmount)?;
-        let spent_minor = decide_hold(state, found.local, found.day, amount_minor)?;
+        let spent_minor = decide_hold(state, env, found.local, found.day, amount_minor)?;
         Ok((held_minor, spent_minor))
     });
     let (held_minor, spent_7d_minor) = match decided {
@@ -253,7 +257,7 @@ pub(crate) fn capture(
         Ok(found) => found,
         Err(reason) => return decline(state, region_of_hold(state, hold), reason, amount_minor),
     };
-    let held_minor = match pending(state, &found) {
+    let held_minor = match pending(state, env, &found) {
         Ok(held_minor) if held_minor >= amount_minor => held_minor,
         Ok(_) => return decline(state, Some(found.region), Reason::ExceedsHold, amount_minor),
         Err(reason) => return decline(state, Some(found.region), reason, amount_minor),
@@ -281,7 +285,7 @@ pub(crate) fn void(
         Ok(found) => found,
         Err(reason) => return decline(state, region_of_hold(state, hold), reason, volume_minor),
     };
-    let (held_minor, released_minor) = match pending(state, &found) {
+    let (held_minor, released_minor) = match pending(state, env, &found) {
         Ok(held_minor) => match amount_minor {
             None => (held_minor, held_minor),
             Some(amount_minor) if amount_minor <= held_minor => (held_minor, amount_minor),
@@ -449,7 +453,7 @@ mod tests {
     use super::*;
     use crate::apply::{apply, Input, Reply};
     use crate::calendar::{business_day_of, Calendar};
-    use crate::command::{AccountKind, Command, Opening, Request};
+    use crate::command::{AccountKind, Command, Opening, Request, Rolled};
     use crate::holds::HOLD_KEPT_DAYS;
     use crate::region::Regions;
 
@@ -488,10 +492,14 @@ mod tests {
         }
 
         fn input(&mut self, input: &Input) -> Reply {
-            let mut env = Env { regions: &self.regions, calendar: &mut self.calendar };
+            self.applied(input).reply
+        }
+
+        fn applied(&mut self, input: &Input) -> Applied {
+            let mut env = Env::new(&self.regions, &mut self.calendar);
             let applied = apply(&mut self.state, &mut env, self.now_ms, input);
             assert_eq!(self.state.check(), Ok(()));
-            applied.reply
+            applied
         }
 
         fn run(&mut self, command: Command) -> Outcome {
@@ -681,12 +689,21 @@ mod tests {
         assert_eq!(lazy.hold(hold).status, HoldStatus::Expired);
         assert_eq!(lazy.spent(0), 0, "day D is inside the window: its room came back");
         let late = Command::Capture { hold, amount_minor: 1 };
-        assert_eq!(lazy.run(late.clone()), declined(Reason::HoldExpired));
-        // The epoch does the same, twice or not.
+        let applied = lazy.applied(&Input::Client(Request::new(late.clone())));
+        assert_eq!(applied.reply, Reply::Now(declined(Reason::HoldExpired)));
+        // The command tells the expiry it applied (for the log and the stream), once.
+        let expired = vec![ExpiredHold { hold, card: 0, released_minor: 3_000 }];
+        assert_eq!(applied.lazy, Rolled { interest: Vec::new(), expired: expired.clone() });
+        assert!(lazy.applied(&Input::Client(Request::new(late.clone()))).lazy.is_empty());
+        // The epoch does the same, twice or not, and tells it the same way.
         eager.now_ms = lazy.now_ms;
-        for _ in 0..2 {
+        for round in 0..2 {
             let roll = Input::Roll { region: 0, day: day + 3, start: 0, end: 2 };
-            eager.input(&roll);
+            let told = match eager.input(&roll) {
+                Reply::Recorded(Outcome::Rolled(rolled)) => rolled.expired,
+                _ => Vec::new(),
+            };
+            assert_eq!(told, if round == 0 { expired.clone() } else { Vec::new() });
         }
         assert_eq!(eager.state.holds.get(0).unwrap().status, HoldStatus::Expired);
         assert_eq!(eager.run(late), declined(Reason::HoldExpired));

@@ -447,7 +447,7 @@ mod tests {
         let regions = Regions::builtin();
         let mut state = ShardState::new(0, 2, regions.len());
         let mut calendar = Calendar::new(&regions);
-        let mut env = Env { regions: &regions, calendar: &mut calendar };
+        let mut env = Env::new(&regions, &mut calendar);
         for region in 0..regions.len() as u16 {
             let rules = regions.get(region).expect("a built-in region").rules.clone();
             apply(&mut state, &mut env, START_MS, &Input::SetRules { region, rules });

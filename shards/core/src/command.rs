@@ -800,7 +800,9 @@ pub enum Outcome {
 
 /// What one roll changed: the interest it posted and the holds it expired, in account
 /// order. Bounded by the roll's range (`ROLL_ENTRY_ACCOUNTS_MAX` accounts and
-/// `ROLL_ENTRY_HOLDS_MAX` open holds, where the shard cuts an epoch's chunk).
+/// `ROLL_ENTRY_HOLDS_MAX` open holds, where the shard cuts an epoch's chunk). Also what a
+/// command changed lazily before deciding (`Applied::lazy`): the interest of the accounts
+/// it touches (two at most) and the holds of the one it spends from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct Rolled {
     /// Savings interest posted, one per account that earned some.
