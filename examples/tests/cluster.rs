@@ -389,7 +389,11 @@ fn a_follower_behind_the_kept_log_or_emptied_catches_up_from_a_snapshot() {
     println!("a lagging follower caught up from a snapshot in {:?}", restarted.elapsed());
     let addr = cluster.addrs[follower].clone();
     assert_eq!(replication_counter(&addr, "snapshots_installed"), 1, "through a snapshot");
-    assert!(replication_counter(&cluster.addrs[leader], "snapshots_sent") >= 1);
+    // Sent by whoever led then: on a busy machine an election may have moved the lead.
+    let others = (0..cluster.addrs.len()).filter(|&node| node != follower);
+    let sent: u64 =
+        others.map(|node| replication_counter(&cluster.addrs[node], "snapshots_sent")).sum();
+    assert!(sent >= 1, "the follower installed a snapshot that no other member sent");
 
     // Emptied (a new machine with the same member id): a snapshot again.
     cluster.kill(follower);
