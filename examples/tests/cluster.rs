@@ -389,11 +389,22 @@ fn a_follower_behind_the_kept_log_or_emptied_catches_up_from_a_snapshot() {
     println!("a lagging follower caught up from a snapshot in {:?}", restarted.elapsed());
     let addr = cluster.addrs[follower].clone();
     assert_eq!(replication_counter(&addr, "snapshots_installed"), 1, "through a snapshot");
-    // Sent by whoever led then: on a busy machine an election may have moved the lead.
-    let others = (0..cluster.addrs.len()).filter(|&node| node != follower);
-    let sent: u64 =
-        others.map(|node| replication_counter(&cluster.addrs[node], "snapshots_sent")).sum();
-    assert!(sent >= 1, "the follower installed a snapshot that no other member sent");
+    // Sent by whoever led then (on a busy machine an election may have moved the lead);
+    // a member's writer publishes its count at its next tick.
+    let sent = || {
+        let others = (0..cluster.addrs.len()).filter(|&node| node != follower);
+        others.map(|node| replication_counter(&cluster.addrs[node], "snapshots_sent")).sum::<u64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sent() == 0 {
+        if Instant::now() >= deadline {
+            let views: Vec<_> = (0..cluster.addrs.len())
+                .map(|node| stats(&cluster.addrs[node]).map(|json| json["replication"].clone()))
+                .collect();
+            panic!("the follower installed a snapshot that no member sent: {views:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Emptied (a new machine with the same member id): a snapshot again.
     cluster.kill(follower);
