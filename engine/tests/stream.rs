@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use plafond::stream::{FieldValue, StreamId, StreamStart};
+use plafond::stream::{StreamId, StreamStart};
 use plafond::{
     Archive, Command, CommandId, Engine, EngineConfig, EngineError, LogRetention, ManualClock,
     Outcome, Reason, Request,
@@ -23,18 +23,7 @@ fn read(engine: &Engine, shard: u16, start: StreamStart, count: usize) -> Vec<En
     let mut entries = Vec::new();
     engine
         .stream_read(shard, start, StreamId::MAX, count, |id, fields| {
-            let text = fields
-                .iter()
-                .map(|field| {
-                    let value = match &field.value {
-                        FieldValue::Number(n) => n.to_string(),
-                        FieldValue::Signed(n) => n.to_string(),
-                        FieldValue::Word(word) => word.to_string(),
-                        FieldValue::Id(id) => id.as_str().to_string(),
-                    };
-                    (field.name, value)
-                })
-                .collect();
+            let text = fields.iter().map(|field| (field.name, field.value.to_string())).collect();
             entries.push((id, text));
             true
         })

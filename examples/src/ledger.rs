@@ -311,25 +311,15 @@ mod tests {
 
     /// Every entry of every stream of `engine`, applied to a new ledger in order.
     fn rebuilt_from(engine: &plafond::Engine) -> Ledger {
-        use plafond::stream::{FieldValue, StreamId, StreamStart, STREAM_READ_ENTRIES_MAX};
+        use plafond::stream::{StreamId, StreamStart, STREAM_READ_ENTRIES_MAX};
         let mut ledger = Ledger::new(usize::from(engine.shards()));
         for shard in 0..engine.shards() {
             let mut start = StreamStart::Retained;
             loop {
                 let mut read = Vec::new();
                 let visit = |id: StreamId, fields: &[plafond::stream::Field]| {
-                    let text: Vec<(&'static str, String)> = fields
-                        .iter()
-                        .map(|field| {
-                            let value = match &field.value {
-                                FieldValue::Number(n) => n.to_string(),
-                                FieldValue::Signed(n) => n.to_string(),
-                                FieldValue::Word(word) => word.to_string(),
-                                FieldValue::Id(id) => id.as_str().to_string(),
-                            };
-                            (field.name, value)
-                        })
-                        .collect();
+                    let text: Vec<(&'static str, String)> =
+                        fields.iter().map(|field| (field.name, field.value.to_string())).collect();
                     read.push((id, text));
                     true
                 };

@@ -105,6 +105,18 @@ pub enum FieldValue {
     Id(CommandId),
 }
 
+impl std::fmt::Display for FieldValue {
+    /// The value as its stream entry carries it (a decimal number, a word, the id).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldValue::Number(n) => write!(f, "{n}"),
+            FieldValue::Signed(n) => write!(f, "{n}"),
+            FieldValue::Word(word) => f.write_str(word),
+            FieldValue::Id(id) => f.write_str(id.as_str()),
+        }
+    }
+}
+
 /// One field/value pair of an entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {
@@ -463,17 +475,11 @@ mod tests {
         let mut out = Vec::new();
         let entry = Entry { ts_ms: 1_800_000_000_000, input, outcome, lazy: None };
         fields(&entry, 0, &mut out);
-        out.into_iter()
-            .map(|field| {
-                let value = match field.value {
-                    FieldValue::Number(n) => n.to_string(),
-                    FieldValue::Signed(n) => n.to_string(),
-                    FieldValue::Word(word) => word.to_string(),
-                    FieldValue::Id(id) => id.as_str().to_string(),
-                };
-                (field.name, value)
-            })
-            .collect()
+        text(out)
+    }
+
+    fn text(fields: Vec<Field>) -> Vec<(&'static str, String)> {
+        fields.into_iter().map(|field| (field.name, field.value.to_string())).collect()
     }
 
     fn pairs(expected: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
@@ -559,14 +565,7 @@ mod tests {
         let part = |at| {
             let mut out = Vec::new();
             fields(&entry, at, &mut out);
-            out.into_iter()
-                .map(|field| match field.value {
-                    FieldValue::Number(n) => (field.name, n.to_string()),
-                    FieldValue::Signed(n) => (field.name, n.to_string()),
-                    FieldValue::Word(word) => (field.name, word.to_string()),
-                    FieldValue::Id(id) => (field.name, id.as_str().to_string()),
-                })
-                .collect::<Vec<_>>()
+            text(out)
         };
         assert_eq!(part(0)[0], ("kind", "ROLL".to_string()));
         assert_eq!(part(0).last(), Some(&("outcome", "DONE".to_string())));
@@ -612,14 +611,7 @@ mod tests {
         let part = |at| {
             let mut out = Vec::new();
             fields(&entry, at, &mut out);
-            out.into_iter()
-                .map(|field| match field.value {
-                    FieldValue::Number(n) => (field.name, n.to_string()),
-                    FieldValue::Signed(n) => (field.name, n.to_string()),
-                    FieldValue::Word(word) => (field.name, word.to_string()),
-                    FieldValue::Id(id) => (field.name, id.as_str().to_string()),
-                })
-                .collect::<Vec<_>>()
+            text(out)
         };
         assert_eq!(
             part(0),
