@@ -96,16 +96,9 @@ impl RaftDisk {
     pub fn open(store: Arc<Store>, voters: &[u64]) -> Result<(RaftDisk, u64), DiskError> {
         let family = store.raft_family()?;
         let db = store.db();
-        let hard = match db.get_cf(family, HARD_STATE_KEY)? {
-            Some(bytes) => {
-                HardState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("hard state"))?
-            }
-            None => HardState::default(),
-        };
+        let hard = hard_state(db.get_cf(family, HARD_STATE_KEY)?)?;
         let conf = match db.get_cf(family, CONF_STATE_KEY)? {
-            Some(bytes) => {
-                ConfState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("members"))?
-            }
+            Some(bytes) => conf_state(&bytes)?,
             None => {
                 let conf = ConfState::from((voters.to_vec(), vec![]));
                 let bytes = conf.write_to_bytes().map_err(|_| DiskError::Corrupt("members"))?;
@@ -116,8 +109,7 @@ impl RaftDisk {
             }
         };
         let (first, before_term) = match db.get_cf(family, FIRST_KEY)? {
-            Some(bytes) if bytes.len() == 16 => (u64_at(&bytes, 0), u64_at(&bytes, 8)),
-            Some(_) => return Err(DiskError::Corrupt("first index")),
+            Some(bytes) => first_position(&bytes)?,
             None => (1, 0),
         };
         let mut terms = VecDeque::new();
@@ -135,8 +127,7 @@ impl RaftDisk {
             terms.push_back(entry.term);
         }
         let applied = match db.get_cf(family, APPLIED_KEY)? {
-            Some(bytes) if bytes.len() == 8 => u64_at(&bytes, 0),
-            Some(_) => return Err(DiskError::Corrupt("applied index")),
+            Some(bytes) => applied_index(&bytes)?,
             None => 0,
         };
         // Both are written unsynced, the commit first: a crash keeps the applied index at or
@@ -231,10 +222,7 @@ impl RaftDisk {
         let family = self.store.raft_family()?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(family, entry_key(kept.first), entry_key(first));
-        let mut position = [0u8; 16];
-        position[..8].copy_from_slice(&first.to_le_bytes());
-        position[8..].copy_from_slice(&before_term.to_le_bytes());
-        batch.put_cf(family, FIRST_KEY, position);
+        batch.put_cf(family, FIRST_KEY, first_position_bytes(first, before_term));
         self.store.write(batch, false)?;
         kept.terms.drain(..dropped);
         kept.first = first;
@@ -256,8 +244,7 @@ pub fn applied_point(
 ) -> Result<Option<(u64, u64, ConfState)>, DiskError> {
     let family = store.raft_family()?;
     let index = match view.get_cf(family, APPLIED_KEY)? {
-        Some(bytes) if bytes.len() == 8 => u64_at(&bytes, 0),
-        Some(_) => return Err(DiskError::Corrupt("applied index")),
+        Some(bytes) => applied_index(&bytes)?,
         None => return Ok(None),
     };
     if index == 0 {
@@ -267,16 +254,14 @@ pub fn applied_point(
         Some(bytes) => {
             Entry::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("entry"))?.term
         }
-        None => match view.get_cf(family, FIRST_KEY)? {
+        None => match view.get_cf(family, FIRST_KEY)?.as_deref().map(first_position) {
             // Compacted up to it: the term before the first kept entry is kept.
-            Some(bytes) if bytes.len() == 16 && u64_at(&bytes, 0) == index + 1 => u64_at(&bytes, 8),
+            Some(Ok((first, before_term))) if first == index + 1 => before_term,
             _ => return Err(DiskError::Hole(index)),
         },
     };
     let conf = match view.get_cf(family, CONF_STATE_KEY)? {
-        Some(bytes) => {
-            ConfState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("members"))?
-        }
+        Some(bytes) => conf_state(&bytes)?,
         None => return Err(DiskError::Corrupt("members")),
     };
     Ok(Some((index, term, conf)))
@@ -302,8 +287,7 @@ pub fn installing(store: &Store) -> Result<Option<Installing>, DiskError> {
     if value.len() < 16 {
         return Err(DiskError::Corrupt("snapshot being installed"));
     }
-    let conf =
-        ConfState::parse_from_bytes(&value[16..]).map_err(|_| DiskError::Corrupt("members"))?;
+    let conf = conf_state(&value[16..])?;
     Ok(Some(Installing { index: u64_at(&value, 0), term: u64_at(&value, 8), conf }))
 }
 
@@ -322,12 +306,7 @@ pub fn installs(store: &Store) -> Result<u64, DiskError> {
 /// members, one more install counted and the install's record gone.
 pub fn stand_at_snapshot(store: &Store, installing: &Installing) -> Result<(), DiskError> {
     let family = store.raft_family()?;
-    let mut hard = match store.db().get_cf(family, HARD_STATE_KEY)? {
-        Some(bytes) => {
-            HardState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("hard state"))?
-        }
-        None => HardState::default(),
-    };
+    let mut hard = hard_state(store.db().get_cf(family, HARD_STATE_KEY)?)?;
     if installing.term > hard.term {
         hard.term = installing.term;
         hard.vote = 0;
@@ -336,10 +315,7 @@ pub fn stand_at_snapshot(store: &Store, installing: &Installing) -> Result<(), D
     let mut batch = WriteBatch::default();
     batch.delete_range_cf(family, entry_key(0), entry_key(u64::MAX));
     batch.delete_cf(family, entry_key(u64::MAX));
-    let mut position = [0u8; 16];
-    position[..8].copy_from_slice(&(installing.index + 1).to_le_bytes());
-    position[8..].copy_from_slice(&installing.term.to_le_bytes());
-    batch.put_cf(family, FIRST_KEY, position);
+    batch.put_cf(family, FIRST_KEY, first_position_bytes(installing.index + 1, installing.term));
     batch.put_cf(family, APPLIED_KEY, installing.index.to_le_bytes());
     let hard = hard.write_to_bytes().map_err(|_| DiskError::Corrupt("hard state"))?;
     batch.put_cf(family, HARD_STATE_KEY, hard);
@@ -349,6 +325,45 @@ pub fn stand_at_snapshot(store: &Store, installing: &Installing) -> Result<(), D
     batch.delete_cf(family, INSTALLING_KEY);
     store.write(batch, true)?;
     Ok(())
+}
+
+/// The hard state stored as `bytes`; the default (term 0, no vote) when none is.
+fn hard_state(bytes: Option<Vec<u8>>) -> Result<HardState, DiskError> {
+    match bytes {
+        Some(bytes) => {
+            HardState::parse_from_bytes(&bytes).map_err(|_| DiskError::Corrupt("hard state"))
+        }
+        None => Ok(HardState::default()),
+    }
+}
+
+/// The members stored as `bytes`.
+fn conf_state(bytes: &[u8]) -> Result<ConfState, DiskError> {
+    ConfState::parse_from_bytes(bytes).map_err(|_| DiskError::Corrupt("members"))
+}
+
+/// `F`'s value: the first index kept and the term of the entry before it.
+fn first_position_bytes(first: u64, before_term: u64) -> [u8; 16] {
+    let mut position = [0u8; 16];
+    position[..8].copy_from_slice(&first.to_le_bytes());
+    position[8..].copy_from_slice(&before_term.to_le_bytes());
+    position
+}
+
+/// The first index kept and the term before it, from `F`'s value.
+fn first_position(bytes: &[u8]) -> Result<(u64, u64), DiskError> {
+    match bytes.len() {
+        16 => Ok((u64_at(bytes, 0), u64_at(bytes, 8))),
+        _ => Err(DiskError::Corrupt("first index")),
+    }
+}
+
+/// The last index applied, from `A`'s value.
+fn applied_index(bytes: &[u8]) -> Result<u64, DiskError> {
+    match bytes.len() {
+        8 => Ok(u64_at(bytes, 0)),
+        _ => Err(DiskError::Corrupt("applied index")),
+    }
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
