@@ -177,7 +177,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use raft::prelude::{Entry, HardState};
+    use crossbeam_channel::Receiver;
+    use raft::prelude::{Entry, HardState, Message};
     use raft::{SnapshotStatus, Storage};
 
     use plafond_shards::log::log_key;
@@ -248,6 +249,17 @@ mod tests {
         store
     }
 
+    /// Member 1 serving `leader`'s snapshots on its Raft port: the members' text, its
+    /// snapshots, and its transport with the inbox it delivers to (the caller keeps both).
+    fn serving(leader: &Arc<Store>) -> (String, Arc<Snapshots>, (Transport, Receiver<Message>)) {
+        let text = members();
+        let snapshots = Arc::new(Snapshots::new(leader.clone()));
+        let (inbox, received) = crossbeam_channel::bounded(16);
+        let leader_cluster = Cluster::parse(1, &text).expect("a cluster");
+        let transport = Transport::start(&leader_cluster, inbox, snapshots.clone()).expect("up");
+        (text, snapshots, (transport, received))
+    }
+
     fn offered(snapshots: &Arc<Snapshots>) -> Snapshot {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -302,11 +314,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let (leader_dir, follower_dir) = (dir.path().join("leader"), dir.path().join("follower"));
         let leader = leader_store(&leader_dir);
-        let text = members();
-        let snapshots = Arc::new(Snapshots::new(leader.clone()));
-        let (inbox, _received) = crossbeam_channel::bounded(16);
-        let leader_cluster = Cluster::parse(1, &text).expect("a cluster");
-        let _transport = Transport::start(&leader_cluster, inbox, snapshots.clone()).expect("up");
+        let (text, snapshots, _serving) = serving(&leader);
         assert!(snapshots.offer(0, 2, 1).is_none(), "the first ask starts making one");
         let snapshot = offered(&snapshots);
         let metadata = snapshot.get_metadata();
@@ -337,11 +345,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let (leader_dir, follower_dir) = (dir.path().join("leader"), dir.path().join("follower"));
         let leader = leader_store(&leader_dir);
-        let text = members();
-        let snapshots = Arc::new(Snapshots::new(leader.clone()));
-        let (inbox, _received) = crossbeam_channel::bounded(16);
-        let leader_cluster = Cluster::parse(1, &text).expect("a cluster");
-        let _transport = Transport::start(&leader_cluster, inbox, snapshots.clone()).expect("up");
+        let (text, snapshots, _serving) = serving(&leader);
         let snapshot = offered(&snapshots);
         let descriptor = Descriptor::decode(snapshot.get_data()).expect("a descriptor");
         let follower = follower_store(&follower_dir);
@@ -368,7 +372,7 @@ mod tests {
         std::fs::write(&log_file, &bytes).expect("written");
         let staging = follower_dir.join(SNAPSHOT_IN_DIR);
         std::fs::create_dir_all(&staging).expect("a dir");
-        let leader_addr = leader_cluster.me().raft_addr();
+        let leader_addr = Cluster::parse(1, &text).expect("a cluster").me().raft_addr();
         pull::fetch(follower_cluster.me().host, 2, leader_addr, &descriptor, &staging)
             .expect("pulled");
         let metadata = snapshot.get_metadata();
