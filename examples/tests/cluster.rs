@@ -260,12 +260,7 @@ fn three_replicas_replicate_fail_over_and_catch_up() {
     assert!(failover < ELECTION_BOUND);
     assert_ne!(new_leader, leader);
     let mut client = cluster.client(new_leader);
-    for (command, reply) in &acknowledged {
-        assert_eq!(&client.call(command).expect("a reply"), reply, "retry of {command:?}");
-    }
-    let after: Vec<Value> =
-        accounts.iter().map(|a| call(&mut client, &["BALANCE", &a.to_string()])).collect();
-    assert_eq!(after, balances, "no acknowledged outcome lost, none applied twice");
+    retries_answer_alike(&mut client, &acknowledged, &accounts, &balances);
     // More writes while the old leader is down.
     let reply = call(&mut client, &["DEPOSIT", &accounts[0].to_string(), "1", "late"]);
     assert!(matches!(reply, Value::Array(_)), "{reply:?}");
@@ -331,6 +326,22 @@ const SMALL_RAFT_LOG: (&str, &str) = ("PLAFOND_RAFT_LOG_ENTRIES_MAX", "512");
 /// Commands sent while a follower is down: each is an entry of its own (one client, one
 /// at a time), well past the 512 the leader keeps at most.
 const COMMANDS_WHILE_DOWN: usize = 1200;
+
+/// Every acknowledged command, sent again with its id, answers as it did, and the
+/// accounts' balances are still `balances`: no acknowledged outcome lost, none applied twice.
+fn retries_answer_alike(
+    client: &mut Client,
+    acknowledged: &[(Vec<String>, Value)],
+    accounts: &[i64],
+    balances: &[Value],
+) {
+    for (command, reply) in acknowledged {
+        assert_eq!(&client.call(command).expect("a reply"), reply, "retry of {command:?}");
+    }
+    let after: Vec<Value> =
+        accounts.iter().map(|a| call(client, &["BALANCE", &a.to_string()])).collect();
+    assert_eq!(after, balances, "no acknowledged outcome lost, none applied twice");
+}
 
 /// `count` payments and transfers with command ids `{prefix}-N` on the leader: the
 /// acknowledged commands and their replies.
@@ -437,12 +448,7 @@ fn a_follower_behind_the_kept_log_or_emptied_catches_up_from_a_snapshot() {
     }
     assert_eq!(current, follower, "the follower that installed snapshots never led");
     let mut client = cluster.client(follower);
-    for (command, reply) in &acknowledged {
-        assert_eq!(&client.call(command).expect("a reply"), reply, "retry of {command:?}");
-    }
-    let after: Vec<Value> =
-        accounts.iter().map(|a| call(&mut client, &["BALANCE", &a.to_string()])).collect();
-    assert_eq!(after, balances, "no acknowledged outcome lost, none applied twice");
+    retries_answer_alike(&mut client, &acknowledged, &accounts, &balances);
     drop(client);
     cluster.converged();
     println!("whole test {:?}", started.elapsed());
