@@ -7,4 +7,5 @@ pub mod connect;
 pub mod faultproxy;
 pub mod jepsen;
 pub mod ledger;
+pub mod ports;
 pub mod sample;

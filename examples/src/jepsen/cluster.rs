@@ -8,7 +8,7 @@
 //! the nftables partitions still cut it), which the nemesis slows down or cuts.
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -95,11 +95,14 @@ pub struct Cluster {
     durability: String,
 }
 
-/// A free port on `ip` now (the node binds it next, and again after each restart).
+/// A free port on `ip` that stays free (the node binds it next, and again after each
+/// restart).
 fn free_port(ip: Ipv4Addr, id: u32) -> Result<u16, NodeError> {
-    let io = |source| NodeError::Io { id, what: "finding a free port", source };
-    let listener = TcpListener::bind((ip, 0)).map_err(io)?;
-    Ok(listener.local_addr().map_err(io)?.port())
+    crate::ports::stable_port(ip).map_err(|source| NodeError::Io {
+        id,
+        what: "finding a free port",
+        source,
+    })
 }
 
 impl Cluster {

@@ -223,8 +223,7 @@ impl Drop for Server {
 
 /// A loopback port free now, for a server that must come back on the same one.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("an address").port()
+    plafond_examples::ports::stable_port(std::net::Ipv4Addr::LOCALHOST).expect("a free port")
 }
 
 /// Runs a Python script of `tests/scripts` with `args`; panics with its output unless it
