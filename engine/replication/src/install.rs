@@ -386,4 +386,52 @@ mod tests {
         assert!(!finish_pending(&follower).expect("nothing pending"));
         assert_installed(&leader, &follower, &follower_dir);
     }
+
+    /// A follower that stops pulling (it died, or its link did) is reported failed once
+    /// it has been silent for the idle timeout, and not before: raft-rs then offers a
+    /// snapshot again, and the leader no longer keeps its log for that follower. A
+    /// snapshot nobody pulls is removed once too old to be offered.
+    #[test]
+    fn a_follower_silent_for_the_idle_timeout_is_reported_failed_and_its_log_let_go() {
+        use crate::limits::{SNAPSHOT_IDLE_TIMEOUT, SNAPSHOT_REUSE_AGE};
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let leader = leader_store(&dir.path().join("leader"));
+        let (_text, snapshots, _serving) = serving(&leader);
+        let snapshot = offered(&snapshots);
+        let offered_at = Instant::now();
+        let id = Descriptor::decode(snapshot.get_data()).expect("a descriptor").id;
+        let index = snapshot.get_metadata().index;
+        assert_eq!(snapshots.needed_from(), Some(index + 1), "the log is kept while it pulls");
+        assert_eq!(snapshots.take_reports_at(offered_at + SNAPSHOT_IDLE_TIMEOUT / 2), []);
+
+        // A chunk pulled restarts the silence: at a moment past the offer's timeout but
+        // within the pull's, the transfer goes on.
+        std::thread::sleep(Duration::from_millis(5));
+        let before_pull = Instant::now();
+        snapshots.pulled(2, id, false);
+        let after_pull = Instant::now();
+        let within = before_pull + SNAPSHOT_IDLE_TIMEOUT - Duration::from_millis(1);
+        assert!(within >= offered_at + SNAPSHOT_IDLE_TIMEOUT, "past the offer's timeout");
+        assert_eq!(snapshots.take_reports_at(within), []);
+        assert_eq!(snapshots.needed_from(), Some(index + 1));
+
+        // Silent for the whole timeout since its last chunk: failed, reported once.
+        let silent = after_pull + SNAPSHOT_IDLE_TIMEOUT;
+        assert_eq!(snapshots.take_reports_at(silent), [(2, SnapshotStatus::Failure)]);
+        assert_eq!(snapshots.take_reports_at(silent), []);
+        assert_eq!(snapshots.needed_from(), None, "no log kept for a transfer that ended");
+        // A chunk asked after that is not counted: the transfer is over.
+        snapshots.pulled(2, id, true);
+        assert_eq!(snapshots.take_reports(), []);
+
+        // Offered again while fresh, the same snapshot; nobody pulls it, and once older
+        // than the reuse age it is removed with its files.
+        let again = snapshots.offer(0, 2, 1).expect("the made snapshot is offered again");
+        assert_eq!(Descriptor::decode(again.get_data()).expect("a descriptor").id, id);
+        let (log_file, _) = snapshots.file(id, 1).expect("offered");
+        let old = Instant::now() + SNAPSHOT_REUSE_AGE;
+        assert_eq!(snapshots.take_reports_at(old), [(2, SnapshotStatus::Failure)]);
+        assert_eq!(snapshots.file(id, 1), None, "no longer offered");
+        assert!(!log_file.exists(), "its files are removed");
+    }
 }

@@ -342,17 +342,23 @@ impl Snapshots {
     /// snapshot no longer offered (older than [`SNAPSHOT_REUSE_AGE`]) and no longer
     /// pulled is removed, so that its hard link does not keep an old checkpoint's disk.
     pub fn take_reports(&self) -> Vec<(u64, SnapshotStatus)> {
+        self.take_reports_at(Instant::now())
+    }
+
+    /// [`Snapshots::take_reports`] as of `now` (tests pass a later instant rather than
+    /// wait out the timeouts).
+    pub(crate) fn take_reports_at(&self, now: Instant) -> Vec<(u64, SnapshotStatus)> {
         let mut offers = self.lock();
         let Offers { transfers, reports, ready, .. } = &mut *offers;
         transfers.retain(|transfer| {
-            let silent = transfer.last_pull.elapsed() >= SNAPSHOT_IDLE_TIMEOUT;
+            let silent = now.saturating_duration_since(transfer.last_pull) >= SNAPSHOT_IDLE_TIMEOUT;
             if silent {
                 reports.push((transfer.peer, SnapshotStatus::Failure));
             }
             !silent
         });
         let stale = ready.as_ref().is_some_and(|ready| {
-            ready.made.elapsed() >= SNAPSHOT_REUSE_AGE
+            now.saturating_duration_since(ready.made) >= SNAPSHOT_REUSE_AGE
                 && !transfers.iter().any(|transfer| transfer.id == ready.descriptor.id)
         });
         if let Some(old) = ready.take_if(|_| stale) {
