@@ -499,6 +499,13 @@ impl Actor {
         self.follow();
         self.setup.replicated = false;
         if !self.held.is_empty() {
+            // Rare (another shard's thread must win the race with the host's loop), and
+            // what an operator reading a failover's log should know happened.
+            eprintln!(
+                "plafond: shard {}: applies {} transfer legs sent before it took the lead",
+                self.setup.shard,
+                self.held.len()
+            );
             let mut batch = Batch::default();
             for (ts_ms, input, done) in std::mem::take(&mut self.held) {
                 self.handle(Mail::Input { ts_ms, input, done }, &mut batch);
