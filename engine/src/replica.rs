@@ -26,8 +26,9 @@ impl Host for ReplicaHost {
     }
 
     fn lead(&self) {
-        // Every shard is told before any takes the lead, so a credit one resends reaches
-        // the target after the target's own `Lead` (its internal mailbox is in order).
+        // A shard may read its `Lead` and resend its unsettled credits before this loop has
+        // told the next shard: a shard still following holds such a credit until its own
+        // `Lead` (`plafond_shards::actor`), so the order here does not matter.
         let (done_tx, done_rx) = bounded(usize::from(self.shards));
         for shard in 0..self.shards {
             self.router.send_internal(shard, Mail::Lead { done: done_tx.clone() });

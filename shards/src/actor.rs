@@ -276,6 +276,7 @@ pub fn run(mut setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
         calendar,
         next_seq,
         parked: HashMap::new(),
+        held: Vec::new(),
         remembered,
         capture: None,
     };
@@ -428,6 +429,15 @@ struct Actor {
     next_seq: u64,
     /// Replies waiting for an outgoing transfer to settle, by its sequence number.
     parked: HashMap<u64, Vec<Slot>>,
+    /// Transfer legs from other shards (credits, settles) that came while this replica's
+    /// shard still followed, applied in arrival order once it takes the lead: a shard that
+    /// took the lead first resends its unsettled credits at once, possibly before this
+    /// shard was even told to lead, and a credit dropped here would be owed for ever (and
+    /// answered as seen, without its money, once a later credit from the same shard
+    /// passed it: `credits_seen` is a high-water mark). At most one resent credit per
+    /// transfer the other shards had in flight when they took the lead: those are the only
+    /// legs a follower's shard can be sent, and nothing is sent to it after its lead.
+    held: Vec<(i64, Input, Option<Sender<()>>)>,
     /// Where command ids are looked up, and the records of batches in flight.
     remembered: RememberedIds,
     /// A checkpoint's or a snapshot's copy of the state, in progress.
@@ -483,10 +493,25 @@ impl Actor {
         }
     }
 
-    /// Takes the lead: everything committed is replayed, then this shard decides.
+    /// Takes the lead: everything committed is replayed, then this shard decides, first the
+    /// transfer legs other shards sent it while it still followed.
     fn lead(&mut self, done: Sender<i64>) {
         self.follow();
         self.setup.replicated = false;
+        if !self.held.is_empty() {
+            // Rare (another shard's thread must win the race with the host's loop), and
+            // what an operator reading a failover's log should know happened.
+            eprintln!(
+                "plafond: shard {}: applies {} transfer legs sent before it took the lead",
+                self.setup.shard,
+                self.held.len()
+            );
+            let mut batch = Batch::default();
+            for (ts_ms, input, done) in std::mem::take(&mut self.held) {
+                self.handle(Mail::Input { ts_ms, input, done }, &mut batch);
+            }
+            self.flush(batch);
+        }
         self.resend_credits();
         self.adopt_rules();
         let _ = done.send(self.state.clock_ms);
@@ -588,6 +613,15 @@ impl Actor {
 
     fn handle(&mut self, mail: Mail, batch: &mut Batch) {
         match mail {
+            // Another shard of this node took the lead before this one: its leg is owed, and
+            // is applied once this shard leads too.
+            Mail::Input {
+                ts_ms,
+                input: input @ (Input::Credit { .. } | Input::Settle { .. }),
+                done,
+            } if self.setup.replicated => {
+                self.held.push((ts_ms, input, done));
+            }
             // A follower decides nothing (its node refuses clients, its batch service does not
             // run): dropped, the mail's collector and waiter hear that nothing was decided.
             Mail::Requests { .. } | Mail::Input { .. } if self.setup.replicated => {}

@@ -30,8 +30,9 @@ use crate::disk::{self, DiskError, RaftDisk};
 use crate::group::{self, carries_data, GroupError};
 use crate::install::{self, InstallError};
 use crate::limits::{
-    LogBounds, APPENDS_IN_FLIGHT_MAX, APPEND_BYTES_MAX, COMPACT_EVERY_ENTRIES, ELECTION_TICKS,
-    HEARTBEAT_TICKS, INBOX_MESSAGES_MAX, PROPOSALS_IN_FLIGHT_MAX, TICK,
+    LogBounds, APPENDS_IN_FLIGHT_MAX, APPEND_BYTES_MAX, CAMPAIGN_TICKS_END, CAMPAIGN_TICKS_MIN,
+    COMPACT_EVERY_ENTRIES, ELECTION_TICKS, HEARTBEAT_TICKS, INBOX_MESSAGES_MAX,
+    PROPOSALS_IN_FLIGHT_MAX, TICK,
 };
 use crate::snapshot::Snapshots;
 use crate::status::{ReplicaStatus, Role};
@@ -116,6 +117,8 @@ impl Replica {
         let config = Config {
             id: setup.cluster.node_id,
             election_tick: ELECTION_TICKS,
+            min_election_tick: CAMPAIGN_TICKS_MIN,
+            max_election_tick: CAMPAIGN_TICKS_END,
             heartbeat_tick: HEARTBEAT_TICKS,
             applied,
             max_size_per_msg: APPEND_BYTES_MAX,
@@ -154,6 +157,9 @@ impl Replica {
             was_leader: false,
             lead_index: None,
             promoted: false,
+            leader_heard: Instant::now(),
+            campaigns: 0,
+            won_at: None,
             snapshots,
             bounds: LogBounds::from_env(),
             installed,
@@ -178,6 +184,20 @@ impl Replica {
             let _ = handle.join();
         }
         self.persister.stop();
+    }
+}
+
+/// When the tick after the one due at `due` (and run at `now`) is due: one [`TICK`] after
+/// `due`, so that the time the loop takes to come round does not stretch every tick (under
+/// load the lease and the election timeouts would drift to seconds more than they say).
+/// A tick more than one late (the process was paused, SIGSTOP) is not caught up with a
+/// burst: the next comes a whole tick from now, as raft-rs counts time in ticks it saw.
+fn next_tick_after(due: Instant, now: Instant) -> Instant {
+    let next = due + TICK;
+    if next > now {
+        next
+    } else {
+        now + TICK
     }
 }
 
@@ -210,6 +230,13 @@ struct Driver<R> {
     /// Whether this node's shards were told to lead (they may then hold batches that are
     /// not committed yet).
     promoted: bool,
+    /// When this node last heard the leader it knew (or started): how long a failover's
+    /// election took, as this node saw it, is measured from here.
+    leader_heard: Instant,
+    /// Times this node stood (each stand starts with a pre-vote) since then.
+    campaigns: u32,
+    /// When this node won its term, until its shards serve.
+    won_at: Option<Instant>,
     /// The snapshots this node makes for followers when it leads.
     snapshots: Arc<Snapshots>,
     bounds: LogBounds,
@@ -248,9 +275,10 @@ impl<R: Release> Driver<R> {
                 }
                 Ok(_) | Err(_) => {}
             }
-            if Instant::now() >= next_tick {
+            let now = Instant::now();
+            if now >= next_tick {
                 self.raw.tick();
-                next_tick = Instant::now() + TICK;
+                next_tick = next_tick_after(next_tick, now);
                 self.report_snapshots();
             }
             if let Err(error) = self.on_ready() {
@@ -277,6 +305,9 @@ impl<R: Release> Driver<R> {
             // is whole: the leader sends at most what it matched); the replies then tell the
             // leader where it stands, and it sends a snapshot.
             message.commit = message.commit.min(self.raw.raft.raft_log.last_index());
+        }
+        if message.from == self.raw.raft.leader_id && message.from != raft::INVALID_ID {
+            self.leader_heard = Instant::now();
         }
         let _ = self.raw.step(message);
     }
@@ -388,6 +419,7 @@ impl<R: Release> Driver<R> {
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
             StateRole::Follower => Role::Follower,
         };
+        let previous_leader = self.status.view().leader_id;
         self.status.set_role(role, leader);
         let node = self.status.cluster().node_id;
         eprintln!(
@@ -398,7 +430,30 @@ impl<R: Release> Driver<R> {
         if role == Role::Leader {
             self.was_leader = true;
             self.lead_index = Some(self.raw.raft.raft_log.last_index());
+            self.won_at = Some(Instant::now());
+            eprintln!(
+                "plafond: replica {node}: elected in term {}, {} ms after it last heard a leader \
+                 (or started), standing {} times",
+                self.raw.raft.term,
+                self.leader_heard.elapsed().as_millis(),
+                self.campaigns
+            );
+            self.campaigns = 0;
             return;
+        }
+        if state == StateRole::PreCandidate {
+            self.campaigns += 1;
+        }
+        if leader != raft::INVALID_ID && previous_leader != Some(leader) {
+            eprintln!(
+                "plafond: replica {node}: follows {leader} in term {}, {} ms after it last heard \
+                 a leader (or started), standing {} times",
+                self.raw.raft.term,
+                self.leader_heard.elapsed().as_millis(),
+                self.campaigns
+            );
+            self.leader_heard = Instant::now();
+            self.campaigns = 0;
         }
         if self.was_leader {
             self.was_leader = false;
@@ -451,9 +506,21 @@ impl<R: Release> Driver<R> {
         }
         self.promoted = true;
         let (host, status) = (self.host.clone(), self.status.clone());
+        let (node, term) = (status.cluster().node_id, self.raw.raft.term);
+        let won = self.won_at.take().unwrap_or_else(Instant::now);
+        let caught_up_ms = won.elapsed().as_millis();
         let spawned = std::thread::Builder::new().name("plafond-promote".into()).spawn(move || {
+            let started = Instant::now();
             host.lead();
             status.set_serving(true);
+            // The failover's phases after the election, for whoever reads the log: the
+            // term's first entry committed and applied, then the shards' take-over.
+            eprintln!(
+                "plafond: replica {node}: leading since term {term} after {} ms (caught up \
+                 {caught_up_ms} ms after the election, shards took {} ms)",
+                won.elapsed().as_millis(),
+                started.elapsed().as_millis()
+            );
         });
         if spawned.is_err() {
             eprintln!("plafond: cannot start the thread that takes the lead; stepping aside");
@@ -574,5 +641,22 @@ impl<R: Release> Driver<R> {
             self.disk.compact(first)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ticks_keep_their_period_when_the_loop_is_late_and_never_burst() {
+        let due = Instant::now();
+        // Run 30 ms late: the next is still one tick after the due time, not after now.
+        let late = due + Duration::from_millis(30);
+        assert_eq!(next_tick_after(due, late), due + TICK);
+        // Run three ticks late (a pause): one tick from now, not three ticks at once.
+        let paused = due + 3 * TICK;
+        assert_eq!(next_tick_after(due, paused), paused + TICK);
     }
 }

@@ -7,11 +7,24 @@ use plafond_shards::limits::GROUP_BYTES_MAX;
 /// One Raft tick: the unit of the election timeout and the heartbeat.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Ticks without a word from the leader before a follower stands (raft-rs randomises the
-/// timeout in `[ELECTION_TICKS, 2 * ELECTION_TICKS)`): 1-2 s, so that a new leader serves
-/// well inside the 5 s SPEC §14 allows, and a heartbeat late by a loaded core (two cores
+/// The leader's lease, in ticks: a follower that heard the leader less than this long ago
+/// ignores a (pre-)vote request (raft-rs's `check_quorum`), and a leader that heard no
+/// majority for this long steps down. 1 s: a heartbeat late by a loaded core (two cores
 /// shared by three replicas) does not depose a live leader.
 pub const ELECTION_TICKS: usize = 10;
+
+/// The fewest ticks without a word from the leader before a follower stands: two ticks
+/// (a heartbeat interval) past the lease. When the first follower stands, the other has
+/// heard the same last heartbeat (give or take a tick of phase and a late delivery), so
+/// its lease has run out and it answers the pre-vote. With the campaign at the lease
+/// itself (raft-rs's default), the first candidate was often ignored and stood again only
+/// after a second random timeout: 2-4 s elections, failovers past SPEC §14's 5 s.
+pub const CAMPAIGN_TICKS_MIN: usize = ELECTION_TICKS + HEARTBEAT_TICKS;
+
+/// One past the most ticks before a follower stands (raft-rs draws the timeout in
+/// `[CAMPAIGN_TICKS_MIN, CAMPAIGN_TICKS_END)` after each heartbeat): 1.2-2 s, a spread of
+/// 800 ms, several round trips, so that two followers rarely stand together.
+pub const CAMPAIGN_TICKS_END: usize = 2 * ELECTION_TICKS;
 
 /// Ticks between two heartbeats of the leader.
 pub const HEARTBEAT_TICKS: usize = 2;
@@ -146,6 +159,8 @@ const _: () = assert!(APPEND_BYTES_MAX as usize * 2 <= FRAME_BYTES_MAX);
 // One entry (a whole group commit) fits in a frame.
 const _: () = assert!(GROUP_BYTES_MAX * 2 <= FRAME_BYTES_MAX);
 const _: () = assert!(HEARTBEAT_TICKS < ELECTION_TICKS);
+const _: () =
+    assert!(ELECTION_TICKS < CAMPAIGN_TICKS_MIN && CAMPAIGN_TICKS_MIN < CAMPAIGN_TICKS_END);
 const _: () = assert!(LOG_ENTRIES_KEPT < LOG_ENTRIES_MAX);
 const _: () = assert!(COMPACT_EVERY_ENTRIES <= LOG_ENTRIES_KEPT);
 // A pull's reply (the chunk and its header) fits in a frame.
