@@ -69,6 +69,13 @@ pub const SEND_TIMEOUT: Duration = Duration::from_millis(1000);
 /// After a failed connection attempt, the next one waits at least this long.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A connection to a peer unused for this long is checked for a close by the peer before
+/// it is written to again (a cut link, a restarted peer): the first message written into
+/// a closed socket is lost without an error. Shorter than a heartbeat interval, so that
+/// every heartbeat to an idle peer is checked, and far longer than the gap between the
+/// writes of a loaded leader, which are never checked.
+pub const IDLE_CHECK_AFTER: Duration = Duration::from_millis(10);
+
 /// Entries of the Raft log kept behind the applied index on every replica, so that a
 /// follower a little behind catches up from the log.
 pub const LOG_ENTRIES_KEPT: u64 = 1024;

@@ -9,7 +9,7 @@
 //! The same listener serves the pulls of a snapshot's files ([`crate::pull`]): such a
 //! connection starts with [`PULL_HELLO`] where a frame's length would be.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,8 +22,8 @@ use raft::prelude::Message;
 
 use crate::cluster::Cluster;
 use crate::limits::{
-    CONNECTIONS_MAX, CONNECT_TIMEOUT, FRAME_BYTES_MAX, OUTBOX_MESSAGES_MAX, RECONNECT_INTERVAL,
-    SEND_TIMEOUT,
+    CONNECTIONS_MAX, CONNECT_TIMEOUT, FRAME_BYTES_MAX, IDLE_CHECK_AFTER, OUTBOX_MESSAGES_MAX,
+    RECONNECT_INTERVAL, SEND_TIMEOUT,
 };
 use crate::pull::{self, PULL_HELLO};
 use crate::snapshot::Snapshots;
@@ -216,10 +216,16 @@ fn send_loop(
 ) {
     let mut connection: Option<BufWriter<TcpStream>> = None;
     let mut last_attempt: Option<Instant> = None;
+    let mut last_write = Instant::now();
     let mut frame = Vec::new();
     while let Ok(first) = outbox.recv() {
         if stop.load(Ordering::Acquire) {
             return;
+        }
+        let idle = last_write.elapsed() >= IDLE_CHECK_AFTER;
+        if idle && connection.as_ref().is_some_and(|writer| closed_by_peer(writer.get_ref())) {
+            // Not a failed attempt: connect again at once.
+            (connection, last_attempt) = (None, None);
         }
         if connection.is_none() && last_attempt.is_none_or(|at| at.elapsed() >= RECONNECT_INTERVAL)
         {
@@ -240,7 +246,23 @@ fn send_loop(
         if written.and_then(|()| writer.flush()).is_err() {
             connection = None;
         }
+        last_write = Instant::now();
     }
+}
+
+/// Whether the peer closed this connection. A peer never writes on it, so anything but
+/// "nothing to read yet" means it is gone (end of stream, a reset). Without this check,
+/// a message written after a peer restarted or a link was cut and healed went into the
+/// dead socket without an error and was lost, and only the next one reconnected: after
+/// a healed cut between the two followers, both their first election messages were
+/// lost when the leader died, and the election took a second random timeout (the slow
+/// failovers of BENCHMARKS §12).
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let open = matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
+    !open || stream.set_nonblocking(false).is_err()
 }
 
 fn write_frame(
@@ -264,4 +286,67 @@ pub(crate) fn connect(from: std::net::IpAddr, to: SocketAddr) -> std::io::Result
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(SEND_TIMEOUT))?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn message(index: u64) -> Message {
+        Message { to: 2, from: 1, index, ..Message::default() }
+    }
+
+    /// The next connection to `peer`, within `within`.
+    fn accept_within(peer: &TcpListener, within: Duration) -> Option<TcpStream> {
+        peer.set_nonblocking(true).expect("non-blocking");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok((stream, _)) = peer.accept() {
+                stream.set_nonblocking(false).expect("blocking");
+                return Some(stream);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    fn read_message(stream: &mut TcpStream) -> Message {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("a timeout");
+        let mut length = [0u8; 4];
+        stream.read_exact(&mut length).expect("a frame's length");
+        let mut frame = vec![0u8; u32::from_le_bytes(length) as usize];
+        stream.read_exact(&mut frame).expect("a frame");
+        Message::parse_from_bytes(&frame).expect("a message")
+    }
+
+    /// A peer that closes its end (it restarted, or a link was cut and healed) loses no
+    /// message: the next one, after the connection sat idle, goes on a new connection.
+    #[test]
+    fn the_first_message_after_the_peer_closed_the_connection_goes_on_a_new_one() {
+        let peer = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let to = peer.local_addr().expect("bound");
+        let (outbox, receiver) = bounded(16);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = std::thread::spawn({
+            let stop = stop.clone();
+            move || send_loop(IpAddr::V4(Ipv4Addr::LOCALHOST), to, receiver, stop)
+        });
+        outbox.send(message(1)).expect("queued");
+        let mut first = accept_within(&peer, Duration::from_secs(5)).expect("a connection");
+        assert_eq!(read_message(&mut first).index, 1);
+        drop(first);
+        std::thread::sleep(IDLE_CHECK_AFTER * 5);
+
+        outbox.send(message(2)).expect("queued");
+        let second = accept_within(&peer, Duration::from_secs(2));
+        let mut second = second.expect("message 2 reconnects instead of vanishing");
+        assert_eq!(read_message(&mut second).index, 2);
+
+        stop.store(true, Ordering::Release);
+        drop(outbox);
+        sender.join().expect("the sender stops");
+    }
 }
