@@ -3,8 +3,9 @@
 # server (--durability sync, host clock, 1M cards), then 2M pays from the load generator,
 # alone and with the example consumer following every stream from the end (count-only),
 # alternated. Prints per run the pay rate, the server's CPU per pay (utime+stime of
-# /proc/PID/stat: robust on a shared machine, where the rate is not), the consumer's, and
-# the consumer's lag lines (every second).
+# /proc/PID/stat: robust on a shared machine, where the rate is not), its minor page faults
+# (a fault on fresh memory zeroes a page), the consumer's CPU per pay, and the consumer's
+# lag lines (every second).
 #   usage: LOADGEN=<loadgen> CONSUMER=<consumer> [MODES="alone follow ..."] [OPS=N] \
 #          scripts/stream_cost.sh SERVER PORT
 BIN=$1; PORT=$2; OPS=${OPS:-2000000}; DIR=/tmp/bench/s-$PORT
@@ -14,6 +15,7 @@ $BIN --port $PORT --data-dir $DIR --durability sync --populate 1000000 > $DIR.se
 SP=$!
 for i in $(seq 1 240); do grep -q listening $DIR.server.log && break; sleep 0.5; done
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+faults() { awk '{print $10}' /proc/$1/stat; }
 for mode in $MODES; do
   CP=
   if [ $mode = follow ]; then
@@ -21,11 +23,12 @@ for mode in $MODES; do
     CP=$!
     sleep 2
   fi
-  before=$(cpu $SP); [ -n "$CP" ] && cbefore=$(cpu $CP)
+  before=$(cpu $SP); fbefore=$(faults $SP); [ -n "$CP" ] && cbefore=$(cpu $CP)
   ${LOADGEN} --target server --port $PORT --cards 1000000 --ops $OPS --connections 16 --pipeline 64 --ids none > $DIR.lg.log 2>&1
-  after=$(cpu $SP); [ -n "$CP" ] && cafter=$(cpu $CP)
+  after=$(cpu $SP); fafter=$(faults $SP); [ -n "$CP" ] && cafter=$(cpu $CP)
   rate=$(grep summary $DIR.lg.log | grep -o 'ops_per_s=[0-9]*' | cut -d= -f2)
   line="mode=$mode ops_per_s=$rate server_cpu_us_per_pay=$(echo "($after-$before)*10000/$OPS" | bc -l | cut -c1-5)"
+  line="$line server_faults_per_1k_pays=$(echo "($fafter-$fbefore)*1000/$OPS" | bc -l | cut -c1-5)"
   if [ -n "$CP" ]; then
     sleep 2
     kill -TERM $CP; wait $CP 2>/dev/null

@@ -180,8 +180,9 @@ impl From<anyhow::Error> for ReadError {
 }
 
 /// One `XREAD BLOCK` over every stream, its entries applied; whether some stream gave as
-/// many as were asked for (more are waiting). The reply is read in place: no value and
-/// no allocation per entry, only the field list reused from entry to entry.
+/// many as were asked for (more are waiting). The reply is read in place as it arrives, a
+/// part at a time (its header, each stream's, each entry), each tokenized once: no value
+/// and no allocation per entry, only the field list reused from entry to entry.
 fn read_once(
     client: &mut Client,
     args: &ConsumerArgs,
@@ -194,41 +195,64 @@ fn read_once(
     command.extend((0..shards).map(|shard| format!("changes:{shard}")));
     command.extend(ledger.shards.iter().map(|shard| shard.cursor.to_string()));
     client.send_command(&command).map_err(ReadError::Connection)?;
-    let reply = client.read_raw().map_err(ReadError::Connection)?;
-    let mut tokens = Tokens::new(reply);
-    let streams = match tokens.next_token().map_err(wire)? {
-        Token::Nil => {
-            progress.caught_up();
-            return Ok(false);
-        }
-        Token::Array(streams) => streams,
+    let streams = part(client, |tokens| match tokens.next_token().map_err(wire)? {
+        Token::Nil => Ok(None),
+        Token::Array(streams) => Ok(Some(streams)),
         Token::Error(error) => {
             let error = String::from_utf8_lossy(error);
-            return Err(anyhow::anyhow!("the server refused XREAD: {error}").into());
+            Err(anyhow::anyhow!("the server refused XREAD: {error}").into())
         }
-        other => return Err(anyhow::anyhow!("XREAD answered {other:?}").into()),
+        other => Err(anyhow::anyhow!("XREAD answered {other:?}").into()),
+    })?;
+    let Some(streams) = streams else {
+        progress.caught_up();
+        return Ok(false);
     };
     let mut full = false;
-    let mut fields = Vec::with_capacity(32);
+    // The field list, empty between entries, so that it borrows nothing past its part.
+    let mut stash: Vec<(&'static str, &'static str)> = Vec::with_capacity(32);
     for _ in 0..streams {
-        if tokens.array().map_err(wire)? != 2 {
-            return Err(malformed("a stream's name and entries").into());
-        }
-        let name =
-            std::str::from_utf8(tokens.bulk().map_err(wire)?).map_err(anyhow::Error::from)?;
-        let shard: usize = name
-            .strip_prefix("changes:")
-            .and_then(|shard| shard.parse().ok())
-            .ok_or_else(|| malformed("a stream name"))?;
-        let entries = tokens.array().map_err(wire)?;
+        let (shard, entries) = part(client, |tokens| {
+            if tokens.array().map_err(wire)? != 2 {
+                return Err(malformed("a stream's name and entries").into());
+            }
+            let name = text(tokens.bulk().map_err(wire)?)?;
+            let shard: usize = name
+                .strip_prefix("changes:")
+                .and_then(|shard| shard.parse().ok())
+                .ok_or_else(|| malformed("a stream name"))?;
+            Ok((shard, tokens.array().map_err(wire)?))
+        })?;
         // The server caps each stream's part of a reply: that many is full too.
         full |= entries >= args.count.min(STREAM_REPLY_ENTRIES_MAX / shards.max(1));
         for _ in 0..entries {
-            let ts_ms = apply_entry(ledger, shard, &mut tokens, &mut fields, args.count_only)?;
+            let ts_ms = part(client, |tokens| {
+                let mut fields = reuse(&mut stash);
+                let ts_ms = apply_entry(ledger, shard, tokens, &mut fields, args.count_only);
+                stash = reuse(&mut fields);
+                ts_ms
+            })?;
             progress.saw(ts_ms);
         }
     }
     Ok(full)
+}
+
+/// Reads the next part of the reply with `read` ([`Client::read_part`]).
+fn part<T>(
+    client: &mut Client,
+    read: impl FnMut(&mut Tokens<'_>) -> Result<T, ReadError>,
+) -> Result<T, ReadError> {
+    client.read_part(read).map_err(ReadError::Connection)?
+}
+
+/// `fields` emptied, to hold borrows of another lifetime: the same allocation (collecting
+/// a vector's iterator into one of the same layout reuses it), so reading an entry
+/// allocates nothing.
+fn reuse<'b>(fields: &mut Vec<(&str, &str)>) -> Vec<(&'b str, &'b str)> {
+    fields.clear();
+    // Empty: the map is never called; it only gives the elements their new lifetime.
+    std::mem::take(fields).into_iter().map(|_| ("", "")).collect()
 }
 
 fn malformed(what: &str) -> anyhow::Error {
@@ -240,7 +264,9 @@ fn wire(error: plafond_wire::ProtocolError) -> ReadError {
 }
 
 /// Applies the next `[id, [field, value, ...]]` of `tokens` (or with `count_only` only
-/// moves past it), reading its fields into `fields`; returns its time.
+/// moves past it), once all its fields are read into `fields` (empty); returns its time.
+/// Nothing is applied before the entry has all arrived, so that a part cut short is read
+/// again.
 fn apply_entry<'a>(
     ledger: &mut Ledger,
     shard: usize,
@@ -256,7 +282,6 @@ fn apply_entry<'a>(
     if values % 2 != 0 {
         return Err(malformed("a field without its value").into());
     }
-    fields.clear();
     for _ in 0..values / 2 {
         let name = text(tokens.bulk().map_err(wire)?)?;
         fields.push((name, text(tokens.bulk().map_err(wire)?)?));

@@ -418,25 +418,43 @@ fn on_the_server(raw: &mut support::Raw, accounts: &[i64]) -> BTreeMap<i64, (i64
     seen
 }
 
-/// The kinds of every entry of `changes:<shard>`.
-fn kinds(raw: &mut support::Raw, shard: u16) -> Vec<String> {
+/// The fields of every entry of `changes:<shard>`, as `(name, value)` pairs.
+fn entries(raw: &mut support::Raw, shard: u16) -> Vec<Vec<(String, String)>> {
     let stream = format!("changes:{shard}");
     let Value::Array(entries) = raw.call(&["XRANGE", &stream, "-", "+", "COUNT", "8000"]) else {
         panic!("XRANGE replies an array")
     };
+    let text = |value: &Value| match value {
+        Value::Bulk(text) => String::from_utf8_lossy(text).into_owned(),
+        other => panic!("a field is a bulk string: {other:?}"),
+    };
     entries
         .iter()
-        .filter_map(|entry| match entry {
+        .map(|entry| match entry {
             Value::Array(pair) => match pair.get(1) {
-                Some(Value::Array(fields)) => match fields.get(1) {
-                    Some(Value::Bulk(kind)) => Some(String::from_utf8_lossy(kind).into_owned()),
-                    _ => None,
-                },
-                _ => None,
+                Some(Value::Array(fields)) => {
+                    fields.chunks(2).map(|pair| (text(&pair[0]), text(&pair[1]))).collect()
+                }
+                other => panic!("an entry's fields: {other:?}"),
             },
-            _ => None,
+            other => panic!("an entry: {other:?}"),
         })
         .collect()
+}
+
+/// The kinds of every entry of `changes:<shard>`.
+fn kinds(raw: &mut support::Raw, shard: u16) -> Vec<String> {
+    let kind = |fields: Vec<(String, String)>| fields.into_iter().next().map(|(_, kind)| kind);
+    entries(raw, shard).into_iter().filter_map(kind).collect()
+}
+
+/// The `region` of every `INTEREST` entry of `changes:<shard>` (`None` for one without).
+fn interest_regions(raw: &mut support::Raw, shard: u16) -> Vec<Option<String>> {
+    let region = |fields: &[(String, String)]| {
+        fields.iter().find(|(name, _)| name == "region").map(|(_, region)| region.clone())
+    };
+    let interest = |fields: &Vec<(String, String)>| fields[0].1 == "INTEREST";
+    entries(raw, shard).iter().filter(|fields| interest(fields)).map(|f| region(f)).collect()
 }
 
 #[test]
@@ -499,6 +517,9 @@ fn an_epochs_interest_expiries_and_end_are_entries_and_the_consumer_stays_exact(
         let seen = kinds(&mut raw, shard);
         let last = |kind: &str| seen.iter().rposition(|seen| seen == kind);
         assert!(last("EPOCH") > last("ROLL"), "shard {shard}: {seen:?}");
+        // Each INTEREST names the region of its epoch (and of its account), as a lazy one.
+        let regions = interest_regions(&mut raw, shard);
+        assert!(regions.iter().all(|region| region.is_some() && *region == regions[0]));
     }
     let rebuilt = rebuilt(consumer(server.addr.port(), ledger, &["--catch-up", "--dump"]));
     let expected = on_the_server(&mut raw, &accounts);
@@ -545,6 +566,7 @@ fn what_commands_apply_lazily_is_in_the_stream_and_the_consumer_stays_exact() {
         .with_clock(clock.clone())
         .with_epoch_poll(None);
     let engine = Arc::new(plafond::Engine::open(config).expect("the engine opens"));
+    let eu_west = engine.region_id("eu-west").expect("a built-in region").to_string();
     let settings = plafond_server::ServerConfig {
         clock: ServerClock::Manual(clock),
         token: None,
@@ -600,6 +622,9 @@ fn what_commands_apply_lazily_is_in_the_stream_and_the_consumer_stays_exact() {
     let count = |kind: &str| seen.iter().filter(|seen| *seen == kind).count();
     assert_eq!(count("ROLL"), 0, "no epoch ran: {seen:?}");
     assert_eq!((count("EXPIRE"), count("INTEREST")), (3, 3), "{seen:?}");
+    // Each names its account's region, as an epoch's INTEREST does (SPEC §13).
+    let regions: Vec<_> = (0..2).flat_map(|shard| interest_regions(&mut raw, shard)).collect();
+    assert_eq!(regions, vec![Some(eu_west); 3], "the lazy INTEREST entries' regions");
     let rebuilt = rebuilt(consumer(server.addr.port(), ledger, &["--catch-up", "--dump"]));
     let expected = on_the_server(&mut raw, &accounts);
     assert_eq!(rebuilt, expected, "the stream alone gives the server's balances and holds");

@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::apply::{apply, prefetch, Applied, Env, Input, Reply, PREFETCH_AHEAD};
 use crate::calendar::{Calendar, Day};
-use crate::command::{CommandId, Kind, Outcome, RegionId, Request};
+use crate::command::{CommandId, Kind, Outcome, Posted, RegionId, Request, Rolled};
 use crate::health::StorageHealth;
 use crate::histogram::{DurationHistogram, Log2Histogram};
 use crate::idempotency::{self, expiry_day, retention_of, IdempotencyRecord, Verdict};
@@ -395,12 +395,22 @@ pub fn replay_batch(
 }
 
 /// Whether a replayed outcome and lazy changes are the logged ones. A roll logged by a
-/// build before rolls recorded what they changed has no outcome, and an entry of a build
-/// before lazy changes were logged has none of them: what it replays to is what it did.
+/// build before rolls recorded what they changed has no outcome, an entry of a build
+/// before lazy changes were logged has none of them, and a lazy posting of a build before
+/// their regions were logged has no region: what it replays to is what it did.
 fn replayed_as_logged(entry: &Entry, replayed: &Applied) -> bool {
     let unrecorded_roll = matches!(entry.input, Input::Roll { .. }) && entry.outcome.is_none();
     let outcome = unrecorded_roll || replayed.logged_outcome() == entry.outcome.as_ref();
-    outcome && entry.lazy.as_ref().is_none_or(|lazy| *lazy == replayed.lazy)
+    let lazy = |logged: &Rolled| {
+        let posted = |(logged, replayed): (&Posted, &Posted)| {
+            logged.region.is_none_or(|_| logged.region == replayed.region)
+                && Posted { region: None, ..*logged } == Posted { region: None, ..*replayed }
+        };
+        logged.expired == replayed.lazy.expired
+            && logged.interest.len() == replayed.lazy.interest.len()
+            && logged.interest.iter().zip(&replayed.lazy.interest).all(posted)
+    };
+    outcome && entry.lazy.as_ref().is_none_or(lazy)
 }
 
 /// CPU time the calling thread has used, in nanoseconds (0 where it cannot be read).
@@ -890,4 +900,38 @@ impl Actor {
 /// A request's command id, if it is one that is remembered (reads ignore theirs).
 fn keyed_id(request: &Request) -> Option<&CommandId> {
     request.command_id.as_ref().filter(|_| !request.command.is_read())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+
+    #[test]
+    fn a_lazy_posting_logged_without_its_region_replays_to_any_region_and_one_with_to_its_own() {
+        let input = Input::Client(Request::new(Command::Deposit { account: 5, amount_minor: 1 }));
+        let posted = Posted { account: 5, amount_minor: 7, balance_minor: 1_008, region: Some(3) };
+        let replayed = Applied {
+            reply: Reply::Now(Outcome::Done { balance_minor: 1_008 }),
+            changed: true,
+            message: None,
+            remember: None,
+            lazy: Rolled { interest: vec![posted], expired: Vec::new() },
+        };
+        let logged = |region, amount_minor| Entry {
+            ts_ms: 0,
+            input: input.clone(),
+            outcome: replayed.logged_outcome().cloned(),
+            lazy: Some(Rolled {
+                interest: vec![Posted { region, amount_minor, ..posted }],
+                expired: Vec::new(),
+            }),
+        };
+        assert!(replayed_as_logged(&logged(Some(3), 7), &replayed));
+        assert!(replayed_as_logged(&logged(None, 7), &replayed), "a version 3 posting");
+        assert!(!replayed_as_logged(&logged(Some(4), 7), &replayed), "another region");
+        assert!(!replayed_as_logged(&logged(None, 8), &replayed), "another amount");
+        let nothing = Entry { lazy: Some(Rolled::default()), ..logged(None, 7) };
+        assert!(!replayed_as_logged(&nothing, &replayed), "a posting not logged");
+    }
 }

@@ -8,10 +8,12 @@
 //! batch mostly share one time, so it takes one byte instead of nine, and an entry of a
 //! payment shrinks by about a third. `logged` is a tag byte, then the outcome if its bit 0
 //! is set, then what the input changed lazily ([`crate::apply::Applied::lazy`], a
-//! `Rolled`) if its bit 1 is set (version 3): an entry without lazy changes is the
-//! `Option<Outcome>` versions 1 and 2 wrote, byte for byte, so logging them costs the
-//! other entries nothing. Versions 1 (`ts` absolute) and 2 (no lazy changes logged) are
-//! still read.
+//! `Rolled`) if its bit 1 is set (version 3), then the region of each lazy interest
+//! posting (`Vec<Option<RegionId>>`, as many as it posted) if its bit 2 is set (version 4;
+//! a `Posted`'s own encoding has no region, and a roll's input names its own): an entry
+//! without lazy changes is the `Option<Outcome>` versions 1 and 2 wrote, byte for byte, so
+//! logging them costs the other entries nothing. Versions 1 (`ts` absolute), 2 (no lazy
+//! changes logged) and 3 (lazy postings without their regions) are still read.
 //!
 //! The log is the source of truth: replaying a shard's entries through
 //! [`crate::apply::apply`] rebuilds its state, and each replayed outcome must equal the
@@ -24,19 +26,26 @@ use bincode::enc::Encoder;
 use bincode::error::{DecodeError, EncodeError};
 
 use crate::apply::Input;
-use crate::command::{Outcome, Rolled};
+use crate::command::{Outcome, RegionId, Rolled};
 use crate::ids::ShardId;
 
-/// Version of the value format this build writes: lazy changes logged.
-pub const LOG_FORMAT_VERSION: u8 = 3;
+/// Version of the value format this build writes: lazy changes logged, with the regions of
+/// their interest postings.
+pub const LOG_FORMAT_VERSION: u8 = 4;
+/// The version before, with lazy changes logged without the regions of their postings;
+/// still read.
+const LOG_FORMAT_VERSION_LAZY: u8 = 3;
 /// The version before, with relative times and no lazy changes logged; still read.
 const LOG_FORMAT_VERSION_RELATIVE_TIMES: u8 = 2;
 /// The first version, with absolute times; still read.
 const LOG_FORMAT_VERSION_ABSOLUTE_TIMES: u8 = 1;
 /// Bit of an entry's tag byte: an outcome follows.
 const TAG_OUTCOME: u8 = 1;
-/// Bit of an entry's tag byte: lazy changes follow (version 3 only).
+/// Bit of an entry's tag byte: lazy changes follow (since version 3).
 const TAG_LAZY: u8 = 2;
+/// Bit of an entry's tag byte: the regions of the lazy interest postings follow (version
+/// 4; set with [`TAG_LAZY`] when some interest was posted).
+const TAG_REGIONS: u8 = 4;
 /// Prefix byte of log keys.
 pub const LOG_KEY_PREFIX: u8 = b'L';
 /// Bytes of a log key.
@@ -97,7 +106,10 @@ impl<'a> LoggedRef<'a> {
 impl Encode for LoggedRef<'_> {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
         let lazy = !self.lazy.is_empty();
-        let tag = u8::from(self.outcome.is_some()) * TAG_OUTCOME + u8::from(lazy) * TAG_LAZY;
+        let regions = !self.lazy.interest.is_empty();
+        let tag = u8::from(self.outcome.is_some()) * TAG_OUTCOME
+            + u8::from(lazy) * TAG_LAZY
+            + u8::from(regions) * TAG_REGIONS;
         tag.encode(encoder)?;
         if let Some(outcome) = self.outcome {
             outcome.encode(encoder)?;
@@ -105,31 +117,52 @@ impl Encode for LoggedRef<'_> {
         if lazy {
             self.lazy.encode(encoder)?;
         }
+        if regions {
+            self.lazy
+                .interest
+                .iter()
+                .map(|posted| posted.region)
+                .collect::<Vec<_>>()
+                .encode(encoder)?;
+        }
         Ok(())
     }
 }
 
-/// An entry's outcome and lazy changes, decoded (`lazy` is `None` without its tag bit).
+/// An entry's outcome and lazy changes, decoded (`lazy` is `None` without its tag bit),
+/// and whether the regions of its lazy postings were logged.
 struct Logged {
     outcome: Option<Outcome>,
     lazy: Option<Rolled>,
+    regions: bool,
 }
 
 impl<Context> Decode<Context> for Logged {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Logged, DecodeError> {
         let tag = u8::decode(decoder)?;
-        if tag & !(TAG_OUTCOME | TAG_LAZY) != 0 {
+        let with_regions = TAG_LAZY | TAG_REGIONS;
+        if tag & !(TAG_OUTCOME | with_regions) != 0 || tag & with_regions == TAG_REGIONS {
             return Err(DecodeError::OtherString(format!("entry tag {tag} is not one written")));
         }
         let outcome = match tag & TAG_OUTCOME {
             0 => None,
             _ => Some(Outcome::decode(decoder)?),
         };
-        let lazy = match tag & TAG_LAZY {
+        let mut lazy = match tag & TAG_LAZY {
             0 => None,
             _ => Some(Rolled::decode(decoder)?),
         };
-        Ok(Logged { outcome, lazy })
+        let regions = tag & TAG_REGIONS != 0;
+        if let (true, Some(lazy)) = (regions, &mut lazy) {
+            let regions = Vec::<Option<RegionId>>::decode(decoder)?;
+            if regions.len() != lazy.interest.len() {
+                return Err(DecodeError::Other("a region for each lazy interest posting"));
+            }
+            for (posted, region) in lazy.interest.iter_mut().zip(regions) {
+                posted.region = region;
+            }
+        }
+        Ok(Logged { outcome, lazy, regions })
     }
 }
 bincode::impl_borrow_decode!(Logged);
@@ -226,10 +259,11 @@ pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>
     if bytes.len() < HEADER_BYTES {
         return Err(corrupt(format!("{} bytes is shorter than the header", bytes.len())));
     }
-    let (relative_times, lazy_logged) = match bytes[0] {
-        LOG_FORMAT_VERSION => (true, true),
-        LOG_FORMAT_VERSION_RELATIVE_TIMES => (true, false),
-        LOG_FORMAT_VERSION_ABSOLUTE_TIMES => (false, false),
+    let (relative_times, lazy_logged, regions_logged) = match bytes[0] {
+        LOG_FORMAT_VERSION => (true, true, true),
+        LOG_FORMAT_VERSION_LAZY => (true, true, false),
+        LOG_FORMAT_VERSION_RELATIVE_TIMES => (true, false, false),
+        LOG_FORMAT_VERSION_ABSOLUTE_TIMES => (false, false, false),
         other => {
             return Err(corrupt(format!(
                 "format version {other} is not one this build reads \
@@ -248,7 +282,7 @@ pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>
                 .map_err(|e| corrupt(format!("entry {index}: {e}")))?;
         let ts_ms = if relative_times { last_ts_ms.wrapping_add(entry.ts) } else { entry.ts };
         last_ts_ms = ts_ms;
-        let Logged { outcome, lazy } = entry.logged;
+        let Logged { mut outcome, lazy, regions } = entry.logged;
         let lazy = match (lazy_logged, lazy) {
             (true, lazy) => Some(lazy.unwrap_or_default()),
             (false, None) => None,
@@ -256,6 +290,15 @@ pub fn decode_batch(shard: ShardId, seq: u64, bytes: &[u8]) -> Result<Vec<Entry>
                 return Err(corrupt(format!("entry {index}: lazy changes in version {}", bytes[0])))
             }
         };
+        if regions && !regions_logged {
+            return Err(corrupt(format!("entry {index}: regions in version {}", bytes[0])));
+        }
+        // A roll's postings are of the region its input names.
+        if let (Input::Roll { region, .. }, Some(Outcome::Rolled(rolled))) =
+            (&entry.input, &mut outcome)
+        {
+            rolled.interest.iter_mut().for_each(|posted| posted.region = Some(*region));
+        }
         entries.push(Entry { ts_ms, input: entry.input, outcome, lazy });
         offset += used;
     }
@@ -345,7 +388,12 @@ mod tests {
         let pay = Input::Client(Request::new(Command::Pay { card: 3, amount_minor: 50 }));
         let approved = Outcome::Approved { balance_minor: 950, spent_7d_minor: 50 };
         let lazy = Rolled {
-            interest: vec![Posted { account: 5, amount_minor: 7, balance_minor: 1_007 }],
+            interest: vec![Posted {
+                account: 5,
+                amount_minor: 7,
+                balance_minor: 1_007,
+                region: Some(3),
+            }],
             expired: vec![ExpiredHold { hold: 9, card: 3, released_minor: 400 }],
         };
         let mut encoder = BatchEncoder::new();
@@ -358,7 +406,7 @@ mod tests {
             logged,
             [
                 (Some(approved.clone()), Some(lazy.clone())),
-                (None, Some(lazy)),
+                (None, Some(lazy.clone())),
                 (Some(approved.clone()), Some(Rolled::default())),
             ]
         );
@@ -373,13 +421,34 @@ mod tests {
             (entries[0].outcome.as_ref(), entries[0].lazy.as_ref()),
             (Some(&approved), None)
         );
+        // Version 3 wrote the lazy postings without their regions: read without them.
+        let mut encoder = BatchEncoder::new();
+        encoder.push(10, &pay, None, &lazy);
+        let mut three = encoder.finish();
+        assert_eq!(three.pop(), Some(3), "the regions (one, Some(3)) end the entry");
+        assert_eq!(three.pop(), Some(1));
+        assert_eq!(three.pop(), Some(1));
+        let tag = three.len() - lazy_bytes(&lazy) - 1;
+        assert_eq!(three[tag], TAG_LAZY | TAG_REGIONS);
+        three[tag] = TAG_LAZY;
+        three[0] = LOG_FORMAT_VERSION_LAZY;
+        let entries = decode_batch(0, 0, &three).unwrap();
+        let unplaced = Posted { region: None, ..lazy.interest[0] };
+        assert_eq!(entries[0].lazy.as_ref().map(|lazy| lazy.interest[0]), Some(unplaced));
+        // ... and a version 3 value with regions is refused, as regions without lazy
+        // changes are.
+        three[tag] = TAG_LAZY | TAG_REGIONS;
+        three.extend_from_slice(&[1, 1, 3]);
+        assert!(decode_batch(0, 0, &three).unwrap_err().to_string().contains("regions"));
         // A tag no build writes is refused (an entry without outcome ends with its tag);
         // so is a lazy change in a version 2 value.
         let mut encoder = BatchEncoder::new();
         encoder.push(10, &pay, None, &Rolled::default());
         let mut bad_tag = encoder.finish();
         assert_eq!(bad_tag.last(), Some(&0));
-        *bad_tag.last_mut().unwrap() = 4;
+        *bad_tag.last_mut().unwrap() = 8;
+        assert!(decode_batch(0, 0, &bad_tag).unwrap_err().to_string().contains("tag 8"));
+        *bad_tag.last_mut().unwrap() = TAG_REGIONS;
         assert!(decode_batch(0, 0, &bad_tag).unwrap_err().to_string().contains("tag 4"));
         let mut with_lazy = BatchEncoder::new();
         let expired = vec![ExpiredHold { hold: 1, card: 3, released_minor: 2 }];
@@ -387,6 +456,23 @@ mod tests {
         let mut with_lazy = with_lazy.finish();
         with_lazy[0] = LOG_FORMAT_VERSION_RELATIVE_TIMES;
         assert!(decode_batch(0, 0, &with_lazy).unwrap_err().to_string().contains("lazy"));
+    }
+
+    /// The bytes `lazy` encodes to.
+    fn lazy_bytes(lazy: &Rolled) -> usize {
+        bincode::encode_to_vec(lazy, config()).unwrap().len()
+    }
+
+    #[test]
+    fn a_rolls_postings_are_of_its_region() {
+        use crate::command::Posted;
+        let roll = Input::Roll { region: 2, day: 20_000, start: 0, end: 16 };
+        let posted = Posted { account: 4, amount_minor: 9, balance_minor: 1_009, region: Some(2) };
+        let rolled = Outcome::Rolled(Rolled { interest: vec![posted], expired: Vec::new() });
+        let mut encoder = BatchEncoder::new();
+        encoder.push(10, &roll, Some(&rolled), &Rolled::default());
+        let entries = decode_batch(0, 0, &encoder.finish()).unwrap();
+        assert_eq!(entries[0].outcome, Some(rolled), "the region is the roll's, not encoded");
     }
 
     #[test]

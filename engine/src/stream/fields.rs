@@ -14,8 +14,9 @@
 //! `balance` after) and per card hold it expired (`EXPIRE`: `hold`, `card`, the `amount`
 //! released; no balance moves). What a command applied lazily before deciding, on an
 //! account the epoch had not reached yet (§5, §12), comes the same way right before the
-//! command's own entry, without `region`: the interest due on a savings account it
-//! touches, the holds due on the account it spends from; a consumer that applies the
+//! command's own entry, an `INTEREST` with its account's `region` as an epoch's (a log
+//! of format 3 did not write it): the interest due on a savings account it touches, the
+//! holds due on the account it spends from; a consumer that applies the
 //! entries in order is exact through both (the `balance` of a command's entry already
 //! includes its lazy interest; a `PENDING` debit's does not say one).
 //!
@@ -186,36 +187,29 @@ fn lazy_parts(entry: &Entry) -> usize {
 pub fn fields(entry: &Entry, part: usize, out: &mut Vec<Field>) {
     let lazy = lazy_parts(entry);
     match (entry.lazy.as_ref(), &entry.outcome, part.checked_sub(lazy)) {
-        (Some(changed), _, None) => changed_fields(entry, changed, None, part, out),
+        (Some(changed), _, None) => changed_fields(entry, changed, part, out),
         (_, _, Some(0)) => entry_fields(entry, out),
         (_, Some(Outcome::Rolled(rolled)), Some(after)) => {
-            let region = match entry.input {
-                Input::Roll { region, .. } => Some(u64::from(region)),
-                _ => None,
-            };
-            changed_fields(entry, rolled, region, after - 1, out);
+            changed_fields(entry, rolled, after - 1, out);
         }
         // Past the entry's parts: nothing (the caller counts with `parts`).
         (_, _, _) => {}
     }
 }
 
-/// `INTEREST` or `EXPIRE`: the `at`-th thing `changed` holds, at the entry's time (with
-/// the `region` of a roll).
-fn changed_fields(
-    entry: &Entry,
-    changed: &Rolled,
-    region: Option<u64>,
-    at: usize,
-    out: &mut Vec<Field>,
-) {
+/// `INTEREST` or `EXPIRE`: the `at`-th thing `changed` holds, at the entry's time (an
+/// interest with its account's `region`, which a log of format 3 did not write for a
+/// lazy one).
+fn changed_fields(entry: &Entry, changed: &Rolled, at: usize, out: &mut Vec<Field>) {
     let mut push = |name: &'static str, value: FieldValue| out.push(Field { name, value });
     let number = FieldValue::Number;
     let ts = FieldValue::Signed(entry.ts_ms.max(0));
     if let Some(posted) = changed.interest.get(at) {
         push(name::KIND, FieldValue::Word("INTEREST"));
         push(name::TS, ts);
-        region.into_iter().for_each(|region| push(name::REGION, number(region)));
+        if let Some(region) = posted.region {
+            push(name::REGION, number(u64::from(region)));
+        }
         push(name::AMOUNT, number(posted.amount_minor));
         push(name::OUTCOME, FieldValue::Word("DONE"));
         push(name::ACCOUNT, number(posted.account));
@@ -556,7 +550,12 @@ mod tests {
         use plafond_shards::command::{ExpiredHold, Posted};
         let roll = Input::Roll { region: 1, day: 20_000, start: 0, end: 16 };
         let rolled = Rolled {
-            interest: vec![Posted { account: 3, amount_minor: 41, balance_minor: 100_041 }],
+            interest: vec![Posted {
+                account: 3,
+                amount_minor: 41,
+                balance_minor: 100_041,
+                region: Some(1),
+            }],
             expired: vec![ExpiredHold { hold: 18, card: 2, released_minor: 900 }],
         };
         let outcome = Some(Outcome::Rolled(rolled));
@@ -602,7 +601,12 @@ mod tests {
         use plafond_shards::command::{ExpiredHold, Posted};
         let debit = Command::Transfer { from: 3, to: 8, amount_minor: 500 };
         let lazy = Rolled {
-            interest: vec![Posted { account: 3, amount_minor: 41, balance_minor: 100_041 }],
+            interest: vec![Posted {
+                account: 3,
+                amount_minor: 41,
+                balance_minor: 100_041,
+                region: Some(2),
+            }],
             expired: vec![ExpiredHold { hold: 18, card: 3, released_minor: 900 }],
         };
         let input = Input::Client(Request::new(debit));
@@ -613,17 +617,27 @@ mod tests {
             fields(&entry, at, &mut out);
             text(out)
         };
+        // With its account's region, as an epoch's INTEREST.
         assert_eq!(
             part(0),
             pairs(&[
                 ("kind", "INTEREST"),
                 ("ts", "5"),
+                ("region", "2"),
                 ("amount", "41"),
                 ("outcome", "DONE"),
                 ("account", "3"),
                 ("balance", "100041"),
             ])
         );
+        // A log of format 3 did not write the region: none is shown.
+        let mut unplaced = entry.clone();
+        if let Some(lazy) = &mut unplaced.lazy {
+            lazy.interest[0].region = None;
+        }
+        let mut out = Vec::new();
+        fields(&unplaced, 0, &mut out);
+        assert!(!text(out).iter().any(|(name, _)| *name == "region"));
         assert_eq!(part(1)[0], ("kind", "EXPIRE".to_string()));
         assert_eq!(part(1)[2..4], pairs(&[("hold", "18"), ("card", "3")])[..]);
         assert_eq!(part(2)[0], ("kind", "TRANSFER_DEBIT".to_string()));

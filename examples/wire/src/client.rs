@@ -103,16 +103,21 @@ impl Client {
         }
     }
 
-    /// Reads the next reply's bytes, to be read in place ([`crate::Tokens`]): a big reply
-    /// costs no [`Value`] per element.
-    pub fn read_raw(&mut self) -> Result<&[u8], ClientError> {
-        let len = loop {
-            if let Some(len) = self.replies.next_reply_len()? {
-                break len;
+    /// Reads the next part of a reply in place with `part` (see
+    /// [`ReplyReader::read_part`]), reading from the connection until that part has
+    /// arrived: a big reply costs no [`Value`] per element, is tokenized once, and is
+    /// never held whole (a part at a time, plus what one read brought). The outer error is
+    /// the connection's, the inner one `part`'s.
+    pub fn read_part<T, E>(
+        &mut self,
+        mut part: impl FnMut(&mut crate::Tokens<'_>) -> Result<T, E>,
+    ) -> Result<Result<T, E>, ClientError> {
+        loop {
+            if let Some(answer) = self.replies.read_part(&mut part) {
+                return Ok(answer);
             }
             self.replies.fill(&mut self.stream)?;
-        };
-        Ok(self.replies.take_raw(len))
+        }
     }
 
     /// Sends a command and reads its reply.

@@ -31,8 +31,8 @@ pub use client::{Client, ClientError};
 pub use encode::{encode_command, Encoder, Protocol, ERROR_BYTES_MAX};
 pub use reader::{ReplyReader, READ_CHUNK_BYTES};
 pub use reply::{
-    parse_token, parse_value, reply_len, ReplyScan, Token, Tokens, Value, REPLY_ARRAY_LEN_MAX,
-    REPLY_BULK_BYTES_MAX, REPLY_DEPTH_MAX,
+    parse_token, parse_value, Token, Tokens, Value, REPLY_ARRAY_LEN_MAX, REPLY_BULK_BYTES_MAX,
+    REPLY_DEPTH_MAX,
 };
 pub use request::{
     parse_i64, Args, Frame, ProtocolError, RequestParser, Step, FRAME_ARGS_MAX, FRAME_BYTES_MAX,

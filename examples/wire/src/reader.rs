@@ -5,7 +5,7 @@ use std::io::Read;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::client::ClientError;
-use crate::reply::{parse_value, ReplyScan, Value};
+use crate::reply::{parse_value, Tokens, Value};
 
 /// Bytes read per `read` call: a load generator's deep pipelines (64 commands on each of
 /// 16 connections) read many replies per call; one allocation per connection.
@@ -20,14 +20,12 @@ pub struct ReplyReader {
     /// pipeline's replies are not moved once per reply).
     start: usize,
     chunk: Vec<u8>,
-    /// How far the next reply (from `start`) has been scanned for its end.
-    scan: ReplyScan,
 }
 
 impl Default for ReplyReader {
     fn default() -> ReplyReader {
         let chunk = vec![0; READ_CHUNK_BYTES];
-        ReplyReader { buffer: Vec::new(), start: 0, chunk, scan: ReplyScan::default() }
+        ReplyReader { buffer: Vec::new(), start: 0, chunk }
     }
 }
 
@@ -43,24 +41,25 @@ impl ReplyReader {
             return Ok(None);
         };
         self.start += used;
-        self.scan.reset();
         Ok(Some(value))
     }
 
-    /// The length of the next complete reply already read, if any (its bytes are then
-    /// [`ReplyReader::take_raw`]'s). A reply still arriving is scanned on from where the
-    /// last call stopped.
-    pub fn next_reply_len(&mut self) -> Result<Option<usize>, ClientError> {
-        Ok(self.scan.resume(&self.buffer[self.start..])?)
-    }
-
-    /// The next reply's bytes, `len` of them as [`ReplyReader::next_reply_len`] said, for
-    /// reading in place ([`crate::Tokens`]).
-    pub fn take_raw(&mut self, len: usize) -> &[u8] {
-        let start = self.start;
-        self.start += len;
-        self.scan.reset();
-        &self.buffer[start..start + len]
+    /// Walks the next part of a reply in place with `part` (a header, one entry of a
+    /// stream reply, ...), if it has all been read: `None` if `part` asked for a token
+    /// past what was read ([`Tokens::cut_short`]; nothing is consumed, and `part` is to be
+    /// called again from the same place once more is read), else what `part` answered,
+    /// its tokens consumed. `part` must therefore read all it needs before it acts.
+    pub fn read_part<T, E>(
+        &mut self,
+        part: &mut impl FnMut(&mut Tokens<'_>) -> Result<T, E>,
+    ) -> Option<Result<T, E>> {
+        let mut tokens = Tokens::new(&self.buffer[self.start..]);
+        let answer = part(&mut tokens);
+        if tokens.cut_short() {
+            return None;
+        }
+        self.start += tokens.used();
+        Some(answer)
     }
 
     /// Reads once from a blocking `stream`.

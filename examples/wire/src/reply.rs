@@ -87,86 +87,30 @@ pub fn parse_token(input: &[u8]) -> Result<Option<(Token<'_>, usize)>, ProtocolE
     Ok(Some((token, after)))
 }
 
-/// The length of the complete reply at the start of `input`, or `None` if it is not
-/// complete yet; checked against the same limits as [`parse_value`], nothing allocated.
-pub fn reply_len(input: &[u8]) -> Result<Option<usize>, ProtocolError> {
-    ReplyScan::default().resume(input)
-}
-
-/// A [`reply_len`] that stops where the bytes end and goes on from there when more
-/// arrive, so that a reply read in many pieces is scanned once, not once per piece (a
-/// consumer's 2 MB `XREAD` reply came in eight 256 KiB reads, each scanned from the start).
-#[derive(Clone, Debug)]
-pub struct ReplyScan {
-    /// Elements still to read at each open depth.
-    open: [usize; REPLY_DEPTH_MAX + 2],
-    depth: usize,
-    /// Where the next token starts: the bytes before it are scanned.
-    at: usize,
-}
-
-impl Default for ReplyScan {
-    fn default() -> ReplyScan {
-        let mut open = [0; REPLY_DEPTH_MAX + 2];
-        open[0] = 1;
-        ReplyScan { open, depth: 0, at: 0 }
-    }
-}
-
-impl ReplyScan {
-    /// Scans on through `input` (what was scanned before, unchanged, and more after it):
-    /// the length of the complete reply at its start, or `None` while it is not complete.
-    /// Once it gave a length, the scan is of the next reply only after [`ReplyScan::reset`].
-    pub fn resume(&mut self, input: &[u8]) -> Result<Option<usize>, ProtocolError> {
-        if self.depth == 0 && self.open[0] == 0 {
-            return Ok(Some(self.at));
-        }
-        loop {
-            let Some((token, used)) = parse_token(&input[self.at..])? else { return Ok(None) };
-            self.at += used;
-            self.open[self.depth] -= 1;
-            if let Token::Array(len) = token {
-                if len > 0 {
-                    if self.depth + 1 > REPLY_DEPTH_MAX {
-                        return Err(ProtocolError("reply nested too deeply"));
-                    }
-                    self.depth += 1;
-                    self.open[self.depth] = len;
-                }
-            }
-            while self.open[self.depth] == 0 {
-                if self.depth == 0 {
-                    return Ok(Some(self.at));
-                }
-                self.depth -= 1;
-            }
-        }
-    }
-
-    /// Ready for the reply after the one scanned.
-    pub fn reset(&mut self) {
-        *self = ReplyScan::default();
-    }
-}
-
-/// Walks a complete reply (see [`reply_len`]) token by token.
+/// Walks a reply token by token, in place: the bulk strings it hands out are borrowed from
+/// the bytes read. A reply that has not all arrived yet ends in a token cut short
+/// ([`Tokens::cut_short`]): its reader reads more and walks that part again
+/// ([`crate::Client::read_part`]), so a big reply is tokenized once as it arrives.
 #[derive(Debug)]
 pub struct Tokens<'a> {
     input: &'a [u8],
     at: usize,
+    cut_short: bool,
 }
 
 impl<'a> Tokens<'a> {
     /// The tokens of `reply`.
     pub fn new(reply: &'a [u8]) -> Tokens<'a> {
-        Tokens { input: reply, at: 0 }
+        Tokens { input: reply, at: 0, cut_short: false }
     }
 
-    /// The next token; an error if the reply ends before it.
+    /// The next token; an error if the bytes end before it (then [`Tokens::cut_short`]).
     pub fn next_token(&mut self) -> Result<Token<'a>, ProtocolError> {
         let input: &'a [u8] = self.input;
-        let (token, used) =
-            parse_token(&input[self.at..])?.ok_or(ProtocolError("the reply ended early"))?;
+        let Some((token, used)) = parse_token(&input[self.at..])? else {
+            self.cut_short = true;
+            return Err(ProtocolError("the reply ended early"));
+        };
         self.at += used;
         Ok(token)
     }
@@ -185,6 +129,17 @@ impl<'a> Tokens<'a> {
             Token::Bulk(bytes) => Ok(bytes),
             _ => Err(ProtocolError("a bulk string was expected")),
         }
+    }
+
+    /// Whether a token was asked for past the bytes there are: what came after them had
+    /// not arrived yet, or the reply ended early.
+    pub fn cut_short(&self) -> bool {
+        self.cut_short
+    }
+
+    /// The bytes the tokens read so far used.
+    pub fn used(&self) -> usize {
+        self.at
     }
 }
 

@@ -240,63 +240,120 @@ fn random_bytes_never_panic_and_never_over_consume() {
         if let Ok(Some((_, used))) = parsed {
             assert!(used <= input.len());
         }
-        // The in-place reading agrees with the tree: complete at the same length, or
-        // refused, or incomplete.
-        let len = reply_len(&input);
-        match (&parsed, &len) {
-            (Ok(Some((_, used))), Ok(Some(len))) => assert_eq!(used, len, "{input:?}"),
+        // Walked in place token by token, the reply is complete where the tree is, or
+        // refused, or cut short.
+        let walked = walk(&input);
+        match (&parsed, &walked) {
+            (Ok(Some((_, used))), Ok(Some(walked))) => assert_eq!(used, walked, "{input:?}"),
             (Ok(None), Ok(None)) | (Err(_), Err(_)) => {}
-            _ => panic!("{input:?}: parse_value {parsed:?}, reply_len {len:?}"),
+            // The tree refuses nesting past REPLY_DEPTH_MAX; a walker knows its own depth.
+            (Err(_), Ok(_)) => {}
+            _ => panic!("{input:?}: parse_value {parsed:?}, walked {walked:?}"),
         }
     }
 }
 
+/// The length of the reply at the start of `input` walked with [`Tokens`], `None` if it is
+/// cut short.
+fn walk(input: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    let mut tokens = Tokens::new(input);
+    let mut open = 1usize;
+    while open > 0 {
+        let token = match tokens.next_token() {
+            Ok(token) => token,
+            Err(_) if tokens.cut_short() => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        open -= 1;
+        if let Token::Array(len) = token {
+            open = open.checked_add(len).ok_or(ProtocolError("too long"))?;
+        }
+    }
+    Ok(Some(tokens.used()))
+}
+
+/// A connection that brings `step` bytes a read.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(self.bytes.len()).min(out.len());
+        out[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
+/// What `part` reads of the next part of the reply, `reader` reading from `trickle` until
+/// that part has all arrived.
+fn read_whole(
+    reader: &mut ReplyReader,
+    trickle: &mut Trickle<'_>,
+    mut part: impl FnMut(&mut Tokens<'_>) -> Result<Vec<Vec<u8>>, ProtocolError>,
+) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    loop {
+        if let Some(answer) = reader.read_part(&mut part) {
+            return answer;
+        }
+        reader.fill(trickle).unwrap();
+    }
+}
+
 #[test]
-fn a_stream_reply_reads_in_place_token_by_token() {
+fn a_stream_reply_reads_in_place_part_by_part_as_it_arrives() {
     let mut out = Vec::new();
     let mut encoder = Encoder { out: &mut out, protocol: Protocol::Resp3 };
     encoder.map(1);
     encoder.bulk(b"changes:0");
-    encoder.array(1);
     encoder.array(2);
-    encoder.bulk(b"4-1");
-    encoder.array(2);
-    encoder.bulk(b"amount");
-    encoder.bulk_decimal(u64::MAX);
-    let whole = out.len();
+    for id in [&b"4-1"[..], b"4-2"] {
+        encoder.array(2);
+        encoder.bulk(id);
+        encoder.array(2);
+        encoder.bulk(b"amount");
+        encoder.bulk_decimal(u64::MAX);
+    }
     out.extend_from_slice(b"+next\r\n");
-    assert_eq!(reply_len(&out), Ok(Some(whole)));
-    for cut in 0..whole {
-        assert_eq!(reply_len(&out[..cut]), Ok(None), "cut at {cut}");
+    // Whatever the reads bring, each part is read whole and once: the stream's header,
+    // then each entry (what a part read when it was cut short is read again, not twice).
+    for step in [1, 3, 7, 64, out.len()] {
+        let mut reader = ReplyReader::new();
+        let mut trickle = Trickle { bytes: &out, step };
+        let header = read_whole(&mut reader, &mut trickle, |tokens| {
+            assert_eq!(tokens.array()?, 2, "a map of one pair is two elements");
+            let name = tokens.bulk()?.to_vec();
+            assert_eq!(tokens.array()?, 2);
+            Ok(vec![name])
+        });
+        assert_eq!(header, Ok(vec![b"changes:0".to_vec()]), "in reads of {step}");
+        for id in ["4-1", "4-2"] {
+            let entry = read_whole(&mut reader, &mut trickle, |tokens| {
+                assert_eq!(tokens.array()?, 2);
+                let id = tokens.bulk()?.to_vec();
+                assert_eq!(tokens.array()?, 2);
+                Ok(vec![id, tokens.bulk()?.to_vec(), tokens.bulk()?.to_vec()])
+            });
+            let max = u64::MAX.to_string();
+            let expected = [id.as_bytes(), b"amount", max.as_bytes()];
+            assert_eq!(entry, Ok(expected.map(<[u8]>::to_vec).to_vec()), "in reads of {step}");
+        }
+        let next = read_whole(&mut reader, &mut trickle, |tokens| match tokens.next_token()? {
+            Token::Simple(text) => Ok(vec![text.to_vec()]),
+            other => panic!("{other:?}"),
+        });
+        assert_eq!(next, Ok(vec![b"next".to_vec()]), "the reply after it");
     }
-    // Scanned as it arrives, each scan going on where the last stopped: the same length.
-    for step in [1, 3, 7, 64] {
-        let (mut scan, mut end) = (ReplyScan::default(), 0);
-        let len = loop {
-            end = (end + step).min(out.len());
-            if let Some(len) = scan.resume(&out[..end]).unwrap() {
-                break len;
-            }
-        };
-        assert_eq!(len, whole, "in pieces of {step}");
-        assert_eq!(scan.resume(&out), Ok(Some(whole)), "asked again, the same");
-        scan.reset();
-        assert_eq!(scan.resume(&out[whole..]), Ok(Some(b"+next\r\n".len())), "the next one");
-    }
-    let mut tokens = Tokens::new(&out[..whole]);
-    assert_eq!(tokens.array(), Ok(2), "a map of one pair is two elements");
-    assert_eq!(tokens.bulk(), Ok(&b"changes:0"[..]));
-    assert_eq!((tokens.array(), tokens.array()), (Ok(1), Ok(2)));
-    assert_eq!(tokens.bulk(), Ok(&b"4-1"[..]));
-    assert_eq!(tokens.array(), Ok(2));
-    assert_eq!(tokens.bulk(), Ok(&b"amount"[..]));
-    assert_eq!(tokens.bulk(), Ok(u64::MAX.to_string().as_bytes()));
-    assert!(tokens.next_token().is_err(), "nothing after the reply");
-    assert!(Tokens::new(b":5\r\n").bulk().is_err(), "an integer is not a bulk string");
+    let mut tokens = Tokens::new(b"$5\r\nhel");
+    assert!(tokens.bulk().is_err() && tokens.cut_short(), "a bulk string not all there");
+    assert_eq!(tokens.used(), 0, "nothing used");
+    let mut tokens = Tokens::new(b":5\r\n");
+    assert!(tokens.bulk().is_err() && !tokens.cut_short(), "an integer is not a bulk string");
     let deep = "*1\r\n".repeat(REPLY_DEPTH_MAX + 1) + ":1\r\n";
-    assert!(reply_len(deep.as_bytes()).is_err() && parse_value(deep.as_bytes()).is_err());
+    assert!(parse_value(deep.as_bytes()).is_err());
 }
-
 #[test]
 fn replies_round_trip() {
     let mut out = Vec::new();

@@ -576,6 +576,7 @@ fn posted(state: &ShardState, local: usize, posted_minor: u64) -> Posted {
         account: global_of(local as u64, state.shard, state.shards).unwrap_or(u64::MAX),
         amount_minor: posted_minor,
         balance_minor: state.accounts[local].balance_minor,
+        region: Some(state.accounts[local].region),
     }
 }
 

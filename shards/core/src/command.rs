@@ -819,7 +819,7 @@ impl Rolled {
 }
 
 /// Interest posted to a savings account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Posted {
     /// The savings account.
     pub account: AccountId,
@@ -827,7 +827,31 @@ pub struct Posted {
     pub amount_minor: u64,
     /// The account's balance after it.
     pub balance_minor: u64,
+    /// The account's region (the change stream's `region`). Not part of a `Posted`'s own
+    /// encoding, which is the three amounts as before: a roll's input names its region,
+    /// and the log writes the regions of a command's lazy postings beside them (log
+    /// format 4). `None` only for a lazy posting read from a log that did not write them.
+    pub region: Option<RegionId>,
 }
+
+impl Encode for Posted {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        (self.account, self.amount_minor, self.balance_minor).encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Posted {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Posted, bincode::error::DecodeError> {
+        let (account, amount_minor, balance_minor) = Decode::decode(decoder)?;
+        Ok(Posted { account, amount_minor, balance_minor, region: None })
+    }
+}
+bincode::impl_borrow_decode!(Posted);
 
 /// A card hold that expired (§12): what it held is released, no balance moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
