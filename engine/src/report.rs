@@ -219,7 +219,7 @@ fn cut_of(state: &ShardState, regions: &Regions) -> ShardCut {
         let Some(account) = state.accounts.get(local as usize) else { continue };
         let Some(cut) = holds.get_mut(usize::from(account.region)) else { continue };
         let today = calendar.business_day(regions, account.region, state.clock_ms);
-        for hold in open.holds.iter().filter_map(|seq| state.holds.get(*seq)) {
+        for hold in open.holds.iter().filter_map(|seq| state.holds.get_open(*seq)) {
             if hold.open_on(today) {
                 cut.held_minor += u128::from(hold.held_minor());
                 cut.open += 1;

@@ -264,7 +264,7 @@ pub fn run(mut setup: ShardSetup, mailboxes: Mailboxes, ready: Sender<Ready>) {
         }
     };
     setup.metrics.accounts.store(state.accounts.len() as u64, Ordering::Relaxed);
-    setup.metrics.holds.store(state.holds.table().len() as u64, Ordering::Relaxed);
+    setup.metrics.holds.store(state.holds.len() as u64, Ordering::Relaxed);
     let shard = setup.shard;
     // What recovery read is on disk: durable (and what the change stream may show).
     setup.marks.advance(shard, next_seq);
@@ -568,7 +568,7 @@ impl Actor {
         self.capture_step();
         metrics.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
         metrics.profiles.store(self.state.profiles.len() as u64, Ordering::Relaxed);
-        metrics.holds.store(self.state.holds.table().len() as u64, Ordering::Relaxed);
+        metrics.holds.store(self.state.holds.len() as u64, Ordering::Relaxed);
         metrics.remembered_in_memory.store(self.remembered.unwritten() as u64, Ordering::Relaxed);
         metrics.service.record(started.elapsed().as_nanos() as u64);
         stop

@@ -35,7 +35,7 @@ fn find(state: &ShardState, env: &mut Env<'_>, now_ms: i64, hold: HoldId) -> Res
     }
     let seq = local_of(hold, state.shards);
     let entry = state.holds.get(seq).ok_or(Reason::UnknownHold)?;
-    let local = entry.account as usize;
+    let local = entry.account() as usize;
     let region = state.accounts.get(local).ok_or(Reason::UnknownHold)?.region;
     let day = env.calendar.business_day(env.regions, region, now_ms);
     if day >= entry.forgotten_day() {
@@ -50,7 +50,7 @@ pub(crate) fn region_of_hold(state: &ShardState, hold: HoldId) -> Option<RegionI
         return None;
     }
     let entry = state.holds.get(local_of(hold, state.shards))?;
-    state.accounts.get(entry.account as usize).map(|account| account.region)
+    state.accounts.get(entry.account() as usize).map(|account| account.region)
 }
 
 /// Brings account `local`'s card window and holds to business day `day`: rolls the
@@ -98,9 +98,8 @@ pub(crate) fn expire_chunk(
         }
     }
     let accounts = &state.accounts;
-    state.holds.forget(start, end, |hold| {
-        accounts.get(hold.account as usize).is_some_and(|a| a.region == region)
-            && day >= hold.forgotten_day()
+    state.holds.forget(start, end, day, |account| {
+        accounts.get(account as usize).is_some_and(|a| a.region == region)
     });
 }
 
@@ -205,7 +204,7 @@ pub(crate) fn authorize(
 fn pending(state: &mut ShardState, env: &mut Env<'_>, found: &Found) -> Result<u64, Reason> {
     bring_to(state, found.local, found.day, &mut env.lazy.expired);
     let hold = state.holds.get(found.seq).ok_or(Reason::UnknownHold)?;
-    match hold.status {
+    match hold.status() {
         HoldStatus::Pending => Ok(hold.held_minor()),
         HoldStatus::Closed => Err(Reason::HoldClosed),
         HoldStatus::Expired => Err(Reason::HoldExpired),
@@ -226,7 +225,7 @@ pub(crate) fn increment(
     };
     let region = Some(found.region);
     let decided = pending(state, env, &found).and_then(|held_minor| {
-        let authorized_minor = state.holds.get(found.seq).map_or(0, |h| h.authorized_minor);
+        let authorized_minor = state.holds.get_open(found.seq).map_or(0, |h| h.authorized_minor);
         // A hold's totals are u64: an increment that would overflow them is refused.
         authorized_minor.checked_add(amount_minor).ok_or(Reason::InvalidAmount)?;
         let spent_minor = decide_hold(state, env, found.local, found.day, amount_minor)?;
@@ -329,7 +328,7 @@ pub(crate) fn refund(
 
 /// A copy of hold `found.seq` as a command at `found.day` would find it.
 fn hold_as_of(state: &ShardState, found: &Found) -> Option<Hold> {
-    let mut hold = state.holds.get(found.seq)?.clone();
+    let mut hold = state.holds.get(found.seq)?.to_hold();
     hold.expire_if_due(found.day, None);
     Some(hold)
 }
@@ -362,7 +361,7 @@ fn open_holds_as_of(state: &ShardState, local: usize, day: Day) -> Vec<&Hold> {
     let Some(open) = state.holds.open_of(local as u32) else { return Vec::new() };
     open.holds
         .iter()
-        .filter_map(|seq| state.holds.get(*seq))
+        .filter_map(|seq| state.holds.get_open(*seq))
         .filter(|hold| hold.open_on(day))
         .collect()
 }
@@ -374,7 +373,7 @@ pub(crate) fn window_as_of(state: &ShardState, local: usize, window: &Window, da
     window.roll_to(day);
     if let Some(open) = state.holds.open_of(local as u32) {
         if day >= open.next_expiry_day {
-            for hold in open.holds.iter().filter_map(|seq| state.holds.get(*seq)) {
+            for hold in open.holds.iter().filter_map(|seq| state.holds.get_open(*seq)) {
                 hold.clone().expire_if_due(day, Some(&mut window));
             }
         }
@@ -705,7 +704,7 @@ mod tests {
             };
             assert_eq!(told, if round == 0 { expired.clone() } else { Vec::new() });
         }
-        assert_eq!(eager.state.holds.get(0).unwrap().status, HoldStatus::Expired);
+        assert_eq!(eager.state.holds.get(0).unwrap().status(), HoldStatus::Expired);
         assert_eq!(eager.run(late), declined(Reason::HoldExpired));
         assert_eq!(eager.state.holds, lazy.state.holds);
         // The card with the hold is the same (the other was only rolled, unseen).

@@ -320,7 +320,8 @@ impl ShardState {
             }
         }
         let mut held_by_account: BTreeMap<u32, (u128, usize)> = BTreeMap::new();
-        for (&seq, hold) in holds.table() {
+        for (seq, hold) in holds.iter() {
+            let hold = &hold.to_hold();
             let broken = |problem: &'static str| Err(StateError::Hold { seq, problem });
             if seq >= holds.next_seq() || global_of(seq, self.shard, self.shards).is_none() {
                 return broken("its sequence number was never given");

@@ -13,8 +13,17 @@
 //! routes its commands to its shard.
 //!
 //! Only [`Holds`]'s methods change the table; they keep its indices (open holds per
-//! account, holds by account, the shard's total held) in step with it. The indices are
-//! not encoded: decoding rebuilds them from the table.
+//! account, closed holds by account, the shard's total held) in step with it. The
+//! indices are not encoded: decoding rebuilds them from the table.
+//!
+//! Open holds and closed ones are kept apart. An open hold is a [`Hold`] with its pieces;
+//! a closed or expired one only answers `HOLD`, a late capture's `HOLD_CLOSED` or
+//! `HOLD_EXPIRED` and the day it is forgotten, so it is kept as a [`ClosedHold`] of 32
+//! bytes in a map of its own. The maps every authorization and capture change then hold
+//! only the open holds (a few thousand in the two-message flow, where a hold closes
+//! moments after it is placed), and a closed hold goes into its map at the right edge
+//! (sequence numbers grow), instead of every hold ever placed in the last fortnight
+//! sitting in the maps every command walks (`docs/BENCHMARKS.md` §9).
 //!
 //! The table and its indices are persistent maps (`imbl`'s B-trees): a clone shares
 //! every node and costs O(1), and a change copies only the path it touches while the
@@ -23,7 +32,7 @@
 
 use std::collections::BTreeMap;
 
-use imbl::{OrdMap, OrdSet};
+use imbl::{OrdMap, Vector};
 
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
@@ -165,30 +174,118 @@ impl Hold {
         self.status = HoldStatus::Expired;
         held_minor
     }
+}
 
-    /// Closes it if a change left it pending and holding nothing, and says what the
-    /// indices must learn of the change (it held `before_minor` before).
-    fn settle(&mut self, before_minor: u64) -> Changed {
-        let after_minor = self.held_minor();
-        if after_minor == 0 && self.status == HoldStatus::Pending {
-            self.status = HoldStatus::Closed;
+/// A closed or expired hold, as long as it is remembered: what `HOLD` shows of it and
+/// what a late command on it is told. It holds nothing, so what it released is what was
+/// authorized and not captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClosedHold {
+    /// Local index of the checking account whose money it held.
+    pub account: u32,
+    /// Closed or expired (never pending).
+    pub status: HoldStatus,
+    /// The business day of its authorization.
+    pub business_day: Day,
+    /// The business day it expired at, or would have.
+    pub expires_day: Day,
+    /// Everything authorized on it.
+    pub authorized_minor: u64,
+    /// What captures debited from it.
+    pub captured_minor: u64,
+}
+
+impl ClosedHold {
+    /// What voids, a final capture's rest and expiry released: the rest of it.
+    pub fn released_minor(&self) -> u64 {
+        // Equal or more: a closed hold's amounts add up (`ClosedHold::of`, the check).
+        self.authorized_minor.saturating_sub(self.captured_minor)
+    }
+
+    /// The hold as a [`Hold`] holding nothing (no allocation: no pieces).
+    pub fn to_hold(&self) -> Hold {
+        Hold {
+            account: self.account,
+            status: self.status,
+            business_day: self.business_day,
+            expires_day: self.expires_day,
+            authorized_minor: self.authorized_minor,
+            captured_minor: self.captured_minor,
+            released_minor: self.released_minor(),
+            pieces: Vec::new(),
         }
-        let closed = self.status != HoldStatus::Pending;
-        if closed {
-            self.pieces = Vec::new();
-        }
-        Changed { account: self.account, released_minor: before_minor - after_minor, closed }
+    }
+
+    /// A closed [`Hold`] as kept, or `None` if it still holds money or is pending.
+    pub fn of(hold: &Hold) -> Option<ClosedHold> {
+        let closed = hold.status != HoldStatus::Pending && hold.pieces.is_empty();
+        let adds_up =
+            hold.captured_minor.checked_add(hold.released_minor) == Some(hold.authorized_minor);
+        (closed && adds_up).then_some(ClosedHold {
+            account: hold.account,
+            status: hold.status,
+            business_day: hold.business_day,
+            expires_day: hold.expires_day,
+            authorized_minor: hold.authorized_minor,
+            captured_minor: hold.captured_minor,
+        })
+    }
+
+    /// The business day from whose roll on the hold is forgotten (`UNKNOWN_HOLD`).
+    pub fn forgotten_day(&self) -> Day {
+        self.expires_day.saturating_add(HOLD_KEPT_DAYS)
     }
 }
 
-/// What a change of one hold means for the indices (see [`Holds::after_change`]).
-#[derive(Clone, Copy)]
-struct Changed {
-    account: u32,
-    /// What it holds less than before the change.
-    released_minor: u64,
-    /// Whether it is no longer pending.
-    closed: bool,
+/// A remembered hold, open or closed, as [`Holds::get`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldRef<'a> {
+    /// Pending: it holds money.
+    Open(&'a Hold),
+    /// Closed or expired.
+    Closed(&'a ClosedHold),
+}
+
+impl HoldRef<'_> {
+    /// Local index of the account whose money it holds or held.
+    pub fn account(self) -> u32 {
+        match self {
+            HoldRef::Open(hold) => hold.account,
+            HoldRef::Closed(hold) => hold.account,
+        }
+    }
+
+    /// Pending, closed or expired.
+    pub fn status(self) -> HoldStatus {
+        match self {
+            HoldRef::Open(hold) => hold.status,
+            HoldRef::Closed(hold) => hold.status,
+        }
+    }
+
+    /// What it still holds (nothing once closed).
+    pub fn held_minor(self) -> u64 {
+        match self {
+            HoldRef::Open(hold) => hold.held_minor(),
+            HoldRef::Closed(_) => 0,
+        }
+    }
+
+    /// The business day from whose roll on it is forgotten.
+    pub fn forgotten_day(self) -> Day {
+        match self {
+            HoldRef::Open(hold) => hold.forgotten_day(),
+            HoldRef::Closed(hold) => hold.forgotten_day(),
+        }
+    }
+
+    /// A copy of it as a [`Hold`].
+    pub fn to_hold(self) -> Hold {
+        match self {
+            HoldRef::Open(hold) => hold.clone(),
+            HoldRef::Closed(hold) => hold.to_hold(),
+        }
+    }
 }
 
 /// The open holds of one account.
@@ -205,8 +302,10 @@ pub struct OpenHolds {
 /// The hold table of one shard, its totals and its regions' expiry rule.
 #[derive(Clone, Debug, Default)]
 pub struct Holds {
-    /// Every hold remembered, by sequence number (its id is `seq * shards + shard`).
+    /// The open holds, by sequence number (a hold's id is `seq * shards + shard`).
     table: OrdMap<u64, Hold>,
+    /// The closed and expired holds still remembered, by sequence number.
+    closed: OrdMap<u64, ClosedHold>,
     /// The sequence number of the next hold.
     next_seq: u64,
     /// Each region's `hold_expiry_days` as of the latest `Input::SetHoldExpiry`; a region
@@ -219,8 +318,14 @@ pub struct Holds {
     // Indices, rebuilt from the table when decoded.
     /// Accounts with open holds.
     open: OrdMap<u32, OpenHolds>,
-    /// Every remembered hold by (account, seq): the epoch finds a chunk's holds with it.
-    by_account: OrdSet<(u32, u64)>,
+    /// The closed holds (seq, account) by account block and day forgotten: the epoch
+    /// finds a chunk's holds to forget with it, walking only those due. A block is 1 <<
+    /// [`ACCOUNT_BLOCK_BITS`] accounts; a hold closing is appended to its list (a
+    /// persistent vector: a push copies at most the shared tail after a capture), in a
+    /// map of a few thousand lists, where a set keyed by account would copy the path to a
+    /// random leaf of millions at every close. The order within a list is the order of
+    /// closing and means nothing. Open holds are found by account in `open`.
+    closed_by_block: OrdMap<(u32, Day), Vector<(u64, u32)>>,
     /// What the open holds hold together.
     held_minor: u128,
 }
@@ -229,6 +334,7 @@ impl PartialEq for Holds {
     /// The encoded parts only: the indices follow from them.
     fn eq(&self, other: &Holds) -> bool {
         self.table == other.table
+            && self.closed == other.closed
             && self.next_seq == other.next_seq
             && self.expiry_days == other.expiry_days
             && self.captured_minor == other.captured_minor
@@ -238,17 +344,55 @@ impl PartialEq for Holds {
 
 impl Eq for Holds {}
 
+/// Every remembered hold in sequence order, open and closed merged: what the encoding
+/// writes and the state's check walks.
+pub struct Remembered<'a> {
+    open:
+        std::iter::Peekable<imbl::ordmap::Iter<'a, u64, Hold, imbl::shared_ptr::DefaultSharedPtr>>,
+    closed: std::iter::Peekable<
+        imbl::ordmap::Iter<'a, u64, ClosedHold, imbl::shared_ptr::DefaultSharedPtr>,
+    >,
+}
+
+impl<'a> Iterator for Remembered<'a> {
+    type Item = (u64, HoldRef<'a>);
+
+    fn next(&mut self) -> Option<(u64, HoldRef<'a>)> {
+        let open_first = match (self.open.peek(), self.closed.peek()) {
+            (Some((open, _)), Some((closed, _))) => open < closed,
+            (open, _) => open.is_some(),
+        };
+        if open_first {
+            self.open.next().map(|(&seq, hold)| (seq, HoldRef::Open(hold)))
+        } else {
+            self.closed.next().map(|(&seq, hold)| (seq, HoldRef::Closed(hold)))
+        }
+    }
+}
+
 impl Holds {
-    /// A table from its encoded parts, its indices built.
+    /// A table from its encoded parts (every remembered hold, by sequence number), its
+    /// indices built. `None` if a closed hold's amounts do not add up or it still holds
+    /// money (a file no engine wrote).
     pub fn from_parts(
-        table: OrdMap<u64, Hold>,
+        holds: impl IntoIterator<Item = (u64, Hold)>,
         next_seq: u64,
         expiry_days: Vec<u16>,
         captured_minor: u128,
         refunded_minor: u128,
-    ) -> Holds {
+    ) -> Option<Holds> {
+        let mut table = OrdMap::new();
+        let mut closed = OrdMap::new();
+        for (seq, hold) in holds {
+            if hold.status == HoldStatus::Pending {
+                table.insert(seq, hold);
+            } else {
+                closed.insert(seq, ClosedHold::of(&hold)?);
+            }
+        }
         let mut holds = Holds {
             table,
+            closed,
             next_seq,
             expiry_days,
             captured_minor,
@@ -256,36 +400,40 @@ impl Holds {
             ..Holds::default()
         };
         holds.rebuild_indices();
-        holds
+        Some(holds)
     }
 
     fn rebuild_indices(&mut self) {
         self.open.clear();
-        self.by_account.clear();
+        self.closed_by_block.clear();
         self.held_minor = 0;
+        for (&seq, hold) in &self.closed {
+            index_closed(&mut self.closed_by_block, seq, hold);
+        }
         for (&seq, hold) in &self.table {
-            self.by_account.insert((hold.account, seq));
-            if hold.status == HoldStatus::Pending {
-                let open = self.open.entry(hold.account).or_insert_with(|| OpenHolds {
-                    next_expiry_day: hold.expires_day,
-                    ..OpenHolds::default()
-                });
-                let held_minor = hold.held_minor();
-                open.held_minor = open.held_minor.saturating_add(held_minor);
-                open.holds.push(seq);
-                open.next_expiry_day = open.next_expiry_day.min(hold.expires_day);
-                self.held_minor = self.held_minor.saturating_add(u128::from(held_minor));
-            }
+            let open = self.open.entry(hold.account).or_insert_with(|| OpenHolds {
+                next_expiry_day: hold.expires_day,
+                ..OpenHolds::default()
+            });
+            let held_minor = hold.held_minor();
+            open.held_minor = open.held_minor.saturating_add(held_minor);
+            open.holds.push(seq);
+            open.next_expiry_day = open.next_expiry_day.min(hold.expires_day);
+            self.held_minor = self.held_minor.saturating_add(u128::from(held_minor));
         }
     }
 
-    /// Whether the indices are those the table gives (checked by `ShardState::check`).
+    /// Whether the indices are those the table gives, and every hold is in the map of
+    /// its status (checked by `ShardState::check`).
     pub fn indices_agree(&self) -> bool {
         let mut rebuilt = self.clone();
         rebuilt.rebuild_indices();
         rebuilt.open == self.open
-            && rebuilt.by_account == self.by_account
+            && forget_entries(&rebuilt) == forget_entries(self)
             && rebuilt.held_minor == self.held_minor
+            && self.table.values().all(|hold| hold.status == HoldStatus::Pending)
+            && self.closed.values().all(|hold| hold.status != HoldStatus::Pending)
+            && self.table.keys().all(|seq| !self.closed.contains_key(seq))
     }
 
     /// Whether `other` shares every map of this one, root and all: a clone since which
@@ -293,17 +441,26 @@ impl Holds {
     #[cfg(test)]
     fn shares_with(&self, other: &Holds) -> bool {
         self.table.ptr_eq(&other.table)
+            && self.closed.ptr_eq(&other.closed)
             && self.open.ptr_eq(&other.open)
-            && self.by_account.ptr_eq(&other.by_account)
+            && self.closed_by_block.ptr_eq(&other.closed_by_block)
     }
 
-    /// Every remembered hold, by sequence number.
-    pub fn table(&self) -> &OrdMap<u64, Hold> {
-        &self.table
+    /// Every remembered hold, open or closed, by sequence number.
+    pub fn iter(&self) -> Remembered<'_> {
+        Remembered { open: self.table.iter().peekable(), closed: self.closed.iter().peekable() }
     }
 
     /// The hold with sequence number `seq`, if remembered.
-    pub fn get(&self, seq: u64) -> Option<&Hold> {
+    pub fn get(&self, seq: u64) -> Option<HoldRef<'_>> {
+        match self.table.get(&seq) {
+            Some(hold) => Some(HoldRef::Open(hold)),
+            None => self.closed.get(&seq).map(HoldRef::Closed),
+        }
+    }
+
+    /// The open hold with sequence number `seq`, if it is one.
+    pub fn get_open(&self, seq: u64) -> Option<&Hold> {
         self.table.get(&seq)
     }
 
@@ -368,12 +525,17 @@ impl Holds {
 
     /// How many holds are remembered (open or closed).
     pub fn len(&self) -> usize {
+        self.table.len() + self.closed.len()
+    }
+
+    /// How many of them are open.
+    pub fn open_len(&self) -> usize {
         self.table.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.is_empty() && self.closed.is_empty()
     }
 
     /// Places a new hold of `amount_minor` on account `local` on business day `day`,
@@ -392,7 +554,6 @@ impl Holds {
             pieces: vec![Piece { day, amount_minor }],
         };
         self.table.insert(seq, hold);
-        self.by_account.insert((local, seq));
         let open = self
             .open
             .entry(local)
@@ -426,27 +587,21 @@ impl Holds {
         last: bool,
         window: Option<&mut Window>,
     ) {
-        let Some(hold) = self.table.get_mut(&seq) else { return };
-        let before_minor = hold.held_minor();
-        hold.take_oldest(amount_minor);
-        hold.captured_minor += amount_minor;
-        if last {
-            let rest_minor = hold.held_minor();
-            hold.release_newest(rest_minor, window);
-        }
-        let changed = hold.settle(before_minor);
+        self.change(seq, |hold| {
+            hold.take_oldest(amount_minor);
+            hold.captured_minor += amount_minor;
+            if last {
+                let rest_minor = hold.held_minor();
+                hold.release_newest(rest_minor, window);
+            }
+        });
         self.captured_minor += u128::from(amount_minor);
-        self.after_change(seq, changed);
     }
 
     /// Releases `amount_minor` (at most what it holds) of open hold `seq` (a void);
     /// closes the hold when it holds nothing more.
     pub fn void(&mut self, seq: u64, amount_minor: u64, window: Option<&mut Window>) {
-        let Some(hold) = self.table.get_mut(&seq) else { return };
-        let before_minor = hold.held_minor();
-        hold.release_newest(amount_minor, window);
-        let changed = hold.settle(before_minor);
-        self.after_change(seq, changed);
+        self.change(seq, |hold| hold.release_newest(amount_minor, window));
     }
 
     /// Expires the open holds of account `local` due at `day`, releasing what they hold.
@@ -470,13 +625,7 @@ impl Holds {
             .filter(|seq| self.table.get(seq).is_some_and(|hold| hold.expires_day <= day))
             .collect();
         for seq in due {
-            let Some(hold) = self.table.get_mut(&seq) else { continue };
-            let before_minor = hold.held_minor();
-            if hold.status == HoldStatus::Pending && day >= hold.expires_day {
-                expired(seq, hold.expire_if_due(day, window.as_deref_mut()));
-            }
-            let changed = hold.settle(before_minor);
-            self.after_change(seq, changed);
+            self.change(seq, |hold| expired(seq, hold.expire_if_due(day, window.as_deref_mut())));
         }
     }
 
@@ -495,26 +644,52 @@ impl Holds {
         end
     }
 
-    /// Brings the indices in step with hold `seq` after the change [`Hold::settle`]
-    /// described: the hold was found once, by the change itself.
-    fn after_change(&mut self, seq: u64, changed: Changed) {
-        self.held_minor -= u128::from(changed.released_minor);
-        let Some(open) = self.open.get_mut(&changed.account) else { return };
-        open.held_minor -= changed.released_minor;
-        if changed.closed {
-            open.holds.retain(|&open_seq| open_seq != seq);
-            if open.holds.is_empty() {
-                self.open.remove(&changed.account);
-                return;
-            }
-            let table = &self.table;
-            open.next_expiry_day = open
-                .holds
-                .iter()
-                .filter_map(|seq| table.get(seq).map(|hold| hold.expires_day))
-                .min()
-                .unwrap_or(Day::MAX);
+    /// Applies `change` to open hold `seq`, closes it if that left it holding nothing, and
+    /// brings the indices in step: a hold no longer pending moves to the closed holds.
+    /// The hold is taken out of the open map and put back only if it stays open, so a
+    /// change that closes it (a final capture, a void of all, an expiry) walks the map once.
+    fn change(&mut self, seq: u64, change: impl FnOnce(&mut Hold)) {
+        let Some(mut hold) = self.table.remove(&seq) else { return };
+        let before_minor = hold.held_minor();
+        change(&mut hold);
+        let after_minor = hold.held_minor();
+        if after_minor == 0 && hold.status == HoldStatus::Pending {
+            hold.status = HoldStatus::Closed;
         }
+        let account = hold.account;
+        let released_minor = before_minor - after_minor;
+        self.held_minor -= u128::from(released_minor);
+        if hold.status == HoldStatus::Pending {
+            self.table.insert(seq, hold);
+            if let Some(open) = self.open.get_mut(&account) {
+                open.held_minor -= released_minor;
+            }
+            return;
+        }
+        let closed = ClosedHold {
+            account,
+            status: hold.status,
+            business_day: hold.business_day,
+            expires_day: hold.expires_day,
+            authorized_minor: hold.authorized_minor,
+            captured_minor: hold.captured_minor,
+        };
+        index_closed(&mut self.closed_by_block, seq, &closed);
+        self.closed.insert(seq, closed);
+        let Some(open) = self.open.get_mut(&account) else { return };
+        open.held_minor -= released_minor;
+        open.holds.retain(|&open_seq| open_seq != seq);
+        if open.holds.is_empty() {
+            self.open.remove(&account);
+            return;
+        }
+        let table = &self.table;
+        open.next_expiry_day = open
+            .holds
+            .iter()
+            .filter_map(|seq| table.get(seq).map(|hold| hold.expires_day))
+            .min()
+            .unwrap_or(Day::MAX);
     }
 
     /// The open holds of accounts `start .. end`, for an epoch's chunk.
@@ -522,34 +697,88 @@ impl Holds {
         self.open.range(start..end).map(|(&local, _)| local).collect()
     }
 
-    /// Forgets the closed holds of accounts `start .. end` that `is_forgotten` says are
-    /// past their keeping at business day `day`.
-    pub fn forget(&mut self, start: u32, end: u32, mut is_forgotten: impl FnMut(&Hold) -> bool) {
-        let end_key = (end, 0);
-        let table = &self.table;
-        let forgotten: Vec<(u32, u64)> = self
-            .by_account
-            .range((start, 0)..end_key)
-            .copied()
-            .filter(|(_, seq)| {
-                table.get(seq).is_some_and(|h| h.status != HoldStatus::Pending && is_forgotten(h))
-            })
-            .collect();
-        for key in forgotten {
-            self.by_account.remove(&key);
-            self.table.remove(&key.1);
+    /// Forgets the closed holds of accounts `start .. end` past their keeping at business
+    /// day `day` (their day forgotten is `day` or before) whose account `in_region` says
+    /// the roll is for.
+    pub fn forget(
+        &mut self,
+        start: u32,
+        end: u32,
+        day: Day,
+        mut in_region: impl FnMut(u32) -> bool,
+    ) {
+        if start >= end {
+            return;
+        }
+        for block in start >> ACCOUNT_BLOCK_BITS..=(end - 1) >> ACCOUNT_BLOCK_BITS {
+            let due: Vec<(u32, Day)> = self
+                .closed_by_block
+                .range((block, Day::MIN)..=(block, day))
+                .map(|(&key, _)| key)
+                .collect();
+            for key in due {
+                let Some(list) = self.closed_by_block.get(&key) else { continue };
+                let mut forgotten = false;
+                let mut kept = Vector::new();
+                for &(seq, account) in list {
+                    if (start..end).contains(&account) && in_region(account) {
+                        self.closed.remove(&seq);
+                        forgotten = true;
+                    } else {
+                        kept.push_back((seq, account));
+                    }
+                }
+                if !forgotten {
+                    continue;
+                }
+                if kept.is_empty() {
+                    self.closed_by_block.remove(&key);
+                } else {
+                    self.closed_by_block.insert(key, kept);
+                }
+            }
         }
     }
 }
 
+/// How many accounts (as a power of two) share a block of `Holds::closed_by_block`:
+/// 1,024, the fewest an epoch's chunk covers, so that a chunk walks at most its own
+/// blocks and parts of two more.
+const ACCOUNT_BLOCK_BITS: u32 = 10;
+
+/// Notes closed hold `seq` in `Holds::closed_by_block`.
+fn index_closed(
+    by_block: &mut OrdMap<(u32, Day), Vector<(u64, u32)>>,
+    seq: u64,
+    hold: &ClosedHold,
+) {
+    let key = (hold.account >> ACCOUNT_BLOCK_BITS, hold.forgotten_day());
+    by_block.entry(key).or_default().push_back((seq, hold.account));
+}
+
+/// What `Holds::closed_by_block` holds, whatever the order of its lists.
+fn forget_entries(holds: &Holds) -> Vec<(u32, Day, u64, u32)> {
+    let mut entries: Vec<(u32, Day, u64, u32)> = holds
+        .closed_by_block
+        .iter()
+        .flat_map(|(&(block, day), list)| list.iter().map(move |&(seq, a)| (block, day, seq, a)))
+        .collect();
+    entries.sort_unstable();
+    entries
+}
+
 impl Encode for Holds {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
-        // As bincode encodes a `BTreeMap` (format 5 was written from one): the length,
-        // then each entry in key order.
-        (self.table.len() as u64).encode(encoder)?;
-        for (seq, hold) in &self.table {
+        // As bincode encodes a `BTreeMap<u64, Hold>` of every remembered hold (format 5
+        // was written from one): the length, then each entry in key order, open and
+        // closed merged, a closed hold as the `Hold` holding nothing it stands for.
+        (self.len() as u64).encode(encoder)?;
+        for (seq, hold) in self.iter() {
             seq.encode(encoder)?;
-            hold.encode(encoder)?;
+            match hold {
+                HoldRef::Open(hold) => hold.encode(encoder)?,
+                HoldRef::Closed(hold) => hold.to_hold().encode(encoder)?,
+            }
         }
         self.next_seq.encode(encoder)?;
         self.expiry_days.encode(encoder)?;
@@ -561,14 +790,14 @@ impl Encode for Holds {
 impl<Context> Decode<Context> for Holds {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Holds, DecodeError> {
         // Decoded as the `BTreeMap` it was encoded as (its length claimed against the
-        // decoder's limit), then moved into the persistent map.
-        let table: OrdMap<u64, Hold> =
-            BTreeMap::<u64, Hold>::decode(decoder)?.into_iter().collect();
+        // decoder's limit), then moved into the persistent maps.
+        let table = BTreeMap::<u64, Hold>::decode(decoder)?;
         let next_seq = u64::decode(decoder)?;
         let expiry_days = Vec::decode(decoder)?;
         let captured_minor = u128::decode(decoder)?;
         let refunded_minor = u128::decode(decoder)?;
-        Ok(Holds::from_parts(table, next_seq, expiry_days, captured_minor, refunded_minor))
+        Holds::from_parts(table, next_seq, expiry_days, captured_minor, refunded_minor)
+            .ok_or(DecodeError::Other("a closed hold that still holds money or does not add up"))
     }
 }
 
@@ -596,8 +825,8 @@ mod tests {
 
         state.holds.void(0, 100, None);
         assert!(!captured.holds.shares_with(&state.holds));
-        assert_eq!(state.holds.get(0).map(|hold| hold.status), Some(HoldStatus::Closed));
-        assert_eq!(captured.holds.get(0).map(|hold| hold.status), Some(HoldStatus::Pending));
+        assert_eq!(state.holds.get(0).map(|hold| hold.status()), Some(HoldStatus::Closed));
+        assert_eq!(captured.holds.get(0).map(|hold| hold.status()), Some(HoldStatus::Pending));
         assert_eq!(state.holds.held_minor(), u128::from(HOLDS - 1) * 100);
         assert_eq!(captured.holds.held_minor(), u128::from(HOLDS) * 100);
         assert!(captured.holds.open_of(0).is_some() && state.holds.open_of(0).is_none());
@@ -617,7 +846,7 @@ mod tests {
         window.roll_to(108);
         // Day 100 left the window [102, 108]; day 104 is inside it.
         holds.capture(seq, 120, true, Some(&mut window));
-        let hold = holds.get(seq).unwrap();
+        let hold = holds.get(seq).unwrap().to_hold();
         assert_eq!((hold.captured_minor, hold.released_minor), (120, 30));
         assert_eq!(hold.status, HoldStatus::Closed);
         assert_eq!(window.spent_minor(), 20, "the 30 released were day 104's");
@@ -651,17 +880,17 @@ mod tests {
         holds.expire_due(1, 17, None, |seq, released| expired.push((seq, released)));
         holds.expire_due(1, 17, None, |seq, released| expired.push((seq, released)));
         assert_eq!(expired, [(first, 40)], "each expiry told once, with what it released");
-        assert_eq!(holds.get(first).unwrap().status, HoldStatus::Expired);
-        assert_eq!(holds.get(first).unwrap().released_minor, 40);
+        assert_eq!(holds.get(first).unwrap().status(), HoldStatus::Expired);
+        assert_eq!(holds.get(first).unwrap().to_hold().released_minor, 40);
         assert_eq!(holds.held_of(1), 60);
         assert_eq!(holds.open_of(1).unwrap().next_expiry_day, 19);
-        assert_eq!(holds.get(second).unwrap().status, HoldStatus::Pending);
+        assert_eq!(holds.get(second).unwrap().status(), HoldStatus::Pending);
         assert_eq!(holds.held_minor(), 60);
         assert!(holds.indices_agree());
         let encoded = bincode::encode_to_vec(&holds, bincode::config::standard()).unwrap();
         // The bytes format 5 wrote from a `BTreeMap` table, field by field.
         let table: BTreeMap<u64, Hold> =
-            holds.table().iter().map(|(&seq, hold)| (seq, hold.clone())).collect();
+            holds.iter().map(|(seq, hold)| (seq, hold.to_hold())).collect();
         let parts = (
             table,
             holds.next_seq(),
@@ -682,9 +911,67 @@ mod tests {
         let seq = holds.place(0, 0, 45, 1);
         for day in 1..40 {
             holds.increment(seq, day, 1);
-            assert!(holds.get(seq).unwrap().pieces.len() <= HOLD_PIECES_MAX);
+            assert!(holds.get_open(seq).unwrap().pieces.len() <= HOLD_PIECES_MAX);
         }
         assert_eq!(holds.held_of(0), 40);
         assert_eq!(holds.get(seq).unwrap().held_minor(), 40);
+    }
+
+    #[test]
+    fn an_epoch_forgets_only_the_due_closed_holds_of_its_chunk_and_region() {
+        let mut holds = Holds::default();
+        // Closed on day 10, expiring 17: forgotten from day 24 on; account 1500's from 26.
+        let mut seqs = Vec::new();
+        for account in [5, 1023, 1024, 2047, 3000] {
+            seqs.push((account, holds.place(account, 10, 17, 100)));
+        }
+        let late = holds.place(1500, 12, 19, 100);
+        let open = holds.place(1600, 12, 19, 100);
+        for &(_, seq) in &seqs {
+            holds.void(seq, 100, None);
+        }
+        holds.void(late, 100, None);
+        assert_eq!((holds.len(), holds.open_len()), (7, 1));
+        holds.forget(1000, 2100, 23, |_| true);
+        assert_eq!(holds.len(), 7, "none is due before day 24");
+        // Account 2047 is another region's: its roll comes apart.
+        holds.forget(1000, 2100, 24, |account| account != 2047);
+        for (account, seq) in seqs {
+            let kept = holds.get(seq).is_some();
+            assert_eq!(kept, ![1023, 1024].contains(&account), "account {account}");
+        }
+        assert_eq!(holds.get(late).map(|hold| hold.status()), Some(HoldStatus::Closed));
+        assert_eq!(holds.get(open).map(|hold| hold.status()), Some(HoldStatus::Pending));
+        assert!(holds.indices_agree());
+        holds.forget(0, 4000, 30, |_| true);
+        assert_eq!((holds.len(), holds.open_len()), (1, 1));
+        assert!(holds.closed_by_block.is_empty() && holds.indices_agree());
+    }
+
+    #[test]
+    fn a_closed_hold_still_holding_money_is_refused_when_decoded() {
+        let mut hold = Hold {
+            account: 0,
+            status: HoldStatus::Closed,
+            business_day: 10,
+            expires_day: 17,
+            authorized_minor: 100,
+            captured_minor: 60,
+            released_minor: 40,
+            pieces: Vec::new(),
+        };
+        let encode = |hold: &Hold| {
+            let table = BTreeMap::from([(0u64, hold.clone())]);
+            let parts = (table, 1u64, Vec::<u16>::new(), 60u128, 0u128);
+            bincode::encode_to_vec(&parts, bincode::config::standard()).unwrap()
+        };
+        let decode = |bytes: &[u8]| {
+            bincode::decode_from_slice::<Holds, _>(bytes, bincode::config::standard())
+        };
+        let Ok((decoded, _)) = decode(&encode(&hold)) else { panic!("a closed hold decodes") };
+        assert_eq!(decoded.get(0).map(|hold| hold.to_hold()), Some(hold.clone()));
+        hold.pieces.push(Piece { day: 10, amount_minor: 40 });
+        hold.released_minor = 0;
+        assert!(decode(&encode(&hold)).is_err(), "closed, yet it holds 40");
     }
 }
