@@ -624,17 +624,8 @@ fn stats_show_a_refused_clock_jump_and_how_far_ahead_the_host_is() {
     let config = plafond::EngineConfig::in_memory().with_shards(2).with_clock(guard.clone());
     let engine = Arc::new(plafond::Engine::open(config).expect("the engine opens"));
     let dir = tempfile::tempdir().expect("a temp dir");
-    let settings = plafond_server::ServerConfig {
-        clock: plafond_server::clock::ServerClock::System(guard),
-        token: None,
-        snapshots: plafond_server::snapshot_dir::SnapshotDir::new(dir.path().into(), 1),
-        limits: {
-            use clap::Parser as _;
-            let args = plafond_server::options::ServerArgs::try_parse_from(["server"]);
-            args.expect("the default flags").limits()
-        },
-        metrics: None,
-    };
+    let clock = plafond_server::clock::ServerClock::System(guard);
+    let settings = support::default_config(clock, dir.path().into());
     let server = InProcess::serve(engine, settings, 1, None);
     let mut c = server.raw();
     // Each CLOCK.STATUS reads the guarded clock: the first reading, then the jump.

@@ -567,17 +567,7 @@ fn what_commands_apply_lazily_is_in_the_stream_and_the_consumer_stays_exact() {
         .with_epoch_poll(None);
     let engine = Arc::new(plafond::Engine::open(config).expect("the engine opens"));
     let eu_west = engine.region_id("eu-west").expect("a built-in region").to_string();
-    let settings = plafond_server::ServerConfig {
-        clock: ServerClock::Manual(clock),
-        token: None,
-        snapshots: plafond_server::snapshot_dir::SnapshotDir::new(dir.path().join("snap"), 1),
-        limits: {
-            use clap::Parser as _;
-            let args = plafond_server::options::ServerArgs::try_parse_from(["server"]);
-            args.expect("the default flags").limits()
-        },
-        metrics: None,
-    };
+    let settings = support::default_config(ServerClock::Manual(clock), dir.path().join("snap"));
     let server = InProcess::serve(engine, settings, 1, None);
     let mut raw = server.raw();
     let mut call = |args: &[&str]| raw.call(args);

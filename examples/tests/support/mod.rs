@@ -262,6 +262,23 @@ pub struct InProcess {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A server's settings for an engine a test made itself: `clock`, snapshots under
+/// `snapshot_dir`, no token, and the default flags' limits.
+pub fn default_config(
+    clock: plafond_server::clock::ServerClock,
+    snapshot_dir: std::path::PathBuf,
+) -> plafond_server::ServerConfig {
+    use clap::Parser as _;
+    let args = ServerArgs::try_parse_from(["server"]).expect("the default flags");
+    plafond_server::ServerConfig {
+        clock,
+        token: None,
+        snapshots: plafond_server::snapshot_dir::SnapshotDir::new(snapshot_dir, 1),
+        limits: args.limits(),
+        metrics: None,
+    }
+}
+
 impl InProcess {
     /// Opens the engine the flags `args` ask for (plus `--port 0`) and serves it.
     pub fn start(args: &[&str]) -> InProcess {
