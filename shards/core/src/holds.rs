@@ -221,14 +221,20 @@ impl ClosedHold {
         let closed = hold.status != HoldStatus::Pending && hold.pieces.is_empty();
         let adds_up =
             hold.captured_minor.checked_add(hold.released_minor) == Some(hold.authorized_minor);
-        (closed && adds_up).then_some(ClosedHold {
+        (closed && adds_up).then(|| ClosedHold::kept_of(hold))
+    }
+
+    /// What a closed hold keeps of `hold`, unchecked: for a hold this table has just
+    /// closed itself (its amounts add up by construction; `of` checks a decoded one).
+    fn kept_of(hold: &Hold) -> ClosedHold {
+        ClosedHold {
             account: hold.account,
             status: hold.status,
             business_day: hold.business_day,
             expires_day: hold.expires_day,
             authorized_minor: hold.authorized_minor,
             captured_minor: hold.captured_minor,
-        })
+        }
     }
 
     /// The business day from whose roll on the hold is forgotten (`UNKNOWN_HOLD`).
@@ -666,14 +672,7 @@ impl Holds {
             }
             return;
         }
-        let closed = ClosedHold {
-            account,
-            status: hold.status,
-            business_day: hold.business_day,
-            expires_day: hold.expires_day,
-            authorized_minor: hold.authorized_minor,
-            captured_minor: hold.captured_minor,
-        };
+        let closed = ClosedHold::kept_of(&hold);
         index_closed(&mut self.closed_by_block, seq, &closed);
         self.closed.insert(seq, closed);
         let Some(open) = self.open.get_mut(&account) else { return };
