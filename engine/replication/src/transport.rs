@@ -9,7 +9,7 @@
 //! The same listener serves the pulls of a snapshot's files ([`crate::pull`]): such a
 //! connection starts with [`PULL_HELLO`] where a frame's length would be.
 
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -261,7 +261,7 @@ fn closed_by_peer(stream: &TcpStream) -> bool {
     if stream.set_nonblocking(true).is_err() {
         return true;
     }
-    let open = matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
+    let open = matches!(stream.peek(&mut [0u8; 1]), Err(error) if is_timeout(&error));
     !open || stream.set_nonblocking(false).is_err()
 }
 
